@@ -1,0 +1,91 @@
+// Online softmax over a warp's score fragments (FlashAttention-2): running row max m_i, running row sum l_i,
+// and the rescaling of the output accumulator when the max grows. Scores stay in raw units; the softmax scale
+// and log2(e) are folded into one multiplier so every exponential is a single ex2.
+#pragma once
+#include "mma_sm80.cuh"
+
+namespace cf {
+
+// Causal rule (bottom-right aligned): query row i sees key j iff j <= i + causal_offset,
+// causal_offset = seqlen_k - seqlen_q. Keys >= seqlen_k are padding. Masked scores become -inf.
+template <bool IS_CAUSAL, int M_TILES, int N_TILES>
+__device__ __forceinline__ void mask_scores(float (&s)[M_TILES][N_TILES][4], int row0, int col0, int seqlen_k,
+                                            int causal_offset, int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < N_TILES; ++nt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = row0 + 16 * mt + lane / 4 + 8 * (e / 2);
+                const int col = col0 + 8 * nt + 2 * (lane % 4) + (e % 2);
+                if (col >= seqlen_k || (IS_CAUSAL && col > row + causal_offset)) s[mt][nt][e] = neg_inf();
+            }
+}
+
+template <int M_TILES>
+struct OnlineSoftmax {
+    float m_i[M_TILES][2];  // running max of raw scores, per row this thread holds (lane/4 and lane/4 + 8)
+    float l_i[M_TILES][2];  // running sum of exp, partial over this thread's columns until finish()
+
+    __device__ __forceinline__ void init() {
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) { m_i[mt][r] = neg_inf(); l_i[mt][r] = 0.f; }
+    }
+
+    // s <- p = exp2(s * scale_log2 - m_new * scale_log2), l_i <- alpha * l_i + rowsum(p), acc <- alpha * acc,
+    // with alpha = exp2((m_old - m_new) * scale_log2).
+    template <int N_TILES, int D_TILES>
+    __device__ __forceinline__ void update(float (&s)[M_TILES][N_TILES][4], float (&acc)[M_TILES][D_TILES][4],
+                                           float scale_log2) {
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float row_max = m_i[mt][r];
+                #pragma unroll
+                for (int nt = 0; nt < N_TILES; ++nt)
+                    row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+                row_max = quad_max(row_max);
+                // A row with every score masked so far keeps m = -inf; subtracting 0 then gives p = 0, not NaN.
+                const float m_scaled = row_max == neg_inf() ? 0.f : row_max * scale_log2;
+                const float alpha = fast_exp2(m_i[mt][r] * scale_log2 - m_scaled);
+                m_i[mt][r] = row_max;
+                float row_sum = 0.f;
+                #pragma unroll
+                for (int nt = 0; nt < N_TILES; ++nt)
+                    #pragma unroll
+                    for (int c = 0; c < 2; ++c) {
+                        float& x = s[mt][nt][2 * r + c];
+                        x = fast_exp2(x * scale_log2 - m_scaled);
+                        row_sum += x;
+                    }
+                l_i[mt][r] = alpha * l_i[mt][r] + row_sum;
+                #pragma unroll
+                for (int dt = 0; dt < D_TILES; ++dt) {
+                    acc[mt][dt][2 * r] *= alpha;
+                    acc[mt][dt][2 * r + 1] *= alpha;
+                }
+            }
+    }
+
+    // Completes the row sums across the quad. Afterwards inv_l(mt, r) scales the output row and lse(...) is the
+    // natural-log log-sum-exp of the scaled scores; a row that saw no key gets 0 and -inf.
+    __device__ __forceinline__ void finish() {
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) l_i[mt][r] = quad_sum(l_i[mt][r]);
+    }
+    __device__ __forceinline__ float inv_l(int mt, int r) const {
+        return l_i[mt][r] > 0.f ? 1.f / l_i[mt][r] : 0.f;
+    }
+    __device__ __forceinline__ float lse(int mt, int r, float scale_log2) const {
+        constexpr float LN2 = 0.6931471805599453f;
+        return l_i[mt][r] > 0.f ? (m_i[mt][r] * scale_log2 + log2f(l_i[mt][r])) * LN2 : neg_inf();
+    }
+};
+
+}  // namespace cf

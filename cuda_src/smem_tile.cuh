@@ -1,0 +1,74 @@
+// A ROWS x HEAD_DIM tile of 16-bit elements in shared memory, and the cooperative copies that fill it
+// from global memory and drain it back.
+#pragma once
+#include "mma_sm80.cuh"
+
+namespace cf {
+
+// Rows are padded by one 16-byte chunk: HEAD_DIM/8 + 1 chunks per row is odd (HEAD_DIM is a multiple of 16),
+// so the 8 row addresses of an ldmatrix phase fall in 8 different 16-byte bank groups, for every head dim
+// (an XOR swizzle would need a power-of-two number of chunks per row, which 96, 160, 224 are not).
+template <int ROWS, int HEAD_DIM>
+struct SmemTile {
+    static_assert(HEAD_DIM % 16 == 0, "head dim tile must be a multiple of 16");
+    static constexpr int ROW_COUNT = ROWS;
+    static constexpr int STRIDE = HEAD_DIM + 8;        // elements per padded row
+    static constexpr int ELEMS = ROWS * STRIDE;
+    static constexpr int CHUNKS_PER_ROW = HEAD_DIM / 8; // 16-byte chunks that hold data
+    static __device__ __forceinline__ int offset(int row, int col) { return row * STRIDE + col; }
+};
+
+// Each thread owns one 16-byte column chunk and walks rows ROWS_PER_PASS apart, so a copy needs one running
+// pointer per thread rather than one address per chunk (which would hold registers across the main loop).
+template <typename Tile, int THREADS>
+struct TileCopy {
+    static constexpr int ROWS_PER_PASS = THREADS / Tile::CHUNKS_PER_ROW;
+    static constexpr int PASSES = (Tile::ROW_COUNT + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
+    static_assert(ROWS_PER_PASS >= 1, "a pass must cover at least one row");
+    // Threads past ROWS_PER_PASS * CHUNKS_PER_ROW idle (only when the chunk count does not divide THREADS).
+    static __device__ __forceinline__ bool active() { return threadIdx.x < ROWS_PER_PASS * Tile::CHUNKS_PER_ROW; }
+    static __device__ __forceinline__ int row() { return threadIdx.x / Tile::CHUNKS_PER_ROW; }
+    static __device__ __forceinline__ int col() { return threadIdx.x % Tile::CHUNKS_PER_ROW * 8; }
+    static __device__ __forceinline__ bool row_in_tile(int r) {
+        return Tile::ROW_COUNT % ROWS_PER_PASS == 0 || r < Tile::ROW_COUNT;
+    }
+};
+
+// gmem points at row 0 of this tile for one (batch, head); rows >= rows_valid and columns >= head_dim are
+// zero-filled instead of read, so partial tiles never touch memory past the tensor and never hold garbage.
+template <typename Tile, int THREADS>
+__device__ __forceinline__ void load_tile_async(u16* smem, const u16* gmem, i64 row_stride, int rows_valid,
+                                                int head_dim) {
+    using C = TileCopy<Tile, THREADS>;
+    if (!C::active()) return;
+    const int col = C::col();
+    const bool col_ok = col < head_dim;
+    int r = C::row();
+    const u16* src = gmem + r * row_stride + col;
+    const i64 pass_stride = C::ROWS_PER_PASS * row_stride;
+    #pragma unroll
+    for (int pass = 0; pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS, src += pass_stride) {
+        if (C::row_in_tile(r)) {
+            const bool valid = col_ok && r < rows_valid;
+            cp_async_16(smem + Tile::offset(r, col), valid ? src : gmem, valid);
+        }
+    }
+}
+
+// Shared -> global with 16-byte stores; only rows < rows_valid and columns < head_dim are written.
+template <typename Tile, int THREADS>
+__device__ __forceinline__ void store_tile(u16* gmem, const u16* smem, i64 row_stride, int rows_valid,
+                                           int head_dim) {
+    using C = TileCopy<Tile, THREADS>;
+    if (!C::active()) return;
+    const int col = C::col();
+    int r = C::row();
+    u16* dst = gmem + r * row_stride + col;
+    const i64 pass_stride = C::ROWS_PER_PASS * row_stride;
+    #pragma unroll
+    for (int pass = 0; pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS, dst += pass_stride)
+        if (C::row_in_tile(r) && r < rows_valid && col < head_dim)
+            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(smem + Tile::offset(r, col));
+}
+
+}  // namespace cf

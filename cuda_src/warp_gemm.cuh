@@ -1,0 +1,90 @@
+// Warp-level matrix products on m16n8k16 tensor-core fragments. A warp owns M_TILES row tiles of 16 rows.
+// Accumulator fragment acc[mt][nt][e]: row = 16*mt + lane/4 + 8*(e/2), column = 8*nt + 2*(lane%4) + e%2.
+#pragma once
+#include "mma_sm80.cuh"
+#include "smem_tile.cuh"
+
+namespace cf {
+
+// A fragment (16x16, row-major) of rows row0.., columns col0.. of a shared tile.
+template <typename Tile>
+__device__ __forceinline__ void load_a_frag(u32 (&a)[4], const u16* tile, int row0, int col0, int lane) {
+    ldmatrix_x4(a, tile + Tile::offset(row0 + (lane & 15), col0 + (lane >> 4) * 8));
+}
+
+// B fragments for two n-tiles (n0..n0+15) over k0..k0+15 from a tile stored n-major (one row per n, as K is
+// for S = Q K^T): b[0..1] feed n-tile n0, b[2..3] feed n-tile n0+8.
+template <typename Tile>
+__device__ __forceinline__ void load_b_pair_nmajor(u32 (&b)[4], const u16* tile, int n0, int k0, int lane) {
+    ldmatrix_x4(b, tile + Tile::offset(n0 + (lane & 7) + (lane >> 4) * 8, k0 + ((lane >> 3) & 1) * 8));
+}
+
+// The same from a tile stored k-major (one row per k, as V is for O = P V): transposed on load.
+template <typename Tile>
+__device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], const u16* tile, int n0, int k0, int lane) {
+    ldmatrix_x4_trans(b, tile + Tile::offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
+}
+
+// acc += A B^T with A = rows [a_row0, a_row0 + 16*M_TILES) of sA and B = the first 8*N_TILES rows of sB,
+// both holding K columns (S = Q K^T).
+template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile>
+__device__ __forceinline__ void gemm_smem_smem_nt(float (&acc)[M_TILES][N_TILES][4], const u16* sA, int a_row0,
+                                                  const u16* sB, int lane) {
+    static_assert(N_TILES % 2 == 0 && K % 16 == 0, "fragment pairs");
+    #pragma unroll
+    for (int k0 = 0; k0 < K; k0 += 16) {
+        u32 a[M_TILES][4];
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) load_a_frag<ATile>(a[mt], sA, a_row0 + 16 * mt, k0, lane);
+        #pragma unroll
+        for (int np = 0; np < N_TILES / 2; ++np) {
+            u32 b[4];
+            load_b_pair_nmajor<BTile>(b, sB, 16 * np, k0, lane);
+            #pragma unroll
+            for (int mt = 0; mt < M_TILES; ++mt) {
+                Mma<Elem>::run(acc[mt][2 * np], a[mt], b[0], b[1]);
+                Mma<Elem>::run(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// acc += A B with A held in registers as packed fragments (one per 16 columns of K) and B = the first K rows
+// of sB, stored k-major (O += P V).
+template <typename Elem, int M_TILES, int N_TILES, int K, typename BTile>
+__device__ __forceinline__ void gemm_regs_smem_nn(float (&acc)[M_TILES][N_TILES][4],
+                                                  const u32 (&a)[M_TILES][K / 16][4], const u16* sB, int lane) {
+    static_assert(N_TILES % 2 == 0, "fragment pairs");
+    #pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+        #pragma unroll
+        for (int np = 0; np < N_TILES / 2; ++np) {
+            u32 b[4];
+            load_b_pair_kmajor<BTile>(b, sB, 16 * np, 16 * kk, lane);
+            #pragma unroll
+            for (int mt = 0; mt < M_TILES; ++mt) {
+                Mma<Elem>::run(acc[mt][2 * np], a[mt][kk], b[0], b[1]);
+                Mma<Elem>::run(acc[mt][2 * np + 1], a[mt][kk], b[2], b[3]);
+            }
+        }
+    }
+}
+
+// An fp32 accumulator (16 x 8*N_TILES per row tile) repacked as A fragments of 16-bit elements: the
+// accumulator layout of two adjacent n-tiles is exactly the A layout of one k16 step.
+template <typename Elem, int M_TILES, int N_TILES>
+__device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES / 2][4],
+                                                 const float (&c)[M_TILES][N_TILES][4]) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt) {
+        #pragma unroll
+        for (int kk = 0; kk < N_TILES / 2; ++kk) {
+            a[mt][kk][0] = Mma<Elem>::pack(c[mt][2 * kk][0], c[mt][2 * kk][1]);
+            a[mt][kk][1] = Mma<Elem>::pack(c[mt][2 * kk][2], c[mt][2 * kk][3]);
+            a[mt][kk][2] = Mma<Elem>::pack(c[mt][2 * kk + 1][0], c[mt][2 * kk + 1][1]);
+            a[mt][kk][3] = Mma<Elem>::pack(c[mt][2 * kk + 1][2], c[mt][2 * kk + 1][3]);
+        }
+    }
+}
+
+}  // namespace cf

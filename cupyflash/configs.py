@@ -1,0 +1,159 @@
+"""Tile configurations and the dispatcher that picks one.
+
+Everything here is pure Python (no CuPy), so the choice of tiles is unit-tested on machines without a GPU.
+The kernels receive every field of a :class:`TileConfig` as a template argument; shared-memory use is computed
+by :func:`fwd_smem_bytes`, which mirrors the kernel's allocation exactly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Head dims the kernels are instantiated for; a problem's head dim is padded up to the next one (the padding
+#: columns are zero-filled on load and never stored).
+KERNEL_HEAD_DIMS = (32, 64, 96, 128, 160, 192, 224, 256)
+MAX_HEAD_DIM = KERNEL_HEAD_DIMS[-1]
+
+#: Shared memory the driver reserves per resident block on sm_80 and later.
+RESERVED_SMEM_PER_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class DeviceLimits:
+    """What the dispatcher needs to know about a GPU (read once per device by ``cupyflash._device``)."""
+
+    compute_capability: int  # major * 10 + minor, e.g. 90 for an H100
+    smem_per_block_optin: int  # bytes a block may use after raising its dynamic limit
+    smem_per_sm: int  # bytes per multiprocessor, all resident blocks together
+    sm_count: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """One kernel instance's tiling: BLOCK_M query rows x BLOCK_N keys per step, WARPS warps, a STAGES-deep
+    K/V ring, and the residency it is tuned for (``blocks_per_sm``, also the kernel's launch bound)."""
+
+    family: str
+    block_m: int
+    block_n: int
+    warps: int
+    stages: int = 2
+    blocks_per_sm: int = 1
+
+    def __str__(self) -> str:
+        return (f"{self.family}:{self.block_m}x{self.block_n}/w{self.warps}/s{self.stages}"
+                f"/b{self.blocks_per_sm}")
+
+
+@dataclass(frozen=True)
+class KernelFamily:
+    name: str
+    min_cc: int
+    max_cc: int | None = None  # None: every later architecture
+
+
+#: Families in order of preference; the first one the device supports is used.
+FAMILIES = (KernelFamily("mma_sm80", min_cc=80),)
+
+
+def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1):
+    return TileConfig("mma_sm80", block_m, block_n, warps, stages, blocks_per_sm)
+
+
+# Last-resort tiles for small shared memory (they fit 48 KB at every head dim); slow, but never "no kernel".
+_SMALL = (_c(64, 32, 4), _c(16, 16, 1))
+
+#: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
+#: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
+FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
+    # 128x64 with 4 warps at head dim 128 needs 4 registers more than 255 (spills); those tiles are left out.
+    ("mma_sm80", 32): (_c(128, 64, 4, blocks_per_sm=2), _c(128, 128, 4, blocks_per_sm=2)) + _SMALL,
+    ("mma_sm80", 64): (_c(128, 64, 4, blocks_per_sm=2), _c(128, 128, 4, blocks_per_sm=2)) + _SMALL,
+    ("mma_sm80", 96): (_c(128, 64, 4, blocks_per_sm=2), _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
+    ("mma_sm80", 128): (_c(128, 32, 4, blocks_per_sm=2), _c(128, 64, 8), _c(64, 64, 4, blocks_per_sm=2))
+    + _SMALL,
+    ("mma_sm80", 160): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
+    ("mma_sm80", 192): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
+    ("mma_sm80", 224): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
+    ("mma_sm80", 256): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
+}
+
+
+class NoConfigFits(ValueError):
+    """No candidate tile configuration fits the device."""
+
+
+def kernel_head_dim(head_dim: int) -> int:
+    """The instantiated head dim a problem of ``head_dim`` runs on (the next one up)."""
+    for d in KERNEL_HEAD_DIMS:
+        if head_dim <= d:
+            return d
+    raise ValueError(f"head dim must be at most {MAX_HEAD_DIM}, got {head_dim}")
+
+
+def fwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
+    """Dynamic shared memory of flash_fwd_kernel: a Q tile plus STAGES K and V tiles, rows padded by 8
+    elements (16 bytes) against bank conflicts, 2 bytes per element."""
+    padded_row_bytes = (kernel_hdim + 8) * 2
+    return (config.block_m + 2 * config.stages * config.block_n) * padded_row_bytes
+
+
+def family_for(limits: DeviceLimits) -> KernelFamily:
+    for fam in FAMILIES:
+        if limits.compute_capability >= fam.min_cc and (fam.max_cc is None or limits.compute_capability <= fam.max_cc):
+            return fam
+    raise NoConfigFits(
+        f"cupyflash needs compute capability 8.0 or newer; {limits.name or 'this GPU'} has "
+        f"{limits.compute_capability // 10}.{limits.compute_capability % 10}")
+
+
+def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residency: bool = True) -> bool:
+    """Whether ``config`` runs on the device; with ``residency`` also whether ``blocks_per_sm`` blocks fit an SM."""
+    smem = fwd_smem_bytes(config, kernel_hdim)
+    if smem > limits.smem_per_block_optin:
+        return False
+    blocks = config.blocks_per_sm if residency else 1
+    return blocks * (smem + RESERVED_SMEM_PER_BLOCK) <= limits.smem_per_sm
+
+
+def fwd_candidates(limits: DeviceLimits, head_dim: int) -> tuple[TileConfig, ...]:
+    """Every table entry for this problem's head dim that runs on the device, best first."""
+    kd = kernel_head_dim(head_dim)
+    fam = family_for(limits)
+    return tuple(c for c in FWD_TABLE[(fam.name, kd)] if fits(c, kd, limits, residency=False))
+
+
+def select_fwd_config(limits: DeviceLimits, head_dim: int, causal: bool = False) -> TileConfig:
+    """The forward tile configuration for a problem: the first table entry whose shared memory fits the
+    device with the residency it was tuned for; failing that, the first that fits at all."""
+    del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
+    kd = kernel_head_dim(head_dim)
+    fam = family_for(limits)
+    table = FWD_TABLE[(fam.name, kd)]
+    for residency in (True, False):
+        for config in table:
+            if fits(config, kd, limits, residency=residency):
+                return config
+    raise NoConfigFits(
+        f"no forward tile configuration for head dim {head_dim} fits {limits.smem_per_block_optin} bytes of "
+        f"shared memory per block (smallest needs {min(fwd_smem_bytes(c, kd) for c in table)})")
+
+
+def check_fwd_config(config: TileConfig, limits: DeviceLimits, head_dim: int) -> None:
+    """Validate a user-forced config: it must be a table entry for this head dim and fit the device."""
+    kd = kernel_head_dim(head_dim)
+    fam = family_for(limits)
+    table = FWD_TABLE[(fam.name, kd)]
+    if config not in table:
+        raise ValueError(f"config {config} is not a forward candidate for head dim {head_dim} on this GPU; "
+                         f"candidates: {', '.join(map(str, table))}")
+    if not fits(config, kd, limits, residency=False):
+        raise ValueError(f"config {config} needs {fwd_smem_bytes(config, kd)} bytes of shared memory; "
+                         f"the device allows {limits.smem_per_block_optin} per block")
+
+
+def all_fwd_variants():
+    """Every (family, kernel head dim, config) the dispatcher can ever choose: what the compile check covers."""
+    for (family, kd), configs in FWD_TABLE.items():
+        for config in dict.fromkeys(configs):
+            yield family, kd, config

@@ -1,0 +1,28 @@
+"""Shared fixtures: GPU availability (GPU tests skip with the reason) and NaN-poisoned outputs."""
+import os
+
+import pytest
+
+
+def _gpu_reason():
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return None
+        return "no CUDA device visible"
+    except Exception as exc:  # no driver, no libcuda, CuPy not installed
+        return f"no usable CUDA GPU ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+
+
+GPU_SKIP_REASON = _gpu_reason()
+requires_gpu = pytest.mark.skipif(GPU_SKIP_REASON is not None, reason=f"GPU test: {GPU_SKIP_REASON}")
+IN_CI = bool(os.environ.get("CI"))
+
+
+@pytest.fixture
+def poisoned_outputs(monkeypatch):
+    """Every output the library allocates starts as NaN, so an element a kernel never writes fails the test."""
+    from cupyflash import forward
+
+    monkeypatch.setattr(forward, "_poison_outputs", True)

@@ -1,0 +1,55 @@
+"""Inputs and error measures shared by the GPU tests."""
+import ml_dtypes
+import numpy as np
+
+from cupyflash.reference import attention_naive_lowp, attention_reference
+
+HOST_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+# Absolute floor added to the "2x the naive low-precision error" criterion (for problems where the naive
+# computation happens to be exact, e.g. a single key).
+ERROR_FLOOR = {"float16": 1e-4, "bfloat16": 1e-3}
+LSE_FLOOR = 1e-4
+
+
+def random_array(rng, shape, dtype, scale=1.0):
+    """A device array of `dtype` holding rounded standard-normal values, and the same values in float64."""
+    import cupy
+
+    host = (rng.standard_normal(shape, dtype=np.float32) * scale).astype(HOST_DTYPES[dtype])
+    dev = cupy.asarray(host.view(np.uint16)).view(host.dtype)
+    return dev, cupy.asarray(host.astype(np.float64))
+
+
+def to_float64(x):
+    """Device float16/bfloat16/float32 array -> float64, going through the raw bits for bfloat16."""
+    import cupy
+
+    if str(x.dtype) == "bfloat16":
+        bits = x.view(cupy.uint16).astype(cupy.uint32) << 16
+        return bits.view(cupy.float32).astype(cupy.float64)
+    return x.astype(cupy.float64)
+
+
+def check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype):
+    """Assert out/lse agree with float64 attention within 2x the naive low-precision error plus a floor.
+    NaN or inf anywhere in out fails; lse must be -inf exactly where the reference row sees no key."""
+    import cupy
+
+    ref_out, ref_lse = attention_reference(q64, k64, v64, scale, causal, xp=cupy)
+    lowp_out, lowp_lse = attention_naive_lowp(q64, k64, v64, scale, causal, dtype, xp=cupy)
+    got = to_float64(out)
+    assert bool(cupy.isfinite(got).all()), "output holds NaN/inf (unwritten or broken elements)"
+    err = float(cupy.abs(got - ref_out).max()) if got.size else 0.0
+    base = float(cupy.abs(lowp_out - ref_out).max()) if got.size else 0.0
+    assert err <= 2 * base + ERROR_FLOOR[dtype], f"out error {err:.3g} > 2 x naive {base:.3g} + floor"
+    if lse is not None:
+        lse = lse.astype(cupy.float64)
+        empty = cupy.isneginf(ref_lse)
+        assert not bool(cupy.isnan(lse).any()), "lse holds NaN"
+        assert bool((cupy.isneginf(lse) == empty).all()), "lse is -inf exactly for rows that see no key"
+        live = ~empty
+        if bool(live.any()):
+            lerr = float(cupy.abs(lse[live] - ref_lse[live]).max())
+            lbase = float(cupy.abs(lowp_lse[live] - ref_lse[live]).max())
+            assert lerr <= 2 * lbase + LSE_FLOOR, f"lse error {lerr:.3g} > 2 x naive {lbase:.3g} + floor"
+    return err

@@ -1,0 +1,161 @@
+"""The tile table and the dispatcher (cupyflash.configs): pure Python, so tested without a GPU."""
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cupyflash.configs import (FWD_TABLE, KERNEL_HEAD_DIMS, RESERVED_SMEM_PER_BLOCK, DeviceLimits,
+                               NoConfigFits, TileConfig, all_fwd_variants, check_fwd_config, family_for,
+                               fwd_smem_bytes, kernel_head_dim, select_fwd_config)
+
+# Shared-memory limits of real (and one hypothetical) GPUs, as the CUDA attributes report them.
+SMEM_48K = DeviceLimits(80, smem_per_block_optin=49152, smem_per_sm=65536, sm_count=100, name="48 KB")
+SM86 = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=102400, sm_count=84, name="sm_86")
+A100 = DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936, sm_count=108, name="A100")
+H100 = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100")
+DEVICES = (SMEM_48K, SM86, A100, H100)
+TURING = DeviceLimits(75, smem_per_block_optin=65536, smem_per_sm=65536, sm_count=40, name="T4")
+
+
+def table(head_dim):
+    return FWD_TABLE[("mma_sm80", kernel_head_dim(head_dim))]
+
+
+def fits_block(config, kd, limits):
+    return fwd_smem_bytes(config, kd) <= limits.smem_per_block_optin
+
+
+def fits_residency(config, kd, limits):
+    """Computed here, not with configs.fits, so a bug there cannot hide itself."""
+    per_block = fwd_smem_bytes(config, kd) + RESERVED_SMEM_PER_BLOCK
+    return fits_block(config, kd, limits) and config.blocks_per_sm * per_block <= limits.smem_per_sm
+
+
+@settings(max_examples=300, deadline=None)
+@given(head_dim=st.integers(1, 32).map(lambda i: 8 * i), causal=st.booleans(),
+       limits=st.sampled_from(DEVICES))
+def test_select_returns_a_fitting_table_entry(head_dim, causal, limits):
+    kd = kernel_head_dim(head_dim)
+    cfg = select_fwd_config(limits, head_dim, causal)
+    assert isinstance(cfg, TileConfig)
+    assert cfg in table(head_dim)
+    assert fits_block(cfg, kd, limits)
+    assert select_fwd_config(limits, head_dim, causal) == cfg  # deterministic
+    first = table(head_dim)[0]
+    if fits_residency(first, kd, limits):
+        assert cfg == first  # the tuned best tile wins whenever it fits as tuned
+    if fits_residency(cfg, kd, limits):
+        # Preference order: no earlier entry fitted its residency.
+        earlier = table(head_dim)[:table(head_dim).index(cfg)]
+        assert not any(fits_residency(c, kd, limits) for c in earlier)
+
+
+@pytest.mark.parametrize("head_dim, expected", [
+    (1, 32), (8, 32), (32, 32), (33, 64), (64, 64), (72, 96), (120, 128), (128, 128), (129, 160),
+    (200, 224), (248, 256), (256, 256)])
+def test_kernel_head_dim_rounds_up(head_dim, expected):
+    assert kernel_head_dim(head_dim) == expected
+
+
+@given(st.integers(1, 256))
+def test_kernel_head_dim_is_the_smallest_instantiated_dim_that_holds_it(head_dim):
+    kd = kernel_head_dim(head_dim)
+    assert kd in KERNEL_HEAD_DIMS and kd >= head_dim
+    assert all(d < head_dim for d in KERNEL_HEAD_DIMS if d < kd)
+
+
+@pytest.mark.parametrize("head_dim", [257, 264, 512])
+def test_kernel_head_dim_rejects_over_256(head_dim):
+    with pytest.raises(ValueError, match=rf"at most 256.*{head_dim}"):
+        kernel_head_dim(head_dim)
+
+
+@pytest.mark.parametrize("config, kd, expected", [
+    (TileConfig("mma_sm80", 128, 32, 4, stages=2), 128, (128 + 2 * 2 * 32) * (128 + 8) * 2),  # 69632
+    (TileConfig("mma_sm80", 128, 32, 4, stages=3), 128, (128 + 2 * 3 * 32) * (128 + 8) * 2),  # stages count
+    (TileConfig("mma_sm80", 64, 64, 4), 64, (64 + 2 * 2 * 64) * (64 + 8) * 2),
+    (TileConfig("mma_sm80", 16, 16, 1), 256, (16 + 2 * 2 * 16) * (256 + 8) * 2)])
+def test_fwd_smem_bytes_hand_computed(config, kd, expected):
+    assert fwd_smem_bytes(config, kd) == expected
+
+
+def test_h100_head_dim_128_runs_two_blocks_per_sm():
+    cfg = select_fwd_config(H100, 128)
+    assert cfg.blocks_per_sm == 2
+    assert 2 * (fwd_smem_bytes(cfg, 128) + RESERVED_SMEM_PER_BLOCK) <= H100.smem_per_sm
+
+
+def test_later_entry_that_fits_its_residency_beats_first_entry_at_lower_residency():
+    # sm_86 at head dim 128: one block of the first entry fits an SM, two do not.
+    tbl, first = table(128), table(128)[0]
+    assert first.blocks_per_sm == 2 and fits_block(first, 128, SM86)
+    assert fwd_smem_bytes(first, 128) + RESERVED_SMEM_PER_BLOCK <= SM86.smem_per_sm
+    assert not fits_residency(first, 128, SM86)
+    cfg = select_fwd_config(SM86, 128)
+    assert cfg != first and fits_residency(cfg, 128, SM86)
+    assert not any(fits_residency(c, 128, SM86) for c in tbl[:tbl.index(cfg)])
+
+
+def test_without_any_residency_fit_the_first_entry_that_fits_is_chosen(monkeypatch):
+    # The real tables end in 1-block tiles, so this branch needs a table of 2-block tiles only.
+    too_big = TileConfig("mma_sm80", 128, 128, 4, blocks_per_sm=2)  # 92160 bytes at head dim 64
+    middle = TileConfig("mma_sm80", 128, 64, 4, blocks_per_sm=2)  # 55296
+    small = TileConfig("mma_sm80", 64, 32, 4, blocks_per_sm=2)  # 27648: two need 57344 with the reserve
+    monkeypatch.setitem(FWD_TABLE, ("mma_sm80", 64), (too_big, middle, small))
+    limits = DeviceLimits(80, smem_per_block_optin=57000, smem_per_sm=57000, sm_count=1)
+    assert not any(fits_residency(c, 64, limits) for c in (too_big, middle, small))
+    assert select_fwd_config(limits, 64) == middle
+
+
+def test_check_fwd_config_accepts_a_fitting_table_entry():
+    for kd in KERNEL_HEAD_DIMS:
+        check_fwd_config(select_fwd_config(H100, kd), H100, kd)  # must not raise
+    check_fwd_config(table(128)[-1], SMEM_48K, 120)  # a problem head dim that is not a kernel one
+
+
+def test_check_fwd_config_rejects_a_config_from_another_head_dims_table():
+    cfg = TileConfig("mma_sm80", 128, 128, 4, blocks_per_sm=2)
+    assert cfg in table(64) and cfg not in table(128)
+    with pytest.raises(ValueError, match="not a forward candidate for head dim 128"):
+        check_fwd_config(cfg, H100, 128)
+    # Same tiles but a different residency is a different kernel instance.
+    with pytest.raises(ValueError, match="not a forward candidate"):
+        check_fwd_config(TileConfig("mma_sm80", 128, 32, 4, blocks_per_sm=1), H100, 128)
+
+
+def test_check_fwd_config_rejects_a_config_too_big_for_the_device():
+    cfg = table(128)[0]  # 69632 bytes > 48 KB
+    with pytest.raises(ValueError, match=r"69632 bytes.*49152"):
+        check_fwd_config(cfg, SMEM_48K, 128)
+
+
+def test_all_fwd_variants_covers_each_table_entry_once():
+    variants = list(all_fwd_variants())
+    assert len(variants) == len(set(variants))
+    for key, configs in FWD_TABLE.items():
+        assert {c for f, kd, c in variants if (f, kd) == key} == set(configs)
+    assert {(f, kd) for f, kd, _ in variants} == set(FWD_TABLE)
+    # Every instantiated head dim has a table, else select_fwd_config would raise KeyError.
+    assert {kd for _, kd in FWD_TABLE} == set(KERNEL_HEAD_DIMS)
+
+
+def test_all_fwd_variants_drops_repeated_entries(monkeypatch):
+    a, b = TileConfig("mma_sm80", 64, 32, 4), TileConfig("mma_sm80", 16, 16, 1)
+    monkeypatch.setitem(FWD_TABLE, ("mma_sm80", 32), (a, b, a))
+    assert [c for f, kd, c in all_fwd_variants() if kd == 32] == [a, b]
+
+
+def test_nothing_fits_raises_no_config_fits_with_numbers():
+    tiny = DeviceLimits(80, smem_per_block_optin=8192, smem_per_sm=65536, sm_count=1)
+    smallest = min(fwd_smem_bytes(c, 64) for c in table(64))
+    with pytest.raises(NoConfigFits) as info:
+        select_fwd_config(tiny, 64)
+    assert isinstance(info.value, ValueError)  # callers may catch ValueError
+    msg = str(info.value)
+    assert "head dim 64" in msg and "8192" in msg and f"smallest needs {smallest}" in msg
+
+
+def test_pre_ampere_is_refused_naming_compute_capability():
+    for call in (lambda: family_for(TURING), lambda: select_fwd_config(TURING, 64),
+                 lambda: check_fwd_config(table(64)[-1], TURING, 64)):
+        with pytest.raises(NoConfigFits, match=r"compute capability 8\.0.*7\.5"):
+            call()
+    assert family_for(SM86).name == "mma_sm80" and family_for(H100).name == "mma_sm80"

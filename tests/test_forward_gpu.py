@@ -1,0 +1,182 @@
+"""The forward kernels on a GPU against float64 attention, on fresh random inputs with NaN-poisoned outputs."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import requires_gpu
+from gpu_helpers import check_against_reference, random_array
+
+import cupyflash as cf
+from cupyflash.configs import KERNEL_HEAD_DIMS, fwd_candidates
+
+pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
+
+AWKWARD_SEQLENS = [1, 17, 97, 1025, 4097]
+HEAD_DIMS = list(range(8, 257, 8))
+DTYPES = ["float16", "bfloat16"]
+
+
+def run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, config=None, scale=None):
+    rng = np.random.default_rng(seed)
+    q, q64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
+    k, k64 = random_array(rng, (batch, seqlen_k, nheads, head_dim), dtype)
+    v, v64 = random_array(rng, (batch, seqlen_k, nheads, head_dim), dtype)
+    out, lse = cf.flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_lse=True, config=config)
+    assert out.shape == q.shape and out.dtype == q.dtype and out.flags.c_contiguous
+    assert lse.shape == (batch, nheads, seqlen_q) and lse.dtype == np.float32
+    scale = scale or 1 / math.sqrt(head_dim)
+    return check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype)
+
+
+seqlens = st.one_of(st.sampled_from(AWKWARD_SEQLENS), st.integers(1, 300))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), seqlen_q=seqlens, seqlen_k=seqlens,
+       nheads=st.integers(1, 3), head_dim=st.sampled_from(HEAD_DIMS), dtype=st.sampled_from(DTYPES),
+       causal=st.booleans())
+def test_forward_matches_float64(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal):
+    # Keep the float64 reference's score matrix modest when both sides are long.
+    while batch * nheads * seqlen_q * seqlen_k > 2**26 and batch * nheads > 1:
+        batch, nheads = max(1, batch // 2), max(1, nheads // 2)
+    run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal)
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_head_dim(head_dim, dtype, causal):
+    run_case(head_dim, 2, 97, 211, 3, head_dim, dtype, causal)
+
+
+def _device_candidates():
+    from cupyflash._device import device_limits
+
+    limits = device_limits(0)
+    return [(kd, c) for kd in KERNEL_HEAD_DIMS for c in fwd_candidates(limits, kd)]
+
+
+try:
+    CANDIDATES = _device_candidates()
+except Exception:  # no GPU: the module is skipped anyway
+    CANDIDATES = []
+
+
+@pytest.mark.parametrize("kd,config", CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in CANDIDATES])
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_candidate_config(kd, config, causal):
+    # head dim kd - 8 exercises the zero-padded columns, kd the full tile; seqlens straddle tile edges.
+    for i, head_dim in enumerate((kd - 8, kd)):
+        run_case(kd + i, 1, config.block_m * 2 + 5, config.block_n * 3 + 7, 2, head_dim,
+                 DTYPES[(kd // 32 + i) % 2], causal, config=config)
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 50), (1025, 17), (64, 1), (1, 1)])
+def test_causal_rows_without_keys_are_zero(seqlen_q, seqlen_k):
+    import cupy
+
+    run_case(7, 2, seqlen_q, seqlen_k, 2, 64, "float16", True)
+    rng = np.random.default_rng(8)
+    q, _ = random_array(rng, (1, seqlen_q, 1, 64), "float16")
+    k, _ = random_array(rng, (1, seqlen_k, 1, 64), "float16")
+    out, lse = cf.flash_attn_func(q, k, k, causal=True, return_lse=True)
+    empty = max(0, seqlen_q - seqlen_k)
+    assert bool((out[:, :empty] == 0).all()) and bool(cupy.isneginf(lse[:, :, :empty]).all())
+    assert bool(cupy.isfinite(lse[:, :, empty:]).all())
+
+
+def test_softmax_scale_is_applied():
+    run_case(11, 1, 129, 130, 2, 64, "bfloat16", False, scale=0.5)
+    run_case(12, 1, 129, 130, 2, 64, "float16", True, scale=2.0)
+
+
+def test_one_hot_values_pick_the_attended_key():
+    """Structured probe: with q = k * large and V = identity, attention approximates a one-hot selection."""
+    import cupy
+
+    n = 64
+    k = cupy.eye(n, dtype=cupy.float16).reshape(1, n, 1, n) * 8
+    v = cupy.eye(n, dtype=cupy.float16).reshape(1, n, 1, n)
+    out = cf.flash_attn_func(k, k, v, softmax_scale=1.0)
+    assert bool((cupy.argmax(out[0, :, 0].astype(cupy.float32), axis=1) == cupy.arange(n)).all())
+    assert float(out[0, :, 0].astype(cupy.float32).diagonal().min()) > 0.99
+
+
+def test_strided_bhsd_views_are_used_in_place():
+    import cupy
+
+    rng = np.random.default_rng(3)
+    b, h, s, d = 2, 4, 333, 128
+    q, q64 = random_array(rng, (b, h, s, d), "bfloat16")
+    k, k64 = random_array(rng, (b, h, s, d), "bfloat16")
+    v, v64 = random_array(rng, (b, h, s, d), "bfloat16")
+    t = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
+    out, lse = cf.flash_attn_func(t(q), t(k), t(v), causal=True, return_lse=True)
+    check_against_reference(out, lse, t(q64), t(k64), t(v64), 1 / math.sqrt(d), True, "bfloat16")
+    assert not t(q).flags.c_contiguous  # the case really is strided
+
+
+def test_misaligned_views_are_copied_and_correct():
+    rng = np.random.default_rng(4)
+    big, big64 = random_array(rng, (1, 100, 2, 72), "float16")
+    q, q64 = big[..., 4:68], big64[..., 4:68]  # address 8 bytes off a 16-byte boundary
+    out, lse = cf.flash_attn_func(q, q, q, return_lse=True)
+    check_against_reference(out, lse, q64, q64, q64, 1 / 8, False, "float16")
+
+
+def test_runs_on_the_current_stream():
+    import cupy
+
+    rng = np.random.default_rng(5)
+    q, q64 = random_array(rng, (2, 500, 2, 64), "float16")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        out, lse = cf.flash_attn_func(q, q, q, return_lse=True)
+    stream.synchronize()
+    check_against_reference(out, lse, q64, q64, q64, 1 / 8, False, "float16")
+
+
+def test_offsets_beyond_32_bits():
+    """A batch stride of 2**31 elements: the second batch lives past what 32-bit indexing can reach."""
+    import cupy
+
+    stride = 2**31 + 64
+    try:
+        pool = cupy.empty(stride + 4096, dtype=cupy.float16)
+    except cupy.cuda.memory.OutOfMemoryError:
+        pytest.skip("needs 4 GiB of GPU memory")
+    b, s, h, d = 2, 16, 1, 64
+    view = cupy.ndarray((b, s, h, d), cupy.float16, pool.data, strides=(stride * 2, h * d * 2, d * 2, 2))
+    rng = np.random.default_rng(6)
+    host = rng.standard_normal((b, s, h, d)).astype(np.float16)
+    view[...] = cupy.asarray(host)
+    out, lse = cf.flash_attn_func(view, view, view, causal=True, return_lse=True)
+    x64 = cupy.asarray(host.astype(np.float64))
+    check_against_reference(out, lse, x64, x64, x64, 1 / 8, True, "float16")
+    del pool
+
+
+def test_empty_batch_launches_nothing():
+    import cupy
+
+    q = cupy.zeros((0, 5, 2, 64), cupy.float16)
+    out, lse = cf.flash_attn_func(q, q, q, return_lse=True)
+    assert out.shape == (0, 5, 2, 64) and lse.shape == (0, 2, 5)
+
+
+def test_bad_inputs_raise_before_launch():
+    import cupy
+
+    q = cupy.zeros((1, 8, 2, 64), cupy.float16)
+    with pytest.raises(TypeError, match="float32"):
+        cf.flash_attn_func(q.astype(cupy.float32), q, q)
+    with pytest.raises(ValueError, match="nheads"):
+        cf.flash_attn_func(q, q[:, :, :1], q[:, :, :1])
+    with pytest.raises(ValueError, match="contiguous"):
+        cf.flash_attn_func(q[..., ::2], q[..., ::2], q[..., ::2])
+    with pytest.raises(TypeError, match="CUDA"):
+        cf.flash_attn_func(cupy.asnumpy(q), q, q)
+    with pytest.raises(ValueError, match="config"):
+        cf.flash_attn_func(q, q, q, config=cf.TileConfig("mma_sm80", 48, 48, 3))

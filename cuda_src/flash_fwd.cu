@@ -35,8 +35,9 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
 
     extern __shared__ uint4 smem_raw[];
     u16* sQ = reinterpret_cast<u16*>(smem_raw);    // later reused to stage O on its way out
-    u16* sK = sQ + QTile::ELEMS;                   // STAGES K tiles, then STAGES V tiles
-    u16* sV = sK + STAGES * KVTile::ELEMS;
+    const u32 sQ_addr = smem_addr(sQ);
+    const u32 sK_addr = sQ_addr + QTile::BYTES;    // STAGES K tiles, then STAGES V tiles
+    const u32 sV_addr = sK_addr + STAGES * KVTile::BYTES;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // Causal blocks further down carry more work; launching them first evens out the tail.
@@ -58,13 +59,13 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
     // Key tiles are visited last-first, so the tiles that need masking come first.
     auto load_kv = [&](int t) {
         const int n0 = (n_tiles - 1 - t) * BLOCK_N, stage = t % STAGES;
-        load_tile_async<KVTile, THREADS>(sK + stage * KVTile::ELEMS, k_bh + n0 * k_str.seq, k_str.seq,
+        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * k_str.seq, k_str.seq,
                                          seqlen_k - n0, head_dim);
-        load_tile_async<KVTile, THREADS>(sV + stage * KVTile::ELEMS, v_bh + n0 * v_str.seq, v_str.seq,
+        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * v_str.seq, v_str.seq,
                                          seqlen_k - n0, head_dim);
     };
 
-    load_tile_async<QTile, THREADS>(sQ, q_bh, q_str.seq, seqlen_q - m0, head_dim);
+    load_tile_async<QTile, THREADS>(sQ_addr, q_bh, q_str.seq, seqlen_q - m0, head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
         if (t < n_tiles) load_kv(t);
@@ -82,12 +83,12 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
         cp_async_commit();
 
         const int n0 = (n_tiles - 1 - t) * BLOCK_N;
-        const u16* sK_t = sK + (t % STAGES) * KVTile::ELEMS;
-        const u16* sV_t = sV + (t % STAGES) * KVTile::ELEMS;
+        const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES;
+        const u32 sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
         // S = Q K^T (raw scores)
         float s[M_TILES][N_TILES][4] = {};
-        gemm_smem_smem_nt<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ, warp_row0, sK_t, lane);
+        gemm_smem_smem_nt<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, lane);
 
         const bool partial = n0 + BLOCK_N > seqlen_k;
         const bool crosses_diagonal = IS_CAUSAL && n0 + BLOCK_N - 1 > m0 + causal_offset;

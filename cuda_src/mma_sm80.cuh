@@ -19,22 +19,24 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
 }
 
 // ---- async global -> shared copies (16 bytes; src_bytes = 0 zero-fills, so padding rows/columns read as 0)
-__device__ __forceinline__ void cp_async_16(void* dst_smem, const void* src_gmem, bool valid) {
+// Shared-memory operands are 32-bit shared-window addresses (smem_addr): one register each, where a generic
+// pointer would hold two.
+__device__ __forceinline__ void cp_async_16(u32 dst_smem, const void* src_gmem, bool valid) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                 :: "r"(smem_addr(dst_smem)), "l"(src_gmem), "r"(valid ? 16 : 0));
+                 :: "r"(dst_smem), "l"(src_gmem), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
 
 // ---- ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i
-__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], const void* p) {
+__device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], const void* p) {
+__device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
 // ---- D += A(16x16, row) * B(16x8, col), fp32 accumulate

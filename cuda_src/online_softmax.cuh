@@ -62,6 +62,9 @@ struct OnlineSoftmax {
                         x = fast_exp2(x * scale_log2 - m_scaled);
                         row_sum += x;
                     }
+                // Pin the sum here: left alone, the scheduler sinks these adds below the P V products and
+                // keeps all of P alive in fp32 next to its packed copy (spills at 128x64 tiles, head dim 128).
+                asm volatile("" : "+f"(row_sum));
                 l_i[mt][r] = alpha * l_i[mt][r] + row_sum;
                 #pragma unroll
                 for (int dt = 0; dt < D_TILES; ++dt) {

@@ -16,6 +16,9 @@ struct SmemTile {
     static constexpr int ELEMS = ROWS * STRIDE;
     static constexpr int CHUNKS_PER_ROW = HEAD_DIM / 8; // 16-byte chunks that hold data
     static __device__ __forceinline__ int offset(int row, int col) { return row * STRIDE + col; }
+    static constexpr int BYTES = ELEMS * 2;
+    // Byte offset, for 32-bit shared addresses.
+    static __device__ __forceinline__ u32 byte_offset(int row, int col) { return 2u * (row * STRIDE + col); }
 };
 
 // Each thread owns one 16-byte column chunk and walks rows ROWS_PER_PASS apart, so a copy needs one running
@@ -37,7 +40,7 @@ struct TileCopy {
 // gmem points at row 0 of this tile for one (batch, head); rows >= rows_valid and columns >= head_dim are
 // zero-filled instead of read, so partial tiles never touch memory past the tensor and never hold garbage.
 template <typename Tile, int THREADS>
-__device__ __forceinline__ void load_tile_async(u16* smem, const u16* gmem, i64 row_stride, int rows_valid,
+__device__ __forceinline__ void load_tile_async(u32 smem, const u16* gmem, i64 row_stride, int rows_valid,
                                                 int head_dim) {
     using C = TileCopy<Tile, THREADS>;
     if (!C::active()) return;
@@ -50,7 +53,7 @@ __device__ __forceinline__ void load_tile_async(u16* smem, const u16* gmem, i64 
     for (int pass = 0; pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS, src += pass_stride) {
         if (C::row_in_tile(r)) {
             const bool valid = col_ok && r < rows_valid;
-            cp_async_16(smem + Tile::offset(r, col), valid ? src : gmem, valid);
+            cp_async_16(smem + Tile::byte_offset(r, col), valid ? src : gmem, valid);
         }
     }
 }

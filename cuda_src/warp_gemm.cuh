@@ -8,28 +8,28 @@ namespace cf {
 
 // A fragment (16x16, row-major) of rows row0.., columns col0.. of a shared tile.
 template <typename Tile>
-__device__ __forceinline__ void load_a_frag(u32 (&a)[4], const u16* tile, int row0, int col0, int lane) {
-    ldmatrix_x4(a, tile + Tile::offset(row0 + (lane & 15), col0 + (lane >> 4) * 8));
+__device__ __forceinline__ void load_a_frag(u32 (&a)[4], u32 tile, int row0, int col0, int lane) {
+    ldmatrix_x4(a, tile + Tile::byte_offset(row0 + (lane & 15), col0 + (lane >> 4) * 8));
 }
 
 // B fragments for two n-tiles (n0..n0+15) over k0..k0+15 from a tile stored n-major (one row per n, as K is
 // for S = Q K^T): b[0..1] feed n-tile n0, b[2..3] feed n-tile n0+8.
 template <typename Tile>
-__device__ __forceinline__ void load_b_pair_nmajor(u32 (&b)[4], const u16* tile, int n0, int k0, int lane) {
-    ldmatrix_x4(b, tile + Tile::offset(n0 + (lane & 7) + (lane >> 4) * 8, k0 + ((lane >> 3) & 1) * 8));
+__device__ __forceinline__ void load_b_pair_nmajor(u32 (&b)[4], u32 tile, int n0, int k0, int lane) {
+    ldmatrix_x4(b, tile + Tile::byte_offset(n0 + (lane & 7) + (lane >> 4) * 8, k0 + ((lane >> 3) & 1) * 8));
 }
 
 // The same from a tile stored k-major (one row per k, as V is for O = P V): transposed on load.
 template <typename Tile>
-__device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], const u16* tile, int n0, int k0, int lane) {
-    ldmatrix_x4_trans(b, tile + Tile::offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
+__device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], u32 tile, int n0, int k0, int lane) {
+    ldmatrix_x4_trans(b, tile + Tile::byte_offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
 }
 
 // acc += A B^T with A = rows [a_row0, a_row0 + 16*M_TILES) of sA and B = the first 8*N_TILES rows of sB,
 // both holding K columns (S = Q K^T).
 template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile>
-__device__ __forceinline__ void gemm_smem_smem_nt(float (&acc)[M_TILES][N_TILES][4], const u16* sA, int a_row0,
-                                                  const u16* sB, int lane) {
+__device__ __forceinline__ void gemm_smem_smem_nt(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_row0,
+                                                  u32 sB, int lane) {
     static_assert(N_TILES % 2 == 0 && K % 16 == 0, "fragment pairs");
     #pragma unroll
     for (int k0 = 0; k0 < K; k0 += 16) {
@@ -53,7 +53,7 @@ __device__ __forceinline__ void gemm_smem_smem_nt(float (&acc)[M_TILES][N_TILES]
 // of sB, stored k-major (O += P V).
 template <typename Elem, int M_TILES, int N_TILES, int K, typename BTile>
 __device__ __forceinline__ void gemm_regs_smem_nn(float (&acc)[M_TILES][N_TILES][4],
-                                                  const u32 (&a)[M_TILES][K / 16][4], const u16* sB, int lane) {
+                                                  const u32 (&a)[M_TILES][K / 16][4], u32 sB, int lane) {
     static_assert(N_TILES % 2 == 0, "fragment pairs");
     #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk) {

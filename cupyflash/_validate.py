@@ -6,6 +6,7 @@ on machines without a GPU; :func:`spec_of` reads one off a CuPy array.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from .configs import MAX_HEAD_DIM
@@ -87,7 +88,7 @@ def check_qkv(q: ArraySpec, k: ArraySpec, v: ArraySpec) -> AttentionShape:
     if head_dim % 8 or not 8 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM}; got {head_dim}")
     for name, a in named:
-        if a.strides[3] != a.itemsize:
+        if math.prod(a.shape) and a.strides[3] != a.itemsize:  # an empty array's strides are arbitrary
             raise ValueError(f"{name}'s last dimension (head dim) must be contiguous; its stride is "
                              f"{a.strides[3] // a.itemsize} elements (any other strides are fine)")
     if nheads > _MAX_GRID_YZ or batch > _MAX_GRID_YZ:
@@ -106,10 +107,9 @@ def needs_aligned_copy(a: ArraySpec) -> bool:
 def check_softmax_scale(softmax_scale, head_dim: int) -> float:
     if softmax_scale is None:
         return 1.0 / math.sqrt(head_dim)
-    try:
-        scale = float(softmax_scale)
-    except (TypeError, ValueError):
-        raise TypeError(f"softmax_scale must be a real number or None; got {softmax_scale!r}") from None
+    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
+        raise TypeError(f"softmax_scale must be a real number or None; got {softmax_scale!r}")
+    scale = float(softmax_scale)
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"softmax_scale must be finite and positive; got {softmax_scale!r}")
     return scale

@@ -60,7 +60,8 @@ def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1):
     return TileConfig("mma_sm80", block_m, block_n, warps, stages, blocks_per_sm)
 
 
-# Last-resort tiles for small shared memory (they fit 48 KB at every head dim); slow, but never "no kernel".
+# Fallback tiles for small shared memory, appended to every head dim's list: 64x32 fits 99 KB at every head
+# dim, 16x16 fits 48 KB at every head dim. Slow, but never "no kernel".
 _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
@@ -124,16 +125,20 @@ def fwd_candidates(limits: DeviceLimits, head_dim: int) -> tuple[TileConfig, ...
 
 
 def select_fwd_config(limits: DeviceLimits, head_dim: int, causal: bool = False) -> TileConfig:
-    """The forward tile configuration for a problem: the first table entry whose shared memory fits the
-    device with the residency it was tuned for; failing that, the first that fits at all."""
+    """The forward tile configuration for a problem: the first tuned table entry whose shared memory fits the
+    device with the residency it was tuned for; failing that, the first entry (fallbacks included) that fits
+    at all. A tuned tile at one block per SM beats a fallback tile at its residency."""
     del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
     kd = kernel_head_dim(head_dim)
     fam = family_for(limits)
     table = FWD_TABLE[(fam.name, kd)]
-    for residency in (True, False):
-        for config in table:
-            if fits(config, kd, limits, residency=residency):
-                return config
+    tuned = [c for c in table if c not in _SMALL]
+    for config in tuned:
+        if fits(config, kd, limits, residency=True):
+            return config
+    for config in table:
+        if fits(config, kd, limits, residency=False):
+            return config
     raise NoConfigFits(
         f"no forward tile configuration for head dim {head_dim} fits {limits.smem_per_block_optin} bytes of "
         f"shared memory per block (smallest needs {min(fwd_smem_bytes(c, kd) for c in table)})")

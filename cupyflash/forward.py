@@ -77,7 +77,8 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *, return_lse=Fal
     b, sq, sk, h, d = shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.head_dim
 
     with cupy.cuda.Device(shape.device):
-        q, k, v = (cupy.ascontiguousarray(x) if needs_aligned_copy(spec_of(x)) else x for x in (q, k, v))
+        # A fresh allocation is 256-byte aligned; ascontiguousarray would hand back a misaligned contiguous view.
+        q, k, v = (x.copy() if needs_aligned_copy(spec_of(x)) else x for x in (q, k, v))
         out = _empty((b, sq, h, d), q.dtype)
         lse = _empty((b, h, sq), cupy.float32)
         if out.size:

@@ -1,5 +1,7 @@
 """The tile table and the dispatcher (cupyflash.configs): pure Python, so tested without a GPU."""
 import pytest
+
+from cupyflash import configs
 from hypothesis import given, settings, strategies as st
 
 from cupyflash.configs import (FWD_TABLE, KERNEL_HEAD_DIMS, RESERVED_SMEM_PER_BLOCK, DeviceLimits,
@@ -83,15 +85,25 @@ def test_h100_head_dim_128_runs_two_blocks_per_sm():
     assert 2 * (fwd_smem_bytes(cfg, 128) + RESERVED_SMEM_PER_BLOCK) <= H100.smem_per_sm
 
 
-def test_later_entry_that_fits_its_residency_beats_first_entry_at_lower_residency():
-    # sm_86 at head dim 128: one block of the first entry fits an SM, two do not.
+def test_a_tuned_tile_at_one_block_beats_a_fallback_at_its_residency():
+    # sm_86 at head dim 128: two blocks of the first entry do not fit an SM, and no other tuned entry fits its
+    # residency; the first entry at one block per SM is still preferred over the small fallback tiles.
     tbl, first = table(128), table(128)[0]
     assert first.blocks_per_sm == 2 and fits_block(first, 128, SM86)
-    assert fwd_smem_bytes(first, 128) + RESERVED_SMEM_PER_BLOCK <= SM86.smem_per_sm
     assert not fits_residency(first, 128, SM86)
-    cfg = select_fwd_config(SM86, 128)
-    assert cfg != first and fits_residency(cfg, 128, SM86)
-    assert not any(fits_residency(c, 128, SM86) for c in tbl[:tbl.index(cfg)])
+    assert not any(fits_residency(c, 128, SM86) for c in tbl if c not in configs._SMALL)
+    assert any(fits_residency(c, 128, SM86) for c in configs._SMALL)
+    assert select_fwd_config(SM86, 128) == first
+
+
+def test_a_tuned_tile_that_fits_its_residency_beats_an_earlier_one_that_does_not():
+    limits = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=102400, sm_count=1)
+    tbl = table(64)  # 128x64 b2 (55296 B: two need 112640) then 128x128 b2 (92160 B)
+    assert not fits_residency(tbl[0], 64, limits)
+    cfg = select_fwd_config(limits, 64)
+    assert cfg == tbl[0]  # nothing tuned fits two blocks, so the first that fits at all wins
+    roomy = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=2 * (55296 + 1024), sm_count=1)
+    assert select_fwd_config(roomy, 64) == tbl[0] and fits_residency(tbl[0], 64, roomy)
 
 
 def test_without_any_residency_fit_the_first_entry_that_fits_is_chosen(monkeypatch):
@@ -109,6 +121,9 @@ def test_check_fwd_config_accepts_a_fitting_table_entry():
     for kd in KERNEL_HEAD_DIMS:
         check_fwd_config(select_fwd_config(H100, kd), H100, kd)  # must not raise
     check_fwd_config(table(128)[-1], SMEM_48K, 120)  # a problem head dim that is not a kernel one
+    # A forced 2-block tile only has to fit one block: sm_86 runs table(128)[0] at 1 block/SM.
+    assert not fits_residency(table(128)[0], 128, SM86)
+    check_fwd_config(table(128)[0], SM86, 128)
 
 
 def test_check_fwd_config_rejects_a_config_from_another_head_dims_table():

@@ -55,10 +55,11 @@ def test_unsupported_dtype(dtype):
     raises(TypeError, *qkv(dtype=dtype), "float16 or bfloat16", dtype)
 
 
-def test_mismatched_dtypes():
-    q, k, v = qkv()
-    k = spec(k.shape, dtype="bfloat16")
-    raises(TypeError, q, k, v, "one dtype", "k bfloat16", "q float16")
+@pytest.mark.parametrize("which", [1, 2])
+def test_mismatched_dtypes(which):
+    arrays = list(qkv())
+    arrays[which] = spec(arrays[which].shape, dtype="bfloat16")
+    raises(TypeError, *arrays, "one dtype", f"{'qkv'[which]} bfloat16", "q float16")
 
 
 def test_different_devices():
@@ -106,8 +107,9 @@ def test_grid_limits(shape):
 
 
 def test_grid_limits_are_inclusive():
-    shape = (65535, 1, 1, 8)
-    assert check_qkv(*qkv(shape, shape)).batch == 65535
+    shape = (65535, 1, 65535, 8)
+    got = check_qkv(*qkv(shape, shape))
+    assert (got.batch, got.nheads) == (65535, 65535)
 
 
 def bhsd_as_bshd(b, h, s, d, ptr=0):
@@ -172,10 +174,10 @@ def test_softmax_scale_rejects_non_numbers(value):
         check_softmax_scale(value, 64)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: float('0.5') succeeds, so numeric strings are accepted")
-def test_softmax_scale_rejects_numeric_string():
+@pytest.mark.parametrize("value", ["0.5", True])
+def test_softmax_scale_rejects_numeric_strings_and_bools(value):
     with pytest.raises(TypeError):
-        check_softmax_scale("0.5", 64)
+        check_softmax_scale(value, 64)
 
 
 def test_as_cuda_array_rejects_numpy_naming_cuda_and_the_type():

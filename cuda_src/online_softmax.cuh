@@ -25,7 +25,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[M_TILES][N_TILES][4], int
 
 template <int M_TILES>
 struct OnlineSoftmax {
-    float m_i[M_TILES][2];  // running max of raw scores, per row this thread holds (lane/4 and lane/4 + 8)
+    float m_i[M_TILES][2];  // running (near-)max of raw scores, per row this thread holds (lane/4, lane/4 + 8)
     float l_i[M_TILES][2];  // running sum of exp, partial over this thread's columns until finish()
 
     __device__ __forceinline__ void init() {
@@ -35,24 +35,54 @@ struct OnlineSoftmax {
             for (int r = 0; r < 2; ++r) { m_i[mt][r] = neg_inf(); l_i[mt][r] = 0.f; }
     }
 
-    // s <- p = exp2(s * scale_log2 - m_new * scale_log2), l_i <- alpha * l_i + rowsum(p), acc <- alpha * acc,
-    // with alpha = exp2((m_old - m_new) * scale_log2).
+    // s <- p = exp2(s * scale_log2 - m_i * scale_log2), l_i <- alpha * l_i + rowsum(p), acc <- alpha * acc.
+    //
+    // m_i need not be the exact running max: any value works as long as acc and l_i use the same one, and
+    // p = exp2(...) stays small. So m_i moves (and acc is rescaled by alpha = exp2((m_old - m_new) * scale_log2))
+    // only when some row of the warp sees its max grow by more than RESCALE_LOG2 (p <= 2^8 otherwise, far
+    // from overflow in fp16/bf16/fp32). After the first tile that is rare, which skips the D/8*4 multiplies per
+    // row per tile that an unconditional rescale costs. The vote keeps the branch uniform across the warp.
+    static constexpr float RESCALE_LOG2 = 8.f;
+
     template <int N_TILES, int D_TILES>
     __device__ __forceinline__ void update(float (&s)[M_TILES][N_TILES][4], float (&acc)[M_TILES][D_TILES][4],
                                            float scale_log2) {
+        float tile_max[M_TILES][2];
+        bool grows = false;
         #pragma unroll
         for (int mt = 0; mt < M_TILES; ++mt)
             #pragma unroll
             for (int r = 0; r < 2; ++r) {
-                float row_max = m_i[mt][r];
+                float x = neg_inf();
                 #pragma unroll
-                for (int nt = 0; nt < N_TILES; ++nt)
-                    row_max = fmaxf(row_max, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-                row_max = quad_max(row_max);
-                // A row with every score masked so far keeps m = -inf; subtracting 0 then gives p = 0, not NaN.
-                const float m_scaled = row_max == neg_inf() ? 0.f : row_max * scale_log2;
-                const float alpha = fast_exp2(m_i[mt][r] * scale_log2 - m_scaled);
-                m_i[mt][r] = row_max;
+                for (int nt = 0; nt < N_TILES; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+                tile_max[mt][r] = quad_max(x);
+                // Written so that m_i = -inf (nothing seen yet) with a finite tile max counts as growth.
+                grows |= !((tile_max[mt][r] - m_i[mt][r]) * scale_log2 <= RESCALE_LOG2);
+            }
+        if (__any_sync(0xffffffffu, grows)) {
+            #pragma unroll
+            for (int mt = 0; mt < M_TILES; ++mt)
+                #pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const float m_new = fmaxf(m_i[mt][r], tile_max[mt][r]);
+                    // m_new = -inf: nothing seen yet, acc and l_i are 0; alpha = 1 avoids (-inf) - (-inf).
+                    const float alpha = m_new == neg_inf() ? 1.f : fast_exp2((m_i[mt][r] - m_new) * scale_log2);
+                    m_i[mt][r] = m_new;
+                    l_i[mt][r] *= alpha;
+                    #pragma unroll
+                    for (int dt = 0; dt < D_TILES; ++dt) {
+                        acc[mt][dt][2 * r] *= alpha;
+                        acc[mt][dt][2 * r + 1] *= alpha;
+                    }
+                }
+        }
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                // m = -inf (row fully masked so far): subtracting 0 gives p = exp2(-inf) = 0, not NaN.
+                const float m_scaled = m_i[mt][r] == neg_inf() ? 0.f : m_i[mt][r] * scale_log2;
                 float row_sum = 0.f;
                 #pragma unroll
                 for (int nt = 0; nt < N_TILES; ++nt)
@@ -62,15 +92,7 @@ struct OnlineSoftmax {
                         x = fast_exp2(x * scale_log2 - m_scaled);
                         row_sum += x;
                     }
-                // Pin the sum here: left alone, the scheduler sinks these adds below the P V products and
-                // keeps all of P alive in fp32 next to its packed copy (spills at 128x64 tiles, head dim 128).
-                asm volatile("" : "+f"(row_sum));
-                l_i[mt][r] = alpha * l_i[mt][r] + row_sum;
-                #pragma unroll
-                for (int dt = 0; dt < D_TILES; ++dt) {
-                    acc[mt][dt][2 * r] *= alpha;
-                    acc[mt][dt][2 * r + 1] *= alpha;
-                }
+                l_i[mt][r] += row_sum;
             }
     }
 

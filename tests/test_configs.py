@@ -96,14 +96,16 @@ def test_a_tuned_tile_at_one_block_beats_a_fallback_at_its_residency():
     assert select_fwd_config(SM86, 128) == first
 
 
-def test_a_tuned_tile_that_fits_its_residency_beats_an_earlier_one_that_does_not():
-    limits = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=102400, sm_count=1)
-    tbl = table(64)  # 128x64 b2 (55296 B: two need 112640) then 128x128 b2 (92160 B)
-    assert not fits_residency(tbl[0], 64, limits)
-    cfg = select_fwd_config(limits, 64)
-    assert cfg == tbl[0]  # nothing tuned fits two blocks, so the first that fits at all wins
-    roomy = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=2 * (55296 + 1024), sm_count=1)
-    assert select_fwd_config(roomy, 64) == tbl[0] and fits_residency(tbl[0], 64, roomy)
+def test_a_tuned_tile_that_fits_its_residency_beats_an_earlier_one_that_does_not(monkeypatch):
+    big = TileConfig("mma_sm80", 128, 128, 4, blocks_per_sm=2)  # 92160 bytes at head dim 64
+    small = TileConfig("mma_sm80", 128, 64, 4, blocks_per_sm=2)  # 55296
+    monkeypatch.setitem(FWD_TABLE, ("mma_sm80", 64), (big, small) + configs._SMALL)
+    limits = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=2 * (55296 + 1024), sm_count=1)
+    assert fits_block(big, 64, limits) and not fits_residency(big, 64, limits)
+    assert select_fwd_config(limits, 64) == small
+    # With room for two of the big tile, the first entry wins again.
+    roomy = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=2 * (92160 + 1024), sm_count=1)
+    assert select_fwd_config(roomy, 64) == big
 
 
 def test_without_any_residency_fit_the_first_entry_that_fits_is_chosen(monkeypatch):

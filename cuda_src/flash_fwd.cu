@@ -92,8 +92,10 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
 
         const bool partial = n0 + BLOCK_N > seqlen_k;
         const bool crosses_diagonal = IS_CAUSAL && n0 + BLOCK_N - 1 > m0 + causal_offset;
-        if (partial || crosses_diagonal)
-            mask_scores<IS_CAUSAL>(s, m0 + warp_row0, n0, seqlen_k, causal_offset, lane);
+        if (partial || crosses_diagonal)  // padding keys must not enter the softmax sum; nor keys past the diagonal
+            mask_where(s, m0 + warp_row0, n0, lane, [&](int row, int col) {
+                return col >= seqlen_k || (IS_CAUSAL && col > row + causal_offset);
+            });
 
         // m_i, l_i, acc <- online softmax step; s now holds P
         softmax.update(s, acc, scale_log2);
@@ -108,20 +110,17 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
     cp_async_wait<0>();
     __syncthreads();
     softmax.finish();
+    float row_scale[M_TILES][2];
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            const int row = warp_row0 + 16 * mt + lane / 4 + 8 * r;
-            const float inv_l = softmax.inv_l(mt, r);
-            #pragma unroll
-            for (int dt = 0; dt < D_TILES; ++dt)
-                *reinterpret_cast<u32*>(sQ + QTile::offset(row, 8 * dt + 2 * (lane % 4))) =
-                    Mma<Elem>::pack(acc[mt][dt][2 * r] * inv_l, acc[mt][dt][2 * r + 1] * inv_l);
-            if (lane % 4 == 0 && m0 + row < seqlen_q)
-                lse[(static_cast<i64>(batch) * nheads + head) * seqlen_q + m0 + row] =
-                    softmax.lse(mt, r, scale_log2);
+            row_scale[mt][r] = softmax.inv_l(mt, r);
+            const int row = m0 + warp_row0 + 16 * mt + lane / 4 + 8 * r;
+            if (lane % 4 == 0 && row < seqlen_q)
+                lse[(static_cast<i64>(batch) * nheads + head) * seqlen_q + row] = softmax.lse(mt, r, scale_log2);
         }
+    stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
     __syncthreads();
     store_tile<QTile, THREADS>(out + batch * o_str.batch + head * o_str.head + m0 * o_str.seq, sQ, o_str.seq,
                                seqlen_q - m0, head_dim);

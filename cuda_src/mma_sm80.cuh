@@ -54,6 +54,12 @@ template <> struct Mma<f16> {
         asm("cvt.rn.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
         return r;
     }
+    static __device__ __forceinline__ float2 unpack(u32 v) {
+        float2 f;
+        asm("{ .reg .b16 l, h; mov.b32 {l, h}, %2; cvt.f32.f16 %0, l; cvt.f32.f16 %1, h; }\n"
+            : "=f"(f.x), "=f"(f.y) : "r"(v));
+        return f;
+    }
 };
 template <> struct Mma<bf16> {
     static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -66,6 +72,9 @@ template <> struct Mma<bf16> {
         u32 r;
         asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
         return r;
+    }
+    static __device__ __forceinline__ float2 unpack(u32 v) {  // bf16 is the top half of an fp32
+        return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
     }
 };
 

@@ -6,11 +6,12 @@
 
 namespace cf {
 
-// Causal rule (bottom-right aligned): query row i sees key j iff j <= i + causal_offset,
-// causal_offset = seqlen_k - seqlen_q. Keys >= seqlen_k are padding. Masked scores become -inf.
-template <bool IS_CAUSAL, int M_TILES, int N_TILES>
-__device__ __forceinline__ void mask_scores(float (&s)[M_TILES][N_TILES][4], int row0, int col0, int seqlen_k,
-                                            int causal_offset, int lane) {
+// Sets s[mt][nt][e] = -inf where hidden(row, col) holds, for an accumulator fragment whose first row and column
+// are row0 and col0 (rows and columns mean whatever the caller's product has there: queries x keys for S,
+// keys x queries for S^T). Causal rule (bottom-right aligned): query i sees key j iff j <= i + seqlen_k - seqlen_q.
+template <int M_TILES, int N_TILES, typename Hidden>
+__device__ __forceinline__ void mask_where(float (&s)[M_TILES][N_TILES][4], int row0, int col0, int lane,
+                                           Hidden hidden) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -19,7 +20,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[M_TILES][N_TILES][4], int
             for (int e = 0; e < 4; ++e) {
                 const int row = row0 + 16 * mt + lane / 4 + 8 * (e / 2);
                 const int col = col0 + 8 * nt + 2 * (lane % 4) + (e % 2);
-                if (col >= seqlen_k || (IS_CAUSAL && col > row + causal_offset)) s[mt][nt][e] = neg_inf();
+                if (hidden(row, col)) s[mt][nt][e] = neg_inf();
             }
 }
 

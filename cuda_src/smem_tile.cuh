@@ -74,4 +74,22 @@ __device__ __forceinline__ void store_tile(u16* gmem, const u16* smem, i64 row_s
             *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(smem + Tile::offset(r, col));
 }
 
+// COUNT fp32 per-row values (lse, delta) starting at gmem into shared memory, 4 per 16-byte copy; entries at
+// or past `valid` are zero-filled. COUNT must be a multiple of 4.
+template <int COUNT, int THREADS>
+__device__ __forceinline__ void load_row_values_async(u32 smem, const float* gmem, int valid) {
+    static_assert(COUNT % 4 == 0 && COUNT / 4 <= THREADS, "one 16-byte chunk per thread");
+    const int i = threadIdx.x * 4;
+    if (i < COUNT) {
+        // Rows are contiguous, so a chunk is all-valid, all-invalid, or straddles the end (then copied by parts).
+        if (i + 4 <= valid) {
+            cp_async_16(smem + 4 * i, gmem + i, true);
+        } else {
+            float* dst = reinterpret_cast<float*>(__cvta_shared_to_generic(smem + 4 * i));
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) dst[j] = i + j < valid ? gmem[i + j] : 0.f;
+        }
+    }
+}
+
 }  // namespace cf

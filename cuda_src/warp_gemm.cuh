@@ -12,6 +12,13 @@ __device__ __forceinline__ void load_a_frag(u32 (&a)[4], u32 tile, int row0, int
     ldmatrix_x4(a, tile + Tile::byte_offset(row0 + (lane & 15), col0 + (lane >> 4) * 8));
 }
 
+// The same A fragment from a tile stored k-major (row = k, column = m; as dS^T is for dQ = dS K).
+template <typename Tile>
+__device__ __forceinline__ void load_a_frag_kmajor(u32 (&a)[4], u32 tile, int row0, int col0, int lane) {
+    ldmatrix_x4_trans(a, tile + Tile::byte_offset(col0 + (lane & 7) + ((lane >> 4) & 1) * 8,
+                                                  row0 + ((lane >> 3) & 1) * 8));
+}
+
 // B fragments for two n-tiles (n0..n0+15) over k0..k0+15 from a tile stored n-major (one row per n, as K is
 // for S = Q K^T): b[0..1] feed n-tile n0, b[2..3] feed n-tile n0+8.
 template <typename Tile>
@@ -85,6 +92,23 @@ __device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES / 2][
             a[mt][kk][3] = Mma<Elem>::pack(c[mt][2 * kk + 1][2], c[mt][2 * kk + 1][3]);
         }
     }
+}
+
+// Writes rows [row0, row0 + 16*M_TILES) of an accumulator, each row multiplied by row_scale, into a shared tile
+// as 16-bit elements (the way out to global memory goes through shared memory for 16-byte stores).
+template <typename Elem, typename Tile, int M_TILES, int N_TILES>
+__device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
+                                                    const float (&row_scale)[M_TILES][2], int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = row0 + 16 * mt + lane / 4 + 8 * r;
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                *reinterpret_cast<u32*>(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4))) =
+                    Mma<Elem>::pack(acc[mt][nt][2 * r] * row_scale[mt][r], acc[mt][nt][2 * r + 1] * row_scale[mt][r]);
+        }
 }
 
 }  // namespace cf

@@ -1,7 +1,8 @@
 """cupyflash: FlashAttention for CuPy arrays, compiled at run time with NVRTC. No PyTorch needed."""
 from .configs import DeviceLimits, NoConfigFits, TileConfig, select_fwd_config
 from .forward import flash_attn_func, select_config_for
+from .backward import flash_attn_backward, flash_attn_vjp
 
-__all__ = ["flash_attn_func", "select_config_for", "select_fwd_config", "TileConfig", "DeviceLimits",
+__all__ = ["flash_attn_func", "flash_attn_backward", "flash_attn_vjp", "select_config_for", "select_fwd_config", "TileConfig", "DeviceLimits",
            "NoConfigFits"]
 __version__ = "0.1.0"

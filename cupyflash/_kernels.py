@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from .configs import TileConfig, fwd_smem_bytes
+from .configs import TileConfig, bwd_dq_smem_bytes, bwd_smem_bytes, fwd_smem_bytes
 
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$', re.MULTILINE)
 COMPILE_OPTIONS = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1")
@@ -50,6 +50,22 @@ def fwd_kernel_name(config: TileConfig, kernel_hdim: int, dtype: str, causal: bo
     """The C++ template instance that implements this forward variant (the NVRTC name expression)."""
     return (f"cf::flash_fwd_kernel<{_ELEM_TAG[dtype]}, {kernel_hdim}, {config.block_m}, {config.block_n}, "
             f"{config.warps}, {config.stages}, {config.blocks_per_sm}, {'true' if causal else 'false'}>")
+
+
+def bwd_kernel_name(config: TileConfig, kernel_hdim: int, dtype: str, causal: bool, atomic_dq: bool) -> str:
+    """The dK/dV kernel instance (with or without the atomic dQ accumulation)."""
+    return (f"cf::flash_bwd_dkdv_kernel<{_ELEM_TAG[dtype]}, {kernel_hdim}, {config.block_m}, {config.block_n}, "
+            f"{config.warps}, {config.stages}, {config.blocks_per_sm}, {'true' if causal else 'false'}, "
+            f"{'true' if atomic_dq else 'false'}, {config.d_split}>")
+
+
+def bwd_dq_kernel_name(config: TileConfig, kernel_hdim: int, dtype: str, causal: bool) -> str:
+    return (f"cf::flash_bwd_dq_kernel<{_ELEM_TAG[dtype]}, {kernel_hdim}, {config.block_m}, {config.block_n}, "
+            f"{config.warps}, {config.stages}, {config.blocks_per_sm}, {'true' if causal else 'false'}>")
+
+
+def bwd_preprocess_kernel_name(dtype: str) -> str:
+    return f"cf::flash_bwd_preprocess_kernel<{_ELEM_TAG[dtype]}>"
 
 
 _lock = threading.Lock()
@@ -90,3 +106,17 @@ def get_function(source_file: str, name: str, smem_bytes: int, device_id: int):
 def fwd_function(config: TileConfig, kernel_hdim: int, dtype: str, causal: bool, device_id: int):
     return get_function("flash_fwd.cu", fwd_kernel_name(config, kernel_hdim, dtype, causal),
                         fwd_smem_bytes(config, kernel_hdim), device_id)
+
+
+def bwd_function(config: TileConfig, kernel_hdim: int, dtype: str, causal: bool, atomic_dq: bool, device_id: int):
+    return get_function("flash_bwd.cu", bwd_kernel_name(config, kernel_hdim, dtype, causal, atomic_dq),
+                        bwd_smem_bytes(config, kernel_hdim), device_id)
+
+
+def bwd_dq_function(config: TileConfig, kernel_hdim: int, dtype: str, causal: bool, device_id: int):
+    return get_function("flash_bwd.cu", bwd_dq_kernel_name(config, kernel_hdim, dtype, causal),
+                        bwd_dq_smem_bytes(config, kernel_hdim), device_id)
+
+
+def bwd_preprocess_function(dtype: str, device_id: int):
+    return get_function("flash_bwd.cu", bwd_preprocess_kernel_name(dtype), 0, device_id)

@@ -12,8 +12,9 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ._kernels import COMPILE_OPTIONS, fwd_kernel_name, load_source
-from .configs import all_fwd_variants
+from ._kernels import (COMPILE_OPTIONS, bwd_dq_kernel_name, bwd_kernel_name, bwd_preprocess_kernel_name,
+                       fwd_kernel_name, load_source)
+from .configs import all_variants
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -93,11 +94,26 @@ def _check(lib, status):
         raise RuntimeError(f"NVRTC error {status}: {lib.nvrtcGetErrorString(status).decode()}")
 
 
+DTYPES = ("float16", "bfloat16")
+
+
 def fwd_variant_names() -> list[str]:
     """Every forward template instance the dispatcher can select: configs x dtypes x causal."""
     return [fwd_kernel_name(config, kd, dtype, causal)
-            for _family, kd, config in all_fwd_variants()
-            for dtype in ("float16", "bfloat16") for causal in (False, True)]
+            for _family, kd, config in all_variants("fwd") for dtype in DTYPES for causal in (False, True)]
+
+
+def bwd_variant_names() -> list[str]:
+    """Every backward template instance: dK/dV kernels with and without atomic dQ, dQ kernels, preprocess."""
+    names = [bwd_kernel_name(config, kd, dtype, causal, atomic)
+             for _family, kd, config in all_variants("bwd") for dtype in DTYPES for causal in (False, True)
+             for atomic in (True, False)]
+    names += [bwd_dq_kernel_name(config, kd, dtype, causal)
+              for _family, kd, config in all_variants("bwd_dq") for dtype in DTYPES for causal in (False, True)]
+    return names + [bwd_preprocess_kernel_name(dtype) for dtype in DTYPES]
+
+
+SOURCES = {"flash_fwd.cu": fwd_variant_names, "flash_bwd.cu": bwd_variant_names}
 
 
 def _compile_group(args):
@@ -106,10 +122,10 @@ def _compile_group(args):
 
 
 def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16) -> dict[tuple[str, str], Resources]:
-    """(arch, kernel name) -> resources for every forward variant; groups of names share one NVRTC program,
+    """(arch, kernel name) -> resources for every kernel variant; groups of names share one NVRTC program,
     groups run in ``jobs`` processes."""
-    names = fwd_variant_names()
-    groups = [("flash_fwd.cu", names[i:i + group_size], arch)
+    groups = [(source, names[i:i + group_size], arch)
+              for source, variant_names in SOURCES.items() for names in [variant_names()]
               for arch in archs for i in range(0, len(names), group_size)]
     results = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:

@@ -113,3 +113,35 @@ def check_softmax_scale(softmax_scale, head_dim: int) -> float:
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"softmax_scale must be finite and positive; got {softmax_scale!r}")
     return scale
+
+
+def check_backward_inputs(shape: AttentionShape, q: ArraySpec, dout: ArraySpec, out: ArraySpec,
+                          lse: ArraySpec) -> None:
+    """dout and out are laid out like q (any strides, head dim contiguous); lse is float32 (batch, nheads,
+    seqlen_q), as flash_attn_func(..., return_lse=True) returns them."""
+    for name, a in (("dout", dout), ("out", out)):
+        if a.shape != q.shape:
+            raise ValueError(f"{name} must have q's shape {q.shape}; got {a.shape}")
+        if a.dtype != q.dtype:
+            raise TypeError(f"{name} must have q's dtype {q.dtype}; got {a.dtype}")
+        if a.device != q.device:
+            raise ValueError(f"{name} must be on q's GPU {q.device}; got device {a.device}")
+        if math.prod(a.shape) and a.strides[3] != a.itemsize:
+            raise ValueError(f"{name}'s last dimension (head dim) must be contiguous; its stride is "
+                             f"{a.strides[3] // a.itemsize} elements")
+    expected = (shape.batch, shape.nheads, shape.seqlen_q)
+    if lse.shape != expected:
+        raise ValueError(f"lse must have shape (batch, nheads, seqlen_q) = {expected}; got {lse.shape}")
+    if lse.dtype != "float32":
+        raise TypeError(f"lse must be float32; got {lse.dtype}")
+    if lse.device != q.device:
+        raise ValueError(f"lse must be on q's GPU {q.device}; got device {lse.device}")
+
+
+def check_grad_output(name: str, grad: ArraySpec, like: ArraySpec) -> None:
+    """A caller-provided gradient buffer must match the input it is the gradient of."""
+    if grad.shape != like.shape or grad.dtype != like.dtype or grad.device != like.device:
+        raise ValueError(f"{name} must match its input: shape {like.shape}, dtype {like.dtype}, device "
+                         f"{like.device}; got shape {grad.shape}, dtype {grad.dtype}, device {grad.device}")
+    if math.prod(grad.shape) and grad.strides[3] != grad.itemsize:
+        raise ValueError(f"{name}'s last dimension (head dim) must be contiguous")

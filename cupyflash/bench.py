@@ -1,4 +1,4 @@
-"""Forward-pass benchmark of cupyflash against naive CuPy attention and PyTorch SDPA.
+"""Forward and backward benchmark of cupyflash against naive CuPy attention and PyTorch SDPA.
 
 Run as ``python -m cupyflash.bench`` (``--help`` for options). cupy and torch are
 imported lazily so that the argument parser works on machines without a GPU.
@@ -13,19 +13,22 @@ import sys
 
 TOKENS = 16384  # tokens per batch, as in the FlashAttention papers
 HIDDEN = 2048
-ALL_IMPLS = ["cupyflash", "torch-flash", "torch-cudnn", "cupy-naive"]
+ALL_IMPLS = ["cupyflash", "cupyflash-det", "torch-flash", "torch-cudnn", "cupy-naive"]
+BWD_ONLY = {"cupyflash-det"}  # its forward is cupyflash's; only deterministic=True changes the backward
 TORCH_BACKENDS = {"torch-flash": "FLASH_ATTENTION", "torch-cudnn": "CUDNN_ATTENTION"}
 FLOP_NOTE = ("FLOPs(fwd) = 4*batch*nheads*seqlen_q*seqlen_k*headdim, halved when causal; "
-             "TFLOP/s = FLOPs / median time")
+             "FLOPs(bwd) = 2.5*FLOPs(fwd); TFLOP/s = FLOPs / median time; "
+             "bwd is timed alone, after an untimed forward")
+BWD_FLOP_FACTOR = 2.5  # the backward's five matmuls against the forward's two
 
-# (header, row key, formatter). A backward benchmark only needs to fill row["bwd_ms"]
-# and row["bwd_tflops"] via _fill_timing(row, "bwd", ...) and add two entries here.
+# (header, row key, formatter); _fill_timing(row, direction, ...) fills the ms and TFLOP/s keys.
 _num = lambda fmt: (lambda v: "" if v is None else fmt % v)
 COLUMNS = [
     ("impl", "impl", str), ("dtype", "dtype", str), ("D", "D", str),
     ("causal", "causal", str), ("seqlen", "seqlen", str), ("batch", "batch", str),
     ("nheads", "nheads", str), ("fwd ms", "fwd_ms", _num("%.3f")),
-    ("fwd TFLOP/s", "fwd_tflops", _num("%.1f")), ("extra MiB", "extra_mib", _num("%.1f")),
+    ("fwd TFLOP/s", "fwd_tflops", _num("%.1f")), ("bwd ms", "bwd_ms", _num("%.3f")),
+    ("bwd TFLOP/s", "bwd_tflops", _num("%.1f")), ("extra MiB", "extra_mib", _num("%.1f")),
     ("out+lse MiB", "out_lse_mib", _num("%.1f")), ("config", "config", str),
 ]
 
@@ -111,22 +114,57 @@ def cupy_extra_mib(fn):
     return extra / 2**20
 
 
-def measure_cupyflash(row, dtype, causal):
+def _randn_like(x):
+    import cupy
+    return cupy.random.standard_normal(x.shape, dtype=cupy.float32).astype(x.dtype)
+
+
+def measure_cupyflash(row, dtype, causal, direction):
     cf = _import_cupyflash()
     B, S, H, D = row["batch"], row["seqlen"], row["nheads"], row["D"]
     q, k, v = make_inputs(B, S, H, D, dtype)
-    fn = lambda: cf.flash_attn_func(q, k, v, causal=causal)
-    row["config"] = str(cf.select_config_for(q, k, v, causal=causal))
-    row["out_lse_mib"] = (B * S * H * D * 2 + B * H * S * 4) / 2**20
-    ms = time_fn(fn)
-    row["extra_mib"] = cupy_extra_mib(fn)
-    return ms
+    if direction == "fwd":
+        fn = lambda: cf.flash_attn_func(q, k, v, causal=causal)
+        row["config"] = str(cf.select_config_for(q, k, v, causal=causal))
+        row["out_lse_mib"] = (B * S * H * D * 2 + B * H * S * 4) / 2**20
+        ms = time_fn(fn)
+        row["extra_mib"] = cupy_extra_mib(fn)
+        return ms
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
+    dout = _randn_like(out)
+    det = row["impl"] == "cupyflash-det"
+    return time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, deterministic=det))
 
 
 _naive_bf16 = {"ok": None}  # None: untried; False: CuPy matmul rejected bf16
 
 
-def measure_naive(row, dtype, causal):
+def _naive_fwd(qt, kt, vt, scale, hidden):
+    """out and the float32 probabilities P, which the backward needs (as autograd would store them)."""
+    import cupy
+    s = cupy.matmul(qt, kt.swapaxes(-1, -2)).astype(cupy.float32)
+    s *= scale
+    if hidden is not None:
+        cupy.copyto(s, float("-inf"), where=hidden)
+    s -= s.max(axis=-1, keepdims=True)
+    cupy.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return cupy.matmul(s.astype(qt.dtype), vt), s
+
+
+def _naive_bwd(p, qt, kt, vt, do, scale):
+    """dq, dk, dv from the stored P: matmuls in the input dtype, the softmax backward in float32."""
+    import cupy
+    dv = cupy.matmul(p.astype(do.dtype).swapaxes(-1, -2), do)
+    ds = cupy.matmul(do, vt.swapaxes(-1, -2)).astype(cupy.float32)  # dP = dO V^T
+    ds -= (ds * p).sum(axis=-1, keepdims=True)
+    ds *= p
+    ds *= scale  # folded in before the cast, so dQ and dK need no separate scaling pass
+    ds = ds.astype(qt.dtype)
+    return cupy.matmul(ds, kt), cupy.matmul(ds.swapaxes(-1, -2), qt), dv
+
+
+def measure_naive(row, dtype, causal, direction):
     import cupy
     if dtype == "bfloat16" and _naive_bf16["ok"] is False:
         return None
@@ -139,16 +177,7 @@ def measure_naive(row, dtype, causal):
     hidden = None
     if causal:  # bottom-right aligned: key j visible to query i iff j <= i + sk - sq
         hidden = cupy.arange(sk)[None, :] > cupy.arange(sq)[:, None] + (sk - sq)
-
-    def fn():
-        s = cupy.matmul(qt, kt.swapaxes(-1, -2)).astype(cupy.float32)
-        s *= scale
-        if hidden is not None:
-            cupy.copyto(s, float("-inf"), where=hidden)
-        s -= s.max(axis=-1, keepdims=True)
-        cupy.exp(s, out=s)
-        s /= s.sum(axis=-1, keepdims=True)
-        return cupy.matmul(s.astype(qt.dtype), vt)
+    fn = lambda: _naive_fwd(qt, kt, vt, scale, hidden)
 
     if dtype == "bfloat16" and _naive_bf16["ok"] is None:
         try:
@@ -162,20 +191,33 @@ def measure_naive(row, dtype, causal):
             print(f"note: skipping bf16 cupy-naive rows, CuPy matmul failed on bf16: "
                   f"{type(e).__name__}: {e}", flush=True)
             return None
-    ms = time_fn(fn)
-    row["extra_mib"] = cupy_extra_mib(fn)
-    return ms
+    if direction == "fwd":
+        ms = time_fn(fn)
+        row["extra_mib"] = cupy_extra_mib(fn)
+        return ms
+    out, p = fn()
+    do = _randn_like(out)
+    del out
+    return time_fn(lambda: _naive_bwd(p, qt, kt, vt, do, scale))
 
 
-def measure_torch(row, dtype, causal):
+def measure_torch(row, dtype, causal, direction):
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
     backend = getattr(SDPBackend, TORCH_BACKENDS[row["impl"]])
     B, S, H, D = row["batch"], row["seqlen"], row["nheads"], row["D"]
     q, k, v = make_inputs(B, S, H, D, dtype, lib="torch")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if direction == "bwd":
+        for x in (q, k, v):
+            x.requires_grad_()
+        with sdpa_kernel(backend):
+            out = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal)
+            dout = torch.randn_like(out)
+            # retain_graph: the one forward's graph serves every timed backward.
+            return time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), lib="torch")
     # Transposed views of (B,S,H,D) tensors: how flash-attn-layout users call SDPA.
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    sdpa = torch.nn.functional.scaled_dot_product_attention
     fn = lambda: sdpa(qt, kt, vt, is_causal=causal)
     with torch.no_grad(), sdpa_kernel(backend):
         ms = time_fn(fn, lib="torch")
@@ -193,22 +235,31 @@ def _fill_timing(row, direction, ms, flops):
     row[f"{direction}_tflops"] = flops / (ms * 1e-3) / 1e12
 
 
-def run_one(impl, dtype, headdim, seqlen, causal):
+ERROR_KEYS = {"fwd": "error", "bwd": "bwd_error"}  # "error" keeps the forward-only CSVs' column name
+
+
+def run_one(impl, dtype, headdim, seqlen, causal, bwd=True):
     batch, nheads = max(1, TOKENS // seqlen), HIDDEN // headdim
     row = {"impl": impl, "dtype": dtype, "D": headdim, "causal": causal, "seqlen": seqlen,
-           "batch": batch, "nheads": nheads, "fwd_ms": None, "fwd_tflops": None,
-           "extra_mib": None, "out_lse_mib": None, "config": "", "error": ""}
-    measure = {"cupyflash": measure_cupyflash, "cupy-naive": measure_naive}.get(impl, measure_torch)
-    try:
-        ms = measure(row, dtype, causal)
-        if ms is None:
-            return None
-        _fill_timing(row, "fwd", ms, attn_flops(batch, nheads, seqlen, seqlen, headdim, causal))
-    except Exception as e:  # one bad impl/shape must not end the run
-        # Both cupy's and torch's OOM errors have OutOfMemoryError in their class name.
-        row["error"] = "OOM" if "OutOfMemory" in type(e).__name__ else str(e).strip()[:40]
-        print(f"error: {impl} {dtype} D={headdim} S={seqlen} causal={causal}: "
-              f"{type(e).__name__}: {e}", flush=True)
+           "batch": batch, "nheads": nheads, "fwd_ms": None, "fwd_tflops": None, "bwd_ms": None,
+           "bwd_tflops": None, "extra_mib": None, "out_lse_mib": None, "config": "", "error": "",
+           "bwd_error": ""}
+    measure = {"cupyflash": measure_cupyflash, "cupyflash-det": measure_cupyflash,
+               "cupy-naive": measure_naive}.get(impl, measure_torch)
+    flops = attn_flops(batch, nheads, seqlen, seqlen, headdim, causal)
+    directions = ([] if impl in BWD_ONLY else ["fwd"]) + (["bwd"] if bwd else [])
+    for direction in directions:
+        free_memory()  # so neither the last shape's nor the forward's buffers crowd this measurement
+        try:
+            ms = measure(row, dtype, causal, direction)
+            if ms is None:
+                return None
+            _fill_timing(row, direction, ms, flops * (BWD_FLOP_FACTOR if direction == "bwd" else 1))
+        except Exception as e:  # one bad impl/shape must not end the run
+            # Both cupy's and torch's OOM errors have OutOfMemoryError in their class name.
+            row[ERROR_KEYS[direction]] = "OOM" if "OutOfMemory" in type(e).__name__ else str(e).strip()[:40]
+            print(f"error: {impl} {direction} {dtype} D={headdim} S={seqlen} causal={causal}: "
+                  f"{type(e).__name__}: {e}", flush=True)
     return row
 
 
@@ -222,10 +273,12 @@ def free_memory():
         torch.cuda.empty_cache()
 
 
+_ERROR_CELLS = {f"{d}_ms": e for d, e in ERROR_KEYS.items()}  # a failed timing shows its error there
+
+
 def format_cell(row, key, fmt):
-    if key == "fwd_ms" and row["error"]:
-        return row["error"].replace("|", "/")
-    return fmt(row.get(key))
+    err = row.get(_ERROR_CELLS.get(key), "")
+    return err.replace("|", "/") if err else fmt(row.get(key))
 
 
 def markdown_table(rows):
@@ -236,16 +289,24 @@ def markdown_table(rows):
 
 
 def speedup_lines(rows):
-    by_key = {}
+    by_key = {}  # (dtype, D, causal, seqlen) -> direction -> impl -> TFLOP/s
     for r in rows:
-        if r["fwd_tflops"] is not None:
-            by_key.setdefault((r["dtype"], r["D"], r["causal"], r["seqlen"]), {})[r["impl"]] = r["fwd_tflops"]
+        for direction in ("fwd", "bwd"):
+            if r[f"{direction}_tflops"] is not None:
+                shape = (r["dtype"], r["D"], r["causal"], r["seqlen"])
+                by_key.setdefault(shape, {}).setdefault(direction, {})[r["impl"]] = r[f"{direction}_tflops"]
     lines = []
-    for (dt, d, c, s), t in by_key.items():
-        parts = [f"{t['cupyflash'] / t[o]:.2f}x vs {o}"
-                 for o in ("cupy-naive", "torch-flash", "torch-cudnn") if o in t]
-        if "cupyflash" in t and parts:
-            lines.append(f"- {dt} D={d} causal={c} seqlen={s}: " + ", ".join(parts))
+    for (dt, d, c, s), per_dir in by_key.items():
+        cells = []
+        for direction in (d for d in ("fwd", "bwd") if d in per_dir):
+            t = per_dir[direction]
+            # For bwd, the ratio to cupyflash-det is the price of determinism.
+            parts = [f"{t['cupyflash'] / t[o]:.2f}x vs {o}"
+                     for o in ("cupy-naive", "torch-flash", "torch-cudnn", "cupyflash-det") if o in t]
+            if "cupyflash" in t and parts:
+                cells.append(f"{direction} " + ", ".join(parts))
+        if cells:
+            lines.append(f"- {dt} D={d} causal={c} seqlen={s}: " + "; ".join(cells))
     return lines
 
 
@@ -271,6 +332,7 @@ def build_parser():
     p.add_argument("--impls", nargs="+", choices=ALL_IMPLS, default=list(ALL_IMPLS))
     p.add_argument("--quick", action="store_true",
                    help="smoke run: headdim 128, seqlen 2048 and 8192 (overrides --headdim/--seqlen)")
+    p.add_argument("--no-bwd", action="store_true", help="time the forward only (drops cupyflash-det)")
     p.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
     return p
@@ -281,6 +343,8 @@ def parse_args(argv=None):
     if args.quick:
         args.headdim, args.seqlen = [128], [2048, 8192]
     args.causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
+    if args.no_bwd:  # the bwd-only rows would be empty
+        args.impls = [i for i in args.impls if i not in BWD_ONLY]
     return args
 
 
@@ -314,8 +378,7 @@ def main(argv=None):
     rows = []
     for d, s, causal, dt, impl in itertools.product(
             args.headdim, args.seqlen, args.causals, args.dtype, args.impls):
-        row = run_one(impl, dt, d, s, causal)
-        free_memory()  # between shapes, so the next impl does not see a fat pool
+        row = run_one(impl, dt, d, s, causal, bwd=not args.no_bwd)
         if row is not None:
             rows.append(row)
             cells = ((h, format_cell(row, k, f)) for h, k, f in COLUMNS)
@@ -327,7 +390,7 @@ def main(argv=None):
         with open(args.markdown, "w") as f:
             f.write("\n".join(report) + "\n")
     if args.csv:
-        keys = [k for _, k, _ in COLUMNS] + ["error"]
+        keys = [k for _, k, _ in COLUMNS] + ["error", "bwd_error"]
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             w.writeheader()

@@ -39,10 +39,12 @@ class TileConfig:
     warps: int
     stages: int = 2
     blocks_per_sm: int = 1
+    d_split: int = 1  # backward dK/dV kernel only: warps sharing key rows, each with 1/d_split of the head dim
 
     def __str__(self) -> str:
+        split = f"/d{self.d_split}" if self.d_split != 1 else ""
         return (f"{self.family}:{self.block_m}x{self.block_n}/w{self.warps}/s{self.stages}"
-                f"/b{self.blocks_per_sm}")
+                f"/b{self.blocks_per_sm}{split}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,8 @@ class KernelFamily:
 FAMILIES = (KernelFamily("mma_sm80", min_cc=80),)
 
 
-def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1):
-    return TileConfig("mma_sm80", block_m, block_n, warps, stages, blocks_per_sm)
+def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
+    return TileConfig("mma_sm80", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
 # Fallback tiles for small shared memory, appended to every head dim's list: 64x32 fits 99 KB at every head
@@ -85,6 +87,34 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 }
 
 
+# Backward, dK/dV kernel (flash_bwd_dkdv_kernel): block_n keys per block (16 key rows per warp group), block_m
+# queries per step. Above head dim 128, full-width dK and dV for 16 rows exceed 255 registers, so pairs of warps
+# split the head dim (d_split=2).
+_BWD_SMALL = (_c(16, 16, 1),)
+_BWD_SMALL_SPLIT = (_c(16, 16, 2, d_split=2),)
+BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
+    ("mma_sm80", 32): (_c(64, 64, 4, blocks_per_sm=2),) + _BWD_SMALL,
+    ("mma_sm80", 64): (_c(64, 64, 4, blocks_per_sm=2), _c(64, 128, 8)) + _BWD_SMALL,
+    ("mma_sm80", 96): (_c(64, 64, 4, blocks_per_sm=2),) + _BWD_SMALL,
+    ("mma_sm80", 128): (_c(64, 64, 4, blocks_per_sm=2), _c(32, 64, 4, blocks_per_sm=2), _c(64, 128, 8))
+    + _BWD_SMALL,
+    ("mma_sm80", 160): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL_SPLIT,
+    ("mma_sm80", 192): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL_SPLIT,
+    ("mma_sm80", 224): (_c(32, 64, 8, d_split=2),) + _BWD_SMALL_SPLIT,  # 64x64 spills 8 bytes non-causal
+    ("mma_sm80", 256): (_c(64, 64, 8, d_split=2), _c(64, 32, 4, d_split=2)) + _BWD_SMALL_SPLIT,
+}
+
+# Backward, deterministic dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
+BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
+    **{("mma_sm80", kd): (_c(64, 64, 4, blocks_per_sm=2), _c(16, 16, 1)) for kd in (32, 64, 96, 128)},
+    **{("mma_sm80", kd): (_c(64, 32, 4), _c(16, 16, 1)) for kd in (160, 192, 224, 256)},
+}
+
+TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
+# Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
+_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_SMALL + _BWD_SMALL_SPLIT), "bwd_dq": {_c(16, 16, 1)}}
+
+
 class NoConfigFits(ValueError):
     """No candidate tile configuration fits the device."""
 
@@ -104,6 +134,27 @@ def fwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
     return (config.block_m + 2 * config.stages * config.block_n) * padded_row_bytes
 
 
+def bwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
+    """flash_bwd_dkdv_kernel (with atomic dQ, the larger layout): K and V tiles, STAGES Q tiles, STAGES slots that
+    hold dO and then dS^T (block_n x (block_m + 8)), and STAGES x 2 rows of block_m floats (lse2, delta)."""
+    kv = config.block_n * (kernel_hdim + 8) * 2
+    q = config.block_m * (kernel_hdim + 8) * 2
+    ds = config.block_n * (config.block_m + 8) * 2
+    return 2 * kv + config.stages * (q + max(q, ds)) + config.stages * 2 * config.block_m * 4
+
+
+def bwd_dq_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
+    """flash_bwd_dq_kernel: Q and dO tiles plus STAGES K and V tiles."""
+    return (2 * config.block_m + 2 * config.stages * config.block_n) * (kernel_hdim + 8) * 2
+
+
+SMEM_BYTES = {"fwd": fwd_smem_bytes, "bwd": bwd_smem_bytes, "bwd_dq": bwd_dq_smem_bytes}
+
+
+def smem_bytes(kind: str, config: TileConfig, kernel_hdim: int) -> int:
+    return SMEM_BYTES[kind](config, kernel_hdim)
+
+
 def family_for(limits: DeviceLimits) -> KernelFamily:
     for fam in FAMILIES:
         if limits.compute_capability >= fam.min_cc and (fam.max_cc is None or limits.compute_capability <= fam.max_cc):
@@ -113,57 +164,75 @@ def family_for(limits: DeviceLimits) -> KernelFamily:
         f"{limits.compute_capability // 10}.{limits.compute_capability % 10}")
 
 
-def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residency: bool = True) -> bool:
+def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residency: bool = True,
+         kind: str = "fwd") -> bool:
     """Whether ``config`` runs on the device; with ``residency`` also whether ``blocks_per_sm`` blocks fit an SM."""
-    smem = fwd_smem_bytes(config, kernel_hdim)
+    smem = smem_bytes(kind, config, kernel_hdim)
     if smem > limits.smem_per_block_optin:
         return False
     blocks = config.blocks_per_sm if residency else 1
     return blocks * (smem + RESERVED_SMEM_PER_BLOCK) <= limits.smem_per_sm
 
 
-def fwd_candidates(limits: DeviceLimits, head_dim: int) -> tuple[TileConfig, ...]:
-    """Every table entry for this problem's head dim that runs on the device, best first."""
+def candidates(kind: str, limits: DeviceLimits, head_dim: int) -> tuple[TileConfig, ...]:
+    """Every table entry of ``kind`` for this head dim that runs on the device, best first."""
     kd = kernel_head_dim(head_dim)
     fam = family_for(limits)
-    return tuple(c for c in FWD_TABLE[(fam.name, kd)] if fits(c, kd, limits, residency=False))
+    return tuple(c for c in TABLES[kind][(fam.name, kd)] if fits(c, kd, limits, residency=False, kind=kind))
 
 
-def select_fwd_config(limits: DeviceLimits, head_dim: int, causal: bool = False) -> TileConfig:
-    """The forward tile configuration for a problem: the first tuned table entry whose shared memory fits the
-    device with the residency it was tuned for; failing that, the first entry (fallbacks included) that fits
-    at all. A tuned tile at one block per SM beats a fallback tile at its residency."""
+def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool = False) -> TileConfig:
+    """The tile configuration of kernel ``kind`` ('fwd', 'bwd', 'bwd_dq') for a problem: the first tuned table
+    entry whose shared memory fits the device with the residency it was tuned for; failing that, the first
+    entry (fallbacks included) that fits at all. A tuned tile at one block per SM beats a fallback tile."""
     del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
     kd = kernel_head_dim(head_dim)
     fam = family_for(limits)
-    table = FWD_TABLE[(fam.name, kd)]
-    tuned = [c for c in table if c not in _SMALL]
-    for config in tuned:
-        if fits(config, kd, limits, residency=True):
+    table = TABLES[kind][(fam.name, kd)]
+    for config in table:
+        if config not in _FALLBACKS[kind] and fits(config, kd, limits, residency=True, kind=kind):
             return config
     for config in table:
-        if fits(config, kd, limits, residency=False):
+        if fits(config, kd, limits, residency=False, kind=kind):
             return config
     raise NoConfigFits(
-        f"no forward tile configuration for head dim {head_dim} fits {limits.smem_per_block_optin} bytes of "
-        f"shared memory per block (smallest needs {min(fwd_smem_bytes(c, kd) for c in table)})")
+        f"no {kind} tile configuration for head dim {head_dim} fits {limits.smem_per_block_optin} bytes of "
+        f"shared memory per block (smallest needs {min(smem_bytes(kind, c, kd) for c in table)})")
 
 
-def check_fwd_config(config: TileConfig, limits: DeviceLimits, head_dim: int) -> None:
+def check_config(kind: str, config: TileConfig, limits: DeviceLimits, head_dim: int) -> None:
     """Validate a user-forced config: it must be a table entry for this head dim and fit the device."""
     kd = kernel_head_dim(head_dim)
     fam = family_for(limits)
-    table = FWD_TABLE[(fam.name, kd)]
+    table = TABLES[kind][(fam.name, kd)]
+    name = {"fwd": "forward", "bwd": "backward", "bwd_dq": "backward dQ"}[kind]
     if config not in table:
-        raise ValueError(f"config {config} is not a forward candidate for head dim {head_dim} on this GPU; "
+        raise ValueError(f"config {config} is not a {name} candidate for head dim {head_dim} on this GPU; "
                          f"candidates: {', '.join(map(str, table))}")
-    if not fits(config, kd, limits, residency=False):
-        raise ValueError(f"config {config} needs {fwd_smem_bytes(config, kd)} bytes of shared memory; "
+    if not fits(config, kd, limits, residency=False, kind=kind):
+        raise ValueError(f"config {config} needs {smem_bytes(kind, config, kd)} bytes of shared memory; "
                          f"the device allows {limits.smem_per_block_optin} per block")
 
 
-def all_fwd_variants():
-    """Every (family, kernel head dim, config) the dispatcher can ever choose: what the compile check covers."""
-    for (family, kd), configs in FWD_TABLE.items():
+def all_variants(kind: str):
+    """Every (family, kernel head dim, config) of ``kind`` the dispatcher can ever choose (compile-check scope)."""
+    for (family, kd), configs in TABLES[kind].items():
         for config in dict.fromkeys(configs):
             yield family, kd, config
+
+
+# The forward's names, as the rest of the package and its tests use them.
+def fwd_candidates(limits: DeviceLimits, head_dim: int) -> tuple[TileConfig, ...]:
+    return candidates("fwd", limits, head_dim)
+
+
+def select_fwd_config(limits: DeviceLimits, head_dim: int, causal: bool = False) -> TileConfig:
+    return select_config("fwd", limits, head_dim, causal)
+
+
+def check_fwd_config(config: TileConfig, limits: DeviceLimits, head_dim: int) -> None:
+    check_config("fwd", config, limits, head_dim)
+
+
+def all_fwd_variants():
+    return all_variants("fwd")

@@ -13,10 +13,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 
 def _variants():
-    from .configs import all_fwd_variants
+    from .configs import all_variants
 
-    return [(kd, config, dtype, causal) for _fam, kd, config in all_fwd_variants()
-            for dtype in ("float16", "bfloat16") for causal in (False, True)]
+    return [(kind, kd, config, dtype, causal) for kind in ("fwd", "bwd", "bwd_dq")
+            for _fam, kd, config in all_variants(kind) for dtype in ("float16", "bfloat16") for causal in (False, True)]
 
 
 def _compile(chunk):
@@ -26,10 +26,18 @@ def _compile(chunk):
 
     limits = device_limits(0)
     done = 0
-    for kd, config, dtype, causal in chunk:
-        if fits(config, kd, limits, residency=False):
+    for kind, kd, config, dtype, causal in chunk:
+        if not fits(config, kd, limits, residency=False, kind=kind):
+            continue
+        if kind == "fwd":
             _kernels.fwd_function(config, kd, dtype, causal, 0)
-            done += 1
+        elif kind == "bwd_dq":
+            _kernels.bwd_dq_function(config, kd, dtype, causal, 0)
+        else:
+            for atomic in (True, False):
+                _kernels.bwd_function(config, kd, dtype, causal, atomic, 0)
+            _kernels.bwd_preprocess_function(dtype, 0)
+        done += 1
     return done
 
 

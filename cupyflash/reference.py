@@ -183,3 +183,71 @@ def blocked_attention(q, k, v, softmax_scale=None, causal=False,
         lse[:, :, m0:m1] = xp.where(
             empty, -xp.inf, (m_i + xp.log2(l_safe)) * math.log(2))
     return _to_bshd(out), lse
+
+
+def _backward_operands(dout, q, k, v, softmax_scale, causal, xp):
+    """Masked float64 scores, the (B, H, S, D) operands and the scale."""
+    s, vh, empty = _masked_scores(q, k, v, softmax_scale, causal, xp)
+    qh, kh, _ = _to_bhsd(q, k, v, xp)
+    doh = _to_float64(dout, xp).transpose(0, 2, 1, 3)
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(qh.shape[3])
+    return s, empty, qh, kh, vh, doh, softmax_scale
+
+
+def attention_backward_reference(dout, q, k, v, softmax_scale=None,
+                                 causal=False, xp=None):
+    """Exact gradient of ``out`` against q, k, v in float64; (dq, dk, dv).
+
+    With P = softmax(scale * Q K^T + mask) and O = P V, per batch and head::
+
+        dV = P^T dO        dP = dO V^T        D = rowsum(dO * O)
+        dS = P * (dP - D)  dQ = scale * dS K  dK = scale * dS^T Q
+
+    Masked entries and rows with no visible key have P = 0, so they add
+    nothing to any gradient; such rows get dq = 0, not NaN.
+    """
+    xp = _namespace(q, xp)
+    s, empty, qh, kh, vh, doh, scale = _backward_operands(
+        dout, q, k, v, softmax_scale, causal, xp)
+    p, _ = _softmax(s, empty, xp)
+    out = xp.matmul(p, vh)
+    dv = xp.matmul(p.swapaxes(-1, -2), doh)
+    dp = xp.matmul(doh, vh.swapaxes(-1, -2))
+    d = (doh * out).sum(axis=-1, keepdims=True)
+    ds = p * (dp - d)
+    dq = scale * xp.matmul(ds, kh)
+    dk = scale * xp.matmul(ds.swapaxes(-1, -2), qh)
+    return _to_bshd(dq), _to_bshd(dk), _to_bshd(dv)
+
+
+def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
+                                  causal=False, dtype_name='float16', xp=None):
+    """The backward pass with every intermediate rounded to ``dtype_name``.
+
+    Like ``attention_naive_lowp``, the inputs are used as given (the caller
+    rounds them); S, P, O, dV, dP, dS, dQ and dK are each rounded after being
+    computed in float64 from rounded operands, the softmax runs in float32
+    on the rounded S and D = rowsum(dO * O) is kept in float32, as a
+    straightforward low-precision implementation would.  Returns float64
+    (dq, dk, dv) in (batch, seqlen, nheads, headdim) layout.
+    """
+    xp = _namespace(q, xp)
+    s, empty, qh, kh, vh, doh, scale = _backward_operands(
+        dout, q, k, v, softmax_scale, causal, xp)
+
+    def rnd(x):
+        return round_to_dtype(x, dtype_name, xp)
+
+    s = rnd(s)
+    p, _ = _softmax(s.astype(xp.float32), empty, xp)
+    p = rnd(p)
+    out = rnd(xp.matmul(p, vh))
+    dv = rnd(xp.matmul(p.swapaxes(-1, -2), doh))
+    dp = rnd(xp.matmul(doh, vh.swapaxes(-1, -2)))
+    d = (doh.astype(xp.float32) * out.astype(xp.float32)).sum(
+        axis=-1, keepdims=True, dtype=xp.float32).astype(xp.float64)
+    ds = rnd(p * (dp - d))
+    dq = rnd(scale * xp.matmul(ds, kh))
+    dk = rnd(scale * xp.matmul(ds.swapaxes(-1, -2), qh))
+    return _to_bshd(dq), _to_bshd(dk), _to_bshd(dv)

@@ -53,3 +53,26 @@ def check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype):
             lbase = float(cupy.abs(lowp_lse[live] - ref_lse[live]).max())
             assert lerr <= 2 * lbase + LSE_FLOOR, f"lse error {lerr:.3g} > 2 x naive {lbase:.3g} + floor"
     return err
+
+
+def check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype):
+    """Assert each of dq, dk, dv is within 2x the naive low-precision gradient's error (plus a floor relative to
+    the gradient's size) of the float64 analytic gradient; NaN or inf anywhere fails."""
+    import cupy
+
+    from cupyflash.reference import attention_backward_naive_lowp, attention_backward_reference
+
+    refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy)
+    lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy)
+    errors = {}
+    for name, got, ref, base in zip(("dq", "dk", "dv"), grads, refs, lowp):
+        got = to_float64(got)
+        assert bool(cupy.isfinite(got).all()), f"{name} holds NaN/inf (unwritten or broken elements)"
+        if not got.size:
+            continue
+        err = float(cupy.abs(got - ref).max())
+        base_err = float(cupy.abs(base - ref).max())
+        floor = ERROR_FLOOR[dtype] * (1 + float(cupy.abs(ref).max()))
+        assert err <= 2 * base_err + floor, f"{name} error {err:.3g} > 2 x naive {base_err:.3g} + {floor:.2g}"
+        errors[name] = err
+    return errors

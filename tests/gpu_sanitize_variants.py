@@ -1,4 +1,4 @@
-"""Run a small forward of every kernel variant that fits this GPU, for compute-sanitizer:
+"""Run a small forward and backward of every kernel variant that fits this GPU, for compute-sanitizer:
 
     compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py
@@ -8,27 +8,45 @@ sanitizer wraps the whole process.
 """
 import sys
 
+import ml_dtypes
 import numpy as np
 
 import cupy
 import cupyflash as cf
 from cupyflash._device import device_limits
-from cupyflash.configs import KERNEL_HEAD_DIMS, fwd_candidates
+from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
 
 limits = device_limits(0)
 rng = np.random.default_rng(0)
+
+
+def arrays(dtype, *shapes):
+    out = [cupy.asarray(rng.standard_normal(s, np.float32)).astype(cupy.float16) for s in shapes]
+    # bf16 runs get the same bits reinterpreted: values are irrelevant to the sanitizer
+    return [x.view(ml_dtypes.bfloat16) for x in out] if dtype == "bfloat16" else out
+
+
 count = 0
 for kd in KERNEL_HEAD_DIMS:
-    for config in fwd_candidates(limits, kd):
-        for dtype in ("float16", "bfloat16"):
-            for causal in (False, True):
-                d = kd - 8
-                q = cupy.asarray(rng.standard_normal((1, config.block_m + 3, 1, d), np.float32)).astype(cupy.float16)
-                k = cupy.asarray(rng.standard_normal((1, config.block_n + 5, 1, d), np.float32)).astype(cupy.float16)
-                if dtype == "bfloat16":  # same bits reinterpreted: values are irrelevant to the sanitizer
-                    import ml_dtypes
-                    q, k = q.view(ml_dtypes.bfloat16), k.view(ml_dtypes.bfloat16)
-                out = cf.flash_attn_func(q, k, k, causal=causal, config=config)
-                cupy.cuda.Device().synchronize()
+    d = kd - 8
+    for dtype in ("float16", "bfloat16"):
+        for causal in (False, True):
+            for config in candidates("fwd", limits, kd):
+                q, k = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d))
+                cf.flash_attn_func(q, k, k, causal=causal, config=config)
                 count += 1
+            for config in candidates("bwd", limits, kd):
+                q, k, dout = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d),
+                                    (1, config.block_m + 3, 1, d))
+                out, lse = cf.flash_attn_func(q, k, k, causal=causal, return_lse=True)
+                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config)
+                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config, deterministic=True)
+                count += 2
+            for config in candidates("bwd_dq", limits, kd):
+                q, k, dout = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d),
+                                    (1, config.block_m + 3, 1, d))
+                out, lse = cf.flash_attn_func(q, k, k, causal=causal, return_lse=True)
+                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, deterministic=True, dq_config=config)
+                count += 1
+            cupy.cuda.Device().synchronize()
 print(f"ran {count} variants", file=sys.stderr)

@@ -8,7 +8,7 @@ from conftest import IN_CI
 from cupyflash import _nvrtc
 
 ARCHS = ("sm_80", "sm_90")
-NAMES = _nvrtc.fwd_variant_names()
+NAMES = _nvrtc.fwd_variant_names() + _nvrtc.bwd_variant_names()
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +22,12 @@ def reports():
     return _nvrtc.compile_all(ARCHS, jobs=max(2, os.cpu_count() or 2))
 
 
-def test_every_dtype_causal_and_head_dim_is_covered():
+@pytest.mark.parametrize("kernel", ["flash_fwd_kernel", "flash_bwd_dkdv_kernel", "flash_bwd_dq_kernel"])
+def test_every_dtype_causal_and_head_dim_is_covered(kernel):
     for tag in ("cf::f16", "cf::bf16"):
         for hd in (32, 64, 96, 128, 160, 192, 224, 256):
             for causal in ("true", "false"):
-                assert any(n.startswith(f"cf::flash_fwd_kernel<{tag}, {hd},") and n.endswith(f"{causal}>")
-                           for n in NAMES)
+                assert any(n.startswith(f"cf::{kernel}<{tag}, {hd},") and f", {causal}" in n for n in NAMES)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

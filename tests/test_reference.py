@@ -256,3 +256,232 @@ def test_naive_lowp_follows_recipe(dtype_name):
     ulp = 2.0 ** (-7 if dtype_name == 'bfloat16' else -10)
     np.testing.assert_allclose(out, want, rtol=ulp,
                                atol=ulp / 2 * np.abs(v).max())
+
+
+# --- backward ---------------------------------------------------------------
+
+from cupyflash.reference import (attention_backward_naive_lowp,  # noqa: E402
+                                 attention_backward_reference)
+
+
+def _numeric_grads(dout, q, k, v, softmax_scale, causal, eps=1e-6):
+    """Central differences of L = sum(out * dout) for every element."""
+    def loss(q, k, v):
+        out, _ = attention_reference(q, k, v, softmax_scale=softmax_scale,
+                                     causal=causal)
+        return float(np.sum(out * dout))
+
+    grads = []
+    for which in range(3):
+        args = [q.copy(), k.copy(), v.copy()]
+        x = args[which]
+        g = np.zeros(x.shape)
+        for idx in np.ndindex(*x.shape):
+            orig = x[idx]
+            x[idx] = orig + eps
+            hi = loss(*args)
+            x[idx] = orig - eps
+            lo = loss(*args)
+            x[idx] = orig
+            g[idx] = (hi - lo) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 2), nheads=st.integers(1, 2),
+       seqlen_q=st.integers(1, 6), seqlen_k=st.integers(1, 6),
+       headdim=st.integers(2, 5), causal=st.booleans(),
+       softmax_scale=st.sampled_from([None, 0.3, 1.7]),
+       seed=st.integers(0, 2**32 - 1))
+@example(batch=2, nheads=2, seqlen_q=6, seqlen_k=2, headdim=3, causal=True,
+         softmax_scale=None, seed=0)
+@example(batch=1, nheads=1, seqlen_q=2, seqlen_k=5, headdim=4, causal=True,
+         softmax_scale=1.7, seed=1)
+@example(batch=1, nheads=2, seqlen_q=3, seqlen_k=1, headdim=2, causal=False,
+         softmax_scale=0.3, seed=2)
+def test_backward_reference_matches_finite_differences(
+        batch, nheads, seqlen_q, seqlen_k, headdim, causal, softmax_scale,
+        seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = _qkv(rng, batch, seqlen_q, seqlen_k, nheads, headdim)
+    dout = rng.standard_normal(q.shape)
+    got = attention_backward_reference(dout, q, k, v,
+                                       softmax_scale=softmax_scale,
+                                       causal=causal)
+    want = _numeric_grads(dout, q, k, v, softmax_scale, causal)
+    for g, w, x in zip(got, want, (q, k, v)):
+        assert g.shape == x.shape and g.dtype == np.float64
+        assert np.isfinite(g).all()
+        # Central differences are good to ~1e-9 here; a wrong gradient is
+        # off by O(|g|), and the gradients are O(1).
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    n_empty = max(0, seqlen_q - seqlen_k) if causal else 0
+    assert np.all(got[0][:, :n_empty] == 0)
+
+
+def _loop_backward(dout, q, k, v, scale, causal):
+    """Gradients one query row at a time through the softmax Jacobian."""
+    batch, seqlen_q, nheads, headdim = q.shape
+    seqlen_k = k.shape[1]
+    dq, dk, dv = np.zeros(q.shape), np.zeros(k.shape), np.zeros(v.shape)
+    for b in range(batch):
+        for h in range(nheads):
+            for i in range(seqlen_q):
+                keys = [j for j in range(seqlen_k)
+                        if not causal or j <= i + seqlen_k - seqlen_q]
+                if not keys:
+                    continue
+                kk, vv = k[b, keys, h], v[b, keys, h]
+                s = kk @ q[b, i, h] * scale
+                p = np.exp(s - s.max())
+                p /= p.sum()
+                jac = np.diag(p) - np.outer(p, p)   # d p / d s
+                ds = jac @ (vv @ dout[b, i, h])
+                dq[b, i, h] = scale * ds @ kk
+                dk[b, keys, h] += scale * np.outer(ds, q[b, i, h])
+                dv[b, keys, h] += np.outer(p, dout[b, i, h])
+    return dq, dk, dv
+
+
+@pytest.mark.parametrize('seqlen_q,seqlen_k,causal', [
+    (7, 7, False), (7, 7, True), (3, 9, True), (9, 3, True), (9, 3, False),
+    (1, 5, True), (5, 1, True),
+])
+def test_backward_reference_matches_row_loop(seqlen_q, seqlen_k, causal):
+    rng = np.random.default_rng(10 + seqlen_q * 10 + seqlen_k)
+    q, k, v = _qkv(rng, 2, seqlen_q, seqlen_k, 3, 16, scale=1.5)
+    dout = rng.standard_normal(q.shape)
+    got = attention_backward_reference(dout, q, k, v, causal=causal)
+    want = _loop_backward(dout, q, k, v, 0.25, causal)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12)
+
+
+def test_backward_reference_empty_rows():
+    rng = np.random.default_rng(11)
+    seqlen_q, seqlen_k, n_empty = 9, 4, 5
+    q, k, v = _qkv(rng, 2, seqlen_q, seqlen_k, 2, 8)
+    dout = rng.standard_normal(q.shape)
+    dq, dk, dv = attention_backward_reference(dout, q, k, v, causal=True)
+    assert np.isfinite(dq).all() and np.isfinite(dk).all()
+    assert np.isfinite(dv).all()
+    assert np.all(dq[:, :n_empty] == 0)
+    assert np.all(dq[:, n_empty + 1:] != 0)
+    # The empty rows' q and dout must not reach dk and dv at all ...
+    q2, dout2 = q.copy(), dout.copy()
+    q2[:, :n_empty] = rng.standard_normal(q2[:, :n_empty].shape) * 100
+    dout2[:, :n_empty] = rng.standard_normal(dout2[:, :n_empty].shape) * 100
+    dq2, dk2, dv2 = attention_backward_reference(dout2, q2, k, v, causal=True)
+    np.testing.assert_array_equal(dq2, dq)
+    np.testing.assert_array_equal(dk2, dk)
+    np.testing.assert_array_equal(dv2, dv)
+    # ... and dropping them leaves a square causal problem with the same
+    # alignment (query i' sees keys j <= i'), hence the same gradients.
+    dq3, dk3, dv3 = attention_backward_reference(
+        dout[:, n_empty:], q[:, n_empty:], k, v, causal=True)
+    np.testing.assert_allclose(dq[:, n_empty:], dq3, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(dk, dk3, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(dv, dv3, rtol=1e-13, atol=1e-14)
+    # The first non-empty row sees only key 0, so it gets no dq (softmax of a
+    # single score is constant) up to roundoff in dP - D.
+    np.testing.assert_allclose(dq[:, n_empty], 0, atol=1e-14)
+    for dtype_name in ('float16', 'bfloat16'):
+        lq, lk, lv = attention_backward_naive_lowp(
+            dout, q, k, v, causal=True, dtype_name=dtype_name)
+        assert np.isfinite(lq).all() and np.isfinite(lk).all()
+        assert np.isfinite(lv).all()
+        assert np.all(lq[:, :n_empty] == 0)
+        assert np.all(lq[:, n_empty + 1:] != 0)
+
+
+def test_backward_reference_input_dtypes():
+    rng = np.random.default_rng(12)
+    q, k, v = _qkv(rng, 1, 5, 6, 2, 16)
+    dout = rng.standard_normal(q.shape)
+    for dtype in (np.float16, np.float32, ml_dtypes.bfloat16):
+        low = [t.astype(dtype) for t in (dout, q, k, v)]
+        got = attention_backward_reference(*low, softmax_scale=0.3,
+                                           causal=True, xp=np)
+        want = attention_backward_reference(
+            *(t.astype(np.float64) for t in low), softmax_scale=0.3,
+            causal=True)
+        for g, w in zip(got, want):
+            assert g.dtype == np.float64
+            np.testing.assert_array_equal(g, w)
+
+
+def _backward_lowp_errors(dtype_name, dout, q, k, v, causal=False):
+    got = attention_backward_naive_lowp(dout, q, k, v, causal=causal,
+                                        dtype_name=dtype_name)
+    ref = attention_backward_reference(dout, q, k, v, causal=causal)
+    return got, [np.abs(g - r).max() for g, r in zip(got, ref)]
+
+
+@pytest.mark.parametrize('causal', [False, True])
+def test_backward_naive_lowp_error_small_and_ordered(causal):
+    rng = np.random.default_rng(13)
+    # Values exact in both bfloat16 and float16, so both see the same inputs.
+    q, k, v = (round_to_dtype(t, 'bfloat16')
+               for t in _qkv(rng, 2, 32, 32, 2, 32))
+    dout = round_to_dtype(rng.standard_normal(q.shape), 'bfloat16')
+    assert all(np.array_equal(round_to_dtype(t, 'float16'), t)
+               for t in (dout, q, k, v))
+    g16, err16 = _backward_lowp_errors('float16', dout, q, k, v, causal)
+    gbf, errbf = _backward_lowp_errors('bfloat16', dout, q, k, v, causal)
+    for e16, ebf in zip(err16, errbf):
+        assert 0 < e16 < 5e-2
+        assert ebf > 2 * e16
+    for g in g16 + gbf:
+        assert g.dtype == np.float64 and g.shape[1] == 32
+    # The gradients themselves are results in the low precision.
+    for g in g16:
+        np.testing.assert_array_equal(round_to_dtype(g, 'float16'), g)
+    for g in gbf:
+        np.testing.assert_array_equal(round_to_dtype(g, 'bfloat16'), g)
+    # With no rounding beyond the float32 softmax and D, the recipe is the
+    # exact gradient to float32 accuracy: wrong maths would be off by O(1).
+    _, err64 = _backward_lowp_errors('float64', dout, q, k, v, causal)
+    assert max(err64) < 1e-5
+
+
+def _backward_lowp_recipe(dout, q, k, v, dtype_name, scale):
+    """The naive backward spelled out with ml_dtypes casts and einsum."""
+    dtype = {'float16': np.float16, 'bfloat16': ml_dtypes.bfloat16}[dtype_name]
+    via = np.float32 if dtype_name == 'bfloat16' else np.float64
+
+    def rnd(x):
+        return np.asarray(x, dtype=via).astype(dtype).astype(np.float64)
+
+    s = rnd(np.einsum('bqhd,bkhd->bhqk', q, k) * scale)
+    s32 = s.astype(np.float32)
+    e = np.exp(s32 - s32.max(axis=-1, keepdims=True))
+    p = rnd(e / e.sum(axis=-1, keepdims=True))
+    out = rnd(np.einsum('bhqk,bkhd->bqhd', p, v))
+    dv = rnd(np.einsum('bhqk,bqhd->bkhd', p, dout))
+    dp = rnd(np.einsum('bqhd,bkhd->bhqk', dout, v))
+    d = np.einsum('bqhd,bqhd->bhq', dout.astype(np.float32),
+                  out.astype(np.float32))
+    ds = rnd(p * (dp - d[..., None].astype(np.float64)))
+    dq = rnd(scale * np.einsum('bhqk,bkhd->bqhd', ds, k))
+    dk = rnd(scale * np.einsum('bhqk,bqhd->bkhd', ds, q))
+    return dq, dk, dv
+
+
+@pytest.mark.parametrize('dtype_name', ['float16', 'bfloat16'])
+def test_backward_naive_lowp_follows_recipe(dtype_name):
+    rng = np.random.default_rng(14)
+    q, k, v = (round_to_dtype(t, dtype_name)
+               for t in _qkv(rng, 2, 64, 64, 2, 64))
+    dout = round_to_dtype(rng.standard_normal(q.shape), dtype_name)
+    got = attention_backward_naive_lowp(dout, q, k, v, softmax_scale=0.2,
+                                        dtype_name=dtype_name)
+    want = _backward_lowp_recipe(dout, q, k, v, dtype_name, 0.2)
+    ulp = 2.0 ** (-7 if dtype_name == 'bfloat16' else -10)
+    for g, w in zip(got, want):
+        # float32 exp and sums may differ by an ulp between memory layouts,
+        # which flips a rare rounding; skipping or moving any one rounding
+        # step changes a large share of the outputs.
+        assert np.mean(g != w) < 0.01
+        np.testing.assert_allclose(g, w, rtol=4 * ulp,
+                                   atol=4 * ulp * np.abs(w).max())

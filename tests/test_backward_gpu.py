@@ -1,0 +1,158 @@
+"""The backward kernels on a GPU against the float64 analytic gradient, on fresh random inputs with NaN-poisoned
+outputs; deterministic mode bit for bit."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import requires_gpu
+from gpu_helpers import check_grads_against_reference, random_array, to_float64
+
+import cupyflash as cf
+from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
+
+pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
+
+AWKWARD_SEQLENS = [1, 17, 97, 1025, 4097]
+HEAD_DIMS = list(range(8, 257, 8))
+DTYPES = ["float16", "bfloat16"]
+
+
+def make_problem(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype):
+    rng = np.random.default_rng(seed)
+    q, q64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
+    k, k64 = random_array(rng, (batch, seqlen_k, nheads, head_dim), dtype)
+    v, v64 = random_array(rng, (batch, seqlen_k, nheads, head_dim), dtype)
+    dout, dout64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
+    return (q, k, v, dout), (q64, k64, v64, dout64)
+
+
+def run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, deterministic=False, **kw):
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype)
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic, **kw)
+    for g, x in zip(grads, (q, k, v)):
+        assert g.shape == x.shape and g.dtype == x.dtype
+    return check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(head_dim), causal, dtype)
+
+
+seqlens = st.one_of(st.sampled_from(AWKWARD_SEQLENS), st.integers(1, 300))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), seqlen_q=seqlens, seqlen_k=seqlens,
+       nheads=st.integers(1, 3), head_dim=st.sampled_from(HEAD_DIMS), dtype=st.sampled_from(DTYPES),
+       causal=st.booleans(), deterministic=st.booleans())
+def test_backward_matches_float64(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, deterministic):
+    while batch * nheads * seqlen_q * seqlen_k > 2**25 and batch * nheads > 1:
+        batch, nheads = max(1, batch // 2), max(1, nheads // 2)
+    run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, deterministic)
+
+
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_head_dim(head_dim, dtype, causal):
+    run_case(head_dim, 2, 97, 211, 3, head_dim, dtype, causal, deterministic=head_dim % 16 == 0)
+
+
+def _device_candidates(kind):
+    try:
+        from cupyflash._device import device_limits
+
+        limits = device_limits(0)
+    except Exception:  # no GPU: the module is skipped anyway
+        return []
+    return [(kd, c) for kd in KERNEL_HEAD_DIMS for c in candidates(kind, limits, kd)]
+
+
+BWD = _device_candidates("bwd")
+BWD_DQ = _device_candidates("bwd_dq")
+
+
+@pytest.mark.parametrize("kd,config", BWD, ids=[f"d{kd}-{c}" for kd, c in BWD])
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_dkdv_config(kd, config, causal):
+    for i, head_dim in enumerate((kd - 8, kd)):
+        run_case(kd + i, 1, config.block_m * 3 + 5, config.block_n * 2 + 7, 2, head_dim, DTYPES[i], causal,
+                 config=config)
+
+
+@pytest.mark.parametrize("kd,config", BWD_DQ, ids=[f"d{kd}-{c}" for kd, c in BWD_DQ])
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_deterministic_dq_config(kd, config, causal):
+    for i, head_dim in enumerate((kd - 8, kd)):
+        run_case(kd + i, 1, config.block_m * 2 + 5, config.block_n * 3 + 7, 2, head_dim, DTYPES[1 - i], causal,
+                 deterministic=True, dq_config=config)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_deterministic_is_bitwise_reproducible(dtype, causal):
+    import cupy
+
+    (q, k, v, dout), _ = make_problem(1, 2, 1000, 777, 4, 128, dtype)
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
+    first = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, deterministic=True)
+    for _ in range(3):
+        again = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, deterministic=True)
+        for a, b in zip(first, again):
+            assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 50), (64, 1), (1, 1), (1, 300)])
+def test_rows_without_keys_have_zero_gradient(seqlen_q, seqlen_k):
+    import cupy
+
+    run_case(9, 2, seqlen_q, seqlen_k, 2, 64, "float16", True)
+    (q, k, v, dout), _ = make_problem(10, 1, seqlen_q, seqlen_k, 1, 64, "bfloat16")
+    out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True)
+    dq, _, _ = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True)
+    empty = max(0, seqlen_q - seqlen_k)
+    assert bool((to_float64(dq[:, :empty]) == 0).all())
+
+
+def test_preallocated_and_strided_outputs():
+    import cupy
+
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(2, 2, 130, 190, 3, 64, "float16")
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    dq = cupy.empty_like(q)
+    dk_bhsd = cupy.empty((2, 3, 190, 64), cupy.float16)  # written through a (B, S, H, D) view
+    dv_wide = cupy.empty((2, 190, 3, 72), cupy.float16)  # a misaligned view: computed aside and copied in
+    dk, dv = dk_bhsd.transpose(0, 2, 1, 3), dv_wide[..., 4:68]
+    got = cf.flash_attn_backward(dout, q, k, v, out, lse, dq=dq, dk=dk, dv=dv)
+    assert got[0] is dq and got[1] is dk and got[2] is dv
+    check_grads_against_reference(got, dout64, q64, k64, v64, 1 / 8, False, "float16")
+
+
+def test_vjp_matches_backward():
+    import cupy
+
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(3, 1, 257, 257, 2, 128, "bfloat16")
+    out, vjp = cf.flash_attn_vjp(q, k, v, causal=True, deterministic=True)
+    grads = vjp(dout)
+    check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(128), True, "bfloat16")
+    out2, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True)
+    assert bool(cupy.array_equal(out.view(cupy.uint16), out2.view(cupy.uint16)))
+    again = cf.flash_attn_backward(dout, q, k, v, out2, lse, causal=True, deterministic=True)
+    for a, b in zip(grads, again):
+        assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
+
+
+def test_bad_backward_inputs_raise_before_launch():
+    import cupy
+
+    (q, k, v, dout), _ = make_problem(4, 1, 8, 8, 2, 64, "float16")
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    with pytest.raises(ValueError, match="dout must have q's shape"):
+        cf.flash_attn_backward(dout[:, :4], q, k, v, out, lse)
+    with pytest.raises(TypeError, match="lse must be float32"):
+        cf.flash_attn_backward(dout, q, k, v, out, lse.astype(cupy.float64))
+    with pytest.raises(ValueError, match="lse must have shape"):
+        cf.flash_attn_backward(dout, q, k, v, out, lse[:, :1])
+    with pytest.raises(TypeError, match="out must have q's dtype"):
+        cf.flash_attn_backward(dout, q, k, v, out.astype(cupy.float32), lse)
+    with pytest.raises(ValueError, match="dq must match"):
+        cf.flash_attn_backward(dout, q, k, v, out, lse, dq=cupy.empty((1, 8, 2, 32), cupy.float16))

@@ -82,10 +82,12 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
             #pragma unroll
             for (int j = 0; j < 2; ++j)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int row = q0 + 16 * mt + lane / 4 + 8 * (e / 2);
-                    const int col = d0 + 8 * j + 2 * (lane % 4) + (e % 2);
-                    if (row < rows_valid && col < head_dim) atomicAdd(dq + row * row_stride + col, c[mt][j][e] * scale);
+                for (int r = 0; r < 2; ++r) {  // each thread holds column pairs: one paired add per pair
+                    const int row = q0 + 16 * mt + lane / 4 + 8 * r;
+                    const int col = d0 + 8 * j + 2 * (lane % 4);
+                    if (row < rows_valid && col < head_dim)
+                        atomic_add_pair(dq + row * row_stride + col, c[mt][j][2 * r] * scale,
+                                        c[mt][j][2 * r + 1] * scale);
                 }
     }
 }

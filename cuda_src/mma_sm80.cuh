@@ -78,6 +78,17 @@ template <> struct Mma<bf16> {
     }
 };
 
+// dst[0] += a, dst[1] += b in global memory, unordered. Hopper adds both with one vector reduction (dst must be
+// 8-byte aligned); older GPUs take two.
+__device__ __forceinline__ void atomic_add_pair(float* dst, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(dst), "f"(a), "f"(b) : "memory");
+#else
+    atomicAdd(dst, a);
+    atomicAdd(dst + 1, b);
+#endif
+}
+
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));

@@ -9,21 +9,25 @@ from . import _kernels
 from ._device import device_limits
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, check_qkv, check_softmax_scale,
                         needs_aligned_copy, spec_of)
-from .configs import (bwd_dq_smem_bytes, bwd_smem_bytes, check_config, kernel_head_dim, select_config)
+from .configs import (BWD_ATOMIC_DQ, bwd_dq_smem_bytes, bwd_smem_bytes, check_config, family_for, kernel_head_dim,
+                      select_config)
 from .forward import LOG2E, _empty, flash_attn_func
 
 
 def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=False, deterministic=False, *,
-                        dq=None, dk=None, dv=None, config=None, dq_config=None):
+                        dq=None, dk=None, dv=None, atomic_dq=None, config=None, dq_config=None):
     """Gradients of ``out = flash_attn_func(q, k, v, softmax_scale, causal)`` for the upstream gradient ``dout``.
 
     Args:
         dout: (batch, seqlen_q, nheads, headdim), q's dtype; any strides with the head dim contiguous.
         q, k, v, softmax_scale, causal: exactly as given to the forward.
         out, lse: the forward's results (``flash_attn_func(..., return_lse=True)``).
-        deterministic: bitwise-identical gradients from run to run. The default adds dQ contributions with fp32
-            atomics, whose order varies; deterministic mode computes dQ in a second kernel that walks the keys
-            in a fixed order (it recomputes S and dP, so it costs more; see docs/performance.md).
+        deterministic: guarantee bitwise-identical gradients from run to run. dQ is then computed by a second
+            kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher may
+            instead add dQ with fp32 atomics inside the dK/dV kernel, whose order varies; on the GPUs measured so
+            far the separate kernel is the faster one, so both settings cost the same (docs/performance.md).
+        atomic_dq: force the dQ strategy (True: atomics, not deterministic; False: separate kernel); default:
+            the table's choice for this head dim.
         dq, dk, dv: optional preallocated outputs (shape and dtype of q, k, v; any strides with the head dim
             contiguous), written in place and returned.
         config, dq_config: force tile configurations (TileConfig entries of the 'bwd' and 'bwd_dq' tables).
@@ -48,7 +52,11 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
         config = select_config("bwd", limits, shape.head_dim, causal)
     else:
         check_config("bwd", config, limits, shape.head_dim)
-    if deterministic:
+    if atomic_dq and deterministic:
+        raise ValueError("atomic_dq=True adds dQ in an order that varies between runs; it cannot be deterministic")
+    if atomic_dq is None:
+        atomic_dq = not deterministic and BWD_ATOMIC_DQ[(family_for(limits).name, kd)]
+    if not atomic_dq:
         if dq_config is None:
             dq_config = select_config("bwd_dq", limits, shape.head_dim, causal)
         else:
@@ -74,7 +82,7 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
                 buf.fill(0)
         else:
             _launch(q, k, v, dout, out, lse, dq_buf, dk_buf, dv_buf, config, dq_config, kd, scale, causal,
-                    deterministic, dtype, shape)
+                    bool(atomic_dq), dtype, shape)
         results = []
         for name in ("dq", "dk", "dv"):
             user, buf = grads[name]
@@ -88,8 +96,7 @@ def _strides(*arrays):
     return [np.int64(s // x.itemsize) for x in arrays for s in x.strides[:3]]
 
 
-def _launch(q, k, v, dout, out, lse, dq, dk, dv, config, dq_config, kd, scale, causal, deterministic, dtype,
-            shape):
+def _launch(q, k, v, dout, out, lse, dq, dk, dv, config, dq_config, kd, scale, causal, atomic_dq, dtype, shape):
     import cupy
 
     b, sq, sk, h, d, dev = shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.head_dim, shape.device
@@ -103,17 +110,17 @@ def _launch(q, k, v, dout, out, lse, dq, dk, dv, config, dq_config, kd, scale, c
         (out, dout, lse, delta, lse2, *_strides(out, dout), np.int32(b), np.int32(h), np.int32(sq),
          np.int32(row_pitch), np.int32(d)))
 
-    if deterministic:
-        dq_accum = cupy.empty((1,), cupy.float32)  # not read: the dK/dV kernel is built without dQ
-    else:
+    if atomic_dq:
         dq_accum = cupy.zeros((b, sq, h, d), cupy.float32)
-    main = _kernels.bwd_function(config, kd, dtype, causal, not deterministic, dev)
+    else:
+        dq_accum = cupy.empty((1,), cupy.float32)  # not read: the dK/dV kernel is built without dQ
+    main = _kernels.bwd_function(config, kd, dtype, causal, atomic_dq, dev)
     main((math.ceil(sk / config.block_n), h, b), (config.warps * 32,),
          (q, k, v, dout, lse2, delta, dq_accum, dk, dv, *_strides(q, k, v, dout, dk, dv), np.int32(h),
           np.int32(sq), np.int32(sk), np.int32(row_pitch), np.int32(d), np.float32(scale * LOG2E),
           np.float32(scale)),
          shared_mem=bwd_smem_bytes(config, kd))
-    if deterministic:
+    if not atomic_dq:
         dq_fn = _kernels.bwd_dq_function(dq_config, kd, dtype, causal, dev)
         dq_fn((math.ceil(sq / dq_config.block_m), h, b), (dq_config.warps * 32,),
               (q, k, v, dout, lse2, delta, dq, *_strides(q, k, v, dout, dq), np.int32(h), np.int32(sq),

@@ -104,11 +104,21 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 256): (_c(64, 64, 8, d_split=2), _c(64, 32, 4, d_split=2)) + _BWD_SMALL_SPLIT,
 }
 
-# Backward, deterministic dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
+# Backward, dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
+# H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
+# TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    **{("mma_sm80", kd): (_c(64, 64, 4, blocks_per_sm=2), _c(16, 16, 1)) for kd in (32, 64, 96, 128)},
+    **{("mma_sm80", kd): (_c(128, 64, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2), _c(16, 16, 1))
+       for kd in (32, 64)},
+    **{("mma_sm80", kd): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2), _c(16, 16, 1))
+       for kd in (96, 128)},
     **{("mma_sm80", kd): (_c(64, 32, 4), _c(16, 16, 1)) for kd in (160, 192, 224, 256)},
 }
+
+#: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when
+#: the caller does not ask for determinism. H100 (same sweep): the separate kernel was faster at head dims 64 and
+#: 128, causal or not, even with Hopper's paired atomics (226 vs 191 TFLOP/s at 2k, 252 vs 222 at 8k, d128).
+BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): False for kd in KERNEL_HEAD_DIMS}
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.

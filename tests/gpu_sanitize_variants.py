@@ -39,8 +39,8 @@ for kd in KERNEL_HEAD_DIMS:
                 q, k, dout = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d),
                                     (1, config.block_m + 3, 1, d))
                 out, lse = cf.flash_attn_func(q, k, k, causal=causal, return_lse=True)
-                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config)
-                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config, deterministic=True)
+                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config, atomic_dq=True)
+                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config, atomic_dq=False)
                 count += 2
             for config in candidates("bwd_dq", limits, kd):
                 q, k, dout = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d),

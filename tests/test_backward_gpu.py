@@ -28,10 +28,10 @@ def make_problem(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype):
     return (q, k, v, dout), (q64, k64, v64, dout64)
 
 
-def run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, deterministic=False, **kw):
+def run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, **kw):
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype)
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
-    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, deterministic=deterministic, **kw)
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, **kw)
     for g, x in zip(grads, (q, k, v)):
         assert g.shape == x.shape and g.dtype == x.dtype
     return check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(head_dim), causal, dtype)
@@ -43,18 +43,19 @@ seqlens = st.one_of(st.sampled_from(AWKWARD_SEQLENS), st.integers(1, 300))
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), batch=st.integers(1, 3), seqlen_q=seqlens, seqlen_k=seqlens,
        nheads=st.integers(1, 3), head_dim=st.sampled_from(HEAD_DIMS), dtype=st.sampled_from(DTYPES),
-       causal=st.booleans(), deterministic=st.booleans())
-def test_backward_matches_float64(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, deterministic):
+       causal=st.booleans(), mode=st.sampled_from(["default", "deterministic", "atomic"]))
+def test_backward_matches_float64(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, mode):
     while batch * nheads * seqlen_q * seqlen_k > 2**25 and batch * nheads > 1:
         batch, nheads = max(1, batch // 2), max(1, nheads // 2)
-    run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, deterministic)
+    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, **kw)
 
 
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 def test_every_head_dim(head_dim, dtype, causal):
-    run_case(head_dim, 2, 97, 211, 3, head_dim, dtype, causal, deterministic=head_dim % 16 == 0)
+    run_case(head_dim, 2, 97, 211, 3, head_dim, dtype, causal, atomic_dq=head_dim % 16 == 0)
 
 
 def _device_candidates(kind):
@@ -73,10 +74,11 @@ BWD_DQ = _device_candidates("bwd_dq")
 
 @pytest.mark.parametrize("kd,config", BWD, ids=[f"d{kd}-{c}" for kd, c in BWD])
 @pytest.mark.parametrize("causal", [False, True])
-def test_every_dkdv_config(kd, config, causal):
+@pytest.mark.parametrize("atomic_dq", [True, False])
+def test_every_dkdv_config(kd, config, causal, atomic_dq):
     for i, head_dim in enumerate((kd - 8, kd)):
         run_case(kd + i, 1, config.block_m * 3 + 5, config.block_n * 2 + 7, 2, head_dim, DTYPES[i], causal,
-                 config=config)
+                 config=config, atomic_dq=atomic_dq)
 
 
 @pytest.mark.parametrize("kd,config", BWD_DQ, ids=[f"d{kd}-{c}" for kd, c in BWD_DQ])
@@ -154,5 +156,7 @@ def test_bad_backward_inputs_raise_before_launch():
         cf.flash_attn_backward(dout, q, k, v, out, lse[:, :1])
     with pytest.raises(TypeError, match="out must have q's dtype"):
         cf.flash_attn_backward(dout, q, k, v, out.astype(cupy.float32), lse)
+    with pytest.raises(ValueError, match="cannot be deterministic"):
+        cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True, atomic_dq=True)
     with pytest.raises(ValueError, match="dq must match"):
         cf.flash_attn_backward(dout, q, k, v, out, lse, dq=cupy.empty((1, 8, 2, 32), cupy.float16))

@@ -115,19 +115,43 @@ def _launch(q, k, v, dout, out, lse, dq, dk, dv, config, dq_config, kd, scale, c
     else:
         dq_accum = cupy.empty((1,), cupy.float32)  # not read: the dK/dV kernel is built without dQ
     main = _kernels.bwd_function(config, kd, dtype, causal, atomic_dq, dev)
-    main((math.ceil(sk / config.block_n), h, b), (config.warps * 32,),
-         (q, k, v, dout, lse2, delta, dq_accum, dk, dv, *_strides(q, k, v, dout, dk, dv), np.int32(h),
-          np.int32(sq), np.int32(sk), np.int32(row_pitch), np.int32(d), np.float32(scale * LOG2E),
-          np.float32(scale)),
-         shared_mem=bwd_smem_bytes(config, kd))
-    if not atomic_dq:
-        dq_fn = _kernels.bwd_dq_function(dq_config, kd, dtype, causal, dev)
+
+    def launch_dkdv():
+        main((math.ceil(sk / config.block_n), h, b), (config.warps * 32,),
+             (q, k, v, dout, lse2, delta, dq_accum, dk, dv, *_strides(q, k, v, dout, dk, dv), np.int32(h),
+              np.int32(sq), np.int32(sk), np.int32(row_pitch), np.int32(d), np.float32(scale * LOG2E),
+              np.float32(scale)),
+             shared_mem=bwd_smem_bytes(config, kd))
+
+    if atomic_dq:
+        launch_dkdv()
+        dq[...] = dq_accum.astype(dq.dtype)
+        return
+    dq_fn = _kernels.bwd_dq_function(dq_config, kd, dtype, causal, dev)
+    # The dK/dV and dQ kernels write disjoint outputs: the dQ kernel runs on a side stream so that each one's
+    # last, partly filled wave overlaps the other's work. Forked from and joined back into the caller's stream.
+    caller = cupy.cuda.get_current_stream()
+    side = _side_stream(dev)
+    side.wait_event(caller.record())
+    with side:
         dq_fn((math.ceil(sq / dq_config.block_m), h, b), (dq_config.warps * 32,),
               (q, k, v, dout, lse2, delta, dq, *_strides(q, k, v, dout, dq), np.int32(h), np.int32(sq),
                np.int32(sk), np.int32(row_pitch), np.int32(d), np.float32(scale * LOG2E), np.float32(scale)),
               shared_mem=bwd_dq_smem_bytes(dq_config, kd))
-    else:
-        dq[...] = dq_accum.astype(dq.dtype)
+        joined = side.record()
+    launch_dkdv()
+    caller.wait_event(joined)
+
+
+_side_streams = {}
+
+
+def _side_stream(device_id):
+    import cupy
+
+    if device_id not in _side_streams:
+        _side_streams[device_id] = cupy.cuda.Stream(non_blocking=True)
+    return _side_streams[device_id]
 
 
 def flash_attn_vjp(q, k, v, softmax_scale=None, causal=False, deterministic=False):

@@ -160,3 +160,17 @@ def test_bad_backward_inputs_raise_before_launch():
         cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True, atomic_dq=True)
     with pytest.raises(ValueError, match="dq must match"):
         cf.flash_attn_backward(dout, q, k, v, out, lse, dq=cupy.empty((1, 8, 2, 32), cupy.float16))
+
+
+def test_runs_on_the_current_stream():
+    """The dQ kernel runs on a side stream forked from and joined into the caller's stream: results must be
+    complete once the caller's stream is synchronized, with no device-wide synchronize."""
+    import cupy
+
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(5, 2, 700, 600, 2, 64, "float16")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True)
+        grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True)
+    stream.synchronize()
+    check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / 8, True, "float16")

@@ -284,11 +284,7 @@ flash_bwd_dq_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const 
     const int causal_offset = seqlen_k - seqlen_q;
     const int warp_row0 = warp * ROWS_PER_WARP;
 
-    int n_tiles = (seqlen_k + BLOCK_N - 1) / BLOCK_N;
-    if (IS_CAUSAL) {
-        const int last_visible = m0 + BLOCK_M - 1 + causal_offset;
-        n_tiles = min(n_tiles, last_visible < 0 ? 0 : last_visible / BLOCK_N + 1);
-    }
+    const int n_tiles = key_tiles_for_query_block<BLOCK_M, BLOCK_N, IS_CAUSAL>(m0, seqlen_k, causal_offset);
 
     const u16* k_bh = k + batch * k_sb + head * k_sh;
     const u16* v_bh = v + batch * v_sb + head * v_sh;

@@ -24,6 +24,16 @@ __device__ __forceinline__ void mask_where(float (&s)[M_TILES][N_TILES][4], int 
             }
 }
 
+// The number of BLOCK_N-key tiles a query block [m0, m0 + BLOCK_M) visits: all of them, or under the causal mask
+// those up to its last row's diagonal (tiles entirely right of the diagonal are skipped, not masked).
+template <int BLOCK_M, int BLOCK_N, bool IS_CAUSAL>
+__device__ __forceinline__ int key_tiles_for_query_block(int m0, int seqlen_k, int causal_offset) {
+    const int n_tiles = (seqlen_k + BLOCK_N - 1) / BLOCK_N;
+    if (!IS_CAUSAL) return n_tiles;
+    const int last_visible = m0 + BLOCK_M - 1 + causal_offset;
+    return min(n_tiles, last_visible < 0 ? 0 : last_visible / BLOCK_N + 1);
+}
+
 template <int M_TILES>
 struct OnlineSoftmax {
     float m_i[M_TILES][2];  // running (near-)max of raw scores, per row this thread holds (lane/4, lane/4 + 8)

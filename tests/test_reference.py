@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from cupyflash.reference import (attention_naive_lowp, attention_reference,
-                                 blocked_attention, round_to_dtype)
+from cupyflash.reference import (
+    attention_backward_naive_lowp, attention_backward_reference, attention_naive_lowp,
+    attention_reference, blocked_attention, round_to_dtype)
 
 
 def _qkv(rng, batch, seqlen_q, seqlen_k, nheads, headdim, scale=1.0):
@@ -260,8 +261,6 @@ def test_naive_lowp_follows_recipe(dtype_name):
 
 # --- backward ---------------------------------------------------------------
 
-from cupyflash.reference import (attention_backward_naive_lowp,  # noqa: E402
-                                 attention_backward_reference)
 
 
 def _numeric_grads(dout, q, k, v, softmax_scale, causal, eps=1e-6):

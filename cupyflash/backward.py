@@ -41,10 +41,11 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
     dout, out, lse = as_cuda_array(dout, "dout"), as_cuda_array(out, "out"), as_cuda_array(lse, "lse")
     shape = check_qkv(spec_of(q), spec_of(k), spec_of(v))
     check_backward_inputs(shape, spec_of(q), spec_of(dout), spec_of(out), spec_of(lse))
-    given = {"dq": (dq, q), "dk": (dk, k), "dv": (dv, v)}
+    given = {name: (None if grad is None else as_cuda_array(grad, name), like)
+             for name, grad, like in (("dq", dq, q), ("dk", dk, k), ("dv", dv, v))}
     for name, (grad, like) in given.items():
         if grad is not None:
-            check_grad_output(name, spec_of(as_cuda_array(grad, name)), spec_of(like))
+            check_grad_output(name, spec_of(grad), spec_of(like))
     scale = check_softmax_scale(softmax_scale, shape.head_dim)
     limits = device_limits(shape.device)
     kd = kernel_head_dim(shape.head_dim)
@@ -70,14 +71,11 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
         # Kernels write gradients straight into aligned buffers; others get a fresh one, copied over at the end.
         grads = {}
         for name, (grad, like) in given.items():
-            grad = as_cuda_array(grad, name) if grad is not None else None
             direct = grad is not None and not needs_aligned_copy(spec_of(grad))
             grads[name] = (grad, grad if direct else _empty(like.shape, like.dtype))
         dq_buf, dk_buf, dv_buf = (grads[n][1] for n in ("dq", "dk", "dv"))
 
-        if b * h * sk and sq == 0:
-            dk_buf.fill(0), dv_buf.fill(0)
-        elif b * h * sq * sk == 0:
+        if b * h * sq * sk == 0:  # no query or no key: every gradient that exists is zero
             for buf in (dq_buf, dk_buf, dv_buf):
                 buf.fill(0)
         else:

@@ -105,14 +105,15 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 }
 
 # Backward, dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
+_BWD_DQ_SMALL = (_c(16, 16, 1),)
 # H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    **{("mma_sm80", kd): (_c(128, 64, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2), _c(16, 16, 1))
+    **{("mma_sm80", kd): (_c(128, 64, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL
        for kd in (32, 64)},
-    **{("mma_sm80", kd): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2), _c(16, 16, 1))
+    **{("mma_sm80", kd): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL
        for kd in (96, 128)},
-    **{("mma_sm80", kd): (_c(64, 32, 4), _c(16, 16, 1)) for kd in (160, 192, 224, 256)},
+    **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
 }
 
 #: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when
@@ -122,7 +123,7 @@ BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): False for kd in 
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
-_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_SMALL + _BWD_SMALL_SPLIT), "bwd_dq": {_c(16, 16, 1)}}
+_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_SMALL + _BWD_SMALL_SPLIT), "bwd_dq": set(_BWD_DQ_SMALL)}
 
 
 class NoConfigFits(ValueError):

@@ -84,7 +84,7 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
 
         // S = Q K^T (raw scores)
         float s[M_TILES][N_TILES][4] = {};
-        gemm_smem_smem_nt<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
 
         const bool partial = n0 + BLOCK_N > seqlen_k;
         const bool crosses_diagonal = IS_CAUSAL && n0 + BLOCK_N - 1 > m0 + causal_offset;

@@ -78,15 +78,27 @@ template <> struct Mma<bf16> {
     }
 };
 
-// dst[0] += a, dst[1] += b in global memory, unordered. Hopper adds both with one vector reduction (dst must be
-// 8-byte aligned); older GPUs take two.
-__device__ __forceinline__ void atomic_add_pair(float* dst, float a, float b) {
+// dst[row][col] += scale * frag for one 16x8 accumulator fragment (rows row0.., columns col0..) of an fp32 matrix
+// in global memory, unordered; rows >= rows_valid and columns >= cols_valid (even) are left alone. Each lane holds
+// two adjacent columns of two rows: Hopper adds each pair with one vector reduction, older GPUs one at a time.
+// (Swapping halves between lanes for 4-float reductions measured no faster on the H100.)
+__device__ __forceinline__ void atomic_add_fragment(float* dst, i64 row_stride, const float (&frag)[4], int row0,
+                                                    int col0, int rows_valid, int cols_valid, float scale,
+                                                    int lane) {
+    const int col = col0 + 2 * (lane % 4);
+    #pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = row0 + lane / 4 + 8 * r;
+        if (row >= rows_valid || col >= cols_valid) continue;
+        float* at = dst + row * row_stride + col;
 #if __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(dst), "f"(a), "f"(b) : "memory");
+        asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(at), "f"(frag[2 * r] * scale),
+                     "f"(frag[2 * r + 1] * scale) : "memory");
 #else
-    atomicAdd(dst, a);
-    atomicAdd(dst + 1, b);
+        atomicAdd(at, frag[2 * r] * scale);
+        atomicAdd(at + 1, frag[2 * r + 1] * scale);
 #endif
+    }
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {

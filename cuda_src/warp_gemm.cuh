@@ -32,21 +32,28 @@ __device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], u32 tile, int n0
     ldmatrix_x4_trans(b, tile + Tile::byte_offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
 }
 
-// acc += A B^T with A = rows [a_row0, a_row0 + 16*M_TILES) of sA and B = the first 8*N_TILES rows of sB,
-// both holding K columns (S = Q K^T).
-template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile>
-__device__ __forceinline__ void gemm_smem_smem_nt(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_row0,
-                                                  u32 sB, int lane) {
+// acc += A B over k = 0..K, A and B both read from shared memory: A = rows [a_m0, a_m0 + 16*M_TILES) of the
+// m x k product operand, B = columns [b_n0, b_n0 + 8*N_TILES) of the k x n operand. Each operand is stored either
+// one row per m (or n) index (S = Q K^T: Q and K are both stored that way) or one row per k index (*_KMAJOR; as dO
+// is for dV = P^T dO, and as dS^T and K are for dQ = dS K); k-major operands are transposed by ldmatrix.
+template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile, bool A_KMAJOR = false,
+          bool B_KMAJOR = false>
+__device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, u32 sB,
+                                               int b_n0, int lane) {
     static_assert(N_TILES % 2 == 0 && K % 16 == 0, "fragment pairs");
     #pragma unroll
     for (int k0 = 0; k0 < K; k0 += 16) {
         u32 a[M_TILES][4];
         #pragma unroll
-        for (int mt = 0; mt < M_TILES; ++mt) load_a_frag<ATile>(a[mt], sA, a_row0 + 16 * mt, k0, lane);
+        for (int mt = 0; mt < M_TILES; ++mt) {
+            if constexpr (A_KMAJOR) load_a_frag_kmajor<ATile>(a[mt], sA, a_m0 + 16 * mt, k0, lane);
+            else load_a_frag<ATile>(a[mt], sA, a_m0 + 16 * mt, k0, lane);
+        }
         #pragma unroll
         for (int np = 0; np < N_TILES / 2; ++np) {
             u32 b[4];
-            load_b_pair_nmajor<BTile>(b, sB, 16 * np, k0, lane);
+            if constexpr (B_KMAJOR) load_b_pair_kmajor<BTile>(b, sB, b_n0 + 16 * np, k0, lane);
+            else load_b_pair_nmajor<BTile>(b, sB, b_n0 + 16 * np, k0, lane);
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
                 Mma<Elem>::run(acc[mt][2 * np], a[mt], b[0], b[1]);
@@ -108,6 +115,22 @@ __device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const f
             for (int nt = 0; nt < N_TILES; ++nt)
                 *reinterpret_cast<u32*>(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4))) =
                     Mma<Elem>::pack(acc[mt][nt][2 * r] * row_scale[mt][r], acc[mt][nt][2 * r + 1] * row_scale[mt][r]);
+        }
+}
+
+// The same without a row scale (P^T and dS^T on their way to the other warps).
+template <typename Elem, typename Tile, int M_TILES, int N_TILES>
+__device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
+                                                    int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = row0 + 16 * mt + lane / 4 + 8 * r;
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                *reinterpret_cast<u32*>(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4))) =
+                    Mma<Elem>::pack(acc[mt][nt][2 * r], acc[mt][nt][2 * r + 1]);
         }
 }
 

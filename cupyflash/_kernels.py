@@ -68,6 +68,10 @@ def bwd_preprocess_kernel_name(dtype: str) -> str:
     return f"cf::flash_bwd_preprocess_kernel<{_ELEM_TAG[dtype]}>"
 
 
+def bwd_convert_dq_kernel_name(dtype: str) -> str:
+    return f"cf::flash_bwd_convert_dq_kernel<{_ELEM_TAG[dtype]}>"
+
+
 _lock = threading.Lock()
 _functions: dict[tuple, object] = {}
 
@@ -120,3 +124,7 @@ def bwd_dq_function(config: TileConfig, kernel_hdim: int, dtype: str, causal: bo
 
 def bwd_preprocess_function(dtype: str, device_id: int):
     return get_function("flash_bwd.cu", bwd_preprocess_kernel_name(dtype), 0, device_id)
+
+
+def bwd_convert_dq_function(dtype: str, device_id: int):
+    return get_function("flash_bwd.cu", bwd_convert_dq_kernel_name(dtype), 0, device_id)

@@ -12,8 +12,8 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ._kernels import (COMPILE_OPTIONS, bwd_dq_kernel_name, bwd_kernel_name, bwd_preprocess_kernel_name,
-                       fwd_kernel_name, load_source)
+from ._kernels import (COMPILE_OPTIONS, bwd_convert_dq_kernel_name, bwd_dq_kernel_name, bwd_kernel_name,
+                       bwd_preprocess_kernel_name, fwd_kernel_name, load_source)
 from .configs import all_variants
 
 
@@ -104,13 +104,14 @@ def fwd_variant_names() -> list[str]:
 
 
 def bwd_variant_names() -> list[str]:
-    """Every backward template instance: dK/dV kernels with and without atomic dQ, dQ kernels, preprocess."""
+    """Every backward template instance: dK/dV kernels with and without atomic dQ, dQ kernels, preprocess and
+    dQ conversion."""
     names = [bwd_kernel_name(config, kd, dtype, causal, atomic)
              for _family, kd, config in all_variants("bwd") for dtype in DTYPES for causal in (False, True)
              for atomic in (True, False)]
     names += [bwd_dq_kernel_name(config, kd, dtype, causal)
               for _family, kd, config in all_variants("bwd_dq") for dtype in DTYPES for causal in (False, True)]
-    return names + [bwd_preprocess_kernel_name(dtype) for dtype in DTYPES]
+    return names + [f(dtype) for dtype in DTYPES for f in (bwd_preprocess_kernel_name, bwd_convert_dq_kernel_name)]
 
 
 SOURCES = {"flash_fwd.cu": fwd_variant_names, "flash_bwd.cu": bwd_variant_names}

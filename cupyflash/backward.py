@@ -23,9 +23,9 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
         q, k, v, softmax_scale, causal: exactly as given to the forward.
         out, lse: the forward's results (``flash_attn_func(..., return_lse=True)``).
         deterministic: guarantee bitwise-identical gradients from run to run. dQ is then computed by a second
-            kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher may
-            instead add dQ with fp32 atomics inside the dK/dV kernel, whose order varies; on the GPUs measured so
-            far the separate kernel is the faster one, so both settings cost the same (docs/performance.md).
+            kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher usually
+            adds dQ with fp32 atomics inside the dK/dV kernel instead, whose order varies; the measured cost of
+            determinism is in docs/performance.md.
         atomic_dq: force the dQ strategy (True: atomics, not deterministic; False: separate kernel); default:
             the table's choice for this head dim.
         dq, dk, dv: optional preallocated outputs (shape and dtype of q, k, v; any strides with the head dim
@@ -103,15 +103,15 @@ def _launch(q, k, v, dout, out, lse, dq, dk, dv, config, dq_config, kd, scale, c
     row_pitch = (sq + 3) // 4 * 4
     delta = cupy.empty((b, h, row_pitch), cupy.float32)
     lse2 = cupy.empty((b, h, row_pitch), cupy.float32)
+    # With atomic dQ, an fp32 accumulator that the preprocess kernel zeroes row by row; otherwise a placeholder
+    # (the dK/dV kernel is then built without dQ, and the preprocess kernel gets a null pointer).
+    dq_accum = cupy.empty((b, sq, h, d) if atomic_dq else (1,), cupy.float32)
+    rows_grid = (math.ceil(b * h * sq / 4),)  # one warp per (batch, head, query) row, 4 per block
     pre = _kernels.bwd_preprocess_function(dtype, dev)
-    pre((math.ceil(b * h * sq / 4),), (128,),
-        (out, dout, lse, delta, lse2, *_strides(out, dout), np.int32(b), np.int32(h), np.int32(sq),
-         np.int32(row_pitch), np.int32(d)))
+    pre(rows_grid, (128,),
+        (out, dout, lse, delta, lse2, dq_accum if atomic_dq else np.uint64(0), *_strides(out, dout), np.int32(b),
+         np.int32(h), np.int32(sq), np.int32(row_pitch), np.int32(d)))
 
-    if atomic_dq:
-        dq_accum = cupy.zeros((b, sq, h, d), cupy.float32)
-    else:
-        dq_accum = cupy.empty((1,), cupy.float32)  # not read: the dK/dV kernel is built without dQ
     main = _kernels.bwd_function(config, kd, dtype, causal, atomic_dq, dev)
 
     def launch_dkdv():
@@ -123,7 +123,8 @@ def _launch(q, k, v, dout, out, lse, dq, dk, dv, config, dq_config, kd, scale, c
 
     if atomic_dq:
         launch_dkdv()
-        dq[...] = dq_accum.astype(dq.dtype)
+        convert = _kernels.bwd_convert_dq_function(dtype, dev)
+        convert(rows_grid, (128,), (dq_accum, dq, *_strides(dq), np.int32(b), np.int32(h), np.int32(sq), np.int32(d)))
         return
     dq_fn = _kernels.bwd_dq_function(dq_config, kd, dtype, causal, dev)
     # The dK/dV and dQ kernels write disjoint outputs: the dQ kernel runs on a side stream so that each one's

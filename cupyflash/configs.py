@@ -87,21 +87,26 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 }
 
 
-# Backward, dK/dV kernel (flash_bwd_dkdv_kernel): block_n keys per block (16 key rows per warp group), block_m
-# queries per step. Above head dim 128, full-width dK and dV for 16 rows exceed 255 registers, so pairs of warps
-# split the head dim (d_split=2).
-_BWD_SMALL = (_c(16, 16, 1),)
-_BWD_SMALL_SPLIT = (_c(16, 16, 2, d_split=2),)
+# Backward, dK/dV kernel (flash_bwd_dkdv_kernel): block_n keys per block, block_m queries per step. Warps form a
+# (warps / d_split) x d_split grid: each owns block_n / (warps / d_split) key rows (32 in the leading entries) and
+# 1/d_split of the step's queries (for S^T, dP^T) and of the head dim (for dK, dV); the head dim split keeps dK and
+# dV within the registers. 32x16/w2 fits 99 KB at every head dim, 32x64/w4 does up to head dim 128.
+# H100, bf16, 16k tokens, seqlen 4096 (scratch sweep, 2026-11-25), TFLOP/s with atomic dQ: head dim 32: 128x128
+# 181, 64x64/b2 174, 64x128 160; 64: 128x128 236, 64x128 208, 64x64/b2 209; 96: 64x128 229, 64x64/b2 204;
+# 128: 64x128 254, 32x128 217. At 160, 64x128 spills.
+_BWD_SMALL = (_c(32, 16, 2, d_split=2),)
+_BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    ("mma_sm80", 32): (_c(64, 64, 4, blocks_per_sm=2),) + _BWD_SMALL,
-    ("mma_sm80", 64): (_c(64, 64, 4, blocks_per_sm=2), _c(64, 128, 8)) + _BWD_SMALL,
-    ("mma_sm80", 96): (_c(64, 64, 4, blocks_per_sm=2),) + _BWD_SMALL,
-    ("mma_sm80", 128): (_c(64, 64, 4, blocks_per_sm=2), _c(32, 64, 4, blocks_per_sm=2), _c(64, 128, 8))
+    **{("mma_sm80", kd): (_c(128, 128, 8, d_split=2), _c(64, 64, 4, blocks_per_sm=2, d_split=2),
+                          _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
+       for kd in (32, 64)},
+    ("mma_sm80", 96): (_c(64, 128, 8, d_split=2), _c(64, 64, 4, blocks_per_sm=2, d_split=2)) + _BWD_MID
     + _BWD_SMALL,
-    ("mma_sm80", 160): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL_SPLIT,
-    ("mma_sm80", 192): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL_SPLIT,
-    ("mma_sm80", 224): (_c(32, 64, 8, d_split=2),) + _BWD_SMALL_SPLIT,  # 64x64 spills 8 bytes non-causal
-    ("mma_sm80", 256): (_c(64, 64, 8, d_split=2), _c(64, 32, 4, d_split=2)) + _BWD_SMALL_SPLIT,
+    ("mma_sm80", 128): (_c(64, 128, 8, d_split=2), _c(32, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL,
+    ("mma_sm80", 160): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
+    ("mma_sm80", 192): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
+    ("mma_sm80", 224): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
+    ("mma_sm80", 256): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
 }
 
 # Backward, dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
@@ -117,13 +122,14 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 }
 
 #: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when
-#: the caller does not ask for determinism. H100 (same sweep): the separate kernel was faster at head dims 64 and
-#: 128, causal or not, even with Hopper's paired atomics (226 vs 191 TFLOP/s at 2k, 252 vs 222 at 8k, d128).
-BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): False for kd in KERNEL_HEAD_DIMS}
+#: the caller does not ask for determinism. H100, same sweep, atomic vs separate: 254 vs 250 TFLOP/s at head dim
+#: 128 (271 vs 246 at seqlen 8192), 236 vs 230 at 64, 191 vs 178 at 256; the separate kernel led only at 192 (190
+#: vs 179) and tied at 96 and 160.
+BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS}
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
-_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_SMALL + _BWD_SMALL_SPLIT), "bwd_dq": set(_BWD_DQ_SMALL)}
+_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_MID + _BWD_SMALL), "bwd_dq": set(_BWD_DQ_SMALL)}
 
 
 class NoConfigFits(ValueError):
@@ -146,12 +152,12 @@ def fwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
 
 
 def bwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
-    """flash_bwd_dkdv_kernel (with atomic dQ, the larger layout): K and V tiles, STAGES Q tiles, STAGES slots that
-    hold dO and then dS^T (block_n x (block_m + 8)), and STAGES x 2 rows of block_m floats (lse2, delta)."""
+    """flash_bwd_dkdv_kernel: K and V tiles, P^T and dS^T (block_n x (block_m + 8)), STAGES Q and dO tiles, and
+    STAGES x 2 rows of block_m floats (lse2, delta)."""
     kv = config.block_n * (kernel_hdim + 8) * 2
     q = config.block_m * (kernel_hdim + 8) * 2
-    ds = config.block_n * (config.block_m + 8) * 2
-    return 2 * kv + config.stages * (q + max(q, ds)) + config.stages * 2 * config.block_m * 4
+    p = config.block_n * (config.block_m + 8) * 2
+    return 2 * kv + 2 * p + config.stages * 2 * q + config.stages * 2 * config.block_m * 4
 
 
 def bwd_dq_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:

@@ -37,6 +37,7 @@ def _compile(chunk):
             for atomic in (True, False):
                 _kernels.bwd_function(config, kd, dtype, causal, atomic, 0)
             _kernels.bwd_preprocess_function(dtype, 0)
+            _kernels.bwd_convert_dq_function(dtype, 0)
         done += 1
     return done
 

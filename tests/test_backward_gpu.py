@@ -115,6 +115,24 @@ def test_rows_without_keys_have_zero_gradient(seqlen_q, seqlen_k):
     assert bool((to_float64(dq[:, :empty]) == 0).all())
 
 
+@pytest.mark.parametrize("mode", [{}, {"deterministic": True}, {"atomic_dq": True}], ids=["default", "det", "atomic"])
+def test_very_negative_scores_stay_finite(mode):
+    """Every score near -128 puts the log-sum-exp below -88, where exp(-lse) overflows fp32: padding keys (97 is no
+    multiple of any key tile) must be masked rather than multiplied by their zero K rows."""
+    import cupy
+
+    rng = np.random.default_rng(11)
+    shape_q, shape_k = (1, 50, 2, 64), (1, 97, 2, 64)
+    q64 = 4 + 0.1 * rng.standard_normal(shape_q)
+    k64 = -(4 + 0.1 * rng.standard_normal(shape_k))
+    v64, dout64 = rng.standard_normal(shape_k), rng.standard_normal(shape_q)
+    q, k, v, dout = (cupy.asarray(x, dtype=cupy.float16) for x in (q64, k64, v64, dout64))
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    assert float(lse.max()) < -100
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, **mode)
+    check_grads_against_reference(grads, *(to_float64(x) for x in (dout, q, k, v)), 1 / 8, False, "float16")
+
+
 def test_preallocated_and_strided_outputs():
     import cupy
 

@@ -9,8 +9,8 @@ from . import _kernels
 from ._device import device_limits
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, check_qkv, check_softmax_scale,
                         needs_aligned_copy, spec_of)
-from .configs import (BWD_ATOMIC_DQ, bwd_dq_smem_bytes, bwd_smem_bytes, check_config, family_for, kernel_head_dim,
-                      select_config)
+from .configs import (bwd_dq_smem_bytes, bwd_smem_bytes, check_config, kernel_head_dim, select_config,
+                      use_atomic_dq)
 from .forward import LOG2E, _empty, flash_attn_func
 
 
@@ -27,7 +27,7 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
             adds dQ with fp32 atomics inside the dK/dV kernel instead, whose order varies; the measured cost of
             determinism is in docs/performance.md.
         atomic_dq: force the dQ strategy (True: atomics, not deterministic; False: separate kernel); default:
-            the table's choice for this head dim.
+            ``configs.use_atomic_dq`` (atomics for large problems at most head dims).
         dq, dk, dv: optional preallocated outputs (shape and dtype of q, k, v; any strides with the head dim
             contiguous), written in place and returned.
         config, dq_config: force tile configurations (TileConfig entries of the 'bwd' and 'bwd_dq' tables).
@@ -56,7 +56,8 @@ def flash_attn_backward(dout, q, k, v, out, lse, softmax_scale=None, causal=Fals
     if atomic_dq and deterministic:
         raise ValueError("atomic_dq=True adds dQ in an order that varies between runs; it cannot be deterministic")
     if atomic_dq is None:
-        atomic_dq = not deterministic and BWD_ATOMIC_DQ[(family_for(limits).name, kd)]
+        atomic_dq = not deterministic and use_atomic_dq(limits, shape.head_dim, shape.seqlen_q, shape.seqlen_k,
+                                                        causal)
     if not atomic_dq:
         if dq_config is None:
             dq_config = select_config("bwd_dq", limits, shape.head_dim, causal)

@@ -13,9 +13,10 @@ import sys
 
 TOKENS = 16384  # tokens per batch, as in the FlashAttention papers
 HIDDEN = 2048
-ALL_IMPLS = ["cupyflash", "cupyflash-atomic", "torch-flash", "torch-cudnn", "cupy-naive"]
-# Its forward is cupyflash's; only the backward's dQ strategy differs (fp32 atomics instead of the dQ kernel).
-BWD_ONLY = {"cupyflash-atomic"}
+ALL_IMPLS = ["cupyflash", "cupyflash-det", "torch-flash", "torch-cudnn", "cupy-naive"]
+# Its forward is cupyflash's; only the backward differs: deterministic=True (the separate dQ kernel instead of
+# fp32 atomics), which prices determinism.
+BWD_ONLY = {"cupyflash-det"}
 TORCH_BACKENDS = {"torch-flash": "FLASH_ATTENTION", "torch-cudnn": "CUDNN_ATTENTION"}
 FLOP_NOTE = ("FLOPs(fwd) = 4*batch*nheads*seqlen_q*seqlen_k*headdim, halved when causal; "
              "FLOPs(bwd) = 2.5*FLOPs(fwd); TFLOP/s = FLOPs / median time; "
@@ -133,7 +134,7 @@ def measure_cupyflash(row, dtype, causal, direction):
         return ms
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
     dout = _randn_like(out)
-    kw = {"atomic_dq": True} if row["impl"] == "cupyflash-atomic" else {}
+    kw = {"deterministic": True} if row["impl"] == "cupyflash-det" else {}
     return time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, **kw))
 
 
@@ -245,7 +246,7 @@ def run_one(impl, dtype, headdim, seqlen, causal, bwd=True):
            "batch": batch, "nheads": nheads, "fwd_ms": None, "fwd_tflops": None, "bwd_ms": None,
            "bwd_tflops": None, "extra_mib": None, "out_lse_mib": None, "config": "", "error": "",
            "bwd_error": ""}
-    measure = {"cupyflash": measure_cupyflash, "cupyflash-atomic": measure_cupyflash,
+    measure = {"cupyflash": measure_cupyflash, "cupyflash-det": measure_cupyflash,
                "cupy-naive": measure_naive}.get(impl, measure_torch)
     flops = attn_flops(batch, nheads, seqlen, seqlen, headdim, causal)
     directions = ([] if impl in BWD_ONLY else ["fwd"]) + (["bwd"] if bwd else [])
@@ -301,9 +302,9 @@ def speedup_lines(rows):
         cells = []
         for direction in (d for d in ("fwd", "bwd") if d in per_dir):
             t = per_dir[direction]
-            # For bwd, the ratio to cupyflash-atomic compares the two dQ strategies.
+            # For bwd, the ratio to cupyflash-det is the speedup bought by giving up determinism.
             parts = [f"{t['cupyflash'] / t[o]:.2f}x vs {o}"
-                     for o in ("cupy-naive", "torch-flash", "torch-cudnn", "cupyflash-atomic") if o in t]
+                     for o in ("cupy-naive", "torch-flash", "torch-cudnn", "cupyflash-det") if o in t]
             if "cupyflash" in t and parts:
                 cells.append(f"{direction} " + ", ".join(parts))
         if cells:
@@ -333,7 +334,7 @@ def build_parser():
     p.add_argument("--impls", nargs="+", choices=ALL_IMPLS, default=list(ALL_IMPLS))
     p.add_argument("--quick", action="store_true",
                    help="smoke run: headdim 128, seqlen 2048 and 8192 (overrides --headdim/--seqlen)")
-    p.add_argument("--no-bwd", action="store_true", help="time the forward only (drops cupyflash-atomic)")
+    p.add_argument("--no-bwd", action="store_true", help="time the forward only (drops cupyflash-det)")
     p.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
     return p

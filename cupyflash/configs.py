@@ -122,10 +122,23 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 }
 
 #: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when
-#: the caller does not ask for determinism. H100, same sweep, atomic vs separate: 254 vs 250 TFLOP/s at head dim
-#: 128 (271 vs 246 at seqlen 8192), 236 vs 230 at 64, 191 vs 178 at 256; the separate kernel led only at 192 (190
-#: vs 179) and tied at 96 and 160.
+#: the caller does not ask for determinism and the problem is large enough (see use_atomic_dq). H100, same sweep,
+#: atomic vs separate: 254 vs 250 TFLOP/s at head dim 128 (271 vs 246 at seqlen 8192), 236 vs 230 at 64, 191 vs 178
+#: at 256; the separate kernel led only at 192 (190 vs 179) and tied at 96 and 160.
 BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS}
+
+#: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says
+#: atomic. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash cupyflash-det,
+#: 2026-11-25): atomic was 4-8% slower at seqlen 512 and causal 1024-2048, within 1% at non-causal 1024 and causal
+#: 2048, 3-14% faster from non-causal 2048 and causal 4096 up.
+ATOMIC_DQ_MIN_PAIRS = 2048 * 2048
+
+
+def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> bool:
+    """The default dQ strategy of a non-deterministic backward: atomics for large problems where the table says so."""
+    pairs = seqlen_q * seqlen_k // (2 if causal else 1)
+    return BWD_ATOMIC_DQ[(family_for(limits).name, kernel_head_dim(head_dim))] and pairs >= ATOMIC_DQ_MIN_PAIRS
+
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.

@@ -176,3 +176,51 @@ def test_pre_ampere_is_refused_naming_compute_capability():
         with pytest.raises(NoConfigFits, match=r"compute capability 8\.0.*7\.5"):
             call()
     assert family_for(SM86).name == "mma_sm80" and family_for(H100).name == "mma_sm80"
+
+
+# ---- backward tables ----
+
+BWD_DEVICES = (SM86, A100, H100)  # every sm_80+ GPU has at least 99 KB per block
+
+
+def test_bwd_smem_bytes_hand_computed():
+    # K, V: 2 x 128 x 136 x 2; P^T, dS^T: 2 x 128 x 72 x 2; Q, dO: 2 stages x 2 x 64 x 136 x 2; lse2, delta rows.
+    config = TileConfig("mma_sm80", 64, 128, 8, 2, 1, 2)
+    assert configs.bwd_smem_bytes(config, 128) == 69632 + 36864 + 69632 + 1024
+
+
+@pytest.mark.parametrize("kind", ["bwd", "bwd_dq"])
+@pytest.mark.parametrize("limits", BWD_DEVICES, ids=lambda l: l.name)
+@pytest.mark.parametrize("head_dim", range(8, 257, 8))
+def test_every_backward_kind_has_a_fitting_config(kind, limits, head_dim):
+    config = configs.select_config(kind, limits, head_dim)
+    assert configs.smem_bytes(kind, config, kernel_head_dim(head_dim)) <= limits.smem_per_block_optin
+
+
+@pytest.mark.parametrize("kd,config", [(kd, c) for _f, kd, c in configs.all_variants("bwd")],
+                         ids=lambda x: str(x))
+def test_dkdv_configs_satisfy_the_kernels_warp_grid(kd, config):
+    """The static_asserts of flash_bwd_dkdv_kernel, restated: a config that breaks one would fail to compile."""
+    key_warps = config.warps // config.d_split
+    assert config.warps % config.d_split == 0 and config.block_n % (16 * key_warps) == 0
+    assert (config.block_m // config.d_split) % 16 == 0 and config.block_m % config.d_split == 0
+    assert (kd // config.d_split) % 16 == 0
+
+
+def test_h100_backward_head_dim_128_uses_32_key_rows_per_warp():
+    config = configs.select_config("bwd", H100, 128)
+    assert (config.block_m, config.block_n, config.warps, config.d_split) == (64, 128, 8, 2)
+    assert config.block_n // (config.warps // config.d_split) == 32
+
+
+@pytest.mark.parametrize("seqlen_q,seqlen_k,causal,expected", [
+    (2048, 2048, False, True), (1024, 1024, False, False), (4096, 4096, True, True), (2048, 2048, True, False),
+    (512, 8192, False, True), (1, 1, False, False)])
+def test_atomic_dq_only_for_large_problems(seqlen_q, seqlen_k, causal, expected):
+    assert configs.use_atomic_dq(H100, 128, seqlen_q, seqlen_k, causal) is expected
+
+
+def test_atomic_dq_follows_the_table_per_head_dim(monkeypatch):
+    assert configs.use_atomic_dq(H100, 192, 8192, 8192, False) is False  # the separate kernel measured faster
+    monkeypatch.setitem(configs.BWD_ATOMIC_DQ, ("mma_sm80", 128), False)
+    assert configs.use_atomic_dq(H100, 128, 8192, 8192, False) is False

@@ -101,37 +101,36 @@ __device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES / 2][
     }
 }
 
-// Writes rows [row0, row0 + 16*M_TILES) of an accumulator, each row multiplied by row_scale, into a shared tile
-// as 16-bit elements (the way out to global memory goes through shared memory for 16-byte stores).
-template <typename Elem, typename Tile, int M_TILES, int N_TILES>
-__device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
-                                                    const float (&row_scale)[M_TILES][2], int lane) {
+// Writes rows [row0, row0 + 16*M_TILES) of an accumulator, each row multiplied by row_scale(mt, r), into a shared
+// tile as 16-bit elements (the way out to global memory goes through shared memory for 16-byte stores).
+template <typename Elem, typename Tile, int M_TILES, int N_TILES, typename RowScale>
+__device__ __forceinline__ void stage_accum_in_smem_with(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
+                                                         RowScale row_scale, int lane) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int row = row0 + 16 * mt + lane / 4 + 8 * r;
+            const float scale = row_scale(mt, r);
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
                 *reinterpret_cast<u32*>(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4))) =
-                    Mma<Elem>::pack(acc[mt][nt][2 * r] * row_scale[mt][r], acc[mt][nt][2 * r + 1] * row_scale[mt][r]);
+                    Mma<Elem>::pack(acc[mt][nt][2 * r] * scale, acc[mt][nt][2 * r + 1] * scale);
         }
 }
 
-// The same without a row scale (P^T and dS^T on their way to the other warps).
+// With one scale per row held by this thread (1/l_i for the forward's output, softmax_scale for dK).
+template <typename Elem, typename Tile, int M_TILES, int N_TILES>
+__device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
+                                                    const float (&row_scale)[M_TILES][2], int lane) {
+    stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [&](int mt, int r) { return row_scale[mt][r]; }, lane);
+}
+
+// Unscaled (dV; P^T and dS^T on their way to the other warps).
 template <typename Elem, typename Tile, int M_TILES, int N_TILES>
 __device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
                                                     int lane) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = row0 + 16 * mt + lane / 4 + 8 * r;
-            #pragma unroll
-            for (int nt = 0; nt < N_TILES; ++nt)
-                *reinterpret_cast<u32*>(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4))) =
-                    Mma<Elem>::pack(acc[mt][nt][2 * r], acc[mt][nt][2 * r + 1]);
-        }
+    stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [](int, int) { return 1.f; }, lane);
 }
 
 }  // namespace cf

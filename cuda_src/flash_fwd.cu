@@ -1,37 +1,40 @@
 // FlashAttention-2 forward on mma.sync tensor cores (sm_80 and later).
 //
-// One block computes BLOCK_M query rows of one (batch, head): O = softmax(Q K^T * scale) V and
-// LSE = log(sum(exp(Q K^T * scale))). K/V tiles of BLOCK_N keys stream through a STAGES-deep cp.async ring;
-// each of the WARPS warps owns BLOCK_M / WARPS query rows and keeps its S tile, its P tile and its output
+// One block computes BLOCK_M query rows of one (batch, head): O = softmax(logits) V and LSE = log(sum(exp(logits)))
+// with logits = Score(Q K^T) where Mask shows them. K/V tiles of BLOCK_N keys stream through a STAGES-deep cp.async
+// ring; each of the WARPS warps owns BLOCK_M / WARPS query rows and keeps its S tile, its P tile and its output
 // accumulator in registers, so no score ever reaches device memory.
 #include "mma_sm80.cuh"
+#include "params.cuh"
+#include "coords.cuh"
+#include "mask.cuh"
+#include "score_mod.cuh"
 #include "smem_tile.cuh"
 #include "warp_gemm.cuh"
 #include "online_softmax.cuh"
 
 namespace cf {
 
-struct Strides {  // in elements; the head dim is contiguous
-    i64 batch, seq, head;
-};
+// Dynamic shared memory: a Q tile (reused to stage O) and STAGES K and V tiles. Python's fwd_smem_bytes computes
+// the same number and passes it as SMEM_BYTES, which the kernel checks.
+template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES>
+__host__ __device__ constexpr int fwd_smem_bytes() {
+    return SmemTile<BLOCK_M, HEAD_DIM>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM>::BYTES;
+}
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
-          int STAGES = 2, int MIN_BLOCKS = 2, bool IS_CAUSAL = false>
-__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16* __restrict__ v,
-                 u16* __restrict__ out, float* __restrict__ lse,
-                 i64 q_sb, i64 q_ss, i64 q_sh, i64 k_sb, i64 k_ss, i64 k_sh,  // element strides: batch, seq, head
-                 i64 v_sb, i64 v_ss, i64 v_sh, i64 o_sb, i64 o_ss, i64 o_sh,
-                 int nheads, int seqlen_q, int seqlen_k, int head_dim, float scale_log2) {
+          int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
+          int SMEM_BYTES = fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
     constexpr int M_TILES = ROWS_PER_WARP / 16;
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
+    static_assert(SMEM_BYTES == fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>(), "Python's smem formula");
     using QTile = SmemTile<BLOCK_M, HEAD_DIM>;
     using KVTile = SmemTile<BLOCK_N, HEAD_DIM>;
-    const Strides q_str{q_sb, q_ss, q_sh}, k_str{k_sb, k_ss, k_sh}, v_str{v_sb, v_ss, v_sh}, o_str{o_sb, o_ss, o_sh};
 
     extern __shared__ uint4 smem_raw[];
     u16* sQ = reinterpret_cast<u16*>(smem_raw);    // later reused to stage O on its way out
@@ -40,28 +43,35 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
     const u32 sV_addr = sK_addr + STAGES * KVTile::BYTES;
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    // Causal blocks further down carry more work; launching them first evens out the tail.
-    const int m_block = IS_CAUSAL ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
+    const int m_block = Mask::MASKS ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const int head = blockIdx.y, batch = blockIdx.z;
     const int m0 = m_block * BLOCK_M;
-    const int causal_offset = seqlen_k - seqlen_q;
     const int warp_row0 = warp * ROWS_PER_WARP;
+    const int seqlen_k = p.seqlen_k;
+    const Mask mask(p);
+    const Score score(p, batch, head);
 
-    const int n_tiles = key_tiles_for_query_block<BLOCK_M, BLOCK_N, IS_CAUSAL>(m0, seqlen_k, causal_offset);
+    // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
+    // masking on the diagonal come first.
+    const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
+    const int n_tiles = key_tiles.y - key_tiles.x;
 
-    const u16* q_bh = q + batch * q_str.batch + head * q_str.head + m0 * q_str.seq;
-    const u16* k_bh = k + batch * k_str.batch + head * k_str.head;
-    const u16* v_bh = v + batch * v_str.batch + head * v_str.head;
-    // Key tiles are visited last-first, so the tiles that need masking come first.
+    auto tile_start = [&](int t) { return (key_tiles.y - 1 - t) * BLOCK_N; };
     auto load_kv = [&](int t) {
-        const int n0 = (n_tiles - 1 - t) * BLOCK_N, stage = t % STAGES;
-        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * k_str.seq, k_str.seq,
-                                         seqlen_k - n0, head_dim);
-        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * v_str.seq, v_str.seq,
-                                         seqlen_k - n0, head_dim);
+        const int n0 = tile_start(t), stage = t % STAGES;
+        // Addresses (and the K/V head) from scratch each time: holding them across the loop made instances at the
+        // edge of the register file spill in the compile check.
+        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES,
+                                         p.k + row_offset(p.k_str, batch, kv_head_of(p, head), n0), p.k_str.seq,
+                                         seqlen_k - n0, p.head_dim);
+        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES,
+                                         p.v + row_offset(p.v_str, batch, kv_head_of(p, head), n0), p.v_str.seq,
+                                         seqlen_k - n0, p.head_dim);
     };
 
-    load_tile_async<QTile, THREADS>(sQ_addr, q_bh, q_str.seq, seqlen_q - m0, head_dim);
+    load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, m0), p.q_str.seq,
+                                    p.seqlen_q - m0, p.head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
         if (t < n_tiles) load_kv(t);
@@ -78,28 +88,24 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
         if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);
         cp_async_commit();
 
-        const int n0 = (n_tiles - 1 - t) * BLOCK_N;
+        const int n0 = tile_start(t);
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES;
         const u32 sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
-        // S = Q K^T (raw scores)
+        // S = Q K^T (raw scores), then logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
-
-        const bool partial = n0 + BLOCK_N > seqlen_k;
-        const bool crosses_diagonal = IS_CAUSAL && n0 + BLOCK_N - 1 > m0 + causal_offset;
-        if (partial || crosses_diagonal)  // padding keys must not enter the softmax sum; nor keys past the diagonal
-            mask_where(s, m0 + warp_row0, n0, lane, [&](int row, int col) {
-                return col >= seqlen_k || (IS_CAUSAL && col > row + causal_offset);
-            });
+        apply_score_mod(score, s, m0 + warp_row0, n0, lane);
+        // Padding keys must not enter the softmax sum; nor keys the mask hides.
+        mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
 
         // m_i, l_i, acc <- online softmax step; s now holds P
-        softmax.update(s, acc, scale_log2);
+        softmax.update(s, acc, p.scale_log2);
 
         // acc += P V
-        u32 p[M_TILES][N_TILES / 2][4];
-        accum_to_a_frags<Elem>(p, s);
-        gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, p, sV_t, lane);
+        u32 pf[M_TILES][N_TILES / 2][4];
+        accum_to_a_frags<Elem>(pf, s);
+        gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, pf, sV_t, lane);
     }
 
     // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row.
@@ -113,20 +119,17 @@ flash_fwd_kernel(const u16* __restrict__ q, const u16* __restrict__ k, const u16
         for (int r = 0; r < 2; ++r) {
             row_scale[mt][r] = softmax.inv_l(mt, r);
             const int row = m0 + warp_row0 + 16 * mt + lane / 4 + 8 * r;
-            if (lane % 4 == 0 && row < seqlen_q)
-                lse[(static_cast<i64>(batch) * nheads + head) * seqlen_q + row] = softmax.lse(mt, r, scale_log2);
+            if (lane % 4 == 0 && row < p.seqlen_q)
+                p.lse[lse_offset(p, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);
         }
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
     __syncthreads();
-    store_tile<QTile, THREADS>(out + batch * o_str.batch + head * o_str.head + m0 * o_str.seq, sQ, o_str.seq,
-                               seqlen_q - m0, head_dim);
+    store_tile<QTile, THREADS>(p.out + row_offset(p.o_str, batch, head, m0), sQ, p.o_str.seq, p.seqlen_q - m0,
+                               p.head_dim);
 }
 
 }  // namespace cf
 
 #ifndef CUPYFLASH_RUNTIME  // a standalone build (nvcc -Xptxas -v) gets the default instance to report on
-template __global__ void cf::flash_fwd_kernel<>(const cf::u16*, const cf::u16*, const cf::u16*, cf::u16*, float*,
-                                                cf::i64, cf::i64, cf::i64, cf::i64, cf::i64, cf::i64, cf::i64,
-                                                cf::i64, cf::i64, cf::i64, cf::i64, cf::i64, int, int, int, int,
-                                                float);
+template __global__ void cf::flash_fwd_kernel<>(const cf::AttnParams);
 #endif

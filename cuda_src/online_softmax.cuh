@@ -6,34 +6,6 @@
 
 namespace cf {
 
-// Sets s[mt][nt][e] = -inf where hidden(row, col) holds, for an accumulator fragment whose first row and column
-// are row0 and col0 (rows and columns mean whatever the caller's product has there: queries x keys for S,
-// keys x queries for S^T). Causal rule (bottom-right aligned): query i sees key j iff j <= i + seqlen_k - seqlen_q.
-template <int M_TILES, int N_TILES, typename Hidden>
-__device__ __forceinline__ void mask_where(float (&s)[M_TILES][N_TILES][4], int row0, int col0, int lane,
-                                           Hidden hidden) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int nt = 0; nt < N_TILES; ++nt)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = row0 + 16 * mt + lane / 4 + 8 * (e / 2);
-                const int col = col0 + 8 * nt + 2 * (lane % 4) + (e % 2);
-                if (hidden(row, col)) s[mt][nt][e] = neg_inf();
-            }
-}
-
-// The number of BLOCK_N-key tiles a query block [m0, m0 + BLOCK_M) visits: all of them, or under the causal mask
-// those up to its last row's diagonal (tiles entirely right of the diagonal are skipped, not masked).
-template <int BLOCK_M, int BLOCK_N, bool IS_CAUSAL>
-__device__ __forceinline__ int key_tiles_for_query_block(int m0, int seqlen_k, int causal_offset) {
-    const int n_tiles = (seqlen_k + BLOCK_N - 1) / BLOCK_N;
-    if (!IS_CAUSAL) return n_tiles;
-    const int last_visible = m0 + BLOCK_M - 1 + causal_offset;
-    return min(n_tiles, last_visible < 0 ? 0 : last_visible / BLOCK_N + 1);
-}
-
 template <int M_TILES>
 struct OnlineSoftmax {
     float m_i[M_TILES][2];  // running (near-)max of raw scores, per row this thread holds (lane/4, lane/4 + 8)

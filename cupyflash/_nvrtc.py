@@ -12,9 +12,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
-from ._kernels import (COMPILE_OPTIONS, bwd_convert_dq_kernel_name, bwd_dq_kernel_name, bwd_kernel_name,
-                       bwd_preprocess_kernel_name, fwd_kernel_name, load_source)
+from ._kernels import load_source
 from .configs import all_variants
+from .families import BY_NAME, HELPER_KINDS, KINDS, MMA_SM80
+from .problem import Variant
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -68,7 +69,7 @@ def compile_report(source: str, names: list[str], arch: str) -> dict[str, Resour
     try:
         for n in names:
             _check(lib, lib.nvrtcAddNameExpression(prog, n.encode()))
-        opts = [o.encode() for o in (*COMPILE_OPTIONS, f"-arch={arch}", "-Xptxas=-v")]
+        opts = [o.encode() for o in (*MMA_SM80.compile_options, f"-arch={arch}", "-Xptxas=-v")]
         status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
@@ -88,6 +89,47 @@ def compile_report(source: str, names: list[str], arch: str) -> dict[str, Resour
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
 
+def compile_ptx(source: str, arch: str = "compute_90") -> str:
+    """PTX of ``source`` (extern "C" kernels), for reading constants the compiler folded."""
+    lib = _libnvrtc()
+    prog = ctypes.c_void_p()
+    _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"probe.cu", 0, None, None))
+    try:
+        opts = [o.encode() for o in (*MMA_SM80.compile_options, f"-arch={arch}")]
+        if lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts)) != 0:
+            size = ctypes.c_size_t()
+            lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+            buf = ctypes.create_string_buffer(size.value)
+            lib.nvrtcGetProgramLog(prog, buf)
+            raise RuntimeError(f"NVRTC failed:\n{buf.value.decode(errors='replace')}")
+        size = ctypes.c_size_t()
+        _check(lib, lib.nvrtcGetPTXSize(prog, ctypes.byref(size)))
+        buf = ctypes.create_string_buffer(size.value)
+        _check(lib, lib.nvrtcGetPTX(prog, buf))
+        return buf.value.decode()
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+_MOV = re.compile(r"mov\.u64\s+(%rd\d+),\s*(\d+);")
+_STORE = re.compile(r"st\.global\.u64\s+\[%rd\d+(?:\+(\d+))?\],\s*(%rd\d+);")
+
+
+def struct_layout(source: str, struct: str, members) -> tuple[int, dict]:
+    """(sizeof, {member: offsetof}) of a C++ struct as the CUDA compiler lays it out: a probe kernel stores each
+    offset, and the constants are read back from the PTX (NVRTC has no usable offsetof in constant expressions)."""
+    stores = [f"out[{i}] = (const char*)&s.{m} - (const char*)&s;" for i, m in enumerate(members)]
+    stores.append(f"out[{len(members)}] = sizeof({struct});")
+    probe = (f'{source}\nextern "C" __global__ void layout_probe(const {struct} s, long long* out) {{\n'
+             + "\n".join(stores) + "\n}\n")
+    ptx = compile_ptx(probe)
+    consts = dict(_MOV.findall(ptx))
+    values = {int(off or 0) // 8: int(consts.get(reg, 0)) for off, reg in _STORE.findall(ptx)}
+    if len(values) != len(members) + 1:
+        raise RuntimeError(f"layout probe: expected {len(members) + 1} stores in the PTX, found {len(values)}")
+    return values[len(members)], {m: values[i] for i, m in enumerate(members)}
+
+
 def _check(lib, status):
     if status != 0:
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
@@ -95,26 +137,44 @@ def _check(lib, status):
 
 
 DTYPES = ("float16", "bfloat16")
+#: The variant with the most live values: every tile the dispatcher may pick for score modifiers is checked with it.
+HEAVIEST = Variant("bfloat16", "band", softcap=True, alibi=True)
+#: Each remaining policy value once per kernel kind and head dim (with the table's leading tile).
+SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True))
 
 
-def fwd_variant_names() -> list[str]:
-    """Every forward template instance the dispatcher can select: configs x dtypes x causal."""
-    return [fwd_kernel_name(config, kd, dtype, causal)
-            for _family, kd, config in all_variants("fwd") for dtype in DTYPES for causal in (False, True)]
+def _kernel_instances(kind: str):
+    """(source file, kernel name) of the covering set of ``kind`` (see test_nvrtc.py for what it covers)."""
+    atomic_flags = (True, False) if kind == "bwd" else (False,)
+    seen = set()
+    for family_name, kd, config in all_variants(kind):
+        fam = BY_NAME[family_name]
+        for atomic in atomic_flags:
+            plain = [Variant(dtype, mask) for dtype in DTYPES for mask in ("none", "band")]
+            for variant in plain:
+                seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
+    for family_name, kd, config in all_variants(kind, HEAVIEST):
+        fam = BY_NAME[family_name]
+        for atomic in atomic_flags:
+            seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, HEAVIEST, atomic)))
+    leading = {}
+    for family_name, kd, config in all_variants(kind, HEAVIEST):
+        leading.setdefault((family_name, kd), config)
+    for (family_name, kd), config in leading.items():
+        fam = BY_NAME[family_name]
+        for variant in SINGLE_POLICIES:
+            seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, kind == "bwd")))
+    return sorted(seen)
 
 
-def bwd_variant_names() -> list[str]:
-    """Every backward template instance: dK/dV kernels with and without atomic dQ, dQ kernels, preprocess and
-    dQ conversion."""
-    names = [bwd_kernel_name(config, kd, dtype, causal, atomic)
-             for _family, kd, config in all_variants("bwd") for dtype in DTYPES for causal in (False, True)
-             for atomic in (True, False)]
-    names += [bwd_dq_kernel_name(config, kd, dtype, causal)
-              for _family, kd, config in all_variants("bwd_dq") for dtype in DTYPES for causal in (False, True)]
-    return names + [f(dtype) for dtype in DTYPES for f in (bwd_preprocess_kernel_name, bwd_convert_dq_kernel_name)]
-
-
-SOURCES = {"flash_fwd.cu": fwd_variant_names, "flash_bwd.cu": bwd_variant_names}
+def kernel_instances():
+    """Every kernel instance the CPU compile check builds: for each tile config of every kind, plain scores with
+    and without the band mask in both dtypes (dK/dV with and without atomic dQ); every config that score modifiers
+    may use with the heaviest variant; each score modifier alone once per kind and head dim; the helper kernels."""
+    out = [inst for kind in KINDS for inst in _kernel_instances(kind)]
+    out += [(MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, None, 0, Variant(dtype)))
+            for kind in HELPER_KINDS for dtype in DTYPES]
+    return out
 
 
 def _compile_group(args):
@@ -122,11 +182,14 @@ def _compile_group(args):
     return arch, compile_report(load_source(filename), names, arch)
 
 
-def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16) -> dict[tuple[str, str], Resources]:
-    """(arch, kernel name) -> resources for every kernel variant; groups of names share one NVRTC program,
-    groups run in ``jobs`` processes."""
-    groups = [(source, names[i:i + group_size], arch)
-              for source, variant_names in SOURCES.items() for names in [variant_names()]
+def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16,
+                instances=None) -> dict[tuple[str, str], Resources]:
+    """(arch, kernel name) -> resources for every kernel instance (default: kernel_instances()); groups of names
+    share one NVRTC program, groups run in ``jobs`` processes."""
+    by_source = {}
+    for source, name in instances if instances is not None else kernel_instances():
+        by_source.setdefault(source, []).append(name)
+    groups = [(source, names[i:i + group_size], arch) for source, names in by_source.items()
               for arch in archs for i in range(0, len(names), group_size)]
     results = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:

@@ -10,10 +10,13 @@ import numbers
 from dataclasses import dataclass
 
 from .configs import MAX_HEAD_DIM
+from .problem import Problem, Variant, default_softmax_scale, mask_kind, normalize_window
 
 SUPPORTED_DTYPES = ("float16", "bfloat16")
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _MAX_GRID_YZ = 65535  # heads and batch index the grid's y and z dimensions
+_MAX_SEQLEN = 2**30  # the kernels index rows and compare key - query distances in 32-bit ints
+LAYOUT = "(batch, seqlen, nheads, headdim)"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,11 @@ class AttentionShape:
     head_dim: int
     dtype: str
     device: int
+    nheads_k: int = -1  # -1: same as nheads
+
+    def __post_init__(self):
+        if self.nheads_k == -1:
+            object.__setattr__(self, "nheads_k", self.nheads)
 
 
 def as_cuda_array(x, name: str):
@@ -62,11 +70,11 @@ def spec_of(x) -> ArraySpec:
 
 
 def check_qkv(q: ArraySpec, k: ArraySpec, v: ArraySpec) -> AttentionShape:
-    """Shape, dtype, layout and device rules for q (B, Sq, H, D) and k, v (B, Sk, H, D)."""
+    """Shape, dtype, layout and device rules for q (B, Sq, H, D) and k, v (B, Sk, H_k, D), H a multiple of H_k."""
     named = (("q", q), ("k", k), ("v", v))
     for name, a in named:
         if len(a.shape) != 4:
-            raise ValueError(f"{name} must have 4 dimensions (batch, seqlen, nheads, headdim); got shape {a.shape}")
+            raise ValueError(f"{name} must have 4 dimensions {LAYOUT}; got shape {a.shape}")
         if a.dtype not in SUPPORTED_DTYPES:
             raise TypeError(f"{name} must be float16 or bfloat16 (ml_dtypes.bfloat16); got {a.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
@@ -75,25 +83,95 @@ def check_qkv(q: ArraySpec, k: ArraySpec, v: ArraySpec) -> AttentionShape:
         raise ValueError(f"q, k, v must be on one GPU; got devices q {q.device}, k {k.device}, v {v.device}")
 
     batch, seqlen_q, nheads, head_dim = q.shape
+    layouts = f"(layout {LAYOUT}: q {q.shape}, k {k.shape}, v {v.shape})"
     for name, a in (("k", k), ("v", v)):
         if a.shape[0] != batch:
-            raise ValueError(f"batch size of {name} ({a.shape[0]}) differs from q's ({batch})")
-        if a.shape[2] != nheads:
-            raise ValueError(f"nheads of {name} ({a.shape[2]}) differs from q's ({nheads}); "
-                             f"grouped-query attention is not supported yet")
+            raise ValueError(f"batch size of {name} ({a.shape[0]}) differs from q's ({batch}) {layouts}")
         if a.shape[3] != head_dim:
-            raise ValueError(f"head dim of {name} ({a.shape[3]}) differs from q's ({head_dim})")
+            raise ValueError(f"head dim of {name} ({a.shape[3]}) differs from q's ({head_dim}) {layouts}")
     if k.shape[1] != v.shape[1]:
-        raise ValueError(f"k and v must have the same seqlen; got {k.shape[1]} and {v.shape[1]}")
-    if head_dim % 8 or not 8 <= head_dim <= MAX_HEAD_DIM:
-        raise ValueError(f"head dim must be a multiple of 8 between 8 and {MAX_HEAD_DIM}; got {head_dim}")
+        raise ValueError(f"k and v must have the same seqlen; got {k.shape[1]} and {v.shape[1]} {layouts}")
+    if k.shape[2] != v.shape[2]:
+        raise ValueError(f"k and v must have the same nheads; got {k.shape[2]} and {v.shape[2]} {layouts}")
+    nheads_k = k.shape[2]
+    if nheads_k == 0 or nheads % nheads_k:
+        raise ValueError(f"nheads of q ({nheads}) must be a multiple of nheads of k and v ({nheads_k}) for "
+                         f"grouped-query attention {layouts}")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim must be between 1 and {MAX_HEAD_DIM}; got {head_dim} {layouts}")
     for name, a in named:
         if math.prod(a.shape) and a.strides[3] != a.itemsize:  # an empty array's strides are arbitrary
             raise ValueError(f"{name}'s last dimension (head dim) must be contiguous; its stride is "
                              f"{a.strides[3] // a.itemsize} elements (any other strides are fine)")
     if nheads > _MAX_GRID_YZ or batch > _MAX_GRID_YZ:
         raise ValueError(f"batch and nheads must each be at most {_MAX_GRID_YZ}; got {batch} and {nheads}")
-    return AttentionShape(batch, seqlen_q, k.shape[1], nheads, head_dim, q.dtype, q.device)
+    if max(seqlen_q, k.shape[1]) >= _MAX_SEQLEN:
+        raise ValueError(f"seqlens must be below {_MAX_SEQLEN}; got {seqlen_q} and {k.shape[1]}")
+    return AttentionShape(batch, seqlen_q, k.shape[1], nheads, head_dim, q.dtype, q.device, nheads_k)
+
+
+def check_window(window_size) -> tuple:
+    """flash-attn's window_size: (left, right), each -1 (unbounded) or a non-negative int."""
+    try:
+        left, right = window_size
+    except (TypeError, ValueError):
+        raise TypeError(f"window_size must be a pair (left, right); got {window_size!r}") from None
+    for side, value in (("left", left), ("right", right)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"window_size {side} must be an int (-1 for unbounded); got {value!r}")
+        if value < -1:
+            raise ValueError(f"window_size {side} must be -1 (unbounded) or >= 0; got {value}")
+    return int(left), int(right)
+
+
+def check_softcap(softcap) -> float:
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap must be a real number (0 for off); got {softcap!r}")
+    value = float(softcap)
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"softcap must be finite and >= 0 (0 for off); got {softcap!r}")
+    return value
+
+
+def check_dropout(dropout_p) -> None:
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be a number in [0, 1); got {dropout_p!r}")
+    if dropout_p != 0:
+        raise NotImplementedError(f"dropout is not implemented yet (dropout_p={dropout_p}); pass dropout_p=0.0")
+
+
+def check_alibi(slopes: ArraySpec, shape: AttentionShape) -> int:
+    """alibi_slopes: float32 (nheads,) or (batch or 1, nheads) on q's GPU, slopes contiguous; returns the batch stride
+    in elements (0 for one shared vector)."""
+    if slopes.dtype != "float32":
+        raise TypeError(f"alibi_slopes must be float32; got {slopes.dtype}")
+    if slopes.shape not in ((shape.nheads,), (shape.batch, shape.nheads), (1, shape.nheads)):
+        raise ValueError(f"alibi_slopes must have shape (nheads,) = ({shape.nheads},) or (batch, nheads) = "
+                         f"({shape.batch}, {shape.nheads}); got {slopes.shape}")
+    if slopes.device != shape.device:
+        raise ValueError(f"alibi_slopes must be on q's GPU {shape.device}; got device {slopes.device}")
+    if shape.nheads > 1 and slopes.strides[-1] != 4:
+        raise ValueError(f"alibi_slopes' last dimension must be contiguous; its stride is {slopes.strides[-1]} bytes")
+    if len(slopes.shape) == 2 and slopes.shape[0] > 1:
+        return slopes.strides[0] // 4
+    return 0
+
+
+def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, causal=False,
+             window_size=(-1, -1), softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0) -> Problem:
+    """Every check of a call's arguments, and the frozen Problem they describe."""
+    shape = check_qkv(q, k, v)
+    check_dropout(dropout_p)
+    if not isinstance(causal, (bool, numbers.Integral)):
+        raise TypeError(f"causal must be a bool; got {causal!r}")
+    causal = bool(causal)
+    window = normalize_window(check_window(window_size), causal, shape.seqlen_q, shape.seqlen_k)
+    cap = check_softcap(softcap)
+    alibi_stride = 0 if alibi_slopes is None else check_alibi(alibi_slopes, shape)
+    variant = Variant(shape.dtype, mask_kind(causal, window), softcap=cap > 0, alibi=alibi_slopes is not None)
+    return Problem(shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.nheads_k, shape.head_dim,
+                   shape.device, check_softmax_scale(softmax_scale, shape.head_dim), causal, window, cap,
+                   alibi_stride, variant)
 
 
 def needs_aligned_copy(a: ArraySpec) -> bool:
@@ -106,7 +184,7 @@ def needs_aligned_copy(a: ArraySpec) -> bool:
 
 def check_softmax_scale(softmax_scale, head_dim: int) -> float:
     if softmax_scale is None:
-        return 1.0 / math.sqrt(head_dim)
+        return default_softmax_scale(head_dim)
     if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real):
         raise TypeError(f"softmax_scale must be a real number or None; got {softmax_scale!r}")
     scale = float(softmax_scale)

@@ -1,15 +1,25 @@
 """Forward and backward benchmark of cupyflash against naive CuPy attention and PyTorch SDPA.
 
-Run as ``python -m cupyflash.bench`` (``--help`` for options). cupy and torch are
-imported lazily so that the argument parser works on machines without a GPU.
+Run as ``python -m cupyflash.bench`` (``--help`` for options). Three modes:
+
+- default: TFLOP/s of the forward and backward over head dims, sequence lengths, dtypes and causal, against
+  PyTorch SDPA (flash and cuDNN backends) and naive CuPy; 16k tokens per batch, hidden 2048.
+- ``--variants``: GQA/MQA, sliding window, softcap and ALiBi, each priced against plain attention of the same
+  shape in the same run (bf16, head dims 128 and 64), with SDPA as the peer where its fused backends have one.
+- ``--overhead``: host time per call on a tiny problem, where launching is all the work there is.
+
+Kernel times are medians of CUDA events; every impl runs in the same process. cupy and torch are imported
+lazily so that the argument parser works on machines without a GPU.
 """
 import argparse
+import contextlib
 import csv
 import datetime
 import gc
 import itertools
 import os
 import sys
+import time
 
 TOKENS = 16384  # tokens per batch, as in the FlashAttention papers
 HIDDEN = 2048
@@ -34,10 +44,69 @@ COLUMNS = [
     ("out+lse MiB", "out_lse_mib", _num("%.1f")), ("config", "config", str),
 ]
 
+# --variants: each variant row sits beside the plain row of its (D, causal, seqlen).
+VARIANT_ORDER = ["plain", "GQA", "MQA", "window", "softcap", "ALiBi"]
+GQA_SEQLENS, WINDOW_SEQLEN, SCORE_MOD_SEQLENS = (2048, 8192), 16384, (4096, 8192)
+WINDOW = (4096, 0)  # flash-attn's (left, right): query i sees keys i-4096 ..= i
+SOFTCAP = 30.0
+WINDOW_BAR, SCORE_MOD_BAR = 0.5, 0.9  # window/causal time at most; softcap and ALiBi fwd throughput at least
+VARIANT_COLUMNS = [
+    ("variant", "variant", str), ("D", "D", str), ("causal", "causal", str), ("seqlen", "seqlen", str),
+    ("nheads/nheads_k", "heads", str), ("fwd ms", "fwd_ms", _num("%.3f")),
+    ("fwd TFLOP/s", "fwd_tflops", _num("%.1f")), ("bwd ms", "bwd_ms", _num("%.3f")),
+    ("bwd TFLOP/s", "bwd_tflops", _num("%.1f")), ("fwd time / plain", "fwd_ratio", _num("%.2f")),
+    ("bwd time / plain", "bwd_ratio", _num("%.2f")),
+]  # then two columns per SDPA peer, filled with already formatted cells (a time or an error)
+VARIANT_FLOP_NOTE = ("FLOPs(fwd) = 4*batch*nheads*visible_pairs*headdim, counting query heads (GQA and MQA do "
+                     "the work of MHA) and exactly the (query, key) pairs that the causal mask and the window "
+                     "leave visible; FLOPs(bwd) = 2.5*FLOPs(fwd); TFLOP/s = FLOPs / median time")
+VARIANT_NOTES = [
+    "time / plain: median time over that of the plain row of the same D, causal and seqlen (window: plain causal)",
+    "no SDPA peer for window, softcap or ALiBi: its flash and cuDNN backends take none of them "
+    "(only the math backend would, through a dense mask)",
+]
+
+OVERHEAD_SHAPE = (1, 128, 2, 64)  # batch, seqlen, nheads, headdim: small enough that launching is the cost
+OVERHEAD_CALLS = 2000
+OVERHEAD_TARGET_US = {"fwd": 20, "bwd": 40}  # cupyflash's wall-time targets per call
+OVERHEAD_COLUMNS = [
+    ("impl", "impl", str), ("dtype", "dtype", str), ("direction", "direction", str),
+    ("µs per call wall", "wall_us", _num("%.1f")), ("µs per call GPU", "gpu_us", _num("%.1f")),
+    ("target wall µs", "target", str),
+]
+OVERHEAD_NOTE = (f"shape (batch, seqlen, nheads, headdim) = {OVERHEAD_SHAPE}, not causal; {OVERHEAD_CALLS} calls "
+                 "back to back after a warm-up. wall: time.perf_counter around the loop, read before the "
+                 "synchronize; GPU: CUDA events around the same loop. GPU close to wall means the GPU waited "
+                 "for the host: the loop is host-bound and wall is the per-call overhead.")
+
 
 def attn_flops(batch, nheads, sq, sk, d, causal):
     f = 4 * batch * nheads * sq * sk * d
     return f // 2 if causal else f
+
+
+def visible_pairs(seqlen_q, seqlen_k, causal=False, window=(-1, -1)):
+    """Number of (query, key) pairs that attention computes, in flash-attn's masking conventions.
+
+    Query i sees key j iff i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right, within
+    [0, seqlen_k), where window = (left, right) and -1 leaves that side unbounded; causal sets right = 0
+    (the mask is aligned to the bottom-right corner). Rows that see no key count zero.
+    """
+    import numpy
+    left, right = window
+    if causal:
+        right = 0
+    diag = numpy.arange(seqlen_q, dtype=numpy.int64) + (seqlen_k - seqlen_q)  # each row's key on the diagonal
+    first = numpy.maximum(diag - left, 0) if left >= 0 else numpy.zeros_like(diag)
+    last = numpy.minimum(diag + right, seqlen_k - 1) if right >= 0 else numpy.full_like(diag, seqlen_k - 1)
+    return int(numpy.maximum(last - first + 1, 0).sum())
+
+
+def alibi_slopes(nheads):
+    """ALiBi's per-head slopes, 2^(-8(h+1)/nheads) for h = 0 .. nheads-1 (the paper's, for power-of-2 nheads)."""
+    import numpy
+    slopes = 2.0 ** (-8.0 * numpy.arange(1, nheads + 1) / nheads)
+    return slopes.astype(numpy.float32)
 
 
 def _import_cupyflash():
@@ -58,31 +127,31 @@ def _cupy_dtype(name):
     return cupy.float16
 
 
-def make_inputs(batch, seqlen, nheads, headdim, dtype, lib="cupy"):
-    """Fresh standard-normal q, k, v in the flash-attn (B, S, H, D) layout."""
-    shape = (batch, seqlen, nheads, headdim)
+def make_inputs(batch, seqlen, nheads, headdim, dtype, lib="cupy", nheads_k=None):
+    """Fresh standard-normal q, k, v in the flash-attn (B, S, H, D) layout; k and v with nheads_k heads."""
+    shapes = [(batch, seqlen, h, headdim) for h in (nheads, nheads_k or nheads, nheads_k or nheads)]
     if lib == "torch":
         import torch
         dt = getattr(torch, dtype)
-        return tuple(torch.randn(shape, device="cuda", dtype=dt) for _ in range(3))
+        return tuple(torch.randn(shape, device="cuda", dtype=dt) for shape in shapes)
     import cupy
     dt = _cupy_dtype(dtype)
     # Generate in fp32 and cast: CuPy's RNG does not produce fp16/bf16 directly.
-    return tuple(cupy.random.standard_normal(shape, dtype=cupy.float32).astype(dt)
-                 for _ in range(3))
+    return tuple(cupy.random.standard_normal(shape, dtype=cupy.float32).astype(dt) for shape in shapes)
+
+
+def _timing_api(lib):
+    """(new_event, elapsed_ms(a, b), synchronize) of CuPy's or PyTorch's current stream."""
+    if lib == "torch":
+        import torch
+        return lambda: torch.cuda.Event(enable_timing=True), lambda a, b: a.elapsed_time(b), torch.cuda.synchronize
+    import cupy
+    return cupy.cuda.Event, cupy.cuda.get_elapsed_time, cupy.cuda.Device().synchronize
 
 
 def time_fn(fn, lib="cupy", n_warmup=3, min_repeat=10, target_repeat=20, budget_s=0.5):
     """Median milliseconds of fn() measured with CUDA events on the current stream."""
-    if lib == "torch":
-        import torch
-        new_event = lambda: torch.cuda.Event(enable_timing=True)
-        elapsed = lambda a, b: a.elapsed_time(b)
-        sync = torch.cuda.synchronize
-    else:
-        import cupy
-        new_event, elapsed = cupy.cuda.Event, cupy.cuda.get_elapsed_time
-        sync = cupy.cuda.Device().synchronize
+    new_event, elapsed, sync = _timing_api(lib)
     import numpy
     for _ in range(n_warmup):  # also pays for JIT compilation and autotuning
         fn()
@@ -104,6 +173,27 @@ def time_fn(fn, lib="cupy", n_warmup=3, min_repeat=10, target_repeat=20, budget_
             return float(numpy.median(times))
 
 
+def time_loop(fn, lib="cupy", calls=OVERHEAD_CALLS, n_warmup=20):
+    """Microseconds per call of `calls` back-to-back fn(): (host wall time of the loop, GPU time of the loop).
+
+    The wall clock is read before the synchronize, so it is the time to issue the calls; the CUDA events
+    bracket the same loop, so GPU time exceeds wall time only when the kernels, not the host, set the pace.
+    """
+    new_event, elapsed, sync = _timing_api(lib)
+    for _ in range(n_warmup):
+        fn()
+    sync()
+    a, b = new_event(), new_event()
+    a.record()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    wall = time.perf_counter() - t0
+    b.record()
+    sync()
+    return wall * 1e6 / calls, elapsed(a, b) * 1e3 / calls
+
+
 def cupy_extra_mib(fn):
     import cupy
     pool = cupy.get_default_memory_pool()
@@ -121,21 +211,45 @@ def _randn_like(x):
     return cupy.random.standard_normal(x.shape, dtype=cupy.float32).astype(x.dtype)
 
 
-def measure_cupyflash(row, dtype, causal, direction):
+def cupyflash_kwargs(variant, nheads):
+    """flash_attn_func/flash_attn_backward keyword arguments of a variant dict ({}: plain attention).
+
+    The dict holds flash-attn keywords (window_size, softcap) and alibi=True for the paper's slopes.
+    """
+    kw = {k: v for k, v in variant.items() if k != "alibi"}
+    if variant.get("alibi"):
+        import cupy
+        kw["alibi_slopes"] = cupy.asarray(alibi_slopes(nheads))
+    return kw
+
+
+def cupyflash_call(row, dtype, causal, direction):
+    """The call to time for a row: flash_attn_func, or flash_attn_backward on a saved forward's out and lse.
+
+    The row gives the shape (batch, seqlen, nheads, D, and nheads_k if not nheads) and, under "variant_kw",
+    the variant dict of cupyflash_kwargs.
+    """
     cf = _import_cupyflash()
     B, S, H, D = row["batch"], row["seqlen"], row["nheads"], row["D"]
-    q, k, v = make_inputs(B, S, H, D, dtype)
+    q, k, v = make_inputs(B, S, H, D, dtype, nheads_k=row.get("nheads_k"))
+    kw = dict(causal=causal, **cupyflash_kwargs(row.get("variant_kw", {}), H))
     if direction == "fwd":
-        fn = lambda: cf.flash_attn_func(q, k, v, causal=causal)
         row["config"] = str(cf.select_config_for(q, k, v, causal=causal))
         row["out_lse_mib"] = (B * S * H * D * 2 + B * H * S * 4) / 2**20
-        ms = time_fn(fn)
-        row["extra_mib"] = cupy_extra_mib(fn)
-        return ms
-    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
+        return lambda: cf.flash_attn_func(q, k, v, **kw)
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True, **kw)
     dout = _randn_like(out)
-    kw = {"deterministic": True} if row["impl"] == "cupyflash-det" else {}
-    return time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, **kw))
+    if row["impl"] == "cupyflash-det":
+        kw["deterministic"] = True
+    return lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, **kw)
+
+
+def measure_cupyflash(row, dtype, causal, direction):
+    fn = cupyflash_call(row, dtype, causal, direction)
+    ms = time_fn(fn)
+    if direction == "fwd":
+        row["extra_mib"] = cupy_extra_mib(fn)
+    return ms
 
 
 _naive_bf16 = {"ok": None}  # None: untried; False: CuPy matmul rejected bf16
@@ -203,32 +317,49 @@ def measure_naive(row, dtype, causal, direction):
     return time_fn(lambda: _naive_bwd(p, qt, kt, vt, do, scale))
 
 
-def measure_torch(row, dtype, causal, direction):
+@contextlib.contextmanager
+def torch_call(row, dtype, causal, direction):
+    """Yields the SDPA call to time for a row, inside the context it must run in.
+
+    The context pins the row's backend (TORCH_BACKENDS[impl]; any other impl name leaves PyTorch's default
+    choice) and, for the forward, disables autograd. The backward is torch.autograd.grad on one saved graph.
+    k and v get nheads_k heads (enable_gqa=True) when the row has them.
+    """
+    import functools
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    backend = getattr(SDPBackend, TORCH_BACKENDS[row["impl"]])
     B, S, H, D = row["batch"], row["seqlen"], row["nheads"], row["D"]
-    q, k, v = make_inputs(B, S, H, D, dtype, lib="torch")
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    if direction == "bwd":
-        for x in (q, k, v):
-            x.requires_grad_()
-        with sdpa_kernel(backend):
-            out = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal)
+    nheads_k = row.get("nheads_k", H)
+    q, k, v = make_inputs(B, S, H, D, dtype, lib="torch", nheads_k=nheads_k)
+    backend = TORCH_BACKENDS.get(row["impl"])
+    gqa = {"enable_gqa": True} if nheads_k != H else {}
+    sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=causal, **gqa)
+    with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
+        if direction == "bwd":
+            for x in (q, k, v):
+                x.requires_grad_()
+            out = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             dout = torch.randn_like(out)
             # retain_graph: the one forward's graph serves every timed backward.
-            return time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), lib="torch")
-    # Transposed views of (B,S,H,D) tensors: how flash-attn-layout users call SDPA.
-    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    fn = lambda: sdpa(qt, kt, vt, is_causal=causal)
-    with torch.no_grad(), sdpa_kernel(backend):
+            yield lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True)
+            return
+        # Transposed views of (B,S,H,D) tensors: how flash-attn-layout users call SDPA.
+        qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+        with torch.no_grad():
+            yield lambda: sdpa(qt, kt, vt)
+
+
+def measure_torch(row, dtype, causal, direction):
+    import torch
+    with torch_call(row, dtype, causal, direction) as fn:
         ms = time_fn(fn, lib="torch")
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        out = fn()
-        torch.cuda.synchronize()
-        row["extra_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
-        del out
+        if direction == "fwd":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            out = fn()
+            torch.cuda.synchronize()
+            row["extra_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+            del out
     return ms
 
 
@@ -240,15 +371,31 @@ def _fill_timing(row, direction, ms, flops):
 ERROR_KEYS = {"fwd": "error", "bwd": "bwd_error"}  # "error" keeps the forward-only CSVs' column name
 
 
-def run_one(impl, dtype, headdim, seqlen, causal, bwd=True):
+def _error_text(e):
+    # Both cupy's and torch's OOM errors have OutOfMemoryError in their class name.
+    return "OOM" if "OutOfMemory" in type(e).__name__ else str(e).strip()[:40]
+
+
+def new_row(impl, dtype, headdim, seqlen, causal, **extra):
+    """A row of the default table's keys, for 16k tokens per batch and hidden 2048; extra keys added."""
     batch, nheads = max(1, TOKENS // seqlen), HIDDEN // headdim
     row = {"impl": impl, "dtype": dtype, "D": headdim, "causal": causal, "seqlen": seqlen,
            "batch": batch, "nheads": nheads, "fwd_ms": None, "fwd_tflops": None, "bwd_ms": None,
            "bwd_tflops": None, "extra_mib": None, "out_lse_mib": None, "config": "", "error": "",
            "bwd_error": ""}
+    row.update(extra)
+    return row
+
+
+def measure_row(row, flops, bwd=True):
+    """Times the row's impl forward and backward into it; None when the impl cannot run the dtype at all.
+
+    flops is the forward's count (the backward's is BWD_FLOP_FACTOR times it). An error fills that
+    direction's error cell instead of ending the run.
+    """
+    impl, dtype, causal = row["impl"], row["dtype"], row["causal"]
     measure = {"cupyflash": measure_cupyflash, "cupyflash-det": measure_cupyflash,
                "cupy-naive": measure_naive}.get(impl, measure_torch)
-    flops = attn_flops(batch, nheads, seqlen, seqlen, headdim, causal)
     directions = ([] if impl in BWD_ONLY else ["fwd"]) + (["bwd"] if bwd else [])
     for direction in directions:
         free_memory()  # so neither the last shape's nor the forward's buffers crowd this measurement
@@ -258,11 +405,16 @@ def run_one(impl, dtype, headdim, seqlen, causal, bwd=True):
                 return None
             _fill_timing(row, direction, ms, flops * (BWD_FLOP_FACTOR if direction == "bwd" else 1))
         except Exception as e:  # one bad impl/shape must not end the run
-            # Both cupy's and torch's OOM errors have OutOfMemoryError in their class name.
-            row[ERROR_KEYS[direction]] = "OOM" if "OutOfMemory" in type(e).__name__ else str(e).strip()[:40]
-            print(f"error: {impl} {direction} {dtype} D={headdim} S={seqlen} causal={causal}: "
+            row[ERROR_KEYS[direction]] = _error_text(e)
+            what = f"{impl} {row['variant']}" if "variant" in row else impl
+            print(f"error: {what} {direction} {dtype} D={row['D']} S={row['seqlen']} causal={causal}: "
                   f"{type(e).__name__}: {e}", flush=True)
     return row
+
+
+def run_one(impl, dtype, headdim, seqlen, causal, bwd=True):
+    row = new_row(impl, dtype, headdim, seqlen, causal)
+    return measure_row(row, attn_flops(row["batch"], row["nheads"], seqlen, seqlen, headdim, causal), bwd)
 
 
 def free_memory():
@@ -275,7 +427,8 @@ def free_memory():
         torch.cuda.empty_cache()
 
 
-_ERROR_CELLS = {f"{d}_ms": e for d, e in ERROR_KEYS.items()}  # a failed timing shows its error there
+# A failed timing shows its error in its time cell.
+_ERROR_CELLS = {**{f"{d}_ms": e for d, e in ERROR_KEYS.items()}, "wall_us": "error"}
 
 
 def format_cell(row, key, fmt):
@@ -283,10 +436,10 @@ def format_cell(row, key, fmt):
     return err.replace("|", "/") if err else fmt(row.get(key))
 
 
-def markdown_table(rows):
-    lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |",
-             "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(format_cell(r, k, f) for _, k, f in COLUMNS) + " |" for r in rows]
+def markdown_table(rows, columns=COLUMNS):
+    lines = ["| " + " | ".join(h for h, _, _ in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(format_cell(r, k, f) for _, k, f in columns) + " |" for r in rows]
     return lines
 
 
@@ -312,7 +465,161 @@ def speedup_lines(rows):
     return lines
 
 
-def header_lines():
+def _print_row(row, columns):
+    cells = ((h, format_cell(row, k, f)) for h, k, f in columns)
+    print("  ".join(f"{h}={c}" for h, c in cells if c != ""), flush=True)
+
+
+# --- --variants -------------------------------------------------------------------------------------------
+
+def variant_specs(headdims, causals):
+    """The variants table's rows in print order: each (D, causal, seqlen) shape's plain row, then its variants.
+
+    Each spec: variant (a VARIANT_ORDER name), D, causal, seqlen, nheads_k, kw (the variant dict of
+    cupyflash_kwargs; {} for plain, GQA and MQA, which differ only in nheads_k).
+    """
+    specs = []
+    for d in headdims:
+        nheads = HIDDEN // d
+
+        def add(name, s, c, nheads_k=nheads, **kw):
+            specs.append({"variant": name, "D": d, "causal": c, "seqlen": s, "nheads_k": nheads_k, "kw": kw})
+
+        for s, c in itertools.product(GQA_SEQLENS, causals):
+            add("GQA", s, c, nheads_k=nheads // 4)
+            add("MQA", s, c, nheads_k=1)
+        if True in causals:
+            add("window", WINDOW_SEQLEN, True, window_size=WINDOW)
+        for s, c in itertools.product(SCORE_MOD_SEQLENS, causals):
+            add("softcap", s, c, softcap=SOFTCAP)
+            add("ALiBi", s, c, alibi=True)
+    shapes = dict.fromkeys((sp["D"], sp["causal"], sp["seqlen"]) for sp in specs)
+    specs += [{"variant": "plain", "D": d, "causal": c, "seqlen": s, "nheads_k": HIDDEN // d, "kw": {}}
+              for d, c, s in shapes]
+    order = lambda sp: (headdims.index(sp["D"]), sp["seqlen"], sp["causal"], VARIANT_ORDER.index(sp["variant"]))
+    return sorted(specs, key=order)
+
+
+def variant_flops(batch, nheads, seqlen, headdim, causal, variant):
+    """Forward FLOPs of a variants-table row: query heads times the pairs its mask leaves visible."""
+    return 4 * batch * nheads * headdim * visible_pairs(seqlen, seqlen, causal,
+                                                        variant.get("window_size", (-1, -1)))
+
+
+def variant_columns(peers):
+    text = lambda v: "" if v is None else v  # a formatted time or an error; blank where the peer has no variant
+    return VARIANT_COLUMNS + [(f"{p} {d} ms", f"{p}_{d}", text) for p in peers for d in ("fwd", "bwd")]
+
+
+def run_variant(spec, dtype, peers, bwd=True):
+    """cupyflash's row for one spec, with each peer's times (or errors) as formatted cells of that row."""
+    extra = {"variant": spec["variant"], "nheads_k": spec["nheads_k"], "variant_kw": spec["kw"]}
+    row = new_row("cupyflash", dtype, spec["D"], spec["seqlen"], spec["causal"], **extra)
+    row["heads"] = f"{row['nheads']}/{spec['nheads_k']}"
+    flops = variant_flops(row["batch"], row["nheads"], spec["seqlen"], spec["D"], spec["causal"], spec["kw"])
+    measure_row(row, flops, bwd)
+    for impl in [] if spec["kw"] else peers:  # SDPA's fused backends have no window, softcap or ALiBi
+        peer = measure_row(new_row(impl, dtype, spec["D"], spec["seqlen"], spec["causal"], **extra), flops, bwd)
+        for d in ("fwd", "bwd"):
+            row[f"{impl}_{d}"] = format_cell(peer, f"{d}_ms", _num("%.3f"))
+    return row
+
+
+def add_plain_ratios(rows):
+    """Sets each variant row's fwd_ratio and bwd_ratio: its time over the plain row's of the same shape."""
+    shape = lambda r: (r["dtype"], r["D"], r["causal"], r["seqlen"])
+    plain = {shape(r): r for r in rows if r["variant"] == "plain"}
+    for r in rows:
+        p = plain.get(shape(r))
+        for d in ("fwd", "bwd"):
+            ok = r["variant"] != "plain" and p is not None and r.get(f"{d}_ms") and p.get(f"{d}_ms")
+            r[f"{d}_ratio"] = r[f"{d}_ms"] / p[f"{d}_ms"] if ok else None
+
+
+def bar_lines(rows):
+    """Whether the window and the score modifiers meet their bars, from rows with add_plain_ratios' ratios."""
+    lines = []
+    for r in rows:
+        where = f"{r['dtype']} D={r['D']} causal={r['causal']} seqlen={r['seqlen']}"
+        if r["variant"] == "window":
+            parts = [f"{d} {r[f'{d}_ratio']:.2f}x" for d in ("fwd", "bwd") if r[f"{d}_ratio"] is not None]
+            met = all(r[f"{d}_ratio"] <= WINDOW_BAR for d in ("fwd", "bwd") if r[f"{d}_ratio"] is not None)
+            if parts:
+                lines.append(f"- window {r['variant_kw']['window_size']} {where}: time / plain causal "
+                             f"{', '.join(parts)} (bar <= {WINDOW_BAR}): {'met' if met else 'missed'}")
+        elif r["variant"] in ("softcap", "ALiBi") and r["fwd_ratio"] is not None:
+            speed = 1 / r["fwd_ratio"]
+            lines.append(f"- {r['variant']} {where}: fwd throughput {speed:.2f}x plain "
+                         f"(bar >= {SCORE_MOD_BAR}x): {'met' if speed >= SCORE_MOD_BAR else 'missed'}")
+    return lines
+
+
+def run_variants(args):
+    """(rows, columns, report body) of --variants."""
+    peers = [i for i in args.impls if i in TORCH_BACKENDS]
+    columns = variant_columns(peers)
+    rows = []
+    for dtype, spec in itertools.product(args.dtype, variant_specs(args.headdim, args.causals)):
+        rows.append(run_variant(spec, dtype, peers, bwd=not args.no_bwd))
+        _print_row(rows[-1], columns)
+    add_plain_ratios(rows)
+    body = (markdown_table(rows, columns) + [""] + [f"note: {n}" for n in VARIANT_NOTES]
+            + ["", "bars:"] + bar_lines(rows))
+    return rows, columns, body
+
+
+# --- --overhead -------------------------------------------------------------------------------------------
+
+def overhead_target(row):
+    """The target cell: cupyflash's wall-time bar for the direction and whether it was met."""
+    target = OVERHEAD_TARGET_US.get(row["direction"]) if row["impl"] == "cupyflash" else None
+    if target is None:
+        return ""
+    if row["wall_us"] is None:
+        return f"<= {target}"
+    return f"<= {target} ({'met' if row['wall_us'] <= target else 'missed'})"
+
+
+def run_overhead(args):
+    """(rows, columns, report body) of --overhead: cupyflash and, if torch works, SDPA's default backend."""
+    B, S, H, D = OVERHEAD_SHAPE
+    impls = ["cupyflash"] + (["torch-sdpa"] if any(i in TORCH_BACKENDS for i in args.impls) else [])
+    rows = []
+    for dtype, impl, direction in itertools.product(args.dtype, impls, ["fwd"] + ([] if args.no_bwd else ["bwd"])):
+        row = {"impl": impl, "dtype": dtype, "direction": direction, "batch": B, "seqlen": S, "nheads": H, "D": D,
+               "wall_us": None, "gpu_us": None, "error": ""}
+        free_memory()
+        try:
+            if impl == "cupyflash":
+                row["wall_us"], row["gpu_us"] = time_loop(cupyflash_call(row, dtype, False, direction))
+            else:
+                with torch_call(row, dtype, False, direction) as fn:
+                    row["wall_us"], row["gpu_us"] = time_loop(fn, lib="torch")
+        except Exception as e:
+            row["error"] = _error_text(e)
+            print(f"error: {impl} {direction} {dtype}: {type(e).__name__}: {e}", flush=True)
+        row["target"] = overhead_target(row)
+        rows.append(row)
+        _print_row(row, OVERHEAD_COLUMNS)
+    return rows, OVERHEAD_COLUMNS, markdown_table(rows, OVERHEAD_COLUMNS)
+
+
+# --- default mode -----------------------------------------------------------------------------------------
+
+def run_default(args):
+    """(rows, columns, report body) of the default mode: every impl over every shape."""
+    rows = []
+    for d, s, causal, dt, impl in itertools.product(
+            args.headdim, args.seqlen, args.causals, args.dtype, args.impls):
+        row = run_one(impl, dt, d, s, causal, bwd=not args.no_bwd)
+        if row is not None:
+            rows.append(row)
+            _print_row(row, COLUMNS)
+    body = markdown_table(rows) + ["", "speedup of cupyflash (TFLOP/s ratio):"] + speedup_lines(rows)
+    return rows, COLUMNS, body
+
+
+def header_lines(note=FLOP_NOTE):
     import cupy
     p = cupy.cuda.runtime.getDeviceProperties(0)
     lines = [f"device: {p['name'].decode()}, compute capability {p['major']}.{p['minor']}, "
@@ -322,18 +629,30 @@ def header_lines():
         lines.append(f"torch: {torch.__version__}")
     except ImportError:
         pass
-    return lines + [f"date: {datetime.date.today()}", FLOP_NOTE]
+    return lines + [f"date: {datetime.date.today()}", note]
 
 
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m cupyflash.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--headdim", type=int, nargs="+", default=[64, 128])
-    p.add_argument("--seqlen", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--dtype", nargs="+", choices=["float16", "bfloat16"], default=["float16", "bfloat16"])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--variants", action="store_true",
+                      help="GQA/MQA (seqlen 2048, 8192), sliding window (4096, 0) (seqlen 16384, causal), softcap "
+                           "30 and ALiBi (seqlen 4096, 8192), each beside plain attention of the same shape; "
+                           "uses --headdim, --dtype (default bfloat16), --causal, --impls (SDPA peers), --no-bwd")
+    mode.add_argument("--overhead", action="store_true",
+                      help=f"host time per call: {OVERHEAD_CALLS} calls on a {OVERHEAD_SHAPE} problem, cupyflash and "
+                           "SDPA's default backend (left out if --impls names no torch impl); uses --dtype "
+                           "(default bfloat16) and --no-bwd")
+    p.add_argument("--headdim", type=int, nargs="+", default=[64, 128], help="default mode and --variants")
+    p.add_argument("--seqlen", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
+                   help="default mode only")
+    p.add_argument("--dtype", nargs="+", choices=["float16", "bfloat16"],
+                   help="default: both in the default mode, bfloat16 with --variants or --overhead")
     p.add_argument("--causal", choices=["both", "true", "false"], default="both")
     p.add_argument("--impls", nargs="+", choices=ALL_IMPLS, default=list(ALL_IMPLS))
     p.add_argument("--quick", action="store_true",
-                   help="smoke run: headdim 128, seqlen 2048 and 8192 (overrides --headdim/--seqlen)")
+                   help="smoke run: headdim 128, seqlen 2048 and 8192 (overrides --headdim/--seqlen; "
+                        "--variants: headdim 128 only)")
     p.add_argument("--no-bwd", action="store_true", help="time the forward only (drops cupyflash-det)")
     p.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     p.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
@@ -344,6 +663,8 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.quick:
         args.headdim, args.seqlen = [128], [2048, 8192]
+    if args.dtype is None:
+        args.dtype = ["bfloat16"] if args.variants or args.overhead else ["float16", "bfloat16"]
     args.causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     if args.no_bwd:  # the bwd-only rows would be empty
         args.impls = [i for i in args.impls if i not in BWD_ONLY]
@@ -374,25 +695,19 @@ def _check_support(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    head = header_lines()
+    note = OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else FLOP_NOTE
+    head = header_lines(note)
     print("\n".join(head), flush=True)
     _check_support(args)
-    rows = []
-    for d, s, causal, dt, impl in itertools.product(
-            args.headdim, args.seqlen, args.causals, args.dtype, args.impls):
-        row = run_one(impl, dt, d, s, causal, bwd=not args.no_bwd)
-        if row is not None:
-            rows.append(row)
-            cells = ((h, format_cell(row, k, f)) for h, k, f in COLUMNS)
-            print("  ".join(f"{h}={c}" for h, c in cells if c != ""), flush=True)
-    table, speed = markdown_table(rows), speedup_lines(rows)
-    report = head + [""] + table + ["", "speedup of cupyflash (TFLOP/s ratio):"] + speed
+    run = run_overhead if args.overhead else run_variants if args.variants else run_default
+    rows, columns, body = run(args)
+    report = head + [""] + body
     print("\n" + "\n".join(report), flush=True)
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write("\n".join(report) + "\n")
     if args.csv:
-        keys = [k for _, k, _ in COLUMNS] + ["error", "bwd_error"]
+        keys = [k for _, k, _ in columns] + ["error", "bwd_error"]
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
             w.writeheader()

@@ -2,11 +2,15 @@
 
 Everything here is pure Python (no CuPy), so the choice of tiles is unit-tested on machines without a GPU.
 The kernels receive every field of a :class:`TileConfig` as a template argument; shared-memory use is computed
-by :func:`fwd_smem_bytes`, which mirrors the kernel's allocation exactly.
+by the kernel family (cupyflash.families), which mirrors the kernel's allocation exactly, and the kernel checks
+the number it is given. Table entries may carry a condition on the variant (:class:`When`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .families import BY_NAME as FAMILIES_BY_NAME, FAMILIES
+from .problem import Variant
 
 #: Head dims the kernels are instantiated for; a problem's head dim is padded up to the next one (the padding
 #: columns are zero-filled on load and never stored).
@@ -48,18 +52,27 @@ class TileConfig:
 
 
 @dataclass(frozen=True)
-class KernelFamily:
-    name: str
-    min_cc: int
-    max_cc: int | None = None  # None: every later architecture
+class When:
+    """A table entry that only serves some variants: ``plain_scores`` entries are skipped when a score modifier
+    (softcap, ALiBi) is on, because the extra live values would spill at that tile."""
 
+    config: TileConfig
+    plain_scores: bool = False
 
-#: Families in order of preference; the first one the device supports is used.
-FAMILIES = (KernelFamily("mma_sm80", min_cc=80),)
+    def allows(self, variant: Variant | None) -> bool:
+        return not (self.plain_scores and variant is not None and not variant.plain_scores)
 
 
 def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_sm80", block_m, block_n, warps, stages, blocks_per_sm, d_split)
+
+
+def _entry_config(entry) -> TileConfig:
+    return entry.config if isinstance(entry, When) else entry
+
+
+def _entry_allows(entry, variant) -> bool:
+    return entry.allows(variant) if isinstance(entry, When) else True
 
 
 # Fallback tiles for small shared memory, appended to every head dim's list: 64x32 fits 99 KB at every head
@@ -71,8 +84,11 @@ _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
 FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
-    ("mma_sm80", 32): (_c(128, 128, 4, blocks_per_sm=2), _c(128, 64, 4, blocks_per_sm=2)) + _SMALL,
-    ("mma_sm80", 64): (_c(128, 128, 4, blocks_per_sm=2), _c(128, 64, 4, blocks_per_sm=2)) + _SMALL,
+    # 128x128 spills with score modifiers (compile check): those run 128x64.
+    ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), plain_scores=True), _c(128, 64, 4, blocks_per_sm=2))
+    + _SMALL,
+    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), plain_scores=True), _c(128, 64, 4, blocks_per_sm=2))
+    + _SMALL,
     # 128x64 ahead of 128x32 by ~10%.
     ("mma_sm80", 96): (_c(128, 64, 4, blocks_per_sm=2), _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
@@ -113,11 +129,12 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 _BWD_DQ_SMALL = (_c(16, 16, 1),)
 # H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
+# The 128-row tiles spill with score modifiers (compile check): those run 64x64.
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    **{("mma_sm80", kd): (_c(128, 64, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL
-       for kd in (32, 64)},
-    **{("mma_sm80", kd): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL
-       for kd in (96, 128)},
+    **{("mma_sm80", kd): (When(_c(128, 64, 4, blocks_per_sm=2), plain_scores=True), _c(64, 64, 4, blocks_per_sm=2))
+       + _BWD_DQ_SMALL for kd in (32, 64)},
+    **{("mma_sm80", kd): (When(_c(128, 32, 4, blocks_per_sm=2), plain_scores=True), _c(64, 64, 4, blocks_per_sm=2))
+       + _BWD_DQ_SMALL for kd in (96, 128)},
     **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
 }
 
@@ -142,7 +159,8 @@ def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: 
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
-_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_MID + _BWD_SMALL), "bwd_dq": set(_BWD_DQ_SMALL)}
+_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_MID + _BWD_SMALL),
+              "bwd_dq": set(map(_entry_config, _BWD_DQ_SMALL))}
 
 
 class NoConfigFits(ValueError):
@@ -151,47 +169,38 @@ class NoConfigFits(ValueError):
 
 def kernel_head_dim(head_dim: int) -> int:
     """The instantiated head dim a problem of ``head_dim`` runs on (the next one up)."""
+    if not isinstance(head_dim, int) or head_dim < 1:
+        raise ValueError(f"head dim must be a positive int; got {head_dim!r}")
     for d in KERNEL_HEAD_DIMS:
         if head_dim <= d:
             return d
     raise ValueError(f"head dim must be at most {MAX_HEAD_DIM}, got {head_dim}")
 
 
-def fwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
-    """Dynamic shared memory of flash_fwd_kernel: a Q tile plus STAGES K and V tiles, rows padded by 8
-    elements (16 bytes) against bank conflicts, 2 bytes per element."""
-    padded_row_bytes = (kernel_hdim + 8) * 2
-    return (config.block_m + 2 * config.stages * config.block_n) * padded_row_bytes
-
-
-def bwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
-    """flash_bwd_dkdv_kernel: K and V tiles, P^T and dS^T (block_n x (block_m + 8)), STAGES Q and dO tiles, and
-    STAGES x 2 rows of block_m floats (lse2, delta)."""
-    kv = config.block_n * (kernel_hdim + 8) * 2
-    q = config.block_m * (kernel_hdim + 8) * 2
-    p = config.block_n * (config.block_m + 8) * 2
-    return 2 * kv + 2 * p + config.stages * 2 * q + config.stages * 2 * config.block_m * 4
-
-
-def bwd_dq_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
-    """flash_bwd_dq_kernel: Q and dO tiles plus STAGES K and V tiles."""
-    return (2 * config.block_m + 2 * config.stages * config.block_n) * (kernel_hdim + 8) * 2
-
-
-SMEM_BYTES = {"fwd": fwd_smem_bytes, "bwd": bwd_smem_bytes, "bwd_dq": bwd_dq_smem_bytes}
-
-
-def smem_bytes(kind: str, config: TileConfig, kernel_hdim: int) -> int:
-    return SMEM_BYTES[kind](config, kernel_hdim)
-
-
-def family_for(limits: DeviceLimits) -> KernelFamily:
+def family_for(limits: DeviceLimits, variant: Variant | None = None):
+    """The first family (in order of preference) that runs on the device and supports the variant."""
     for fam in FAMILIES:
-        if limits.compute_capability >= fam.min_cc and (fam.max_cc is None or limits.compute_capability <= fam.max_cc):
+        if fam.supports(limits.compute_capability, variant or Variant("float16")):
             return fam
     raise NoConfigFits(
         f"cupyflash needs compute capability 8.0 or newer; {limits.name or 'this GPU'} has "
         f"{limits.compute_capability // 10}.{limits.compute_capability % 10}")
+
+
+def smem_bytes(kind: str, config: TileConfig, kernel_hdim: int) -> int:
+    return FAMILIES_BY_NAME[config.family].smem_bytes(kind, config, kernel_hdim)
+
+
+def fwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
+    return smem_bytes("fwd", config, kernel_hdim)
+
+
+def bwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
+    return smem_bytes("bwd", config, kernel_hdim)
+
+
+def bwd_dq_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
+    return smem_bytes("bwd_dq", config, kernel_hdim)
 
 
 def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residency: bool = True,
@@ -204,21 +213,27 @@ def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residenc
     return blocks * (smem + RESERVED_SMEM_PER_BLOCK) <= limits.smem_per_sm
 
 
-def candidates(kind: str, limits: DeviceLimits, head_dim: int) -> tuple[TileConfig, ...]:
-    """Every table entry of ``kind`` for this head dim that runs on the device, best first."""
+def _table(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None):
+    """(kernel head dim, this variant's entries of the table, best first)."""
     kd = kernel_head_dim(head_dim)
-    fam = family_for(limits)
-    return tuple(c for c in TABLES[kind][(fam.name, kd)] if fits(c, kd, limits, residency=False, kind=kind))
+    fam = family_for(limits, variant)
+    return kd, tuple(_entry_config(e) for e in TABLES[kind][(fam.name, kd)] if _entry_allows(e, variant))
 
 
-def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool = False) -> TileConfig:
+def candidates(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None = None
+               ) -> tuple[TileConfig, ...]:
+    """Every table entry of ``kind`` for this head dim and variant that runs on the device, best first."""
+    kd, table = _table(kind, limits, head_dim, variant)
+    return tuple(c for c in table if fits(c, kd, limits, residency=False, kind=kind))
+
+
+def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool = False,
+                  variant: Variant | None = None) -> TileConfig:
     """The tile configuration of kernel ``kind`` ('fwd', 'bwd', 'bwd_dq') for a problem: the first tuned table
-    entry whose shared memory fits the device with the residency it was tuned for; failing that, the first
-    entry (fallbacks included) that fits at all. A tuned tile at one block per SM beats a fallback tile."""
+    entry for the variant whose shared memory fits the device with the residency it was tuned for; failing that,
+    the first entry (fallbacks included) that fits at all. A tuned tile at one block per SM beats a fallback."""
     del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
-    kd = kernel_head_dim(head_dim)
-    fam = family_for(limits)
-    table = TABLES[kind][(fam.name, kd)]
+    kd, table = _table(kind, limits, head_dim, variant)
     for config in table:
         if config not in _FALLBACKS[kind] and fits(config, kd, limits, residency=True, kind=kind):
             return config
@@ -230,24 +245,26 @@ def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool =
         f"shared memory per block (smallest needs {min(smem_bytes(kind, c, kd) for c in table)})")
 
 
-def check_config(kind: str, config: TileConfig, limits: DeviceLimits, head_dim: int) -> None:
-    """Validate a user-forced config: it must be a table entry for this head dim and fit the device."""
-    kd = kernel_head_dim(head_dim)
-    fam = family_for(limits)
-    table = TABLES[kind][(fam.name, kd)]
+def check_config(kind: str, config: TileConfig, limits: DeviceLimits, head_dim: int,
+                 variant: Variant | None = None) -> None:
+    """Validate a user-forced config: it must be a table entry for this head dim (and variant) and fit the device."""
+    _, table = _table(kind, limits, head_dim, variant)
     name = {"fwd": "forward", "bwd": "backward", "bwd_dq": "backward dQ"}[kind]
     if config not in table:
-        raise ValueError(f"config {config} is not a {name} candidate for head dim {head_dim} on this GPU; "
+        raise ValueError(f"config {config} is not a {name} candidate for head dim {head_dim} on this GPU"
+                         f"{'' if variant is None or variant.plain_scores else ' with score modifiers'}; "
                          f"candidates: {', '.join(map(str, table))}")
+    kd = kernel_head_dim(head_dim)
     if not fits(config, kd, limits, residency=False, kind=kind):
         raise ValueError(f"config {config} needs {smem_bytes(kind, config, kd)} bytes of shared memory; "
                          f"the device allows {limits.smem_per_block_optin} per block")
 
 
-def all_variants(kind: str):
-    """Every (family, kernel head dim, config) of ``kind`` the dispatcher can ever choose (compile-check scope)."""
-    for (family, kd), configs in TABLES[kind].items():
-        for config in dict.fromkeys(configs):
+def all_variants(kind: str, variant: Variant | None = None):
+    """Every (family, kernel head dim, config) of ``kind`` the dispatcher can ever choose for ``variant`` (None:
+    plain scores)."""
+    for (family, kd), entries in TABLES[kind].items():
+        for config in dict.fromkeys(_entry_config(e) for e in entries if _entry_allows(e, variant)):
             yield family, kd, config
 
 

@@ -1,91 +1,174 @@
-"""The forward pass: validation, tile dispatch and launch."""
+"""The forward pass: flash-attn's signature, validation into a Problem, a cached launch plan, the launch."""
 from __future__ import annotations
 
-import math
-
-import numpy as np
-
-from . import _kernels
+from . import _kernels, _launch
 from ._device import device_limits
-from ._validate import (as_cuda_array, check_qkv, check_softmax_scale, needs_aligned_copy, spec_of)
-from .configs import (TileConfig, check_fwd_config, fwd_smem_bytes, kernel_head_dim, select_fwd_config)
+from ._launch import NULL, PlanCache, Staging, array_key, empty, scalar_key, spec_of, static_params
+from ._validate import as_cuda_array, describe
+from .configs import check_config, family_for, kernel_head_dim, select_config
+from .problem import LOG2E  # noqa: F401  (re-exported: the kernels' log2(e))
 
-LOG2E = 1.4426950408889634
-
-# Tests set this to fill every output with NaN before launch, so an element the kernel fails to write shows.
-_poison_outputs = False
-
-
-def _empty(shape, dtype):
-    import cupy
-
-    out = cupy.empty(shape, dtype=dtype)
-    if _poison_outputs:
-        # 0x7FFF is a NaN in float16 and in bfloat16; 0x7FFFFFFF in float32.
-        out.view(cupy.uint16 if out.itemsize == 2 else cupy.uint32).fill(0x7FFF if out.itemsize == 2
-                                                                           else 0x7FFFFFFF)
-    return out
+_PLANS = PlanCache()
 
 
-def _prepare(q, k, v):
+class ForwardPlan:
+    """Everything a forward call needs that depends only on its cache key."""
+
+    def __init__(self, problem, config, q_spec, k_spec, v_spec):
+        self.problem = problem
+        self.config = config
+        pd = problem.padded_head_dim
+        self.staging = tuple(Staging(s, pd) for s in (q_spec, k_spec, v_spec))
+        self.out_shape = (problem.batch, problem.seqlen_q, problem.nheads, problem.head_dim)
+        self.kernel_out_shape = self.out_shape[:3] + (pd,)
+        self.lse_shape = (problem.batch, problem.nheads, problem.seqlen_q)
+        self.params = static_params(problem)
+        itemsize = q_spec.itemsize
+        for name, staging in zip("qkv", self.staging):
+            self.params.set_strides(name, staging.kernel_strides, itemsize)
+        self.params.set_strides("o", _launch.contiguous_strides(self.kernel_out_shape, itemsize), itemsize)
+        self.launches = not problem.empty
+        if self.launches:
+            kd = kernel_head_dim(problem.head_dim)
+            family = family_for(device_limits(problem.device), problem.variant)
+            self.fn = _kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device)
+            self.grid = _launch.query_grid(problem, config.block_m)
+            self.block = (config.warps * 32,)
+            self.smem = family.smem_bytes("fwd", config, kd)
+
+    def run(self, q, k, v, alibi_slopes):
+        import cupy
+
+        q, k, v = (s.stage(x) for s, x in zip(self.staging, (q, k, v)))
+        out = empty(self.kernel_out_shape, q.dtype)
+        lse = empty(self.lse_shape, cupy.float32)
+        if self.launches:
+            params = self.params
+            with params.lock:
+                params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, NULL, NULL,
+                                     NULL, NULL, NULL, NULL, NULL, _launch.ptr(alibi_slopes)))
+                self.fn(self.grid, self.block, (params.array,), shared_mem=self.smem)
+        if self.kernel_out_shape != self.out_shape:
+            out = cupy.ascontiguousarray(out[..., :self.problem.head_dim])
+        return out, lse
+
+
+def _plan(q, k, v, alibi_slopes, key, *, dropout_p, softmax_scale, causal, window_size, softcap, config):
+    """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     q, k, v = as_cuda_array(q, "q"), as_cuda_array(k, "k"), as_cuda_array(v, "v")
-    shape = check_qkv(spec_of(q), spec_of(k), spec_of(v))
-    return q, k, v, shape
+    alibi = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
+    specs = [spec_of(x) for x in (q, k, v)]
+    problem = describe(*specs, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                       softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p)
+    limits = device_limits(problem.device)
+    if config is None:
+        config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant)
+    else:
+        check_config("fwd", config, limits, problem.head_dim, problem.variant)
+    plan = ForwardPlan(problem, config, *specs)
+    _PLANS.put(key, plan)
+    return plan, (q, k, v, alibi)
 
 
-def select_config_for(q, k, v, causal: bool = False) -> TileConfig:
-    """The tile configuration :func:`flash_attn_func` would use for these inputs."""
-    q, k, v, shape = _prepare(q, k, v)
-    return select_fwd_config(device_limits(shape.device), shape.head_dim, causal)
+def _call_key(q, k, v, alibi_slopes, *scalars):
+    keys = (array_key(q), array_key(k), array_key(v))
+    if None in keys:
+        return None
+    alibi = None if alibi_slopes is None else array_key(alibi_slopes)
+    if alibi_slopes is not None and alibi is None:
+        return None
+    rest = scalar_key(*scalars)
+    return None if rest is None else (keys, alibi, rest)
 
 
-def flash_attn_func(q, k, v, softmax_scale=None, causal=False, *, return_lse=False, config=None):
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, return_lse=False,
+                    config=None):
     """Exact softmax attention, computed tile by tile without materialising the score matrix.
 
+    flash-attn's signature and semantics: code written for ``flash_attn.flash_attn_func`` runs unchanged.
+
     Args:
-        q: (batch, seqlen_q, nheads, headdim) CUDA array, float16 or bfloat16 (``ml_dtypes.bfloat16``).
-        k, v: (batch, seqlen_k, nheads, headdim), same dtype and device as q. Any strides are accepted as long
-            as the head dim is contiguous (a (B, H, S, D) array transposed to (B, S, H, D) is used in place).
-        softmax_scale: multiplier of Q K^T before the softmax; default 1/sqrt(headdim). Must be positive.
-        causal: mask keys after the query's position, aligned to the bottom-right corner of the score matrix
-            when seqlen_q != seqlen_k: query i sees key j iff j <= i + seqlen_k - seqlen_q. For seqlen_q=2,
-            seqlen_k=4 (x = visible)::
+        q: (batch, seqlen_q, nheads, headdim) CUDA array, float16 or bfloat16 (``ml_dtypes.bfloat16``); any
+            headdim from 1 to 256 (one that is not a multiple of 8 costs a zero-padded copy of q, k, v).
+        k, v: (batch, seqlen_k, nheads_k, headdim), same dtype and device; nheads a multiple of nheads_k
+            (grouped-query attention; nheads_k = 1 is multi-query). Any strides with the head dim contiguous (a
+            (B, H, S, D) array transposed to (B, S, H, D) is used in place). The layout is (B, S, H, D): a
+            (B, H, S, D) array passed as is would silently mean something else when seqlen == nheads.
+        dropout_p: must be 0.0 (dropout is not implemented yet: NotImplementedError otherwise).
+        softmax_scale: multiplier of Q K^T; default 1/sqrt(headdim). Must be positive.
+        causal: query i sees key j only if j <= i + seqlen_k - seqlen_q (aligned to the bottom-right corner of
+            the score matrix when seqlen_q != seqlen_k). For seqlen_q=2, seqlen_k=4 (x = visible)::
 
                 keys ->  0 1 2 3
                 q0       x x x .
                 q1       x x x x
 
-            A query row that sees no key (only possible when seqlen_q > seqlen_k) gets output 0, lse -inf.
-        return_lse: also return the log-sum-exp of the scaled scores.
-        config: force a :class:`~cupyflash.TileConfig` (a candidate from the table for this head dim that
-            fits the device); default: the dispatcher's choice.
+        window_size: (left, right) sliding window, -1 for unbounded: query i sees key j iff
+            i + seqlen_k - seqlen_q - left <= j <= i + seqlen_k - seqlen_q + right. causal=True sets right = 0.
+            Key tiles wholly outside the window are skipped, so time follows the pairs the window lets through.
+        softcap: if > 0, scores become softcap * tanh(scale * q.k / softcap) before the softmax.
+        alibi_slopes: float32 (nheads,) or (batch, nheads): adds -slope * |i + seqlen_k - seqlen_q - j| to the
+            (capped) score, as flash-attn does.
+        deterministic: accepted for flash-attn compatibility; the forward is always deterministic.
+        return_attn_probs: also return the attention matrix, float32 (batch, nheads, seqlen_q, seqlen_k),
+            recomputed from q, k and lse with plain CuPy operations: O(S^2) memory, for testing small problems.
+        return_lse: also return the log-sum-exp of the logits, float32 (batch, nheads, seqlen_q), natural log.
+        config: force a :class:`~cupyflash.TileConfig` (a candidate from the table that fits the device).
+
+    A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 
     Returns:
-        out, a new contiguous (batch, seqlen_q, nheads, headdim) array of q's dtype; with ``return_lse`` also
-        lse, float32 (batch, nheads, seqlen_q), natural log. Runs on the current CuPy stream of q's device.
+        out, a new contiguous (batch, seqlen_q, nheads, headdim) array of q's dtype; ``(out, lse)`` with
+        ``return_lse``; ``(out, lse, probs)`` with ``return_attn_probs``. Runs on q's device's current stream.
     """
+    del deterministic
+    scalars = (dropout_p, softmax_scale, causal, window_size, softcap, config)
+    key = _call_key(q, k, v, alibi_slopes, *scalars)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan, (q, k, v, alibi_slopes) = _plan(q, k, v, alibi_slopes, key, dropout_p=dropout_p,
+                                             softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                                             softcap=softcap, config=config)
+    out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes)
+    if return_attn_probs:
+        return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes)
+    return (out, lse) if return_lse else out
+
+
+def _on_device(device_id, fn, *args):
     import cupy
 
-    q, k, v, shape = _prepare(q, k, v)
-    scale = check_softmax_scale(softmax_scale, shape.head_dim)
-    limits = device_limits(shape.device)
-    if config is None:
-        config = select_fwd_config(limits, shape.head_dim, causal)
-    else:
-        check_fwd_config(config, limits, shape.head_dim)
-    kd = kernel_head_dim(shape.head_dim)
-    b, sq, sk, h, d = shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.head_dim
+    if cupy.cuda.runtime.getDevice() == device_id:
+        return fn(*args)
+    with cupy.cuda.Device(device_id):
+        return fn(*args)
 
-    with cupy.cuda.Device(shape.device):
-        # A fresh allocation is 256-byte aligned; ascontiguousarray would hand back a misaligned contiguous view.
-        q, k, v = (x.copy() if needs_aligned_copy(spec_of(x)) else x for x in (q, k, v))
-        out = _empty((b, sq, h, d), q.dtype)
-        lse = _empty((b, h, sq), cupy.float32)
-        if out.size:
-            fn = _kernels.fwd_function(config, kd, shape.dtype, bool(causal), shape.device)
-            strides = [np.int64(s // x.itemsize) for x in (q, k, v, out) for s in x.strides[:3]]
-            fn((math.ceil(sq / config.block_m), h, b), (config.warps * 32,),
-               (q, k, v, out, lse, *strides, np.int32(h), np.int32(sq), np.int32(sk), np.int32(d),
-                np.float32(scale * LOG2E)),
-               shared_mem=fwd_smem_bytes(config, kd))
-    return (out, lse) if return_lse else out
+
+def _attention_probs(problem, q, k, lse, alibi_slopes):
+    import cupy
+
+    from .reference import attention_probs
+
+    with cupy.cuda.Device(problem.device):
+        return attention_probs(q, k, lse, problem.softmax_scale, problem.causal, xp=cupy,
+                               window_size=problem.window, softcap=problem.softcap, alibi_slopes=alibi_slopes,
+                               dtype="float32")
+
+
+def plan_for(q, k, v, **kwargs) -> ForwardPlan:
+    """The (validated) launch plan flash_attn_func would use for these arguments."""
+    scalars = tuple(kwargs.get(n, d) for n, d in (("dropout_p", 0.0), ("softmax_scale", None), ("causal", False),
+                                                  ("window_size", (-1, -1)), ("softcap", 0.0), ("config", None)))
+    alibi = kwargs.get("alibi_slopes")
+    key = _call_key(q, k, v, alibi, *scalars)
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan, _ = _plan(q, k, v, alibi, key, **dict(zip(("dropout_p", "softmax_scale", "causal", "window_size",
+                                                          "softcap", "config"), scalars)))
+    return plan
+
+
+def select_config_for(q, k, v, causal: bool = False, **variant):
+    """The tile configuration :func:`flash_attn_func` would use for these inputs."""
+    return plan_for(q, k, v, causal=causal, **variant).config

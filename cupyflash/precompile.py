@@ -1,58 +1,71 @@
-"""Compile every kernel variant for this machine's GPU in parallel, filling CuPy's disk cache.
+"""Compile kernel instances for this machine's GPU in parallel, filling CuPy's disk cache.
 
-    python -m cupyflash.precompile [--jobs N]
+    python -m cupyflash.precompile [--jobs N] [--variants]
 
+Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
+both dtypes. ``--variants`` adds every mask x softcap x ALiBi combination with the tiles the dispatcher picks.
 Later processes (tests, benchmarks, users) then load binaries in milliseconds instead of compiling.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+DTYPES = ("float16", "bfloat16")
 
-def _variants():
-    from .configs import all_variants
 
-    return [(kind, kd, config, dtype, causal) for kind in ("fwd", "bwd", "bwd_dq")
-            for _fam, kd, config in all_variants(kind) for dtype in ("float16", "bfloat16") for causal in (False, True)]
+def _instances(limits, with_variants: bool):
+    from .configs import KERNEL_HEAD_DIMS, candidates, select_config
+    from .families import KINDS
+    from .problem import MASKS, Variant
+
+    out = set()
+    for kind, kd, dtype, mask in itertools.product(KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS):
+        variant = Variant(dtype, mask)
+        out.update((kind, kd, config, variant) for config in candidates(kind, limits, kd, variant))
+    if with_variants:
+        for kind, kd, dtype, mask, softcap, alibi in itertools.product(KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS,
+                                                                       (False, True), (False, True)):
+            variant = Variant(dtype, mask, softcap, alibi)
+            out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
+    return sorted(out, key=str)
 
 
 def _compile(chunk):
     from . import _kernels
     from ._device import device_limits
-    from .configs import fits
+    from .configs import family_for
+    from .families import HELPER_KINDS
 
     limits = device_limits(0)
-    done = 0
-    for kind, kd, config, dtype, causal in chunk:
-        if not fits(config, kd, limits, residency=False, kind=kind):
-            continue
-        if kind == "fwd":
-            _kernels.fwd_function(config, kd, dtype, causal, 0)
-        elif kind == "bwd_dq":
-            _kernels.bwd_dq_function(config, kd, dtype, causal, 0)
-        else:
-            for atomic in (True, False):
-                _kernels.bwd_function(config, kd, dtype, causal, atomic, 0)
-            _kernels.bwd_preprocess_function(dtype, 0)
-            _kernels.bwd_convert_dq_function(dtype, 0)
-        done += 1
-    return done
+    for kind, kd, config, variant in chunk:
+        family = family_for(limits, variant)
+        for atomic in ((True, False) if kind == "bwd" else (False,)):
+            _kernels.get_function(family, kind, config, kd, variant, 0, atomic)
+        for helper in HELPER_KINDS:
+            _kernels.get_function(family, helper, None, 0, variant, 0)
+    return len(chunk)
 
 
 def main(argv=None):
+    from ._device import device_limits
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--variants", action="store_true", help="also every mask x softcap x ALiBi combination")
     args = parser.parse_args(argv)
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
-    variants = _variants()
-    chunks = [variants[i::args.jobs] for i in range(args.jobs)]
+    instances = _instances(device_limits(0), args.variants)
+    chunks = [instances[i::args.jobs] for i in range(args.jobs)]
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+    # spawn: this process has a CUDA context already, which forked children must not inherit
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         total = sum(pool.map(_compile, chunks))
-    print(f"cupyflash: {total} kernel variants ready in {time.perf_counter() - start:.0f} s")
+    print(f"cupyflash: {total} kernel instances ready in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

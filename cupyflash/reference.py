@@ -4,21 +4,41 @@ The tests judge the CUDA kernels against ``attention_reference`` (exact
 softmax attention in float64) and measure how much error is acceptable with
 ``attention_naive_lowp`` (the same maths done naively in float16/bfloat16).
 ``blocked_attention`` replays the FlashAttention-2 tiling in float64 to show
-that the online softmax computes the same function.
+that the online softmax computes the same function.  ``attention_logits`` and
+``attention_probs`` rebuild the attention matrix for ``return_attn_probs``.
 
 Layout: q is (batch, seqlen_q, nheads, headdim), k and v are
-(batch, seqlen_k, nheads, headdim); out matches q and lse is
-(batch, nheads, seqlen_q) in natural log.  The causal mask is aligned to the
-bottom-right corner, so query i sees key j iff j <= i + seqlen_k - seqlen_q.
-For seqlen_q=2, seqlen_k=4::
+(batch, seqlen_k, nheads_k, headdim) with nheads a multiple of nheads_k
+(grouped-query attention; nheads_k = 1 is multi-query), and query head h
+reads kv head h // (nheads // nheads_k).  out matches q and lse is
+(batch, nheads, seqlen_q) in natural log.
 
-    keys ->  0 1 2 3
-    q0       x x x .
-    q1       x x x x
+Every function takes the flash-attn variants as keyword-only arguments
+``window_size``, ``softcap`` and ``alibi_slopes``.  With
+off = seqlen_k - seqlen_q, the logit of query i and key j is::
 
-When seqlen_q > seqlen_k the top rows see no key; they give out = 0 and
-lse = -inf rather than NaN.
+    x = softmax_scale * (q_i . k_j)          softmax_scale: 1/sqrt(headdim)
+    x = softcap * tanh(x / softcap)          if softcap > 0
+    x = x - slope[b, h] * |i + off - j|      if alibi_slopes is given
+
+ALiBi slopes are float32/float64 of shape (nheads,), (1, nheads) or (batch, nheads).  The
+logit is -inf unless key j lies in query i's window,
+i + off - left <= j <= i + off + right for window_size = (left, right), where
+a negative side is unbounded; causal=True sets right = 0.  So the masks are
+aligned to the bottom-right corner: query i is level with key i + off.  For
+seqlen_q=3, seqlen_k=5::
+
+    causal=True              window_size=(1, 0)       window_size=(1, 1)
+    keys ->  0 1 2 3 4       keys ->  0 1 2 3 4       keys ->  0 1 2 3 4
+    q0       x x x . .       q0       . x x . .       q0       . x x x .
+    q1       x x x x .       q1       . . x x .       q1       . . x x x
+    q2       x x x x x       q2       . . . x x       q2       . . . x x
+
+A row whose window holds no key (i + off + right < 0, e.g. the top rows
+when seqlen_q > seqlen_k under causal) gives out = 0 and lse = -inf rather
+than NaN.
 """
+import functools
 import math
 
 import numpy as np
@@ -34,38 +54,124 @@ def _namespace(x, xp):
     return np
 
 
-def _to_float64(x, xp):
+def _as_float(x, xp, dtype='float64'):
     x = xp.asarray(x)
-    try:
-        return x.astype(xp.float64)
-    except (TypeError, ValueError):
-        # Some namespaces cannot cast bfloat16 straight to float64.
-        return x.astype(xp.float32).astype(xp.float64)
+    if x.dtype.name == 'bfloat16':
+        # CuPy cannot cast ml_dtypes' bfloat16, but its bits are the top
+        # half of the float32 with the same value.
+        x = (x.view(xp.uint16).astype(xp.uint32) << xp.uint32(16)).view(
+            xp.float32)
+    return x.astype(dtype)
 
 
-def _to_bhsd(q, k, v, xp):
-    # (B, S, H, D) -> (B, H, S, D) so that matmul batches over batch and head.
-    return tuple(_to_float64(t, xp).transpose(0, 2, 1, 3) for t in (q, k, v))
+def _alibi_slopes(slopes, batch, nheads, xp, dtype):
+    """ALiBi slopes as (batch or 1, nheads, 1, 1), to broadcast on logits."""
+    slopes = _as_float(slopes, xp, dtype)
+    if slopes.shape == (nheads,):
+        return slopes.reshape(1, nheads, 1, 1)
+    if slopes.shape in ((batch, nheads), (1, nheads)):
+        return slopes.reshape(slopes.shape[0], nheads, 1, 1)
+    raise ValueError(f'alibi_slopes has shape {slopes.shape}; expected '
+                     f'({nheads},), (1, {nheads}) or ({batch}, {nheads})')
 
 
-def _visible(rows, cols, seqlen_q, seqlen_k):
-    return cols[None, :] <= rows[:, None] + (seqlen_k - seqlen_q)
+def _unrounded(x):
+    return x
 
 
-def _masked_scores(q, k, v, softmax_scale, causal, xp):
-    """Float64 scaled scores with -inf where masked, plus the empty-row mask."""
-    qh, kh, vh = _to_bhsd(q, k, v, xp)
-    seqlen_q, seqlen_k, headdim = qh.shape[2], kh.shape[2], qh.shape[3]
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(headdim)
-    s = xp.matmul(qh, kh.swapaxes(-1, -2)) * softmax_scale
-    if not causal:
-        return s, vh, xp.zeros(seqlen_q, dtype=bool)
-    visible = _visible(xp.arange(seqlen_q), xp.arange(seqlen_k),
-                       seqlen_q, seqlen_k)
-    # Emptiness comes from the mask, not from the values, so that NaN inputs
-    # still propagate instead of being mistaken for empty rows.
-    return xp.where(visible, s, -xp.inf), vh, ~visible.any(axis=1)
+class _Problem:
+    """Shapes and variants of one attention call, and the logits they define.
+
+    Every public function builds one, so that the logit and mask rules of
+    the module docstring are written once.  ``dtype`` is the float dtype the
+    logits are computed in.
+    """
+
+    def __init__(self, q, k, softmax_scale, causal, window_size, softcap,
+                 alibi_slopes, xp, dtype='float64'):
+        batch, self.seqlen_q, nheads, headdim = q.shape
+        self.seqlen_k, nheads_k = k.shape[1], k.shape[2]
+        if nheads % nheads_k:
+            raise ValueError(f'nheads={nheads} is not a multiple of '
+                             f'nheads_k={nheads_k}')
+        self.group = nheads // nheads_k
+        # Python floats, so that float32 logits stay float32.
+        self.scale = float(1.0 / math.sqrt(headdim) if softmax_scale is None
+                           else softmax_scale)
+        self.softcap = float(softcap)
+        self.left = window_size[0]
+        self.right = 0 if causal else window_size[1]
+        self.offset = self.seqlen_k - self.seqlen_q
+        self.slopes = None if alibi_slopes is None else _alibi_slopes(
+            alibi_slopes, batch, nheads, xp, dtype)
+        self.xp, self.dtype = xp, dtype
+
+    def heads_first(self, x):
+        # (B, S, H, D) -> (B, H, S, D) so that matmul batches over both.
+        return _as_float(x, self.xp, self.dtype).transpose(0, 2, 1, 3)
+
+    def kv_heads_first(self, x):
+        """k or v heads-first, each kv head repeated for its query heads."""
+        x = self.heads_first(x)
+        return x if self.group == 1 else self.xp.repeat(x, self.group, axis=1)
+
+    def sum_groups(self, grad):
+        """Per-query-head dk or dv (B, H, S, D) -> (B, nheads_k, S, D)."""
+        if self.group == 1:
+            return grad
+        batch, nheads, seqlen, headdim = grad.shape
+        return grad.reshape(batch, nheads // self.group, self.group, seqlen,
+                            headdim).sum(axis=2)
+
+    def visible(self, rows, cols):
+        """Bool (len(rows), len(cols)): which keys each query row sees."""
+        level = rows[:, None] + self.offset
+        seen = self.xp.ones((rows.size, cols.size), dtype=bool)
+        if self.left >= 0:
+            seen &= cols[None, :] >= level - self.left
+        if self.right >= 0:
+            seen &= cols[None, :] <= level + self.right
+        return seen
+
+    def empty_rows(self):
+        """Bool (seqlen_q,) of the rows that see no key.
+
+        Emptiness comes from the mask, not from the values, so that NaN
+        inputs still propagate instead of being mistaken for empty rows.
+        """
+        xp = self.xp
+        seen = self.visible(xp.arange(self.seqlen_q), xp.arange(self.seqlen_k))
+        return ~seen.any(axis=1)
+
+    def key_range(self, row0, row1):
+        """Keys [first, last) that some query row in [row0, row1) sees."""
+        first = 0 if self.left < 0 else max(0, row0 + self.offset - self.left)
+        last = self.seqlen_k if self.right < 0 else min(
+            self.seqlen_k, row1 + self.offset + self.right)
+        return first, last
+
+    def logits(self, qh, kh, row0=0, col0=0, rnd=_unrounded):
+        """Logits of queries qh (B, H, M, D) against keys kh (B, H, N, D).
+
+        qh and kh start at query row0 and key col0; hidden entries are -inf.
+        ``rnd`` is applied after each step (the naive low-precision
+        baseline).  Returns (logits, tanh_slope) where tanh_slope is
+        1 - tanh^2, the softcap's factor in d(logit) / d(scale * q.k), or
+        None without softcap.
+        """
+        xp = self.xp
+        rows = xp.arange(row0, row0 + qh.shape[2])
+        cols = xp.arange(col0, col0 + kh.shape[2])
+        x = rnd(xp.matmul(qh, kh.swapaxes(-1, -2)) * self.scale)
+        tanh_slope = None
+        if self.softcap > 0:
+            t = xp.tanh(x / self.softcap)
+            x = rnd(self.softcap * t)
+            tanh_slope = 1 - t * t
+        if self.slopes is not None:
+            distance = xp.abs(rows[:, None] + self.offset - cols[None, :])
+            x = rnd(x - self.slopes * distance.astype(self.dtype))
+        return xp.where(self.visible(rows, cols), x, -xp.inf), tanh_slope
 
 
 def _softmax(s, empty, xp):
@@ -83,12 +189,57 @@ def _to_bshd(out):
     return out.transpose(0, 2, 1, 3)
 
 
-def attention_reference(q, k, v, softmax_scale=None, causal=False, xp=None):
+def attention_logits(q, k, softmax_scale=None, causal=False, xp=None, *,
+                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                     dtype=None):
+    """The logits of the module docstring and the rows that see no key.
+
+    Returns (logits, empty): logits is (batch, nheads, seqlen_q, seqlen_k)
+    with -inf where hidden, empty a bool (seqlen_q,) array.  ``dtype`` None
+    computes in float64; 'float32' halves the memory (for the GPU).
+    """
+    xp = _namespace(q, xp)
+    dtype = 'float64' if dtype is None else np.dtype(dtype).name
+    if dtype not in ('float32', 'float64'):
+        raise ValueError(f'dtype must be float32 or float64, not {dtype}')
+    problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, xp, dtype)
+    logits, _ = problem.logits(problem.heads_first(q),
+                               problem.kv_heads_first(k))
+    return logits, problem.empty_rows()
+
+
+def attention_probs(q, k, lse, softmax_scale=None, causal=False, xp=None, *,
+                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                    dtype=None):
+    """The attention matrix exp(logits - lse) for a given lse.
+
+    ``lse`` is (batch, nheads, seqlen_q), typically the kernel's own, so
+    that the matrix matches what the kernel used.  Returns
+    (batch, nheads, seqlen_q, seqlen_k), 0 where hidden and on rows that see
+    no key; ``dtype`` as in ``attention_logits``.
+    """
+    xp = _namespace(q, xp)
+    logits, empty = attention_logits(
+        q, k, softmax_scale, causal, xp, window_size=window_size,
+        softcap=softcap, alibi_slopes=alibi_slopes, dtype=dtype)
+    # Empty rows hold only -inf logits: subtracting 0 instead of their
+    # lse = -inf gives exp = 0 rather than NaN.
+    lse = xp.where(empty, 0, _as_float(lse, xp, logits.dtype))
+    return xp.exp(logits - lse[..., None])
+
+
+def attention_reference(q, k, v, softmax_scale=None, causal=False, xp=None,
+                        *, window_size=(-1, -1), softcap=0.0,
+                        alibi_slopes=None):
     """Exact softmax attention in float64; returns (out, lse)."""
     xp = _namespace(q, xp)
-    s, vh, empty = _masked_scores(q, k, v, softmax_scale, causal, xp)
-    p, lse = _softmax(s, empty, xp)
-    return _to_bshd(xp.matmul(p, vh)), lse
+    problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, xp)
+    logits, _ = problem.logits(problem.heads_first(q),
+                               problem.kv_heads_first(k))
+    p, lse = _softmax(logits, problem.empty_rows(), xp)
+    return _to_bshd(xp.matmul(p, problem.kv_heads_first(v))), lse
 
 
 # Overflow to inf and casts of signalling NaNs are part of rounding, not bugs.
@@ -102,15 +253,15 @@ def round_to_dtype(x, dtype_name, xp=None):
     xp = _namespace(x, xp)
     x = xp.asarray(x)
     if dtype_name == 'float64':
-        return _to_float64(x, xp)
+        return _as_float(x, xp)
     if dtype_name == 'float32':
-        return _to_float64(x, xp).astype(xp.float32).astype(xp.float64)
+        return _as_float(x, xp).astype(xp.float32).astype(xp.float64)
     if dtype_name == 'float16':
-        return _to_float64(x, xp).astype(xp.float16).astype(xp.float64)
+        return _as_float(x, xp).astype(xp.float16).astype(xp.float64)
     if dtype_name != 'bfloat16':
         raise ValueError(f'unsupported dtype_name {dtype_name!r}')
     # Bit arithmetic instead of ml_dtypes so the same code runs under cupy.
-    x32 = x.astype(xp.float32)
+    x32 = _as_float(x, xp, 'float32')
     bits = x32.view(xp.uint32)
     lsb = (bits >> xp.uint32(16)) & xp.uint32(1)
     bits = (bits + xp.uint32(0x7FFF) + lsb) & xp.uint32(0xFFFF0000)
@@ -120,134 +271,150 @@ def round_to_dtype(x, dtype_name, xp=None):
 
 
 def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
-                         dtype_name='float16', xp=None):
+                         dtype_name='float16', xp=None, *,
+                         window_size=(-1, -1), softcap=0.0,
+                         alibi_slopes=None):
     """Attention with every intermediate rounded to ``dtype_name``.
 
     This is the error a straightforward low-precision implementation makes;
-    the tests allow the kernels a small multiple of it.  Returns float64.
+    the tests allow the kernels a small multiple of it.  The scaled scores,
+    the softcapped and the ALiBi-biased logits are each rounded, the softmax
+    runs in float32 and P and out are rounded.  Returns float64.
     """
     xp = _namespace(q, xp)
-    s, vh, empty = _masked_scores(q, k, v, softmax_scale, causal, xp)
-    s = round_to_dtype(s, dtype_name, xp)
+    problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, xp)
+    rnd = functools.partial(round_to_dtype, dtype_name=dtype_name, xp=xp)
+    s, _ = problem.logits(problem.heads_first(q), problem.kv_heads_first(k),
+                          rnd=rnd)
+    empty = problem.empty_rows()
     _, lse = _softmax(s, empty, xp)
     p, _ = _softmax(s.astype(xp.float32), empty, xp)
-    p = round_to_dtype(p, dtype_name, xp)
-    out = round_to_dtype(xp.matmul(p, vh), dtype_name, xp)
+    out = rnd(xp.matmul(rnd(p), problem.kv_heads_first(v)))
     return _to_bshd(out), lse
+
+
+def _online_softmax_rows(problem, q_tile, kh, vh, row0, block_n):
+    """One query tile of the FlashAttention-2 forward; (out, lse) heads-first.
+
+    The kernel works in base 2 so that exp becomes a single exp2.
+    """
+    xp = problem.xp
+    first_key, last_key = problem.key_range(row0, row0 + q_tile.shape[2])
+    m_i = xp.full(q_tile.shape[:3], -xp.inf)
+    l_i = xp.zeros(q_tile.shape[:3])
+    acc = xp.zeros(q_tile.shape[:3] + vh.shape[3:])
+    # Key tiles wholly outside every row's window are skipped; the rest run
+    # in descending order, as the kernel does, so that the tiles cut by the
+    # causal edge come first.
+    for n0 in reversed(range(first_key // block_n * block_n, last_key,
+                             block_n)):
+        n1 = min(n0 + block_n, problem.seqlen_k)
+        s, _ = problem.logits(q_tile, kh[:, :, n0:n1], row0, n0)
+        s = s * math.log2(math.e)
+        m_new = xp.maximum(m_i, s.max(axis=-1))
+        # Rows with nothing visible yet would compute -inf - -inf = NaN.
+        m_safe = xp.where(m_new == -xp.inf, 0, m_new)
+        p = xp.exp2(s - m_safe[..., None])
+        alpha = xp.exp2(m_i - m_safe)
+        l_i = alpha * l_i + p.sum(axis=-1)
+        acc = alpha[..., None] * acc + xp.matmul(p, vh[:, :, n0:n1])
+        m_i = m_new
+    # l_i == 0 rather than l_i > 0 so that NaN inputs stay NaN.
+    empty = l_i == 0
+    l_safe = xp.where(empty, 1, l_i)
+    out = xp.where(empty[..., None], 0, acc / l_safe[..., None])
+    lse = xp.where(empty, -xp.inf, (m_i + xp.log2(l_safe)) * math.log(2))
+    return out, lse
 
 
 def blocked_attention(q, k, v, softmax_scale=None, causal=False,
-                      block_m=64, block_n=64, xp=None):
+                      block_m=64, block_n=64, xp=None, *,
+                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
     """Float64 replay of the FlashAttention-2 forward tiling; (out, lse)."""
     xp = _namespace(q, xp)
-    qh, kh, vh = _to_bhsd(q, k, v, xp)
-    batch, nheads, seqlen_q, headdim = qh.shape
-    seqlen_k = kh.shape[2]
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(headdim)
-    # The kernel works in base 2 so that exp becomes a single exp2.
-    scale_log2 = softmax_scale * math.log2(math.e)
-    out = xp.zeros((batch, nheads, seqlen_q, headdim))
-    lse = xp.full((batch, nheads, seqlen_q), -xp.inf)
-
-    for m0 in range(0, seqlen_q, block_m):
-        m1 = min(m0 + block_m, seqlen_q)
-        rows = xp.arange(m0, m1)
-        # Key blocks past the last key the bottom row can see are skipped.
-        last_key = seqlen_k if not causal else min(
-            seqlen_k, m1 + seqlen_k - seqlen_q)
-        n_blocks = max(0, -(-last_key // block_n))
-        m_i = xp.full((batch, nheads, m1 - m0), -xp.inf)
-        l_i = xp.zeros((batch, nheads, m1 - m0))
-        acc = xp.zeros((batch, nheads, m1 - m0, headdim))
-        # Descending, as the kernel does, so masked blocks come first.
-        for nb in reversed(range(n_blocks)):
-            n0, n1 = nb * block_n, min((nb + 1) * block_n, seqlen_k)
-            s = xp.matmul(qh[:, :, m0:m1], kh[:, :, n0:n1].swapaxes(-1, -2))
-            s = s * scale_log2
-            if causal:
-                visible = _visible(rows, xp.arange(n0, n1), seqlen_q, seqlen_k)
-                s = xp.where(visible, s, -xp.inf)
-            m_new = xp.maximum(m_i, s.max(axis=-1))
-            # Rows with nothing visible yet would compute -inf - -inf = NaN.
-            m_safe = xp.where(m_new == -xp.inf, 0, m_new)
-            p = xp.exp2(s - m_safe[..., None])
-            alpha = xp.exp2(m_i - m_safe)
-            l_i = alpha * l_i + p.sum(axis=-1)
-            acc = alpha[..., None] * acc + xp.matmul(p, vh[:, :, n0:n1])
-            m_i = m_new
-        # l_i == 0 rather than l_i > 0 so that NaN inputs stay NaN.
-        empty = l_i == 0
-        l_safe = xp.where(empty, 1, l_i)
-        out[:, :, m0:m1] = xp.where(empty[..., None], 0, acc / l_safe[..., None])
-        lse[:, :, m0:m1] = xp.where(
-            empty, -xp.inf, (m_i + xp.log2(l_safe)) * math.log(2))
+    problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, xp)
+    qh = problem.heads_first(q)
+    kh, vh = problem.kv_heads_first(k), problem.kv_heads_first(v)
+    out = xp.zeros(qh.shape[:3] + vh.shape[3:])
+    lse = xp.full(qh.shape[:3], -xp.inf)
+    for m0 in range(0, problem.seqlen_q, block_m):
+        m1 = min(m0 + block_m, problem.seqlen_q)
+        out[:, :, m0:m1], lse[:, :, m0:m1] = _online_softmax_rows(
+            problem, qh[:, :, m0:m1], kh, vh, m0, block_n)
     return _to_bshd(out), lse
 
 
-def _backward_operands(dout, q, k, v, softmax_scale, causal, xp):
-    """Masked float64 scores, the (B, H, S, D) operands and the scale."""
-    s, vh, empty = _masked_scores(q, k, v, softmax_scale, causal, xp)
-    qh, kh, _ = _to_bhsd(q, k, v, xp)
-    doh = _to_float64(dout, xp).transpose(0, 2, 1, 3)
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(qh.shape[3])
-    return s, empty, qh, kh, vh, doh, softmax_scale
+def _backward(dout, q, k, v, problem, rnd, accumulate):
+    """The backward pass shared by the exact and the naive versions.
 
-
-def attention_backward_reference(dout, q, k, v, softmax_scale=None,
-                                 causal=False, xp=None):
-    """Exact gradient of ``out`` against q, k, v in float64; (dq, dk, dv).
-
-    With P = softmax(scale * Q K^T + mask) and O = P V, per batch and head::
-
-        dV = P^T dO        dP = dO V^T        D = rowsum(dO * O)
-        dS = P * (dP - D)  dQ = scale * dS K  dK = scale * dS^T Q
-
-    Masked entries and rows with no visible key have P = 0, so they add
-    nothing to any gradient; such rows get dq = 0, not NaN.
+    ``rnd`` rounds each intermediate and ``accumulate`` is the dtype of the
+    softmax and of D; no rounding and float64 give the exact gradient.
     """
-    xp = _namespace(q, xp)
-    s, empty, qh, kh, vh, doh, scale = _backward_operands(
-        dout, q, k, v, softmax_scale, causal, xp)
-    p, _ = _softmax(s, empty, xp)
-    out = xp.matmul(p, vh)
-    dv = xp.matmul(p.swapaxes(-1, -2), doh)
-    dp = xp.matmul(doh, vh.swapaxes(-1, -2))
-    d = (doh * out).sum(axis=-1, keepdims=True)
-    ds = p * (dp - d)
-    dq = scale * xp.matmul(ds, kh)
-    dk = scale * xp.matmul(ds.swapaxes(-1, -2), qh)
-    return _to_bshd(dq), _to_bshd(dk), _to_bshd(dv)
-
-
-def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
-                                  causal=False, dtype_name='float16', xp=None):
-    """The backward pass with every intermediate rounded to ``dtype_name``.
-
-    Like ``attention_naive_lowp``, the inputs are used as given (the caller
-    rounds them); S, P, O, dV, dP, dS, dQ and dK are each rounded after being
-    computed in float64 from rounded operands, the softmax runs in float32
-    on the rounded S and D = rowsum(dO * O) is kept in float32, as a
-    straightforward low-precision implementation would.  Returns float64
-    (dq, dk, dv) in (batch, seqlen, nheads, headdim) layout.
-    """
-    xp = _namespace(q, xp)
-    s, empty, qh, kh, vh, doh, scale = _backward_operands(
-        dout, q, k, v, softmax_scale, causal, xp)
-
-    def rnd(x):
-        return round_to_dtype(x, dtype_name, xp)
-
-    s = rnd(s)
-    p, _ = _softmax(s.astype(xp.float32), empty, xp)
+    xp = problem.xp
+    qh, doh = problem.heads_first(q), problem.heads_first(dout)
+    kh, vh = problem.kv_heads_first(k), problem.kv_heads_first(v)
+    s, tanh_slope = problem.logits(qh, kh, rnd=rnd)
+    p, _ = _softmax(s.astype(accumulate, copy=False), problem.empty_rows(),
+                    xp)
     p = rnd(p)
     out = rnd(xp.matmul(p, vh))
     dv = rnd(xp.matmul(p.swapaxes(-1, -2), doh))
     dp = rnd(xp.matmul(doh, vh.swapaxes(-1, -2)))
-    d = (doh.astype(xp.float32) * out.astype(xp.float32)).sum(
-        axis=-1, keepdims=True, dtype=xp.float32).astype(xp.float64)
+    d = (doh.astype(accumulate, copy=False)
+         * out.astype(accumulate, copy=False)).sum(
+        axis=-1, keepdims=True, dtype=accumulate).astype(xp.float64)
     ds = rnd(p * (dp - d))
-    dq = rnd(scale * xp.matmul(ds, kh))
-    dk = rnd(scale * xp.matmul(ds.swapaxes(-1, -2), qh))
+    if tanh_slope is not None:
+        ds = rnd(ds * tanh_slope)
+    dq = rnd(problem.scale * xp.matmul(ds, kh))
+    dk = rnd(problem.scale * xp.matmul(ds.swapaxes(-1, -2), qh))
+    # Each kv head gets the sum over the query heads that read it.
+    dk, dv = (rnd(problem.sum_groups(g)) for g in (dk, dv))
     return _to_bshd(dq), _to_bshd(dk), _to_bshd(dv)
+
+
+def attention_backward_reference(dout, q, k, v, softmax_scale=None,
+                                 causal=False, xp=None, *,
+                                 window_size=(-1, -1), softcap=0.0,
+                                 alibi_slopes=None):
+    """Exact gradient of ``out`` against q, k, v in float64; (dq, dk, dv).
+
+    With P = softmax(logits) and O = P V, per batch and query head::
+
+        dV = P^T dO        dP = dO V^T        D = rowsum(dO * O)
+        dS = P * (dP - D)  dQ = (dS * f) K    dK = (dS * f)^T Q
+
+    where f = d(logit) / d(q.k) is softmax_scale, times 1 - tanh^2 of the
+    softcap argument with softcap (ALiBi adds a constant).  With GQA, dk and
+    dv are summed over the query heads of each kv head.  Masked entries and
+    rows with no visible key have P = 0, so they add nothing to any
+    gradient; such rows get dq = 0, not NaN.
+    """
+    xp = _namespace(q, xp)
+    problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, xp)
+    return _backward(dout, q, k, v, problem, _unrounded, xp.float64)
+
+
+def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
+                                  causal=False, dtype_name='float16', xp=None,
+                                  *, window_size=(-1, -1), softcap=0.0,
+                                  alibi_slopes=None):
+    """The backward pass with every intermediate rounded to ``dtype_name``.
+
+    Like ``attention_naive_lowp``, the inputs are used as given (the caller
+    rounds them); the logits (each step, as in the forward), P, O, dV, dP,
+    dS, dS times the softcap's 1 - tanh^2, dQ and dK are each rounded after
+    being computed in float64 from rounded operands, the softmax runs in
+    float32 on the rounded logits and D = rowsum(dO * O) is kept in float32,
+    as a straightforward low-precision implementation would.  With GQA the
+    rounded per-head dK and dV are summed and rounded again.  Returns
+    float64 (dq, dk, dv) in (batch, seqlen, nheads, headdim) layout.
+    """
+    xp = _namespace(q, xp)
+    problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, xp)
+    rnd = functools.partial(round_to_dtype, dtype_name=dtype_name, xp=xp)
+    return _backward(dout, q, k, v, problem, rnd, xp.float32)

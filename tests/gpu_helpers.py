@@ -30,13 +30,15 @@ def to_float64(x):
     return x.astype(cupy.float64)
 
 
-def check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype):
+def check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
     """Assert out/lse agree with float64 attention within 2x the naive low-precision error plus a floor.
-    NaN or inf anywhere in out fails; lse must be -inf exactly where the reference row sees no key."""
+    NaN or inf anywhere in out fails; lse must be -inf exactly where the reference row sees no key.
+    `variant` (window_size, softcap, alibi_slopes: any float CuPy array) goes straight to the reference functions;
+    k64/v64 may have fewer heads than q64 (GQA/MQA)."""
     import cupy
 
-    ref_out, ref_lse = attention_reference(q64, k64, v64, scale, causal, xp=cupy)
-    lowp_out, lowp_lse = attention_naive_lowp(q64, k64, v64, scale, causal, dtype, xp=cupy)
+    ref_out, ref_lse = attention_reference(q64, k64, v64, scale, causal, xp=cupy, **variant)
+    lowp_out, lowp_lse = attention_naive_lowp(q64, k64, v64, scale, causal, dtype, xp=cupy, **variant)
     got = to_float64(out)
     assert bool(cupy.isfinite(got).all()), "output holds NaN/inf (unwritten or broken elements)"
     err = float(cupy.abs(got - ref_out).max()) if got.size else 0.0
@@ -55,15 +57,16 @@ def check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype):
     return err
 
 
-def check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype):
+def check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, **variant):
     """Assert each of dq, dk, dv is within 2x the naive low-precision gradient's error (plus a floor relative to
-    the gradient's size) of the float64 analytic gradient; NaN or inf anywhere fails."""
+    the gradient's size) of the float64 analytic gradient; NaN or inf anywhere fails. `variant` as in
+    check_against_reference; with GQA/MQA dk and dv have k64's shape (summed over each group's query heads)."""
     import cupy
 
     from cupyflash.reference import attention_backward_naive_lowp, attention_backward_reference
 
-    refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy)
-    lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy)
+    refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy, **variant)
+    lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy, **variant)
     errors = {}
     for name, got, ref, base in zip(("dq", "dk", "dv"), grads, refs, lowp):
         got = to_float64(got)

@@ -1,11 +1,13 @@
-"""Run a small forward and backward of every kernel variant that fits this GPU, for compute-sanitizer:
+"""Run a small forward and backward of every tile config that fits this GPU, and of every variant with the tiles
+the dispatcher picks, for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py
-    compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py
+    compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py [--variants-only]
+    compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only]
 
-Seqlens straddle tile edges so partial tiles, masking and the causal skip all run. Not a pytest module: the
-sanitizer wraps the whole process.
+Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
+K/V head. Not a pytest module: the sanitizer wraps the whole process.
 """
+import itertools
 import sys
 
 import ml_dtypes
@@ -18,6 +20,7 @@ from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
 
 limits = device_limits(0)
 rng = np.random.default_rng(0)
+variants_only = "--variants-only" in sys.argv
 
 
 def arrays(dtype, *shapes):
@@ -26,27 +29,33 @@ def arrays(dtype, *shapes):
     return [x.view(ml_dtypes.bfloat16) for x in out] if dtype == "bfloat16" else out
 
 
+def run(d, dtype, m, n, kw, fwd_config=None, bwd_config=None, dq_config=None):
+    q, k, dout = arrays(dtype, (1, m, 2, d), (1, n, 1, d), (1, m, 2, d))
+    out, lse = cf.flash_attn_func(q, k, k, return_lse=True, config=fwd_config, **kw)
+    for mode in ({"atomic_dq": True, "config": bwd_config}, {"atomic_dq": False, "config": bwd_config,
+                                                              "dq_config": dq_config}):
+        cf.flash_attn_backward(dout, q, k, k, out, lse, **mode, **kw)
+
+
 count = 0
+slopes = cupy.asarray(np.array([0.25, 0.5], np.float32))
 for kd in KERNEL_HEAD_DIMS:
-    d = kd - 8
-    for dtype in ("float16", "bfloat16"):
-        for causal in (False, True):
-            for config in candidates("fwd", limits, kd):
-                q, k = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d))
-                cf.flash_attn_func(q, k, k, causal=causal, config=config)
+    d = kd - 8 if kd > 32 else 27  # padded columns; 27: a head dim that is not a multiple of 8
+    for dtype, causal in itertools.product(("float16", "bfloat16"), (False, True)):
+        if not variants_only:
+            kw = {"causal": causal}
+            for c in candidates("fwd", limits, kd):
+                q, k = arrays(dtype, (1, c.block_m + 3, 2, d), (1, c.block_n + 5, 1, d))
+                cf.flash_attn_func(q, k, k, config=c, **kw)
                 count += 1
-            for config in candidates("bwd", limits, kd):
-                q, k, dout = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d),
-                                    (1, config.block_m + 3, 1, d))
-                out, lse = cf.flash_attn_func(q, k, k, causal=causal, return_lse=True)
-                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config, atomic_dq=True)
-                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, config=config, atomic_dq=False)
+            for c in candidates("bwd", limits, kd):
+                run(d, dtype, c.block_m + 3, c.block_n + 5, kw, bwd_config=c)
                 count += 2
-            for config in candidates("bwd_dq", limits, kd):
-                q, k, dout = arrays(dtype, (1, config.block_m + 3, 1, d), (1, config.block_n + 5, 1, d),
-                                    (1, config.block_m + 3, 1, d))
-                out, lse = cf.flash_attn_func(q, k, k, causal=causal, return_lse=True)
-                cf.flash_attn_backward(dout, q, k, k, out, lse, causal=causal, deterministic=True, dq_config=config)
+            for c in candidates("bwd_dq", limits, kd):
+                run(d, dtype, c.block_m + 3, c.block_n + 5, kw, dq_config=c)
                 count += 1
-            cupy.cuda.Device().synchronize()
+        for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
+            run(d, dtype, 203, 190, dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi))
+            count += 3
+        cupy.cuda.Device().synchronize()
 print(f"ran {count} variants", file=sys.stderr)

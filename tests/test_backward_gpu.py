@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import requires_gpu
+from conftest import GPU_SKIP_REASON, requires_gpu
 from gpu_helpers import check_grads_against_reference, random_array, to_float64
 
 import cupyflash as cf
@@ -59,12 +59,11 @@ def test_every_head_dim(head_dim, dtype, causal):
 
 
 def _device_candidates(kind):
-    try:
-        from cupyflash._device import device_limits
-
-        limits = device_limits(0)
-    except Exception:  # no GPU: the module is skipped anyway
+    if GPU_SKIP_REASON:  # the module is skipped; with a GPU, a failure here must fail loudly
         return []
+    from cupyflash._device import device_limits
+
+    limits = device_limits(0)
     return [(kd, c) for kd in KERNEL_HEAD_DIMS for c in candidates(kind, limits, kd)]
 
 

@@ -4,6 +4,8 @@ import pytest
 from cupyflash import configs
 from hypothesis import given, settings, strategies as st
 
+from cupyflash.problem import Variant
+
 from cupyflash.configs import (FWD_TABLE, KERNEL_HEAD_DIMS, RESERVED_SMEM_PER_BLOCK, DeviceLimits,
                                NoConfigFits, TileConfig, all_fwd_variants, check_fwd_config, family_for,
                                fwd_smem_bytes, kernel_head_dim, select_fwd_config)
@@ -18,7 +20,7 @@ TURING = DeviceLimits(75, smem_per_block_optin=65536, smem_per_sm=65536, sm_coun
 
 
 def table(head_dim):
-    return FWD_TABLE[("mma_sm80", kernel_head_dim(head_dim))]
+    return tuple(configs._entry_config(e) for e in FWD_TABLE[("mma_sm80", kernel_head_dim(head_dim))])
 
 
 def fits_block(config, kd, limits):
@@ -147,8 +149,8 @@ def test_check_fwd_config_rejects_a_config_too_big_for_the_device():
 def test_all_fwd_variants_covers_each_table_entry_once():
     variants = list(all_fwd_variants())
     assert len(variants) == len(set(variants))
-    for key, configs in FWD_TABLE.items():
-        assert {c for f, kd, c in variants if (f, kd) == key} == set(configs)
+    for key, entries in FWD_TABLE.items():
+        assert {c for f, kd, c in variants if (f, kd) == key} == set(map(configs._entry_config, entries))
     assert {(f, kd) for f, kd, _ in variants} == set(FWD_TABLE)
     # Every instantiated head dim has a table, else select_fwd_config would raise KeyError.
     assert {kd for _, kd in FWD_TABLE} == set(KERNEL_HEAD_DIMS)
@@ -224,3 +226,37 @@ def test_atomic_dq_follows_the_table_per_head_dim(monkeypatch):
     assert configs.use_atomic_dq(H100, 192, 8192, 8192, False) is False  # the separate kernel measured faster
     monkeypatch.setitem(configs.BWD_ATOMIC_DQ, ("mma_sm80", 128), False)
     assert configs.use_atomic_dq(H100, 128, 8192, 8192, False) is False
+
+
+# ---- conditional entries (variants) ----
+
+SCORE_MODS = [Variant(dtype, mask, softcap, alibi) for dtype in ("float16", "bfloat16") for mask in ("none", "band")
+              for softcap, alibi in ((True, False), (False, True), (True, True))]
+
+
+@pytest.mark.parametrize("kind", ["fwd", "bwd", "bwd_dq"])
+@pytest.mark.parametrize("limits", BWD_DEVICES, ids=lambda l: l.name)
+@pytest.mark.parametrize("head_dim", [1, 12, 59, 64, 111, 128, 200, 256])
+def test_score_modifier_variants_skip_plain_only_entries(kind, limits, head_dim):
+    kd = kernel_head_dim(head_dim)
+    plain_only = {e.config for e in configs.TABLES[kind][("mma_sm80", kd)]
+                  if isinstance(e, configs.When) and e.plain_scores}
+    for variant in SCORE_MODS:
+        config = configs.select_config(kind, limits, head_dim, variant=variant)
+        assert config not in plain_only
+        assert config in configs.candidates(kind, limits, head_dim, variant)
+        for entry in plain_only:
+            with pytest.raises(ValueError, match="score modifiers"):
+                configs.check_config(kind, entry, limits, head_dim, variant)
+
+
+def test_h100_head_dim_64_forward_uses_128x128_for_plain_scores_only():
+    assert (select_fwd_config(H100, 64).block_m, select_fwd_config(H100, 64).block_n) == (128, 128)
+    softcap = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", softcap=True))
+    assert (softcap.block_m, softcap.block_n) == (128, 64)
+
+
+@pytest.mark.parametrize("head_dim", [0, -8, 1.5, "64", None])
+def test_kernel_head_dim_rejects_non_positive_and_non_ints(head_dim):
+    with pytest.raises(ValueError, match="head dim"):
+        kernel_head_dim(head_dim)

@@ -1,14 +1,29 @@
-"""Every forward variant the dispatcher can choose compiles with NVRTC for sm_80 and sm_90, with no register
-spills (read off ptxas's report). Runs on CPU-only machines; in CI a missing NVRTC fails instead of skipping."""
+"""The kernels compile with NVRTC for sm_80 and sm_90, with the run-time options, without register spills or stack
+(read off ptxas's report). Runs on CPU-only machines; in CI a missing NVRTC fails instead of skipping.
+
+What is compiled is a covering set (``_nvrtc.kernel_instances``), not the full product of tiles and variants. Its
+coverage is checked here against what the dispatcher itself picks, so a kernel the library can launch but the
+check never built shows up as a failure.
+"""
+import itertools
 import os
 
 import pytest
 
 from conftest import IN_CI
 from cupyflash import _nvrtc
+from cupyflash.configs import KERNEL_HEAD_DIMS, DeviceLimits, candidates, family_for, select_config
+from cupyflash.families import KINDS
+from cupyflash.problem import MASKS, Variant
 
 ARCHS = ("sm_80", "sm_90")
-NAMES = _nvrtc.fwd_variant_names() + _nvrtc.bwd_variant_names()
+INSTANCES = _nvrtc.kernel_instances()
+NAMES = [name for _source, name in INSTANCES]
+H100 = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100")
+A100 = DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936, sm_count=108, name="A100")
+SM86 = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=102400, sm_count=84, name="sm_86")
+VARIANTS = [Variant(dtype, mask, softcap, alibi) for dtype in ("float16", "bfloat16") for mask in MASKS
+            for softcap in (False, True) for alibi in (False, True)]
 
 
 @pytest.fixture(scope="module")
@@ -22,12 +37,42 @@ def reports():
     return _nvrtc.compile_all(ARCHS, jobs=max(2, os.cpu_count() or 2))
 
 
-@pytest.mark.parametrize("kernel", ["flash_fwd_kernel", "flash_bwd_dkdv_kernel", "flash_bwd_dq_kernel"])
-def test_every_dtype_causal_and_head_dim_is_covered(kernel):
-    for tag in ("cf::f16", "cf::bf16"):
-        for hd in (32, 64, 96, 128, 160, 192, 224, 256):
-            for causal in ("true", "false"):
-                assert any(n.startswith(f"cf::{kernel}<{tag}, {hd},") and f", {causal}" in n for n in NAMES)
+def _names(kind, limits, head_dim, variant, every_fitting):
+    family = family_for(limits, variant)
+    configs = candidates(kind, limits, head_dim, variant) if every_fitting else [
+        select_config(kind, limits, head_dim, variant=variant)]
+    atomic = (True, False) if kind == "bwd" else (False,)
+    return [family.kernel_name(kind, c, head_dim, variant, a) for c in configs for a in atomic]
+
+
+@pytest.mark.parametrize("limits", [H100, A100, SM86], ids=lambda l: l.name)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_plain_kernel_the_dispatcher_can_pick_is_compiled(limits, kind):
+    """Plain scores: every fitting tile, with and without the band mask (causal), both dtypes."""
+    compiled = set(NAMES)
+    for kd, dtype, mask in itertools.product(KERNEL_HEAD_DIMS, ("float16", "bfloat16"), MASKS):
+        for name in _names(kind, limits, kd, Variant(dtype, mask), every_fitting=True):
+            assert name in compiled, name
+
+
+@pytest.mark.parametrize("limits", [H100, A100, SM86], ids=lambda l: l.name)
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_tile_score_modifiers_may_use_is_compiled_with_the_heaviest_variant(limits, kind):
+    compiled = set(NAMES)
+    for kd in KERNEL_HEAD_DIMS:
+        for name in _names(kind, limits, kd, _nvrtc.HEAVIEST, every_fitting=True):
+            assert name in compiled, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_policy_value_is_compiled_once_per_kind_and_head_dim(kind):
+    """Mask none/band, softcap off/on, ALiBi off/on: each appears in a compiled instance of every head dim."""
+    for kd in KERNEL_HEAD_DIMS:
+        ours = [n for n in NAMES if n.startswith(f"cf::flash_{'bwd_dkdv' if kind == 'bwd' else kind}_kernel<")
+                and n[n.index("<") + 1:].split(", ")[1] == str(kd)]
+        for fragment in ("cf::NoMask", "cf::BandMask", "ScoreMod<true,", "ScoreMod<false,", ", true>,",
+                         ", false>,", "cf::f16", "cf::bf16"):
+            assert any(fragment in n for n in ours), (kind, kd, fragment)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -37,6 +82,11 @@ def test_compiles_without_spills(reports, arch, name):
     assert r.registers > 0, "ptxas report not parsed"
     assert (r.spill_stores, r.spill_loads) == (0, 0), f"{name} spills on {arch}: {r}"
     assert r.stack_frame == 0, f"{name} uses {r.stack_frame} bytes of local memory on {arch}"
+
+
+def test_compile_options_match_the_run_time_ones():
+    """CuPy adds -ftz=true when it compiles; the check must see what runs."""
+    assert "-ftz=true" in family_for(H100).compile_options
 
 
 def test_report_parser_sees_spills():

@@ -6,39 +6,73 @@ import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from cupyflash.reference import (
-    attention_backward_naive_lowp, attention_backward_reference, attention_naive_lowp,
-    attention_reference, blocked_attention, round_to_dtype)
+    attention_backward_naive_lowp, attention_backward_reference, attention_logits,
+    attention_naive_lowp, attention_probs, attention_reference, blocked_attention,
+    round_to_dtype)
 
 
-def _qkv(rng, batch, seqlen_q, seqlen_k, nheads, headdim, scale=1.0):
+def _qkv(rng, batch, seqlen_q, seqlen_k, nheads, headdim, scale=1.0,
+         nheads_k=None):
+    nheads_k = nheads if nheads_k is None else nheads_k
     q = rng.standard_normal((batch, seqlen_q, nheads, headdim)) * scale
-    k = rng.standard_normal((batch, seqlen_k, nheads, headdim)) * scale
-    v = rng.standard_normal((batch, seqlen_k, nheads, headdim))
+    k = rng.standard_normal((batch, seqlen_k, nheads_k, headdim)) * scale
+    v = rng.standard_normal((batch, seqlen_k, nheads_k, headdim))
     return q, k, v
 
 
-def _loop_attention(q, k, v, scale, causal):
-    """One query row at a time, with plain Python sums for the softmax."""
+def _variant(rng, batch, nheads, window_size=(-1, -1), softcap=0.0,
+             alibi=None):
+    """Keyword arguments for one variant; alibi is None, 'heads' (float64
+    slopes of shape (nheads,)) or 'batch' (float32, (batch, nheads))."""
+    slopes = None
+    if alibi == 'heads':
+        slopes = rng.uniform(0.05, 1.0, nheads)
+    elif alibi == 'batch':
+        slopes = rng.uniform(0.05, 1.0, (batch, nheads)).astype(np.float32)
+    return dict(window_size=window_size, softcap=softcap, alibi_slopes=slopes)
+
+
+def _loop_sees(i, j, seqlen_q, seqlen_k, causal, window_size):
+    """flash-attn's visibility rule for one (query, key) pair."""
+    left, right = window_size
+    if causal:
+        right = 0
+    level = i + seqlen_k - seqlen_q
+    return ((left < 0 or j >= level - left)
+            and (right < 0 or j <= level + right))
+
+
+def _loop_attention(q, k, v, scale, causal, window_size=(-1, -1),
+                    softcap=0.0, alibi_slopes=None):
+    """One query row at a time, with plain Python sums for the softmax and
+    each variant applied to one logit at a time."""
     batch, seqlen_q, nheads, headdim = q.shape
-    seqlen_k = k.shape[1]
+    seqlen_k, nheads_k = k.shape[1], k.shape[2]
     out = np.zeros(q.shape)
     lse = np.zeros((batch, nheads, seqlen_q))
-    for b in range(batch):
-        for h in range(nheads):
-            for i in range(seqlen_q):
-                keys = [j for j in range(seqlen_k)
-                        if not causal or j <= i + seqlen_k - seqlen_q]
-                if not keys:
-                    lse[b, h, i] = -math.inf
-                    continue
-                scores = [float(np.dot(q[b, i, h], k[b, j, h])) * scale
-                          for j in keys]
-                top = max(scores)
-                weights = [math.exp(s - top) for s in scores]
-                total = sum(weights)
-                lse[b, h, i] = top + math.log(total)
-                for w, j in zip(weights, keys):
-                    out[b, i, h] += w / total * v[b, j, h]
+    for b, h, i in np.ndindex(batch, nheads, seqlen_q):
+        kv_head = h // (nheads // nheads_k)
+        keys = [j for j in range(seqlen_k)
+                if _loop_sees(i, j, seqlen_q, seqlen_k, causal, window_size)]
+        if not keys:
+            lse[b, h, i] = -math.inf
+            continue
+        scores = []
+        for j in keys:
+            x = float(np.dot(q[b, i, h], k[b, j, kv_head])) * scale
+            if softcap > 0:
+                x = softcap * math.tanh(x / softcap)
+            if alibi_slopes is not None:
+                slope = (alibi_slopes[h] if alibi_slopes.ndim == 1
+                         else alibi_slopes[b, h])
+                x -= float(slope) * abs(i + seqlen_k - seqlen_q - j)
+            scores.append(x)
+        top = max(scores)
+        weights = [math.exp(s - top) for s in scores]
+        total = sum(weights)
+        lse[b, h, i] = top + math.log(total)
+        for w, j in zip(weights, keys):
+            out[b, i, h] += w / total * v[b, j, kv_head]
     return out, lse
 
 
@@ -78,52 +112,211 @@ def test_reference_explicit_scale_and_input_dtypes():
         np.testing.assert_array_equal(got[1], want[1])
 
 
-def test_reference_propagates_nan():
+@pytest.mark.parametrize('spec', [
+    {}, dict(softcap=0.5), dict(window_size=(1, 1)), dict(alibi='heads'),
+], ids=['plain', 'softcap', 'window', 'alibi'])
+def test_reference_propagates_nan(spec):
     rng = np.random.default_rng(2)
     q, k, v = _qkv(rng, 1, 4, 4, 2, 8)
+    variant = _variant(rng, 1, 2, **spec)
     q[0, 1, 0, 3] = np.nan
     for fn in (attention_reference, blocked_attention):
-        out, lse = fn(q, k, v)
+        out, lse = fn(q, k, v, **variant)
         assert np.isnan(out[0, 1, 0]).all() and np.isnan(lse[0, 0, 1])
         out[0, 1, 0] = 0
         lse[0, 0, 1] = 0
         assert np.isfinite(out).all() and np.isfinite(lse).all()
 
     q, k, v = _qkv(rng, 1, 4, 4, 1, 8)
+    variant = _variant(rng, 1, 1, **spec)
     k[0, 3, 0, 0] = np.nan
-    out, lse = attention_reference(q, k, v, causal=True)
+    out, lse = attention_reference(q, k, v, causal=True, **variant)
     # Only the last query sees key 3 under the causal mask.
     assert np.isnan(out[0, 3]).all() and np.isnan(lse[0, 0, 3])
     assert np.isfinite(out[0, :3]).all() and np.isfinite(lse[0, 0, :3]).all()
 
 
-@settings(max_examples=40, deadline=None)
-@given(batch=st.integers(1, 2), nheads=st.integers(1, 3),
+# --- variants: GQA/MQA, sliding window, softcap, ALiBi ----------------------
+
+# name: (seqlen_q, seqlen_k, nheads, nheads_k, headdim, causal, variant)
+VARIANT_CASES = {
+    'gqa2': (5, 7, 4, 2, 8, False, {}),
+    'gqa4_causal': (6, 6, 8, 2, 3, True, {}),
+    'mqa': (7, 5, 3, 1, 8, True, {}),
+    'window_0_0': (6, 6, 2, 2, 8, False, dict(window_size=(0, 0))),
+    'window_2_1': (5, 8, 2, 2, 8, False, dict(window_size=(2, 1))),
+    'window_2_1_q_longer': (8, 5, 2, 2, 8, False, dict(window_size=(2, 1))),
+    'window_past_sequence': (5, 7, 2, 2, 8, False,
+                             dict(window_size=(50, 50))),
+    'window_right_only': (6, 6, 2, 2, 8, False, dict(window_size=(-1, 2))),
+    'window_left_only': (6, 8, 2, 2, 8, False, dict(window_size=(2, -1))),
+    'causal_window_left': (7, 7, 2, 2, 8, True, dict(window_size=(2, -1))),
+    'causal_overrides_right': (5, 9, 2, 2, 8, True, dict(window_size=(3, 5))),
+    'softcap': (5, 6, 2, 2, 8, False, dict(softcap=1.5)),
+    'softcap_causal': (6, 4, 2, 2, 8, True, dict(softcap=0.3)),
+    'alibi_heads': (6, 6, 3, 3, 8, False, dict(alibi='heads')),
+    'alibi_batch': (4, 7, 3, 3, 8, False, dict(alibi='batch')),
+    'alibi_q_longer': (7, 4, 3, 3, 8, False, dict(alibi='heads')),
+    'everything': (7, 9, 4, 2, 12, True,
+                   dict(window_size=(3, -1), softcap=2.0, alibi='batch')),
+    'everything_q_longer': (9, 5, 6, 3, 3, False,
+                            dict(window_size=(2, 1), softcap=1.0,
+                                 alibi='heads')),
+    'empty_rows_causal': (8, 3, 2, 1, 8, True, dict(alibi='heads')),
+    'empty_rows_window': (7, 4, 4, 2, 8, False,
+                          dict(window_size=(1, 0), softcap=1.0)),
+    'headdim_1': (5, 6, 2, 1, 1, True, dict(softcap=1.0)),
+    'headdim_3': (4, 6, 4, 4, 3, False, dict(window_size=(1, 1))),
+    'headdim_12': (6, 6, 4, 1, 12, False,
+                   dict(window_size=(-1, 1), alibi='batch')),
+}
+
+
+def _variant_problem(name, batch=2, seed=0):
+    seqlen_q, seqlen_k, nheads, nheads_k, headdim, causal, spec = (
+        VARIANT_CASES[name])
+    rng = np.random.default_rng(seed)
+    q, k, v = _qkv(rng, batch, seqlen_q, seqlen_k, nheads, headdim,
+                   scale=1.5, nheads_k=nheads_k)
+    return q, k, v, causal, _variant(rng, batch, nheads, **spec)
+
+
+def _check_against_loop(q, k, v, scale, causal, variant):
+    out, lse = attention_reference(q, k, v, softmax_scale=scale,
+                                   causal=causal, **variant)
+    if scale is None:
+        scale = 1 / math.sqrt(q.shape[-1])
+    want_out, want_lse = _loop_attention(q, k, v, scale, causal, **variant)
+    assert out.shape == q.shape and out.dtype == np.float64
+    assert lse.shape == (q.shape[0], q.shape[2], q.shape[1])
+    assert not np.isnan(out).any() and not np.isnan(lse).any()
+    np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-12, atol=1e-13)
+    empty = want_lse == -np.inf
+    assert np.all(out.transpose(0, 2, 1, 3)[empty] == 0)
+    assert np.all(lse[empty] == -np.inf)
+    return empty
+
+
+@pytest.mark.parametrize('name', list(VARIANT_CASES))
+def test_variants_match_row_loop(name):
+    q, k, v, causal, variant = _variant_problem(name)
+    empty = _check_against_loop(q, k, v, None, causal, variant)
+    if name.startswith('empty_rows'):
+        assert empty.any() and not empty.all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 2), nheads_k=st.integers(1, 2),
+       group=st.sampled_from([1, 2, 4]), seqlen_q=st.integers(1, 9),
+       seqlen_k=st.integers(1, 9), headdim=st.sampled_from([1, 3, 12]),
+       causal=st.booleans(), left=st.integers(-1, 10),
+       right=st.integers(-1, 10), softcap=st.sampled_from([0.0, 0.5, 5.0]),
+       alibi=st.sampled_from([None, 'heads', 'batch']),
+       softmax_scale=st.sampled_from([None, 0.7]),
+       seed=st.integers(0, 2**32 - 1))
+def test_random_variants_match_row_loop(batch, nheads_k, group, seqlen_q,
+                                        seqlen_k, headdim, causal, left,
+                                        right, softcap, alibi, softmax_scale,
+                                        seed):
+    rng = np.random.default_rng(seed)
+    q, k, v = _qkv(rng, batch, seqlen_q, seqlen_k, nheads_k * group, headdim,
+                   scale=2.0, nheads_k=nheads_k)
+    variant = _variant(rng, batch, nheads_k * group, (left, right), softcap,
+                       alibi)
+    _check_against_loop(q, k, v, softmax_scale, causal, variant)
+
+
+def test_window_identities():
+    rng = np.random.default_rng(20)
+    q, k, v = _qkv(rng, 2, 6, 9, 4, 8, nheads_k=2)
+
+    def same(a, b):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+    full = attention_reference(q, k, v)
+    same(attention_reference(q, k, v, window_size=(9, 9)), full)
+    same(attention_reference(q, k, v, window_size=(-1, 100)), full)
+    causal = attention_reference(q, k, v, causal=True)
+    same(attention_reference(q, k, v, window_size=(-1, 0)), causal)
+    same(attention_reference(q, k, v, causal=True, window_size=(2, 7)),
+         attention_reference(q, k, v, window_size=(2, 0)))
+    # GQA is MHA with each kv head repeated for its query heads.
+    same(attention_reference(q, k, v, softcap=1.0),
+         attention_reference(q, np.repeat(k, 2, axis=2),
+                             np.repeat(v, 2, axis=2), softcap=1.0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 2), nheads_k=st.integers(1, 3),
+       group=st.sampled_from([1, 2]),
        seqlen_q=st.one_of(st.sampled_from([1, 17, 63, 64, 65, 70]),
                           st.integers(1, 70)),
        seqlen_k=st.one_of(st.sampled_from([1, 17, 63, 64, 65, 70]),
                           st.integers(1, 70)),
-       headdim=st.sampled_from([8, 16, 24, 40, 64]), causal=st.booleans(),
+       headdim=st.sampled_from([3, 8, 16, 24, 40, 64]), causal=st.booleans(),
+       window_size=st.one_of(st.just((-1, -1)),
+                             st.tuples(st.integers(-1, 40),
+                                       st.integers(-1, 40))),
+       softcap=st.sampled_from([0.0, 0.0, 2.0]),
+       alibi=st.sampled_from([None, None, 'heads', 'batch']),
        block_m=st.sampled_from([16, 32, 64]),
        block_n=st.sampled_from([16, 32, 64]),
        scale=st.sampled_from([1.0, 4.0]), seed=st.integers(0, 2**32 - 1))
-@example(batch=1, nheads=1, seqlen_q=70, seqlen_k=5, headdim=8, causal=True,
+@example(batch=1, nheads_k=1, group=1, seqlen_q=70, seqlen_k=5, headdim=8,
+         causal=True, window_size=(-1, -1), softcap=0.0, alibi=None,
          block_m=16, block_n=16, scale=1.0, seed=0)
-@example(batch=2, nheads=3, seqlen_q=17, seqlen_k=70, headdim=40, causal=True,
+@example(batch=2, nheads_k=3, group=1, seqlen_q=17, seqlen_k=70, headdim=40,
+         causal=True, window_size=(-1, -1), softcap=0.0, alibi=None,
          block_m=16, block_n=32, scale=4.0, seed=1)
-def test_blocked_matches_reference(batch, nheads, seqlen_q, seqlen_k, headdim,
-                                   causal, block_m, block_n, scale, seed):
+@example(batch=2, nheads_k=1, group=2, seqlen_q=70, seqlen_k=65, headdim=8,
+         causal=False, window_size=(5, 3), softcap=2.0, alibi='batch',
+         block_m=16, block_n=16, scale=4.0, seed=2)
+@example(batch=1, nheads_k=2, group=2, seqlen_q=70, seqlen_k=17, headdim=3,
+         causal=True, window_size=(20, -1), softcap=0.0, alibi='heads',
+         block_m=32, block_n=16, scale=1.0, seed=3)
+# The window reaches exactly one key into the neighbouring tile on both sides.
+@example(batch=1, nheads_k=1, group=1, seqlen_q=64, seqlen_k=64, headdim=8,
+         causal=False, window_size=(17, 17), softcap=0.0, alibi=None,
+         block_m=16, block_n=16, scale=1.0, seed=4)
+def test_blocked_matches_reference(batch, nheads_k, group, seqlen_q, seqlen_k,
+                                   headdim, causal, window_size, softcap,
+                                   alibi, block_m, block_n, scale, seed):
     rng = np.random.default_rng(seed)
-    q, k, v = _qkv(rng, batch, seqlen_q, seqlen_k, nheads, headdim, scale)
-    out, lse = blocked_attention(q, k, v, causal=causal,
-                                 block_m=block_m, block_n=block_n)
-    want_out, want_lse = attention_reference(q, k, v, causal=causal)
+    nheads = nheads_k * group
+    q, k, v = _qkv(rng, batch, seqlen_q, seqlen_k, nheads, headdim, scale,
+                   nheads_k=nheads_k)
+    variant = _variant(rng, batch, nheads, window_size, softcap, alibi)
+    out, lse = blocked_attention(q, k, v, causal=causal, block_m=block_m,
+                                 block_n=block_n, **variant)
+    want_out, want_lse = attention_reference(q, k, v, causal=causal,
+                                             **variant)
     assert not np.isnan(out).any() and not np.isnan(lse).any()
     np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(lse, want_lse, rtol=1e-12, atol=1e-12)
     # Empty rows must be exactly 0 / -inf, not merely close.
     empty = want_lse == -np.inf
+    assert np.all(lse[empty] == -np.inf)
     assert np.all(out.transpose(0, 2, 1, 3)[empty] == 0)
+
+
+def test_blocked_skips_key_tiles_outside_the_window():
+    # A NaN value multiplies P = 0 into NaN in every row of its key tile, so
+    # a finite row proves that the tile was never visited.
+    rng = np.random.default_rng(22)
+    q, k, v = _qkv(rng, 1, 64, 64, 2, 8)
+    v[0, 0, 0, 0] = np.nan
+    out, _ = blocked_attention(q, k, v, block_m=16, block_n=16,
+                               window_size=(8, 0))
+    # Query tiles from row 32 on see keys >= 24 only; tile 0 still sees
+    # key 0.
+    assert np.isfinite(out[0, 32:]).all() and np.isnan(out[0, :16, 0, 0]).all()
+    v[0, 0, 0, 0] = 1.0
+    v[0, 63, 0, 0] = np.nan
+    out, _ = blocked_attention(q, k, v, block_m=16, block_n=16,
+                               window_size=(-1, 8))
+    assert np.isfinite(out[0, :32]).all() and np.isnan(out[0, 48:, 0, 0]).all()
 
 
 def _bf16_via_ml_dtypes(x):
@@ -227,28 +420,64 @@ def test_naive_lowp_causal_empty_rows():
         assert 0 < err < 5e-2 and lse_err < 5e-2
 
 
-def _lowp_recipe(q, k, v, dtype_name):
-    """The naive recipe spelled out with ml_dtypes casts and einsum."""
+def _ml_dtypes_rounding(dtype_name):
     dtype = {'float16': np.float16, 'bfloat16': ml_dtypes.bfloat16}[dtype_name]
     via = np.float32 if dtype_name == 'bfloat16' else np.float64
 
     def rnd(x):
         return np.asarray(x, dtype=via).astype(dtype).astype(np.float64)
+    return rnd
 
-    s = rnd(np.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(q.shape[-1]))
+
+def _recipe_logits(q, k, rnd, scale, softcap=0.0, alibi_slopes=None):
+    """Rounded logits (b, h, q, k) and the softcap's tanh, with k already
+    repeated to the query heads and no mask."""
+    s = rnd(np.einsum('bqhd,bkhd->bhqk', q, k) * scale)
+    tanh = None
+    if softcap:
+        tanh = np.tanh(s / softcap)
+        s = rnd(softcap * tanh)
+    if alibi_slopes is not None:
+        seqlen_q, seqlen_k = q.shape[1], k.shape[1]
+        distance = np.abs(np.arange(seqlen_q)[:, None] + seqlen_k - seqlen_q
+                          - np.arange(seqlen_k))
+        s = rnd(s - alibi_slopes[..., None, None] * distance)
+    return s, tanh
+
+
+def _recipe_softmax(s, rnd):
     s32 = s.astype(np.float32)
     e = np.exp(s32 - s32.max(axis=-1, keepdims=True))
-    p = rnd(e / e.sum(axis=-1, keepdims=True))
-    return rnd(np.einsum('bhqk,bkhd->bqhd', p, v))
+    return rnd(e / e.sum(axis=-1, keepdims=True))
 
 
+def _lowp_recipe(q, k, v, dtype_name, **variant):
+    """The naive recipe spelled out with ml_dtypes casts and einsum."""
+    rnd = _ml_dtypes_rounding(dtype_name)
+    group = q.shape[2] // k.shape[2]
+    s, _ = _recipe_logits(q, np.repeat(k, group, axis=2), rnd,
+                          1 / math.sqrt(q.shape[-1]), **variant)
+    p = _recipe_softmax(s, rnd)
+    return rnd(np.einsum('bhqk,bkhd->bqhd', p, np.repeat(v, group, axis=2)))
+
+
+# name: (nheads_k, variant), all with 2 query heads of 64 rows and columns.
+RECIPE_VARIANTS = {
+    'plain': (2, {}),
+    'gqa_softcap': (1, dict(softcap=2.0)),
+    'alibi': (2, dict(alibi_slopes=np.array([[0.5, 0.05], [0.1, 0.25]]))),
+}
+
+
+@pytest.mark.parametrize('variant_name', list(RECIPE_VARIANTS))
 @pytest.mark.parametrize('dtype_name', ['float16', 'bfloat16'])
-def test_naive_lowp_follows_recipe(dtype_name):
+def test_naive_lowp_follows_recipe(dtype_name, variant_name):
+    nheads_k, variant = RECIPE_VARIANTS[variant_name]
     rng = np.random.default_rng(7)
     q, k, v = (round_to_dtype(t, dtype_name)
-               for t in _qkv(rng, 2, 64, 64, 2, 64))
-    out, _ = attention_naive_lowp(q, k, v, dtype_name=dtype_name)
-    want = _lowp_recipe(q, k, v, dtype_name)
+               for t in _qkv(rng, 2, 64, 64, 2, 64, nheads_k=nheads_k))
+    out, _ = attention_naive_lowp(q, k, v, dtype_name=dtype_name, **variant)
+    want = _lowp_recipe(q, k, v, dtype_name, **variant)
     # float32 exp may differ by an ulp between memory layouts, which flips a
     # rare rounding; skipping any one rounding step changes ~40% of outputs.
     assert np.mean(out != want) < 0.01
@@ -263,11 +492,12 @@ def test_naive_lowp_follows_recipe(dtype_name):
 
 
 
-def _numeric_grads(dout, q, k, v, softmax_scale, causal, eps=1e-6):
+def _numeric_grads(dout, q, k, v, softmax_scale, causal, eps=1e-6,
+                   **variant):
     """Central differences of L = sum(out * dout) for every element."""
     def loss(q, k, v):
         out, _ = attention_reference(q, k, v, softmax_scale=softmax_scale,
-                                     causal=causal)
+                                     causal=causal, **variant)
         return float(np.sum(out * dout))
 
     grads = []
@@ -317,6 +547,63 @@ def test_backward_reference_matches_finite_differences(
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
     n_empty = max(0, seqlen_q - seqlen_k) if causal else 0
     assert np.all(got[0][:, :n_empty] == 0)
+
+
+# name: (seqlen_q, seqlen_k, nheads, nheads_k, causal, variant)
+BACKWARD_VARIANTS = {
+    'softcap': (4, 5, 2, 2, False, dict(softcap=0.7)),
+    'alibi_heads': (5, 4, 2, 2, False, dict(alibi='heads')),
+    'alibi_batch': (4, 4, 2, 2, True, dict(alibi='batch')),
+    'window': (5, 6, 2, 2, False, dict(window_size=(1, 1))),
+    'window_empty_rows': (6, 3, 2, 2, False, dict(window_size=(2, 0))),
+    'causal_window': (5, 5, 2, 2, True, dict(window_size=(2, -1))),
+    'gqa': (4, 5, 4, 2, False, {}),
+    'mqa_causal': (5, 4, 3, 1, True, {}),
+    'everything': (5, 6, 4, 2, True,
+                   dict(window_size=(2, -1), softcap=0.8, alibi='batch')),
+}
+
+
+@pytest.mark.parametrize('name', list(BACKWARD_VARIANTS))
+def test_backward_variants_match_finite_differences(name):
+    seqlen_q, seqlen_k, nheads, nheads_k, causal, spec = (
+        BACKWARD_VARIANTS[name])
+    rng = np.random.default_rng(30)
+    # Scores of a few units, so that the softcap's tanh is well curved.
+    q, k, v = _qkv(rng, 2, seqlen_q, seqlen_k, nheads, 3, scale=1.5,
+                   nheads_k=nheads_k)
+    variant = _variant(rng, 2, nheads, **spec)
+    dout = rng.standard_normal(q.shape)
+    got = attention_backward_reference(dout, q, k, v, causal=causal,
+                                       **variant)
+    want = _numeric_grads(dout, q, k, v, None, causal, **variant)
+    for g, w, x in zip(got, want, (q, k, v)):
+        assert g.shape == x.shape and g.dtype == np.float64
+        assert np.isfinite(g).all()
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-7)
+    _, lse = attention_reference(q, k, v, causal=causal, **variant)
+    empty = np.isneginf(lse[0, 0])
+    if name == 'window_empty_rows':
+        assert empty.any()
+    assert np.all(got[0][:, empty] == 0)
+
+
+def test_backward_gqa_sums_the_group():
+    rng = np.random.default_rng(31)
+    q, k, v = _qkv(rng, 2, 5, 7, 6, 8, nheads_k=2)
+    dout = rng.standard_normal(q.shape)
+    variant = dict(window_size=(3, 2), softcap=1.0,
+                   alibi_slopes=rng.uniform(0.1, 1, 6))
+    dq, dk, dv = attention_backward_reference(dout, q, k, v, **variant)
+    # MHA with each kv head repeated three times, then each copy's gradient
+    # summed back onto its kv head.
+    dq3, dk3, dv3 = attention_backward_reference(
+        dout, q, np.repeat(k, 3, axis=2), np.repeat(v, 3, axis=2), **variant)
+    np.testing.assert_array_equal(dq, dq3)
+    np.testing.assert_allclose(dk, dk3.reshape(2, 7, 2, 3, 8).sum(axis=3),
+                               rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(dv, dv3.reshape(2, 7, 2, 3, 8).sum(axis=3),
+                               rtol=1e-13, atol=1e-14)
 
 
 def _loop_backward(dout, q, k, v, scale, causal):
@@ -444,43 +731,162 @@ def test_backward_naive_lowp_error_small_and_ordered(causal):
     assert max(err64) < 1e-5
 
 
-def _backward_lowp_recipe(dout, q, k, v, dtype_name, scale):
+def _backward_lowp_recipe(dout, q, k, v, dtype_name, scale, **variant):
     """The naive backward spelled out with ml_dtypes casts and einsum."""
-    dtype = {'float16': np.float16, 'bfloat16': ml_dtypes.bfloat16}[dtype_name]
-    via = np.float32 if dtype_name == 'bfloat16' else np.float64
-
-    def rnd(x):
-        return np.asarray(x, dtype=via).astype(dtype).astype(np.float64)
-
-    s = rnd(np.einsum('bqhd,bkhd->bhqk', q, k) * scale)
-    s32 = s.astype(np.float32)
-    e = np.exp(s32 - s32.max(axis=-1, keepdims=True))
-    p = rnd(e / e.sum(axis=-1, keepdims=True))
-    out = rnd(np.einsum('bhqk,bkhd->bqhd', p, v))
+    rnd = _ml_dtypes_rounding(dtype_name)
+    group = q.shape[2] // k.shape[2]
+    k_rep, v_rep = np.repeat(k, group, axis=2), np.repeat(v, group, axis=2)
+    s, tanh = _recipe_logits(q, k_rep, rnd, scale, **variant)
+    p = _recipe_softmax(s, rnd)
+    out = rnd(np.einsum('bhqk,bkhd->bqhd', p, v_rep))
     dv = rnd(np.einsum('bhqk,bqhd->bkhd', p, dout))
-    dp = rnd(np.einsum('bqhd,bkhd->bhqk', dout, v))
+    dp = rnd(np.einsum('bqhd,bkhd->bhqk', dout, v_rep))
     d = np.einsum('bqhd,bqhd->bhq', dout.astype(np.float32),
                   out.astype(np.float32))
     ds = rnd(p * (dp - d[..., None].astype(np.float64)))
-    dq = rnd(scale * np.einsum('bhqk,bkhd->bqhd', ds, k))
+    if tanh is not None:
+        ds = rnd(ds * (1 - tanh ** 2))
+    dq = rnd(scale * np.einsum('bhqk,bkhd->bqhd', ds, k_rep))
     dk = rnd(scale * np.einsum('bhqk,bqhd->bkhd', ds, q))
+    # Query head h belongs to kv head h // group.
+    dk, dv = (rnd(g.reshape(k.shape[:3] + (group, -1)).sum(axis=3))
+              for g in (dk, dv))
     return dq, dk, dv
 
 
+@pytest.mark.parametrize('variant_name', list(RECIPE_VARIANTS))
 @pytest.mark.parametrize('dtype_name', ['float16', 'bfloat16'])
-def test_backward_naive_lowp_follows_recipe(dtype_name):
+def test_backward_naive_lowp_follows_recipe(dtype_name, variant_name):
+    nheads_k, variant = RECIPE_VARIANTS[variant_name]
     rng = np.random.default_rng(14)
     q, k, v = (round_to_dtype(t, dtype_name)
-               for t in _qkv(rng, 2, 64, 64, 2, 64))
+               for t in _qkv(rng, 2, 64, 64, 2, 64, nheads_k=nheads_k))
     dout = round_to_dtype(rng.standard_normal(q.shape), dtype_name)
     got = attention_backward_naive_lowp(dout, q, k, v, softmax_scale=0.2,
-                                        dtype_name=dtype_name)
-    want = _backward_lowp_recipe(dout, q, k, v, dtype_name, 0.2)
+                                        dtype_name=dtype_name, **variant)
+    want = _backward_lowp_recipe(dout, q, k, v, dtype_name, 0.2, **variant)
     ulp = 2.0 ** (-7 if dtype_name == 'bfloat16' else -10)
     for g, w in zip(got, want):
+        assert g.shape == w.shape
         # float32 exp and sums may differ by an ulp between memory layouts,
         # which flips a rare rounding; skipping or moving any one rounding
         # step changes a large share of the outputs.
         assert np.mean(g != w) < 0.01
         np.testing.assert_allclose(g, w, rtol=4 * ulp,
                                    atol=4 * ulp * np.abs(w).max())
+
+
+@pytest.mark.parametrize('name', ['gqa4_causal', 'window_2_1_q_longer',
+                                  'softcap', 'alibi_batch', 'everything',
+                                  'empty_rows_window'])
+def test_naive_lowp_variants_close_to_reference(name):
+    q, k, v, causal, variant = _variant_problem(name, seed=32)
+    q, k, v = (round_to_dtype(t, 'bfloat16') for t in (q, k, v))
+    dout = round_to_dtype(np.random.default_rng(33).standard_normal(q.shape),
+                          'bfloat16')
+    ref_out, ref_lse = attention_reference(q, k, v, causal=causal, **variant)
+    ref_grads = attention_backward_reference(dout, q, k, v, causal=causal,
+                                             **variant)
+    seen = np.isfinite(ref_lse)
+    errors = {}
+    for dtype_name in ('float16', 'bfloat16'):
+        out, lse = attention_naive_lowp(q, k, v, causal=causal,
+                                        dtype_name=dtype_name, **variant)
+        grads = attention_backward_naive_lowp(
+            dout, q, k, v, causal=causal, dtype_name=dtype_name, **variant)
+        assert np.array_equal(np.isfinite(lse), seen)
+        errors[dtype_name] = [np.abs(out - ref_out).max(),
+                              np.abs(lse[seen] - ref_lse[seen]).max()]
+        for g, r in zip(grads, ref_grads):
+            assert g.shape == r.shape and np.isfinite(g).all()
+            errors[dtype_name].append(np.abs(g - r).max())
+    for e16, ebf in zip(errors['float16'], errors['bfloat16']):
+        assert 0 < e16 < ebf < 0.1
+
+
+# --- attention matrix -------------------------------------------------------
+
+
+@pytest.mark.parametrize('name', ['gqa2', 'mqa', 'window_2_1_q_longer',
+                                  'everything', 'headdim_12'])
+def test_attention_probs_rebuild_out(name):
+    q, k, v, causal, variant = _variant_problem(name, seed=34)
+    out, lse = attention_reference(q, k, v, causal=causal, **variant)
+    logits, empty = attention_logits(q, k, causal=causal, **variant)
+    probs = attention_probs(q, k, lse, causal=causal, **variant)
+    batch, seqlen_q, nheads, _ = q.shape
+    seqlen_k, nheads_k = k.shape[1], k.shape[2]
+    assert logits.shape == probs.shape == (batch, nheads, seqlen_q, seqlen_k)
+    assert logits.dtype == probs.dtype == np.float64
+    np.testing.assert_array_equal(empty, np.isneginf(lse[0, 0]))
+    hidden = np.array([[not _loop_sees(i, j, seqlen_q, seqlen_k, causal,
+                                       variant['window_size'])
+                        for j in range(seqlen_k)] for i in range(seqlen_q)])
+    assert np.all(np.isneginf(logits) == hidden)
+    assert np.all(probs[..., hidden] == 0)
+    np.testing.assert_allclose(
+        probs.sum(axis=-1), np.broadcast_to(np.where(empty, 0.0, 1.0),
+                                            lse.shape),
+        rtol=1e-13, atol=1e-14)
+    v_per_head = np.repeat(v, nheads // nheads_k, axis=2)
+    np.testing.assert_allclose(
+        np.einsum('bhqk,bkhd->bqhd', probs, v_per_head), out,
+        rtol=1e-12, atol=1e-13)
+
+
+def test_attention_logits_float32():
+    q, k, v, causal, variant = _variant_problem('everything', seed=35)
+    logits64, empty64 = attention_logits(q, k, causal=causal, **variant)
+    logits32, empty32 = attention_logits(q, k, causal=causal, dtype='float32',
+                                         **variant)
+    assert logits32.dtype == np.float32
+    np.testing.assert_array_equal(empty32, empty64)
+    np.testing.assert_array_equal(np.isneginf(logits32), np.isneginf(logits64))
+    np.testing.assert_allclose(logits32, logits64, rtol=1e-5, atol=1e-5)
+    # A float32 lse as the kernel returns it.
+    _, lse = attention_reference(q, k, v, causal=causal, **variant)
+    probs = attention_probs(q, k, lse.astype(np.float32), causal=causal,
+                            dtype=np.float32, **variant)
+    assert probs.dtype == np.float32 and not np.isnan(probs).any()
+    np.testing.assert_allclose(probs.sum(axis=-1), np.ones(lse.shape),
+                               rtol=1e-5)
+    # bfloat16 inputs, as the GPU passes them, are read exactly.
+    qb, kb = (t.astype(ml_dtypes.bfloat16) for t in (q, k))
+    np.testing.assert_array_equal(
+        attention_logits(qb, kb, causal=causal, dtype='float32', **variant)[0],
+        attention_logits(qb.astype(np.float64), kb.astype(np.float64),
+                         causal=causal, dtype='float32', **variant)[0])
+    with pytest.raises(ValueError):
+        attention_logits(q, k, dtype='float16')
+
+
+# --- bad inputs -------------------------------------------------------------
+
+
+PUBLIC_FUNCTIONS = {
+    'reference': lambda q, k, v, **kw: attention_reference(q, k, v, **kw),
+    'naive': lambda q, k, v, **kw: attention_naive_lowp(q, k, v, **kw),
+    'blocked': lambda q, k, v, **kw: blocked_attention(q, k, v, **kw),
+    'backward': lambda q, k, v, **kw: attention_backward_reference(
+        q, q, k, v, **kw),
+    'backward_naive': lambda q, k, v, **kw: attention_backward_naive_lowp(
+        q, q, k, v, **kw),
+    'logits': lambda q, k, v, **kw: attention_logits(q, k, **kw),
+    'probs': lambda q, k, v, **kw: attention_probs(
+        q, k, np.zeros((q.shape[0], q.shape[2], q.shape[1])), **kw),
+}
+
+
+@pytest.mark.parametrize('name', list(PUBLIC_FUNCTIONS))
+def test_bad_shapes_raise(name):
+    call = PUBLIC_FUNCTIONS[name]
+    rng = np.random.default_rng(36)
+    q, k, v = _qkv(rng, 2, 3, 4, 3, 8)
+    call(q, k, v, alibi_slopes=np.ones(3))
+    call(q, k, v, alibi_slopes=np.ones((2, 3), dtype=np.float32))
+    call(q, k, v, alibi_slopes=np.ones((1, 3), dtype=np.float32))  # one slope vector for every batch
+    with pytest.raises(ValueError, match='nheads'):
+        call(q, k[:, :, :2], v[:, :, :2])
+    for shape in [(2,), (4,), (1, 2), (3, 3), (2, 3, 1), (6,)]:
+        with pytest.raises(ValueError, match='alibi_slopes'):
+            call(q, k, v, alibi_slopes=np.ones(shape))

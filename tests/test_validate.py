@@ -1,11 +1,13 @@
 """Input checks (cupyflash._validate) on ArraySpec metadata: no GPU needed."""
 import math
+import re
 
 import numpy as np
 import pytest
 
 from cupyflash._validate import (ArraySpec, AttentionShape, as_cuda_array, check_qkv, check_softmax_scale,
-                                 needs_aligned_copy)
+                                 describe, needs_aligned_copy)
+from cupyflash.problem import Variant, kernel_window
 
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "uint16": 2}
 
@@ -32,8 +34,8 @@ def test_check_qkv_accepts_and_reports_the_shape(dtype, device):
                                  device=device)
 
 
-@pytest.mark.parametrize("head_dim", [8, 40, 256])
-def test_check_qkv_accepts_head_dims_from_8_to_256(head_dim):
+@pytest.mark.parametrize("head_dim", [1, 3, 8, 12, 40, 59, 111, 200, 256])
+def test_check_qkv_accepts_head_dims_from_1_to_256(head_dim):
     assert check_qkv(*qkv((1, 1, 1, head_dim), (1, 2, 1, head_dim))).head_dim == head_dim
 
 
@@ -72,9 +74,21 @@ def test_batch_mismatch():
     raises(ValueError, q, spec((4, 7, 3, 64)), v, "batch size of k (4)", "q's (2)")
 
 
-def test_nheads_mismatch_mentions_grouped_query():
+def test_k_v_shape_mismatch_names_the_layout():
     q, k, v = qkv()
-    raises(ValueError, q, k, spec((2, 7, 1, 64)), "nheads of v (1)", "q's (3)", "grouped-query")
+    raises(ValueError, q, k, spec((2, 7, 1, 64)), "same nheads", "(2, 7, 1, 64)", "(batch, seqlen, nheads, headdim)")
+
+
+@pytest.mark.parametrize("nheads, nheads_k", [(3, 2), (8, 3), (1, 2), (4, 0)])
+def test_nheads_not_a_multiple_of_nheads_k(nheads, nheads_k):
+    q, k, v = qkv((2, 5, nheads, 64), (2, 7, nheads_k, 64))
+    raises(ValueError, q, k, v, f"nheads of q ({nheads})", f"nheads of k and v ({nheads_k})", "grouped-query")
+
+
+@pytest.mark.parametrize("nheads, nheads_k", [(8, 8), (8, 4), (8, 2), (8, 1), (32, 8)])
+def test_grouped_query_heads_are_accepted(nheads, nheads_k):
+    got = check_qkv(*qkv((2, 5, nheads, 64), (2, 7, nheads_k, 64)))
+    assert (got.nheads, got.nheads_k) == (nheads, nheads_k)
 
 
 def test_head_dim_mismatch():
@@ -87,10 +101,9 @@ def test_k_v_seqlen_mismatch():
     raises(ValueError, q, k, spec((2, 6, 3, 64)), "same seqlen", "7 and 6")
 
 
-@pytest.mark.parametrize("head_dim", [0, 4, 60, 100, 264, 512])
+@pytest.mark.parametrize("head_dim", [0, 257, 264, 512])
 def test_bad_head_dim(head_dim):
-    raises(ValueError, *qkv((1, 4, 2, head_dim), (1, 4, 2, head_dim)), "multiple of 8 between 8 and 256",
-           f"got {head_dim}")
+    raises(ValueError, *qkv((1, 4, 2, head_dim), (1, 4, 2, head_dim)), "between 1 and 256", f"got {head_dim}")
 
 
 @pytest.mark.parametrize("which", [0, 1, 2])
@@ -204,3 +217,82 @@ def test_as_cuda_array_wraps_a_failed_dlpack_import_in_type_error():
 
     with pytest.raises(TypeError, match="v: could not import the CUDA array through DLPack"):
         as_cuda_array(FakeCuda(), "v")
+
+
+# ---- variant arguments and the Problem they describe
+
+
+def problem(**kw):
+    return describe(*qkv((2, 5, 4, 64), (2, 7, 2, 64)), **kw)
+
+
+def test_plain_problem():
+    p = problem()
+    assert p.variant == Variant("float16") and p.window == (-1, -1) and p.heads_per_kv == 2
+    assert p.softmax_scale == pytest.approx(1 / 8) and p.padded_head_dim == 64
+
+
+@pytest.mark.parametrize("causal, window, expected, mask", [
+    (True, (-1, -1), (-1, 0), "band"), (False, (3, 0), (3, 0), "band"), (True, (3, 5), (3, 0), "band"),
+    (False, (100, 100), (-1, -1), "none"), (False, (7, 5), (-1, -1), "none"), (False, (6, 4), (6, 4), "band"),
+    (False, (0, 0), (0, 0), "band")])
+def test_window_normalisation(causal, window, expected, mask):
+    p = problem(causal=causal, window_size=window)  # seqlen_q 5, seqlen_k 7
+    assert p.window == expected and p.variant.mask == mask
+
+
+def test_kernel_window_covers_unbounded_sides():
+    assert kernel_window(problem(causal=True)) == (7, 0)
+    assert kernel_window(problem(window_size=(2, -1))) == (2, 5)
+
+
+@pytest.mark.parametrize("window, exc, text", [((-2, 0), ValueError, "-1 (unbounded) or >= 0"),
+                                               ((0, -5), ValueError, "right"), ((1.5, 0), TypeError, "int"),
+                                               ((True, 0), TypeError, "int"), (3, TypeError, "pair"),
+                                               ((1, 2, 3), TypeError, "pair")])
+def test_bad_window(window, exc, text):
+    with pytest.raises(exc, match=re.escape(text)):
+        problem(window_size=window)
+
+
+@pytest.mark.parametrize("softcap, exc", [(-1.0, ValueError), (math.inf, ValueError), (math.nan, ValueError),
+                                          ("1", TypeError), (True, TypeError)])
+def test_bad_softcap(softcap, exc):
+    with pytest.raises(exc, match="softcap"):
+        problem(softcap=softcap)
+
+
+def test_softcap_variant():
+    assert problem(softcap=30.0).variant.softcap and not problem(softcap=0).variant.softcap
+
+
+@pytest.mark.parametrize("shape, stride", [((4,), 0), ((2, 4), 4), ((1, 4), 0)])
+def test_alibi_shapes(shape, stride):
+    p = problem(alibi_slopes=spec(shape, "float32"))
+    assert p.variant.alibi and p.alibi_batch_stride == (stride if shape[0] == 2 else 0)
+
+
+@pytest.mark.parametrize("slopes, exc, text", [
+    (spec((3,), "float32"), ValueError, "(nheads,) = (4,)"), (spec((2, 2, 4), "float32"), ValueError, "shape"),
+    (spec((4,), "float16"), TypeError, "float32"), (spec((4,), "float32", device=1), ValueError, "GPU"),
+    (spec((2, 4), "float32", strides=(32, 8)), ValueError, "contiguous")])
+def test_bad_alibi(slopes, exc, text):
+    with pytest.raises(exc, match=re.escape(text)):
+        problem(alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_dropout_is_not_implemented_yet(p):
+    with pytest.raises(NotImplementedError, match="dropout"):
+        problem(dropout_p=p)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, "0", None])
+def test_bad_dropout(p):
+    with pytest.raises(ValueError, match="dropout_p"):
+        problem(dropout_p=p)
+
+
+@pytest.mark.parametrize("head_dim, padded", [(1, 8), (12, 16), (59, 64), (64, 64), (111, 112), (200, 200)])
+def test_padded_head_dim(head_dim, padded):
+    assert describe(*qkv((1, 3, 1, head_dim), (1, 3, 1, head_dim))).padded_head_dim == padded

@@ -1,0 +1,45 @@
+// The one argument of every cupyflash kernel, passed by value. Its Python mirror is cupyflash/_params.py
+// (FIELDS, in this order); a CPU test compiles offsetof/sizeof checks of every field, so the two cannot drift.
+#pragma once
+#include "mma_sm80.cuh"
+
+namespace cf {
+
+struct Strides {  // in elements; the head dim is contiguous
+    i64 batch, seq, head;
+};
+
+struct AttnParams {
+    // Device pointers first: Python refreshes all of them per call with one write through a u64 view.
+    const u16* q;
+    const u16* k;
+    const u16* v;
+    u16* out;
+    float* lse;                 // (batch, nheads, seqlen_q), natural log
+    const u16* dout;
+    float* lse2;                // backward: lse in log2 units, rows of row_pitch floats per (batch, head)
+    float* delta;               // backward: rowsum(dO o O), same rows
+    float* dq_accum;            // backward: fp32 (batch, seqlen_q, nheads, head_dim) for atomic dQ, or null
+    u16* dq;
+    u16* dk;
+    u16* dv;
+    const float* alibi_slopes;  // ScoreMod<_, true>: slope of (batch, head) at batch * alibi_batch_stride + head
+
+    Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
+    i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
+
+    int batch, nheads, nheads_k, heads_per_kv, seqlen_q, seqlen_k, head_dim;
+    int row_pitch;
+    // BandMask: key j is visible to query i iff -window_left <= j - i - (seqlen_k - seqlen_q) <= window_right.
+    // Python stores seqlen_k for an unbounded left side and seqlen_q for an unbounded right side, which cover
+    // every pair, so the kernels need no "unbounded" case and no arithmetic can overflow.
+    int window_left, window_right;
+
+    float scale_log2;           // logit (raw units, see score_mod.cuh) -> exp2 argument
+    float softmax_scale;        // d(scaled score) / d(q.k): applied to dQ and dK
+    float softcap;              // ScoreMod<true, _>: logit = softcap * tanh(q.k * softcap_scale)
+    float softcap_scale;        // softmax_scale / softcap
+    float alibi_unit;           // ALiBi slopes are in scaled-score units; this converts them to raw logit units
+};
+
+}  // namespace cf

@@ -1,0 +1,68 @@
+// Score policies: raw score s = q.k -> logit, in "raw units" that the softmax multiplies by params.scale_log2
+// inside its exp2, and the chain rule back for dS.
+//   plain:    logit = s                                  scale_log2 = softmax_scale * log2(e)
+//   softcap:  logit = c * tanh(s * softmax_scale / c)    scale_log2 = log2(e)
+//   ALiBi:    logit += -slope * |i + off - j| * unit     (unit converts the slope to the units above)
+// softmax_scale times d(logit)/ds is what multiplies dS on its way to dQ and dK; the kernels apply softmax_scale
+// once at the end, so grad_factor returns the rest (1 for plain and ALiBi, 1 - tanh^2 for softcap). With neither
+// modifier the policy is the identity and the kernels compile to the fused scale-and-subtract of plain attention.
+#pragma once
+#include "params.cuh"
+#include "warp_gemm.cuh"
+
+namespace cf {
+
+__device__ __forceinline__ float tanh_approx(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <bool SOFTCAP = false, bool ALIBI = false>
+struct ScoreMod {
+    static constexpr bool IDENTITY = !SOFTCAP && !ALIBI;
+    float cap, cap_inv, cap_scale;  // softcap
+    float alibi_slope;     // -slope * unit of this (batch, head): a non-positive multiplier of the distance
+    int off;
+
+    __device__ __forceinline__ ScoreMod(const AttnParams& p, int batch, int head)
+        : cap(p.softcap), cap_inv(0.f), cap_scale(p.softcap_scale), alibi_slope(0.f), off(p.seqlen_k - p.seqlen_q) {
+        if constexpr (SOFTCAP) cap_inv = 1.f / p.softcap;
+        if constexpr (ALIBI) alibi_slope = -p.alibi_slopes[batch * p.alibi_batch_stride + head] * p.alibi_unit;
+    }
+
+    __device__ __forceinline__ float alibi(int query, int key) const {
+        return alibi_slope * static_cast<float>(abs(query + off - key));
+    }
+
+    __device__ __forceinline__ float logit(float s, int query, int key) const {
+        if constexpr (SOFTCAP) s = cap * tanh_approx(s * cap_scale);
+        if constexpr (ALIBI) s += alibi(query, key);
+        return s;
+    }
+
+    // d(logit)/ds / softmax_scale, from the logit itself (masked logits, -inf, give 0 rather than NaN).
+    __device__ __forceinline__ float grad_factor(float logit_value, int query, int key) const {
+        if constexpr (SOFTCAP) {
+            float t = logit_value;
+            if constexpr (ALIBI) t -= alibi(query, key);
+            t *= cap_inv;
+            return 1.f - fminf(t * t, 1.f);
+        } else {
+            return 1.f;
+        }
+    }
+};
+
+// Raw scores -> logits for a warp's accumulator fragment (rows are queries, or keys with ROWS_ARE_KEYS); nothing
+// at all for plain scores.
+template <bool ROWS_ARE_KEYS = false, typename Score, int ROW_TILES, int COL_TILES>
+__device__ __forceinline__ void apply_score_mod(const Score& score, float (&s)[ROW_TILES][COL_TILES][4], int row0,
+                                                int col0, int lane) {
+    if constexpr (!Score::IDENTITY)
+        for_each_element(s, row0, col0, lane, [&](float& x, int row, int col) {
+            x = ROWS_ARE_KEYS ? score.logit(x, col, row) : score.logit(x, row, col);
+        });
+}
+
+}  // namespace cf

@@ -1,0 +1,149 @@
+"""What every launch shares: the plan cache, the params struct filled from a Problem, and input staging.
+
+A call is validated once per distinct (shapes, strides, dtypes, alignment, device, variant arguments); the result
+is a plan (config, compiled functions, grid, static params) kept in a small cache, so a repeat call only checks
+its cache key, allocates its outputs, writes the device pointers into the params and launches.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+
+import numpy as np
+
+from ._params import Params
+from ._validate import ArraySpec, needs_aligned_copy
+from .problem import Problem, kernel_window, score_constants
+
+_PLANS_PER_KIND = 256  # least recently used plans are dropped past this many
+
+# Tests set this to fill every output with NaN before launch, so an element the kernel fails to write shows.
+poison_outputs = False
+
+
+def empty(shape, dtype):
+    import cupy
+
+    out = cupy.empty(shape, dtype=dtype)
+    if poison_outputs:
+        # 0x7FFF is a NaN in float16 and in bfloat16; 0x7FFFFFFF in float32.
+        out.view(cupy.uint16 if out.itemsize == 2 else cupy.uint32).fill(0x7FFF if out.itemsize == 2
+                                                                           else 0x7FFFFFFF)
+    return out
+
+
+class PlanCache:
+    """An LRU map from call keys to prepared plans; thread-safe."""
+
+    def __init__(self):
+        self._plans = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        if key is None:
+            return None
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._plans.move_to_end(key)
+        return plan
+
+    def put(self, key, plan):
+        if key is None:
+            return
+        with self._lock:
+            self._plans[key] = plan
+            while len(self._plans) > _PLANS_PER_KIND:
+                self._plans.popitem(last=False)
+
+    def clear(self):
+        with self._lock:
+            self._plans.clear()
+
+
+def array_key(x):
+    """What validation reads off an array, as a hashable tuple (None if x is not a CuPy array: slow path)."""
+    import cupy
+
+    if type(x) is not cupy.ndarray:
+        return None
+    data = x.data
+    return x.shape, x.strides, x.dtype, data.ptr % 16 == 0, data.device_id
+
+
+def scalar_key(*values):
+    """Plain Python scalars, typed (so True and 1 differ); None when a value is of an unexpected type."""
+    out = []
+    for v in values:
+        t = type(v)
+        if t is tuple:
+            if not all(type(e) is int for e in v):
+                return None
+        elif t not in (int, float, bool, type(None)):
+            if t.__module__ != "cupyflash.configs":  # a TileConfig is frozen and hashable
+                return None
+        out.append((t, v))
+    return tuple(out)
+
+
+def spec_of(x) -> ArraySpec:
+    return ArraySpec(tuple(x.shape), tuple(x.strides), str(x.dtype), x.itemsize, x.device.id, x.data.ptr)
+
+
+def contiguous_strides(shape, itemsize):
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.insert(0, step)
+        step *= n
+    return tuple(strides)
+
+
+class Staging:
+    """How one (batch, seq, heads, head_dim) input reaches the kernels: in place, or copied into a fresh contiguous
+    buffer (misaligned for 16-byte copies, or a head dim that is not a multiple of 8: zero-padded to one)."""
+
+    __slots__ = ("copy", "padded_dim", "kernel_strides")
+
+    def __init__(self, spec: ArraySpec, padded_dim: int):
+        self.padded_dim = padded_dim
+        self.copy = padded_dim != spec.shape[3] or needs_aligned_copy(spec)
+        self.kernel_strides = (contiguous_strides(spec.shape[:3] + (padded_dim,), spec.itemsize) if self.copy
+                               else spec.strides)
+
+    def stage(self, x):
+        if not self.copy:
+            return x
+        if self.padded_dim == x.shape[3]:
+            return x.copy()  # a fresh allocation is 256-byte aligned (ascontiguousarray may keep a bad offset)
+        import cupy
+
+        out = cupy.zeros(x.shape[:3] + (self.padded_dim,), x.dtype)
+        out[..., :x.shape[3]] = x
+        return out
+
+
+def static_params(problem: Problem) -> Params:
+    """The params fields that depend only on the problem (not on pointers or strides)."""
+    params = Params()
+    left, right = kernel_window(problem)
+    params.set(batch=problem.batch, nheads=problem.nheads, nheads_k=problem.nheads_k,
+               heads_per_kv=problem.heads_per_kv, seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
+               head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
+               window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem))
+    return params
+
+
+def row_pitch(problem: Problem) -> int:
+    """Floats per (batch, head) row of the backward's lse2 and delta: a multiple of 4 for 16-byte copies."""
+    return (problem.seqlen_q + 3) // 4 * 4
+
+
+def query_grid(problem: Problem, block_m: int):
+    return math.ceil(problem.seqlen_q / block_m), problem.nheads, problem.batch
+
+
+def ptr(x) -> int:
+    return 0 if x is None else x.data.ptr
+
+
+NULL = np.uint64(0)

@@ -1,0 +1,52 @@
+"""The Python mirror of ``cuda_src/params.cuh``: one field list, one NumPy structured dtype.
+
+Every kernel takes one ``AttnParams`` by value; CuPy passes a size-one NumPy array of this dtype as that struct.
+``FIELDS`` lists the struct's members in order with their C types; ``tests/test_params.py`` compiles offsetof and
+sizeof checks of every field through NVRTC, so a drift between the two fails on the CPU.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+_C_TYPES = {"ptr": np.uint64, "i64": np.int64, "int": np.int32, "float": np.float32}
+STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")  # tensors with (batch, seq, head) element strides
+
+#: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
+POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes")
+FIELDS: tuple[tuple[str, str], ...] = (
+    *((name, "ptr") for name in POINTERS),
+    *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),
+    ("alibi_batch_stride", "i64"),
+    *((name, "int") for name in ("batch", "nheads", "nheads_k", "heads_per_kv", "seqlen_q", "seqlen_k", "head_dim",
+                                 "row_pitch", "window_left", "window_right")),
+    *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit")),
+)
+
+# Field names with the nested Strides members flattened ("q_str.seq" -> "q_str_seq").
+PARAMS_DTYPE = np.dtype([(name.replace(".", "_"), _C_TYPES[ctype]) for name, ctype in FIELDS], align=True)
+
+
+class Params:
+    """One kernel argument block: static fields set once per plan, pointers refreshed per call."""
+
+    __slots__ = ("array", "lock", "_pointers")
+
+    def __init__(self):
+        self.array = np.zeros(1, PARAMS_DTYPE)
+        self.lock = threading.Lock()  # one call at a time between writing the pointers and launching
+        self._pointers = self.array.view(np.uint64)[:len(POINTERS)]
+
+    def set(self, **fields):
+        for name, value in fields.items():
+            self.array[0][name] = value
+
+    def set_strides(self, tensor: str, strides_bytes, itemsize: int):
+        """(batch, seq, head) byte strides of a (batch, seq, head, dim) array, stored in elements."""
+        for axis, stride in zip(("batch", "seq", "head"), strides_bytes[:3]):
+            self.array[0][f"{tensor}_str_{axis}"] = stride // itemsize
+
+    def set_pointers(self, values):
+        """All POINTERS at once, in order (0 for the ones a kernel does not use)."""
+        self._pointers[:] = values

@@ -1,0 +1,79 @@
+"""Kernel families: everything that differs between one implementation of the kernels and another.
+
+A family owns its CUDA sources, compile options, kernel (template instance) names, the shared-memory formula of
+each kernel kind (mirroring the kernel's layout exactly; the kernel static_asserts the number it is given), and
+``supports(limits, variant)``. The dispatcher asks the families in order of preference. Pure Python: no CuPy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .problem import Variant
+
+KINDS = ("fwd", "bwd", "bwd_dq")  # forward; backward dK/dV (+ atomic dQ); backward deterministic dQ
+HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq")  # one-warp-per-row kernels with no tiles
+
+_ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
+_MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
+
+
+def _cpp_bool(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+def _padded_tile_bytes(rows: int, cols: int) -> int:
+    """cuda_src/smem_tile.cuh SmemTile<rows, cols>: 16-bit elements, rows padded by 8 elements."""
+    return rows * (cols + 8) * 2
+
+
+@dataclass(frozen=True)
+class Mma80Family:
+    """FlashAttention-2 on mma.sync tensor cores: sm_80 and every later architecture."""
+
+    name: str = "mma_sm80"
+    min_cc: int = 80
+    sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
+               "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu"}
+    # -ftz=true: CuPy adds it at run time; the CPU compile check must see the same options.
+    compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
+
+    def supports(self, compute_capability: int, variant: Variant) -> bool:
+        return compute_capability >= self.min_cc and variant.dtype in _ELEM_TAG
+
+    # ---- shared memory per kernel kind, mirroring each kernel's layout
+    def smem_bytes(self, kind: str, config, kernel_hdim: int) -> int:
+        m, n, stages = config.block_m, config.block_n, config.stages
+        if kind == "fwd":  # Q tile (reused for O), STAGES K and V tiles
+            return _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim)
+        if kind == "bwd":  # K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
+            return (2 * _padded_tile_bytes(n, kernel_hdim) + 2 * _padded_tile_bytes(n, m)
+                    + 2 * stages * _padded_tile_bytes(m, kernel_hdim) + stages * 2 * m * 4)
+        if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
+            return 2 * _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim)
+        raise ValueError(f"unknown kernel kind {kind!r}")
+
+    # ---- kernel names (NVRTC name expressions)
+    def kernel_name(self, kind: str, config, kernel_hdim: int, variant: Variant, atomic_dq: bool = False) -> str:
+        elem = _ELEM_TAG[variant.dtype]
+        if kind in HELPER_KINDS:
+            return f"cf::flash_{kind}_kernel<{elem}>"
+        policies = (f"{_MASK_TYPE[variant.mask]}, "
+                    f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>")
+        tiles = (f"{kernel_hdim}, {config.block_m}, {config.block_n}, {config.warps}, {config.stages}, "
+                 f"{config.blocks_per_sm}")
+        smem = self.smem_bytes(kind, config, kernel_hdim)
+        if kind == "fwd":
+            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {smem}>"
+        if kind == "bwd":
+            return (f"cf::flash_bwd_dkdv_kernel<{elem}, {tiles}, {policies}, {_cpp_bool(atomic_dq)}, "
+                    f"{config.d_split}, {smem}>")
+        if kind == "bwd_dq":
+            return f"cf::flash_bwd_dq_kernel<{elem}, {tiles}, {policies}, {smem}>"
+        raise ValueError(f"unknown kernel kind {kind!r}")
+
+
+MMA_SM80 = Mma80Family()
+
+#: Families in order of preference; the first that supports the device and the variant is used.
+FAMILIES = (MMA_SM80,)
+BY_NAME = {f.name: f for f in FAMILIES}

@@ -1,0 +1,95 @@
+"""The frozen description of one attention call, built once by validation and passed API -> dispatch -> launch.
+
+Only its small hashable :class:`Variant` part (dtype, mask kind, score modifiers) reaches kernel names and cache
+keys; sizes and scalar values travel in the kernels' params struct.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Mask kinds: every pair visible, or a diagonal band (causal, sliding windows; see cuda_src/mask.cuh).
+MASKS = ("none", "band")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a kernel instance is compiled for, beyond its tiles."""
+
+    dtype: str             # "float16" | "bfloat16"
+    mask: str = "none"     # one of MASKS
+    softcap: bool = False  # logits = softcap * tanh(scaled score / softcap)
+    alibi: bool = False    # logits -= slope * |i + seqlen_k - seqlen_q - j|
+
+    @property
+    def plain_scores(self) -> bool:
+        return not (self.softcap or self.alibi)
+
+
+@dataclass(frozen=True)
+class Problem:
+    batch: int
+    seqlen_q: int
+    seqlen_k: int
+    nheads: int
+    nheads_k: int
+    head_dim: int           # the caller's
+    device: int
+    softmax_scale: float
+    causal: bool
+    window: tuple           # (left, right) after flash-attn's normalisation: -1 unbounded, right = 0 when causal
+    softcap: float          # 0: off
+    alibi_batch_stride: int  # elements between batches of alibi_slopes; 0 for one shared (nheads,) vector
+    variant: Variant
+
+    @property
+    def heads_per_kv(self) -> int:
+        return self.nheads // self.nheads_k
+
+    @property
+    def padded_head_dim(self) -> int:
+        """The head dim the kernels see: the caller's rounded up to a multiple of 8 (16-byte rows)."""
+        return -(-self.head_dim // 8) * 8
+
+    @property
+    def empty(self) -> bool:
+        return self.batch * self.nheads * self.seqlen_q == 0
+
+
+def normalize_window(window, causal: bool, seqlen_q: int, seqlen_k: int) -> tuple:
+    """flash-attn's rules: causal forces right = 0; a side that reaches past every key is unbounded (-1)."""
+    left, right = window
+    if causal:
+        right = 0
+    if left >= seqlen_k:
+        left = -1
+    if right >= seqlen_q and not causal:
+        right = -1
+    return left, right
+
+
+def mask_kind(causal: bool, window: tuple) -> str:
+    return "band" if causal or window != (-1, -1) else "none"
+
+
+def kernel_window(problem: Problem) -> tuple:
+    """(window_left, window_right) as the kernels take them: unbounded sides become covering values."""
+    left, right = problem.window
+    return (problem.seqlen_k if left < 0 else left, problem.seqlen_q if right < 0 else right)
+
+
+LOG2E = 1.4426950408889634
+
+
+def score_constants(problem: Problem) -> dict:
+    """The params fields of the score policy (cuda_src/score_mod.cuh): logits in raw units times scale_log2."""
+    scale = problem.softmax_scale
+    if problem.softcap > 0:
+        return dict(scale_log2=LOG2E, softmax_scale=scale, softcap=problem.softcap,
+                    softcap_scale=scale / problem.softcap, alibi_unit=1.0)
+    return dict(scale_log2=scale * LOG2E, softmax_scale=scale, softcap=0.0, softcap_scale=0.0,
+                alibi_unit=1.0 / scale)
+
+
+def default_softmax_scale(head_dim: int) -> float:
+    return 1.0 / math.sqrt(head_dim)

@@ -1,0 +1,62 @@
+"""The params struct: cupyflash/_params.py and cuda_src/params.cuh agree on every field's offset and the size.
+
+The CUDA side is read off the compiler (NVRTC on the CPU), so a field added or moved on one side only fails here.
+"""
+import numpy as np
+import pytest
+
+from conftest import IN_CI
+from cupyflash import _nvrtc
+from cupyflash._kernels import load_source
+from cupyflash._params import FIELDS, PARAMS_DTYPE, POINTERS, Params
+
+
+@pytest.fixture(scope="module")
+def cuda_layout():
+    try:
+        _nvrtc._libnvrtc()
+    except _nvrtc.NvrtcUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI must run the NVRTC layout check: {exc}")
+        pytest.skip(str(exc))
+    return _nvrtc.struct_layout(load_source("params.cuh"), "cf::AttnParams", [name for name, _ in FIELDS])
+
+
+def test_size_agrees(cuda_layout):
+    assert cuda_layout[0] == PARAMS_DTYPE.itemsize
+
+
+@pytest.mark.parametrize("name", [name for name, _ in FIELDS])
+def test_field_offset_agrees(cuda_layout, name):
+    assert cuda_layout[1][name] == PARAMS_DTYPE.fields[name.replace(".", "_")][1]
+
+
+def test_every_cuda_member_is_mirrored(cuda_layout):
+    """A member added to params.cuh alone grows the struct past the last mirrored field."""
+    last = max(cuda_layout[1].values())
+    assert cuda_layout[0] - last <= 8  # the last field and the struct's tail padding
+
+
+def test_the_probe_sees_a_moved_field():
+    src = "struct P { float a; int b; long long c; };"
+    size, offsets = _nvrtc.struct_layout(src, "P", ["a", "b", "c"])
+    assert size == 16 and offsets == {"a": 0, "b": 4, "c": 8}
+    size, offsets = _nvrtc.struct_layout("struct P { int b; long long c; float a; };", "P", ["a", "b", "c"])
+    assert size == 24 and offsets == {"a": 16, "b": 0, "c": 8}
+
+
+def test_pointers_come_first_and_are_written_together():
+    assert [name for name, _ in FIELDS[:len(POINTERS)]] == list(POINTERS)
+    params = Params()
+    params.set(batch=7, softcap=2.5)
+    params.set_pointers(range(1, len(POINTERS) + 1))
+    record = params.array[0]
+    assert [int(record[name]) for name in POINTERS] == list(range(1, len(POINTERS) + 1))
+    assert record["batch"] == 7 and record["softcap"] == np.float32(2.5)
+
+
+def test_strides_are_stored_in_elements():
+    params = Params()
+    params.set_strides("k", (4096, 256, 128, 2), 2)
+    assert (params.array[0]["k_str_batch"], params.array[0]["k_str_seq"], params.array[0]["k_str_head"]) == (
+        2048, 128, 64)

@@ -171,8 +171,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const int2 query_tiles = mask.template query_tiles<BLOCK_M, BLOCK_N>(n0, seqlen_q);
     const int m_steps = query_tiles.y - query_tiles.x;
     const int n_steps = m_steps * p.heads_per_kv;
-    auto step_head = [&](int t) { return kv_head * p.heads_per_kv + t / m_steps; };
-    auto step_m0 = [&](int t) { return (query_tiles.x + t % m_steps) * BLOCK_M; };
+    const unsigned long long m_steps_magic = division_magic(max(m_steps, 1));  // t / m_steps without a division
+    auto step_head = [&](int t) { return kv_head * p.heads_per_kv + divide(t, m_steps, m_steps_magic); };
+    auto step_m0 = [&](int t) {
+        return (query_tiles.x + t - divide(t, m_steps, m_steps_magic) * m_steps) * BLOCK_M;
+    };
 
     auto load_step = [&](int t) {
         const int head = step_head(t), m0 = step_m0(t), stage = t % STAGES;
@@ -317,8 +320,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
 
     auto load_kv = [&](int t) {
         const int n0 = (key_tiles.x + t) * BLOCK_N, stage = t % STAGES;
-        // Addresses (and the K/V head) from scratch each time: holding them across the loop made instances at the
-        // edge of the register file spill in the compile check.
+        // Addresses (and the K/V head) from scratch each time: holding even the K/V head across the loop made the
+        // 128-row tiles spill in the compile check.
         load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES,
                                          p.k + row_offset(p.k_str, batch, kv_head_of(p, head), n0), p.k_str.seq,
                                          seqlen_k - n0, head_dim);

@@ -46,6 +46,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
     const int m_block = Mask::MASKS ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const int head = blockIdx.y, batch = blockIdx.z;
+    const u16* k_bh = p.k + row_offset(p.k_str, batch, kv_head_of(p, head), 0);
+    const u16* v_bh = p.v + row_offset(p.v_str, batch, kv_head_of(p, head), 0);
     const int m0 = m_block * BLOCK_M;
     const int warp_row0 = warp * ROWS_PER_WARP;
     const int seqlen_k = p.seqlen_k;
@@ -60,13 +62,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     auto tile_start = [&](int t) { return (key_tiles.y - 1 - t) * BLOCK_N; };
     auto load_kv = [&](int t) {
         const int n0 = tile_start(t), stage = t % STAGES;
-        // Addresses (and the K/V head) from scratch each time: holding them across the loop made instances at the
-        // edge of the register file spill in the compile check.
-        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES,
-                                         p.k + row_offset(p.k_str, batch, kv_head_of(p, head), n0), p.k_str.seq,
+        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * p.k_str.seq, p.k_str.seq,
                                          seqlen_k - n0, p.head_dim);
-        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES,
-                                         p.v + row_offset(p.v_str, batch, kv_head_of(p, head), n0), p.v_str.seq,
+        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq, p.v_str.seq,
                                          seqlen_k - n0, p.head_dim);
     };
 

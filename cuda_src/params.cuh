@@ -27,6 +27,7 @@ struct AttnParams {
 
     Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
     i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
+    unsigned long long heads_per_kv_magic;  // coords.cuh division_magic(heads_per_kv), computed by Python
 
     int batch, nheads, nheads_k, heads_per_kv, seqlen_q, seqlen_k, head_dim;
     int row_pitch;

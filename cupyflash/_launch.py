@@ -10,9 +10,8 @@ import math
 import threading
 from collections import OrderedDict
 
-import numpy as np
 
-from ._params import Params
+from ._params import Params, division_magic
 from ._validate import ArraySpec, needs_aligned_copy
 from .problem import Problem, kernel_window, score_constants
 
@@ -61,29 +60,34 @@ class PlanCache:
             self._plans.clear()
 
 
+_ndarray = None  # cupy.ndarray, imported on first use so that CPU-only machines never need CuPy
+
+
 def array_key(x):
     """What validation reads off an array, as a hashable tuple (None if x is not a CuPy array: slow path)."""
-    import cupy
+    global _ndarray
+    if _ndarray is None:
+        import cupy
 
-    if type(x) is not cupy.ndarray:
+        _ndarray = cupy.ndarray
+    if type(x) is not _ndarray:
         return None
     data = x.data
     return x.shape, x.strides, x.dtype, data.ptr % 16 == 0, data.device_id
 
 
+_KEY_TYPES = frozenset((int, float, bool, type(None)))
+
+
 def scalar_key(*values):
-    """Plain Python scalars, typed (so True and 1 differ); None when a value is of an unexpected type."""
-    out = []
-    for v in values:
-        t = type(v)
-        if t is tuple:
-            if not all(type(e) is int for e in v):
-                return None
-        elif t not in (int, float, bool, type(None)):
-            if t.__module__ != "cupyflash.configs":  # a TileConfig is frozen and hashable
-                return None
-        out.append((t, v))
-    return tuple(out)
+    """Plain Python scalars with their types (so True and 1 differ); None for any other kind of value, which then
+    takes the validating slow path. Tuples (window_size) must hold ints; TileConfigs are frozen and hashable."""
+    types = tuple(map(type, values))
+    for t, v in zip(types, values):
+        if t not in _KEY_TYPES and not (t is tuple and all(type(e) is int for e in v)) and \
+                t.__module__ != "cupyflash.configs":
+            return None
+    return types, values
 
 
 def spec_of(x) -> ArraySpec:
@@ -127,7 +131,8 @@ def static_params(problem: Problem) -> Params:
     params = Params()
     left, right = kernel_window(problem)
     params.set(batch=problem.batch, nheads=problem.nheads, nheads_k=problem.nheads_k,
-               heads_per_kv=problem.heads_per_kv, seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
+               heads_per_kv=problem.heads_per_kv, heads_per_kv_magic=division_magic(problem.heads_per_kv),
+               seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem))
     return params
@@ -144,6 +149,3 @@ def query_grid(problem: Problem, block_m: int):
 
 def ptr(x) -> int:
     return 0 if x is None else x.data.ptr
-
-
-NULL = np.uint64(0)

@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-_C_TYPES = {"ptr": np.uint64, "i64": np.int64, "int": np.int32, "float": np.float32}
+_C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32, "float": np.float32}
 STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")  # tensors with (batch, seq, head) element strides
 
 #: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
@@ -19,6 +19,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "ptr") for name in POINTERS),
     *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),
     ("alibi_batch_stride", "i64"),
+    ("heads_per_kv_magic", "u64"),
     *((name, "int") for name in ("batch", "nheads", "nheads_k", "heads_per_kv", "seqlen_q", "seqlen_k", "head_dim",
                                  "row_pitch", "window_left", "window_right")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit")),
@@ -50,3 +51,9 @@ class Params:
     def set_pointers(self, values):
         """All POINTERS at once, in order (0 for the ones a kernel does not use)."""
         self._pointers[:] = values
+
+
+def division_magic(d: int) -> int:
+    """cuda_src/coords.cuh division_magic: floor((2^64 - 1) / d) + 1, wrapped to 64 bits (d = 1 is special-cased
+    by the kernels)."""
+    return ((2**64 - 1) // d + 1) % 2**64

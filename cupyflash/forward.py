@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from . import _kernels, _launch
 from ._device import device_limits
-from ._launch import NULL, PlanCache, Staging, array_key, empty, scalar_key, spec_of, static_params
+from ._launch import PlanCache, Staging, array_key, empty, scalar_key, spec_of, static_params
 from ._validate import as_cuda_array, describe
 from .configs import check_config, family_for, kernel_head_dim, select_config
 from .problem import LOG2E  # noqa: F401  (re-exported: the kernels' log2(e))
@@ -19,8 +19,10 @@ class ForwardPlan:
         self.config = config
         pd = problem.padded_head_dim
         self.staging = tuple(Staging(s, pd) for s in (q_spec, k_spec, v_spec))
+        self.any_staging = any(s.copy for s in self.staging)
         self.out_shape = (problem.batch, problem.seqlen_q, problem.nheads, problem.head_dim)
         self.kernel_out_shape = self.out_shape[:3] + (pd,)
+        self.padded = pd != problem.head_dim
         self.lse_shape = (problem.batch, problem.nheads, problem.seqlen_q)
         self.params = static_params(problem)
         itemsize = q_spec.itemsize
@@ -39,16 +41,17 @@ class ForwardPlan:
     def run(self, q, k, v, alibi_slopes):
         import cupy
 
-        q, k, v = (s.stage(x) for s, x in zip(self.staging, (q, k, v)))
+        if self.any_staging:
+            q, k, v = (s.stage(x) for s, x in zip(self.staging, (q, k, v)))
         out = empty(self.kernel_out_shape, q.dtype)
         lse = empty(self.lse_shape, cupy.float32)
         if self.launches:
             params = self.params
             with params.lock:
-                params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, NULL, NULL,
-                                     NULL, NULL, NULL, NULL, NULL, _launch.ptr(alibi_slopes)))
+                params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
+                                     0, 0, 0, 0 if alibi_slopes is None else alibi_slopes.data.ptr))
                 self.fn(self.grid, self.block, (params.array,), shared_mem=self.smem)
-        if self.kernel_out_shape != self.out_shape:
+        if self.padded:
             out = cupy.ascontiguousarray(out[..., :self.problem.head_dim])
         return out, lse
 

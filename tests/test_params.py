@@ -60,3 +60,16 @@ def test_strides_are_stored_in_elements():
     params.set_strides("k", (4096, 256, 128, 2), 2)
     assert (params.array[0]["k_str_batch"], params.array[0]["k_str_seq"], params.array[0]["k_str_head"]) == (
         2048, 128, 64)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 4, 5, 7, 8, 12, 100, 255, 4096, 65535, 2**20 + 7, 2**31 - 1])
+def test_division_magic_divides_exactly(d):
+    """The kernels' n / d = high 64 bits of n * magic (d = 1: n), for every n that can occur (< 2^31)."""
+    from cupyflash._params import division_magic
+
+    magic = division_magic(d)
+    rng = np.random.default_rng(d)
+    ns = np.concatenate([np.arange(0, 5000), rng.integers(0, 2**31, 5000), [2**31 - 1, d - 1, d, d + 1]])
+    for n in map(int, ns):
+        got = n if d == 1 else (n * magic) >> 64
+        assert got == n // d, (n, d)

@@ -318,16 +318,22 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
     const int n_tiles = key_tiles.y - key_tiles.x;
 
+    // K/V rows are addressed from per-block base pointers where the registers allow; the 128-row tiles at head dims
+    // of 96 and up spill even with the K/V head held across the loop, so those recompute the address (and the
+    // head) for every tile.
+    constexpr bool HOLD_KV_BASE = HEAD_DIM <= 64;
+    const u16* k_base = HOLD_KV_BASE ? p.k + row_offset(p.k_str, batch, kv_head_of(p, head), 0) : nullptr;
+    const u16* v_base = HOLD_KV_BASE ? p.v + row_offset(p.v_str, batch, kv_head_of(p, head), 0) : nullptr;
     auto load_kv = [&](int t) {
         const int n0 = (key_tiles.x + t) * BLOCK_N, stage = t % STAGES;
-        // Addresses (and the K/V head) from scratch each time: holding even the K/V head across the loop made the
-        // 128-row tiles spill in the compile check.
-        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES,
-                                         p.k + row_offset(p.k_str, batch, kv_head_of(p, head), n0), p.k_str.seq,
-                                         seqlen_k - n0, head_dim);
-        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES,
-                                         p.v + row_offset(p.v_str, batch, kv_head_of(p, head), n0), p.v_str.seq,
-                                         seqlen_k - n0, head_dim);
+        const u16* k_rows = HOLD_KV_BASE ? k_base + n0 * p.k_str.seq
+                                         : p.k + row_offset(p.k_str, batch, kv_head_of(p, head), n0);
+        const u16* v_rows = HOLD_KV_BASE ? v_base + n0 * p.v_str.seq
+                                         : p.v + row_offset(p.v_str, batch, kv_head_of(p, head), n0);
+        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_rows, p.k_str.seq, seqlen_k - n0,
+                                         head_dim);
+        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_rows, p.v_str.seq, seqlen_k - n0,
+                                         head_dim);
     };
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, m0), p.q_str.seq, seqlen_q - m0,
                                     head_dim);

@@ -83,7 +83,7 @@ class BackwardPlan:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, dout.data.ptr,
                                      lse2, delta, accum, bufs["dq"].data.ptr, bufs["dk"].data.ptr,
                                      bufs["dv"].data.ptr, _launch.ptr(alibi_slopes)))
-                self._launch(params.array)
+                self._launch(params.argument)
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
         results = []
         for name in _GRADS:

@@ -50,7 +50,7 @@ class ForwardPlan:
             with params.lock:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, 0 if alibi_slopes is None else alibi_slopes.data.ptr))
-                self.fn(self.grid, self.block, (params.array,), shared_mem=self.smem)
+                self.fn(self.grid, self.block, (params.argument,), shared_mem=self.smem)
         if self.padded:
             out = cupy.ascontiguousarray(out[..., :self.problem.head_dim])
         return out, lse

@@ -8,6 +8,11 @@ HOST_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 # Absolute floor added to the "2x the naive low-precision error" criterion (for problems where the naive
 # computation happens to be exact, e.g. a single key).
 ERROR_FLOOR = {"float16": 1e-4, "bfloat16": 1e-3}
+# The bound of one rounding to the dtype, relative (half a unit in the last place): a kernel rounds each gradient
+# once more than its terms, so on tiny problems, where the naive baseline can happen to be nearly exact, it may
+# exceed 2x naive by about that much (seen on the H100: 1 query, 2 keys, bf16, 1.02x the old bar; with and without
+# ALiBi alike, 450 gradients each).
+ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
 LSE_FLOOR = 1e-4
 
 
@@ -75,7 +80,8 @@ def check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, d
             continue
         err = float(cupy.abs(got - ref).max())
         base_err = float(cupy.abs(base - ref).max())
-        floor = ERROR_FLOOR[dtype] * (1 + float(cupy.abs(ref).max()))
+        ref_max = float(cupy.abs(ref).max())
+        floor = ERROR_FLOOR[dtype] * (1 + ref_max) + ROUNDING[dtype] * ref_max
         assert err <= 2 * base_err + floor, f"{name} error {err:.3g} > 2 x naive {base_err:.3g} + {floor:.2g}"
         errors[name] = err
     return errors

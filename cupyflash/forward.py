@@ -97,7 +97,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         k, v: (batch, seqlen_k, nheads_k, headdim), same dtype and device; nheads a multiple of nheads_k
             (grouped-query attention; nheads_k = 1 is multi-query). Any strides with the head dim contiguous (a
             (B, H, S, D) array transposed to (B, S, H, D) is used in place). The layout is (B, S, H, D): a
-            (B, H, S, D) array passed as is would silently mean something else when seqlen == nheads.
+            (B, H, S, D) array passed as is reads as seqlen = H, nheads = S, and nothing can tell; the result is
+            silently wrong. Transpose first.
         dropout_p: must be 0.0 (dropout is not implemented yet: NotImplementedError otherwise).
         softmax_scale: multiplier of Q K^T; default 1/sqrt(headdim). Must be positive.
         causal: query i sees key j only if j <= i + seqlen_k - seqlen_q (aligned to the bottom-right corner of

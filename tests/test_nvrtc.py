@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from conftest import IN_CI
+from conftest import require_nvrtc
 from cupyflash import _nvrtc
 from cupyflash.configs import KERNEL_HEAD_DIMS, DeviceLimits, candidates, family_for, select_config
 from cupyflash.families import KINDS
@@ -22,18 +22,11 @@ NAMES = [name for _source, name in INSTANCES]
 H100 = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100")
 A100 = DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936, sm_count=108, name="A100")
 SM86 = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=102400, sm_count=84, name="sm_86")
-VARIANTS = [Variant(dtype, mask, softcap, alibi) for dtype in ("float16", "bfloat16") for mask in MASKS
-            for softcap in (False, True) for alibi in (False, True)]
 
 
 @pytest.fixture(scope="module")
 def reports():
-    try:
-        _nvrtc._libnvrtc()
-    except _nvrtc.NvrtcUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"CI must run the NVRTC compile check: {exc}")
-        pytest.skip(str(exc))
+    require_nvrtc("the NVRTC compile check")
     return _nvrtc.compile_all(ARCHS, jobs=max(2, os.cpu_count() or 2))
 
 

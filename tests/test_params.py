@@ -5,7 +5,7 @@ The CUDA side is read off the compiler (NVRTC on the CPU), so a field added or m
 import numpy as np
 import pytest
 
-from conftest import IN_CI
+from conftest import require_nvrtc
 from cupyflash import _nvrtc
 from cupyflash._kernels import load_source
 from cupyflash._params import FIELDS, PARAMS_DTYPE, POINTERS, Params
@@ -13,12 +13,7 @@ from cupyflash._params import FIELDS, PARAMS_DTYPE, POINTERS, Params
 
 @pytest.fixture(scope="module")
 def cuda_layout():
-    try:
-        _nvrtc._libnvrtc()
-    except _nvrtc.NvrtcUnavailable as exc:
-        if IN_CI:
-            pytest.fail(f"CI must run the NVRTC layout check: {exc}")
-        pytest.skip(str(exc))
+    require_nvrtc("the params layout check")
     return _nvrtc.struct_layout(load_source("params.cuh"), "cf::AttnParams", [name for name, _ in FIELDS])
 
 
@@ -38,6 +33,7 @@ def test_every_cuda_member_is_mirrored(cuda_layout):
 
 
 def test_the_probe_sees_a_moved_field():
+    require_nvrtc("the params layout check")
     src = "struct P { float a; int b; long long c; };"
     size, offsets = _nvrtc.struct_layout(src, "P", ["a", "b", "c"])
     assert size == 16 and offsets == {"a": 0, "b": 4, "c": 8}

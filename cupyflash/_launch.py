@@ -90,10 +90,6 @@ def scalar_key(*values):
     return types, values
 
 
-def spec_of(x) -> ArraySpec:
-    return ArraySpec(tuple(x.shape), tuple(x.strides), str(x.dtype), x.itemsize, x.device.id, x.data.ptr)
-
-
 def contiguous_strides(shape, itemsize):
     strides, step = [], itemsize
     for n in reversed(shape):

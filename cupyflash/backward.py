@@ -5,8 +5,9 @@ import math
 
 from . import _kernels, _launch
 from ._device import device_limits
-from ._launch import PlanCache, Staging, array_key, empty, scalar_key, spec_of, static_params
-from ._validate import as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy
+from ._launch import PlanCache, Staging, array_key, empty, scalar_key, static_params
+from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
+                        spec_of)
 from .configs import check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
 from .forward import _on_device, flash_attn_func
 

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from . import _kernels, _launch
 from ._device import device_limits
-from ._launch import PlanCache, Staging, array_key, empty, scalar_key, spec_of, static_params
-from ._validate import as_cuda_array, describe
+from ._launch import PlanCache, Staging, array_key, empty, scalar_key, static_params
+from ._validate import as_cuda_array, describe, spec_of
 from .configs import check_config, family_for, kernel_head_dim, select_config
-from .problem import LOG2E  # noqa: F401  (re-exported: the kernels' log2(e))
 
 _PLANS = PlanCache()
 

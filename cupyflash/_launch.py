@@ -44,7 +44,10 @@ class PlanCache:
             return None
         plan = self._plans.get(key)
         if plan is not None:
-            self._plans.move_to_end(key)
+            try:
+                self._plans.move_to_end(key)
+            except KeyError:  # evicted by another thread in between: the plan we hold is still valid
+                pass
         return plan
 
     def put(self, key, plan):

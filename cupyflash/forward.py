@@ -72,6 +72,17 @@ def _plan(q, k, v, alibi_slopes, key, *, dropout_p, softmax_scale, causal, windo
     return plan, (q, k, v, alibi)
 
 
+def _lookup(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size, softcap, config):
+    """(plan, (q, k, v, alibi_slopes)): the cached plan of a call like this one, or a new one after validation
+    (which also turns DLPack inputs into CuPy arrays)."""
+    key = _call_key(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size, softcap, config)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan, (q, k, v, alibi_slopes)
+    return _plan(q, k, v, alibi_slopes, key, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
+                 window_size=window_size, softcap=softcap, config=config)
+
+
 def _call_key(q, k, v, alibi_slopes, *scalars):
     keys = (array_key(q), array_key(k), array_key(v))
     if None in keys:
@@ -126,13 +137,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         ``return_lse``; ``(out, lse, probs)`` with ``return_attn_probs``. Runs on q's device's current stream.
     """
     del deterministic
-    scalars = (dropout_p, softmax_scale, causal, window_size, softcap, config)
-    key = _call_key(q, k, v, alibi_slopes, *scalars)
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan, (q, k, v, alibi_slopes) = _plan(q, k, v, alibi_slopes, key, dropout_p=dropout_p,
-                                             softmax_scale=softmax_scale, causal=causal, window_size=window_size,
-                                             softcap=softcap, config=config)
+    plan, (q, k, v, alibi_slopes) = _lookup(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size,
+                                            softcap, config)
     out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes)
     if return_attn_probs:
         return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes)
@@ -159,17 +165,10 @@ def _attention_probs(problem, q, k, lse, alibi_slopes):
                                dtype="float32")
 
 
-def plan_for(q, k, v, **kwargs) -> ForwardPlan:
+def plan_for(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+             alibi_slopes=None, config=None) -> ForwardPlan:
     """The (validated) launch plan flash_attn_func would use for these arguments."""
-    scalars = tuple(kwargs.get(n, d) for n, d in (("dropout_p", 0.0), ("softmax_scale", None), ("causal", False),
-                                                  ("window_size", (-1, -1)), ("softcap", 0.0), ("config", None)))
-    alibi = kwargs.get("alibi_slopes")
-    key = _call_key(q, k, v, alibi, *scalars)
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan, _ = _plan(q, k, v, alibi, key, **dict(zip(("dropout_p", "softmax_scale", "causal", "window_size",
-                                                          "softcap", "config"), scalars)))
-    return plan
+    return _lookup(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size, softcap, config)[0]
 
 
 def select_config_for(q, k, v, causal: bool = False, **variant):

@@ -39,4 +39,15 @@ __device__ __forceinline__ i64 dq_accum_offset(const AttnParams& p, int batch, i
     return ((static_cast<i64>(batch) * p.seqlen_q + row) * p.nheads + head) * p.head_dim;
 }
 
+// The dK/dV kernel's fp32 partials (kv_splits > 1): a contiguous (batch, seqlen_k, nheads_k * kv_splits, head_dim)
+// array for dK, indexed by the block's slot = kv_head * kv_splits + split (its blockIdx.y), so one (batch, key,
+// K/V head) row's partials lie side by side; dV's array follows dK's.
+__device__ __forceinline__ i64 dkv_partial_size(const AttnParams& p) {
+    return static_cast<i64>(p.batch) * p.seqlen_k * p.nheads_k * p.kv_splits * p.head_dim;
+}
+
+__device__ __forceinline__ i64 dkv_partial_offset(const AttnParams& p, int batch, int slot, int key) {
+    return ((static_cast<i64>(batch) * p.seqlen_k + key) * p.nheads_k * p.kv_splits + slot) * p.head_dim;
+}
+
 }  // namespace cf

@@ -4,10 +4,11 @@
 //   dV = P^T dO,  dP = dO V^T,  dS = P o (dP - D) o Score' with D = rowsum(dO o O),  dQ = scale dS K,
 //   dK = scale dS^T Q   (Score' = d(logit)/d(scaled score): 1 unless softcapped; see score_mod.cuh).
 // flash_bwd_preprocess_kernel: D, and LSE in log2 units.
-// flash_bwd_dkdv_kernel: one block per BLOCK_N keys of one (batch, K/V head); loops over the query heads that share
-//   the K/V head and their query blocks, keeps dK and dV in registers (so grouped-query gradients are summed in a
-//   fixed order), passes P^T and dS^T between warps through shared memory. With ATOMIC_DQ it also adds scale * dS K
-//   into an fp32 dQ buffer with atomics (fast, order-dependent).
+// flash_bwd_dkdv_kernel: one block per BLOCK_N keys of one (batch, K/V head, split); loops over its split's share of
+//   the query heads that share the K/V head and their query blocks, keeps dK and dV in registers (so grouped-query
+//   gradients are summed in a fixed order), passes P^T and dS^T between warps through shared memory. With ATOMIC_DQ
+//   it also adds scale * dS K into an fp32 dQ buffer with atomics (fast, order-dependent). With more than one split
+//   per group it writes fp32 partials, which flash_bwd_reduce_dkdv_kernel adds in split order.
 // flash_bwd_dq_kernel: the deterministic dQ, one block per BLOCK_M queries looping over keys (the forward's
 //   shape): recomputes S and dP, so it costs two extra products but adds in a fixed order.
 #include "mma_sm80.cuh"
@@ -68,6 +69,17 @@ __global__ void __launch_bounds__(128) flash_bwd_preprocess_kernel(const AttnPar
     }
 }
 
+// Eight floats as eight Elem, for one 16-byte store.
+template <typename Elem>
+__device__ __forceinline__ uint4 pack8(float4 lo, float4 hi) {
+    return make_uint4(Mma<Elem>::pack(lo.x, lo.y), Mma<Elem>::pack(lo.z, lo.w), Mma<Elem>::pack(hi.x, hi.y),
+                      Mma<Elem>::pack(hi.z, hi.w));
+}
+
+__device__ __forceinline__ void add4(float4& a, float4 b) {
+    a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+}
+
 // One warp per query row: dQ (Elem, any row strides, 16-byte aligned) from the fp32 atomic accumulator.
 template <typename Elem = f16>
 __global__ void __launch_bounds__(128) flash_bwd_convert_dq_kernel(const AttnParams p) {
@@ -76,10 +88,29 @@ __global__ void __launch_bounds__(128) flash_bwd_convert_dq_kernel(const AttnPar
     if (!row.locate(static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32, p) || lane * 8 >= p.head_dim) return;
     const float4* src =
         reinterpret_cast<const float4*>(p.dq_accum + dq_accum_offset(p, row.batch, row.head, row.query) + lane * 8);
-    const float4 lo = src[0], hi = src[1];
     *reinterpret_cast<uint4*>(p.dq + row_offset(p.dq_str, row.batch, row.head, row.query) + lane * 8) =
-        make_uint4(Mma<Elem>::pack(lo.x, lo.y), Mma<Elem>::pack(lo.z, lo.w), Mma<Elem>::pack(hi.x, hi.y),
-                   Mma<Elem>::pack(hi.z, hi.w));
+        pack8<Elem>(src[0], src[1]);
+}
+
+// One warp per (batch, key, K/V head) row: dK and dV (Elem, any row strides, 16-byte aligned) as the sums, in split
+// order, of the dK/dV kernel's fp32 partials.
+template <typename Elem = f16>
+__global__ void __launch_bounds__(128) flash_bwd_reduce_dkdv_kernel(const AttnParams p) {
+    const int lane = threadIdx.x % 32;
+    const i64 row = static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32;  // ((batch * seqlen_k) + key) * nheads_k + h
+    if (row >= static_cast<i64>(p.batch) * p.seqlen_k * p.nheads_k || lane * 8 >= p.head_dim) return;
+    const int kv_head = row % p.nheads_k, key = row / p.nheads_k % p.seqlen_k;
+    const int batch = row / p.nheads_k / p.seqlen_k;
+    const float* dk_src = p.dkv_partial + dkv_partial_offset(p, batch, kv_head * p.kv_splits, key) + lane * 8;
+    const float* dv_src = dk_src + dkv_partial_size(p);
+    float4 dk_lo = {}, dk_hi = {}, dv_lo = {}, dv_hi = {};
+    for (int s = 0; s < p.kv_splits; ++s) {
+        const float4* dk_s = reinterpret_cast<const float4*>(dk_src + s * p.head_dim);
+        const float4* dv_s = reinterpret_cast<const float4*>(dv_src + s * p.head_dim);
+        add4(dk_lo, dk_s[0]), add4(dk_hi, dk_s[1]), add4(dv_lo, dv_s[0]), add4(dv_hi, dv_s[1]);
+    }
+    *reinterpret_cast<uint4*>(p.dk + row_offset(p.dk_str, batch, kv_head, key) + lane * 8) = pack8<Elem>(dk_lo, dk_hi);
+    *reinterpret_cast<uint4*>(p.dv + row_offset(p.dv_str, batch, kv_head, key) + lane * 8) = pack8<Elem>(dv_lo, dv_hi);
 }
 
 // dQ[rows] += scale * dS K for one warp's share of this step's dQ: query rows [row0, row0 + 16*ROW_TILES), head-dim
@@ -158,7 +189,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const float* sRow = reinterpret_cast<const float*>(smem + ROW_OFF);
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int kv_head = blockIdx.y, batch = blockIdx.z;
+    // blockIdx.y = kv_head * kv_splits + split (kv_head itself without splits): the split's query heads start at
+    // blockIdx.y * heads_per_split. Both are re-read from blockIdx rather than held across the loop (registers).
+    const int kv_head = blockIdx.y / p.kv_splits, batch = blockIdx.z;
     const int n0 = blockIdx.x * BLOCK_N;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
     const int warp_key0 = warp / D_SPLIT * 16 * KEY_TILES;
@@ -166,13 +199,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const int dq_row0 = warp % DQ_ROW_WARPS * 16 * DQ_ROW_TILES, dq_col0 = warp / DQ_ROW_WARPS * DQ_COLS;
     const Mask mask(p);
 
-    // Steps walk the query tiles that see these keys, for each query head that shares this K/V head in turn:
-    // step t is query head kv_head * heads_per_kv + t / m_steps, query tile first + t % m_steps.
+    // Steps walk the query tiles that see these keys, for each query head of this block's split in turn: step t is
+    // query head blockIdx.y * heads_per_split + t / m_steps, query tile first + t % m_steps.
     const int2 query_tiles = mask.template query_tiles<BLOCK_M, BLOCK_N>(n0, seqlen_q);
     const int m_steps = query_tiles.y - query_tiles.x;
-    const int n_steps = m_steps * p.heads_per_kv;
+    const int n_steps = m_steps * p.heads_per_split;
     const unsigned long long m_steps_magic = division_magic(max(m_steps, 1));  // t / m_steps without a division
-    auto step_head = [&](int t) { return kv_head * p.heads_per_kv + divide(t, m_steps, m_steps_magic); };
+    auto step_head = [&](int t) {
+        return static_cast<int>(blockIdx.y) * p.heads_per_split + divide(t, m_steps, m_steps_magic);
+    };
     auto step_m0 = [&](int t) {
         return (query_tiles.x + t - divide(t, m_steps, m_steps_magic) * m_steps) * BLOCK_M;
     };
@@ -266,8 +301,24 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 sK_addr, dq_row0, dq_col0, seqlen_q - m0, head_dim, p.softmax_scale, lane);
     }
 
-    // dK = scale * acc_dk, dV = acc_dv, staged through the K and V tiles for 16-byte stores.
     cp_async_wait<0>();
+    if (p.kv_splits > 1) {  // this split's share of the group, unrounded, for flash_bwd_reduce_dkdv_kernel
+        float* dk_part = p.dkv_partial + dkv_partial_offset(p, batch, blockIdx.y, n0);
+        float* dv_part = dk_part + dkv_partial_size(p);
+        const i64 row_stride = static_cast<i64>(p.nheads_k) * p.kv_splits * head_dim;
+        #pragma unroll
+        for (int kt = 0; kt < KEY_TILES; ++kt)
+            #pragma unroll
+            for (int nt = 0; nt < WARP_D / 8; ++nt) {
+                const int row0 = warp_key0 + 16 * kt, col0 = d_col0 + 8 * nt;
+                store_fragment(dk_part, row_stride, acc_dk[kt][nt], row0, col0, seqlen_k - n0, head_dim,
+                               p.softmax_scale, lane);
+                store_fragment(dv_part, row_stride, acc_dv[kt][nt], row0, col0, seqlen_k - n0, head_dim, 1.f, lane);
+            }
+        return;
+    }
+    // dK = scale * acc_dk, dV = acc_dv, staged through the K and V tiles for 16-byte stores. Unsplit: blockIdx.y is
+    // the K/V head.
     __syncthreads();
     float scales[KEY_TILES][2];
     #pragma unroll
@@ -275,10 +326,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     stage_accum_in_smem<Elem, KVTile>(sV + d_col0, warp_key0, acc_dv, lane);
     stage_accum_in_smem<Elem, KVTile>(sK + d_col0, warp_key0, acc_dk, scales, lane);
     __syncthreads();
-    store_tile<KVTile, THREADS>(p.dv + row_offset(p.dv_str, batch, kv_head, n0), sV, p.dv_str.seq, seqlen_k - n0,
-                                head_dim);
-    store_tile<KVTile, THREADS>(p.dk + row_offset(p.dk_str, batch, kv_head, n0), sK, p.dk_str.seq, seqlen_k - n0,
-                                head_dim);
+    store_tile<KVTile, THREADS>(p.dv + row_offset(p.dv_str, batch, blockIdx.y, n0), sV, p.dv_str.seq,
+                                seqlen_k - n0, head_dim);
+    store_tile<KVTile, THREADS>(p.dk + row_offset(p.dk_str, batch, blockIdx.y, n0), sK, p.dk_str.seq,
+                                seqlen_k - n0, head_dim);
 }
 
 // Dynamic shared memory of the dQ kernel: Q and dO tiles plus STAGES K and V tiles.

@@ -78,27 +78,43 @@ template <> struct Mma<bf16> {
     }
 };
 
-// dst[row][col] += scale * frag for one 16x8 accumulator fragment (rows row0.., columns col0..) of an fp32 matrix
-// in global memory, unordered; rows >= rows_valid and columns >= cols_valid (even) are left alone. Each lane holds
-// two adjacent columns of two rows: Hopper adds each pair with one vector reduction, older GPUs one at a time.
-// (Swapping halves between lanes for 4-float reductions measured no faster on the H100.)
-__device__ __forceinline__ void atomic_add_fragment(float* dst, i64 row_stride, const float (&frag)[4], int row0,
-                                                    int col0, int rows_valid, int cols_valid, float scale,
-                                                    int lane) {
+// An m16n8 fp32 accumulator fragment scaled by `scale` into a row-major fp32 array whose element (0, 0) is at dst
+// (rows row_stride apart): f(address, x, y) for each lane's pairs of adjacent columns in its two rows, skipping rows
+// >= rows_valid and columns >= cols_valid (even).
+template <typename F>
+__device__ __forceinline__ void for_each_fragment_pair(float* dst, i64 row_stride, const float (&frag)[4], int row0,
+                                                       int col0, int rows_valid, int cols_valid, float scale,
+                                                       int lane, F f) {
     const int col = col0 + 2 * (lane % 4);
     #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const int row = row0 + lane / 4 + 8 * r;
         if (row >= rows_valid || col >= cols_valid) continue;
-        float* at = dst + row * row_stride + col;
-#if __CUDA_ARCH__ >= 900
-        asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(at), "f"(frag[2 * r] * scale),
-                     "f"(frag[2 * r + 1] * scale) : "memory");
-#else
-        atomicAdd(at, frag[2 * r] * scale);
-        atomicAdd(at + 1, frag[2 * r + 1] * scale);
-#endif
+        f(dst + row * row_stride + col, frag[2 * r] * scale, frag[2 * r + 1] * scale);
     }
+}
+
+// Adds the fragment with atomics, unordered. Hopper adds each pair with one vector reduction, older GPUs one at a
+// time. (Swapping halves between lanes for 4-float reductions measured no faster on the H100.)
+__device__ __forceinline__ void atomic_add_fragment(float* dst, i64 row_stride, const float (&frag)[4], int row0,
+                                                    int col0, int rows_valid, int cols_valid, float scale,
+                                                    int lane) {
+    for_each_fragment_pair(dst, row_stride, frag, row0, col0, rows_valid, cols_valid, scale, lane,
+                           [](float* at, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+        asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" :: "l"(at), "f"(x), "f"(y) : "memory");
+#else
+        atomicAdd(at, x);
+        atomicAdd(at + 1, y);
+#endif
+    });
+}
+
+// Stores the fragment (8-byte stores: dst and row_stride even).
+__device__ __forceinline__ void store_fragment(float* dst, i64 row_stride, const float (&frag)[4], int row0, int col0,
+                                               int rows_valid, int cols_valid, float scale, int lane) {
+    for_each_fragment_pair(dst, row_stride, frag, row0, col0, rows_valid, cols_valid, scale, lane,
+                           [](float* at, float x, float y) { *reinterpret_cast<float2*>(at) = make_float2(x, y); });
 }
 
 __device__ __forceinline__ float fast_exp2(float x) {

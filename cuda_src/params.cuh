@@ -24,6 +24,7 @@ struct AttnParams {
     u16* dk;
     u16* dv;
     const float* alibi_slopes;  // ScoreMod<_, true>: slope of (batch, head) at batch * alibi_batch_stride + head
+    float* dkv_partial;         // backward, kv_splits > 1: fp32 partial dK, then dV (coords.cuh dkv_partial_offset)
 
     Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
     i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
@@ -31,6 +32,8 @@ struct AttnParams {
 
     int batch, nheads, nheads_k, heads_per_kv, seqlen_q, seqlen_k, head_dim;
     int row_pitch;
+    // dK/dV kernel: the query heads sharing a K/V head are spread over kv_splits blocks, heads_per_split each.
+    int kv_splits, heads_per_split;
     // BandMask: key j is visible to query i iff -window_left <= j - i - (seqlen_k - seqlen_q) <= window_right.
     // Python stores seqlen_k for an unbounded left side and seqlen_q for an unbounded right side, which cover
     // every pair, so the kernels need no "unbounded" case and no arithmetic can overflow.

@@ -131,6 +131,7 @@ def static_params(problem: Problem) -> Params:
     left, right = kernel_window(problem)
     params.set(batch=problem.batch, nheads=problem.nheads, nheads_k=problem.nheads_k,
                heads_per_kv=problem.heads_per_kv, heads_per_kv_magic=division_magic(problem.heads_per_kv),
+               kv_splits=1, heads_per_split=problem.heads_per_kv,
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem))
@@ -144,6 +145,36 @@ def row_pitch(problem: Problem) -> int:
 
 def query_grid(problem: Problem, block_m: int):
     return math.ceil(problem.seqlen_q / block_m), problem.nheads, problem.batch
+
+
+class Launch:
+    """One kernel launch prepared once: function, grid, block, dynamic shared memory and the params block, issued
+    with a single cuLaunchKernel. (CuPy's generic launch path inspects and packs its arguments on every call,
+    several microseconds a launch on the H100 machine; this path does nothing per call but the launch.)"""
+
+    __slots__ = ("function", "grid", "threads", "smem", "_handle", "_params", "_launch")
+
+    def __init__(self, function, device_id: int, grid, threads: int, smem: int, params: Params):
+        import cupy
+        from cupy_backends.cuda.api import driver
+
+        self.function = function  # a cupy.RawKernel: holds the module, so the handle below stays valid
+        self.grid = tuple(grid) + (1,) * (3 - len(grid))  # within CUDA's limits: _validate checks heads, batch
+        self.threads, self.smem = threads, smem
+        with cupy.cuda.Device(device_id):  # the RawKernel's CUfunction for that device
+            self._handle = function.kernel.ptr
+        self._params = params.kernel_params
+        self._launch = driver.launchKernel
+
+    def __call__(self, stream_ptr: int) -> None:
+        gx, gy, gz = self.grid
+        self._launch(self._handle, gx, gy, gz, self.threads, 1, 1, self.smem, stream_ptr, self._params, 0)
+
+
+def current_stream_ptr() -> int:
+    import cupy
+
+    return cupy.cuda.get_current_stream().ptr
 
 
 def ptr(x) -> int:

@@ -6,6 +6,7 @@ sizeof checks of every field through NVRTC, so a drift between the two fails on 
 """
 from __future__ import annotations
 
+import struct
 import threading
 
 import numpy as np
@@ -14,14 +15,15 @@ _C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32
 STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")  # tensors with (batch, seq, head) element strides
 
 #: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
-POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes")
+POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes",
+            "dkv_partial")
 FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "ptr") for name in POINTERS),
     *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),
     ("alibi_batch_stride", "i64"),
     ("heads_per_kv_magic", "u64"),
     *((name, "int") for name in ("batch", "nheads", "nheads_k", "heads_per_kv", "seqlen_q", "seqlen_k", "head_dim",
-                                 "row_pitch", "window_left", "window_right")),
+                                 "row_pitch", "kv_splits", "heads_per_split", "window_left", "window_right")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit")),
 )
 
@@ -32,16 +34,16 @@ PARAMS_DTYPE = np.dtype([(name.replace(".", "_"), _C_TYPES[ctype]) for name, cty
 class Params:
     """One kernel argument block: static fields set once per plan, pointers refreshed per call."""
 
-    __slots__ = ("array", "argument", "lock", "_pointers")
+    __slots__ = ("array", "kernel_params", "lock", "_bytes", "_argv")
 
     def __init__(self):
         self.array = np.zeros(1, PARAMS_DTYPE)
-        # What the launch passes: the same bytes as one opaque struct-sized element. CuPy reads an argument's
-        # __array_interface__, which NumPy rebuilds field by field for a structured dtype (~30 us per launch with
-        # this struct, measured on the H100 machine); for a plain void element it is one entry.
-        self.argument = self.array.view(np.dtype((np.void, PARAMS_DTYPE.itemsize)))
+        # cuLaunchKernel's kernelParams: an array of one pointer, to this struct. The driver copies the argument
+        # bytes when the launch is issued, so the struct may be rewritten for the next call right after.
+        self._argv = np.array([self.array.ctypes.data], np.uint64)
+        self.kernel_params = self._argv.ctypes.data
         self.lock = threading.Lock()  # one call at a time between writing the pointers and launching
-        self._pointers = self.array.view(np.uint64)[:len(POINTERS)]
+        self._bytes = memoryview(self.array.view(np.uint8))
 
     def set(self, **fields):
         for name, value in fields.items():
@@ -54,7 +56,10 @@ class Params:
 
     def set_pointers(self, values):
         """All POINTERS at once, in order (0 for the ones a kernel does not use)."""
-        self._pointers[:] = values
+        _POINTER_LAYOUT.pack_into(self._bytes, 0, *values)
+
+
+_POINTER_LAYOUT = struct.Struct(f"={len(POINTERS)}Q")  # the leading pointer fields, native byte order
 
 
 def division_magic(d: int) -> int:

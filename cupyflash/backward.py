@@ -5,9 +5,11 @@ import math
 
 from . import _kernels, _launch
 from ._device import device_limits
-from ._launch import PlanCache, Staging, array_key, empty, scalar_key, static_params
+from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
+                      static_params)
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
                         spec_of)
+from . import configs
 from .configs import check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
 from .forward import _on_device, flash_attn_func
 
@@ -18,7 +20,7 @@ _GRADS = ("dq", "dk", "dv")
 class BackwardPlan:
     """Everything a backward call needs that depends only on its cache key."""
 
-    def __init__(self, problem, config, dq_config, atomic_dq, specs, grad_specs):
+    def __init__(self, problem, config, dq_config, atomic_dq, kv_splits, specs, lse_spec, grad_specs):
         self.problem = p = problem
         self.atomic_dq = atomic_dq
         pd = p.padded_head_dim
@@ -36,60 +38,74 @@ class BackwardPlan:
             shape = self.grad_shapes[name][:3] + (pd,)
             strides = spec.strides if self.direct[name] else _launch.contiguous_strides(shape, itemsize)
             self.params.set_strides(name, strides, itemsize)
+        self.copies_back = any(spec is not None and not self.direct[name] for name, spec in grad_specs.items())
         self.launches = p.batch * p.nheads * p.seqlen_q * p.seqlen_k > 0
+        self.any_staging = any(s.copy for s in self.staging)
+        self.trimmed = pd != p.head_dim  # kernel buffers wider than the caller's head dim: results are views
         if not self.launches:
             return
+        self.lse_contiguous = lse_spec.strides == _launch.contiguous_strides(lse_spec.shape, 4)
         # Scratch, one allocation: lse2 and delta rows (row_pitch floats per (batch, head)), then the fp32 dQ
-        # accumulator (atomic dQ only).
+        # accumulator (atomic dQ only), then the fp32 partial dK and dV of each group split (kv_splits > 1 only).
         self.rows_floats = p.batch * p.nheads * _launch.row_pitch(p)
         self.accum_floats = p.batch * p.seqlen_q * p.nheads * pd if atomic_dq else 0
-        limits = device_limits(p.device)
-        family = family_for(limits, p.variant)
+        self.kv_splits = kv_splits
+        self.partial_floats = 2 * kv_splits * p.batch * p.seqlen_k * p.nheads_k * pd if kv_splits > 1 else 0
+        self.params.set(kv_splits=kv_splits, heads_per_split=p.heads_per_kv // kv_splits)
+        family = family_for(device_limits(p.device), p.variant)
         kd = kernel_head_dim(p.head_dim)
-        fn = lambda kind, cfg=None, atomic=False: _kernels.get_function(  # noqa: E731
-            family, kind, cfg, kd, p.variant, p.device, atomic)
-        self.pre = fn("bwd_preprocess")
-        self.rows_grid = (math.ceil(p.batch * p.nheads * p.seqlen_q / 4),)  # one warp per query row
-        self.main = fn("bwd", config, atomic_dq)
-        self.main_grid = (math.ceil(p.seqlen_k / config.block_n), p.nheads_k, p.batch)
-        self.main_block = (config.warps * 32,)
-        self.main_smem = family.smem_bytes("bwd", config, kd)
+
+        def launch(kind, grid, cfg=None, atomic=False):
+            fn = _kernels.get_function(family, kind, cfg, kd, p.variant, p.device, atomic)
+            threads, smem = (128, 0) if cfg is None else (cfg.warps * 32, family.smem_bytes(kind, cfg, kd))
+            return Launch(fn, p.device, grid, threads, smem, self.params)
+
+        rows_grid = (math.ceil(p.batch * p.nheads * p.seqlen_q / 4),)  # one warp per query row
+        self.pre = launch("bwd_preprocess", rows_grid)
+        self.main = launch("bwd", (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch), config,
+                           atomic_dq)
+        if kv_splits > 1:  # one warp per (batch, key, K/V head) row
+            self.reduce = launch("bwd_reduce_dkdv", (math.ceil(p.batch * p.seqlen_k * p.nheads_k / 4),))
         if atomic_dq:
-            self.convert = fn("bwd_convert_dq")
+            self.convert = launch("bwd_convert_dq", rows_grid)
         else:
-            self.dq_fn = fn("bwd_dq", dq_config)
-            self.dq_grid = _launch.query_grid(p, dq_config.block_m)
-            self.dq_block = (dq_config.warps * 32,)
-            self.dq_smem = family.smem_bytes("bwd_dq", dq_config, kd)
+            self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
+            self.fork = _StreamFork(p.device)
 
     def run(self, arrays, alibi_slopes, given):
         import cupy
 
         q, k, v, dout, out, lse = arrays
-        q, k, v, dout, out = (s.stage(x) for s, x in zip(self.staging, (q, k, v, dout, out)))
+        if self.any_staging:
+            q, k, v, dout, out = (s.stage(x) for s, x in zip(self.staging, (q, k, v, dout, out)))
         pd = self.problem.padded_head_dim
-        bufs = {name: given[name] if self.direct[name] else
-                empty(self.grad_shapes[name][:3] + (pd,), q.dtype) for name in _GRADS}
+        bufs = [given[name] if self.direct[name] else empty(self.grad_shapes[name][:3] + (pd,), q.dtype)
+                for name in _GRADS]
         if not self.launches:  # no query or no key: every gradient that exists is zero
-            for buf in bufs.values():
+            for buf in bufs:
                 buf.fill(0)
         else:
-            lse = lse if lse.flags.c_contiguous else cupy.ascontiguousarray(lse)
-            scratch = cupy.cuda.alloc(4 * (2 * self.rows_floats + self.accum_floats))
+            if not self.lse_contiguous:
+                lse = cupy.ascontiguousarray(lse)
+            scratch = cupy.cuda.alloc(4 * (2 * self.rows_floats + self.accum_floats + self.partial_floats))
             lse2 = scratch.ptr
             delta = lse2 + 4 * self.rows_floats
-            accum = delta + 4 * self.rows_floats if self.atomic_dq else 0
-            params = self.params
-            with params.lock:
-                params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, dout.data.ptr,
-                                     lse2, delta, accum, bufs["dq"].data.ptr, bufs["dk"].data.ptr,
-                                     bufs["dv"].data.ptr, _launch.ptr(alibi_slopes)))
-                self._launch(params.argument)
+            accum = delta + 4 * self.rows_floats
+            partial = accum + 4 * self.accum_floats
+            dq, dk, dv = bufs
+            with self.params.lock:
+                self.params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
+                                          dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
+                                          dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
+                                          partial if self.kv_splits > 1 else 0))
+                self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
+        if not self.trimmed and not self.copies_back:
+            return tuple(bufs)
         results = []
-        for name in _GRADS:
-            buf, user = bufs[name], given[name]
-            if buf.shape[3] != self.grad_shapes[name][3]:
+        for name, buf in zip(_GRADS, bufs):
+            user = given[name]
+            if self.trimmed:
                 buf = buf[..., :self.grad_shapes[name][3]]
             if user is None:
                 results.append(buf if buf.flags.c_contiguous else cupy.ascontiguousarray(buf))
@@ -99,39 +115,56 @@ class BackwardPlan:
                 results.append(user)
         return tuple(results)
 
-    def _launch(self, args):
-        import cupy
-
-        self.pre(self.rows_grid, (128,), (args,))
+    def _launch(self, stream):
+        self.pre(stream)
         if self.atomic_dq:
-            self.main(self.main_grid, self.main_block, (args,), shared_mem=self.main_smem)
-            self.convert(self.rows_grid, (128,), (args,))
+            self._dkdv(stream)
+            self.convert(stream)
             return
         # The dK/dV and dQ kernels write disjoint outputs: the dQ kernel runs on a side stream so that each one's
         # last, partly filled wave overlaps the other's work. Forked from and joined back into the caller's stream.
-        caller = cupy.cuda.get_current_stream()
-        side = _side_stream(self.problem.device)
-        side.wait_event(caller.record())
-        with side:
-            self.dq_fn(self.dq_grid, self.dq_block, (args,), shared_mem=self.dq_smem)
-            joined = side.record()
-        self.main(self.main_grid, self.main_block, (args,), shared_mem=self.main_smem)
-        caller.wait_event(joined)
+        side = self.fork.start(stream)
+        self.dq(side)
+        self._dkdv(stream)
+        self.fork.join(stream)
+
+    def _dkdv(self, stream):
+        self.main(stream)
+        if self.kv_splits > 1:
+            self.reduce(stream)
 
 
-_side_streams = {}
+class _StreamFork:
+    """A side stream of one device and two reusable events: start(caller) orders the side stream after the
+    caller's work so far; join(caller) orders the caller's later work after the side stream's. Callers hold the
+    plan's params lock from start to join, so the events are never shared by two calls in flight on the host."""
 
+    _side_streams = {}
 
-def _side_stream(device_id):
-    import cupy
+    def __init__(self, device_id):
+        import cupy
+        from cupy_backends.cuda.api import runtime
 
-    if device_id not in _side_streams:
-        _side_streams[device_id] = cupy.cuda.Stream(non_blocking=True)
-    return _side_streams[device_id]
+        with cupy.cuda.Device(device_id):
+            if device_id not in self._side_streams:
+                self._side_streams[device_id] = cupy.cuda.Stream(non_blocking=True)
+            self.side = self._side_streams[device_id]
+            self._events = (cupy.cuda.Event(disable_timing=True), cupy.cuda.Event(disable_timing=True))
+        self._forked, self._joined = (e.ptr for e in self._events)
+        self._record, self._wait = runtime.eventRecord, runtime.streamWaitEvent
+
+    def start(self, caller: int) -> int:
+        self._record(self._forked, caller)
+        self._wait(self.side.ptr, self._forked, 0)
+        return self.side.ptr
+
+    def join(self, caller: int) -> None:
+        self._record(self._joined, self.side.ptr)
+        self._wait(caller, self._joined, 0)
 
 
 def _plan(arrays, alibi_slopes, given, key, *, softmax_scale, causal, window_size, softcap, deterministic,
-          atomic_dq, config, dq_config):
+          atomic_dq, config, dq_config, kv_splits):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("dout", "q", "k", "v", "out", "lse")
     dout, q, k, v, out, lse = (as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -140,7 +173,8 @@ def _plan(arrays, alibi_slopes, given, key, *, softmax_scale, causal, window_siz
     q_spec, k_spec, v_spec = (spec_of(x) for x in (q, k, v))
     problem = describe(q_spec, k_spec, v_spec, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi))
-    check_backward_inputs(problem, q_spec, spec_of(dout), spec_of(out), spec_of(lse))
+    lse_spec = spec_of(lse)
+    check_backward_inputs(problem, q_spec, spec_of(dout), spec_of(out), lse_spec)
     for name, like in zip(_GRADS, (q_spec, k_spec, v_spec)):
         if given[name] is not None:
             check_grad_output(name, spec_of(given[name]), like)
@@ -160,16 +194,22 @@ def _plan(arrays, alibi_slopes, given, key, *, softmax_scale, causal, window_siz
             dq_config = select_config("bwd_dq", limits, problem.head_dim, problem.causal, v_)
         else:
             check_config("bwd_dq", dq_config, limits, problem.head_dim, v_)
+    blocks = math.ceil(problem.seqlen_k / config.block_n) * problem.nheads_k * problem.batch
+    if kv_splits is None:
+        kv_splits = configs.kv_splits(limits, blocks, problem.heads_per_kv)
+    elif type(kv_splits) is not int or kv_splits < 1 or problem.heads_per_kv % kv_splits:
+        raise ValueError(f"kv_splits must be a positive int dividing nheads // nheads_k = {problem.heads_per_kv} "
+                         f"(or None: automatic); got {kv_splits!r}")
     specs = (q_spec, k_spec, v_spec, spec_of(dout), spec_of(out))
     grad_specs = {n: None if g is None else spec_of(g) for n, g in given.items()}
-    plan = BackwardPlan(problem, config, dq_config, bool(atomic_dq), specs, grad_specs)
+    plan = BackwardPlan(problem, config, dq_config, bool(atomic_dq), kv_splits, specs, lse_spec, grad_specs)
     _PLANS.put(key, plan)
     return plan, (q, k, v, dout, out, lse), alibi, given
 
 
 def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_size=(-1, -1),
                         softcap=0.0, alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None,
-                        atomic_dq=None, config=None, dq_config=None):
+                        atomic_dq=None, config=None, dq_config=None, kv_splits=None):
     """Gradients of ``out = flash_attn_func(q, k, v, ...)`` for the upstream gradient ``dout``.
 
     Args:
@@ -180,9 +220,12 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
             kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher usually
             adds dQ with fp32 atomics inside the dK/dV kernel instead, whose order varies; the measured cost of
             determinism is in docs/performance.md. dK and dV are always deterministic, also with grouped-query
-            attention (one block sums a K/V head's query heads in a fixed order).
+            attention (sums over a K/V head's query heads are taken in a fixed order).
         atomic_dq: force the dQ strategy (True: atomics, not deterministic; False: separate kernel); default:
             ``configs.use_atomic_dq`` (atomics for large problems at most head dims).
+        kv_splits: grouped-query attention: over how many blocks each K/V head's query heads are spread (a
+            divisor of nheads // nheads_k; more than 1 adds fp32 partial dK, dV and a kernel that sums them in a
+            fixed order); default ``configs.kv_splits`` (enough blocks to fill the GPU).
         dq, dk, dv: optional preallocated outputs (shape and dtype of q, k, v; any strides with the head dim
             contiguous), written in place and returned.
         config, dq_config: force tile configurations (TileConfig entries of the 'bwd' and 'bwd_dq' tables).
@@ -198,7 +241,8 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
     if None not in keys:
         grad_keys = tuple(None if g is None else array_key(g) for g in (dq, dk, dv))
         alibi = None if alibi_slopes is None else array_key(alibi_slopes)
-        rest = scalar_key(softmax_scale, causal, window_size, softcap, deterministic, atomic_dq, config, dq_config)
+        rest = scalar_key(softmax_scale, causal, window_size, softcap, deterministic, atomic_dq, config, dq_config,
+                          kv_splits)
         if rest is not None and (alibi_slopes is None) == (alibi is None) and all(
                 (g is None) == (gk is None) for g, gk in zip((dq, dk, dv), grad_keys)):
             key = (keys, grad_keys, alibi, rest)
@@ -207,7 +251,7 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         plan, arrays, alibi_slopes, given = _plan(
             (dout, q, k, v, out, lse), alibi_slopes, given, key, softmax_scale=softmax_scale, causal=causal,
             window_size=window_size, softcap=softcap, deterministic=deterministic, atomic_dq=atomic_dq,
-            config=config, dq_config=dq_config)
+            config=config, dq_config=dq_config, kv_splits=kv_splits)
     return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given)
 
 

@@ -53,14 +53,16 @@ class TileConfig:
 
 @dataclass(frozen=True)
 class When:
-    """A table entry that only serves some variants: ``plain_scores`` entries are skipped when a score modifier
-    (softcap, ALiBi) is on, because the extra live values would spill at that tile."""
+    """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``) entries are skipped when
+    that score modifier is on, because its extra live values would spill at that tile (the CPU compile check
+    compiles every modifier combination on every tile that allows it)."""
 
     config: TileConfig
-    plain_scores: bool = False
+    softcap: bool = True
+    alibi: bool = True
 
     def allows(self, variant: Variant | None) -> bool:
-        return not (self.plain_scores and variant is not None and not variant.plain_scores)
+        return variant is None or ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi))
 
 
 def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
@@ -84,10 +86,9 @@ _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
 FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
-    # 128x128 spills with score modifiers (compile check): those run 128x64.
-    ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), plain_scores=True), _c(128, 64, 4, blocks_per_sm=2))
-    + _SMALL,
-    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), plain_scores=True), _c(128, 64, 4, blocks_per_sm=2))
+    # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.
+    ("mma_sm80", 32): (_c(128, 128, 4, blocks_per_sm=2), _c(128, 64, 4, blocks_per_sm=2)) + _SMALL,
+    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), softcap=False), _c(128, 64, 4, blocks_per_sm=2))
     + _SMALL,
     # 128x64 ahead of 128x32 by ~10%.
     ("mma_sm80", 96): (_c(128, 64, 4, blocks_per_sm=2), _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
@@ -129,12 +130,13 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 _BWD_DQ_SMALL = (_c(16, 16, 1),)
 # H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
-# The 128-row tiles spill with score modifiers (compile check): those run 64x64.
+# At head dim 64, 128x64 spills with softcap and the band mask on sm_80 (compile check): softcap runs 64x64 there.
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    **{("mma_sm80", kd): (When(_c(128, 64, 4, blocks_per_sm=2), plain_scores=True), _c(64, 64, 4, blocks_per_sm=2))
-       + _BWD_DQ_SMALL for kd in (32, 64)},
-    **{("mma_sm80", kd): (When(_c(128, 32, 4, blocks_per_sm=2), plain_scores=True), _c(64, 64, 4, blocks_per_sm=2))
-       + _BWD_DQ_SMALL for kd in (96, 128)},
+    ("mma_sm80", 32): (_c(128, 64, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
+    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), softcap=False), _c(64, 64, 4, blocks_per_sm=2))
+    + _BWD_DQ_SMALL,
+    **{("mma_sm80", kd): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL
+       for kd in (96, 128)},
     **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
 }
 
@@ -155,6 +157,23 @@ def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: 
     """The default dQ strategy of a non-deterministic backward: atomics for large problems where the table says so."""
     pairs = seqlen_q * seqlen_k // (2 if causal else 1)
     return BWD_ATOMIC_DQ[(family_for(limits).name, kernel_head_dim(head_dim))] and pairs >= ATOMIC_DQ_MIN_PAIRS
+
+
+#: Backward with grouped-query attention: one dK/dV block per (key tile, K/V head) walks all the group's query
+#: heads, so the grid shrinks by the group size (MQA with 32 heads: 32x fewer, longer blocks; the last wave then
+#: idles most SMs). Below this many blocks per SM, the group is split over blocks that each sum their share into
+#: fp32 partials, which a second kernel adds in a fixed order (deterministic).
+KV_SPLIT_MIN_BLOCKS_PER_SM = 16
+
+
+def kv_splits(limits: DeviceLimits, blocks: int, heads_per_kv: int) -> int:
+    """How many blocks share one K/V head's query heads in the dK/dV kernel: 1, or the smallest divisor of
+    ``heads_per_kv`` that brings the grid of ``blocks`` (per split) to KV_SPLIT_MIN_BLOCKS_PER_SM per SM."""
+    target = KV_SPLIT_MIN_BLOCKS_PER_SM * limits.sm_count
+    for splits in range(1, heads_per_kv + 1):
+        if heads_per_kv % splits == 0 and blocks * splits >= target:
+            return splits
+    return heads_per_kv
 
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
@@ -245,6 +264,11 @@ def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool =
         f"shared memory per block (smallest needs {min(smem_bytes(kind, c, kd) for c in table)})")
 
 
+def _modifiers_text(variant: Variant | None) -> str:
+    on = [] if variant is None else [n for n, flag in (("softcap", variant.softcap), ("ALiBi", variant.alibi)) if flag]
+    return f" with score modifiers ({' and '.join(on)})" if on else ""
+
+
 def check_config(kind: str, config: TileConfig, limits: DeviceLimits, head_dim: int,
                  variant: Variant | None = None) -> None:
     """Validate a user-forced config: it must be a table entry for this head dim (and variant) and fit the device."""
@@ -252,7 +276,7 @@ def check_config(kind: str, config: TileConfig, limits: DeviceLimits, head_dim: 
     name = {"fwd": "forward", "bwd": "backward", "bwd_dq": "backward dQ"}[kind]
     if config not in table:
         raise ValueError(f"config {config} is not a {name} candidate for head dim {head_dim} on this GPU"
-                         f"{'' if variant is None or variant.plain_scores else ' with score modifiers'}; "
+                         f"{_modifiers_text(variant)}; "
                          f"candidates: {', '.join(map(str, table))}")
     kd = kernel_head_dim(head_dim)
     if not fits(config, kd, limits, residency=False, kind=kind):

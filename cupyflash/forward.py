@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from . import _kernels, _launch
 from ._device import device_limits
-from ._launch import PlanCache, Staging, array_key, empty, scalar_key, static_params
+from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
+                      static_params)
 from ._validate import as_cuda_array, describe, spec_of
 from .configs import check_config, family_for, kernel_head_dim, select_config
 
@@ -32,10 +33,9 @@ class ForwardPlan:
         if self.launches:
             kd = kernel_head_dim(problem.head_dim)
             family = family_for(device_limits(problem.device), problem.variant)
-            self.fn = _kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device)
-            self.grid = _launch.query_grid(problem, config.block_m)
-            self.block = (config.warps * 32,)
-            self.smem = family.smem_bytes("fwd", config, kd)
+            self.kernel = Launch(_kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device),
+                                 problem.device, _launch.query_grid(problem, config.block_m), config.warps * 32,
+                                 family.smem_bytes("fwd", config, kd), self.params)
 
     def run(self, q, k, v, alibi_slopes):
         import cupy
@@ -48,8 +48,8 @@ class ForwardPlan:
             params = self.params
             with params.lock:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
-                                     0, 0, 0, 0 if alibi_slopes is None else alibi_slopes.data.ptr))
-                self.fn(self.grid, self.block, (params.argument,), shared_mem=self.smem)
+                                     0, 0, 0, _launch.ptr(alibi_slopes), 0))
+                self.kernel(current_stream_ptr())
         if self.padded:
             out = cupy.ascontiguousarray(out[..., :self.problem.head_dim])
         return out, lse

@@ -1,8 +1,8 @@
 """Run a small forward and backward of every tile config that fits this GPU, and of every variant with the tiles
 the dispatcher picks, for compute-sanitizer:
 
-    compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py [--variants-only]
-    compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only]
+    compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
+    compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
 K/V head. Not a pytest module: the sanitizer wraps the whole process.
@@ -21,6 +21,9 @@ from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
 limits = device_limits(0)
 rng = np.random.default_rng(0)
 variants_only = "--variants-only" in sys.argv
+# A subset of the kernel head dims keeps one sanitizer pass within a device command's time limit.
+head_dims = ([int(d) for d in sys.argv[sys.argv.index("--head-dims") + 1].split(",")] if "--head-dims" in sys.argv
+             else KERNEL_HEAD_DIMS)
 
 
 def arrays(dtype, *shapes):
@@ -39,7 +42,7 @@ def run(d, dtype, m, n, kw, fwd_config=None, bwd_config=None, dq_config=None):
 
 count = 0
 slopes = cupy.asarray(np.array([0.25, 0.5], np.float32))
-for kd in KERNEL_HEAD_DIMS:
+for kd in head_dims:
     d = kd - 8 if kd > 32 else 27  # padded columns; 27: a head dim that is not a multiple of 8
     for dtype, causal in itertools.product(("float16", "bfloat16"), (False, True)):
         if not variants_only:

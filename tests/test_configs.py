@@ -237,26 +237,48 @@ SCORE_MODS = [Variant(dtype, mask, softcap, alibi) for dtype in ("float16", "bfl
 @pytest.mark.parametrize("kind", ["fwd", "bwd", "bwd_dq"])
 @pytest.mark.parametrize("limits", BWD_DEVICES, ids=lambda l: l.name)
 @pytest.mark.parametrize("head_dim", [1, 12, 59, 64, 111, 128, 200, 256])
-def test_score_modifier_variants_skip_plain_only_entries(kind, limits, head_dim):
+def test_score_modifier_variants_skip_entries_that_exclude_them(kind, limits, head_dim):
     kd = kernel_head_dim(head_dim)
-    plain_only = {e.config for e in configs.TABLES[kind][("mma_sm80", kd)]
-                  if isinstance(e, configs.When) and e.plain_scores}
     for variant in SCORE_MODS:
+        excluded = {e.config for e in configs.TABLES[kind][("mma_sm80", kd)]
+                    if isinstance(e, configs.When) and not e.allows(variant)}
         config = configs.select_config(kind, limits, head_dim, variant=variant)
-        assert config not in plain_only
+        assert config not in excluded
         assert config in configs.candidates(kind, limits, head_dim, variant)
-        for entry in plain_only:
+        for entry in excluded:
             with pytest.raises(ValueError, match="score modifiers"):
                 configs.check_config(kind, entry, limits, head_dim, variant)
 
 
-def test_h100_head_dim_64_forward_uses_128x128_for_plain_scores_only():
+def test_when_excludes_only_the_modifiers_it_names():
+    entry = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), softcap=False)
+    assert entry.allows(None) and entry.allows(Variant("float16", "band"))
+    assert entry.allows(Variant("float16", alibi=True))
+    assert not entry.allows(Variant("float16", softcap=True))
+    assert not entry.allows(Variant("float16", softcap=True, alibi=True))
+
+
+def test_h100_head_dim_64_forward_uses_128x128_except_with_softcap():
     assert (select_fwd_config(H100, 64).block_m, select_fwd_config(H100, 64).block_n) == (128, 128)
     softcap = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", softcap=True))
     assert (softcap.block_m, softcap.block_n) == (128, 64)
+    alibi = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", "band", alibi=True))
+    assert (alibi.block_m, alibi.block_n) == (128, 128)
 
 
 @pytest.mark.parametrize("head_dim", [0, -8, 1.5, "64", None])
 def test_kernel_head_dim_rejects_non_positive_and_non_ints(head_dim):
     with pytest.raises(ValueError, match="head dim"):
         kernel_head_dim(head_dim)
+
+
+# ---- grouped-query backward: splitting a K/V head's group over blocks ----
+
+def test_kv_splits_fill_the_gpu_with_divisors_of_the_group():
+    target = configs.KV_SPLIT_MIN_BLOCKS_PER_SM * H100.sm_count
+    assert configs.kv_splits(H100, target, 8) == 1  # enough blocks already: the group stays in one block
+    assert configs.kv_splits(H100, target // 2, 8) == 2
+    assert configs.kv_splits(H100, target // 3, 6) == 3  # divisors only: 3 reaches the target, 4 does not divide
+    assert configs.kv_splits(H100, 128, 32) == 32  # MQA on a small grid: one query head per block
+    assert configs.kv_splits(H100, 1, 1) == 1  # no group to split
+    assert configs.kv_splits(H100, target // 4, 7) == 7  # a prime group: all or nothing

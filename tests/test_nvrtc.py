@@ -50,10 +50,10 @@ def test_every_plain_kernel_the_dispatcher_can_pick_is_compiled(limits, kind):
 
 @pytest.mark.parametrize("limits", [H100, A100, SM86], ids=lambda l: l.name)
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_tile_score_modifiers_may_use_is_compiled_with_the_heaviest_variant(limits, kind):
+def test_every_tile_each_modifier_combination_may_use_is_compiled_with_it(limits, kind):
     compiled = set(NAMES)
-    for kd in KERNEL_HEAD_DIMS:
-        for name in _names(kind, limits, kd, _nvrtc.HEAVIEST, every_fitting=True):
+    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED):
+        for name in _names(kind, limits, kd, variant, every_fitting=True):
             assert name in compiled, name
 
 

@@ -2,6 +2,8 @@
 
 The CUDA side is read off the compiler (NVRTC on the CPU), so a field added or moved on one side only fails here.
 """
+import ctypes
+
 import numpy as np
 import pytest
 
@@ -69,3 +71,14 @@ def test_division_magic_divides_exactly(d):
     for n in map(int, ns):
         got = n if d == 1 else (n * magic) >> 64
         assert got == n // d, (n, d)
+
+
+def test_kernel_params_is_one_pointer_to_the_struct():
+    # cuLaunchKernel reads kernelParams as void*[1]; its one entry must be the struct's address, and writing the
+    # pointers must change the bytes at that address (not a copy).
+    params = Params()
+    argv = np.frombuffer((ctypes.c_uint64 * 1).from_address(params.kernel_params), np.uint64)
+    assert int(argv[0]) == params.array.ctypes.data
+    params.set_pointers(range(100, 100 + len(POINTERS)))
+    first = np.frombuffer((ctypes.c_uint64 * len(POINTERS)).from_address(int(argv[0])), np.uint64)
+    assert first.tolist() == list(range(100, 100 + len(POINTERS)))

@@ -47,12 +47,12 @@ def run_forward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dty
 
 
 def run_backward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, causal, mode="default",
-                 **variant):
+                 kv_splits=None, **variant):
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
                                                             head_dim, dtype)
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, **variant)
     kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
-    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, **variant, **kw)
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, kv_splits=kv_splits, **variant, **kw)
     for g, x in zip(grads, (q, k, v)):
         assert g.shape == x.shape and g.dtype == x.dtype
     return check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(head_dim), causal, dtype,
@@ -91,9 +91,11 @@ def test_forward_variants_match_float64(p):
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(p=problems(), mode=st.sampled_from(["default", "deterministic", "atomic"]))
-def test_backward_variants_match_float64(p, mode):
-    run_backward(**_shrink(p, 2**23), mode=mode)
+@given(p=problems(), mode=st.sampled_from(["default", "deterministic", "atomic"]), data=st.data())
+def test_backward_variants_match_float64(p, mode, data):
+    group = p["nheads"] // p["nheads_k"]
+    splits = data.draw(st.sampled_from([None] + [s for s in (1, 2, 4, 8) if group % s == 0]), label="kv_splits")
+    run_backward(**_shrink(p, 2**23), mode=mode, kv_splits=splits)
 
 
 @pytest.mark.parametrize("head_dim", ODD_HEAD_DIMS)
@@ -107,7 +109,21 @@ def test_head_dims_that_are_not_multiples_of_8(head_dim, dtype):
 @pytest.mark.parametrize("mode", ["default", "deterministic", "atomic"])
 def test_grouped_query_attention(nheads, nheads_k, mode):
     run_forward(nheads_k, 1, 257, 300, nheads, nheads_k, 64, "bfloat16", True)
-    run_backward(nheads_k, 1, 257, 300, nheads, nheads_k, 128, "float16", True, mode=mode)
+    for splits in dict.fromkeys((None, 1, 2, nheads // nheads_k)):  # auto, one block per group, split 2 and full
+        if (nheads // nheads_k) % (splits or 1) == 0:
+            run_backward(nheads_k, 1, 257, 300, nheads, nheads_k, 128, "float16", True, mode=mode, kv_splits=splits)
+
+
+def test_kv_splits_must_divide_the_group():
+    import cupy
+
+    (q, k, v, dout), _ = make_problem(3, 1, 64, 64, 8, 2, 64, "float16")
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    for bad in (0, 3, 8, 2.0, True):
+        dq = cupy.full(q.shape, 7, q.dtype)
+        with pytest.raises(ValueError, match="kv_splits must be a positive int dividing nheads // nheads_k = 4"):
+            cf.flash_attn_backward(dout, q, k, v, out, lse, kv_splits=bad, dq=dq)
+        assert bool((dq == 7).all())
 
 
 @pytest.mark.parametrize("window", [(0, 0), (1, 0), (0, 5), (16, 16), (100, -1), (-1, 100), (1000, 1000)])
@@ -173,11 +189,12 @@ def test_deterministic_is_bitwise_reproducible_with_gqa(dtype):
     (q, k, v, dout), _ = make_problem(13, 2, 1000, 777, 8, 2, 128, dtype)
     kw = dict(causal=True, window_size=(300, 0), softcap=15.0)
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True, **kw)
-    first = cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True, **kw)
-    for _ in range(3):
-        again = cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True, **kw)
-        for a, b in zip(first, again):
-            assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
+    for splits in (1, 4):  # the group summed in one block, and over four blocks' fp32 partials
+        first = cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True, kv_splits=splits, **kw)
+        for _ in range(3):
+            again = cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True, kv_splits=splits, **kw)
+            for a, b in zip(first, again):
+                assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
 
 
 def test_vjp_takes_the_variants():

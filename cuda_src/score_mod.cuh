@@ -31,13 +31,14 @@ struct ScoreMod {
         if constexpr (ALIBI) alibi_slope = -p.alibi_slopes[batch * p.alibi_batch_stride + head] * p.alibi_unit;
     }
 
-    __device__ __forceinline__ float alibi(int query, int key) const {
-        return alibi_slope * static_cast<float>(abs(query + off - key));
+    // ALiBi's term from the distance query + off - key (or its absolute value), as a float.
+    __device__ __forceinline__ float alibi(float query_minus_key) const {
+        return alibi_slope * fabsf(query_minus_key);
     }
 
-    __device__ __forceinline__ float logit(float s, int query, int key) const {
+    __device__ __forceinline__ float logit(float s, float query_minus_key) const {
         if constexpr (SOFTCAP) s = cap * tanh_approx(s * cap_scale);
-        if constexpr (ALIBI) s += alibi(query, key);
+        if constexpr (ALIBI) s += alibi(query_minus_key);
         return s;
     }
 
@@ -45,7 +46,7 @@ struct ScoreMod {
     __device__ __forceinline__ float grad_factor(float logit_value, int query, int key) const {
         if constexpr (SOFTCAP) {
             float t = logit_value;
-            if constexpr (ALIBI) t -= alibi(query, key);
+            if constexpr (ALIBI) t -= alibi(static_cast<float>(abs(query + off - key)));
             t *= cap_inv;
             return 1.f - fminf(t * t, 1.f);
         } else {
@@ -55,14 +56,23 @@ struct ScoreMod {
 };
 
 // Raw scores -> logits for a warp's accumulator fragment (rows are queries, or keys with ROWS_ARE_KEYS); nothing
-// at all for plain scores.
+// at all for plain scores. With query rows (forward, dQ) ALiBi's distance is converted to float once per thread
+// and tile and moved by each element's constant offset, rather than converted per element; the dK/dV kernel
+// converts per element, because the extra live float spills its largest tiles (compile check).
 template <bool ROWS_ARE_KEYS = false, typename Score, int ROW_TILES, int COL_TILES>
 __device__ __forceinline__ void apply_score_mod(const Score& score, float (&s)[ROW_TILES][COL_TILES][4], int row0,
                                                 int col0, int lane) {
-    if constexpr (!Score::IDENTITY)
-        for_each_element(s, row0, col0, lane, [&](float& x, int row, int col) {
-            x = ROWS_ARE_KEYS ? score.logit(x, col, row) : score.logit(x, row, col);
+    if constexpr (Score::IDENTITY) {
+    } else if constexpr (ROWS_ARE_KEYS) {
+        for_each_element(s, row0, col0, lane, [&](float& x, int key, int query) {
+            x = score.logit(x, static_cast<float>(abs(query + score.off - key)));
         });
+    } else {
+        const float first = static_cast<float>(row0 + lane / 4 + score.off - col0 - 2 * (lane % 4));
+        for_each_element_offset(s, [&](float& x, int dr, int dc) {
+            x = score.logit(x, first + static_cast<float>(dr - dc));
+        });
+    }
 }
 
 }  // namespace cf

@@ -6,17 +6,25 @@
 
 namespace cf {
 
-// Calls f(x, row, col) for every element x of an accumulator fragment whose first row and column are row0 and
-// col0 (rows and columns mean whatever the product has there: queries x keys for S, keys x queries for S^T).
+// Calls f(x, dr, dc) for every element x of an accumulator fragment, with its row and column offsets from the
+// thread's first element (row lane/4, column 2*(lane%4)); the offsets are compile-time constants once unrolled.
 template <int M_TILES, int N_TILES, typename F>
-__device__ __forceinline__ void for_each_element(float (&c)[M_TILES][N_TILES][4], int row0, int col0, int lane, F f) {
+__device__ __forceinline__ void for_each_element_offset(float (&c)[M_TILES][N_TILES][4], F f) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int nt = 0; nt < N_TILES; ++nt)
             #pragma unroll
             for (int e = 0; e < 4; ++e)
-                f(c[mt][nt][e], row0 + 16 * mt + lane / 4 + 8 * (e / 2), col0 + 8 * nt + 2 * (lane % 4) + (e % 2));
+                f(c[mt][nt][e], 16 * mt + 8 * (e / 2), 8 * nt + (e % 2));
+}
+
+// Calls f(x, row, col) for every element x of an accumulator fragment whose first row and column are row0 and
+// col0 (rows and columns mean whatever the product has there: queries x keys for S, keys x queries for S^T).
+template <int M_TILES, int N_TILES, typename F>
+__device__ __forceinline__ void for_each_element(float (&c)[M_TILES][N_TILES][4], int row0, int col0, int lane, F f) {
+    const int row = row0 + lane / 4, col = col0 + 2 * (lane % 4);
+    for_each_element_offset(c, [&](float& x, int dr, int dc) { f(x, row + dr, col + dc); });
 }
 
 // A fragment (16x16, row-major) of rows row0.., columns col0.. of a shared tile.

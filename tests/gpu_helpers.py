@@ -25,6 +25,16 @@ def random_array(rng, shape, dtype, scale=1.0):
     return dev, cupy.asarray(host.astype(np.float64))
 
 
+def make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype):
+    """Device (q, k, v, dout) for nheads query heads and nheads_k K/V heads, and the same values in float64."""
+    rng = np.random.default_rng(seed)
+    q, q64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
+    k, k64 = random_array(rng, (batch, seqlen_k, nheads_k, head_dim), dtype)
+    v, v64 = random_array(rng, (batch, seqlen_k, nheads_k, head_dim), dtype)
+    dout, dout64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
+    return (q, k, v, dout), (q64, k64, v64, dout64)
+
+
 def to_float64(x):
     """Device float16/bfloat16/float32 array -> float64, going through the raw bits for bfloat16."""
     import cupy

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
-from gpu_helpers import check_grads_against_reference, random_array, to_float64
+from gpu_helpers import check_grads_against_reference, make_problem, to_float64
 
 import cupyflash as cf
 from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
@@ -19,17 +19,9 @@ HEAD_DIMS = list(range(8, 257, 8))
 DTYPES = ["float16", "bfloat16"]
 
 
-def make_problem(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype):
-    rng = np.random.default_rng(seed)
-    q, q64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
-    k, k64 = random_array(rng, (batch, seqlen_k, nheads, head_dim), dtype)
-    v, v64 = random_array(rng, (batch, seqlen_k, nheads, head_dim), dtype)
-    dout, dout64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
-    return (q, k, v, dout), (q64, k64, v64, dout64)
-
-
 def run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, **kw):
-    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype)
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads, head_dim,
+                                                            dtype)
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, **kw)
     for g, x in zip(grads, (q, k, v)):
@@ -93,7 +85,7 @@ def test_every_deterministic_dq_config(kd, config, causal):
 def test_deterministic_is_bitwise_reproducible(dtype, causal):
     import cupy
 
-    (q, k, v, dout), _ = make_problem(1, 2, 1000, 777, 4, 128, dtype)
+    (q, k, v, dout), _ = make_problem(1, 2, 1000, 777, 4, 4, 128, dtype)
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True)
     first = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, deterministic=True)
     for _ in range(3):
@@ -104,10 +96,8 @@ def test_deterministic_is_bitwise_reproducible(dtype, causal):
 
 @pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 50), (64, 1), (1, 1), (1, 300)])
 def test_rows_without_keys_have_zero_gradient(seqlen_q, seqlen_k):
-    import cupy
-
     run_case(9, 2, seqlen_q, seqlen_k, 2, 64, "float16", True)
-    (q, k, v, dout), _ = make_problem(10, 1, seqlen_q, seqlen_k, 1, 64, "bfloat16")
+    (q, k, v, dout), _ = make_problem(10, 1, seqlen_q, seqlen_k, 1, 1, 64, "bfloat16")
     out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True)
     dq, _, _ = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True)
     empty = max(0, seqlen_q - seqlen_k)
@@ -135,7 +125,7 @@ def test_very_negative_scores_stay_finite(mode):
 def test_preallocated_and_strided_outputs():
     import cupy
 
-    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(2, 2, 130, 190, 3, 64, "float16")
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(2, 2, 130, 190, 3, 3, 64, "float16")
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
     dq = cupy.empty_like(q)
     dk_bhsd = cupy.empty((2, 3, 190, 64), cupy.float16)  # written through a (B, S, H, D) view
@@ -149,7 +139,7 @@ def test_preallocated_and_strided_outputs():
 def test_vjp_matches_backward():
     import cupy
 
-    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(3, 1, 257, 257, 2, 128, "bfloat16")
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(3, 1, 257, 257, 2, 2, 128, "bfloat16")
     out, vjp = cf.flash_attn_vjp(q, k, v, causal=True, deterministic=True)
     grads = vjp(dout)
     check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(128), True, "bfloat16")
@@ -163,7 +153,7 @@ def test_vjp_matches_backward():
 def test_bad_backward_inputs_raise_before_launch():
     import cupy
 
-    (q, k, v, dout), _ = make_problem(4, 1, 8, 8, 2, 64, "float16")
+    (q, k, v, dout), _ = make_problem(4, 1, 8, 8, 2, 2, 64, "float16")
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
     with pytest.raises(ValueError, match="dout must have q's shape"):
         cf.flash_attn_backward(dout[:, :4], q, k, v, out, lse)
@@ -184,7 +174,7 @@ def test_runs_on_the_current_stream():
     complete once the caller's stream is synchronized, with no device-wide synchronize."""
     import cupy
 
-    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(5, 2, 700, 600, 2, 64, "float16")
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(5, 2, 700, 600, 2, 2, 64, "float16")
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True)

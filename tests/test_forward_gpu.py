@@ -104,8 +104,6 @@ def test_one_hot_values_pick_the_attended_key():
 
 
 def test_strided_bhsd_views_are_used_in_place():
-    import cupy
-
     rng = np.random.default_rng(3)
     b, h, s, d = 2, 4, 333, 128
     q, q64 = random_array(rng, (b, h, s, d), "bfloat16")

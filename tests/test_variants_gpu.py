@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import check_against_reference, check_grads_against_reference, random_array, to_float64
+from gpu_helpers import (check_against_reference, check_grads_against_reference, make_problem, random_array,
+                         to_float64)
 
 import cupyflash as cf
 
@@ -16,15 +17,6 @@ pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
 DTYPES = ["float16", "bfloat16"]
 AWKWARD_SEQLENS = [1, 17, 97, 1025]
 ODD_HEAD_DIMS = [1, 12, 59, 111, 200]
-
-
-def make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype):
-    rng = np.random.default_rng(seed)
-    q, q64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
-    k, k64 = random_array(rng, (batch, seqlen_k, nheads_k, head_dim), dtype)
-    v, v64 = random_array(rng, (batch, seqlen_k, nheads_k, head_dim), dtype)
-    dout, dout64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
-    return (q, k, v, dout), (q64, k64, v64, dout64)
 
 
 def alibi(kind, batch, nheads, seed=0):

@@ -101,17 +101,46 @@ def contiguous_strides(shape, itemsize):
     return tuple(strides)
 
 
+def copy_rows(kernel, src, dst):
+    """dst[b, s, h, :] = src[b, s, h, :dst's width], zero past src's width: cuda_src/staging.cu, one launch. Both
+    (batch, seq, heads, dim) arrays of 16-bit elements with the same first three extents, any element strides."""
+    import numpy as np
+
+    batch, seqlen, nheads = dst.shape[:3]
+    rows = batch * seqlen * nheads
+    if rows == 0:
+        return dst
+    s, d = (tuple(np.int64(n // x.itemsize) for n in x.strides[:3]) for x in (src, dst))
+    kernel(((rows + 3) // 4,), (128,), (src, dst, np.int64(rows), np.int32(seqlen), np.int32(nheads), *s, *d,
+                                        np.int32(src.shape[3]), np.int32(dst.shape[3])))
+    return dst
+
+
+def row_copy_kernel(problem: Problem):
+    """The ``copy_rows`` kernel on the problem's device when its head dim needs padding, else None."""
+    if problem.padded_head_dim == problem.head_dim:
+        return None
+    from . import _kernels
+    from ._device import device_limits
+    from .configs import family_for
+
+    family = family_for(device_limits(problem.device), problem.variant)
+    return _kernels.get_function(family, "copy_rows", None, 0, problem.variant, problem.device)
+
+
 class Staging:
     """How one (batch, seq, heads, head_dim) input reaches the kernels: in place, or copied into a fresh contiguous
-    buffer (misaligned for 16-byte copies, or a head dim that is not a multiple of 8: zero-padded to one)."""
+    buffer (misaligned for 16-byte copies, or a head dim that is not a multiple of 8: zero-padded to one by the
+    ``copy_rows`` kernel given as ``pad``)."""
 
-    __slots__ = ("copy", "padded_dim", "kernel_strides")
+    __slots__ = ("copy", "padded_dim", "kernel_strides", "pad")
 
-    def __init__(self, spec: ArraySpec, padded_dim: int):
+    def __init__(self, spec: ArraySpec, padded_dim: int, pad=None):
         self.padded_dim = padded_dim
         self.copy = padded_dim != spec.shape[3] or needs_aligned_copy(spec)
         self.kernel_strides = (contiguous_strides(spec.shape[:3] + (padded_dim,), spec.itemsize) if self.copy
                                else spec.strides)
+        self.pad = pad
 
     def stage(self, x):
         if not self.copy:
@@ -120,9 +149,7 @@ class Staging:
             return x.copy()  # a fresh allocation is 256-byte aligned (ascontiguousarray may keep a bad offset)
         import cupy
 
-        out = cupy.zeros(x.shape[:3] + (self.padded_dim,), x.dtype)
-        out[..., :x.shape[3]] = x
-        return out
+        return copy_rows(self.pad, x, cupy.empty(x.shape[:3] + (self.padded_dim,), x.dtype))
 
 
 def static_params(problem: Problem) -> Params:

@@ -25,7 +25,8 @@ class BackwardPlan:
         self.atomic_dq = atomic_dq
         pd = p.padded_head_dim
         q_spec, k_spec, v_spec, dout_spec, out_spec = specs
-        self.staging = tuple(Staging(s, pd) for s in specs)  # q, k, v, dout, out
+        self.copy_rows = _launch.row_copy_kernel(p)  # head dims that are not a multiple of 8
+        self.staging = tuple(Staging(s, pd, self.copy_rows) for s in specs)  # q, k, v, dout, out
         itemsize = q_spec.itemsize
         self.grad_shapes = {"dq": q_spec.shape, "dk": k_spec.shape, "dv": v_spec.shape}
         # Gradients go straight into the caller's buffers when the kernels can write them; else into fresh ones.
@@ -105,13 +106,13 @@ class BackwardPlan:
         results = []
         for name, buf in zip(_GRADS, bufs):
             user = given[name]
-            if self.trimmed:
-                buf = buf[..., :self.grad_shapes[name][3]]
-            if user is None:
-                results.append(buf if buf.flags.c_contiguous else cupy.ascontiguousarray(buf))
+            if self.trimmed:  # padded kernel buffers: the real columns into the caller's buffer or a fresh one
+                dst = cupy.empty(self.grad_shapes[name], buf.dtype) if user is None else user
+                results.append(_launch.copy_rows(self.copy_rows, buf, dst))
+            elif user is None or user is buf:
+                results.append(buf)
             else:
-                if user is not buf:
-                    user[...] = buf
+                user[...] = buf
                 results.append(user)
         return tuple(results)
 

@@ -18,7 +18,8 @@ class ForwardPlan:
         self.problem = problem
         self.config = config
         pd = problem.padded_head_dim
-        self.staging = tuple(Staging(s, pd) for s in (q_spec, k_spec, v_spec))
+        self.copy_rows = _launch.row_copy_kernel(problem)  # head dims that are not a multiple of 8
+        self.staging = tuple(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec, v_spec))
         self.any_staging = any(s.copy for s in self.staging)
         self.out_shape = (problem.batch, problem.seqlen_q, problem.nheads, problem.head_dim)
         self.kernel_out_shape = self.out_shape[:3] + (pd,)
@@ -51,7 +52,7 @@ class ForwardPlan:
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0))
                 self.kernel(current_stream_ptr())
         if self.padded:
-            out = cupy.ascontiguousarray(out[..., :self.problem.head_dim])
+            out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))
         return out, lse
 
 

@@ -136,6 +136,20 @@ def test_preallocated_and_strided_outputs():
     check_grads_against_reference(got, dout64, q64, k64, v64, 1 / 8, False, "float16")
 
 
+def test_preallocated_strided_outputs_with_a_padded_head_dim():
+    """Head dim 59 runs on zero-padded copies; the gradients' real columns go straight into the given buffers."""
+    import cupy
+
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(6, 2, 130, 190, 3, 3, 59, "bfloat16")
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    dq = cupy.full(q.shape, float("nan"), q.dtype)
+    dk = cupy.full((2, 3, 190, 59), float("nan"), k.dtype).transpose(0, 2, 1, 3)
+    dv = cupy.full((2, 190, 3, 70), float("nan"), v.dtype)[..., 5:64]
+    got = cf.flash_attn_backward(dout, q, k, v, out, lse, dq=dq, dk=dk, dv=dv)
+    assert got[0] is dq and got[1] is dk and got[2] is dv
+    check_grads_against_reference(got, dout64, q64, k64, v64, 1 / math.sqrt(59), False, "bfloat16")
+
+
 def test_vjp_matches_backward():
     import cupy
 

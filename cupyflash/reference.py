@@ -14,12 +14,22 @@ reads kv head h // (nheads // nheads_k).  out matches q and lse is
 (batch, nheads, seqlen_q) in natural log.
 
 Every function takes the flash-attn variants as keyword-only arguments
-``window_size``, ``softcap`` and ``alibi_slopes``.  With
-off = seqlen_k - seqlen_q, the logit of query i and key j is::
+``window_size``, ``softcap`` and ``alibi_slopes``, and the forward and
+backward references also ``bias`` (float, 4 dims broadcastable to
+(batch, nheads, seqlen_q, seqlen_k), each dim full or 1) and ``mask`` (bool,
+the same shapes, True = may attend).  With off = seqlen_k - seqlen_q, the
+logit of query i and key j is::
 
     x = softmax_scale * (q_i . k_j)          softmax_scale: 1/sqrt(headdim)
+    x = x + bias[b, h, i, j]                 if bias is given
     x = softcap * tanh(x / softcap)          if softcap > 0
     x = x - slope[b, h] * |i + off - j|      if alibi_slopes is given
+
+A pair is hidden where the mask is False or the bias is -inf (also under
+softcap, which would otherwise turn -inf into -softcap).
+``attention_varlen_reference`` takes flash-attn's packed variable-length
+layout; ``mask_block_summary`` says per tile whether a mask hides all,
+shows all or mixes.
 
 ALiBi slopes are float32/float64 of shape (nheads,), (1, nheads) or (batch, nheads).  The
 logit is -inf unless key j lies in query i's window,
@@ -79,6 +89,28 @@ def _unrounded(x):
     return x
 
 
+def _broadcastable(x, full, name):
+    """x with 4 dims, each either full or 1, against full = (B, H, Sq, Sk)."""
+    if x.ndim != 4 or any(n not in (1, f) for n, f in zip(x.shape, full)):
+        raise ValueError(f'{name} has shape {tuple(x.shape)}; expected 4 dims '
+                         f'broadcastable to {full} (each dim full or 1)')
+    return x
+
+
+def _tile(x, row0, rows, col0, cols):
+    """Rows [row0, row0 + rows) and columns of a (B, H, Sq, Sk)-broadcast
+    array; a broadcast (size-1) dim is left whole."""
+    r = slice(None) if x.shape[2] == 1 else slice(row0, row0 + rows)
+    c = slice(None) if x.shape[3] == 1 else slice(col0, col0 + cols)
+    return x[:, :, r, c]
+
+
+def _reduce_to(grad, shape):
+    """Sum a (B, H, Sq, Sk) gradient over the dims where ``shape`` is 1."""
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(axis=axes, keepdims=True) if axes else grad
+
+
 class _Problem:
     """Shapes and variants of one attention call, and the logits they define.
 
@@ -88,7 +120,7 @@ class _Problem:
     """
 
     def __init__(self, q, k, softmax_scale, causal, window_size, softcap,
-                 alibi_slopes, xp, dtype='float64'):
+                 alibi_slopes, xp, dtype='float64', bias=None, mask=None):
         batch, self.seqlen_q, nheads, headdim = q.shape
         self.seqlen_k, nheads_k = k.shape[1], k.shape[2]
         if nheads % nheads_k:
@@ -105,6 +137,18 @@ class _Problem:
         self.slopes = None if alibi_slopes is None else _alibi_slopes(
             alibi_slopes, batch, nheads, xp, dtype)
         self.xp, self.dtype = xp, dtype
+        full = (batch, nheads, self.seqlen_q, self.seqlen_k)
+        self.bias = None if bias is None else _broadcastable(
+            _as_float(bias, xp, dtype), full, 'bias')
+        # -inf bias entries hide their pair (also under softcap, which would
+        # otherwise turn -inf into -softcap), like False in the mask.
+        hidden = None if self.bias is None else self.bias == -xp.inf
+        self.mask = None if mask is None else _broadcastable(
+            xp.asarray(mask), full, 'mask')
+        if self.mask is not None and self.mask.dtype != bool:
+            raise TypeError(f'mask must be bool; got {self.mask.dtype}')
+        if hidden is not None:
+            self.mask = ~hidden if self.mask is None else self.mask & ~hidden
 
     def heads_first(self, x):
         # (B, S, H, D) -> (B, H, S, D) so that matmul batches over both.
@@ -133,15 +177,27 @@ class _Problem:
             seen &= cols[None, :] <= level + self.right
         return seen
 
+    def visible_tile(self, rows, cols):
+        """Which keys each query row sees: the window's (len(rows),
+        len(cols)), and with a mask or bias that one's tile, broadcast."""
+        seen = self.visible(rows, cols)
+        if self.mask is None:
+            return seen
+        return seen & _tile(self.mask, int(rows[0]) if rows.size else 0,
+                            rows.size, int(cols[0]) if cols.size else 0,
+                            cols.size)
+
     def empty_rows(self):
-        """Bool (seqlen_q,) of the rows that see no key.
+        """Bool of the rows that see no key: (seqlen_q,), or broadcastable to
+        (batch, nheads, seqlen_q) with a mask or a bias holding -inf.
 
         Emptiness comes from the mask, not from the values, so that NaN
         inputs still propagate instead of being mistaken for empty rows.
         """
         xp = self.xp
-        seen = self.visible(xp.arange(self.seqlen_q), xp.arange(self.seqlen_k))
-        return ~seen.any(axis=1)
+        seen = self.visible_tile(xp.arange(self.seqlen_q),
+                                 xp.arange(self.seqlen_k))
+        return ~seen.any(axis=-1)
 
     def key_range(self, row0, row1):
         """Keys [first, last) that some query row in [row0, row1) sees."""
@@ -163,6 +219,9 @@ class _Problem:
         rows = xp.arange(row0, row0 + qh.shape[2])
         cols = xp.arange(col0, col0 + kh.shape[2])
         x = rnd(xp.matmul(qh, kh.swapaxes(-1, -2)) * self.scale)
+        if self.bias is not None:
+            bias = _tile(self.bias, row0, rows.size, col0, cols.size)
+            x = rnd(x + xp.where(bias == -xp.inf, 0, bias))
         tanh_slope = None
         if self.softcap > 0:
             t = xp.tanh(x / self.softcap)
@@ -171,16 +230,16 @@ class _Problem:
         if self.slopes is not None:
             distance = xp.abs(rows[:, None] + self.offset - cols[None, :])
             x = rnd(x - self.slopes * distance.astype(self.dtype))
-        return xp.where(self.visible(rows, cols), x, -xp.inf), tanh_slope
+        return xp.where(self.visible_tile(rows, cols), x, -xp.inf), tanh_slope
 
 
 def _softmax(s, empty, xp):
     """Row softmax and natural-log lse in the dtype of ``s``."""
-    m = xp.where(empty[:, None], 0, s.max(axis=-1, keepdims=True))
+    m = xp.where(empty[..., None], 0, s.max(axis=-1, keepdims=True))
     p = xp.exp(s - m)
     l = p.sum(axis=-1, keepdims=True)
-    l_safe = xp.where(empty[:, None], 1, l)
-    p = xp.where(empty[:, None], 0, p / l_safe)
+    l_safe = xp.where(empty[..., None], 1, l)
+    p = xp.where(empty[..., None], 0, p / l_safe)
     lse = xp.where(empty, -xp.inf, (m + xp.log(l_safe))[..., 0])
     return p, lse
 
@@ -191,7 +250,7 @@ def _to_bshd(out):
 
 def attention_logits(q, k, softmax_scale=None, causal=False, xp=None, *,
                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                     dtype=None):
+                     dtype=None, bias=None, mask=None):
     """The logits of the module docstring and the rows that see no key.
 
     Returns (logits, empty): logits is (batch, nheads, seqlen_q, seqlen_k)
@@ -203,7 +262,7 @@ def attention_logits(q, k, softmax_scale=None, causal=False, xp=None, *,
     if dtype not in ('float32', 'float64'):
         raise ValueError(f'dtype must be float32 or float64, not {dtype}')
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp, dtype)
+                       alibi_slopes, xp, dtype, bias=bias, mask=mask)
     logits, _ = problem.logits(problem.heads_first(q),
                                problem.kv_heads_first(k))
     return logits, problem.empty_rows()
@@ -211,7 +270,7 @@ def attention_logits(q, k, softmax_scale=None, causal=False, xp=None, *,
 
 def attention_probs(q, k, lse, softmax_scale=None, causal=False, xp=None, *,
                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                    dtype=None):
+                    dtype=None, bias=None, mask=None):
     """The attention matrix exp(logits - lse) for a given lse.
 
     ``lse`` is (batch, nheads, seqlen_q), typically the kernel's own, so
@@ -222,7 +281,8 @@ def attention_probs(q, k, lse, softmax_scale=None, causal=False, xp=None, *,
     xp = _namespace(q, xp)
     logits, empty = attention_logits(
         q, k, softmax_scale, causal, xp, window_size=window_size,
-        softcap=softcap, alibi_slopes=alibi_slopes, dtype=dtype)
+        softcap=softcap, alibi_slopes=alibi_slopes, dtype=dtype, bias=bias,
+        mask=mask)
     # Empty rows hold only -inf logits: subtracting 0 instead of their
     # lse = -inf gives exp = 0 rather than NaN.
     lse = xp.where(empty, 0, _as_float(lse, xp, logits.dtype))
@@ -231,11 +291,11 @@ def attention_probs(q, k, lse, softmax_scale=None, causal=False, xp=None, *,
 
 def attention_reference(q, k, v, softmax_scale=None, causal=False, xp=None,
                         *, window_size=(-1, -1), softcap=0.0,
-                        alibi_slopes=None):
+                        alibi_slopes=None, bias=None, mask=None):
     """Exact softmax attention in float64; returns (out, lse)."""
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp)
+                       alibi_slopes, xp, bias=bias, mask=mask)
     logits, _ = problem.logits(problem.heads_first(q),
                                problem.kv_heads_first(k))
     p, lse = _softmax(logits, problem.empty_rows(), xp)
@@ -273,7 +333,7 @@ def round_to_dtype(x, dtype_name, xp=None):
 def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
                          dtype_name='float16', xp=None, *,
                          window_size=(-1, -1), softcap=0.0,
-                         alibi_slopes=None):
+                         alibi_slopes=None, bias=None, mask=None):
     """Attention with every intermediate rounded to ``dtype_name``.
 
     This is the error a straightforward low-precision implementation makes;
@@ -283,7 +343,7 @@ def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
     """
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp)
+                       alibi_slopes, xp, bias=bias, mask=mask)
     rnd = functools.partial(round_to_dtype, dtype_name=dtype_name, xp=xp)
     s, _ = problem.logits(problem.heads_first(q), problem.kv_heads_first(k),
                           rnd=rnd)
@@ -330,11 +390,12 @@ def _online_softmax_rows(problem, q_tile, kh, vh, row0, block_n):
 
 def blocked_attention(q, k, v, softmax_scale=None, causal=False,
                       block_m=64, block_n=64, xp=None, *,
-                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None):
+                      window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                      bias=None, mask=None):
     """Float64 replay of the FlashAttention-2 forward tiling; (out, lse)."""
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp)
+                       alibi_slopes, xp, bias=bias, mask=mask)
     qh = problem.heads_first(q)
     kh, vh = problem.kv_heads_first(k), problem.kv_heads_first(v)
     out = xp.zeros(qh.shape[:3] + vh.shape[3:])
@@ -372,13 +433,17 @@ def _backward(dout, q, k, v, problem, rnd, accumulate):
     dk = rnd(problem.scale * xp.matmul(ds.swapaxes(-1, -2), qh))
     # Each kv head gets the sum over the query heads that read it.
     dk, dv = (rnd(problem.sum_groups(g)) for g in (dk, dv))
-    return _to_bshd(dq), _to_bshd(dk), _to_bshd(dv)
+    # The bias enters the logit before the cap, so its gradient is ds itself.
+    dbias = None if problem.bias is None else rnd(
+        _reduce_to(ds, problem.bias.shape))
+    return _to_bshd(dq), _to_bshd(dk), _to_bshd(dv), dbias
 
 
 def attention_backward_reference(dout, q, k, v, softmax_scale=None,
                                  causal=False, xp=None, *,
                                  window_size=(-1, -1), softcap=0.0,
-                                 alibi_slopes=None):
+                                 alibi_slopes=None, bias=None, mask=None,
+                                 return_dbias=False):
     """Exact gradient of ``out`` against q, k, v in float64; (dq, dk, dv).
 
     With P = softmax(logits) and O = P V, per batch and query head::
@@ -391,17 +456,23 @@ def attention_backward_reference(dout, q, k, v, softmax_scale=None,
     dv are summed over the query heads of each kv head.  Masked entries and
     rows with no visible key have P = 0, so they add nothing to any
     gradient; such rows get dq = 0, not NaN.
+
+    With ``return_dbias`` (a bias given) it also returns dbias = dS times the
+    softcap's factor (the bias is added before the cap), summed over the
+    bias's broadcast dims: (dq, dk, dv, dbias), dbias in the bias's shape.
     """
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp)
-    return _backward(dout, q, k, v, problem, _unrounded, xp.float64)
+                       alibi_slopes, xp, bias=bias, mask=mask)
+    grads = _backward(dout, q, k, v, problem, _unrounded, xp.float64)
+    return grads if return_dbias else grads[:3]
 
 
 def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
                                   causal=False, dtype_name='float16', xp=None,
                                   *, window_size=(-1, -1), softcap=0.0,
-                                  alibi_slopes=None):
+                                  alibi_slopes=None, bias=None, mask=None,
+                                  return_dbias=False):
     """The backward pass with every intermediate rounded to ``dtype_name``.
 
     Like ``attention_naive_lowp``, the inputs are used as given (the caller
@@ -415,6 +486,107 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
     """
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp)
+                       alibi_slopes, xp, bias=bias, mask=mask)
     rnd = functools.partial(round_to_dtype, dtype_name=dtype_name, xp=xp)
-    return _backward(dout, q, k, v, problem, rnd, xp.float32)
+    grads = _backward(dout, q, k, v, problem, rnd, xp.float32)
+    return grads if return_dbias else grads[:3]
+
+
+def _host_ints(x):
+    """cu_seqlens as a host list of ints (CuPy arrays are copied back)."""
+    if type(x).__module__.startswith('cupy'):
+        x = x.get()
+    return [int(n) for n in np.asarray(x).reshape(-1)]
+
+
+def _varlen_slopes(alibi_slopes, i):
+    """Sequence i's ALiBi slopes: (nheads,) as given, (batch, nheads) row i."""
+    if alibi_slopes is None or alibi_slopes.ndim == 1:
+        return alibi_slopes
+    return alibi_slopes[i:i + 1] if alibi_slopes.shape[0] > 1 else alibi_slopes
+
+
+def attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                               softmax_scale=None, causal=False, xp=None, *,
+                               window_size=(-1, -1), softcap=0.0,
+                               alibi_slopes=None):
+    """Variable-length batches in flash-attn's packed layout, in float64.
+
+    q is (total_q, nheads, headdim), k and v (total_k, nheads_k, headdim);
+    sequence i is rows cu_seqlens_q[i]:cu_seqlens_q[i + 1] of q and
+    cu_seqlens_k[i]:cu_seqlens_k[i + 1] of k and v, and each sequence is its
+    own problem (its own seqlen_q and seqlen_k, so causal and windows align
+    to its own bottom-right corner).  ALiBi slopes are (nheads,) or
+    (batch, nheads).  Returns (out (total_q, nheads, headdim), lse
+    (nheads, total_q)); a sequence with no keys gives 0 and -inf.
+    """
+    xp = _namespace(q, xp)
+    cq, ck = _host_ints(cu_seqlens_q), _host_ints(cu_seqlens_k)
+    out = xp.zeros(q.shape[:2] + v.shape[2:])
+    lse = xp.full((q.shape[1], q.shape[0]), -xp.inf)
+    for i in range(len(cq) - 1):
+        (q0, q1), (k0, k1) = cq[i:i + 2], ck[i:i + 2]
+        if q1 == q0 or k1 == k0:
+            continue
+        o, l = attention_reference(
+            q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], softmax_scale,
+            causal, xp, window_size=window_size, softcap=softcap,
+            alibi_slopes=_varlen_slopes(alibi_slopes, i))
+        out[q0:q1], lse[:, q0:q1] = o[0], l[0]
+    return out, lse
+
+
+def attention_varlen_backward_reference(dout, q, k, v, cu_seqlens_q,
+                                        cu_seqlens_k, softmax_scale=None,
+                                        causal=False, xp=None, *,
+                                        window_size=(-1, -1), softcap=0.0,
+                                        alibi_slopes=None):
+    """The exact gradient of ``attention_varlen_reference``: (dq, dk, dv) in
+    the packed layouts of q, k, v, float64."""
+    xp = _namespace(q, xp)
+    cq, ck = _host_ints(cu_seqlens_q), _host_ints(cu_seqlens_k)
+    dq = xp.zeros(q.shape)
+    dk, dv = xp.zeros(k.shape), xp.zeros(v.shape)
+    for i in range(len(cq) - 1):
+        (q0, q1), (k0, k1) = cq[i:i + 2], ck[i:i + 2]
+        if q1 == q0 or k1 == k0:
+            continue
+        g = attention_backward_reference(
+            dout[None, q0:q1], q[None, q0:q1], k[None, k0:k1],
+            v[None, k0:k1], softmax_scale, causal, xp,
+            window_size=window_size, softcap=softcap,
+            alibi_slopes=_varlen_slopes(alibi_slopes, i))
+        dq[q0:q1], dk[k0:k1], dv[k0:k1] = g[0][0], g[1][0], g[2][0]
+    return dq, dk, dv
+
+
+def mask_block_summary(mask, block_m, block_n, xp=None):
+    """What a tiled kernel needs to know of a boolean mask, per tile.
+
+    ``mask`` has 4 dims (batch, nheads, seqlen_q, seqlen_k), each possibly 1
+    (broadcast).  Returns int8 of shape (B or 1, H or 1, query tiles, key
+    tiles): 0 where the tile hides every pair (the kernel skips it), 1 where
+    it shows every pair (the unmasked path), 2 where it is mixed.  Only the
+    real rows and columns count (the last tile's padding does not); a
+    broadcast query or key dim stays one tile that stands for all of them.
+    """
+    xp = _namespace(mask, xp)
+    m = xp.asarray(mask)
+    if m.ndim != 4 or m.dtype != bool:
+        raise ValueError(f'mask must be a 4-dim bool array; got {m.ndim} '
+                         f'dims of {m.dtype}')
+    anyv, allv = m, m
+    for axis, block in ((2, block_m), (3, block_n)):
+        n = m.shape[axis]
+        if n == 1:
+            continue
+        pad = [(0, 0)] * 4
+        pad[axis] = (0, -n % block)
+        tiles = (n + block - 1) // block
+        shape = list(anyv.shape)
+        shape[axis:axis + 1] = [tiles, block]
+        anyv = xp.pad(anyv, pad, constant_values=False).reshape(shape).any(
+            axis=axis + 1)
+        allv = xp.pad(allv, pad, constant_values=True).reshape(shape).all(
+            axis=axis + 1)
+    return xp.where(allv, 1, xp.where(anyv, 2, 0)).astype(xp.int8)

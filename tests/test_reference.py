@@ -890,3 +890,194 @@ def test_bad_shapes_raise(name):
     for shape in [(2,), (4,), (1, 2), (3, 3), (2, 3, 1), (6,)]:
         with pytest.raises(ValueError, match='alibi_slopes'):
             call(q, k, v, alibi_slopes=np.ones(shape))
+
+
+# ---- variants II: additive bias (with its gradient), boolean masks, varlen, mask block summaries ----
+
+from cupyflash.reference import (  # noqa: E402
+    attention_varlen_backward_reference, attention_varlen_reference, mask_block_summary)
+
+BIAS_SHAPES = {'full': lambda b, h, m, n: (b, h, m, n), 'pair': lambda b, h, m, n: (1, h, m, n),
+               'keys': lambda b, h, m, n: (b, 1, 1, n), 'rows': lambda b, h, m, n: (1, 1, m, 1)}
+
+
+def _dense_biased(q, k, v, scale, bias=None, mask=None, softcap=0.0):
+    """Softmax attention written out for one case: logits = softcap(scale q.k + bias), False/-inf hidden."""
+    g = q.shape[2] // k.shape[2]
+    kh, vh = (np.repeat(x, g, axis=2).transpose(0, 2, 1, 3) for x in (k, v))
+    x = scale * q.transpose(0, 2, 1, 3) @ kh.swapaxes(-1, -2)
+    hidden = np.zeros(x.shape, bool)
+    if bias is not None:
+        hidden |= np.broadcast_to(bias == -np.inf, x.shape)
+        x = x + np.where(bias == -np.inf, 0, bias)
+    if softcap:
+        x = softcap * np.tanh(x / softcap)
+    if mask is not None:
+        hidden |= ~np.broadcast_to(mask, x.shape)
+    x = np.where(hidden, -np.inf, x)
+    m = np.where(hidden.all(-1, keepdims=True), 0, x.max(-1, keepdims=True))
+    p = np.exp(x - m)
+    l = p.sum(-1, keepdims=True)
+    out = np.where(l > 0, p / np.where(l > 0, l, 1), 0) @ vh
+    lse = np.where(l[..., 0] > 0, (m + np.log(np.where(l > 0, l, 1)))[..., 0], -np.inf)
+    return out.transpose(0, 2, 1, 3), lse
+
+
+@pytest.mark.parametrize('shape', list(BIAS_SHAPES))
+@pytest.mark.parametrize('softcap', [0.0, 2.0])
+def test_bias_is_added_before_the_cap(shape, softcap):
+    rng = np.random.default_rng(30)
+    q, k, v = _qkv(rng, 2, 5, 7, 4, 8, nheads_k=2)
+    bias = rng.standard_normal(BIAS_SHAPES[shape](2, 4, 5, 7)) * 2
+    out, lse = attention_reference(q, k, v, bias=bias, softcap=softcap)
+    want_out, want_lse = _dense_biased(q, k, v, 1 / math.sqrt(8), bias=bias, softcap=softcap)
+    np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('softcap', [0.0, 3.0])
+def test_false_in_the_mask_and_minus_inf_in_the_bias_both_hide(softcap):
+    rng = np.random.default_rng(31)
+    q, k, v = _qkv(rng, 2, 6, 9, 2, 8)
+    mask = rng.random((2, 1, 6, 9)) < 0.6
+    bias = np.where(mask, 0.0, -np.inf)
+    by_mask = attention_reference(q, k, v, mask=mask, softcap=softcap)
+    by_bias = attention_reference(q, k, v, bias=bias, softcap=softcap)
+    want = _dense_biased(q, k, v, 1 / math.sqrt(8), mask=mask, softcap=softcap)
+    for got in (by_mask, by_bias):  # under the cap, -inf added as a number would become -softcap, not hidden
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_rows_the_mask_hides_entirely_are_empty():
+    rng = np.random.default_rng(32)
+    q, k, v = _qkv(rng, 1, 4, 5, 2, 8)
+    mask = np.ones((1, 2, 4, 5), bool)
+    mask[0, 1, 2] = False  # head 1, query 2 sees nothing
+    bias = rng.standard_normal((1, 2, 4, 5))
+    out, lse = attention_reference(q, k, v, mask=mask, bias=bias, causal=True)
+    assert (out[0, 2, 1] == 0).all() and lse[0, 1, 2] == -np.inf
+    assert np.isfinite(out).all() and np.isfinite(lse[0, 0]).all()
+    dout = rng.standard_normal(out.shape)
+    dq, dk, dv, dbias = attention_backward_reference(dout, q, k, v, mask=mask, bias=bias, causal=True,
+                                                     return_dbias=True)
+    assert (dq[0, 2, 1] == 0).all() and (dbias[0, 1, 2] == 0).all()
+    assert all(np.isfinite(g).all() for g in (dq, dk, dv, dbias))
+
+
+def _numeric_bias_grad(dout, q, k, v, bias, eps=1e-6, **variant):
+    g = np.zeros(bias.shape)
+    b = bias.copy()
+    for idx in np.ndindex(*b.shape):
+        orig = b[idx]
+        b[idx] = orig + eps
+        hi = float(np.sum(attention_reference(q, k, v, bias=b, **variant)[0] * dout))
+        b[idx] = orig - eps
+        lo = float(np.sum(attention_reference(q, k, v, bias=b, **variant)[0] * dout))
+        b[idx] = orig
+        g[idx] = (hi - lo) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize('shape', list(BIAS_SHAPES))
+@pytest.mark.parametrize('variant', [{}, {'causal': True, 'softcap': 2.0}, {'window_size': (2, 1)}],
+                         ids=['plain', 'causal-softcap', 'window'])
+def test_bias_gradient_matches_finite_differences(shape, variant):
+    rng = np.random.default_rng(33)
+    q, k, v = _qkv(rng, 2, 4, 5, 2, 4, nheads_k=1)
+    bias = rng.standard_normal(BIAS_SHAPES[shape](2, 2, 4, 5))
+    dout = rng.standard_normal(q.shape)
+    *grads, dbias = attention_backward_reference(dout, q, k, v, bias=bias, return_dbias=True, **variant)
+    assert dbias.shape == bias.shape
+    np.testing.assert_allclose(dbias, _numeric_bias_grad(dout, q, k, v, bias, **variant), rtol=1e-6, atol=1e-8)
+    # q, k, v gradients see the bias too
+    want = _numeric_grads(dout, q, k, v, None, variant.get('causal', False), bias=bias,
+                          **{n: x for n, x in variant.items() if n != 'causal'})
+    for got, w in zip(grads, want):
+        np.testing.assert_allclose(got, w, rtol=1e-6, atol=1e-8)
+
+
+def test_blocked_replay_takes_bias_and_mask():
+    rng = np.random.default_rng(34)
+    q, k, v = _qkv(rng, 2, 37, 53, 2, 8)
+    bias = rng.standard_normal((1, 2, 37, 53))
+    mask = rng.random((2, 1, 1, 53)) < 0.7
+    want = attention_reference(q, k, v, bias=bias, mask=mask, causal=True, softcap=4.0)
+    got = blocked_attention(q, k, v, causal=True, block_m=16, block_n=16, bias=bias, mask=mask, softcap=4.0)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize('bad', [np.zeros((2, 5, 7)), np.zeros((2, 3, 5, 7)), np.zeros((1, 1, 5, 6))])
+def test_bias_and_mask_shapes_must_broadcast_per_dim(bad):
+    rng = np.random.default_rng(35)
+    q, k, v = _qkv(rng, 2, 5, 7, 2, 8)
+    with pytest.raises(ValueError, match='broadcastable'):
+        attention_reference(q, k, v, bias=bad)
+    with pytest.raises(ValueError, match='broadcastable'):
+        attention_reference(q, k, v, mask=bad.astype(bool))
+    with pytest.raises(TypeError, match='bool'):
+        attention_reference(q, k, v, mask=np.ones((1, 1, 5, 7)))
+
+
+def _packed(rng, lens_q, lens_k, nheads, nheads_k, headdim):
+    tq, tk = sum(lens_q), sum(lens_k)
+    q = rng.standard_normal((tq, nheads, headdim))
+    k = rng.standard_normal((tk, nheads_k, headdim))
+    v = rng.standard_normal((tk, nheads_k, headdim))
+    cu = lambda lens: np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)  # noqa: E731
+    return q, k, v, cu(lens_q), cu(lens_k)
+
+
+@settings(max_examples=30, deadline=None)
+@given(lens=st.lists(st.tuples(st.sampled_from([0, 1, 2, 5, 17]), st.sampled_from([0, 1, 3, 6, 17])),
+                     min_size=1, max_size=4),
+       causal=st.booleans(), alibi=st.sampled_from([None, 'heads', 'batch']), seed=st.integers(0, 2**31))
+def test_varlen_is_each_sequence_on_its_own(lens, causal, alibi, seed):
+    rng = np.random.default_rng(seed)
+    lens_q, lens_k = [a for a, _ in lens], [b for _, b in lens]
+    q, k, v, cq, ck = _packed(rng, lens_q, lens_k, 4, 2, 8)
+    slopes = {None: None, 'heads': rng.uniform(0.1, 1, 4), 'batch': rng.uniform(0.1, 1, (len(lens), 4))}[alibi]
+    variant = dict(causal=causal, softcap=3.0, alibi_slopes=slopes)
+    out, lse = attention_varlen_reference(q, k, v, cq, ck, **variant)
+    dout = rng.standard_normal(out.shape)
+    dq, dk, dv = attention_varlen_backward_reference(dout, q, k, v, cq, ck, **variant)
+    assert out.shape == q.shape and lse.shape == (4, q.shape[0])
+    for i in range(len(lens)):
+        (q0, q1), (k0, k1) = cq[i:i + 2], ck[i:i + 2]
+        if q1 == q0:
+            continue
+        if k1 == k0:  # no keys: 0 output, -inf lse, zero gradient
+            assert (out[q0:q1] == 0).all() and (lse[:, q0:q1] == -np.inf).all() and (dq[q0:q1] == 0).all()
+            continue
+        s = None if slopes is None or slopes.ndim == 1 else slopes[i:i + 1]
+        kw = dict(variant, alibi_slopes=slopes if s is None else s)
+        o, l = attention_reference(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], **kw)
+        np.testing.assert_allclose(out[q0:q1], o[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(lse[:, q0:q1], l[0], rtol=1e-12, atol=1e-12)
+        g = attention_backward_reference(dout[None, q0:q1], q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], **kw)
+        for got, want in zip((dq[q0:q1], dk[k0:k1], dv[k0:k1]), g):
+            np.testing.assert_allclose(got, want[0], rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(b=st.sampled_from([1, 2]), h=st.sampled_from([1, 3]), m=st.integers(1, 40), n=st.integers(1, 40),
+       block_m=st.sampled_from([4, 8, 16]), block_n=st.sampled_from([4, 8]),
+       broadcast=st.sampled_from(['none', 'rows', 'keys']), density=st.sampled_from([0.0, 0.5, 0.97, 1.0]),
+       seed=st.integers(0, 2**31))
+def test_mask_block_summary_matches_a_tile_loop(b, h, m, n, block_m, block_n, broadcast, density, seed):
+    rng = np.random.default_rng(seed)
+    shape = (b, h, 1 if broadcast == 'rows' else m, 1 if broadcast == 'keys' else n)
+    # blocky masks: whole 4x4 blocks on or off, then a few flipped elements
+    blocks = rng.random((b, h, -(-shape[2] // 4), -(-shape[3] // 4))) < density
+    mask = np.repeat(np.repeat(blocks, 4, axis=2), 4, axis=3)[:, :, :shape[2], :shape[3]].copy()
+    mask ^= rng.random(shape) < 0.02
+    got = mask_block_summary(mask, block_m, block_n)
+    tm = 1 if shape[2] == 1 else -(-m // block_m)
+    tn = 1 if shape[3] == 1 else -(-n // block_n)
+    assert got.shape == (b, h, tm, tn) and got.dtype == np.int8
+    for idx in np.ndindex(b, h, tm, tn):
+        r = slice(None) if shape[2] == 1 else slice(idx[2] * block_m, (idx[2] + 1) * block_m)
+        c = slice(None) if shape[3] == 1 else slice(idx[3] * block_n, (idx[3] + 1) * block_n)
+        tile = mask[idx[0], idx[1], r, c]
+        assert got[idx] == (1 if tile.all() else 2 if tile.any() else 0), (idx, tile)

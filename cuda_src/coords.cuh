@@ -24,10 +24,32 @@ __device__ __forceinline__ int kv_head_of(const AttnParams& p, int head) {
     return divide(head, p.heads_per_kv, p.heads_per_kv_magic);
 }
 
-// lse: a contiguous (batch, nheads, seqlen_q) array.
-__device__ __forceinline__ i64 lse_offset(const AttnParams& p, int batch, int head, int row) {
-    return (static_cast<i64>(batch) * p.nheads + head) * p.seqlen_q + row;
-}
+// One batch entry's rows. Dense batches: every entry has seqlen_q x seqlen_k rows at its batch offset. Packed
+// variable-length batches (flash-attn's varlen layout): entry b owns rows cu_seqlens[b] .. cu_seqlens[b + 1] of
+// (total, heads, head_dim) tensors, passed with batch stride 0, and lse is (nheads, total_q).
+struct Seq {
+    int q0, k0;  // the entry's first row in q (out, lse) and in k, v
+    int seqlen_q, seqlen_k;
+};
+
+// lse_offset: the element of (batch, head, row) in lse, contiguous (batch, nheads, seqlen_q) for dense batches.
+struct DenseRows {
+    static __device__ __forceinline__ Seq of(const AttnParams& p, int) { return {0, 0, p.seqlen_q, p.seqlen_k}; }
+    static __device__ __forceinline__ i64 lse_offset(const AttnParams& p, int batch, int head, int row) {
+        return (static_cast<i64>(batch) * p.nheads + head) * p.seqlen_q + row;
+    }
+};
+
+struct PackedRows {
+    static __device__ __forceinline__ Seq of(const AttnParams& p, int batch) {
+        const int q0 = p.cu_seqlens_q[batch], k0 = p.cu_seqlens_k[batch];
+        return {q0, k0, p.cu_seqlens_q[batch + 1] - q0, p.cu_seqlens_k[batch + 1] - k0};
+    }
+    // row counts from the start of the packed tensor (q0 included)
+    static __device__ __forceinline__ i64 lse_offset(const AttnParams& p, int, int head, int row) {
+        return static_cast<i64>(head) * p.total_q + row;
+    }
+};
 
 // lse2 and delta: one row of row_pitch floats per (batch, head) (a multiple of 4, for 16-byte copies).
 __device__ __forceinline__ i64 row_values_offset(const AttnParams& p, int batch, int head) {

@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(128) flash_bwd_preprocess_kernel(const AttnPar
     for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
     if (lane == 0) {
         const i64 at = row_values_offset(p, b, h) + m;
-        const float l = p.lse[lse_offset(p, b, h, m)];
+        const float l = p.lse[DenseRows::lse_offset(p, b, h, m)];
         p.delta[at] = dot;
         p.lse2[at] = l == neg_inf() ? -neg_inf() : l * 1.4426950408889634f;  // log2(e)
     }
@@ -197,7 +197,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const int warp_key0 = warp / D_SPLIT * 16 * KEY_TILES;
     const int warp_query0 = warp % D_SPLIT * WARP_QUERIES, d_col0 = warp % D_SPLIT * WARP_D;
     const int dq_row0 = warp % DQ_ROW_WARPS * 16 * DQ_ROW_TILES, dq_col0 = warp / DQ_ROW_WARPS * DQ_COLS;
-    const Mask mask(p);
+    const Seq seq = DenseRows::of(p, batch);
+    const Mask mask(p, seq);
 
     // Steps walk the query tiles that see these keys, for each query head of this block's split in turn: step t is
     // query head blockIdx.y * heads_per_split + t / m_steps, query tile first + t % m_steps.
@@ -249,7 +250,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
-        const Score score(p, batch, head);
+        const Score score(p, seq, batch, head);
 
         // S^T = K Q^T and dP^T = V dO^T for this warp's keys x queries (raw scores); then logits = Score(S^T)
         float s[KEY_TILES][WARP_QUERIES / 8][4] = {};
@@ -363,8 +364,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     const int m0 = m_block * BLOCK_M;
     const int warp_row0 = warp * ROWS_PER_WARP;
     const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
-    const Mask mask(p);
-    const Score score(p, batch, head);
+    const Seq seq = DenseRows::of(p, batch);
+    const Mask mask(p, seq);
+    const Score score(p, seq, batch, head);
 
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
     const int n_tiles = key_tiles.y - key_tiles.x;

@@ -24,7 +24,7 @@ __host__ __device__ constexpr int fwd_smem_bytes() {
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          int SMEM_BYTES = fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
+          typename Rows = DenseRows, int SMEM_BYTES = fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
@@ -46,13 +46,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
     const int m_block = Mask::MASKS ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const int head = blockIdx.y, batch = blockIdx.z;
-    const u16* k_bh = p.k + row_offset(p.k_str, batch, kv_head_of(p, head), 0);
-    const u16* v_bh = p.v + row_offset(p.v_str, batch, kv_head_of(p, head), 0);
+    const Seq seq = Rows::of(p, batch);
     const int m0 = m_block * BLOCK_M;
+    if (m0 >= seq.seqlen_q) return;  // packed batches: the grid covers the longest entry
+    const u16* k_bh = p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0);
+    const u16* v_bh = p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0);
     const int warp_row0 = warp * ROWS_PER_WARP;
-    const int seqlen_k = p.seqlen_k;
-    const Mask mask(p);
-    const Score score(p, batch, head);
+    const int seqlen_k = seq.seqlen_k;
+    const Mask mask(p, seq);
+    const Score score(p, seq, batch, head);
 
     // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
     // masking on the diagonal come first.
@@ -68,8 +70,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                                          seqlen_k - n0, p.head_dim);
     };
 
-    load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, m0), p.q_str.seq,
-                                    p.seqlen_q - m0, p.head_dim);
+    load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
+                                    seq.seqlen_q - m0, p.head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
         if (t < n_tiles) load_kv(t);
@@ -117,13 +119,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         for (int r = 0; r < 2; ++r) {
             row_scale[mt][r] = softmax.inv_l(mt, r);
             const int row = m0 + warp_row0 + 16 * mt + lane / 4 + 8 * r;
-            if (lane % 4 == 0 && row < p.seqlen_q)
-                p.lse[lse_offset(p, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);
+            if (lane % 4 == 0 && row < seq.seqlen_q)
+                p.lse[Rows::lse_offset(p, batch, head, seq.q0 + row)] = softmax.lse(mt, r, p.scale_log2);
         }
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
     __syncthreads();
-    store_tile<QTile, THREADS>(p.out + row_offset(p.o_str, batch, head, m0), sQ, p.o_str.seq, p.seqlen_q - m0,
-                               p.head_dim);
+    store_tile<QTile, THREADS>(p.out + row_offset(p.o_str, batch, head, seq.q0 + m0), sQ, p.o_str.seq,
+                               seq.seqlen_q - m0, p.head_dim);
 }
 
 }  // namespace cf

@@ -6,8 +6,10 @@
 // Padding keys past seqlen_k are always hidden; that is the kernels' business, not a policy's.
 //
 // Alignment (flash-attn's): with off = seqlen_k - seqlen_q, query i lines up with key i + off (the bottom-right
-// corner of the score matrix). Causal is the band with right = 0 and an unbounded left side.
+// corner of the score matrix). Causal is the band with right = 0 and an unbounded left side. The lengths are the
+// batch entry's own (coords.cuh Seq), so packed variable-length entries align to their own corners.
 #pragma once
+#include "coords.cuh"
 #include "params.cuh"
 #include "warp_gemm.cuh"
 
@@ -25,7 +27,7 @@ __device__ __forceinline__ int2 tiles_covering(int first, int last, int count) {
 // Every pair visible: today's non-causal kernels, compiled exactly as before.
 struct NoMask {
     static constexpr bool MASKS = false;
-    __device__ __forceinline__ explicit NoMask(const AttnParams&) {}
+    __device__ __forceinline__ NoMask(const AttnParams&, const Seq&) {}
     template <int BLOCK_M, int BLOCK_N>
     __device__ __forceinline__ int2 key_tiles(int, int seqlen_k) const {
         return make_int2(0, (seqlen_k + BLOCK_N - 1) / BLOCK_N);
@@ -49,8 +51,9 @@ struct NoMask {
 struct BandMask {
     static constexpr bool MASKS = true;
     const AttnParams& p;
-    __device__ __forceinline__ explicit BandMask(const AttnParams& params) : p(params) {}
-    __device__ __forceinline__ int off() const { return p.seqlen_k - p.seqlen_q; }
+    const Seq& seq;
+    __device__ __forceinline__ BandMask(const AttnParams& params, const Seq& sequence) : p(params), seq(sequence) {}
+    __device__ __forceinline__ int off() const { return seq.seqlen_k - seq.seqlen_q; }
 
     // Key tiles that query rows [m0, m0 + BLOCK_M) see any key of.
     template <int BLOCK_M, int BLOCK_N>

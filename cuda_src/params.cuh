@@ -25,6 +25,8 @@ struct AttnParams {
     u16* dv;
     const float* alibi_slopes;  // ScoreMod<_, true>: slope of (batch, head) at batch * alibi_batch_stride + head
     float* dkv_partial;         // backward, kv_splits > 1: fp32 partial dK, then dV (coords.cuh dkv_partial_offset)
+    const int* cu_seqlens_q;    // PackedRows (varlen): batch + 1 row offsets into q, out and lse
+    const int* cu_seqlens_k;    //   ... and into k, v
 
     Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
     i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
@@ -32,6 +34,7 @@ struct AttnParams {
 
     int batch, nheads, nheads_k, heads_per_kv, seqlen_q, seqlen_k, head_dim;
     int row_pitch;
+    int total_q;                // PackedRows: rows of q (lse is (nheads, total_q))
     // dK/dV kernel: the query heads sharing a K/V head are spread over kv_splits blocks, heads_per_split each.
     int kv_splits, heads_per_split;
     // BandMask: key j is visible to query i iff -window_left <= j - i - (seqlen_k - seqlen_q) <= window_right.

@@ -7,6 +7,7 @@
 // once at the end, so grad_factor returns the rest (1 for plain and ALiBi, 1 - tanh^2 for softcap). With neither
 // modifier the policy is the identity and the kernels compile to the fused scale-and-subtract of plain attention.
 #pragma once
+#include "coords.cuh"
 #include "params.cuh"
 #include "warp_gemm.cuh"
 
@@ -25,8 +26,8 @@ struct ScoreMod {
     float alibi_slope;     // -slope * unit of this (batch, head): a non-positive multiplier of the distance
     int off;
 
-    __device__ __forceinline__ ScoreMod(const AttnParams& p, int batch, int head)
-        : cap(p.softcap), cap_inv(0.f), cap_scale(p.softcap_scale), alibi_slope(0.f), off(p.seqlen_k - p.seqlen_q) {
+    __device__ __forceinline__ ScoreMod(const AttnParams& p, const Seq& seq, int batch, int head)
+        : cap(p.softcap), cap_inv(0.f), cap_scale(p.softcap_scale), alibi_slope(0.f), off(seq.seqlen_k - seq.seqlen_q) {
         if constexpr (SOFTCAP) cap_inv = 1.f / p.softcap;
         if constexpr (ALIBI) alibi_slope = -p.alibi_slopes[batch * p.alibi_batch_stride + head] * p.alibi_unit;
     }

@@ -158,7 +158,7 @@ def static_params(problem: Problem) -> Params:
     left, right = kernel_window(problem)
     params.set(batch=problem.batch, nheads=problem.nheads, nheads_k=problem.nheads_k,
                heads_per_kv=problem.heads_per_kv, heads_per_kv_magic=division_magic(problem.heads_per_kv),
-               kv_splits=1, heads_per_split=problem.heads_per_kv,
+               kv_splits=1, heads_per_split=problem.heads_per_kv, total_q=problem.total_q,
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem))

@@ -140,6 +140,8 @@ DTYPES = ("float16", "bfloat16")
 #: Every score-modifier combination, with the band mask: each is compiled on every tile the dispatcher may pick for
 #: it (register use is not monotonic in the modifiers: one combination can spill where a heavier one does not).
 MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a) for s, a in ((True, False), (False, True), (True, True)))
+#: Packed variable-length rows (forward only so far): plain and with every modifier, band mask, on every tile.
+PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band", True, True, rows="packed"))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True))
 
@@ -159,6 +161,9 @@ def _kernel_instances(kind: str):
             fam = BY_NAME[family_name]
             for atomic in atomic_flags:
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
+    for variant in PACKED if kind == "fwd" else ():
+        for family_name, kd, config in all_variants(kind, variant):
+            seen.add((BY_NAME[family_name].sources[kind], BY_NAME[family_name].kernel_name(kind, config, kd, variant)))
     for variant in SINGLE_POLICIES:
         leading = {}
         for family_name, kd, config in all_variants(kind, variant):

@@ -16,14 +16,15 @@ STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv")  # tensors with (batch, s
 
 #: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
 POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes",
-            "dkv_partial")
+            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k")
 FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "ptr") for name in POINTERS),
     *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),
     ("alibi_batch_stride", "i64"),
     ("heads_per_kv_magic", "u64"),
     *((name, "int") for name in ("batch", "nheads", "nheads_k", "heads_per_kv", "seqlen_q", "seqlen_k", "head_dim",
-                                 "row_pitch", "kv_splits", "heads_per_split", "window_left", "window_right")),
+                                 "row_pitch", "total_q", "kv_splits", "heads_per_split", "window_left",
+                                 "window_right")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit")),
 )
 

@@ -5,6 +5,7 @@ on machines without a GPU; :func:`spec_of` reads one off a CuPy array.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
@@ -223,3 +224,71 @@ def check_grad_output(name: str, grad: ArraySpec, like: ArraySpec) -> None:
                          f"{like.device}; got shape {grad.shape}, dtype {grad.dtype}, device {grad.device}")
     if math.prod(grad.shape) and grad.strides[3] != grad.itemsize:
         raise ValueError(f"{name}'s last dimension (head dim) must be contiguous")
+
+
+VARLEN_LAYOUT = "(total_q, nheads, headdim) for q and (total_k, nheads_k, headdim) for k, v"
+
+
+def _packed_as_batch_of_one(a: ArraySpec, name: str) -> ArraySpec:
+    """A packed (total, heads, dim) array seen as the dense (1, total, heads, dim) that check_qkv takes."""
+    if len(a.shape) != 3:
+        raise ValueError(f"{name} must have 3 dimensions {VARLEN_LAYOUT}; got shape {a.shape}")
+    return ArraySpec((1,) + a.shape, (0,) + a.strides, a.dtype, a.itemsize, a.device, a.ptr)
+
+
+def check_cu_seqlens(cu_q: ArraySpec, cu_k: ArraySpec, device: int) -> int:
+    """cu_seqlens_q and cu_seqlens_k: int32 vectors of batch + 1 offsets on q's GPU; returns batch."""
+    for name, a in (("cu_seqlens_q", cu_q), ("cu_seqlens_k", cu_k)):
+        if len(a.shape) != 1 or a.shape[0] < 1:
+            raise ValueError(f"{name} must be a 1-dim array of batch + 1 offsets; got shape {a.shape}")
+        if a.dtype != "int32":
+            raise TypeError(f"{name} must be int32; got {a.dtype}")
+        if a.device != device:
+            raise ValueError(f"{name} must be on q's GPU {device}; got device {a.device}")
+        if a.shape[0] > 1 and a.strides[0] != 4:
+            raise ValueError(f"{name} must be contiguous; its stride is {a.strides[0]} bytes")
+    if cu_q.shape != cu_k.shape:
+        raise ValueError(f"cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1); got "
+                         f"{cu_q.shape[0]} and {cu_k.shape[0]}")
+    return cu_q.shape[0] - 1
+
+
+def check_cu_seqlens_values(name: str, offsets, total: int, max_seqlen: int) -> None:
+    """flash-attn's contract for one offsets vector (host ints): starts at 0, never decreases, ends at the packed
+    tensor's row count, and no sequence is longer than max_seqlen."""
+    if offsets[0] != 0:
+        raise ValueError(f"{name} must start at 0; got {offsets[0]}")
+    lengths = [b - a for a, b in zip(offsets, offsets[1:])]
+    if any(n < 0 for n in lengths):
+        i = next(i for i, n in enumerate(lengths) if n < 0)
+        raise ValueError(f"{name} must not decrease; entry {i + 1} ({offsets[i + 1]}) < entry {i} ({offsets[i]})")
+    if offsets[-1] != total:
+        raise ValueError(f"{name} must end at the number of packed rows {total}; got {offsets[-1]}")
+    if lengths and max(lengths) > max_seqlen:
+        raise ValueError(f"{name} holds a sequence of {max(lengths)} rows, longer than max_seqlen = {max_seqlen}")
+
+
+def describe_varlen(q: ArraySpec, k: ArraySpec, v: ArraySpec, cu_q: ArraySpec, cu_k: ArraySpec,
+                    max_seqlen_q, max_seqlen_k, *, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0) -> Problem:
+    """describe() for flash-attn's packed variable-length layout (the cu_seqlens values are checked separately,
+    since they change from call to call): batch = number of sequences, seqlen_q and seqlen_k = the max_seqlens."""
+    q4, k4, v4 = (_packed_as_batch_of_one(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    dense = describe(q4, k4, v4, softmax_scale=softmax_scale, causal=causal, window_size=(-1, -1),
+                     softcap=softcap, dropout_p=dropout_p)
+    batch = check_cu_seqlens(cu_q, cu_k, dense.device)
+    for name, n in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
+            raise TypeError(f"{name} must be a non-negative int; got {n!r}")
+        if n >= _MAX_SEQLEN:
+            raise ValueError(f"{name} must be below {_MAX_SEQLEN}; got {n}")
+    if batch > _MAX_GRID_YZ:
+        raise ValueError(f"at most {_MAX_GRID_YZ} sequences per call; got {batch}")
+    shape = AttentionShape(batch, int(max_seqlen_q), int(max_seqlen_k), dense.nheads, dense.head_dim, q.dtype,
+                           dense.device, dense.nheads_k)
+    window = normalize_window(check_window(window_size), dense.causal, shape.seqlen_q, shape.seqlen_k)
+    alibi_stride = 0 if alibi_slopes is None else check_alibi(alibi_slopes, shape)
+    variant = Variant(q.dtype, mask_kind(dense.causal, window), softcap=dense.softcap > 0,
+                      alibi=alibi_slopes is not None, rows="packed")
+    return dataclasses.replace(dense, batch=batch, seqlen_q=shape.seqlen_q, seqlen_k=shape.seqlen_k, window=window,
+                               alibi_batch_stride=alibi_stride, variant=variant, total_q=q.shape[0])

@@ -98,7 +98,7 @@ class BackwardPlan:
                 self.params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
                                           dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
-                                          partial if self.kv_splits > 1 else 0))
+                                          partial if self.kv_splits > 1 else 0, 0, 0))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
         if not self.trimmed and not self.copies_back:

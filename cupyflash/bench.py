@@ -604,6 +604,79 @@ def run_overhead(args):
     return rows, OVERHEAD_COLUMNS, markdown_table(rows, OVERHEAD_COLUMNS)
 
 
+# --- --varlen ---------------------------------------------------------------------------------------------
+
+VARLEN_MAX_LEN = 4096  # sequence lengths drawn uniformly from [1, VARLEN_MAX_LEN], TOKENS in all
+VARLEN_BAR = 0.9  # packed useful TFLOP/s over the dense batch of the mean length, at least
+VARLEN_COLUMNS = [
+    ("layout", "layout", str), ("D", "D", str), ("causal", "causal", str), ("sequences", "sequences", str),
+    ("lengths", "lengths", str), ("fwd ms", "fwd_ms", _num("%.3f")),
+    ("useful fwd TFLOP/s", "fwd_tflops", _num("%.1f")), ("packed / dense", "ratio", _num("%.2f")),
+]
+VARLEN_NOTE = (f"packed: {TOKENS} tokens in lengths drawn uniformly from [1, {VARLEN_MAX_LEN}] (seed 0), "
+               "flash_attn_varlen_func; dense: flash_attn_func on batch = tokens // mean length sequences of the "
+               "mean length; useful FLOPs = 4 * nheads * headdim * the (query, key) pairs each sequence's own "
+               "causal mask leaves visible, summed over sequences; ratio = packed over dense TFLOP/s")
+
+
+def varlen_lengths(seed=0, tokens=TOKENS, max_len=VARLEN_MAX_LEN):
+    """Lengths drawn uniformly from [1, max_len] until they hold `tokens` in all (the last one cut to fit)."""
+    import numpy
+
+    rng, lengths = numpy.random.default_rng(seed), []
+    while sum(lengths) < tokens:
+        lengths.append(int(rng.integers(1, max_len + 1)))
+    lengths[-1] -= sum(lengths) - tokens
+    return lengths
+
+
+def useful_flops(lengths, nheads, headdim, causal):
+    """Forward FLOPs of packed sequences: each one's own visible pairs (4 * nheads * headdim per pair)."""
+    return sum(4 * nheads * headdim * int(visible_pairs(n, n, causal)) for n in lengths)
+
+
+def run_varlen(args):
+    """(rows, columns, report body) of --varlen: packed forward against the dense batch of the mean length."""
+    import cupy
+    import numpy
+
+    import cupyflash as cf
+
+    lengths = varlen_lengths()
+    mean = round(sum(lengths) / len(lengths))
+    cu = cupy.asarray(numpy.concatenate([[0], numpy.cumsum(lengths)]).astype(numpy.int32))
+    rows = []
+    for d, causal, dtype in itertools.product(args.headdim, args.causals, args.dtype):
+        nheads = HIDDEN // d
+        packed = [x[0] for x in make_inputs(1, TOKENS, nheads, d, dtype)]  # (total, nheads, headdim)
+        dense = make_inputs(TOKENS // mean, mean, nheads, d, dtype)
+        cases = (("packed", len(lengths), f"1..{max(lengths)}", useful_flops(lengths, nheads, d, causal),
+                  lambda: cf.flash_attn_varlen_func(*packed, cu, cu, max(lengths), max(lengths), causal=causal)),
+                 ("dense", TOKENS // mean, f"{mean}", useful_flops([mean] * (TOKENS // mean), nheads, d, causal),
+                  lambda: cf.flash_attn_func(*dense, causal=causal)))
+        pair = []
+        for layout, count, lens, flops, fn in cases:
+            row = {"impl": "cupyflash", "dtype": dtype, "layout": layout, "D": d, "causal": causal,
+                   "sequences": count, "lengths": lens, "fwd_ms": None, "fwd_tflops": None, "ratio": None,
+                   "error": ""}
+            try:
+                row["fwd_ms"] = time_fn(fn)
+                row["fwd_tflops"] = flops / row["fwd_ms"] / 1e9
+            except Exception as e:
+                row["error"] = _error_text(e)
+                print(f"error: {layout} D={d} causal={causal}: {type(e).__name__}: {e}", flush=True)
+            pair.append(row)
+        if all(r["fwd_tflops"] for r in pair):
+            pair[0]["ratio"] = pair[0]["fwd_tflops"] / pair[1]["fwd_tflops"]
+        for row in pair:
+            _print_row(row, VARLEN_COLUMNS)
+        rows += pair
+        free_memory()
+    bars = [f"- packed D={r['D']} causal={r['causal']}: {r['ratio']:.2f}x dense (bar >= {VARLEN_BAR}): "
+            f"{'met' if r['ratio'] >= VARLEN_BAR else 'missed'}" for r in rows if r["ratio"] is not None]
+    return rows, VARLEN_COLUMNS, markdown_table(rows, VARLEN_COLUMNS) + ["", "bars:"] + bars
+
+
 # --- default mode -----------------------------------------------------------------------------------------
 
 def run_default(args):
@@ -643,6 +716,10 @@ def build_parser():
                       help=f"host time per call: {OVERHEAD_CALLS} calls on a {OVERHEAD_SHAPE} problem, cupyflash and "
                            "SDPA's default backend (left out if --impls names no torch impl); uses --dtype "
                            "(default bfloat16) and --no-bwd")
+    mode.add_argument("--varlen", action="store_true",
+                      help=f"packed variable-length forward ({TOKENS} tokens, lengths uniform in "
+                           f"[1, {VARLEN_MAX_LEN}]) against the dense batch of the mean length; uses --headdim, "
+                           "--dtype (default bfloat16), --causal")
     p.add_argument("--headdim", type=int, nargs="+", default=[64, 128], help="default mode and --variants")
     p.add_argument("--seqlen", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
                    help="default mode only")
@@ -664,7 +741,7 @@ def parse_args(argv=None):
     if args.quick:
         args.headdim, args.seqlen = [128], [2048, 8192]
     if args.dtype is None:
-        args.dtype = ["bfloat16"] if args.variants or args.overhead else ["float16", "bfloat16"]
+        args.dtype = ["bfloat16"] if args.variants or args.overhead or args.varlen else ["float16", "bfloat16"]
     args.causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     if args.no_bwd:  # the bwd-only rows would be empty
         args.impls = [i for i in args.impls if i not in BWD_ONLY]
@@ -695,11 +772,13 @@ def _check_support(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    note = OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else FLOP_NOTE
+    note = (OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else VARLEN_NOTE if args.varlen
+            else FLOP_NOTE)
     head = header_lines(note)
     print("\n".join(head), flush=True)
     _check_support(args)
-    run = run_overhead if args.overhead else run_variants if args.variants else run_default
+    run = (run_overhead if args.overhead else run_variants if args.variants else run_varlen if args.varlen
+           else run_default)
     rows, columns, body = run(args)
     report = head + [""] + body
     print("\n" + "\n".join(report), flush=True)

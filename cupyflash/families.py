@@ -15,6 +15,7 @@ HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_row
 
 _ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
+_ROWS_TYPE = {"dense": "cf::DenseRows", "packed": "cf::PackedRows"}
 
 
 def _cpp_bool(flag: bool) -> str:
@@ -39,7 +40,7 @@ class Mma80Family:
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
 
     def supports(self, compute_capability: int, variant: Variant) -> bool:
-        return compute_capability >= self.min_cc and variant.dtype in _ELEM_TAG
+        return compute_capability >= self.min_cc and variant.dtype in _ELEM_TAG and variant.rows in _ROWS_TYPE
 
     # ---- shared memory per kernel kind, mirroring each kernel's layout
     def smem_bytes(self, kind: str, config, kernel_hdim: int) -> int:
@@ -64,7 +65,9 @@ class Mma80Family:
                  f"{config.blocks_per_sm}")
         smem = self.smem_bytes(kind, config, kernel_hdim)
         if kind == "fwd":
-            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {smem}>"
+            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {_ROWS_TYPE[variant.rows]}, {smem}>"
+        if variant.rows != "dense":
+            raise ValueError(f"the {kind} kernel has no {variant.rows} row layout yet")
         if kind == "bwd":
             return (f"cf::flash_bwd_dkdv_kernel<{elem}, {tiles}, {policies}, {_cpp_bool(atomic_dq)}, "
                     f"{config.d_split}, {smem}>")

@@ -21,15 +21,21 @@ class ForwardPlan:
         self.copy_rows = _launch.row_copy_kernel(problem)  # head dims that are not a multiple of 8
         self.staging = tuple(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec, v_spec))
         self.any_staging = any(s.copy for s in self.staging)
-        self.out_shape = (problem.batch, problem.seqlen_q, problem.nheads, problem.head_dim)
+        # Packed variable-length rows run as one (1, total_q, nheads, dim) array with lse (nheads, total_q).
+        self.packed = problem.variant.rows == "packed"
+        rows = (1, problem.total_q) if self.packed else (problem.batch, problem.seqlen_q)
+        self.out_shape = rows + (problem.nheads, problem.head_dim)
         self.kernel_out_shape = self.out_shape[:3] + (pd,)
         self.padded = pd != problem.head_dim
-        self.lse_shape = (problem.batch, problem.nheads, problem.seqlen_q)
+        self.lse_shape = ((problem.nheads, problem.total_q) if self.packed
+                          else (problem.batch, problem.nheads, problem.seqlen_q))
         self.params = static_params(problem)
         itemsize = q_spec.itemsize
         for name, staging in zip("qkv", self.staging):
             self.params.set_strides(name, staging.kernel_strides, itemsize)
         self.params.set_strides("o", _launch.contiguous_strides(self.kernel_out_shape, itemsize), itemsize)
+        if self.packed:  # blockIdx.z is the sequence; its rows start at cu_seqlens, not at a batch stride
+            self.params.set(q_str_batch=0, k_str_batch=0, v_str_batch=0, o_str_batch=0)
         self.launches = not problem.empty
         if self.launches:
             kd = kernel_head_dim(problem.head_dim)
@@ -38,7 +44,7 @@ class ForwardPlan:
                                  problem.device, _launch.query_grid(problem, config.block_m), config.warps * 32,
                                  family.smem_bytes("fwd", config, kd), self.params)
 
-    def run(self, q, k, v, alibi_slopes):
+    def run(self, q, k, v, alibi_slopes, cu_seqlens=(None, None)):
         import cupy
 
         if self.any_staging:
@@ -49,7 +55,7 @@ class ForwardPlan:
             params = self.params
             with params.lock:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
-                                     0, 0, 0, _launch.ptr(alibi_slopes), 0))
+                                     0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens)))
                 self.kernel(current_stream_ptr())
         if self.padded:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))

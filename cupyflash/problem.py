@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 #: Mask kinds: every pair visible, or a diagonal band (causal, sliding windows; see cuda_src/mask.cuh).
 MASKS = ("none", "band")
+#: Row layouts: dense (batch, seqlen, heads, dim) batches, or packed variable-length batches (flash-attn's varlen
+#: layout; see cuda_src/coords.cuh).
+ROWS = ("dense", "packed")
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class Variant:
     mask: str = "none"     # one of MASKS
     softcap: bool = False  # logits = softcap * tanh(scaled score / softcap)
     alibi: bool = False    # logits -= slope * |i + seqlen_k - seqlen_q - j|
+    rows: str = "dense"    # one of ROWS
 
     @property
     def plain_scores(self) -> bool:
@@ -41,6 +45,7 @@ class Problem:
     softcap: float          # 0: off
     alibi_batch_stride: int  # elements between batches of alibi_slopes; 0 for one shared (nheads,) vector
     variant: Variant
+    total_q: int = 0        # packed rows: rows of q (seqlen_q and seqlen_k are then the longest entry's)
 
     @property
     def heads_per_kv(self) -> int:

@@ -277,3 +277,21 @@ def test_default_mode_end_to_end(fake_gpu, tmp_path):
     assert bench.FLOP_NOTE in text and "speedup of cupyflash (TFLOP/s ratio):" in text
     assert "- bfloat16 D=128 causal=False seqlen=2048: fwd 1.50x vs torch-flash; bwd 0.75x vs torch-flash, " \
            "1.00x vs cupyflash-det" in text
+
+
+# --- --varlen ---------------------------------------------------------------------------------------------
+
+def test_varlen_lengths_fill_the_tokens_within_the_range():
+    lengths = bench.varlen_lengths(seed=0)
+    assert sum(lengths) == bench.TOKENS and all(1 <= n <= bench.VARLEN_MAX_LEN for n in lengths)
+    assert bench.varlen_lengths(seed=0) == lengths and bench.varlen_lengths(seed=1) != lengths
+
+
+def test_useful_flops_count_each_sequence_on_its_own():
+    assert bench.useful_flops([3, 5], 2, 8, False) == 4 * 2 * 8 * (9 + 25)
+    assert bench.useful_flops([3, 5], 2, 8, True) == 4 * 2 * 8 * (6 + 15)  # n (n + 1) / 2 pairs each
+
+
+def test_varlen_mode_arguments():
+    args = bench.parse_args(["--varlen"])
+    assert args.varlen and args.dtype == ["bfloat16"] and args.headdim == [64, 128]

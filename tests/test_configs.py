@@ -282,3 +282,14 @@ def test_kv_splits_fill_the_gpu_with_divisors_of_the_group():
     assert configs.kv_splits(H100, 128, 32) == 32  # MQA on a small grid: one query head per block
     assert configs.kv_splits(H100, 1, 1) == 1  # no group to split
     assert configs.kv_splits(H100, target // 4, 7) == 7  # a prime group: all or nothing
+
+
+def test_packed_rows_are_a_forward_policy_only():
+    from cupyflash.families import MMA_SM80
+
+    cfg = select_fwd_config(H100, 64)
+    packed = Variant("bfloat16", "band", rows="packed")
+    assert ", cf::PackedRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, packed)
+    assert ", cf::DenseRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, Variant("bfloat16"))
+    with pytest.raises(ValueError, match="no packed row layout yet"):
+        MMA_SM80.kernel_name("bwd", configs.select_config("bwd", H100, 64), 64, packed)

@@ -9,7 +9,7 @@ from cupyflash._validate import (ArraySpec, AttentionShape, as_cuda_array, check
                                  describe, needs_aligned_copy)
 from cupyflash.problem import Variant, kernel_window
 
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "uint16": 2}
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "uint16": 2, "int32": 4, "int64": 8}
 
 
 def spec(shape, dtype="float16", strides=None, device=0, ptr=0):
@@ -296,3 +296,64 @@ def test_bad_dropout(p):
 @pytest.mark.parametrize("head_dim, padded", [(1, 8), (12, 16), (59, 64), (64, 64), (111, 112), (200, 200)])
 def test_padded_head_dim(head_dim, padded):
     assert describe(*qkv((1, 3, 1, head_dim), (1, 3, 1, head_dim))).padded_head_dim == padded
+
+
+# ---- packed variable-length batches (flash_attn_varlen_func) ----
+
+from cupyflash._validate import check_cu_seqlens_values, describe_varlen  # noqa: E402
+
+
+def varlen(total_q=10, total_k=12, nheads=4, nheads_k=2, d=64, batch=3, cu_dtype="int32", **kw):
+    q, k, v = spec((total_q, nheads, d)), spec((total_k, nheads_k, d)), spec((total_k, nheads_k, d))
+    return (q, k, v, spec((batch + 1,), cu_dtype), spec((batch + 1,), cu_dtype))
+
+
+def test_describe_varlen_builds_a_packed_problem():
+    p = describe_varlen(*varlen(), 6, 7, causal=True, window_size=(3, -1))
+    assert (p.batch, p.seqlen_q, p.seqlen_k, p.total_q, p.nheads, p.nheads_k) == (3, 6, 7, 10, 4, 2)
+    assert p.variant == Variant("float16", "band", rows="packed") and p.window == (3, 0)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (dict(), None, None),
+    (dict(cu_dtype="int64"), TypeError, "cu_seqlens_q must be int32"),
+    (dict(batch=-1), ValueError, "batch \\+ 1 offsets"),
+])
+def test_cu_seqlens_metadata(args, error, match):
+    inputs = varlen(**args)
+    if error is None:
+        describe_varlen(*inputs, 5, 5)
+    else:
+        with pytest.raises(error, match=match):
+            describe_varlen(*inputs, 5, 5)
+
+
+def test_varlen_inputs_are_three_dimensional_and_offsets_match():
+    q, k, v, cu_q, cu_k = varlen()
+    with pytest.raises(ValueError, match=r"q must have 3 dimensions \(total_q, nheads, headdim\)"):
+        describe_varlen(spec((1, 10, 4, 64)), k, v, cu_q, cu_k, 5, 5)
+    with pytest.raises(ValueError, match="same length"):
+        describe_varlen(q, k, v, cu_q, spec((5,), "int32"), 5, 5)
+    with pytest.raises(ValueError, match="on q's GPU"):
+        describe_varlen(q, k, v, cu_q, spec((4,), "int32", device=1), 5, 5)
+    for bad in (-1, 2.0, True, None):
+        with pytest.raises(TypeError, match="max_seqlen_q must be a non-negative int"):
+            describe_varlen(q, k, v, cu_q, cu_k, bad, 5)
+    with pytest.raises(ValueError, match="alibi_slopes"):
+        describe_varlen(q, k, v, cu_q, cu_k, 5, 5, alibi_slopes=spec((2, 4), "float32"))
+    assert describe_varlen(q, k, v, cu_q, cu_k, 5, 5, alibi_slopes=spec((3, 4), "float32")).alibi_batch_stride == 4
+
+
+@pytest.mark.parametrize("offsets, total, max_seqlen, match", [
+    ([0, 3, 3, 10], 10, 7, None),
+    ([1, 3, 10], 10, 9, "must start at 0"),
+    ([0, 5, 4, 10], 10, 9, "must not decrease; entry 2 \\(4\\) < entry 1 \\(5\\)"),
+    ([0, 5, 9], 10, 9, "must end at the number of packed rows 10; got 9"),
+    ([0, 2, 10], 10, 7, "a sequence of 8 rows, longer than max_seqlen = 7"),
+])
+def test_cu_seqlens_values(offsets, total, max_seqlen, match):
+    if match is None:
+        check_cu_seqlens_values("cu_seqlens_q", offsets, total, max_seqlen)
+    else:
+        with pytest.raises(ValueError, match=match):
+            check_cu_seqlens_values("cu_seqlens_q", offsets, total, max_seqlen)

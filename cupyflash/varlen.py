@@ -1,0 +1,92 @@
+"""Variable-length batches in flash-attn's packed layout: ``flash_attn_varlen_func`` (forward).
+
+Sequence i of a call is rows cu_seqlens_q[i]:cu_seqlens_q[i + 1] of q and cu_seqlens_k[i]:cu_seqlens_k[i + 1] of
+k and v; the kernels read the offsets on the GPU, one block row per sequence (cuda_src/coords.cuh PackedRows), so
+work follows the real lengths. The offsets are also read back once per call to check them before any launch.
+"""
+from __future__ import annotations
+
+from ._launch import PlanCache, array_key, scalar_key
+from ._validate import as_cuda_array, check_cu_seqlens_values, describe_varlen, spec_of
+from .configs import check_config, select_config
+from ._device import device_limits
+from .forward import ForwardPlan, _on_device
+
+_PLANS = PlanCache()
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, *, return_lse=False, config=None):
+    """Exact softmax attention over a batch of sequences of different lengths, packed without padding.
+
+    flash-attn's signature and semantics. Each sequence is its own problem: causal and windows align to its own
+    bottom-right corner (query i of a sequence lines up with key i + its seqlen_k - its seqlen_q).
+
+    Args:
+        q: (total_q, nheads, headdim) CUDA array, float16 or bfloat16, the sequences' queries one after another.
+        k, v: (total_k, nheads_k, headdim), same dtype and device; nheads a multiple of nheads_k.
+        cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's GPU: 0, then the running totals of the sequences'
+            lengths (empty sequences allowed). Checked before launching: starting at 0, non-decreasing, ending at
+            total_q (total_k), no length above max_seqlen_q (max_seqlen_k); the check reads them back to the host,
+            which waits for the work queued before them on the stream.
+        max_seqlen_q, max_seqlen_k: the longest lengths (ints); the grid covers max_seqlen_q queries per sequence.
+        dropout_p, softmax_scale, causal, window_size, softcap, deterministic: as in flash_attn_func.
+        alibi_slopes: float32 (nheads,) or (batch, nheads), one row per sequence.
+        return_attn_probs: not supported for packed batches (NotImplementedError).
+        return_lse: also return the log-sum-exp, float32 (nheads, total_q) as flash-attn lays it out.
+        config: force a forward TileConfig.
+
+    Returns:
+        out, a new contiguous (total_q, nheads, headdim) array of q's dtype; ``(out, lse)`` with ``return_lse``.
+        A sequence with no keys gets output 0 and lse -inf.
+    """
+    del deterministic
+    if return_attn_probs:
+        raise NotImplementedError("return_attn_probs is not supported by flash_attn_varlen_func; call "
+                                  "flash_attn_func on one sequence at a time to get its attention matrix")
+    plan, (q, k, v, cu_q, cu_k, alibi) = _lookup(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                                 alibi_slopes, dropout_p, softmax_scale, causal, window_size,
+                                                 softcap, config)
+    problem = plan.problem
+    offsets_q, offsets_k = (x.get().tolist() for x in (cu_q, cu_k))
+    check_cu_seqlens_values("cu_seqlens_q", offsets_q, q.shape[0], problem.seqlen_q)
+    check_cu_seqlens_values("cu_seqlens_k", offsets_k, k.shape[0], problem.seqlen_k)
+    out, lse = _on_device(problem.device, plan.run, q[None], k[None], v[None], alibi, (cu_q, cu_k))
+    out = out[0]
+    return (out, lse) if return_lse else out
+
+
+def _lookup(q, k, v, cu_q, cu_k, max_q, max_k, alibi_slopes, *scalars):
+    arrays = (q, k, v, cu_q, cu_k)
+    keys = tuple(map(array_key, arrays))
+    alibi_key = None if alibi_slopes is None else array_key(alibi_slopes)
+    rest = scalar_key(max_q, max_k, *scalars)
+    key = None
+    if None not in keys and rest is not None and (alibi_slopes is None) == (alibi_key is None):
+        key = (keys, alibi_key, rest)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan, arrays + (alibi_slopes,)
+    return _plan(arrays, alibi_slopes, key, max_q, max_k, *scalars)
+
+
+def _plan(arrays, alibi_slopes, key, max_q, max_k, dropout_p, softmax_scale, causal, window_size, softcap,
+          config):
+    """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
+    names = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k")
+    arrays = tuple(as_cuda_array(x, n) for x, n in zip(arrays, names))
+    alibi = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
+    specs = [spec_of(x) for x in arrays]
+    problem = describe_varlen(*specs, max_q, max_k, softmax_scale=softmax_scale, causal=causal,
+                              window_size=window_size, softcap=softcap,
+                              alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p)
+    limits = device_limits(problem.device)
+    if config is None:
+        config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant)
+    else:
+        check_config("fwd", config, limits, problem.head_dim, problem.variant)
+    q4, k4, v4 = (spec_of(x[None]) for x in arrays[:3])
+    plan = ForwardPlan(problem, config, q4, k4, v4)
+    _PLANS.put(key, plan)
+    return plan, arrays + (alibi,)

@@ -1,0 +1,95 @@
+"""flash_attn_varlen_func on a GPU: every packed sequence against the float64 reference, NaN-poisoned outputs."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import requires_gpu
+from gpu_helpers import check_against_reference, random_array, to_float64
+
+import cupyflash as cf
+
+pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
+
+DTYPES = ["float16", "bfloat16"]
+
+
+def offsets(lengths):
+    import cupy
+
+    return cupy.asarray(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+
+
+def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, alibi=None, **variant):
+    import cupy
+
+    rng = np.random.default_rng(seed)
+    q, q64 = random_array(rng, (sum(lens_q), nheads, head_dim), dtype)
+    k, k64 = random_array(rng, (sum(lens_k), nheads_k, head_dim), dtype)
+    v, v64 = random_array(rng, (sum(lens_k), nheads_k, head_dim), dtype)
+    slopes = {None: None, "heads": (nheads,), "sequences": (len(lens_q), nheads)}[alibi]
+    if slopes is not None:
+        slopes = cupy.asarray(rng.uniform(0.01, 0.5, slopes).astype(np.float32))
+    cu_q, cu_k = offsets(lens_q), offsets(lens_k)
+    out, lse = cf.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), causal=causal,
+                                         alibi_slopes=slopes, return_lse=True, **variant)
+    assert out.shape == q.shape and out.dtype == q.dtype and out.flags.c_contiguous
+    assert lse.shape == (nheads, q.shape[0])
+    bounds_q, bounds_k = cu_q.get(), cu_k.get()
+    for i in range(len(lens_q)):
+        (q0, q1), (k0, k1) = bounds_q[i:i + 2], bounds_k[i:i + 2]
+        if q1 == q0:
+            continue
+        if k1 == k0:  # no keys: zero output, lse -inf
+            assert bool((to_float64(out[q0:q1]) == 0).all()) and bool(cupy.isneginf(lse[:, q0:q1]).all())
+            continue
+        own = None if slopes is None else slopes if slopes.ndim == 1 else slopes[i:i + 1]
+        check_against_reference(out[None, q0:q1], lse[None, :, q0:q1], q64[None, q0:q1], k64[None, k0:k1],
+                                v64[None, k0:k1], 1 / math.sqrt(head_dim), causal, dtype, alibi_slopes=own,
+                                **variant)
+
+
+lengths = st.lists(st.tuples(st.sampled_from([0, 1, 2, 17, 97, 130, 300]), st.sampled_from([0, 1, 5, 17, 97, 256])),
+                   min_size=1, max_size=6)
+head_dims = st.one_of(st.sampled_from([1, 12, 59, 64, 111, 128, 200, 256]), st.integers(1, 32).map(lambda i: 8 * i))
+sides = st.one_of(st.just(-1), st.integers(0, 8), st.integers(0, 300))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lens=lengths, nheads_k=st.integers(1, 3), group=st.sampled_from([1, 2, 4]), head_dim=head_dims,
+       dtype=st.sampled_from(DTYPES), causal=st.booleans(), window=st.tuples(sides, sides),
+       softcap=st.sampled_from([0.0, 0.0, 20.0]), alibi=st.sampled_from([None, "heads", "sequences"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_varlen_forward_matches_each_sequence(lens, nheads_k, group, head_dim, dtype, causal, window, softcap,
+                                              alibi, seed):
+    lens_q, lens_k = [a for a, _ in lens], [b for _, b in lens]
+    run_varlen(seed, lens_q, lens_k, nheads_k * group, nheads_k, head_dim, dtype, causal, alibi=alibi,
+               window_size=window, softcap=softcap)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_long_and_short_sequences_together(dtype, causal):
+    run_varlen(1, [1025, 1, 0, 300, 17], [1025, 7, 33, 0, 4097], 8, 2, 128, dtype, causal)
+
+
+def test_offsets_are_checked_before_any_launch_and_a_cached_plan_sees_new_offsets():
+    import cupy
+
+    rng = np.random.default_rng(2)
+    q, _ = random_array(rng, (20, 2, 64), "float16")
+    k, _ = random_array(rng, (30, 2, 64), "float16")
+    good_q, good_k = offsets([5, 15]), offsets([10, 20])
+    cf.flash_attn_varlen_func(q, k, k, good_q, good_k, 15, 20)
+    for cu_q, match in ((offsets([5, 16]), "must end at the number of packed rows 20"),
+                        (cupy.asarray(np.array([0, 15, 5], np.int32)), "must not decrease"),
+                        (offsets([4, 16]), "longer than max_seqlen = 15")):
+        with pytest.raises(ValueError, match=match):
+            cf.flash_attn_varlen_func(q, k, k, cu_q, good_k, 15, 20)
+    # same shapes, other offsets: the cached plan runs with the new ones
+    run = lambda lq, lk: cf.flash_attn_varlen_func(q, k, k, offsets(lq), offsets(lk), 15, 20)  # noqa: E731
+    a, b = run([5, 15], [10, 20]), run([15, 5], [20, 10])
+    assert not bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
+    with pytest.raises(NotImplementedError, match="return_attn_probs"):
+        cf.flash_attn_varlen_func(q, k, k, good_q, good_k, 15, 20, return_attn_probs=True)

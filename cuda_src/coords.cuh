@@ -32,33 +32,40 @@ struct Seq {
     int seqlen_q, seqlen_k;
 };
 
-// lse_offset: the element of (batch, head, row) in lse, contiguous (batch, nheads, seqlen_q) for dense batches.
+// Per layout, where query `row` (counted from the entry's first row) of (batch, head) sits in lse, contiguous
+// (batch, nheads, seqlen_q) or (nheads, total_q), and in the backward's fp32 dQ accumulator, contiguous
+// (batch, seqlen_q, nheads, head_dim) or (total_q, nheads, head_dim).
 struct DenseRows {
+    static constexpr bool PACKED = false;  // the grid fits every entry exactly: no block past an entry's end
     static __device__ __forceinline__ Seq of(const AttnParams& p, int) { return {0, 0, p.seqlen_q, p.seqlen_k}; }
-    static __device__ __forceinline__ i64 lse_offset(const AttnParams& p, int batch, int head, int row) {
+    static __device__ __forceinline__ i64 lse_offset(const AttnParams& p, const Seq&, int batch, int head,
+                                                     int row) {
         return (static_cast<i64>(batch) * p.nheads + head) * p.seqlen_q + row;
+    }
+    static __device__ __forceinline__ i64 dq_accum_offset(const AttnParams& p, const Seq&, int batch, int head,
+                                                          int row) {
+        return ((static_cast<i64>(batch) * p.seqlen_q + row) * p.nheads + head) * p.head_dim;
     }
 };
 
 struct PackedRows {
+    static constexpr bool PACKED = true;
     static __device__ __forceinline__ Seq of(const AttnParams& p, int batch) {
         const int q0 = p.cu_seqlens_q[batch], k0 = p.cu_seqlens_k[batch];
         return {q0, k0, p.cu_seqlens_q[batch + 1] - q0, p.cu_seqlens_k[batch + 1] - k0};
     }
-    // row counts from the start of the packed tensor (q0 included)
-    static __device__ __forceinline__ i64 lse_offset(const AttnParams& p, int, int head, int row) {
-        return static_cast<i64>(head) * p.total_q + row;
+    static __device__ __forceinline__ i64 lse_offset(const AttnParams& p, const Seq& seq, int, int head, int row) {
+        return static_cast<i64>(head) * p.total_q + seq.q0 + row;
+    }
+    static __device__ __forceinline__ i64 dq_accum_offset(const AttnParams& p, const Seq& seq, int, int head,
+                                                          int row) {
+        return (static_cast<i64>(seq.q0 + row) * p.nheads + head) * p.head_dim;
     }
 };
 
 // lse2 and delta: one row of row_pitch floats per (batch, head) (a multiple of 4, for 16-byte copies).
 __device__ __forceinline__ i64 row_values_offset(const AttnParams& p, int batch, int head) {
     return (static_cast<i64>(batch) * p.nheads + head) * p.row_pitch;
-}
-
-// The fp32 dQ accumulator: a contiguous (batch, seqlen_q, nheads, head_dim) array.
-__device__ __forceinline__ i64 dq_accum_offset(const AttnParams& p, int batch, int head, int row) {
-    return ((static_cast<i64>(batch) * p.seqlen_q + row) * p.nheads + head) * p.head_dim;
 }
 
 // The dK/dV kernel's fp32 partials (kv_splits > 1): a contiguous (batch, seqlen_k, nheads_k * kv_splits, head_dim)

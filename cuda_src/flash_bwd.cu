@@ -22,32 +22,37 @@
 
 namespace cf {
 
-// The (batch, head, query) row that warp `warp_id` of a one-warp-per-row kernel handles; false past the end.
+// The (batch, head, query) row that warp `warp_id` of a one-warp-per-row kernel handles, and its batch entry's rows;
+// false past the end, or past the entry's own length (packed rows: the grid covers the longest entry).
+template <typename Rows>
 struct QueryRow {
     int batch, head, query;
+    Seq seq;
     __device__ __forceinline__ bool locate(i64 warp_id, const AttnParams& p) {
         if (warp_id >= static_cast<i64>(p.batch) * p.nheads * p.seqlen_q) return false;
         query = warp_id % p.seqlen_q;
         const int bh = warp_id / p.seqlen_q;
         head = bh % p.nheads;
         batch = bh / p.nheads;
-        return true;
+        seq = Rows::of(p, batch);
+        return query < seq.seqlen_q;
     }
 };
 
 // One warp per query row: delta = rowsum(dO o O) in fp32, lse2 = lse * log2(e). A row that saw no key (lse = -inf)
 // gets lse2 = +inf, so P = exp2(logit * scale_log2 - lse2) is 0 there rather than NaN. With a dq_accum buffer
 // (atomic dQ) it also zeroes the row's fp32 dQ, saving a separate fill of that buffer.
-template <typename Elem = f16>
+template <typename Elem = f16, typename Rows = DenseRows>
 __global__ void __launch_bounds__(128) flash_bwd_preprocess_kernel(const AttnParams p) {
     const int lane = threadIdx.x % 32;
-    QueryRow row;
+    QueryRow<Rows> row;
     if (!row.locate(static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32, p)) return;
     const int b = row.batch, h = row.head, m = row.query;
+    const Seq& seq = row.seq;
     float dot = 0.f;
     if (lane * 8 < p.head_dim) {  // head_dim <= 256: one 16-byte chunk per lane
-        const uint4 o = *reinterpret_cast<const uint4*>(p.out + row_offset(p.o_str, b, h, m) + lane * 8);
-        const uint4 g = *reinterpret_cast<const uint4*>(p.dout + row_offset(p.do_str, b, h, m) + lane * 8);
+        const uint4 o = *reinterpret_cast<const uint4*>(p.out + row_offset(p.o_str, b, h, seq.q0 + m) + lane * 8);
+        const uint4 g = *reinterpret_cast<const uint4*>(p.dout + row_offset(p.do_str, b, h, seq.q0 + m) + lane * 8);
         const u32 ov[4] = {o.x, o.y, o.z, o.w}, gv[4] = {g.x, g.y, g.z, g.w};
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
@@ -55,7 +60,7 @@ __global__ void __launch_bounds__(128) flash_bwd_preprocess_kernel(const AttnPar
             dot += a.x * c.x + a.y * c.y;
         }
         if (p.dq_accum != nullptr) {
-            float4* dst = reinterpret_cast<float4*>(p.dq_accum + dq_accum_offset(p, b, h, m) + lane * 8);
+            float4* dst = reinterpret_cast<float4*>(p.dq_accum + Rows::dq_accum_offset(p, seq, b, h, m) + lane * 8);
             dst[0] = dst[1] = make_float4(0.f, 0.f, 0.f, 0.f);
         }
     }
@@ -63,7 +68,7 @@ __global__ void __launch_bounds__(128) flash_bwd_preprocess_kernel(const AttnPar
     for (int off = 16; off > 0; off /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, off);
     if (lane == 0) {
         const i64 at = row_values_offset(p, b, h) + m;
-        const float l = p.lse[DenseRows::lse_offset(p, b, h, m)];
+        const float l = p.lse[Rows::lse_offset(p, seq, b, h, m)];
         p.delta[at] = dot;
         p.lse2[at] = l == neg_inf() ? -neg_inf() : l * 1.4426950408889634f;  // log2(e)
     }
@@ -81,26 +86,28 @@ __device__ __forceinline__ void add4(float4& a, float4 b) {
 }
 
 // One warp per query row: dQ (Elem, any row strides, 16-byte aligned) from the fp32 atomic accumulator.
-template <typename Elem = f16>
+template <typename Elem = f16, typename Rows = DenseRows>
 __global__ void __launch_bounds__(128) flash_bwd_convert_dq_kernel(const AttnParams p) {
     const int lane = threadIdx.x % 32;
-    QueryRow row;
+    QueryRow<Rows> row;
     if (!row.locate(static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32, p) || lane * 8 >= p.head_dim) return;
-    const float4* src =
-        reinterpret_cast<const float4*>(p.dq_accum + dq_accum_offset(p, row.batch, row.head, row.query) + lane * 8);
-    *reinterpret_cast<uint4*>(p.dq + row_offset(p.dq_str, row.batch, row.head, row.query) + lane * 8) =
+    const float4* src = reinterpret_cast<const float4*>(
+        p.dq_accum + Rows::dq_accum_offset(p, row.seq, row.batch, row.head, row.query) + lane * 8);
+    *reinterpret_cast<uint4*>(p.dq + row_offset(p.dq_str, row.batch, row.head, row.seq.q0 + row.query) + lane * 8) =
         pack8<Elem>(src[0], src[1]);
 }
 
 // One warp per (batch, key, K/V head) row: dK and dV (Elem, any row strides, 16-byte aligned) as the sums, in split
 // order, of the dK/dV kernel's fp32 partials.
-template <typename Elem = f16>
+template <typename Elem = f16, typename Rows = DenseRows>
 __global__ void __launch_bounds__(128) flash_bwd_reduce_dkdv_kernel(const AttnParams p) {
     const int lane = threadIdx.x % 32;
     const i64 row = static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32;  // ((batch * seqlen_k) + key) * nheads_k + h
     if (row >= static_cast<i64>(p.batch) * p.seqlen_k * p.nheads_k || lane * 8 >= p.head_dim) return;
     const int kv_head = row % p.nheads_k, key = row / p.nheads_k % p.seqlen_k;
     const int batch = row / p.nheads_k / p.seqlen_k;
+    const Seq seq = Rows::of(p, batch);
+    if (key >= seq.seqlen_k) return;  // packed rows: the partials cover the longest entry
     const float* dk_src = p.dkv_partial + dkv_partial_offset(p, batch, kv_head * p.kv_splits, key) + lane * 8;
     const float* dv_src = dk_src + dkv_partial_size(p);
     float4 dk_lo = {}, dk_hi = {}, dv_lo = {}, dv_hi = {};
@@ -109,8 +116,10 @@ __global__ void __launch_bounds__(128) flash_bwd_reduce_dkdv_kernel(const AttnPa
         const float4* dv_s = reinterpret_cast<const float4*>(dv_src + s * p.head_dim);
         add4(dk_lo, dk_s[0]), add4(dk_hi, dk_s[1]), add4(dv_lo, dv_s[0]), add4(dv_hi, dv_s[1]);
     }
-    *reinterpret_cast<uint4*>(p.dk + row_offset(p.dk_str, batch, kv_head, key) + lane * 8) = pack8<Elem>(dk_lo, dk_hi);
-    *reinterpret_cast<uint4*>(p.dv + row_offset(p.dv_str, batch, kv_head, key) + lane * 8) = pack8<Elem>(dv_lo, dv_hi);
+    *reinterpret_cast<uint4*>(p.dk + row_offset(p.dk_str, batch, kv_head, seq.k0 + key) + lane * 8) =
+        pack8<Elem>(dk_lo, dk_hi);
+    *reinterpret_cast<uint4*>(p.dv + row_offset(p.dv_str, batch, kv_head, seq.k0 + key) + lane * 8) =
+        pack8<Elem>(dv_lo, dv_hi);
 }
 
 // dQ[rows] += scale * dS K for one warp's share of this step's dQ: query rows [row0, row0 + 16*ROW_TILES), head-dim
@@ -152,7 +161,7 @@ __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
 // is what bounds this kernel (ldmatrix bandwidth, not tensor cores).
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 128, int WARPS = 8,
           int STAGES = 2, int MIN_BLOCKS = 1, typename Mask = NoMask, typename Score = ScoreMod<>,
-          bool ATOMIC_DQ = true, int D_SPLIT = 2,
+          typename Rows = DenseRows, bool ATOMIC_DQ = true, int D_SPLIT = 2,
           int SMEM_BYTES = bwd_dkdv_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
@@ -193,11 +202,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // blockIdx.y * heads_per_split. Both are re-read from blockIdx rather than held across the loop (registers).
     const int kv_head = blockIdx.y / p.kv_splits, batch = blockIdx.z;
     const int n0 = blockIdx.x * BLOCK_N;
-    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
+    const Seq seq = Rows::of(p, batch);
+    if (Rows::PACKED && n0 >= seq.seqlen_k) return;  // packed rows: the grid covers the longest entry
+    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
     const int warp_key0 = warp / D_SPLIT * 16 * KEY_TILES;
     const int warp_query0 = warp % D_SPLIT * WARP_QUERIES, d_col0 = warp % D_SPLIT * WARP_D;
     const int dq_row0 = warp % DQ_ROW_WARPS * 16 * DQ_ROW_TILES, dq_col0 = warp / DQ_ROW_WARPS * DQ_COLS;
-    const Seq seq = DenseRows::of(p, batch);
     const Mask mask(p, seq);
 
     // Steps walk the query tiles that see these keys, for each query head of this block's split in turn: step t is
@@ -215,10 +225,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
     auto load_step = [&](int t) {
         const int head = step_head(t), m0 = step_m0(t), stage = t % STAGES;
-        load_tile_async<QTile, THREADS>(sQ_addr + stage * QTile::BYTES, p.q + row_offset(p.q_str, batch, head, m0),
-                                        p.q_str.seq, seqlen_q - m0, head_dim);
+        load_tile_async<QTile, THREADS>(sQ_addr + stage * QTile::BYTES,
+                                        p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
+                                        seqlen_q - m0, head_dim);
         load_tile_async<QTile, THREADS>(sdO_addr + stage * QTile::BYTES,
-                                        p.dout + row_offset(p.do_str, batch, head, m0), p.do_str.seq,
+                                        p.dout + row_offset(p.do_str, batch, head, seq.q0 + m0), p.do_str.seq,
                                         seqlen_q - m0, head_dim);
         const i64 rows = row_values_offset(p, batch, head) + m0;
         load_row_values_async<BLOCK_M, THREADS>(sRow_addr + stage * 2 * BLOCK_M * 4, p.lse2 + rows, seqlen_q - m0);
@@ -226,9 +237,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                 seqlen_q - m0);
     };
 
-    load_tile_async<KVTile, THREADS>(sK_addr, p.k + row_offset(p.k_str, batch, kv_head, n0), p.k_str.seq,
+    load_tile_async<KVTile, THREADS>(sK_addr, p.k + row_offset(p.k_str, batch, kv_head, seq.k0 + n0), p.k_str.seq,
                                      seqlen_k - n0, head_dim);
-    load_tile_async<KVTile, THREADS>(sV_addr, p.v + row_offset(p.v_str, batch, kv_head, n0), p.v_str.seq,
+    load_tile_async<KVTile, THREADS>(sV_addr, p.v + row_offset(p.v_str, batch, kv_head, seq.k0 + n0), p.v_str.seq,
                                      seqlen_k - n0, head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
@@ -298,7 +309,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array
         if constexpr (ATOMIC_DQ)
             accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
-                p.dq_accum + dq_accum_offset(p, batch, head, m0), static_cast<i64>(p.nheads) * head_dim, sdS_addr,
+                p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0), static_cast<i64>(p.nheads) * head_dim,
+                sdS_addr,
                 sK_addr, dq_row0, dq_col0, seqlen_q - m0, head_dim, p.softmax_scale, lane);
     }
 
@@ -327,9 +339,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     stage_accum_in_smem<Elem, KVTile>(sV + d_col0, warp_key0, acc_dv, lane);
     stage_accum_in_smem<Elem, KVTile>(sK + d_col0, warp_key0, acc_dk, scales, lane);
     __syncthreads();
-    store_tile<KVTile, THREADS>(p.dv + row_offset(p.dv_str, batch, blockIdx.y, n0), sV, p.dv_str.seq,
+    store_tile<KVTile, THREADS>(p.dv + row_offset(p.dv_str, batch, blockIdx.y, seq.k0 + n0), sV, p.dv_str.seq,
                                 seqlen_k - n0, head_dim);
-    store_tile<KVTile, THREADS>(p.dk + row_offset(p.dk_str, batch, blockIdx.y, n0), sK, p.dk_str.seq,
+    store_tile<KVTile, THREADS>(p.dk + row_offset(p.dk_str, batch, blockIdx.y, seq.k0 + n0), sK, p.dk_str.seq,
                                 seqlen_k - n0, head_dim);
 }
 
@@ -341,7 +353,7 @@ __host__ __device__ constexpr int bwd_dq_smem_bytes() {
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 64, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          int SMEM_BYTES = bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
+          typename Rows = DenseRows, int SMEM_BYTES = bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
@@ -362,9 +374,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     const int m_block = Mask::MASKS ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
     const int head = blockIdx.y, batch = blockIdx.z;
     const int m0 = m_block * BLOCK_M;
+    const Seq seq = Rows::of(p, batch);
+    if (Rows::PACKED && m0 >= seq.seqlen_q) return;  // packed rows: the grid covers the longest entry
     const int warp_row0 = warp * ROWS_PER_WARP;
-    const int seqlen_q = p.seqlen_q, seqlen_k = p.seqlen_k, head_dim = p.head_dim;
-    const Seq seq = DenseRows::of(p, batch);
+    const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
     const Mask mask(p, seq);
     const Score score(p, seq, batch, head);
 
@@ -375,22 +388,22 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     // of 96 and up spill even with the K/V head held across the loop, so those recompute the address (and the
     // head) for every tile.
     constexpr bool HOLD_KV_BASE = HEAD_DIM <= 64;
-    const u16* k_base = HOLD_KV_BASE ? p.k + row_offset(p.k_str, batch, kv_head_of(p, head), 0) : nullptr;
-    const u16* v_base = HOLD_KV_BASE ? p.v + row_offset(p.v_str, batch, kv_head_of(p, head), 0) : nullptr;
+    const u16* k_base = HOLD_KV_BASE ? p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
+    const u16* v_base = HOLD_KV_BASE ? p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
     auto load_kv = [&](int t) {
         const int n0 = (key_tiles.x + t) * BLOCK_N, stage = t % STAGES;
         const u16* k_rows = HOLD_KV_BASE ? k_base + n0 * p.k_str.seq
-                                         : p.k + row_offset(p.k_str, batch, kv_head_of(p, head), n0);
+                                         : p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0 + n0);
         const u16* v_rows = HOLD_KV_BASE ? v_base + n0 * p.v_str.seq
-                                         : p.v + row_offset(p.v_str, batch, kv_head_of(p, head), n0);
+                                         : p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0 + n0);
         load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_rows, p.k_str.seq, seqlen_k - n0,
                                          head_dim);
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_rows, p.v_str.seq, seqlen_k - n0,
                                          head_dim);
     };
-    load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, m0), p.q_str.seq, seqlen_q - m0,
-                                    head_dim);
-    load_tile_async<QTile, THREADS>(sdO_addr, p.dout + row_offset(p.do_str, batch, head, m0), p.do_str.seq,
+    load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
+                                    seqlen_q - m0, head_dim);
+    load_tile_async<QTile, THREADS>(sdO_addr, p.dout + row_offset(p.do_str, batch, head, seq.q0 + m0), p.do_str.seq,
                                     seqlen_q - m0, head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
@@ -458,7 +471,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         for (int r = 0; r < 2; ++r) scales[mt][r] = p.softmax_scale;
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, scales, lane);
     __syncthreads();
-    store_tile<QTile, THREADS>(p.dq + row_offset(p.dq_str, batch, head, m0), sQ, p.dq_str.seq, seqlen_q - m0,
+    store_tile<QTile, THREADS>(p.dq + row_offset(p.dq_str, batch, head, seq.q0 + m0), sQ, p.dq_str.seq, seqlen_q - m0,
                                head_dim);
 }
 

@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     const int head = blockIdx.y, batch = blockIdx.z;
     const Seq seq = Rows::of(p, batch);
     const int m0 = m_block * BLOCK_M;
-    if (m0 >= seq.seqlen_q) return;  // packed batches: the grid covers the longest entry
+    if (Rows::PACKED && m0 >= seq.seqlen_q) return;  // packed batches: the grid covers the longest entry
     const u16* k_bh = p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0);
     const u16* v_bh = p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0);
     const int warp_row0 = warp * ROWS_PER_WARP;
@@ -120,7 +120,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
             row_scale[mt][r] = softmax.inv_l(mt, r);
             const int row = m0 + warp_row0 + 16 * mt + lane / 4 + 8 * r;
             if (lane % 4 == 0 && row < seq.seqlen_q)
-                p.lse[Rows::lse_offset(p, batch, head, seq.q0 + row)] = softmax.lse(mt, r, p.scale_log2);
+                p.lse[Rows::lse_offset(p, seq, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);
         }
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
     __syncthreads();

@@ -139,8 +139,9 @@ def _check(lib, status):
 DTYPES = ("float16", "bfloat16")
 #: Every score-modifier combination, with the band mask: each is compiled on every tile the dispatcher may pick for
 #: it (register use is not monotonic in the modifiers: one combination can spill where a heavier one does not).
-MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a) for s, a in ((True, False), (False, True), (True, True)))
-#: Packed variable-length rows (forward only so far): plain and with every modifier, band mask, on every tile.
+MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a)
+                 for s, a in ((True, False), (False, True), (True, True)))
+#: Packed variable-length rows: plain and with every modifier, band mask, on every tile of every kind.
 PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band", True, True, rows="packed"))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True))
@@ -161,9 +162,11 @@ def _kernel_instances(kind: str):
             fam = BY_NAME[family_name]
             for atomic in atomic_flags:
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in PACKED if kind == "fwd" else ():
+    for variant in PACKED:
         for family_name, kd, config in all_variants(kind, variant):
-            seen.add((BY_NAME[family_name].sources[kind], BY_NAME[family_name].kernel_name(kind, config, kd, variant)))
+            fam = BY_NAME[family_name]
+            for atomic in atomic_flags:
+                seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
     for variant in SINGLE_POLICIES:
         leading = {}
         for family_name, kd, config in all_variants(kind, variant):
@@ -177,11 +180,12 @@ def _kernel_instances(kind: str):
 def kernel_instances():
     """Every kernel instance the CPU compile check builds: for each tile config of every kind, plain scores with
     and without the band mask in both dtypes (dK/dV with and without atomic dQ); every config that score modifiers
-    may use with the heaviest variant; each score modifier alone once per kind and head dim; the helper kernels."""
+    may use with each combination of modifiers; packed variable-length rows on every config (plain and with every
+    modifier); each score modifier alone once per kind and head dim; the helper kernels in both row layouts."""
     out = [inst for kind in KINDS for inst in _kernel_instances(kind)]
-    out += [(MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, None, 0, Variant(dtype)))
-            for kind in HELPER_KINDS for dtype in DTYPES]
-    return out
+    out += [(MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, None, 0, Variant(dtype, rows=rows)))
+            for kind in HELPER_KINDS for dtype in DTYPES for rows in ("dense", "packed")]
+    return list(dict.fromkeys(out))  # copy_rows has no row layout: one instance per dtype
 
 
 def _compile_group(args):

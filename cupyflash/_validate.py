@@ -194,10 +194,10 @@ def check_softmax_scale(softmax_scale, head_dim: int) -> float:
     return scale
 
 
-def check_backward_inputs(shape: AttentionShape, q: ArraySpec, dout: ArraySpec, out: ArraySpec,
+def check_backward_inputs(problem: Problem, q: ArraySpec, dout: ArraySpec, out: ArraySpec,
                           lse: ArraySpec) -> None:
     """dout and out are laid out like q (any strides, head dim contiguous); lse is float32 (batch, nheads,
-    seqlen_q), as flash_attn_func(..., return_lse=True) returns them."""
+    seqlen_q), or (nheads, total_q) for packed rows, as the forward returns it."""
     for name, a in (("dout", dout), ("out", out)):
         if a.shape != q.shape:
             raise ValueError(f"{name} must have q's shape {q.shape}; got {a.shape}")
@@ -208,9 +208,11 @@ def check_backward_inputs(shape: AttentionShape, q: ArraySpec, dout: ArraySpec, 
         if math.prod(a.shape) and a.strides[3] != a.itemsize:
             raise ValueError(f"{name}'s last dimension (head dim) must be contiguous; its stride is "
                              f"{a.strides[3] // a.itemsize} elements")
-    expected = (shape.batch, shape.nheads, shape.seqlen_q)
+    packed = problem.variant.rows == "packed"
+    expected = (problem.nheads, problem.total_q) if packed else (problem.batch, problem.nheads, problem.seqlen_q)
     if lse.shape != expected:
-        raise ValueError(f"lse must have shape (batch, nheads, seqlen_q) = {expected}; got {lse.shape}")
+        layout = "(nheads, total_q)" if packed else "(batch, nheads, seqlen_q)"
+        raise ValueError(f"lse must have shape {layout} = {expected}; got {lse.shape}")
     if lse.dtype != "float32":
         raise TypeError(f"lse must be float32; got {lse.dtype}")
     if lse.device != q.device:

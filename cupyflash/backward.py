@@ -39,6 +39,9 @@ class BackwardPlan:
             shape = self.grad_shapes[name][:3] + (pd,)
             strides = spec.strides if self.direct[name] else _launch.contiguous_strides(shape, itemsize)
             self.params.set_strides(name, strides, itemsize)
+        self.packed = p.variant.rows == "packed"
+        if self.packed:  # blockIdx.z is the sequence; its rows start at cu_seqlens, not at a batch stride
+            self.params.set(**{f"{name}_str_batch": 0 for name in ("q", "k", "v", "do", "o", "dq", "dk", "dv")})
         self.copies_back = any(spec is not None and not self.direct[name] for name, spec in grad_specs.items())
         self.launches = p.batch * p.nheads * p.seqlen_q * p.seqlen_k > 0
         self.any_staging = any(s.copy for s in self.staging)
@@ -49,7 +52,8 @@ class BackwardPlan:
         # Scratch, one allocation: lse2 and delta rows (row_pitch floats per (batch, head)), then the fp32 dQ
         # accumulator (atomic dQ only), then the fp32 partial dK and dV of each group split (kv_splits > 1 only).
         self.rows_floats = p.batch * p.nheads * _launch.row_pitch(p)
-        self.accum_floats = p.batch * p.seqlen_q * p.nheads * pd if atomic_dq else 0
+        query_rows = p.total_q if self.packed else p.batch * p.seqlen_q
+        self.accum_floats = query_rows * p.nheads * pd if atomic_dq else 0
         self.kv_splits = kv_splits
         self.partial_floats = 2 * kv_splits * p.batch * p.seqlen_k * p.nheads_k * pd if kv_splits > 1 else 0
         self.params.set(kv_splits=kv_splits, heads_per_split=p.heads_per_kv // kv_splits)
@@ -73,7 +77,7 @@ class BackwardPlan:
             self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
             self.fork = _StreamFork(p.device)
 
-    def run(self, arrays, alibi_slopes, given):
+    def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None)):
         import cupy
 
         q, k, v, dout, out, lse = arrays
@@ -98,7 +102,7 @@ class BackwardPlan:
                 self.params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
                                           dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
-                                          partial if self.kv_splits > 1 else 0, 0, 0))
+                                          partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens)))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
         if not self.trimmed and not self.copies_back:
@@ -174,11 +178,22 @@ def _plan(arrays, alibi_slopes, given, key, *, softmax_scale, causal, window_siz
     q_spec, k_spec, v_spec = (spec_of(x) for x in (q, k, v))
     problem = describe(q_spec, k_spec, v_spec, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi))
-    lse_spec = spec_of(lse)
-    check_backward_inputs(problem, q_spec, spec_of(dout), spec_of(out), lse_spec)
+    specs = (q_spec, k_spec, v_spec, spec_of(dout), spec_of(out))
+    grad_specs = {n: None if g is None else spec_of(g) for n, g in given.items()}
+    plan = make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic, atomic_dq=atomic_dq,
+                     config=config, dq_config=dq_config, kv_splits=kv_splits)
+    _PLANS.put(key, plan)
+    return plan, (q, k, v, dout, out, lse), alibi, given
+
+
+def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq, config, dq_config, kv_splits):
+    """The checks that follow the Problem (inputs against it, strategy and tile arguments) and the plan; specs are
+    (q, k, v, dout, out) as the kernels index them (packed rows: (1, total, heads, dim) views)."""
+    q_spec, k_spec, v_spec, dout_spec, out_spec = specs
+    check_backward_inputs(problem, q_spec, dout_spec, out_spec, lse_spec)
     for name, like in zip(_GRADS, (q_spec, k_spec, v_spec)):
-        if given[name] is not None:
-            check_grad_output(name, spec_of(given[name]), like)
+        if grad_specs[name] is not None:
+            check_grad_output(name, grad_specs[name], like)
     if atomic_dq and deterministic:
         raise ValueError("atomic_dq=True adds dQ in an order that varies between runs; it cannot be deterministic")
     limits = device_limits(problem.device)
@@ -201,11 +216,7 @@ def _plan(arrays, alibi_slopes, given, key, *, softmax_scale, causal, window_siz
     elif type(kv_splits) is not int or kv_splits < 1 or problem.heads_per_kv % kv_splits:
         raise ValueError(f"kv_splits must be a positive int dividing nheads // nheads_k = {problem.heads_per_kv} "
                          f"(or None: automatic); got {kv_splits!r}")
-    specs = (q_spec, k_spec, v_spec, spec_of(dout), spec_of(out))
-    grad_specs = {n: None if g is None else spec_of(g) for n, g in given.items()}
-    plan = BackwardPlan(problem, config, dq_config, bool(atomic_dq), kv_splits, specs, lse_spec, grad_specs)
-    _PLANS.put(key, plan)
-    return plan, (q, k, v, dout, out, lse), alibi, given
+    return BackwardPlan(problem, config, dq_config, bool(atomic_dq), kv_splits, specs, lse_spec, grad_specs)
 
 
 def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_size=(-1, -1),

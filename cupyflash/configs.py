@@ -53,16 +53,18 @@ class TileConfig:
 
 @dataclass(frozen=True)
 class When:
-    """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``) entries are skipped when
-    that score modifier is on, because its extra live values would spill at that tile (the CPU compile check
-    compiles every modifier combination on every tile that allows it)."""
+    """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``) entries
+    are skipped when that score modifier (packed variable-length rows) is on, because its extra live values would
+    spill at that tile (the CPU compile check compiles every combination on every tile that allows it)."""
 
     config: TileConfig
     softcap: bool = True
     alibi: bool = True
+    packed: bool = True
 
     def allows(self, variant: Variant | None) -> bool:
-        return variant is None or ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi))
+        return variant is None or ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
+                                   and (self.packed or variant.rows != "packed"))
 
 
 def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
@@ -119,7 +121,9 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
        for kd in (32, 64)},
     ("mma_sm80", 96): (_c(64, 128, 8, d_split=2), _c(64, 64, 4, blocks_per_sm=2, d_split=2)) + _BWD_MID
     + _BWD_SMALL,
-    ("mma_sm80", 128): (_c(64, 128, 8, d_split=2), _c(32, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL,
+    # Packed rows spill at 64x128 (compile check): they run 32x128.
+    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False), _c(32, 128, 8, d_split=2)) + _BWD_MID
+    + _BWD_SMALL,
     ("mma_sm80", 160): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
     ("mma_sm80", 192): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
     ("mma_sm80", 224): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
@@ -135,8 +139,10 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 32): (_c(128, 64, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), softcap=False), _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
-    **{("mma_sm80", kd): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL
-       for kd in (96, 128)},
+    ("mma_sm80", 96): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
+    # Packed rows spill at 128x32 here (compile check): they run 64x64.
+    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), packed=False), _c(64, 64, 4, blocks_per_sm=2))
+    + _BWD_DQ_SMALL,
     **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
 }
 

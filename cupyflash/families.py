@@ -57,22 +57,23 @@ class Mma80Family:
     # ---- kernel names (NVRTC name expressions)
     def kernel_name(self, kind: str, config, kernel_hdim: int, variant: Variant, atomic_dq: bool = False) -> str:
         elem = _ELEM_TAG[variant.dtype]
-        if kind in HELPER_KINDS:
+        rows = _ROWS_TYPE[variant.rows]
+        if kind == "copy_rows":
             return f"cf::flash_{kind}_kernel<{elem}>"
+        if kind in HELPER_KINDS:
+            return f"cf::flash_{kind}_kernel<{elem}, {rows}>"
         policies = (f"{_MASK_TYPE[variant.mask]}, "
                     f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>")
         tiles = (f"{kernel_hdim}, {config.block_m}, {config.block_n}, {config.warps}, {config.stages}, "
                  f"{config.blocks_per_sm}")
         smem = self.smem_bytes(kind, config, kernel_hdim)
         if kind == "fwd":
-            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {_ROWS_TYPE[variant.rows]}, {smem}>"
-        if variant.rows != "dense":
-            raise ValueError(f"the {kind} kernel has no {variant.rows} row layout yet")
+            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {smem}>"
         if kind == "bwd":
-            return (f"cf::flash_bwd_dkdv_kernel<{elem}, {tiles}, {policies}, {_cpp_bool(atomic_dq)}, "
+            return (f"cf::flash_bwd_dkdv_kernel<{elem}, {tiles}, {policies}, {rows}, {_cpp_bool(atomic_dq)}, "
                     f"{config.d_split}, {smem}>")
         if kind == "bwd_dq":
-            return f"cf::flash_bwd_dq_kernel<{elem}, {tiles}, {policies}, {smem}>"
+            return f"cf::flash_bwd_dq_kernel<{elem}, {tiles}, {policies}, {rows}, {smem}>"
         raise ValueError(f"unknown kernel kind {kind!r}")
 
 

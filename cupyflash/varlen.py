@@ -1,4 +1,4 @@
-"""Variable-length batches in flash-attn's packed layout: ``flash_attn_varlen_func`` (forward).
+"""Variable-length batches in flash-attn's packed layout: forward, backward and VJP.
 
 Sequence i of a call is rows cu_seqlens_q[i]:cu_seqlens_q[i + 1] of q and cu_seqlens_k[i]:cu_seqlens_k[i + 1] of
 k and v; the kernels read the offsets on the GPU, one block row per sequence (cuda_src/coords.cuh PackedRows), so
@@ -6,13 +6,15 @@ work follows the real lengths. The offsets are also read back once per call to c
 """
 from __future__ import annotations
 
+from . import backward
+from ._device import device_limits
 from ._launch import PlanCache, array_key, scalar_key
 from ._validate import as_cuda_array, check_cu_seqlens_values, describe_varlen, spec_of
 from .configs import check_config, select_config
-from ._device import device_limits
 from .forward import ForwardPlan, _on_device
 
 _PLANS = PlanCache()
+_BACKWARD_PLANS = PlanCache()
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
@@ -49,12 +51,74 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                                                  alibi_slopes, dropout_p, softmax_scale, causal, window_size,
                                                  softcap, config)
     problem = plan.problem
-    offsets_q, offsets_k = (x.get().tolist() for x in (cu_q, cu_k))
-    check_cu_seqlens_values("cu_seqlens_q", offsets_q, q.shape[0], problem.seqlen_q)
-    check_cu_seqlens_values("cu_seqlens_k", offsets_k, k.shape[0], problem.seqlen_k)
+    _check_offsets(cu_q, cu_k, q.shape[0], k.shape[0], problem)
     out, lse = _on_device(problem.device, plan.run, q[None], k[None], v[None], alibi, (cu_q, cu_k))
     out = out[0]
     return (out, lse) if return_lse else out
+
+
+def _check_offsets(cu_q, cu_k, total_q, total_k, problem):
+    offsets_q, offsets_k = (x.get().tolist() for x in (cu_q, cu_k))
+    check_cu_seqlens_values("cu_seqlens_q", offsets_q, total_q, problem.seqlen_q)
+    check_cu_seqlens_values("cu_seqlens_k", offsets_k, total_k, problem.seqlen_k)
+
+
+def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
+                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                               alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None, atomic_dq=None,
+                               config=None, dq_config=None, kv_splits=None):
+    """Gradients of ``out = flash_attn_varlen_func(q, k, v, cu_seqlens_q, ...)`` for ``dout``.
+
+    dout and out are (total_q, nheads, headdim) like q, lse (nheads, total_q) as the forward returns it; the
+    offsets, max_seqlens and variant keywords exactly as given to the forward; the remaining keywords as in
+    flash_attn_backward. Returns (dq, dk, dv) in the packed layouts of q, k, v.
+    """
+    names = ("dout", "q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")
+    arrays = (dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+    given = {"dq": dq, "dk": dk, "dv": dv}
+    scalars = (max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap, deterministic, atomic_dq,
+               config, dq_config, kv_splits)
+    keys = tuple(map(array_key, arrays)) + tuple(None if g is None else array_key(g) for g in given.values())
+    alibi_key = None if alibi_slopes is None else array_key(alibi_slopes)
+    rest = scalar_key(*scalars)
+    key = None
+    if (None not in keys[:8] and rest is not None and (alibi_slopes is None) == (alibi_key is None)
+            and all((g is None) == (gk is None) for g, gk in zip(given.values(), keys[8:]))):
+        key = (keys, alibi_key, rest)
+    plan = _BACKWARD_PLANS.get(key)
+    if plan is None:
+        arrays = tuple(as_cuda_array(x, n) for x, n in zip(arrays, names))
+        alibi_slopes = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
+        given = {n: None if g is None else as_cuda_array(g, n) for n, g in given.items()}
+        dout, q, k, v, out, lse, cu_q, cu_k = arrays
+        problem = describe_varlen(*(spec_of(x) for x in (q, k, v, cu_q, cu_k)), max_seqlen_q, max_seqlen_k,
+                                  softmax_scale=softmax_scale, causal=causal, window_size=window_size,
+                                  softcap=softcap, alibi_slopes=None if alibi_slopes is None else spec_of(alibi_slopes))
+        specs = tuple(spec_of(x[None]) for x in (q, k, v, dout, out))
+        grad_specs = {n: None if g is None else spec_of(g[None]) for n, g in given.items()}
+        plan = backward.make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic,
+                                  atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits)
+        _BACKWARD_PLANS.put(key, plan)
+    dout, q, k, v, out, lse, cu_q, cu_k = arrays
+    _check_offsets(cu_q, cu_k, q.shape[0], k.shape[0], plan.problem)
+    grads = _on_device(plan.problem.device, plan.run, tuple(x[None] for x in (q, k, v, dout, out)) + (lse,),
+                       alibi_slopes, {n: None if g is None else g[None] for n, g in given.items()}, (cu_q, cu_k))
+    return tuple(g[0] if given[n] is None else given[n] for n, g in zip(("dq", "dk", "dv"), grads))
+
+
+def flash_attn_varlen_vjp(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
+                          softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                          deterministic=False):
+    """The packed forward plus a function that maps an upstream gradient to (dq, dk, dv); see flash_attn_vjp."""
+    variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
+                   alibi_slopes=alibi_slopes)
+    lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    out, lse = flash_attn_varlen_func(q, k, v, *lengths, dropout_p, return_lse=True, **variant)
+
+    def vjp(dout):
+        return flash_attn_varlen_backward(dout, q, k, v, out, lse, *lengths, deterministic=deterministic, **variant)
+
+    return out, vjp
 
 
 def _lookup(q, k, v, cu_q, cu_k, max_q, max_k, alibi_slopes, *scalars):

@@ -256,6 +256,9 @@ def test_when_excludes_only_the_modifiers_it_names():
     assert entry.allows(Variant("float16", alibi=True))
     assert not entry.allows(Variant("float16", softcap=True))
     assert not entry.allows(Variant("float16", softcap=True, alibi=True))
+    unpacked = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), packed=False)
+    assert unpacked.allows(Variant("float16", "band", True, True))
+    assert not unpacked.allows(Variant("float16", rows="packed"))
 
 
 def test_h100_head_dim_64_forward_uses_128x128_except_with_softcap():
@@ -284,12 +287,15 @@ def test_kv_splits_fill_the_gpu_with_divisors_of_the_group():
     assert configs.kv_splits(H100, target // 4, 7) == 7  # a prime group: all or nothing
 
 
-def test_packed_rows_are_a_forward_policy_only():
+def test_packed_rows_are_a_policy_of_every_kernel_but_the_staging_copy():
     from cupyflash.families import MMA_SM80
 
     cfg = select_fwd_config(H100, 64)
     packed = Variant("bfloat16", "band", rows="packed")
     assert ", cf::PackedRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, packed)
     assert ", cf::DenseRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, Variant("bfloat16"))
-    with pytest.raises(ValueError, match="no packed row layout yet"):
-        MMA_SM80.kernel_name("bwd", configs.select_config("bwd", H100, 64), 64, packed)
+    assert ", cf::PackedRows, true, 2, " in MMA_SM80.kernel_name("bwd", configs.select_config("bwd", H100, 64), 64,
+                                                                  packed, True)
+    pre = "cf::flash_bwd_preprocess_kernel<cf::bf16, cf::PackedRows>"
+    assert MMA_SM80.kernel_name("bwd_preprocess", None, 0, packed) == pre
+    assert MMA_SM80.kernel_name("copy_rows", None, 0, packed) == "cf::flash_copy_rows_kernel<cf::bf16>"

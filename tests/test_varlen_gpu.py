@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import check_against_reference, random_array, to_float64
+from gpu_helpers import check_against_reference, check_grads_against_reference, random_array, to_float64
 
 import cupyflash as cf
 
@@ -21,7 +21,10 @@ def offsets(lengths):
     return cupy.asarray(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
 
 
-def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, alibi=None, **variant):
+def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, alibi=None, mode=None,
+               **variant):
+    """The packed forward (and, with mode "default", "deterministic" or "atomic", the backward) against the
+    float64 reference of each sequence on its own."""
     import cupy
 
     rng = np.random.default_rng(seed)
@@ -48,6 +51,23 @@ def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, 
         check_against_reference(out[None, q0:q1], lse[None, :, q0:q1], q64[None, q0:q1], k64[None, k0:k1],
                                 v64[None, k0:k1], 1 / math.sqrt(head_dim), causal, dtype, alibi_slopes=own,
                                 **variant)
+    if mode is None:
+        return
+    dout, dout64 = random_array(rng, q.shape, dtype)
+    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    dq, dk, dv = cf.flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max(lens_q), max(lens_k),
+                                               causal=causal, alibi_slopes=slopes, **variant, **kw)
+    assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
+    for i in range(len(lens_q)):
+        (q0, q1), (k0, k1) = bounds_q[i:i + 2], bounds_k[i:i + 2]
+        if q1 == q0 or k1 == k0:  # nothing attends: every gradient of the sequence is 0
+            for g, (a, b) in ((dq, (q0, q1)), (dk, (k0, k1)), (dv, (k0, k1))):
+                assert bool((to_float64(g[a:b]) == 0).all())
+            continue
+        own = None if slopes is None else slopes if slopes.ndim == 1 else slopes[i:i + 1]
+        check_grads_against_reference((dq[None, q0:q1], dk[None, k0:k1], dv[None, k0:k1]), dout64[None, q0:q1],
+                                      q64[None, q0:q1], k64[None, k0:k1], v64[None, k0:k1], 1 / math.sqrt(head_dim),
+                                      causal, dtype, alibi_slopes=own, **variant)
 
 
 lengths = st.lists(st.tuples(st.sampled_from([0, 1, 2, 17, 97, 130, 300]), st.sampled_from([0, 1, 5, 17, 97, 256])),
@@ -68,10 +88,42 @@ def test_varlen_forward_matches_each_sequence(lens, nheads_k, group, head_dim, d
                window_size=window, softcap=softcap)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lens=lengths, nheads_k=st.integers(1, 2), group=st.sampled_from([1, 2, 4]), head_dim=head_dims,
+       dtype=st.sampled_from(DTYPES), causal=st.booleans(), window=st.tuples(sides, sides),
+       softcap=st.sampled_from([0.0, 0.0, 20.0]), alibi=st.sampled_from([None, "heads", "sequences"]),
+       mode=st.sampled_from(["default", "deterministic", "atomic"]), seed=st.integers(0, 2**32 - 1))
+def test_varlen_backward_matches_each_sequence(lens, nheads_k, group, head_dim, dtype, causal, window, softcap,
+                                               alibi, mode, seed):
+    lens_q, lens_k = [a for a, _ in lens], [b for _, b in lens]
+    run_varlen(seed, lens_q, lens_k, nheads_k * group, nheads_k, head_dim, dtype, causal, alibi=alibi, mode=mode,
+               window_size=window, softcap=softcap)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
-def test_long_and_short_sequences_together(dtype, causal):
-    run_varlen(1, [1025, 1, 0, 300, 17], [1025, 7, 33, 0, 4097], 8, 2, 128, dtype, causal)
+@pytest.mark.parametrize("mode", ["default", "deterministic", "atomic"])
+def test_long_and_short_sequences_together(dtype, causal, mode):
+    run_varlen(1, [1025, 1, 0, 300, 17], [1025, 7, 33, 0, 4097], 8, 2, 128, dtype, causal, mode=mode)
+
+
+def test_varlen_vjp_and_given_gradient_buffers():
+    import cupy
+
+    rng = np.random.default_rng(3)
+    q, _ = random_array(rng, (40, 4, 59), "bfloat16")  # a padded head dim as well
+    k, _ = random_array(rng, (50, 2, 59), "bfloat16")
+    dout, _ = random_array(rng, (40, 4, 59), "bfloat16")
+    cu_q, cu_k = offsets([10, 0, 30]), offsets([20, 5, 25])
+    out, vjp = cf.flash_attn_varlen_vjp(q, k, k, cu_q, cu_k, 30, 25, causal=True, deterministic=True)
+    dq, dk, dv = vjp(dout)
+    out2, lse = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 30, 25, causal=True, return_lse=True)
+    bufs = [cupy.full(x.shape, float("nan"), x.dtype) for x in (q, k, k)]
+    got = cf.flash_attn_varlen_backward(dout, q, k, k, out2, lse, cu_q, cu_k, 30, 25, causal=True,
+                                        deterministic=True, dq=bufs[0], dk=bufs[1], dv=bufs[2])
+    assert all(a is b for a, b in zip(got, bufs))
+    for a, b in zip((dq, dk, dv), got):
+        assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
 
 
 def test_offsets_are_checked_before_any_launch_and_a_cached_plan_sees_new_offsets():

@@ -3,7 +3,8 @@
     python -m cupyflash.precompile [--jobs N] [--variants]
 
 Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
-both dtypes. ``--variants`` adds every mask x softcap x ALiBi combination with the tiles the dispatcher picks.
+both dtypes. ``--variants`` adds every mask x softcap x ALiBi x row layout (dense, packed variable-length)
+combination with the tiles the dispatcher picks.
 Later processes (tests, benchmarks, users) then load binaries in milliseconds instead of compiling.
 """
 from __future__ import annotations
@@ -21,16 +22,16 @@ DTYPES = ("float16", "bfloat16")
 def _instances(limits, with_variants: bool):
     from .configs import KERNEL_HEAD_DIMS, candidates, select_config
     from .families import KINDS
-    from .problem import MASKS, Variant
+    from .problem import MASKS, ROWS, Variant
 
     out = set()
     for kind, kd, dtype, mask in itertools.product(KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS):
         variant = Variant(dtype, mask)
         out.update((kind, kd, config, variant) for config in candidates(kind, limits, kd, variant))
     if with_variants:
-        for kind, kd, dtype, mask, softcap, alibi in itertools.product(KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS,
-                                                                       (False, True), (False, True)):
-            variant = Variant(dtype, mask, softcap, alibi)
+        for kind, kd, dtype, mask, softcap, alibi, rows in itertools.product(
+                KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS, (False, True), (False, True), ROWS):
+            variant = Variant(dtype, mask, softcap, alibi, rows)
             out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
     return sorted(out, key=str)
 

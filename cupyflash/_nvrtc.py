@@ -139,7 +139,8 @@ def _check(lib, status):
 DTYPES = ("float16", "bfloat16")
 #: Every score-modifier combination, with the band mask: each is compiled on every tile the dispatcher may pick for
 #: it (register use is not monotonic in the modifiers: one combination can spill where a heavier one does not).
-MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a) for s, a in ((True, False), (False, True), (True, True)))
+MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a)
+                 for s, a in ((True, False), (False, True), (True, True)))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True))
 

@@ -7,6 +7,7 @@ own compiler path asks the driver for the device's architecture, which a GPU-les
 from __future__ import annotations
 
 import ctypes
+import itertools
 import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -147,8 +148,9 @@ PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band",
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True))
 
 
-def _kernel_instances(kind: str):
-    """(source file, kernel name) of the covering set of ``kind`` (see test_nvrtc.py for what it covers)."""
+def _kernel_instances(kind: str, full: bool):
+    """(source file, kernel name) of ``kind``'s covering set, or with ``full`` of its full sweep (see
+    kernel_instances)."""
     atomic_flags = (True, False) if kind == "bwd" else (False,)
     seen = set()
     for family_name, kd, config in all_variants(kind):
@@ -157,32 +159,28 @@ def _kernel_instances(kind: str):
             plain = [Variant(dtype, mask) for dtype in DTYPES for mask in ("none", "band")]
             for variant in plain:
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in MODIFIED:
+    for variant in MODIFIED + PACKED + SINGLE_POLICIES:
+        every_tile = full and variant not in SINGLE_POLICIES
+        used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or the leading one
         for family_name, kd, config in all_variants(kind, variant):
+            if every_tile or (family_name, kd) not in used:
+                used.setdefault((family_name, kd), []).append(config)
+        for (family_name, kd), configs in used.items():
             fam = BY_NAME[family_name]
-            for atomic in atomic_flags:
+            for config, atomic in itertools.product(configs, atomic_flags):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in PACKED:
-        for family_name, kd, config in all_variants(kind, variant):
-            fam = BY_NAME[family_name]
-            for atomic in atomic_flags:
-                seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in SINGLE_POLICIES:
-        leading = {}
-        for family_name, kd, config in all_variants(kind, variant):
-            leading.setdefault((family_name, kd), config)
-        for (family_name, kd), config in leading.items():
-            fam = BY_NAME[family_name]
-            seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, kind == "bwd")))
     return sorted(seen)
 
 
-def kernel_instances():
-    """Every kernel instance the CPU compile check builds: for each tile config of every kind, plain scores with
-    and without the band mask in both dtypes (dK/dV with and without atomic dQ); every config that score modifiers
-    may use with each combination of modifiers; packed variable-length rows on every config (plain and with every
-    modifier); each score modifier alone once per kind and head dim; the helper kernels in both row layouts."""
-    out = [inst for kind in KINDS for inst in _kernel_instances(kind)]
+def kernel_instances(full: bool = False):
+    """The kernel instances the CPU compile check builds. Always: for each tile config of every kind, plain scores
+    with and without the band mask in both dtypes (dK/dV with and without atomic dQ), and the helper kernels in
+    both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, and each modifier
+    alone in float16 unmasked, on the leading tile of each kind and head dim. ``full`` (``python -m
+    cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the dispatcher may give
+    them: register use is not monotonic in the variants, and a combination can spill where a heavier one does
+    not."""
+    out = [inst for kind in KINDS for inst in _kernel_instances(kind, full)]
     out += [(MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, None, 0, Variant(dtype, rows=rows)))
             for kind in HELPER_KINDS for dtype in DTYPES for rows in ("dense", "packed")]
     return list(dict.fromkeys(out))  # copy_rows has no row layout: one instance per dtype
@@ -214,7 +212,7 @@ if __name__ == "__main__":
     import time
 
     start = time.perf_counter()
-    res = compile_all(jobs=os.cpu_count() or 2)
+    res = compile_all(jobs=os.cpu_count() or 2, instances=kernel_instances(full=True))
     for (arch, name), r in sorted(res.items()):
         print(f"{arch} regs={r.registers:3d} spill={r.spill_stores}/{r.spill_loads} stack={r.stack_frame:4d}  {name}")
     bad = [k for k, r in res.items() if r.spill_stores or r.spill_loads]

@@ -1,9 +1,11 @@
 """The kernels compile with NVRTC for sm_80 and sm_90, with the run-time options, without register spills or stack
 (read off ptxas's report). Runs on CPU-only machines; in CI a missing NVRTC fails instead of skipping.
 
-What is compiled is a covering set (``_nvrtc.kernel_instances``), not the full product of tiles and variants. Its
-coverage is checked here against what the dispatcher itself picks, so a kernel the library can launch but the
-check never built shows up as a failure.
+What is compiled is a covering set (``_nvrtc.kernel_instances``), not the full product of tiles and variants: every
+plain kernel the dispatcher can pick, and every variant policy value on the leading tile of each kind and head dim.
+Its coverage is checked here against what the dispatcher itself picks. Every variant on every tile it may get is
+the full sweep, ``python -m cupyflash._nvrtc`` (about 14 minutes on 2 cores), run before committing a kernel change;
+its coverage is checked here too, without compiling.
 """
 import itertools
 import os
@@ -19,6 +21,7 @@ from cupyflash.problem import MASKS, Variant
 ARCHS = ("sm_80", "sm_90")
 INSTANCES = _nvrtc.kernel_instances()
 NAMES = [name for _source, name in INSTANCES]
+FULL_NAMES = [name for _source, name in _nvrtc.kernel_instances(full=True)]
 H100 = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100")
 A100 = DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936, sm_count=108, name="A100")
 SM86 = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=102400, sm_count=84, name="sm_86")
@@ -50,10 +53,18 @@ def test_every_plain_kernel_the_dispatcher_can_pick_is_compiled(limits, kind):
 
 @pytest.mark.parametrize("limits", [H100, A100, SM86], ids=lambda l: l.name)
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_tile_each_modifier_combination_may_use_is_compiled_with_it(limits, kind):
-    compiled = set(NAMES)
-    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED):
+def test_the_full_sweep_has_every_tile_each_variant_may_use(limits, kind):
+    swept = set(FULL_NAMES)
+    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED + _nvrtc.PACKED):
         for name in _names(kind, limits, kd, variant, every_fitting=True):
+            assert name in swept, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_covering_set_has_each_variant_on_the_dispatchers_tile_of_a_big_gpu(kind):
+    compiled = set(NAMES)
+    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED + _nvrtc.PACKED):
+        for name in _names(kind, H100, kd, variant, every_fitting=False):
             assert name in compiled, name
 
 

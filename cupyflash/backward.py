@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import math
 
-from . import _kernels, _launch
+from . import _kernels, _launch, configs
 from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
                         spec_of)
-from . import configs
 from .configs import check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
 from .forward import _on_device, flash_attn_func
 
@@ -45,7 +44,7 @@ class BackwardPlan:
         self.copies_back = any(spec is not None and not self.direct[name] for name, spec in grad_specs.items())
         self.launches = p.batch * p.nheads * p.seqlen_q * p.seqlen_k > 0
         self.any_staging = any(s.copy for s in self.staging)
-        self.trimmed = pd != p.head_dim  # kernel buffers wider than the caller's head dim: results are views
+        self.trimmed = pd != p.head_dim  # kernel buffers wider than the caller's head dim: copied out at its width
         if not self.launches:
             return
         self.lse_contiguous = lse_spec.strides == _launch.contiguous_strides(lse_spec.shape, 4)

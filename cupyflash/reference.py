@@ -177,15 +177,15 @@ class _Problem:
             seen &= cols[None, :] <= level + self.right
         return seen
 
-    def visible_tile(self, rows, cols):
+    def visible_tile(self, rows, cols, row0=0, col0=0):
         """Which keys each query row sees: the window's (len(rows),
-        len(cols)), and with a mask or bias that one's tile, broadcast."""
+        len(cols)), and with a mask or bias that one's tile, broadcast.
+        rows and cols start at row0 and col0 (given, so that device arrays
+        need no read-back)."""
         seen = self.visible(rows, cols)
         if self.mask is None:
             return seen
-        return seen & _tile(self.mask, int(rows[0]) if rows.size else 0,
-                            rows.size, int(cols[0]) if cols.size else 0,
-                            cols.size)
+        return seen & _tile(self.mask, row0, rows.size, col0, cols.size)
 
     def empty_rows(self):
         """Bool of the rows that see no key: (seqlen_q,), or broadcastable to
@@ -230,7 +230,8 @@ class _Problem:
         if self.slopes is not None:
             distance = xp.abs(rows[:, None] + self.offset - cols[None, :])
             x = rnd(x - self.slopes * distance.astype(self.dtype))
-        return xp.where(self.visible_tile(rows, cols), x, -xp.inf), tanh_slope
+        return (xp.where(self.visible_tile(rows, cols, row0, col0), x, -xp.inf),
+                tanh_slope)
 
 
 def _softmax(s, empty, xp):

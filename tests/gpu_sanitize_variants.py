@@ -5,7 +5,7 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
-K/V head. Not a pytest module: the sanitizer wraps the whole process.
+K/V head; packed (varlen) batches run every modifier too. Not a pytest module: the sanitizer wraps the whole process.
 """
 import itertools
 import sys
@@ -60,5 +60,15 @@ for kd in head_dims:
         for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
             run(d, dtype, 203, 190, dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi))
             count += 3
+        # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier
+        lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]
+        cu_q, cu_k = (cupy.asarray(np.cumsum([0] + lens, dtype=np.int32)) for lens in (lens_q, lens_k))
+        q, k, dout = arrays(dtype, (sum(lens_q), 2, d), (sum(lens_k), 1, d), (sum(lens_q), 2, d))
+        for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
+            kw = dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi)
+            out, lse = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 203, 190, return_lse=True, **kw)
+            for mode in ({"atomic_dq": True}, {"atomic_dq": False}, {"deterministic": True}):
+                cf.flash_attn_varlen_backward(dout, q, k, k, out, lse, cu_q, cu_k, 203, 190, **mode, **kw)
+            count += 4
         cupy.cuda.Device().synchronize()
 print(f"ran {count} variants", file=sys.stderr)

@@ -53,7 +53,7 @@ struct BandMask {
     const AttnParams& p;
     const Seq& seq;
     __device__ __forceinline__ BandMask(const AttnParams& params, const Seq& sequence) : p(params), seq(sequence) {}
-    __device__ __forceinline__ int off() const { return seq.seqlen_k - seq.seqlen_q; }
+    __device__ __forceinline__ int off() const { return seq.diagonal_offset(p); }
 
     // Key tiles that query rows [m0, m0 + BLOCK_M) see any key of.
     template <int BLOCK_M, int BLOCK_N>

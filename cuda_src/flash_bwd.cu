@@ -14,6 +14,7 @@
 #include "mma_sm80.cuh"
 #include "params.cuh"
 #include "coords.cuh"
+#include "bias.cuh"
 #include "mask.cuh"
 #include "score_mod.cuh"
 #include "smem_tile.cuh"
@@ -146,12 +147,14 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
     }
 }
 
-// Dynamic shared memory of the dK/dV kernel: K, V, P^T, dS^T (BLOCK_N x BLOCK_M), then STAGES Q tiles, STAGES dO tiles
-// and STAGES x 2 rows of BLOCK_M floats (lse2, delta). Python's bwd_smem_bytes computes the same number.
-template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES>
+// Dynamic shared memory of the dK/dV kernel: K, V, P^T, dS^T (BLOCK_N x BLOCK_M), then STAGES Q tiles, STAGES dO tiles,
+// STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's
+// bwd_smem_bytes computes the same number.
+template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     return 2 * SmemTile<BLOCK_N, HEAD_DIM>::BYTES + 2 * SmemTile<BLOCK_N, BLOCK_M>::BYTES +
-           2 * STAGES * SmemTile<BLOCK_M, HEAD_DIM>::BYTES + STAGES * 2 * BLOCK_M * 4;
+           2 * STAGES * SmemTile<BLOCK_M, HEAD_DIM>::BYTES + STAGES * 2 * BLOCK_M * 4 +
+           STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
 // Warps form a KEY_WARPS x D_SPLIT grid. Warp (g, j) computes S^T and dP^T for key rows [32g, 32g + 32) (BLOCK_N /
@@ -161,8 +164,8 @@ __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
 // is what bounds this kernel (ldmatrix bandwidth, not tensor cores).
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 128, int WARPS = 8,
           int STAGES = 2, int MIN_BLOCKS = 1, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Rows = DenseRows, bool ATOMIC_DQ = true, int D_SPLIT = 2,
-          int SMEM_BYTES = bwd_dkdv_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
+          typename Bias = NoBias, typename Rows = DenseRows, bool ATOMIC_DQ = true, int D_SPLIT = 2,
+          int SMEM_BYTES = bwd_dkdv_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int KEY_WARPS = WARPS / D_SPLIT;
@@ -179,13 +182,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     static_assert(WARPS % D_SPLIT == 0 && BLOCK_N % (16 * KEY_WARPS) == 0 && STAGES >= 2, "key rows per warp");
     static_assert(WARP_QUERIES % 16 == 0 && WARP_D % 16 == 0, "queries and head dim split in n16 pairs");
     static_assert(WARPS % DQ_ROW_WARPS == 0 && DQ_COLS % 16 == 0, "dQ split over warps");
-    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>(), "Python's smem formula");
+    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(),
+                  "Python's smem formula");
+    static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     using KVTile = SmemTile<BLOCK_N, HEAD_DIM>;
     using QTile = SmemTile<BLOCK_M, HEAD_DIM>;
     using PTile = SmemTile<BLOCK_N, BLOCK_M>;  // P^T and dS^T: key rows x query columns
 
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + 2 * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
+    constexpr int BIAS_OFF = ROW_OFF + STAGES * 2 * BLOCK_M * 4;
+    constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
     extern __shared__ uint4 smem_raw[];
     char* smem = reinterpret_cast<char*>(smem_raw);
     u16* sK = reinterpret_cast<u16*>(smem);
@@ -235,6 +242,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         load_row_values_async<BLOCK_M, THREADS>(sRow_addr + stage * 2 * BLOCK_M * 4, p.lse2 + rows, seqlen_q - m0);
         load_row_values_async<BLOCK_M, THREADS>(sRow_addr + (stage * 2 + 1) * BLOCK_M * 4, p.delta + rows,
                                                 seqlen_q - m0);
+        if constexpr (Bias::ON)
+            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p, batch,
+                                                                head, m0, n0, seqlen_q - m0, seqlen_k - n0);
     };
 
     load_tile_async<KVTile, THREADS>(sK_addr, p.k + row_offset(p.k_str, batch, kv_head, seq.k0 + n0), p.k_str.seq,
@@ -271,7 +281,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
                                                                                   warp_query0, lane);
         const int key0 = n0 + warp_key0, query0 = m0 + warp_query0;
-        apply_score_mod<true>(score, s, key0, query0, lane);
+        if constexpr (Bias::ON)
+            Bias::template add<true, BLOCK_N>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, warp_key0, warp_query0,
+                                              lane, p.bias_unit);
+        apply_score_mod<true, Bias::ON>(score, s, key0, query0, lane);
         // Padding keys are masked too: their zero K rows give S = 0, so P = exp2(-lse2), which overflows to inf
         // where a row's lse is below about -88, and inf times the zero K row would put NaN into dQ.
         mask_fragment<BLOCK_M, BLOCK_N, true>(mask, s, key0, query0, lane, m0, n0, seqlen_k);
@@ -345,15 +358,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                 seqlen_k - n0, head_dim);
 }
 
-// Dynamic shared memory of the dQ kernel: Q and dO tiles plus STAGES K and V tiles.
-template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES>
+// Dynamic shared memory of the dQ kernel: Q and dO tiles plus STAGES K and V tiles and STAGES bias tiles.
+template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
 __host__ __device__ constexpr int bwd_dq_smem_bytes() {
-    return 2 * SmemTile<BLOCK_M, HEAD_DIM>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM>::BYTES;
+    return 2 * SmemTile<BLOCK_M, HEAD_DIM>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM>::BYTES +
+           STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 64, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Rows = DenseRows, int SMEM_BYTES = bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
+          typename Bias = NoBias, typename Rows = DenseRows,
+          int SMEM_BYTES = bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
@@ -361,7 +376,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
-    static_assert(SMEM_BYTES == bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>(), "Python's smem formula");
+    static_assert(SMEM_BYTES == bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(), "Python's smem formula");
+    static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     using QTile = SmemTile<BLOCK_M, HEAD_DIM>;
     using KVTile = SmemTile<BLOCK_N, HEAD_DIM>;
 
@@ -369,6 +385,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     u16* sQ = reinterpret_cast<u16*>(smem_raw);  // later reused to stage dQ on its way out
     const u32 sQ_addr = smem_addr(sQ), sdO_addr = sQ_addr + QTile::BYTES;
     const u32 sK_addr = sdO_addr + QTile::BYTES, sV_addr = sK_addr + STAGES * KVTile::BYTES;
+    const u32 sBias_addr = sV_addr + STAGES * KVTile::BYTES;  // STAGES bias tiles
+    constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int m_block = Mask::MASKS ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
@@ -400,6 +418,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                          head_dim);
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_rows, p.v_str.seq, seqlen_k - n0,
                                          head_dim);
+        if constexpr (Bias::ON)
+            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head, m0,
+                                                                n0, seqlen_q - m0, seqlen_k - n0);
     };
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                     seqlen_q - m0, head_dim);
@@ -438,7 +459,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
         const int query0 = m0 + warp_row0;
-        apply_score_mod(score, s, query0, n0, lane);
+        if constexpr (Bias::ON)
+            Bias::template add<false, BLOCK_N>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0, lane,
+                                               p.bias_unit);
+        apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, query0, n0, lane, m0, n0, seqlen_k);
 

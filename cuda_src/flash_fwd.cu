@@ -7,6 +7,7 @@
 #include "mma_sm80.cuh"
 #include "params.cuh"
 #include "coords.cuh"
+#include "bias.cuh"
 #include "mask.cuh"
 #include "score_mod.cuh"
 #include "smem_tile.cuh"
@@ -15,16 +16,18 @@
 
 namespace cf {
 
-// Dynamic shared memory: a Q tile (reused to stage O) and STAGES K and V tiles. Python's fwd_smem_bytes computes
-// the same number and passes it as SMEM_BYTES, which the kernel checks.
-template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES>
+// Dynamic shared memory: a Q tile (reused to stage O), STAGES K and V tiles, and STAGES bias tiles (none without a
+// bias). Python's fwd_smem_bytes computes the same number and passes it as SMEM_BYTES, which the kernel checks.
+template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
 __host__ __device__ constexpr int fwd_smem_bytes() {
-    return SmemTile<BLOCK_M, HEAD_DIM>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM>::BYTES;
+    return SmemTile<BLOCK_M, HEAD_DIM>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM>::BYTES +
+           STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Rows = DenseRows, int SMEM_BYTES = fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>()>
+          typename Bias = NoBias, typename Rows = DenseRows,
+          int SMEM_BYTES = fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
@@ -32,7 +35,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
-    static_assert(SMEM_BYTES == fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES>(), "Python's smem formula");
+    static_assert(SMEM_BYTES == fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(), "Python's smem formula");
+    static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     using QTile = SmemTile<BLOCK_M, HEAD_DIM>;
     using KVTile = SmemTile<BLOCK_N, HEAD_DIM>;
 
@@ -41,6 +45,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     const u32 sQ_addr = smem_addr(sQ);
     const u32 sK_addr = sQ_addr + QTile::BYTES;    // STAGES K tiles, then STAGES V tiles
     const u32 sV_addr = sK_addr + STAGES * KVTile::BYTES;
+    const u32 sBias_addr = sV_addr + STAGES * KVTile::BYTES;  // STAGES bias tiles
+    constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
@@ -68,6 +74,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                                          seqlen_k - n0, p.head_dim);
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq, p.v_str.seq,
                                          seqlen_k - n0, p.head_dim);
+        if constexpr (Bias::ON)
+            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head, m0,
+                                                                n0, seq.seqlen_q - m0, seqlen_k - n0);
     };
 
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
@@ -95,7 +104,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         // S = Q K^T (raw scores), then logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
-        apply_score_mod(score, s, m0 + warp_row0, n0, lane);
+        if constexpr (Bias::ON)
+            Bias::template add<false, BLOCK_N>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0, lane,
+                                               p.bias_unit);
+        apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
         // Padding keys must not enter the softmax sum; nor keys the mask hides.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
 

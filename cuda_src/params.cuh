@@ -27,8 +27,10 @@ struct AttnParams {
     float* dkv_partial;         // backward, kv_splits > 1: fp32 partial dK, then dV (coords.cuh dkv_partial_offset)
     const int* cu_seqlens_q;    // PackedRows (varlen): batch + 1 row offsets into q, out and lse
     const int* cu_seqlens_k;    //   ... and into k, v
+    const void* bias;           // TileBias<T>: T (batch, nheads, seqlen_q, seqlen_k) broadcast by bias_str (bias.cuh)
 
     Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
+    Strides bias_str;           // bias: batch, query row (seq) and head strides, 0 where broadcast
     i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
     unsigned long long heads_per_kv_magic;  // coords.cuh division_magic(heads_per_kv), computed by Python
 
@@ -41,12 +43,14 @@ struct AttnParams {
     // Python stores seqlen_k for an unbounded left side and seqlen_q for an unbounded right side, which cover
     // every pair, so the kernels need no "unbounded" case and no arithmetic can overflow.
     int window_left, window_right;
+    int bias_key_step;          // 1: keys contiguous; 0: one value per query row (broadcast over keys)
 
     float scale_log2;           // logit (raw units, see score_mod.cuh) -> exp2 argument
     float softmax_scale;        // d(scaled score) / d(q.k): applied to dQ and dK
     float softcap;              // ScoreMod<true, _>: logit = softcap * tanh(q.k * softcap_scale)
     float softcap_scale;        // softmax_scale / softcap
     float alibi_unit;           // ALiBi slopes are in scaled-score units; this converts them to raw logit units
+    float bias_unit;            // the same for the bias: 1 / softmax_scale
 };
 
 }  // namespace cf

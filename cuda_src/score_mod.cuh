@@ -1,5 +1,5 @@
-// Score policies: raw score s = q.k -> logit, in "raw units" that the softmax multiplies by params.scale_log2
-// inside its exp2, and the chain rule back for dS.
+// Score policies: raw score s = q.k (plus the bias, bias.cuh) -> logit, in "raw units" that the softmax multiplies
+// by params.scale_log2 inside its exp2, and the chain rule back for dS.
 //   plain:    logit = s                                  scale_log2 = softmax_scale * log2(e)
 //   softcap:  logit = c * tanh(s * softmax_scale / c)    scale_log2 = log2(e)
 //   ALiBi:    logit += -slope * |i + off - j| * unit     (unit converts the slope to the units above)
@@ -37,8 +37,10 @@ struct ScoreMod {
         return alibi_slope * fabsf(query_minus_key);
     }
 
+    // HIDDEN_IN: s may be -inf (a -inf bias), which must stay -inf through the cap rather than become -cap.
+    template <bool HIDDEN_IN = false>
     __device__ __forceinline__ float logit(float s, float query_minus_key) const {
-        if constexpr (SOFTCAP) s = cap * tanh_approx(s * cap_scale);
+        if constexpr (SOFTCAP) s = HIDDEN_IN && s == neg_inf() ? s : cap * tanh_approx(s * cap_scale);
         if constexpr (ALIBI) s += alibi(query_minus_key);
         return s;
     }
@@ -60,18 +62,18 @@ struct ScoreMod {
 // at all for plain scores. With query rows (forward, dQ) ALiBi's distance is converted to float once per thread
 // and tile and moved by each element's constant offset, rather than converted per element; the dK/dV kernel
 // converts per element, because the extra live float spills its largest tiles (compile check).
-template <bool ROWS_ARE_KEYS = false, typename Score, int ROW_TILES, int COL_TILES>
+template <bool ROWS_ARE_KEYS = false, bool HIDDEN_IN = false, typename Score, int ROW_TILES, int COL_TILES>
 __device__ __forceinline__ void apply_score_mod(const Score& score, float (&s)[ROW_TILES][COL_TILES][4], int row0,
                                                 int col0, int lane) {
     if constexpr (Score::IDENTITY) {
     } else if constexpr (ROWS_ARE_KEYS) {
         for_each_element(s, row0, col0, lane, [&](float& x, int key, int query) {
-            x = score.logit(x, static_cast<float>(abs(query + score.off - key)));
+            x = score.template logit<HIDDEN_IN>(x, static_cast<float>(abs(query + score.off - key)));
         });
     } else {
         const float first = static_cast<float>(row0 + lane / 4 + score.off - col0 - 2 * (lane % 4));
         for_each_element_offset(s, [&](float& x, int dr, int dc) {
-            x = score.logit(x, first + static_cast<float>(dr - dc));
+            x = score.template logit<HIDDEN_IN>(x, first + static_cast<float>(dr - dc));
         });
     }
 }

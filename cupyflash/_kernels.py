@@ -63,7 +63,7 @@ def get_function(family, kind: str, config, kernel_hdim: int, variant, device_id
     import cupy
 
     name = family.kernel_name(kind, config, kernel_hdim, variant, atomic_dq)
-    smem = 0 if config is None else family.smem_bytes(kind, config, kernel_hdim)
+    smem = 0 if config is None else family.smem_bytes(kind, config, kernel_hdim, variant)
     with _lock:
         fn = _functions.get(key)
         if fn is None:

@@ -13,6 +13,7 @@ from collections import OrderedDict
 
 from ._params import Params, division_magic
 from ._validate import ArraySpec, needs_aligned_copy
+from ._bias import bias_fields
 from .problem import Problem, kernel_window, score_constants
 
 _PLANS_PER_KIND = 256  # least recently used plans are dropped past this many
@@ -161,7 +162,8 @@ def static_params(problem: Problem) -> Params:
                kv_splits=1, heads_per_split=problem.heads_per_kv, total_q=problem.total_q,
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
-               window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem))
+               window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
+               **bias_fields(problem.bias))
     return params
 
 

@@ -144,8 +144,11 @@ MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a)
                  for s, a in ((True, False), (False, True), (True, True)))
 #: Packed variable-length rows: plain and with every modifier, band mask, on every tile of every kind.
 PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band", True, True, rows="packed"))
+#: An additive bias of each dtype: alone, and with every modifier, band mask, on every tile of every kind.
+BIASED = (Variant("bfloat16", "band", bias="bfloat16"), Variant("float16", "band", True, True, bias="float32"))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
-SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True))
+SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
+                   Variant("float16", "none", bias="float16"))
 
 
 def _kernel_instances(kind: str, full: bool):
@@ -159,7 +162,7 @@ def _kernel_instances(kind: str, full: bool):
             plain = [Variant(dtype, mask) for dtype in DTYPES for mask in ("none", "band")]
             for variant in plain:
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in MODIFIED + PACKED + SINGLE_POLICIES:
+    for variant in MODIFIED + PACKED + BIASED + SINGLE_POLICIES:
         every_tile = full and variant not in SINGLE_POLICIES
         used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or the leading one
         for family_name, kd, config in all_variants(kind, variant):
@@ -175,8 +178,8 @@ def _kernel_instances(kind: str, full: bool):
 def kernel_instances(full: bool = False):
     """The kernel instances the CPU compile check builds. Always: for each tile config of every kind, plain scores
     with and without the band mask in both dtypes (dK/dV with and without atomic dQ), and the helper kernels in
-    both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, and each modifier
-    alone in float16 unmasked, on the leading tile of each kind and head dim. ``full`` (``python -m
+    both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of each dtype,
+    and each modifier alone in float16 unmasked, on the leading tile of each kind and head dim. ``full`` (``python -m
     cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the dispatcher may give
     them: register use is not monotonic in the variants, and a combination can spill where a heavier one does
     not."""

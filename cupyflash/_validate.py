@@ -11,9 +11,10 @@ import numbers
 from dataclasses import dataclass
 
 from .configs import MAX_HEAD_DIM
-from .problem import Problem, Variant, default_softmax_scale, mask_kind, normalize_window
+from .problem import BiasLayout, Problem, Variant, default_softmax_scale, mask_kind, normalize_window
 
 SUPPORTED_DTYPES = ("float16", "bfloat16")
+BIAS_DTYPES = ("float16", "bfloat16", "float32")
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _MAX_GRID_YZ = 65535  # heads and batch index the grid's y and z dimensions
 _MAX_SEQLEN = 2**30  # the kernels index rows and compare key - query distances in 32-bit ints
@@ -158,8 +159,41 @@ def check_alibi(slopes: ArraySpec, shape: AttentionShape) -> int:
     return 0
 
 
+def check_bias(bias: ArraySpec, shape: AttentionShape) -> BiasLayout:
+    """bias: float16, bfloat16 or float32 on q's GPU, broadcastable to (batch, nheads, seqlen_q, seqlen_k) with
+    every dim either full or 1 (NumPy rules: fewer dims are leading 1s), any strides. Returns how the kernels read
+    it: broadcast dims (size 1 or stride 0) at stride 0, and whether 16-byte copies need a padded copy of it."""
+    full = (shape.batch, shape.nheads, shape.seqlen_q, shape.seqlen_k)
+    target = f"(batch, nheads, seqlen_q, seqlen_k) = {full}"
+    if bias.dtype not in BIAS_DTYPES:
+        raise TypeError(f"bias must be float16, bfloat16 or float32; got {bias.dtype}")
+    if bias.device != shape.device:
+        raise ValueError(f"bias must be on q's GPU {shape.device}; got device {bias.device}")
+    if len(bias.shape) > 4:
+        raise ValueError(f"bias must have at most 4 dimensions, broadcastable to {target}; got shape {bias.shape}")
+    pad = 4 - len(bias.shape)
+    dims_given, strides = (1,) * pad + tuple(bias.shape), (0,) * pad + tuple(bias.strides)
+    for axis, (n, want) in enumerate(zip(dims_given, full)):
+        if n not in (1, want):
+            raise ValueError(f"bias of shape {bias.shape} does not broadcast to {target}: each dim must be full or "
+                             f"1, dim {axis - pad} is {n}")
+    # broadcast dims: size 1 (or nothing to broadcast: size 0 problems) or stride 0 (a broadcast_to view)
+    moving = tuple(n > 1 and st != 0 for n, st in zip(dims_given, strides))
+    dims = tuple(n if m else 1 for n, m in zip(full, moving))
+    elem = tuple(st // bias.itemsize if m else 0 for st, m in zip(strides, moving))
+    chunk = 16 // bias.itemsize
+    copy = moving[3] and (elem[3] != 1 or bias.ptr % 16 != 0 or shape.seqlen_k % chunk != 0
+                          or any(st % chunk for st in elem[:3]))
+    if copy:  # contiguous with rows padded to whole 16-byte chunks (cupyflash._bias.readable)
+        row = -(-shape.seqlen_k // chunk) * chunk
+        sizes = (dims[1] * dims[2] * row, dims[2] * row, row, 1)
+        elem = tuple(st if m else 0 for st, m in zip(sizes, moving))
+    return BiasLayout(bias.dtype, bias.itemsize, dims, elem, copy)
+
+
 def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, causal=False,
-             window_size=(-1, -1), softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0) -> Problem:
+             window_size=(-1, -1), softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0,
+             bias: ArraySpec | None = None) -> Problem:
     """Every check of a call's arguments, and the frozen Problem they describe."""
     shape = check_qkv(q, k, v)
     check_dropout(dropout_p)
@@ -169,10 +203,12 @@ def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, ca
     window = normalize_window(check_window(window_size), causal, shape.seqlen_q, shape.seqlen_k)
     cap = check_softcap(softcap)
     alibi_stride = 0 if alibi_slopes is None else check_alibi(alibi_slopes, shape)
-    variant = Variant(shape.dtype, mask_kind(causal, window), softcap=cap > 0, alibi=alibi_slopes is not None)
+    layout = None if bias is None else check_bias(bias, shape)
+    variant = Variant(shape.dtype, mask_kind(causal, window), softcap=cap > 0, alibi=alibi_slopes is not None,
+                      bias="none" if layout is None else layout.dtype)
     return Problem(shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.nheads_k, shape.head_dim,
                    shape.device, check_softmax_scale(softmax_scale, shape.head_dim), causal, window, cap,
-                   alibi_stride, variant)
+                   alibi_stride, variant, bias=layout)
 
 
 def needs_aligned_copy(a: ArraySpec) -> bool:

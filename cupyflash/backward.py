@@ -4,13 +4,13 @@ from __future__ import annotations
 import math
 
 from . import _kernels, _launch, configs
+from ._bias import readable
 from ._device import device_limits
-from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
-                      static_params)
+from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
                         spec_of)
 from .configs import check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
-from .forward import _on_device, flash_attn_func
+from .forward import _call_key, _on_device, flash_attn_func
 
 _PLANS = PlanCache()
 _GRADS = ("dq", "dk", "dv")
@@ -61,7 +61,8 @@ class BackwardPlan:
 
         def launch(kind, grid, cfg=None, atomic=False):
             fn = _kernels.get_function(family, kind, cfg, kd, p.variant, p.device, atomic)
-            threads, smem = (128, 0) if cfg is None else (cfg.warps * 32, family.smem_bytes(kind, cfg, kd))
+            threads = 128 if cfg is None else cfg.warps * 32
+            smem = 0 if cfg is None else family.smem_bytes(kind, cfg, kd, p.variant)
             return Launch(fn, p.device, grid, threads, smem, self.params)
 
         rows_grid = (math.ceil(p.batch * p.nheads * p.seqlen_q / 4),)  # one warp per query row
@@ -76,10 +77,12 @@ class BackwardPlan:
             self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
             self.fork = _StreamFork(p.device)
 
-    def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None)):
+    def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None), bias=None):
         import cupy
 
         q, k, v, dout, out, lse = arrays
+        if bias is not None:
+            bias = readable(self.problem.bias, bias)
         if self.any_staging:
             q, k, v, dout, out = (s.stage(x) for s, x in zip(self.staging, (q, k, v, dout, out)))
         pd = self.problem.padded_head_dim
@@ -101,7 +104,8 @@ class BackwardPlan:
                 self.params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
                                           dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
-                                          partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens)))
+                                          partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens),
+                                          _launch.ptr(bias)))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
         if not self.trimmed and not self.copies_back:
@@ -167,22 +171,24 @@ class _StreamFork:
         self._wait(caller, self._joined, 0)
 
 
-def _plan(arrays, alibi_slopes, given, key, *, softmax_scale, causal, window_size, softcap, deterministic,
+def _plan(arrays, alibi_slopes, bias, given, key, *, softmax_scale, causal, window_size, softcap, deterministic,
           atomic_dq, config, dq_config, kv_splits):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("dout", "q", "k", "v", "out", "lse")
     dout, q, k, v, out, lse = (as_cuda_array(x, n) for x, n in zip(arrays, names))
     alibi = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
+    bias = None if bias is None else as_cuda_array(bias, "bias")
     given = {n: None if g is None else as_cuda_array(g, n) for n, g in given.items()}
     q_spec, k_spec, v_spec = (spec_of(x) for x in (q, k, v))
     problem = describe(q_spec, k_spec, v_spec, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
-                       softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi))
+                       softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi),
+                       bias=None if bias is None else spec_of(bias))
     specs = (q_spec, k_spec, v_spec, spec_of(dout), spec_of(out))
     grad_specs = {n: None if g is None else spec_of(g) for n, g in given.items()}
     plan = make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic, atomic_dq=atomic_dq,
                      config=config, dq_config=dq_config, kv_splits=kv_splits)
     _PLANS.put(key, plan)
-    return plan, (q, k, v, dout, out, lse), alibi, given
+    return plan, (q, k, v, dout, out, lse), alibi, bias, given
 
 
 def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq, config, dq_config, kv_splits):
@@ -220,12 +226,14 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
 
 def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_size=(-1, -1),
                         softcap=0.0, alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None,
-                        atomic_dq=None, config=None, dq_config=None, kv_splits=None):
+                        atomic_dq=None, config=None, dq_config=None, kv_splits=None, bias=None,
+                        return_dbias=False):
     """Gradients of ``out = flash_attn_func(q, k, v, ...)`` for the upstream gradient ``dout``.
 
     Args:
         dout: (batch, seqlen_q, nheads, headdim), q's dtype; any strides with the head dim contiguous.
-        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes: exactly as given to the forward.
+        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias: exactly as given to the forward.
+        return_dbias: also return the bias's gradient (not implemented yet: NotImplementedError).
         out, lse: the forward's results (``flash_attn_func(..., return_lse=True)``).
         deterministic: guarantee bitwise-identical gradients from run to run. dQ is then computed by a second
             kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher usually
@@ -245,36 +253,35 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         (dq, dk, dv) in the dtypes and shapes of q, k, v (dk, dv with nheads_k heads: summed over each group's
         query heads); new contiguous arrays unless given.
     """
+    if return_dbias:
+        raise NotImplementedError("the bias gradient (return_dbias=True) is not implemented yet; the gradients of "
+                                  "q, k and v with a bias are")
     arrays = (q, k, v, dout, out, lse)
     given = {"dq": dq, "dk": dk, "dv": dv}
-    key = None
-    keys = tuple(map(array_key, arrays))
-    if None not in keys:
-        grad_keys = tuple(None if g is None else array_key(g) for g in (dq, dk, dv))
-        alibi = None if alibi_slopes is None else array_key(alibi_slopes)
-        rest = scalar_key(softmax_scale, causal, window_size, softcap, deterministic, atomic_dq, config, dq_config,
-                          kv_splits)
-        if rest is not None and (alibi_slopes is None) == (alibi is None) and all(
-                (g is None) == (gk is None) for g, gk in zip((dq, dk, dv), grad_keys)):
-            key = (keys, grad_keys, alibi, rest)
+    key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias), softmax_scale, causal, window_size, softcap,
+                    deterministic, atomic_dq, config, dq_config, kv_splits)
     plan = _PLANS.get(key)
     if plan is None:
-        plan, arrays, alibi_slopes, given = _plan(
-            (dout, q, k, v, out, lse), alibi_slopes, given, key, softmax_scale=softmax_scale, causal=causal,
+        plan, arrays, alibi_slopes, bias, given = _plan(
+            (dout, q, k, v, out, lse), alibi_slopes, bias, given, key, softmax_scale=softmax_scale, causal=causal,
             window_size=window_size, softcap=softcap, deterministic=deterministic, atomic_dq=atomic_dq,
             config=config, dq_config=dq_config, kv_splits=kv_splits)
-    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given)
+    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias)
 
 
 def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                   alibi_slopes=None, deterministic=False):
+                   alibi_slopes=None, deterministic=False, *, bias=None, bias_requires_grad=False):
     """Forward pass plus a function that maps an upstream gradient to (dq, dk, dv).
 
     ``out, vjp = flash_attn_vjp(q, k, v, ...); dq, dk, dv = vjp(dout)``, with flash_attn_func's arguments. The
     closure holds q, k, v, out and the log-sum-exp (no score matrix); it may be called any number of times.
+    bias_requires_grad (the bias's gradient as a fourth result) is not implemented yet (NotImplementedError).
     """
+    if bias_requires_grad:
+        raise NotImplementedError("the bias gradient (bias_requires_grad=True) is not implemented yet; the "
+                                  "gradients of q, k and v with a bias are")
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-                   alibi_slopes=alibi_slopes)
+                   alibi_slopes=alibi_slopes, bias=bias)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)
 
     def vjp(dout):

@@ -61,10 +61,12 @@ class When:
     softcap: bool = True
     alibi: bool = True
     packed: bool = True
+    bias: bool = True
 
     def allows(self, variant: Variant | None) -> bool:
         return variant is None or ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
-                                   and (self.packed or variant.rows != "packed"))
+                                   and (self.packed or variant.rows != "packed")
+                                   and (self.bias or variant.bias == "none"))
 
 
 def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
@@ -212,8 +214,8 @@ def family_for(limits: DeviceLimits, variant: Variant | None = None):
         f"{limits.compute_capability // 10}.{limits.compute_capability % 10}")
 
 
-def smem_bytes(kind: str, config: TileConfig, kernel_hdim: int) -> int:
-    return FAMILIES_BY_NAME[config.family].smem_bytes(kind, config, kernel_hdim)
+def smem_bytes(kind: str, config: TileConfig, kernel_hdim: int, variant: Variant | None = None) -> int:
+    return FAMILIES_BY_NAME[config.family].smem_bytes(kind, config, kernel_hdim, variant)
 
 
 def fwd_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
@@ -229,9 +231,9 @@ def bwd_dq_smem_bytes(config: TileConfig, kernel_hdim: int) -> int:
 
 
 def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residency: bool = True,
-         kind: str = "fwd") -> bool:
+         kind: str = "fwd", variant: Variant | None = None) -> bool:
     """Whether ``config`` runs on the device; with ``residency`` also whether ``blocks_per_sm`` blocks fit an SM."""
-    smem = smem_bytes(kind, config, kernel_hdim)
+    smem = smem_bytes(kind, config, kernel_hdim, variant)
     if smem > limits.smem_per_block_optin:
         return False
     blocks = config.blocks_per_sm if residency else 1
@@ -249,7 +251,7 @@ def candidates(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant 
                ) -> tuple[TileConfig, ...]:
     """Every table entry of ``kind`` for this head dim and variant that runs on the device, best first."""
     kd, table = _table(kind, limits, head_dim, variant)
-    return tuple(c for c in table if fits(c, kd, limits, residency=False, kind=kind))
+    return tuple(c for c in table if fits(c, kd, limits, residency=False, kind=kind, variant=variant))
 
 
 def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool = False,
@@ -260,18 +262,19 @@ def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool =
     del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
     kd, table = _table(kind, limits, head_dim, variant)
     for config in table:
-        if config not in _FALLBACKS[kind] and fits(config, kd, limits, residency=True, kind=kind):
+        if config not in _FALLBACKS[kind] and fits(config, kd, limits, residency=True, kind=kind, variant=variant):
             return config
     for config in table:
-        if fits(config, kd, limits, residency=False, kind=kind):
+        if fits(config, kd, limits, residency=False, kind=kind, variant=variant):
             return config
     raise NoConfigFits(
         f"no {kind} tile configuration for head dim {head_dim} fits {limits.smem_per_block_optin} bytes of "
-        f"shared memory per block (smallest needs {min(smem_bytes(kind, c, kd) for c in table)})")
+        f"shared memory per block (smallest needs {min(smem_bytes(kind, c, kd, variant) for c in table)})")
 
 
 def _modifiers_text(variant: Variant | None) -> str:
-    on = [] if variant is None else [n for n, flag in (("softcap", variant.softcap), ("ALiBi", variant.alibi)) if flag]
+    on = [] if variant is None else [n for n, flag in (("softcap", variant.softcap), ("ALiBi", variant.alibi),
+                                                       (f"a {variant.bias} bias", variant.bias != "none")) if flag]
     return f" with score modifiers ({' and '.join(on)})" if on else ""
 
 
@@ -285,8 +288,8 @@ def check_config(kind: str, config: TileConfig, limits: DeviceLimits, head_dim: 
                          f"{_modifiers_text(variant)}; "
                          f"candidates: {', '.join(map(str, table))}")
     kd = kernel_head_dim(head_dim)
-    if not fits(config, kd, limits, residency=False, kind=kind):
-        raise ValueError(f"config {config} needs {smem_bytes(kind, config, kd)} bytes of shared memory; "
+    if not fits(config, kd, limits, residency=False, kind=kind, variant=variant):
+        raise ValueError(f"config {config} needs {smem_bytes(kind, config, kd, variant)} bytes of shared memory; "
                          f"the device allows {limits.smem_per_block_optin} per block")
 
 

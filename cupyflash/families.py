@@ -16,6 +16,9 @@ HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_row
 _ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
 _ROWS_TYPE = {"dense": "cf::DenseRows", "packed": "cf::PackedRows"}
+_BIAS_TYPE = {"none": "cf::NoBias", "float16": "cf::TileBias<cf::f16>", "bfloat16": "cf::TileBias<cf::bf16>",
+              "float32": "cf::TileBias<float>"}
+_BIAS_ITEMSIZE = {"none": 0, "float16": 2, "bfloat16": 2, "float32": 4}
 
 
 def _cpp_bool(flag: bool) -> str:
@@ -25,6 +28,11 @@ def _cpp_bool(flag: bool) -> str:
 def _padded_tile_bytes(rows: int, cols: int) -> int:
     """cuda_src/smem_tile.cuh SmemTile<rows, cols>: 16-bit elements, rows padded by 8 elements."""
     return rows * (cols + 8) * 2
+
+
+def _bias_tile_bytes(rows: int, cols: int, itemsize: int) -> int:
+    """cuda_src/bias.cuh TileBias::tile_bytes: rows padded by 16 bytes; 0 without a bias."""
+    return rows * (cols * itemsize + 16) if itemsize else 0
 
 
 @dataclass(frozen=True)
@@ -40,18 +48,21 @@ class Mma80Family:
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
 
     def supports(self, compute_capability: int, variant: Variant) -> bool:
-        return compute_capability >= self.min_cc and variant.dtype in _ELEM_TAG and variant.rows in _ROWS_TYPE
+        return (compute_capability >= self.min_cc and variant.dtype in _ELEM_TAG and variant.rows in _ROWS_TYPE
+                and variant.bias in _BIAS_TYPE and not (variant.bias != "none" and variant.rows == "packed"))
 
     # ---- shared memory per kernel kind, mirroring each kernel's layout
-    def smem_bytes(self, kind: str, config, kernel_hdim: int) -> int:
+    def smem_bytes(self, kind: str, config, kernel_hdim: int, variant: Variant | None = None) -> int:
         m, n, stages = config.block_m, config.block_n, config.stages
+        # every kind holds one bias tile (queries x keys, rows padded by 16 bytes) per pipeline stage
+        bias = stages * _bias_tile_bytes(m, n, _BIAS_ITEMSIZE[variant.bias if variant else "none"])
         if kind == "fwd":  # Q tile (reused for O), STAGES K and V tiles
-            return _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim)
+            return _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim) + bias
         if kind == "bwd":  # K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             return (2 * _padded_tile_bytes(n, kernel_hdim) + 2 * _padded_tile_bytes(n, m)
-                    + 2 * stages * _padded_tile_bytes(m, kernel_hdim) + stages * 2 * m * 4)
+                    + 2 * stages * _padded_tile_bytes(m, kernel_hdim) + stages * 2 * m * 4 + bias)
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
-            return 2 * _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim)
+            return 2 * _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim) + bias
         raise ValueError(f"unknown kernel kind {kind!r}")
 
     # ---- kernel names (NVRTC name expressions)
@@ -63,10 +74,11 @@ class Mma80Family:
         if kind in HELPER_KINDS:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"
         policies = (f"{_MASK_TYPE[variant.mask]}, "
-                    f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>")
+                    f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>, "
+                    f"{_BIAS_TYPE[variant.bias]}")
         tiles = (f"{kernel_hdim}, {config.block_m}, {config.block_n}, {config.warps}, {config.stages}, "
                  f"{config.blocks_per_sm}")
-        smem = self.smem_bytes(kind, config, kernel_hdim)
+        smem = self.smem_bytes(kind, config, kernel_hdim, variant)
         if kind == "fwd":
             return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {smem}>"
         if kind == "bwd":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import _kernels, _launch
+from ._bias import readable
 from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
@@ -42,11 +43,13 @@ class ForwardPlan:
             family = family_for(device_limits(problem.device), problem.variant)
             self.kernel = Launch(_kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device),
                                  problem.device, _launch.query_grid(problem, config.block_m), config.warps * 32,
-                                 family.smem_bytes("fwd", config, kd), self.params)
+                                 family.smem_bytes("fwd", config, kd, problem.variant), self.params)
 
-    def run(self, q, k, v, alibi_slopes, cu_seqlens=(None, None)):
+    def run(self, q, k, v, alibi_slopes, cu_seqlens=(None, None), bias=None):
         import cupy
 
+        if bias is not None:
+            bias = readable(self.problem.bias, bias)
         if self.any_staging:
             q, k, v = (s.stage(x) for s, x in zip(self.staging, (q, k, v)))
         out = empty(self.kernel_out_shape, q.dtype)
@@ -55,20 +58,23 @@ class ForwardPlan:
             params = self.params
             with params.lock:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
-                                     0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens)))
+                                     0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
+                                     _launch.ptr(bias)))
                 self.kernel(current_stream_ptr())
         if self.padded:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))
         return out, lse
 
 
-def _plan(q, k, v, alibi_slopes, key, *, dropout_p, softmax_scale, causal, window_size, softcap, config):
+def _plan(q, k, v, alibi_slopes, bias, key, *, dropout_p, softmax_scale, causal, window_size, softcap, config):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     q, k, v = as_cuda_array(q, "q"), as_cuda_array(k, "k"), as_cuda_array(v, "v")
     alibi = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
+    bias = None if bias is None else as_cuda_array(bias, "bias")
     specs = [spec_of(x) for x in (q, k, v)]
     problem = describe(*specs, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
-                       softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p)
+                       softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p,
+                       bias=None if bias is None else spec_of(bias))
     limits = device_limits(problem.device)
     if config is None:
         config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant)
@@ -76,34 +82,37 @@ def _plan(q, k, v, alibi_slopes, key, *, dropout_p, softmax_scale, causal, windo
         check_config("fwd", config, limits, problem.head_dim, problem.variant)
     plan = ForwardPlan(problem, config, *specs)
     _PLANS.put(key, plan)
-    return plan, (q, k, v, alibi)
+    return plan, (q, k, v, alibi, bias)
 
 
-def _lookup(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size, softcap, config):
-    """(plan, (q, k, v, alibi_slopes)): the cached plan of a call like this one, or a new one after validation
-    (which also turns DLPack inputs into CuPy arrays)."""
-    key = _call_key(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size, softcap, config)
+def _lookup(q, k, v, alibi_slopes, bias, dropout_p, softmax_scale, causal, window_size, softcap, config):
+    """(plan, (q, k, v, alibi_slopes, bias)): the cached plan of a call like this one, or a new one after
+    validation (which also turns DLPack inputs into CuPy arrays)."""
+    key = _call_key((q, k, v), (alibi_slopes, bias), dropout_p, softmax_scale, causal, window_size, softcap, config)
     plan = _PLANS.get(key)
     if plan is not None:
-        return plan, (q, k, v, alibi_slopes)
-    return _plan(q, k, v, alibi_slopes, key, dropout_p=dropout_p, softmax_scale=softmax_scale, causal=causal,
-                 window_size=window_size, softcap=softcap, config=config)
+        return plan, (q, k, v, alibi_slopes, bias)
+    return _plan(q, k, v, alibi_slopes, bias, key, dropout_p=dropout_p, softmax_scale=softmax_scale,
+                 causal=causal, window_size=window_size, softcap=softcap, config=config)
 
 
-def _call_key(q, k, v, alibi_slopes, *scalars):
-    keys = (array_key(q), array_key(k), array_key(v))
+def _call_key(arrays, optional, *scalars):
+    """The plan cache key of a call: what validation reads off its arrays (``optional`` ones may be None) and
+    its scalars; None (no caching: the validating slow path) for anything that is not a CuPy array or a plain
+    scalar."""
+    keys = tuple(map(array_key, arrays))
     if None in keys:
         return None
-    alibi = None if alibi_slopes is None else array_key(alibi_slopes)
-    if alibi_slopes is not None and alibi is None:
+    extra = tuple(None if x is None else array_key(x) for x in optional)
+    if any(x is not None and key is None for x, key in zip(optional, extra)):
         return None
     rest = scalar_key(*scalars)
-    return None if rest is None else (keys, alibi, rest)
+    return None if rest is None else (keys, extra, rest)
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *, return_lse=False,
-                    config=None):
+                    config=None, bias=None):
     """Exact softmax attention, computed tile by tile without materialising the score matrix.
 
     flash-attn's signature and semantics: code written for ``flash_attn.flash_attn_func`` runs unchanged.
@@ -136,6 +145,13 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
             recomputed from q, k and lse with plain CuPy operations: O(S^2) memory, for testing small problems.
         return_lse: also return the log-sum-exp of the logits, float32 (batch, nheads, seqlen_q), natural log.
         config: force a :class:`~cupyflash.TileConfig` (a candidate from the table that fits the device).
+        bias: additive bias, float16, bfloat16 or float32, broadcastable to (batch, nheads, seqlen_q, seqlen_k):
+            each dim full or 1 (fewer dims are leading 1s), any strides (a ``broadcast_to`` view costs nothing).
+            Added to the scaled score before the softcap (logit = softcap * tanh((scale * q.k + bias) /
+            softcap)) and before ALiBi; -inf entries hide their pair. Read tile by tile, never expanded; a bias
+            whose rows are not whole 16-byte chunks (seqlen_k not a multiple of 8, or 4 for float32) or whose keys
+            are not contiguous is copied once per call into a padded contiguous array of its own (unbroadcast)
+            shape.
 
     A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 
@@ -144,11 +160,11 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         ``return_lse``; ``(out, lse, probs)`` with ``return_attn_probs``. Runs on q's device's current stream.
     """
     del deterministic
-    plan, (q, k, v, alibi_slopes) = _lookup(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size,
-                                            softcap, config)
-    out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes)
+    plan, (q, k, v, alibi_slopes, bias) = _lookup(q, k, v, alibi_slopes, bias, dropout_p, softmax_scale, causal,
+                                                  window_size, softcap, config)
+    out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None), bias)
     if return_attn_probs:
-        return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes)
+        return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes, bias)
     return (out, lse) if return_lse else out
 
 
@@ -161,7 +177,7 @@ def _on_device(device_id, fn, *args):
         return fn(*args)
 
 
-def _attention_probs(problem, q, k, lse, alibi_slopes):
+def _attention_probs(problem, q, k, lse, alibi_slopes, bias):
     import cupy
 
     from .reference import attention_probs
@@ -169,13 +185,13 @@ def _attention_probs(problem, q, k, lse, alibi_slopes):
     with cupy.cuda.Device(problem.device):
         return attention_probs(q, k, lse, problem.softmax_scale, problem.causal, xp=cupy,
                                window_size=problem.window, softcap=problem.softcap, alibi_slopes=alibi_slopes,
-                               dtype="float32")
+                               dtype="float32", bias=bias)
 
 
 def plan_for(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-             alibi_slopes=None, config=None) -> ForwardPlan:
+             alibi_slopes=None, config=None, bias=None) -> ForwardPlan:
     """The (validated) launch plan flash_attn_func would use for these arguments."""
-    return _lookup(q, k, v, alibi_slopes, dropout_p, softmax_scale, causal, window_size, softcap, config)[0]
+    return _lookup(q, k, v, alibi_slopes, bias, dropout_p, softmax_scale, causal, window_size, softcap, config)[0]
 
 
 def select_config_for(q, k, v, causal: bool = False, **variant):

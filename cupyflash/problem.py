@@ -13,6 +13,8 @@ MASKS = ("none", "band")
 #: Row layouts: dense (batch, seqlen, heads, dim) batches, or packed variable-length batches (flash-attn's varlen
 #: layout; see cuda_src/coords.cuh).
 ROWS = ("dense", "packed")
+#: Additive bias dtypes (cuda_src/bias.cuh), or "none".
+BIASES = ("none", "float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -24,10 +26,27 @@ class Variant:
     softcap: bool = False  # logits = softcap * tanh(scaled score / softcap)
     alibi: bool = False    # logits -= slope * |i + seqlen_k - seqlen_q - j|
     rows: str = "dense"    # one of ROWS
+    bias: str = "none"     # the additive bias's dtype, or "none" (one of BIASES)
 
     @property
     def plain_scores(self) -> bool:
         return not (self.softcap or self.alibi)
+
+
+@dataclass(frozen=True)
+class BiasLayout:
+    """How the kernels read an additive bias broadcast to (batch, nheads, seqlen_q, seqlen_k) (cuda_src/bias.cuh)"""
+
+    dtype: str
+    itemsize: int
+    dims: tuple          # (batch, heads, queries, keys) of its own data: 1 where broadcast (size 1 or stride 0)
+    strides: tuple       # element strides (batch, heads, queries, keys) the kernels read; 0 where broadcast
+    copy: bool = False   # its memory cannot feed 16-byte copies as is: a contiguous copy with padded rows per call
+
+    @property
+    def key_step(self) -> int:
+        """1: keys contiguous (16-byte copies); 0: one value per query row."""
+        return 1 if self.dims[3] > 1 else 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,8 @@ class Problem:
     alibi_batch_stride: int  # elements between batches of alibi_slopes; 0 for one shared (nheads,) vector
     variant: Variant
     total_q: int = 0        # packed rows: rows of q (seqlen_q and seqlen_k are then the longest entry's)
+    bias: BiasLayout | None = None  # how the kernels read the additive bias, if any
+
 
     @property
     def heads_per_kv(self) -> int:
@@ -89,11 +110,12 @@ LOG2E = 1.4426950408889634
 def score_constants(problem: Problem) -> dict:
     """The params fields of the score policy (cuda_src/score_mod.cuh): logits in raw units times scale_log2."""
     scale = problem.softmax_scale
+    # The bias joins the raw score before the cap: scale * (s + bias / scale) = scaled score + bias.
     if problem.softcap > 0:
         return dict(scale_log2=LOG2E, softmax_scale=scale, softcap=problem.softcap,
-                    softcap_scale=scale / problem.softcap, alibi_unit=1.0)
+                    softcap_scale=scale / problem.softcap, alibi_unit=1.0, bias_unit=1.0 / scale)
     return dict(scale_log2=scale * LOG2E, softmax_scale=scale, softcap=0.0, softcap_scale=0.0,
-                alibi_unit=1.0 / scale)
+                alibi_unit=1.0 / scale, bias_unit=1.0 / scale)
 
 
 def default_softmax_scale(head_dim: int) -> float:

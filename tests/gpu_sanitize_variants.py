@@ -5,7 +5,7 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
-K/V head; packed (varlen) batches run every modifier too. Not a pytest module: the sanitizer wraps the whole process.
+K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast. Not a pytest module: the sanitizer wraps the whole process.
 """
 import itertools
 import sys
@@ -60,6 +60,17 @@ for kd in head_dims:
         for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
             run(d, dtype, 203, 190, dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi))
             count += 3
+        # additive biases: full float32 (under the cap, with -inf entries), a bf16 key bias, one value per query row
+        # (keys broadcast), and a bias whose rows need padding (a per-call copy)
+        for shape, bias_dtype in (((1, 2, 203, 190), np.float32), ((1, 1, 1, 190), ml_dtypes.bfloat16),
+                                  ((1, 2, 203, 1), np.float16), ((2, 203, 189), np.float32)):
+            host = rng.standard_normal(shape).astype(bias_dtype)
+            host.flat[::7] = -np.inf
+            bias = cupy.asarray(host.view(np.uint16)).view(host.dtype) if host.itemsize == 2 else cupy.asarray(host)
+            n = shape[-1] if shape[-1] > 1 else 190
+            for softcap in (0.0, 20.0):
+                run(d, dtype, 203, n, dict(causal=causal, softcap=softcap, bias=bias))
+                count += 3
         # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier
         lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]
         cu_q, cu_k = (cupy.asarray(np.cumsum([0] + lens, dtype=np.int32)) for lens in (lens_q, lens_k))

@@ -1,12 +1,13 @@
 """Input checks (cupyflash._validate) on ArraySpec metadata: no GPU needed."""
+import dataclasses
 import math
 import re
 
 import numpy as np
 import pytest
 
-from cupyflash._validate import (ArraySpec, AttentionShape, as_cuda_array, check_qkv, check_softmax_scale,
-                                 describe, needs_aligned_copy)
+from cupyflash._validate import (ArraySpec, AttentionShape, as_cuda_array, check_bias, check_qkv,
+                                 check_softmax_scale, describe, needs_aligned_copy)
 from cupyflash.problem import Variant, kernel_window
 
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "uint16": 2, "int32": 4, "int64": 8}
@@ -357,3 +358,64 @@ def test_cu_seqlens_values(offsets, total, max_seqlen, match):
     else:
         with pytest.raises(ValueError, match=match):
             check_cu_seqlens_values("cu_seqlens_q", offsets, total, max_seqlen)
+
+
+# ---- additive bias (check_bias): shapes broadcastable to (batch, nheads, seqlen_q, seqlen_k) = (2, 3, 5, 16)
+
+BIAS_TARGET = AttentionShape(batch=2, seqlen_q=5, seqlen_k=16, nheads=3, head_dim=64, dtype="float16", device=0)
+
+
+@pytest.mark.parametrize("shape, dims, strides", [
+    ((2, 3, 5, 16), (2, 3, 5, 16), (240, 80, 16, 1)),
+    ((1, 3, 5, 16), (1, 3, 5, 16), (0, 80, 16, 1)),        # a pair bias shared over the batch
+    ((3, 5, 16), (1, 3, 5, 16), (0, 80, 16, 1)),           # the same with the batch dim left out
+    ((2, 1, 1, 16), (2, 1, 1, 16), (16, 0, 0, 1)),         # a key bias
+    ((16,), (1, 1, 1, 16), (0, 0, 0, 1)),
+    ((2, 3, 5, 1), (2, 3, 5, 1), (15, 5, 1, 0)),           # one value per query row: keys broadcast
+    ((), (1, 1, 1, 1), (0, 0, 0, 0)),
+])
+def test_bias_layouts(shape, dims, strides):
+    layout = check_bias(spec(shape, "float32", ptr=256), BIAS_TARGET)
+    assert (layout.dims, layout.strides, layout.copy, layout.dtype) == (dims, strides, False, "float32")
+    assert layout.key_step == (1 if dims[3] > 1 else 0)
+
+
+def test_a_broadcast_to_view_reads_its_stride_zero_dims_as_broadcast():
+    view = spec((2, 3, 5, 16), "bfloat16", strides=(0, 160, 32, 2))  # broadcast_to of a (3, 5, 16) array
+    layout = check_bias(view, BIAS_TARGET)
+    assert layout.dims == (1, 3, 5, 16) and layout.strides == (0, 80, 16, 1) and not layout.copy
+
+
+@pytest.mark.parametrize("dtype, shape, strides, ptr", [
+    ("float16", (2, 3, 5, 16), (480, 160, 32, 4), 0),      # every other key
+    ("float16", (2, 3, 5, 16), None, 2),                   # not 16-byte aligned
+    ("float32", (2, 3, 5, 16), (1080, 360, 72, 4), 0),     # rows 18 floats apart: not whole 16-byte chunks
+])
+def test_biases_the_kernels_cannot_read_as_they_are_get_a_padded_copy(dtype, shape, strides, ptr):
+    layout = check_bias(spec(shape, dtype, strides=strides, ptr=ptr), BIAS_TARGET)
+    assert layout.copy and layout.dims == (2, 3, 5, 16) and layout.strides == (240, 80, 16, 1)
+
+
+def test_a_bias_whose_rows_are_not_whole_chunks_is_copied_with_padded_rows():
+    target = dataclasses.replace(BIAS_TARGET, seqlen_k=13)
+    layout = check_bias(spec((1, 3, 5, 13), "float16"), target)
+    assert layout.copy and layout.strides == (0, 80, 16, 1)  # rows padded to 16 halves
+    assert not check_bias(spec((2, 3, 5, 1), "float16"), target).copy  # keys broadcast: read one by one
+
+
+@pytest.mark.parametrize("bias, error, match", [
+    (spec((2, 3, 5, 16), "int32"), TypeError, "bias must be float16, bfloat16 or float32; got int32"),
+    (spec((2, 3, 5, 16), device=1), ValueError, "bias must be on q's GPU 0; got device 1"),
+    (spec((1, 2, 3, 5, 16)), ValueError, "at most 4 dimensions"),
+    (spec((2, 3, 4, 16)), ValueError, re.escape("does not broadcast to (batch, nheads, seqlen_q, seqlen_k) = "
+                                                "(2, 3, 5, 16): each dim must be full or 1, dim 2 is 4")),
+    (spec((5, 8)), ValueError, r"bias of shape \(5, 8\) does not .* dim 1 is 8"),
+])
+def test_bad_biases_are_refused(bias, error, match):
+    with pytest.raises(error, match=match):
+        check_bias(bias, BIAS_TARGET)
+
+
+def test_describe_puts_the_bias_dtype_in_the_variant():
+    p = describe(*qkv((2, 5, 3, 64), (2, 16, 3, 64)), bias=spec((16,), "bfloat16"))
+    assert p.variant == Variant("float16", bias="bfloat16") and p.bias.dims == (1, 1, 1, 16)

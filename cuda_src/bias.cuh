@@ -1,0 +1,126 @@
+// Additive bias policies: logit += bias[batch, head, query, key] / softmax_scale, in the raw units of score_mod.cuh,
+// so that the softmax's exp2 sees scaled score + bias. It is added before the score policy: under softcap the
+// bias is inside the cap, as FlexAttention's score_mod order gives; -inf hides a pair, also under the cap.
+//
+// The bias is any strided array broadcast to (batch, nheads, seqlen_q, seqlen_k): Python passes stride 0 for its
+// broadcast dims and keys either contiguous (bias_key_step 1, rows padded so whole 16-byte chunks stay inside the
+// allocation) or broadcast (bias_key_step 0). Each step's BLOCK_M x BLOCK_N tile is copied to shared memory with
+// the step's other tiles, so global reads are coalesced whatever the kernel's fragment layout; fragments read it
+// back as queries x keys (forward, dQ) or keys x queries (dK/dV).
+#pragma once
+#include "mma_sm80.cuh"
+#include "params.cuh"
+
+namespace cf {
+
+struct NoBias {
+    static constexpr bool ON = false;
+    template <int ROWS, int COLS>
+    __host__ __device__ static constexpr int tile_bytes() { return 0; }
+};
+
+// Shared-memory reads by 32-bit shared-window address (as the kernels hold their tiles).
+__device__ __forceinline__ u32 lds_u32(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ u32 lds_u16(u32 addr) {
+    unsigned short v;
+    asm volatile("ld.shared.b16 %0, [%1];\n" : "=h"(v) : "r"(addr));
+    return v;
+}
+
+// Bias storage: float, or 16-bit f16 / bf16 (the Elem tags) converted as the tensor-core code converts them.
+template <typename T> struct BiasValue {
+    static constexpr int BYTES = 2;
+    static __device__ __forceinline__ float2 pair(u32 addr) { return Mma<T>::unpack(lds_u32(addr)); }
+    static __device__ __forceinline__ float one(u32 addr) { return Mma<T>::unpack(lds_u16(addr)).x; }
+};
+template <> struct BiasValue<float> {
+    static constexpr int BYTES = 4;
+    static __device__ __forceinline__ float2 pair(u32 addr) {
+        float2 v;
+        asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr));
+        return v;
+    }
+    static __device__ __forceinline__ float one(u32 addr) { return __uint_as_float(lds_u32(addr)); }
+};
+
+template <typename T>
+struct TileBias {
+    static constexpr bool ON = true;
+    using Value = BiasValue<T>;
+    static constexpr int BYTES = Value::BYTES;  // per element
+    static constexpr int CHUNK = 16 / BYTES;     // elements per 16-byte copy
+    // Rows padded by one chunk, like SmemTile: fragment reads of neighbouring rows fall in different banks.
+    template <int COLS>
+    __host__ __device__ static constexpr int stride() { return COLS + CHUNK; }
+    template <int ROWS, int COLS>
+    __host__ __device__ static constexpr int tile_bytes() { return ROWS * stride<COLS>() * BYTES; }
+
+    // Queries [q0, q0 + ROWS) x keys [k0, k0 + COLS) of (batch, head) into the tile at smem; queries >= rows_valid
+    // and keys >= cols_valid read as 0 (padding: masked or never stored).
+    template <int ROWS, int COLS, int THREADS>
+    static __device__ __forceinline__ void load_tile(u32 smem, const AttnParams& p, int batch, int head, int q0,
+                                                     int k0, int rows_valid, int cols_valid) {
+        const char* base = static_cast<const char*>(p.bias) +
+                           (batch * p.bias_str.batch + head * p.bias_str.head + q0 * p.bias_str.seq) * BYTES;
+        const i64 row_stride = p.bias_str.seq * BYTES;  // bytes
+        if (p.bias_key_step != 0) {  // 16-byte asynchronous copies, waited for with the step's other tiles
+            constexpr int CHUNKS = COLS / CHUNK;
+            static_assert(COLS % CHUNK == 0, "whole chunks per tile row");
+            base += static_cast<i64>(k0) * BYTES;
+            constexpr int PASSES = (ROWS * CHUNKS + THREADS - 1) / THREADS;
+            #pragma unroll
+            for (int pass = 0; pass < PASSES; ++pass) {
+                const int i = threadIdx.x + pass * THREADS;
+                if ((ROWS * CHUNKS) % THREADS != 0 && i >= ROWS * CHUNKS) break;
+                const int r = i / CHUNKS, c = i % CHUNKS * CHUNK;
+                const bool valid = r < rows_valid && c < cols_valid;
+                cp_async_16(smem + (r * stride<COLS>() + c) * BYTES, valid ? base + r * row_stride + c * BYTES : base,
+                            valid);
+            }
+        } else {  // one value per query row: plain loads and stores, visible after the step's __syncthreads
+            for (int i = threadIdx.x; i < ROWS * COLS; i += THREADS) {
+                const int r = i / COLS, c = i % COLS;
+                const bool valid = r < rows_valid && c < cols_valid;
+                const u32 at = smem + (r * stride<COLS>() + c) * BYTES;
+                if constexpr (BYTES == 4) {
+                    const u32 v = valid ? *reinterpret_cast<const u32*>(base + r * row_stride) : 0u;
+                    asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(at), "r"(v));
+                } else {
+                    using u16v = unsigned short;
+                    const u16v v = valid ? *reinterpret_cast<const u16v*>(base + r * row_stride) : u16v(0);
+                    asm volatile("st.shared.b16 [%0], %1;\n" :: "r"(at), "h"(v));
+                }
+            }
+        }
+    }
+
+    // s += bias * unit for a warp's accumulator fragment whose first row and column (tile-relative) are row0 and
+    // col0: rows are queries, or keys with ROWS_ARE_KEYS (the dK/dV kernel's S^T).
+    template <bool ROWS_ARE_KEYS, int COLS_OF_TILE, int ROW_TILES, int COL_TILES>
+    static __device__ __forceinline__ void add(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
+                                               int lane, float unit) {
+        constexpr int STRIDE = stride<COLS_OF_TILE>();
+        #pragma unroll
+        for (int mt = 0; mt < ROW_TILES; ++mt)
+            #pragma unroll
+            for (int nt = 0; nt < COL_TILES; ++nt)
+                #pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const int row = row0 + 16 * mt + lane / 4 + 8 * r, col = col0 + 8 * nt + 2 * (lane % 4);
+                    float2 b;
+                    if constexpr (ROWS_ARE_KEYS)  // the tile is queries x keys: (key, query) sits at [query][key]
+                        b = make_float2(Value::one(tile + (col * STRIDE + row) * BYTES),
+                                        Value::one(tile + ((col + 1) * STRIDE + row) * BYTES));
+                    else
+                        b = Value::pair(tile + (row * STRIDE + col) * BYTES);
+                    s[mt][nt][2 * r] += b.x * unit;
+                    s[mt][nt][2 * r + 1] += b.y * unit;
+                }
+    }
+};
+
+}  // namespace cf

@@ -1,0 +1,187 @@
+"""Additive bias on a GPU: forward and backward against float64 attention with the same bias, every broadcast
+pattern, dtype and memory layout, -inf entries, with every other variant; NaN-poisoned outputs."""
+import math
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import requires_gpu
+from gpu_helpers import check_against_reference, check_grads_against_reference, make_problem, to_float64
+
+import cupyflash as cf
+from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
+from cupyflash.problem import Variant
+
+pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
+
+DTYPES = ["float16", "bfloat16"]
+BIAS_DTYPES = ["float16", "bfloat16", "float32"]
+LAYOUTS = ["contiguous", "broadcast_view", "squeezed", "strided_keys", "unaligned"]
+_HOST = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+
+
+def make_bias(rng, full, broadcast, bias_dtype, layout, hidden=0.0):
+    """A device bias broadcastable to ``full`` (dims flagged in ``broadcast`` are 1), laid out as ``layout``, and
+    its values in float64 (same shape). ``hidden``: fraction of entries set to -inf."""
+    import cupy
+
+    dims = tuple(1 if b else n for n, b in zip(full, broadcast))
+    host = (rng.standard_normal(dims) * 2).astype(_HOST[bias_dtype])
+    if hidden:
+        host[rng.random(dims) < hidden] = -np.inf
+    b64 = cupy.asarray(host.astype(np.float64))
+
+    def device(a):
+        a = np.ascontiguousarray(a)
+        return cupy.asarray(a.view(np.uint16)).view(a.dtype) if a.itemsize == 2 else cupy.asarray(a)
+
+    if layout == "contiguous":
+        dev = device(host).reshape(dims)
+    elif layout == "broadcast_view":  # stride-0 dims of full size
+        dev = cupy.broadcast_to(device(host).reshape(dims), full)
+    elif layout == "squeezed":  # leading broadcast dims dropped
+        lead = next((i for i, d in enumerate(dims) if d != 1), 3)
+        dev = device(host).reshape(dims)[(0,) * lead]
+    elif layout == "strided_keys":  # every other key of a wider array
+        wide = np.zeros(dims[:3] + (2 * dims[3],), host.dtype)
+        wide[..., ::2] = host
+        dev = device(wide).reshape(wide.shape)[..., ::2]
+    else:  # "unaligned": one element past a 16-byte boundary
+        flat = np.zeros(host.size + 1, host.dtype)
+        flat[1:] = host.ravel()
+        dev = device(flat)[1:].reshape(dims)
+    return dev, b64
+
+
+def run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, bias_dtype, broadcast, layout,
+             causal=False, hidden=0.0, mode=None, **variant):
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
+                                                            head_dim, dtype)
+    rng = np.random.default_rng(seed + 1)
+    bias, b64 = make_bias(rng, (batch, nheads, seqlen_q, seqlen_k), broadcast, bias_dtype, layout, hidden)
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, bias=bias, **variant)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    scale = 1 / math.sqrt(head_dim)
+    check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, bias=b64, **variant)
+    if mode is None:
+        return
+    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, bias=bias, **variant, **kw)
+    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, bias=b64, **variant)
+
+
+seqlens = st.one_of(st.sampled_from([1, 17, 97, 130, 257]), st.integers(1, 200))
+head_dims = st.one_of(st.sampled_from([16, 59, 64, 128, 256]), st.integers(1, 32).map(lambda i: 8 * i))
+sides = st.one_of(st.just(-1), st.integers(0, 40))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), batch=st.integers(1, 2), seqlen_q=seqlens, seqlen_k=seqlens,
+       nheads_k=st.integers(1, 2), group=st.sampled_from([1, 2]), head_dim=head_dims, dtype=st.sampled_from(DTYPES),
+       bias_dtype=st.sampled_from(BIAS_DTYPES), broadcast=st.tuples(*[st.booleans()] * 4),
+       layout=st.sampled_from(LAYOUTS), causal=st.booleans(), window=st.tuples(sides, sides),
+       softcap=st.sampled_from([0.0, 0.0, 15.0]), alibi=st.booleans(), hidden=st.sampled_from([0.0, 0.0, 0.3]),
+       mode=st.sampled_from([None, "default", "deterministic", "atomic"]))
+def test_bias_matches_float64(seed, batch, seqlen_q, seqlen_k, nheads_k, group, head_dim, dtype, bias_dtype,
+                              broadcast, layout, causal, window, softcap, alibi, hidden, mode):
+    import cupy
+
+    nheads = nheads_k * group
+    slopes = cupy.asarray(np.random.default_rng(seed).uniform(0.01, 0.3, nheads).astype(np.float32)) if alibi \
+        else None
+    run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, bias_dtype, broadcast, layout,
+             causal, hidden, mode, window_size=window, softcap=softcap, alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("bias_dtype", BIAS_DTYPES)
+@pytest.mark.parametrize("broadcast", [(False,) * 4, (True, False, False, False), (True, True, True, False),
+                                       (False, False, False, True)], ids=["full", "pair", "key_bias", "row_bias"])
+@pytest.mark.parametrize("mode", ["default", "deterministic", "atomic"])
+def test_long_sequences(bias_dtype, broadcast, mode):
+    run_bias(7, 2, 1025, 1100, 4, 2, 128, "bfloat16", bias_dtype, broadcast, "contiguous", causal=True, mode=mode)
+
+
+def _tiles(kind):
+    from cupyflash._device import device_limits
+
+    limits = device_limits(0)
+    return [(kd, c) for kd in KERNEL_HEAD_DIMS
+            for c in candidates(kind, limits, kd, Variant("bfloat16", "band", bias="float32"))]
+
+
+@pytest.mark.parametrize("kd,config", _tiles("fwd"), ids=str)
+def test_every_forward_tile(kd, config):
+    run_bias(kd, 1, config.block_m + 3, config.block_n * 2 + 5, 2, 1, kd - 3, "bfloat16", "float32",
+             (False, True, False, False), "contiguous", causal=True, config=config)
+
+
+@pytest.mark.parametrize("kind", ["bwd", "bwd_dq"])
+def test_every_backward_tile(kind):
+    for kd, config in _tiles(kind):
+        tiles = {"config": config} if kind == "bwd" else {"dq_config": config, "atomic_dq": False}
+        (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd, 1, config.block_m * 2 + 3, config.block_n + 5,
+                                                                2, 1, kd, "float16")
+        bias, b64 = make_bias(np.random.default_rng(kd), (1, 2, q.shape[1], k.shape[1]), (False,) * 4, "float16",
+                              "contiguous", hidden=0.1)
+        out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, bias=bias)
+        grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True, bias=bias, **tiles)
+        check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(kd), True, "float16", bias=b64)
+
+
+@pytest.mark.parametrize("softcap", [0.0, 10.0])
+def test_rows_hidden_by_the_bias(softcap):
+    """A row whose bias is -inf everywhere sees no key: output 0, lse -inf, zero gradients, no NaN."""
+    import cupy
+
+    (q, k, v, dout), _ = make_problem(3, 1, 40, 50, 2, 2, 64, "float16")
+    bias = cupy.zeros((1, 2, 40, 50), cupy.float32)
+    bias[0, 1, 5] = -cupy.inf
+    bias[0, 0, :, 7] = -cupy.inf  # one key hidden from every query of head 0
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True, bias=bias, softcap=softcap)
+    assert bool((to_float64(out[0, 5, 1]) == 0).all()) and bool(cupy.isneginf(lse[0, 1, 5]))
+    assert int(cupy.isneginf(lse).sum()) == 1 and bool(cupy.isfinite(to_float64(out)).all())
+    dq, dk, dv = cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias, softcap=softcap)
+    assert bool((to_float64(dq[0, 5, 1]) == 0).all())
+    for g in (dq, dk, dv):
+        assert bool(cupy.isfinite(to_float64(g)).all())
+
+
+def test_a_bias_copy_is_made_per_call_and_the_plan_reads_the_new_values():
+    """A bias whose rows need padding (seqlen_k not a multiple of 8) is copied each call; same shapes with other
+    values give other results (the cached plan holds no stale copy)."""
+    import cupy
+
+    (q, k, v, _), _ = make_problem(5, 1, 33, 37, 2, 2, 32, "bfloat16")
+    b1 = cupy.zeros((1, 2, 33, 37), cupy.float32)
+    b2 = b1.copy()
+    b2[..., :3] = 5.0
+    o1, o2 = (cf.flash_attn_func(q, k, v, bias=b) for b in (b1, b2))
+    o0 = cf.flash_attn_func(q, k, v)
+    assert bool(cupy.array_equal(o0.view(cupy.uint16), o1.view(cupy.uint16)))
+    assert not bool(cupy.array_equal(o1.view(cupy.uint16), o2.view(cupy.uint16)))
+
+
+def test_dbias_is_not_there_yet():
+    import cupy
+
+    (q, k, v, dout), _ = make_problem(5, 1, 8, 8, 1, 1, 32, "float16")
+    bias = cupy.zeros((8, 8), cupy.float16)
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True, bias=bias)
+    with pytest.raises(NotImplementedError, match="return_dbias"):
+        cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias, return_dbias=True)
+    with pytest.raises(NotImplementedError, match="bias_requires_grad"):
+        cf.flash_attn_vjp(q, k, v, bias=bias, bias_requires_grad=True)
+
+
+def test_vjp_with_bias():
+    import cupy
+
+    (q, k, v, dout), _ = make_problem(6, 1, 20, 30, 2, 1, 64, "float16")
+    bias = cupy.asarray(np.random.default_rng(0).standard_normal((2, 1, 30)).astype(np.float16))
+    out, vjp = cf.flash_attn_vjp(q, k, v, causal=True, bias=bias)
+    out2, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, bias=bias)
+    assert bool(cupy.array_equal(out.view(cupy.uint16), out2.view(cupy.uint16)))
+    for a, b in zip(vjp(dout), cf.flash_attn_backward(dout, q, k, v, out2, lse, causal=True, bias=bias)):
+        assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))

@@ -98,10 +98,13 @@ struct TileBias {
         }
     }
 
-    // s += bias * unit for a warp's accumulator fragment whose first row and column (tile-relative) are row0 and
-    // col0: rows are queries, or keys with ROWS_ARE_KEYS (the dK/dV kernel's S^T).
-    template <bool ROWS_ARE_KEYS, int COLS_OF_TILE, int ROW_TILES, int COL_TILES>
-    static __device__ __forceinline__ void add(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
+    // s = bias * unit (ADD: s += bias * unit) for a warp's accumulator fragment whose first row and column
+    // (tile-relative) are row0 and col0: rows are queries, or keys with ROWS_ARE_KEYS (the dK/dV kernel's S^T).
+    // The backward kernels start S from the bias and accumulate Q K^T onto it; the forward adds it after the
+    // product. Each is the choice without register spills at every tile (compile check): at the edge of the
+    // register file the allocation of the two orders differs.
+    template <bool ROWS_ARE_KEYS, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
+    static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
                                                int lane, float unit) {
         constexpr int STRIDE = stride<COLS_OF_TILE>();
         #pragma unroll
@@ -117,8 +120,13 @@ struct TileBias {
                                         Value::one(tile + ((col + 1) * STRIDE + row) * BYTES));
                     else
                         b = Value::pair(tile + (row * STRIDE + col) * BYTES);
-                    s[mt][nt][2 * r] += b.x * unit;
-                    s[mt][nt][2 * r + 1] += b.y * unit;
+                    if constexpr (ADD) {
+                        s[mt][nt][2 * r] += b.x * unit;
+                        s[mt][nt][2 * r + 1] += b.y * unit;
+                    } else {
+                        s[mt][nt][2 * r] = b.x * unit;
+                        s[mt][nt][2 * r + 1] = b.y * unit;
+                    }
                 }
     }
 };

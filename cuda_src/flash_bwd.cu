@@ -273,17 +273,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
 
-        // S^T = K Q^T and dP^T = V dO^T for this warp's keys x queries (raw scores); then logits = Score(S^T)
+        // S^T = bias^T + K Q^T and dP^T = V dO^T for this warp's keys x queries (raw scores); logits = Score(S^T)
         float s[KEY_TILES][WARP_QUERIES / 8][4] = {};
         float dp[KEY_TILES][WARP_QUERIES / 8][4] = {};
+        if constexpr (Bias::ON)
+            Bias::template apply<true, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, warp_key0,
+                                                       warp_query0, lane, p.bias_unit);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(s, sK_addr, warp_key0, sQ_t,
                                                                                   warp_query0, lane);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
                                                                                   warp_query0, lane);
         const int key0 = n0 + warp_key0, query0 = m0 + warp_query0;
-        if constexpr (Bias::ON)
-            Bias::template add<true, BLOCK_N>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, warp_key0, warp_query0,
-                                              lane, p.bias_unit);
         apply_score_mod<true, Bias::ON>(score, s, key0, query0, lane);
         // Padding keys are masked too: their zero K rows give S = 0, so P = exp2(-lse2), which overflows to inf
         // where a row's lse is below about -88, and inf times the zero K row would put NaN into dQ.
@@ -453,15 +453,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         const int n0 = (key_tiles.x + t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES, sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
-        // S = Q K^T, dP = dO V^T; logits = Score(S)
+        // S = bias + Q K^T, dP = dO V^T; logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         float dp[M_TILES][N_TILES][4] = {};
+        if constexpr (Bias::ON)
+            Bias::template apply<false, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
+                                                        lane, p.bias_unit);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
         const int query0 = m0 + warp_row0;
-        if constexpr (Bias::ON)
-            Bias::template add<false, BLOCK_N>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0, lane,
-                                               p.bias_unit);
         apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, query0, n0, lane, m0, n0, seqlen_k);

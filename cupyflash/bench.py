@@ -677,6 +677,89 @@ def run_varlen(args):
     return rows, VARLEN_COLUMNS, markdown_table(rows, VARLEN_COLUMNS) + ["", "bars:"] + bars
 
 
+# --- --bias -----------------------------------------------------------------------------------------------
+
+BIAS_SEQLENS = (1024, 2048, 4096, 8192)
+BIAS_FWD_BAR = 0.8   # forward with a bias over the same forward without, at least
+BIAS_PEER_BAR = 1.5  # cupyflash forward + backward over SDPA's with the bias as a float attn_mask, at least
+BIAS_COLUMNS = [
+    ("bias", "bias", str), ("D", "D", str), ("seqlen", "seqlen", str), ("impl", "impl", str),
+    ("fwd ms", "fwd_ms", _num("%.3f")), ("bwd ms", "bwd_ms", _num("%.3f")),
+    ("fwd TFLOP/s", "fwd_tflops", _num("%.1f")), ("bwd TFLOP/s", "bwd_tflops", _num("%.1f")),
+    ("fwd / plain fwd", "fwd_vs_plain", _num("%.2f")), ("fwd+bwd speedup vs SDPA", "vs_sdpa", _num("%.2f")),
+]
+BIAS_NOTE = (f"{TOKENS} tokens, hidden {HIDDEN}, non-causal; bias in q's dtype: pair (1, H, S, S) or key "
+             "(B, 1, 1, S); FLOPs as the default mode (the bias adds none); plain: cupyflash without a bias; "
+             "SDPA: PyTorch's own backend choice with the bias as a float attn_mask that needs no gradient; "
+             "the backward computes dq, dk, dv (no dbias: not implemented yet)")
+
+
+def run_bias(args):
+    """(rows, columns, report body) of --bias: forward and backward with an additive bias, beside plain
+    cupyflash and SDPA with the same bias."""
+    import cupy
+
+    import cupyflash as cf
+
+    rows, bars = [], []
+    for d, s, dtype in itertools.product(args.headdim, BIAS_SEQLENS, args.dtype):
+        batch, nheads = TOKENS // s, HIDDEN // d
+        fwd_flops = 4 * batch * nheads * s * s * d
+        q, k, v = make_inputs(batch, s, nheads, d, dtype)
+        dout = cupy.random.standard_normal(q.shape, dtype=cupy.float32).astype(q.dtype)
+        plain_fwd = time_fn(lambda: cf.flash_attn_func(q, k, v))
+        for kind, shape in (("pair", (1, nheads, s, s)), ("key", (batch, 1, 1, s))):
+            bias = cupy.random.standard_normal(shape, dtype=cupy.float32).astype(q.dtype)
+            row = {"impl": "cupyflash", "dtype": dtype, "bias": kind, "D": d, "seqlen": s, "error": ""}
+            try:
+                out, lse = cf.flash_attn_func(q, k, v, bias=bias, return_lse=True)
+                row["fwd_ms"] = time_fn(lambda: cf.flash_attn_func(q, k, v, bias=bias))
+                row["bwd_ms"] = time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias))
+                row["fwd_vs_plain"] = plain_fwd / row["fwd_ms"]
+            except Exception as e:
+                row["error"] = _error_text(e)
+            peer = {"impl": "torch-sdpa", "dtype": dtype, "bias": kind, "D": d, "seqlen": s, "error": ""}
+            if any(i in TORCH_BACKENDS for i in args.impls):
+                try:
+                    peer["fwd_ms"], peer["bwd_ms"] = _sdpa_with_bias(batch, s, nheads, d, dtype, shape)
+                except Exception as e:
+                    peer["error"] = _error_text(e)
+            for r in (row, peer):
+                for direction, flops in (("fwd", fwd_flops), ("bwd", 2.5 * fwd_flops)):
+                    if r.get(f"{direction}_ms"):
+                        r[f"{direction}_tflops"] = flops / r[f"{direction}_ms"] / 1e9
+            if row.get("bwd_ms") and peer.get("bwd_ms"):
+                row["vs_sdpa"] = (peer["fwd_ms"] + peer["bwd_ms"]) / (row["fwd_ms"] + row["bwd_ms"])
+            for r in (row, peer):
+                if r.get("fwd_ms"):
+                    rows.append(r)
+                    _print_row(r, BIAS_COLUMNS)
+            if row.get("fwd_vs_plain"):
+                bars.append(f"- {kind} D={d} S={s}: fwd {row['fwd_vs_plain']:.2f}x plain (bar >= {BIAS_FWD_BAR})"
+                            + (f", fwd+bwd {row['vs_sdpa']:.2f}x SDPA (bar >= {BIAS_PEER_BAR})"
+                               if row.get("vs_sdpa") else ""))
+        free_memory()
+    return rows, BIAS_COLUMNS, markdown_table(rows, BIAS_COLUMNS) + ["", "bars:"] + bars
+
+
+def _sdpa_with_bias(batch, s, nheads, d, dtype, shape):
+    """(fwd ms, bwd ms) of SDPA with a float attn_mask of ``shape``, PyTorch's own backend choice."""
+    import torch
+
+    q, k, v = make_inputs(batch, s, nheads, d, dtype, lib="torch")
+    mask = torch.randn(shape, device="cuda", dtype=q.dtype)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad():
+        fwd = time_fn(lambda: sdpa(qt, kt, vt, attn_mask=mask), lib="torch")
+    for x in (q, k, v):
+        x.requires_grad_()
+    out = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
+    dout = torch.randn_like(out)
+    bwd = time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), lib="torch")
+    return fwd, bwd
+
+
 # --- default mode -----------------------------------------------------------------------------------------
 
 def run_default(args):
@@ -720,6 +803,10 @@ def build_parser():
                       help=f"packed variable-length forward ({TOKENS} tokens, lengths uniform in "
                            f"[1, {VARLEN_MAX_LEN}]) against the dense batch of the mean length; uses --headdim, "
                            "--dtype (default bfloat16), --causal")
+    mode.add_argument("--bias", action="store_true",
+                      help="additive bias (pair and key shapes, seqlen 1k-8k), forward and backward, beside "
+                           "plain cupyflash and SDPA with the bias as attn_mask; uses --headdim, --dtype (default "
+                           "bfloat16), --impls (any torch impl: SDPA runs)")
     p.add_argument("--headdim", type=int, nargs="+", default=[64, 128], help="default mode and --variants")
     p.add_argument("--seqlen", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
                    help="default mode only")
@@ -741,7 +828,8 @@ def parse_args(argv=None):
     if args.quick:
         args.headdim, args.seqlen = [128], [2048, 8192]
     if args.dtype is None:
-        args.dtype = ["bfloat16"] if args.variants or args.overhead or args.varlen else ["float16", "bfloat16"]
+        args.dtype = (["bfloat16"] if args.variants or args.overhead or args.varlen or args.bias
+                      else ["float16", "bfloat16"])
     args.causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     if args.no_bwd:  # the bwd-only rows would be empty
         args.impls = [i for i in args.impls if i not in BWD_ONLY]
@@ -773,12 +861,12 @@ def _check_support(args):
 def main(argv=None):
     args = parse_args(argv)
     note = (OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else VARLEN_NOTE if args.varlen
-            else FLOP_NOTE)
+            else BIAS_NOTE if args.bias else FLOP_NOTE)
     head = header_lines(note)
     print("\n".join(head), flush=True)
     _check_support(args)
     run = (run_overhead if args.overhead else run_variants if args.variants else run_varlen if args.varlen
-           else run_default)
+           else run_bias if args.bias else run_default)
     rows, columns, body = run(args)
     report = head + [""] + body
     print("\n" + "\n".join(report), flush=True)

@@ -53,8 +53,9 @@ class TileConfig:
 
 @dataclass(frozen=True)
 class When:
-    """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``) entries
-    are skipped when that score modifier (packed variable-length rows) is on, because its extra live values would
+    """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``,
+    ``bias=False``) entries are skipped when that score modifier (packed variable-length rows, an additive bias) is
+    on, ``heavy=False`` ones when all three of softcap, ALiBi and a bias are, because their extra live values would
     spill at that tile (the CPU compile check compiles every combination on every tile that allows it)."""
 
     config: TileConfig
@@ -62,11 +63,15 @@ class When:
     alibi: bool = True
     packed: bool = True
     bias: bool = True
+    heavy: bool = True
 
     def allows(self, variant: Variant | None) -> bool:
-        return variant is None or ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
-                                   and (self.packed or variant.rows != "packed")
-                                   and (self.bias or variant.bias == "none"))
+        if variant is None:
+            return True
+        biased = variant.bias != "none"
+        return ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
+                and (self.packed or variant.rows != "packed") and (self.bias or not biased)
+                and (self.heavy or not (variant.softcap and variant.alibi and biased)))
 
 
 def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
@@ -91,11 +96,12 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.
-    ("mma_sm80", 32): (_c(128, 128, 4, blocks_per_sm=2), _c(128, 64, 4, blocks_per_sm=2)) + _SMALL,
-    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), softcap=False), _c(128, 64, 4, blocks_per_sm=2))
-    + _SMALL,
+    # With a bias (its tile read into S) the 128-row tiles below spill where marked: those variants take the next.
+    ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), bias=False), _c(128, 64, 4, blocks_per_sm=2)) + _SMALL,
+    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), softcap=False, bias=False),
+                       When(_c(128, 64, 4, blocks_per_sm=2), heavy=False)) + _SMALL,
     # 128x64 ahead of 128x32 by ~10%.
-    ("mma_sm80", 96): (_c(128, 64, 4, blocks_per_sm=2), _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
+    ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2), bias=False), _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.
     ("mma_sm80", 128): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2), _c(128, 64, 8))
@@ -118,13 +124,15 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 _BWD_SMALL = (_c(32, 16, 2, d_split=2),)
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    **{("mma_sm80", kd): (_c(128, 128, 8, d_split=2), _c(64, 64, 4, blocks_per_sm=2, d_split=2),
+    # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry.
+    **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2), bias=False), _c(64, 64, 4, blocks_per_sm=2, d_split=2),
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},
     ("mma_sm80", 96): (_c(64, 128, 8, d_split=2), _c(64, 64, 4, blocks_per_sm=2, d_split=2)) + _BWD_MID
     + _BWD_SMALL,
-    # Packed rows spill at 64x128 (compile check): they run 32x128.
-    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False), _c(32, 128, 8, d_split=2)) + _BWD_MID
+    # Packed rows and biases spill at 64x128 (compile check): they run 32x128.
+    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False, bias=False), _c(32, 128, 8, d_split=2))
+    + _BWD_MID
     + _BWD_SMALL,
     ("mma_sm80", 160): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
     ("mma_sm80", 192): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
@@ -138,12 +146,14 @@ _BWD_DQ_SMALL = (_c(16, 16, 1),)
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
 # At head dim 64, 128x64 spills with softcap and the band mask on sm_80 (compile check): softcap runs 64x64 there.
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    ("mma_sm80", 32): (_c(128, 64, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
+    ("mma_sm80", 32): (When(_c(128, 64, 4, blocks_per_sm=2), heavy=False), _c(64, 64, 4, blocks_per_sm=2))
+    + _BWD_DQ_SMALL,
     ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), softcap=False), _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
     ("mma_sm80", 96): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
-    # Packed rows spill at 128x32 here (compile check): they run 64x64.
-    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), packed=False), _c(64, 64, 4, blocks_per_sm=2))
+    # Packed rows, and softcap with ALiBi and a bias, spill at 128x32 here (compile check): they run 64x64.
+    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), packed=False, heavy=False),
+                        _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
     **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
 }

@@ -60,13 +60,16 @@ struct TileBias {
     __host__ __device__ static constexpr int tile_bytes() { return ROWS * stride<COLS>() * BYTES; }
 
     // Queries [q0, q0 + ROWS) x keys [k0, k0 + COLS) of (batch, head) into the tile at smem; queries >= rows_valid
-    // and keys >= cols_valid read as 0 (padding: masked or never stored).
+    // and keys >= cols_valid read as 0 (padding: masked or never stored). A bias broadcast over queries fills row
+    // 0 only, which every query reads (apply): ROWS copies of one row would put every block of the grid on the
+    // same few bytes of L2 at once (measured: a (B, 1, 1, S) key bias ran at 0.23-0.70x plain).
     template <int ROWS, int COLS, int THREADS>
     static __device__ __forceinline__ void load_tile(u32 smem, const AttnParams& p, int batch, int head, int q0,
                                                      int k0, int rows_valid, int cols_valid) {
         const char* base = static_cast<const char*>(p.bias) +
                            (batch * p.bias_str.batch + head * p.bias_str.head + q0 * p.bias_str.seq) * BYTES;
         const i64 row_stride = p.bias_str.seq * BYTES;  // bytes
+        const int rows = row_stride != 0 ? ROWS : 1;
         if (p.bias_key_step != 0) {  // 16-byte asynchronous copies, waited for with the step's other tiles
             constexpr int CHUNKS = COLS / CHUNK;
             static_assert(COLS % CHUNK == 0, "whole chunks per tile row");
@@ -78,11 +81,12 @@ struct TileBias {
                 if ((ROWS * CHUNKS) % THREADS != 0 && i >= ROWS * CHUNKS) break;
                 const int r = i / CHUNKS, c = i % CHUNKS * CHUNK;
                 const bool valid = r < rows_valid && c < cols_valid;
-                cp_async_16(smem + (r * stride<COLS>() + c) * BYTES, valid ? base + r * row_stride + c * BYTES : base,
-                            valid);
+                if (r < rows)
+                    cp_async_16(smem + (r * stride<COLS>() + c) * BYTES,
+                                valid ? base + r * row_stride + c * BYTES : base, valid);
             }
         } else {  // one value per query row: plain loads and stores, visible after the step's __syncthreads
-            for (int i = threadIdx.x; i < ROWS * COLS; i += THREADS) {
+            for (int i = threadIdx.x; i < rows * COLS; i += THREADS) {
                 const int r = i / COLS, c = i % COLS;
                 const bool valid = r < rows_valid && c < cols_valid;
                 const u32 at = smem + (r * stride<COLS>() + c) * BYTES;
@@ -105,8 +109,9 @@ struct TileBias {
     // register file the allocation of the two orders differs.
     template <bool ROWS_ARE_KEYS, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
     static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
-                                               int lane, float unit) {
-        constexpr int STRIDE = stride<COLS_OF_TILE>();
+                                               int lane, const AttnParams& p) {
+        const int pitch = p.bias_str.seq != 0 ? stride<COLS_OF_TILE>() : 0;  // 0: every query reads row 0
+        const float unit = p.bias_unit;
         #pragma unroll
         for (int mt = 0; mt < ROW_TILES; ++mt)
             #pragma unroll
@@ -116,10 +121,10 @@ struct TileBias {
                     const int row = row0 + 16 * mt + lane / 4 + 8 * r, col = col0 + 8 * nt + 2 * (lane % 4);
                     float2 b;
                     if constexpr (ROWS_ARE_KEYS)  // the tile is queries x keys: (key, query) sits at [query][key]
-                        b = make_float2(Value::one(tile + (col * STRIDE + row) * BYTES),
-                                        Value::one(tile + ((col + 1) * STRIDE + row) * BYTES));
+                        b = make_float2(Value::one(tile + (col * pitch + row) * BYTES),
+                                        Value::one(tile + ((col + 1) * pitch + row) * BYTES));
                     else
-                        b = Value::pair(tile + (row * STRIDE + col) * BYTES);
+                        b = Value::pair(tile + (row * pitch + col) * BYTES);
                     if constexpr (ADD) {
                         s[mt][nt][2 * r] += b.x * unit;
                         s[mt][nt][2 * r + 1] += b.y * unit;

@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         float dp[KEY_TILES][WARP_QUERIES / 8][4] = {};
         if constexpr (Bias::ON)
             Bias::template apply<true, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, warp_key0,
-                                                       warp_query0, lane, p.bias_unit);
+                                                       warp_query0, lane, p);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(s, sK_addr, warp_key0, sQ_t,
                                                                                   warp_query0, lane);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         float dp[M_TILES][N_TILES][4] = {};
         if constexpr (Bias::ON)
             Bias::template apply<false, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
-                                                        lane, p.bias_unit);
+                                                        lane, p);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
         const int query0 = m0 + warp_row0;

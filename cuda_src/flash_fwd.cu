@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         if constexpr (Bias::ON)
             Bias::template apply<false, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
-                                                       lane, p.bias_unit);
+                                                       lane, p);
         apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
         // Padding keys must not enter the softmax sum; nor keys the mask hides.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);

@@ -104,8 +104,8 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2), bias=False), _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.
-    ("mma_sm80", 128): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2), _c(128, 64, 8))
-    + _SMALL,
+    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), heavy=False), _c(64, 64, 4, blocks_per_sm=2),
+                        _c(128, 64, 8)) + _SMALL,
     # 128x64/8 warps and 64x64/4 warps within 5% of each other at 160; 128x64/8 ahead by 10-25% above.
     ("mma_sm80", 160): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
     ("mma_sm80", 192): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
@@ -144,12 +144,13 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 _BWD_DQ_SMALL = (_c(16, 16, 1),)
 # H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
-# At head dim 64, 128x64 spills with softcap and the band mask on sm_80 (compile check): softcap runs 64x64 there.
+# At head dim 64, 128x64 spills with softcap and the band mask, and with a bias, on sm_80 (compile check): those
+# run 64x64 there.
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 32): (When(_c(128, 64, 4, blocks_per_sm=2), heavy=False), _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
-    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), softcap=False), _c(64, 64, 4, blocks_per_sm=2))
-    + _BWD_DQ_SMALL,
+    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), softcap=False, bias=False),
+                       _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     ("mma_sm80", 96): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # Packed rows, and softcap with ALiBi and a bias, spill at 128x32 here (compile check): they run 64x64.
     ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), packed=False, heavy=False),

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import check_against_reference, check_grads_against_reference, random_array, to_float64
+from gpu_helpers import assert_within_bounds, forward_errors, grad_errors, random_array, to_float64
 
 import cupyflash as cf
 
@@ -40,6 +40,9 @@ def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, 
     assert out.shape == q.shape and out.dtype == q.dtype and out.flags.c_contiguous
     assert lse.shape == (nheads, q.shape[0])
     bounds_q, bounds_k = cu_q.get(), cu_k.get()
+    # Each sequence against its own float64 reference; the error bound applies to the batch as a whole, as for
+    # dense batches (a one-query sequence alone can have a naive error far below the kernel's rounding).
+    parts = []
     for i in range(len(lens_q)):
         (q0, q1), (k0, k1) = bounds_q[i:i + 2], bounds_k[i:i + 2]
         if q1 == q0:
@@ -48,9 +51,11 @@ def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, 
             assert bool((to_float64(out[q0:q1]) == 0).all()) and bool(cupy.isneginf(lse[:, q0:q1]).all())
             continue
         own = None if slopes is None else slopes if slopes.ndim == 1 else slopes[i:i + 1]
-        check_against_reference(out[None, q0:q1], lse[None, :, q0:q1], q64[None, q0:q1], k64[None, k0:k1],
-                                v64[None, k0:k1], 1 / math.sqrt(head_dim), causal, dtype, alibi_slopes=own,
-                                **variant)
+        parts.append(forward_errors(out[None, q0:q1], lse[None, :, q0:q1], q64[None, q0:q1], k64[None, k0:k1],
+                                    v64[None, k0:k1], 1 / math.sqrt(head_dim), causal, dtype, alibi_slopes=own,
+                                    **variant))
+    if parts:
+        assert_within_bounds(parts, dtype)
     if mode is None:
         return
     dout, dout64 = random_array(rng, q.shape, dtype)
@@ -58,6 +63,7 @@ def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, 
     dq, dk, dv = cf.flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max(lens_q), max(lens_k),
                                                causal=causal, alibi_slopes=slopes, **variant, **kw)
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)
+    parts = []
     for i in range(len(lens_q)):
         (q0, q1), (k0, k1) = bounds_q[i:i + 2], bounds_k[i:i + 2]
         if q1 == q0 or k1 == k0:  # nothing attends: every gradient of the sequence is 0
@@ -65,9 +71,11 @@ def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, 
                 assert bool((to_float64(g[a:b]) == 0).all())
             continue
         own = None if slopes is None else slopes if slopes.ndim == 1 else slopes[i:i + 1]
-        check_grads_against_reference((dq[None, q0:q1], dk[None, k0:k1], dv[None, k0:k1]), dout64[None, q0:q1],
-                                      q64[None, q0:q1], k64[None, k0:k1], v64[None, k0:k1], 1 / math.sqrt(head_dim),
-                                      causal, dtype, alibi_slopes=own, **variant)
+        parts.append(grad_errors((dq[None, q0:q1], dk[None, k0:k1], dv[None, k0:k1]), dout64[None, q0:q1],
+                                 q64[None, q0:q1], k64[None, k0:k1], v64[None, k0:k1], 1 / math.sqrt(head_dim),
+                                 causal, dtype, alibi_slopes=own, **variant))
+    if parts:
+        assert_within_bounds(parts, dtype)
 
 
 lengths = st.lists(st.tuples(st.sampled_from([0, 1, 2, 17, 97, 130, 300]), st.sampled_from([0, 1, 5, 17, 97, 256])),

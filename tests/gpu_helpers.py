@@ -55,8 +55,8 @@ def check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, **var
 
 def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
     """The checks of check_against_reference that need no bound (finite out, lse's -inf rows, lse within 2x the
-    naive error), and {"out": (error, naive error)} for the bound, which assert_within_bounds applies (to several
-    parts together: a packed batch's sequences)."""
+    naive error), and {"out": (error, naive error, floor)} for the bound, which assert_within_bounds applies (to
+    several parts together: a packed batch's sequences)."""
     import cupy
 
     ref_out, ref_lse = attention_reference(q64, k64, v64, scale, causal, xp=cupy, **variant)
@@ -65,6 +65,9 @@ def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
     assert bool(cupy.isfinite(got).all()), "output holds NaN/inf (unwritten or broken elements)"
     err = float(cupy.abs(got - ref_out).max()) if got.size else 0.0
     base = float(cupy.abs(lowp_out - ref_out).max()) if got.size else 0.0
+    # The kernel rounds P before normalising it, the naive computation after: on outputs of a few elements the
+    # naive error can happen to be far below one rounding (seen on the H100: 2 queries, head dim 1, bf16).
+    floor = ERROR_FLOOR[dtype] + ROUNDING[dtype] * (float(cupy.abs(ref_out).max()) if got.size else 0.0)
     if lse is not None:
         lse = lse.astype(cupy.float64)
         empty = cupy.isneginf(ref_lse)
@@ -75,17 +78,17 @@ def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
             lerr = float(cupy.abs(lse[live] - ref_lse[live]).max())
             lbase = float(cupy.abs(lowp_lse[live] - ref_lse[live]).max())
             assert lerr <= 2 * lbase + LSE_FLOOR, f"lse error {lerr:.3g} > 2 x naive {lbase:.3g} + floor"
-    return {"out": (err, base)}
+    return {"out": (err, base, floor)}
 
 
 def assert_within_bounds(parts, dtype):
     """Each output's largest error over the parts within 2x the naive computation's largest error over the parts,
-    plus a floor. Returns {name: error}."""
+    plus the largest floor. Returns the out error, or {name: error} for gradients."""
     errors = {}
     for name in parts[0]:
         err = max(p[name][0] for p in parts)
         base = max(p[name][1] for p in parts)
-        floor = ERROR_FLOOR[dtype] if name == "out" else max(p[name][2] for p in parts)
+        floor = max(p[name][2] for p in parts)
         assert err <= 2 * base + floor, f"{name} error {err:.3g} > 2 x naive {base:.3g} + {floor:.2g}"
         errors[name] = err
     return errors["out"] if list(errors) == ["out"] else errors

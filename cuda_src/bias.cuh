@@ -13,8 +13,18 @@
 
 namespace cf {
 
+// dbias for policies that compute none: nothing to accumulate or store.
+struct NoBiasGrad {
+    template <typename... A>
+    __device__ __forceinline__ void step(const A&...) {}
+    template <typename... A>
+    __device__ __forceinline__ void flush(const A&...) {}
+};
+
 struct NoBias {
     static constexpr bool ON = false;
+    template <int KEY_TILES, int QUERY_TILES>
+    using Grad = NoBiasGrad;
     template <int ROWS, int COLS>
     __host__ __device__ static constexpr int tile_bytes() { return 0; }
 };
@@ -47,9 +57,16 @@ template <> struct BiasValue<float> {
     static __device__ __forceinline__ float one(u32 addr) { return __uint_as_float(lds_u32(addr)); }
 };
 
-template <typename T>
+template <int KEY_TILES, int QUERY_TILES> struct BiasGrad;
+template <bool C, typename A, typename B> struct Pick { using type = A; };
+template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
+
+// GRAD: the dK/dV kernel also writes the bias's gradient (BiasGrad).
+template <typename T, bool GRAD = false>
 struct TileBias {
     static constexpr bool ON = true;
+    template <int KEY_TILES, int QUERY_TILES>
+    using Grad = typename Pick<GRAD, BiasGrad<KEY_TILES, QUERY_TILES>, NoBiasGrad>::type;
     using Value = BiasValue<T>;
     static constexpr int BYTES = Value::BYTES;  // per element
     static constexpr int CHUNK = 16 / BYTES;     // elements per 16-byte copy
@@ -133,6 +150,93 @@ struct TileBias {
                         s[mt][nt][2 * r + 1] = b.y * unit;
                     }
                 }
+    }
+};
+
+// The bias's gradient, dbias = dS (the bias enters the softmax like the scaled score), from the dK/dV kernel's dS^T
+// fragments (rows keys, columns queries) into an fp32 partial array that Python sums over the bias's broadcast
+// dims afterwards: params.dbias with element strides dbias_str (batch, row, head), columns contiguous. Every
+// element is written by one thread of one block (no atomics: deterministic). params.dbias_sums bit 0: the bias
+// is broadcast over queries, and each warp keeps per-key sums over a head's query tiles, stored at the head's last
+// tile in row `query_split` (the warp's share of the queries, one of D_SPLIT); bit 1: broadcast over keys, and
+// sums over the warp's keys go to column `key_group` (one per 16 * KEY_TILES keys). Neither: dS itself, row =
+// query, column = key. Padding rows and columns hold dS = 0 (masked keys, zero-filled queries) and are not stored.
+template <int KEY_TILES, int QUERY_TILES>
+struct BiasGrad {
+    float key_sums[KEY_TILES][2] = {};
+    float total = 0.f;
+
+    __device__ __forceinline__ float* rows(const AttnParams& p, int batch, int head) const {
+        return p.dbias + batch * p.dbias_str.batch + head * p.dbias_str.head;
+    }
+
+    __device__ __forceinline__ void step(const float (&ds)[KEY_TILES][QUERY_TILES][4], const AttnParams& p,
+                                         int batch, int head, int key0, int query0, int seqlen_q, int seqlen_k,
+                                         int key_group, int lane) {
+        const int sums = p.dbias_sums;
+        if (sums == 0) {
+            float* out = rows(p, batch, head);
+            #pragma unroll
+            for (int kt = 0; kt < KEY_TILES; ++kt)
+                #pragma unroll
+                for (int qt = 0; qt < QUERY_TILES; ++qt)
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int key = key0 + 16 * kt + lane / 4 + 8 * (e / 2);
+                        const int query = query0 + 8 * qt + 2 * (lane % 4) + e % 2;
+                        if (key < seqlen_k && query < seqlen_q) out[query * p.dbias_str.seq + key] = ds[kt][qt][e];
+                    }
+        } else if (sums == 2) {  // per query: the warp's keys summed (lanes lane / 4 hold the key rows)
+            float* out = rows(p, batch, head) + key_group;
+            #pragma unroll
+            for (int qt = 0; qt < QUERY_TILES; ++qt)
+                #pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    float v = 0.f;
+                    #pragma unroll
+                    for (int kt = 0; kt < KEY_TILES; ++kt) v += ds[kt][qt][c] + ds[kt][qt][2 + c];
+                    v += __shfl_xor_sync(0xffffffffu, v, 4);
+                    v += __shfl_xor_sync(0xffffffffu, v, 8);
+                    v += __shfl_xor_sync(0xffffffffu, v, 16);
+                    const int query = query0 + 8 * qt + 2 * lane + c;
+                    if (lane < 4 && query < seqlen_q) out[query * p.dbias_str.seq] = v;
+                }
+        } else {  // summed over queries: accumulated until the head's last query tile (flush)
+            #pragma unroll
+            for (int kt = 0; kt < KEY_TILES; ++kt)
+                #pragma unroll
+                for (int qt = 0; qt < QUERY_TILES; ++qt)
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        if (sums == 1)
+                            key_sums[kt][e / 2] += ds[kt][qt][e];
+                        else
+                            total += ds[kt][qt][e];
+                    }
+        }
+    }
+
+    __device__ __forceinline__ void flush(const AttnParams& p, int batch, int head, int key0, int seqlen_k,
+                                          int key_group, int query_split, int lane) {
+        const int sums = p.dbias_sums;
+        float* out = rows(p, batch, head) + query_split * p.dbias_str.seq;
+        if (sums == 1) {
+            #pragma unroll
+            for (int kt = 0; kt < KEY_TILES; ++kt)
+                #pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    const float v = quad_sum(key_sums[kt][r]);  // lanes lane % 4 hold the query columns
+                    const int key = key0 + 16 * kt + lane / 4 + 8 * r;
+                    if (lane % 4 == 0 && key < seqlen_k) out[key] = v;
+                    key_sums[kt][r] = 0.f;
+                }
+        } else if (sums == 3) {
+            float v = total;
+            #pragma unroll
+            for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+            if (lane == 0) out[key_group] = v;
+            total = 0.f;
+        }
     }
 };
 

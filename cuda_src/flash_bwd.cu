@@ -259,6 +259,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
     float acc_dv[KEY_TILES][WARP_D / 8][4] = {};
     float acc_dk[KEY_TILES][WARP_D / 8][4] = {};
+    typename Bias::template Grad<KEY_TILES, WARP_QUERIES / 8> dbias;  // nothing unless the bias's gradient is on
 
     for (int t = 0; t < n_steps; ++t) {
         cp_async_wait<STAGES - 2>();
@@ -309,6 +310,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                     s[kt][qt][e] = prob;
                 }
             }
+        // dbias = dS (per element, or summed over the bias's broadcast queries or keys: bias.cuh BiasGrad)
+        const int key_group = blockIdx.x * KEY_WARPS + warp / D_SPLIT;
+        dbias.step(dp, p, batch, head, key0, query0, seqlen_q, seqlen_k, key_group, lane);
+        if (m0 == (query_tiles.y - 1) * BLOCK_M)  // the head's last query tile
+            dbias.flush(p, batch, head, key0, seqlen_k, key_group, warp % D_SPLIT, lane);
         stage_accum_in_smem<Elem, PTile>(sP + warp_query0, warp_key0, s, lane);
         stage_accum_in_smem<Elem, PTile>(sdS + warp_query0, warp_key0, dp, lane);
         __syncthreads();  // P^T and dS^T complete

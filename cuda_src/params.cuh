@@ -28,9 +28,11 @@ struct AttnParams {
     const int* cu_seqlens_q;    // PackedRows (varlen): batch + 1 row offsets into q, out and lse
     const int* cu_seqlens_k;    //   ... and into k, v
     const void* bias;           // TileBias<T>: T (batch, nheads, seqlen_q, seqlen_k) broadcast by bias_str (bias.cuh)
+    float* dbias;               // TileBias<T, true>: the dK/dV kernel's fp32 partial dbias (bias.cuh BiasGrad)
 
     Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
     Strides bias_str;           // bias: batch, query row (seq) and head strides, 0 where broadcast
+    Strides dbias_str;          // dbias partial: batch, row and head strides
     i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
     unsigned long long heads_per_kv_magic;  // coords.cuh division_magic(heads_per_kv), computed by Python
 
@@ -44,6 +46,7 @@ struct AttnParams {
     // every pair, so the kernels need no "unbounded" case and no arithmetic can overflow.
     int window_left, window_right;
     int bias_key_step;          // 1: keys contiguous; 0: one value per query row (broadcast over keys)
+    int dbias_sums;             // BiasGrad: bit 0 sums over queries, bit 1 over keys
 
     float scale_log2;           // logit (raw units, see score_mod.cuh) -> exp2 argument
     float softmax_scale;        // d(scaled score) / d(q.k): applied to dQ and dK

@@ -144,8 +144,11 @@ MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a)
                  for s, a in ((True, False), (False, True), (True, True)))
 #: Packed variable-length rows: plain and with every modifier, band mask, on every tile of every kind.
 PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band", True, True, rows="packed"))
-#: An additive bias of each dtype: alone, and with every modifier, band mask, on every tile of every kind.
-BIASED = (Variant("bfloat16", "band", bias="bfloat16"), Variant("float16", "band", True, True, bias="float32"))
+#: An additive bias of each dtype: alone, and with every modifier, band mask, on every tile of every kind; the same
+#: with dbias (only the dK/dV kernel differs).
+BIASED = (Variant("bfloat16", "band", bias="bfloat16"), Variant("float16", "band", True, True, bias="float32"),
+          Variant("bfloat16", "band", bias="bfloat16", dbias=True),
+          Variant("float16", "band", True, True, bias="float32", dbias=True))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
                    Variant("float16", "none", bias="float16"))

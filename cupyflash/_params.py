@@ -12,11 +12,11 @@ import threading
 import numpy as np
 
 _C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32, "float": np.float32}
-STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias")  # (batch, seq, head) strides
+STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias")  # (batch, seq, head) strides
 
 #: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
 POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes",
-            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias")
+            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias")
 FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "ptr") for name in POINTERS),
     *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),
@@ -24,7 +24,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("heads_per_kv_magic", "u64"),
     *((name, "int") for name in ("batch", "nheads", "nheads_k", "heads_per_kv", "seqlen_q", "seqlen_k", "head_dim",
                                  "row_pitch", "total_q", "kv_splits", "heads_per_split", "window_left",
-                                 "window_right", "bias_key_step")),
+                                 "window_right", "bias_key_step", "dbias_sums")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit",
                                    "bias_unit")),
 )

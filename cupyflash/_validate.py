@@ -188,7 +188,7 @@ def check_bias(bias: ArraySpec, shape: AttentionShape) -> BiasLayout:
         row = -(-shape.seqlen_k // chunk) * chunk
         sizes = (dims[1] * dims[2] * row, dims[2] * row, row, 1)
         elem = tuple(st if m else 0 for st, m in zip(sizes, moving))
-    return BiasLayout(bias.dtype, bias.itemsize, dims, elem, copy)
+    return BiasLayout(bias.dtype, bias.itemsize, dims, elem, copy, tuple(bias.shape))
 
 
 def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, causal=False,

@@ -1,6 +1,7 @@
-"""The backward pass: dQ, dK, dV from the forward's output and log-sum-exp, and a functional VJP."""
+"""The backward pass: dQ, dK, dV (and dbias) from the forward's output and log-sum-exp, and a functional VJP."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from . import _kernels, _launch, configs
@@ -43,6 +44,10 @@ class BackwardPlan:
             self.params.set(**{f"{name}_str_batch": 0 for name in ("q", "k", "v", "do", "o", "dq", "dk", "dv")})
         self.copies_back = any(spec is not None and not self.direct[name] for name, spec in grad_specs.items())
         self.launches = p.batch * p.nheads * p.seqlen_q * p.seqlen_k > 0
+        self.dbias = _DBiasLayout(p, config) if p.variant.dbias else None
+        if self.dbias is not None:
+            self.params.set(dbias_sums=self.dbias.sums)
+            self.params.set_strides("dbias", self.dbias.strides, 4)
         self.any_staging = any(s.copy for s in self.staging)
         self.trimmed = pd != p.head_dim  # kernel buffers wider than the caller's head dim: copied out at its width
         if not self.launches:
@@ -88,6 +93,7 @@ class BackwardPlan:
         pd = self.problem.padded_head_dim
         bufs = [given[name] if self.direct[name] else empty(self.grad_shapes[name][:3] + (pd,), q.dtype)
                 for name in _GRADS]
+        dbias = None if self.dbias is None else cupy.zeros(self.dbias.partial_shape, cupy.float32)
         if not self.launches:  # no query or no key: every gradient that exists is zero
             for buf in bufs:
                 buf.fill(0)
@@ -105,11 +111,12 @@ class BackwardPlan:
                                           dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
                                           partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens),
-                                          _launch.ptr(bias)))
+                                          _launch.ptr(bias), _launch.ptr(dbias)))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
+        extra = () if dbias is None else (self.dbias.finish(dbias),)
         if not self.trimmed and not self.copies_back:
-            return tuple(bufs)
+            return tuple(bufs) + extra
         results = []
         for name, buf in zip(_GRADS, bufs):
             user = given[name]
@@ -121,7 +128,7 @@ class BackwardPlan:
             else:
                 user[...] = buf
                 results.append(user)
-        return tuple(results)
+        return tuple(results) + extra
 
     def _launch(self, stream):
         self.pre(stream)
@@ -140,6 +147,31 @@ class BackwardPlan:
         self.main(stream)
         if self.kv_splits > 1:
             self.reduce(stream)
+
+
+class _DBiasLayout:
+    """Where the dK/dV kernel writes the bias's gradient (cuda_src/bias.cuh BiasGrad) and how it becomes dbias: an
+    fp32 partial (batch, nheads, rows, columns), zero where no block writes (tiles the mask skips); rows are
+    queries, or with the bias broadcast over queries one per D_SPLIT warp column of sums; columns are keys, or
+    with the bias broadcast over keys one per group of a warp's keys. Summing it over the bias's broadcast dims in
+    a fixed order (one CuPy reduction) gives dbias in the bias's own shape, float32; deterministic."""
+
+    def __init__(self, problem, config):
+        p = problem
+        given = p.bias.given
+        full = (p.batch, p.nheads, p.seqlen_q, p.seqlen_k)
+        four = (1,) * (4 - len(given)) + tuple(given)
+        sum_q, sum_k = four[2] == 1 < full[2], four[3] == 1 < full[3]
+        key_groups = math.ceil(p.seqlen_k / config.block_n) * (config.warps // config.d_split)
+        rows, cols = (config.d_split if sum_q else p.seqlen_q), (key_groups if sum_k else p.seqlen_k)
+        self.partial_shape = (p.batch, p.nheads, rows, cols)
+        self.sums = int(sum_q) | 2 * int(sum_k)
+        self.strides = (4 * p.nheads * rows * cols, 4 * cols, 4 * rows * cols)  # (batch, row, head) bytes
+        self.axes = tuple(a for a, (g, n) in enumerate(zip(four, full)) if g == 1 and n > 1)
+        self.shape = tuple(given)
+
+    def finish(self, partial):
+        return (partial.sum(axis=self.axes, keepdims=True) if self.axes else partial).reshape(self.shape)
 
 
 class _StreamFork:
@@ -172,7 +204,7 @@ class _StreamFork:
 
 
 def _plan(arrays, alibi_slopes, bias, given, key, *, softmax_scale, causal, window_size, softcap, deterministic,
-          atomic_dq, config, dq_config, kv_splits):
+          atomic_dq, config, dq_config, kv_splits, return_dbias=False):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("dout", "q", "k", "v", "out", "lse")
     dout, q, k, v, out, lse = (as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -183,6 +215,10 @@ def _plan(arrays, alibi_slopes, bias, given, key, *, softmax_scale, causal, wind
     problem = describe(q_spec, k_spec, v_spec, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi),
                        bias=None if bias is None else spec_of(bias))
+    if return_dbias:
+        if bias is None:
+            raise ValueError("return_dbias=True needs the bias whose gradient it returns (bias=None was given)")
+        problem = dataclasses.replace(problem, variant=dataclasses.replace(problem.variant, dbias=True))
     specs = (q_spec, k_spec, v_spec, spec_of(dout), spec_of(out))
     grad_specs = {n: None if g is None else spec_of(g) for n, g in given.items()}
     plan = make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic, atomic_dq=atomic_dq,
@@ -233,7 +269,8 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
     Args:
         dout: (batch, seqlen_q, nheads, headdim), q's dtype; any strides with the head dim contiguous.
         q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias: exactly as given to the forward.
-        return_dbias: also return the bias's gradient (not implemented yet: NotImplementedError).
+        return_dbias: also return the bias's gradient: float32, the bias's own shape as given (summed over its
+            broadcast dims of size 1; a stride-0 dim of full size gets its per-index gradient), deterministic.
         out, lse: the forward's results (``flash_attn_func(..., return_lse=True)``).
         deterministic: guarantee bitwise-identical gradients from run to run. dQ is then computed by a second
             kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher usually
@@ -253,19 +290,18 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         (dq, dk, dv) in the dtypes and shapes of q, k, v (dk, dv with nheads_k heads: summed over each group's
         query heads); new contiguous arrays unless given.
     """
-    if return_dbias:
-        raise NotImplementedError("the bias gradient (return_dbias=True) is not implemented yet; the gradients of "
-                                  "q, k and v with a bias are")
+    if type(return_dbias) is not bool:
+        raise TypeError(f"return_dbias must be a bool; got {return_dbias!r}")
     arrays = (q, k, v, dout, out, lse)
     given = {"dq": dq, "dk": dk, "dv": dv}
     key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias), softmax_scale, causal, window_size, softcap,
-                    deterministic, atomic_dq, config, dq_config, kv_splits)
+                    deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias)
     plan = _PLANS.get(key)
     if plan is None:
         plan, arrays, alibi_slopes, bias, given = _plan(
             (dout, q, k, v, out, lse), alibi_slopes, bias, given, key, softmax_scale=softmax_scale, causal=causal,
             window_size=window_size, softcap=softcap, deterministic=deterministic, atomic_dq=atomic_dq,
-            config=config, dq_config=dq_config, kv_splits=kv_splits)
+            config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias)
     return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias)
 
 
@@ -275,16 +311,16 @@ def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, win
 
     ``out, vjp = flash_attn_vjp(q, k, v, ...); dq, dk, dv = vjp(dout)``, with flash_attn_func's arguments. The
     closure holds q, k, v, out and the log-sum-exp (no score matrix); it may be called any number of times.
-    bias_requires_grad (the bias's gradient as a fourth result) is not implemented yet (NotImplementedError).
+    With ``bias_requires_grad=True`` it returns (dq, dk, dv, dbias), dbias as flash_attn_backward's.
     """
-    if bias_requires_grad:
-        raise NotImplementedError("the bias gradient (bias_requires_grad=True) is not implemented yet; the "
-                                  "gradients of q, k and v with a bias are")
+    if bias_requires_grad and bias is None:
+        raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, bias=bias)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)
 
     def vjp(dout):
-        return flash_attn_backward(dout, q, k, v, out, lse, deterministic=deterministic, **variant)
+        return flash_attn_backward(dout, q, k, v, out, lse, deterministic=deterministic,
+                                   return_dbias=bool(bias_requires_grad), **variant)
 
     return out, vjp

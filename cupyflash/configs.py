@@ -54,9 +54,10 @@ class TileConfig:
 @dataclass(frozen=True)
 class When:
     """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``,
-    ``bias=False``) entries are skipped when that score modifier (packed variable-length rows, an additive bias) is
-    on, ``heavy=False`` ones when all three of softcap, ALiBi and a bias are, because their extra live values would
-    spill at that tile (the CPU compile check compiles every combination on every tile that allows it)."""
+    ``bias=False``, ``dbias=False``) entries are skipped when that score modifier (packed variable-length rows, an
+    additive bias, its gradient) is on, ``heavy=False`` ones when all three of softcap, ALiBi and a bias are,
+    because their extra live values would spill at that tile (the CPU compile check compiles every combination on
+    every tile that allows it)."""
 
     config: TileConfig
     softcap: bool = True
@@ -64,6 +65,7 @@ class When:
     packed: bool = True
     bias: bool = True
     heavy: bool = True
+    dbias: bool = True
 
     def allows(self, variant: Variant | None) -> bool:
         if variant is None:
@@ -71,7 +73,8 @@ class When:
         biased = variant.bias != "none"
         return ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
                 and (self.packed or variant.rows != "packed") and (self.bias or not biased)
-                and (self.heavy or not (variant.softcap and variant.alibi and biased)))
+                and (self.heavy or not (variant.softcap and variant.alibi and biased))
+                and (self.dbias or not variant.dbias))
 
 
 def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
@@ -128,8 +131,9 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2), bias=False), _c(64, 64, 4, blocks_per_sm=2, d_split=2),
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},
-    ("mma_sm80", 96): (_c(64, 128, 8, d_split=2), _c(64, 64, 4, blocks_per_sm=2, d_split=2)) + _BWD_MID
-    + _BWD_SMALL,
+    # With dbias both spill at head dim 96 (compile check): it runs 32x64.
+    ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), dbias=False),
+                       When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), dbias=False)) + _BWD_MID + _BWD_SMALL,
     # Packed rows and biases spill at 64x128 (compile check): they run 32x128.
     ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False, bias=False), _c(32, 128, 8, d_split=2))
     + _BWD_MID

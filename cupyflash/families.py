@@ -73,9 +73,11 @@ class Mma80Family:
             return f"cf::flash_{kind}_kernel<{elem}>"
         if kind in HELPER_KINDS:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"
+        bias = _BIAS_TYPE[variant.bias]
+        if kind == "bwd" and variant.dbias:  # only the dK/dV kernel computes dbias
+            bias = bias[:-1] + ", true>"
         policies = (f"{_MASK_TYPE[variant.mask]}, "
-                    f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>, "
-                    f"{_BIAS_TYPE[variant.bias]}")
+                    f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>, {bias}")
         tiles = (f"{kernel_hdim}, {config.block_m}, {config.block_n}, {config.warps}, {config.stages}, "
                  f"{config.blocks_per_sm}")
         smem = self.smem_bytes(kind, config, kernel_hdim, variant)

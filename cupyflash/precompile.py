@@ -4,7 +4,7 @@
 
 Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
 both dtypes. ``--variants`` adds every mask x softcap x ALiBi x row layout (dense, packed variable-length) x bias
-dtype (dense rows) combination with the tiles the dispatcher picks.
+dtype (dense rows; with and without dbias) combination with the tiles the dispatcher picks.
 Later processes (tests, benchmarks, users) then load binaries in milliseconds instead of compiling.
 """
 from __future__ import annotations
@@ -32,8 +32,9 @@ def _instances(limits, with_variants: bool):
         for kind, kd, dtype, mask, softcap, alibi, rows in itertools.product(
                 KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS, (False, True), (False, True), ROWS):
             for bias in ("none",) + (BIASES[1:] if rows == "dense" else ()):
-                variant = Variant(dtype, mask, softcap, alibi, rows, bias)
-                out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
+                for dbias in (False, True) if bias != "none" and kind == "bwd" else (False,):
+                    variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias)
+                    out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
     return sorted(out, key=str)
 
 
@@ -58,7 +59,7 @@ def main(argv=None):
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--variants", action="store_true", help="also every mask x softcap x ALiBi x rows x bias combination")
+    parser.add_argument("--variants", action="store_true", help="also every variant combination")
     args = parser.parse_args(argv)
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
     instances = _instances(device_limits(0), args.variants)

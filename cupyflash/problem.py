@@ -27,6 +27,7 @@ class Variant:
     alibi: bool = False    # logits -= slope * |i + seqlen_k - seqlen_q - j|
     rows: str = "dense"    # one of ROWS
     bias: str = "none"     # the additive bias's dtype, or "none" (one of BIASES)
+    dbias: bool = False    # the dK/dV kernel also computes the bias's gradient
 
     @property
     def plain_scores(self) -> bool:
@@ -42,6 +43,7 @@ class BiasLayout:
     dims: tuple          # (batch, heads, queries, keys) of its own data: 1 where broadcast (size 1 or stride 0)
     strides: tuple       # element strides (batch, heads, queries, keys) the kernels read; 0 where broadcast
     copy: bool = False   # its memory cannot feed 16-byte copies as is: a contiguous copy with padded rows per call
+    given: tuple = ()    # its shape as the caller gave it (the gradient's shape)
 
     @property
     def key_step(self) -> int:

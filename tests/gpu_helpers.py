@@ -107,10 +107,16 @@ def grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, **variant):
 
     from cupyflash.reference import attention_backward_naive_lowp, attention_backward_reference
 
-    refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy, **variant)
-    lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy, **variant)
+    with_dbias = len(grads) == 4  # (dq, dk, dv, dbias): dbias against the reference's, in the bias's shape
+    refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy, return_dbias=with_dbias,
+                                        **variant)
+    lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy,
+                                         return_dbias=with_dbias, **variant)
     errors = {}
-    for name, got, ref, base in zip(("dq", "dk", "dv"), grads, refs, lowp):
+    for name, got, ref, base in zip(("dq", "dk", "dv", "dbias"), grads, refs, lowp):
+        if name == "dbias":
+            assert got.dtype == cupy.float32 and got.size == ref.size, (got.shape, ref.shape)
+            ref, base = ref.reshape(got.shape), base.reshape(got.shape)
         got = to_float64(got)
         assert bool(cupy.isfinite(got).all()), f"{name} holds NaN/inf (unwritten or broken elements)"
         if not got.size:

@@ -5,7 +5,8 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
-K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast. Not a pytest module: the sanitizer wraps the whole process.
+K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast
+(with dbias). Not a pytest module: the sanitizer wraps the whole process.
 """
 import itertools
 import sys
@@ -35,9 +36,10 @@ def arrays(dtype, *shapes):
 def run(d, dtype, m, n, kw, fwd_config=None, bwd_config=None, dq_config=None):
     q, k, dout = arrays(dtype, (1, m, 2, d), (1, n, 1, d), (1, m, 2, d))
     out, lse = cf.flash_attn_func(q, k, k, return_lse=True, config=fwd_config, **kw)
+    grads = {"return_dbias": True} if "bias" in kw else {}
     for mode in ({"atomic_dq": True, "config": bwd_config}, {"atomic_dq": False, "config": bwd_config,
                                                               "dq_config": dq_config}):
-        cf.flash_attn_backward(dout, q, k, k, out, lse, **mode, **kw)
+        cf.flash_attn_backward(dout, q, k, k, out, lse, **mode, **kw, **grads)
 
 
 count = 0

@@ -1,5 +1,6 @@
-"""Additive bias on a GPU: forward and backward against float64 attention with the same bias, every broadcast
-pattern, dtype and memory layout, -inf entries, with every other variant; NaN-poisoned outputs."""
+"""Additive bias on a GPU: forward and backward (dq, dk, dv and dbias) against float64 attention with the same
+bias, every broadcast pattern, dtype and memory layout, -inf entries, with every other variant; NaN-poisoned
+outputs; dbias bitwise reproducible in deterministic mode."""
 import math
 
 import ml_dtypes
@@ -57,6 +58,8 @@ def make_bias(rng, full, broadcast, bias_dtype, layout, hidden=0.0):
 
 def run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, bias_dtype, broadcast, layout,
              causal=False, hidden=0.0, mode=None, config=None, **variant):
+    import cupy
+
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
                                                             head_dim, dtype)
     rng = np.random.default_rng(seed + 1)
@@ -68,8 +71,17 @@ def run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype,
     if mode is None:
         return
     kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
-    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, bias=bias, **variant, **kw)
-    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, bias=b64, **variant)
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, bias=bias, return_dbias=True,
+                                   **variant, **kw)
+    assert grads[3].shape == bias.shape
+    # the gradient of the bias as given: a broadcast_to view's stride-0 dims get one entry per index
+    ref_bias = cupy.broadcast_to(b64, bias.shape) if layout == "broadcast_view" else b64
+    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, bias=ref_bias, **variant)
+    if mode == "deterministic":
+        again = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, bias=bias, return_dbias=True,
+                                       **variant, **kw)
+        for a, b in zip(grads, again):
+            assert bool(cupy.array_equal(a.view(cupy.uint8), b.view(cupy.uint8))), "not bitwise reproducible"
 
 
 seqlens = st.one_of(st.sampled_from([1, 17, 97, 130, 257]), st.integers(1, 200))
@@ -129,7 +141,7 @@ def test_every_backward_tile(kind):
         bias, b64 = make_bias(np.random.default_rng(kd), (1, 2, q.shape[1], k.shape[1]), (False,) * 4, "float16",
                               "contiguous", hidden=0.1)
         out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, bias=bias)
-        grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True, bias=bias, **tiles)
+        grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True, bias=bias, return_dbias=True, **tiles)
         check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(kd), True, "float16", bias=b64)
 
 
@@ -145,9 +157,11 @@ def test_rows_hidden_by_the_bias(softcap):
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True, bias=bias, softcap=softcap)
     assert bool((to_float64(out[0, 5, 1]) == 0).all()) and bool(cupy.isneginf(lse[0, 1, 5]))
     assert int(cupy.isneginf(lse).sum()) == 1 and bool(cupy.isfinite(to_float64(out)).all())
-    dq, dk, dv = cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias, softcap=softcap)
+    dq, dk, dv, dbias = cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias, softcap=softcap,
+                                               return_dbias=True)
     assert bool((to_float64(dq[0, 5, 1]) == 0).all())
-    for g in (dq, dk, dv):
+    assert bool((dbias[0, 1, 5] == 0).all()) and bool((dbias[0, 0, :, 7] == 0).all())
+    for g in (dq, dk, dv, dbias):
         assert bool(cupy.isfinite(to_float64(g)).all())
 
 
@@ -166,16 +180,13 @@ def test_a_bias_copy_is_made_per_call_and_the_plan_reads_the_new_values():
     assert not bool(cupy.array_equal(o1.view(cupy.uint16), o2.view(cupy.uint16)))
 
 
-def test_dbias_is_not_there_yet():
-    import cupy
-
+def test_dbias_needs_a_bias():
     (q, k, v, dout), _ = make_problem(5, 1, 8, 8, 1, 1, 32, "float16")
-    bias = cupy.zeros((8, 8), cupy.float16)
-    out, lse = cf.flash_attn_func(q, k, v, return_lse=True, bias=bias)
-    with pytest.raises(NotImplementedError, match="return_dbias"):
-        cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias, return_dbias=True)
-    with pytest.raises(NotImplementedError, match="bias_requires_grad"):
-        cf.flash_attn_vjp(q, k, v, bias=bias, bias_requires_grad=True)
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    with pytest.raises(ValueError, match="return_dbias=True needs the bias"):
+        cf.flash_attn_backward(dout, q, k, v, out, lse, return_dbias=True)
+    with pytest.raises(ValueError, match="bias_requires_grad=True needs a bias"):
+        cf.flash_attn_vjp(q, k, v, bias_requires_grad=True)
 
 
 def test_vjp_with_bias():
@@ -183,8 +194,11 @@ def test_vjp_with_bias():
 
     (q, k, v, dout), _ = make_problem(6, 1, 20, 30, 2, 1, 64, "float16")
     bias = cupy.asarray(np.random.default_rng(0).standard_normal((2, 1, 30)).astype(np.float16))
-    out, vjp = cf.flash_attn_vjp(q, k, v, causal=True, bias=bias)
+    out, vjp = cf.flash_attn_vjp(q, k, v, causal=True, bias=bias, bias_requires_grad=True)
     out2, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, bias=bias)
     assert bool(cupy.array_equal(out.view(cupy.uint16), out2.view(cupy.uint16)))
-    for a, b in zip(vjp(dout), cf.flash_attn_backward(dout, q, k, v, out2, lse, causal=True, bias=bias)):
-        assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
+    got = vjp(dout)
+    assert len(got) == 4 and got[3].shape == (2, 1, 30) and got[3].dtype == cupy.float32
+    want = cf.flash_attn_backward(dout, q, k, v, out2, lse, causal=True, bias=bias, return_dbias=True)
+    for a, b in zip(got, want):
+        assert bool(cupy.array_equal(a.view(cupy.uint8), b.view(cupy.uint8)))

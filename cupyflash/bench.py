@@ -690,8 +690,8 @@ BIAS_COLUMNS = [
 ]
 BIAS_NOTE = (f"{TOKENS} tokens, hidden {HIDDEN}, non-causal; bias in q's dtype: pair (1, H, S, S) or key "
              "(B, 1, 1, S); FLOPs as the default mode (the bias adds none); plain: cupyflash without a bias; "
-             "SDPA: PyTorch's own backend choice with the bias as a float attn_mask that needs no gradient; "
-             "the backward computes dq, dk, dv (no dbias: not implemented yet)")
+             "SDPA: PyTorch's own backend choice with the bias as a float attn_mask; both backwards compute "
+             "dq, dk, dv and dbias")
 
 
 def run_bias(args):
@@ -714,7 +714,8 @@ def run_bias(args):
             try:
                 out, lse = cf.flash_attn_func(q, k, v, bias=bias, return_lse=True)
                 row["fwd_ms"] = time_fn(lambda: cf.flash_attn_func(q, k, v, bias=bias))
-                row["bwd_ms"] = time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias))
+                row["bwd_ms"] = time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias,
+                                                                       return_dbias=True))
                 row["fwd_vs_plain"] = plain_fwd / row["fwd_ms"]
             except Exception as e:
                 row["error"] = _error_text(e)
@@ -743,11 +744,12 @@ def run_bias(args):
 
 
 def _sdpa_with_bias(batch, s, nheads, d, dtype, shape):
-    """(fwd ms, bwd ms) of SDPA with a float attn_mask of ``shape``, PyTorch's own backend choice."""
+    """(fwd ms, bwd ms) of SDPA with a float attn_mask of ``shape`` (its gradient too), PyTorch's own backend
+    choice."""
     import torch
 
     q, k, v = make_inputs(batch, s, nheads, d, dtype, lib="torch")
-    mask = torch.randn(shape, device="cuda", dtype=q.dtype)
+    mask = torch.randn(shape, device="cuda", dtype=q.dtype, requires_grad=True)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with torch.no_grad():
@@ -756,7 +758,7 @@ def _sdpa_with_bias(batch, s, nheads, d, dtype, shape):
         x.requires_grad_()
     out = sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask)
     dout = torch.randn_like(out)
-    bwd = time_fn(lambda: torch.autograd.grad(out, (q, k, v), dout, retain_graph=True), lib="torch")
+    bwd = time_fn(lambda: torch.autograd.grad(out, (q, k, v, mask), dout, retain_graph=True), lib="torch")
     return fwd, bwd
 
 

@@ -59,7 +59,7 @@ class ForwardPlan:
             with params.lock:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
-                                     _launch.ptr(bias)))
+                                     _launch.ptr(bias), 0))
                 self.kernel(current_stream_ptr())
         if self.padded:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))

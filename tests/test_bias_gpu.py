@@ -115,14 +115,14 @@ def test_long_sequences(bias_dtype, broadcast, mode):
     run_bias(7, 2, 1025, 1100, 4, 2, 128, "bfloat16", bias_dtype, broadcast, "contiguous", causal=True, mode=mode)
 
 
-def _tiles(kind):
+def _tiles(kind, **variant):
     if GPU_SKIP_REASON:
         return []
     from cupyflash._device import device_limits
 
     limits = device_limits(0)
     return [(kd, c) for kd in KERNEL_HEAD_DIMS
-            for c in candidates(kind, limits, kd, Variant("bfloat16", "band", bias="float32"))]
+            for c in candidates(kind, limits, kd, Variant("bfloat16", "band", bias="float32", **variant))]
 
 
 @pytest.mark.parametrize("kd,config", _tiles("fwd"), ids=str)
@@ -133,8 +133,9 @@ def test_every_forward_tile(kd, config):
 
 @pytest.mark.parametrize("kind", ["bwd", "bwd_dq"])
 def test_every_backward_tile(kind):
-    assert _tiles(kind)
-    for kd, config in _tiles(kind):
+    tiles = _tiles(kind, dbias=kind == "bwd")  # with dbias, the dK/dV kernel's own candidates
+    assert tiles
+    for kd, config in tiles:
         tiles = {"config": config} if kind == "bwd" else {"dq_config": config, "atomic_dq": False}
         (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd, 1, config.block_m * 2 + 3, config.block_n + 5,
                                                                 2, 1, kd, "float16")

@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from ._kernels import load_source
-from .configs import all_variants
+from .configs import DeviceLimits, all_variants, select_config
 from .families import BY_NAME, HELPER_KINDS, KINDS, MMA_SM80
 from .problem import Variant
 
@@ -144,11 +144,15 @@ MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a)
                  for s, a in ((True, False), (False, True), (True, True)))
 #: Packed variable-length rows: plain and with every modifier, band mask, on every tile of every kind.
 PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band", True, True, rows="packed"))
-#: An additive bias of each dtype: alone, and with every modifier, band mask, on every tile of every kind; the same
-#: with dbias (only the dK/dV kernel differs).
-BIASED = (Variant("bfloat16", "band", bias="bfloat16"), Variant("float16", "band", True, True, bias="float32"),
-          Variant("bfloat16", "band", bias="bfloat16", dbias=True),
+#: The covering set compiles each variant on the tile the dispatcher picks on a GPU of this size (an H100's limits):
+#: the leading table entry, or the next that fits with a bias's tiles.
+BIG_GPU = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100-sized")
+#: An additive bias: alone, and with every modifier and dbias (only the dK/dV kernel differs with dbias), band
+#: mask, on every tile of every kind; the full sweep adds the other two combinations of these with dbias.
+BIASED = (Variant("bfloat16", "band", bias="bfloat16"),
           Variant("float16", "band", True, True, bias="float32", dbias=True))
+BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
+                    Variant("float16", "band", True, True, bias="float32"))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
                    Variant("float16", "none", bias="float16"))
@@ -165,12 +169,14 @@ def _kernel_instances(kind: str, full: bool):
             plain = [Variant(dtype, mask) for dtype in DTYPES for mask in ("none", "band")]
             for variant in plain:
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in MODIFIED + PACKED + BIASED + SINGLE_POLICIES:
+    for variant in MODIFIED + PACKED + BIASED + SINGLE_POLICIES + (BIASED_FULL_ONLY if full else ()):
         every_tile = full and variant not in SINGLE_POLICIES
-        used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or the leading one
+        used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or a big GPU's choice
         for family_name, kd, config in all_variants(kind, variant):
-            if every_tile or (family_name, kd) not in used:
+            if every_tile:
                 used.setdefault((family_name, kd), []).append(config)
+            elif (family_name, kd) not in used:
+                used[(family_name, kd)] = [select_config(kind, BIG_GPU, kd, variant=variant)]
         for (family_name, kd), configs in used.items():
             fam = BY_NAME[family_name]
             for config, atomic in itertools.product(configs, atomic_flags):
@@ -182,7 +188,7 @@ def kernel_instances(full: bool = False):
     """The kernel instances the CPU compile check builds. Always: for each tile config of every kind, plain scores
     with and without the band mask in both dtypes (dK/dV with and without atomic dQ), and the helper kernels in
     both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of each dtype,
-    and each modifier alone in float16 unmasked, on the leading tile of each kind and head dim. ``full`` (``python -m
+    and each modifier alone in float16 unmasked, on the tile an H100-sized GPU gets for each kind and head dim. ``full`` (``python -m
     cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the dispatcher may give
     them: register use is not monotonic in the variants, and a combination can spill where a heavier one does
     not."""

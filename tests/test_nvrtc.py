@@ -55,7 +55,8 @@ def test_every_plain_kernel_the_dispatcher_can_pick_is_compiled(limits, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_full_sweep_has_every_tile_each_variant_may_use(limits, kind):
     swept = set(FULL_NAMES)
-    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED + _nvrtc.PACKED):
+    variants = _nvrtc.MODIFIED + _nvrtc.PACKED + _nvrtc.BIASED + _nvrtc.BIASED_FULL_ONLY
+    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, variants):
         for name in _names(kind, limits, kd, variant, every_fitting=True):
             assert name in swept, name
 
@@ -63,19 +64,22 @@ def test_the_full_sweep_has_every_tile_each_variant_may_use(limits, kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_covering_set_has_each_variant_on_the_dispatchers_tile_of_a_big_gpu(kind):
     compiled = set(NAMES)
-    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED + _nvrtc.PACKED):
+    for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED + _nvrtc.PACKED + _nvrtc.BIASED):
         for name in _names(kind, H100, kd, variant, every_fitting=False):
             assert name in compiled, name
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_each_policy_value_is_compiled_once_per_kind_and_head_dim(kind):
-    """Mask none/band, softcap off/on, ALiBi off/on: each appears in a compiled instance of every head dim."""
+    """Mask none/band, softcap off/on, ALiBi off/on, each bias dtype (and dbias in the dK/dV kernel): each appears
+    in a compiled instance of every head dim."""
     for kd in KERNEL_HEAD_DIMS:
         ours = [n for n in NAMES if n.startswith(f"cf::flash_{'bwd_dkdv' if kind == 'bwd' else kind}_kernel<")
                 and n[n.index("<") + 1:].split(", ")[1] == str(kd)]
+        biases = ("cf::NoBias", "cf::TileBias<cf::f16>", "cf::TileBias<cf::bf16>",
+                  "cf::TileBias<float, true>" if kind == "bwd" else "cf::TileBias<float>")
         for fragment in ("cf::NoMask", "cf::BandMask", "ScoreMod<true,", "ScoreMod<false,", ", true>,",
-                         ", false>,", "cf::f16", "cf::bf16"):
+                         ", false>,", "cf::f16", "cf::bf16") + biases:
             assert any(fragment in n for n in ours), (kind, kd, fragment)
 
 

@@ -190,8 +190,8 @@ def kernel_instances(full: bool = False):
     both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of each dtype,
     and each modifier alone in float16 unmasked, on the tile an H100-sized GPU gets for each kind and head dim.
     ``full`` (``python -m cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the
-    dispatcher may give them: register use is not monotonic in the variants, and a combination can spill where a heavier one does
-    not."""
+    dispatcher may give them: register use is not monotonic in the variants, and a combination can spill where a
+    heavier one does not."""
     out = [inst for kind in KINDS for inst in _kernel_instances(kind, full)]
     out += [(MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, None, 0, Variant(dtype, rows=rows)))
             for kind in HELPER_KINDS for dtype in DTYPES for rows in ("dense", "packed")]

@@ -288,7 +288,7 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
 
     Returns:
         (dq, dk, dv) in the dtypes and shapes of q, k, v (dk, dv with nheads_k heads: summed over each group's
-        query heads); new contiguous arrays unless given.
+        query heads); new contiguous arrays unless given. With ``return_dbias``, (dq, dk, dv, dbias).
     """
     if type(return_dbias) is not bool:
         raise TypeError(f"return_dbias must be a bool; got {return_dbias!r}")

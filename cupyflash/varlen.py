@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from . import backward
 from ._device import device_limits
-from ._launch import PlanCache, array_key, scalar_key
+from ._launch import PlanCache
 from ._validate import as_cuda_array, check_cu_seqlens_values, describe_varlen, spec_of
 from .configs import check_config, select_config
-from .forward import ForwardPlan, _on_device
+from .forward import ForwardPlan, _call_key, _on_device
 
 _PLANS = PlanCache()
 _BACKWARD_PLANS = PlanCache()
@@ -76,15 +76,8 @@ def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens
     names = ("dout", "q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")
     arrays = (dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
     given = {"dq": dq, "dk": dk, "dv": dv}
-    scalars = (max_seqlen_q, max_seqlen_k, softmax_scale, causal, window_size, softcap, deterministic, atomic_dq,
-               config, dq_config, kv_splits)
-    keys = tuple(map(array_key, arrays)) + tuple(None if g is None else array_key(g) for g in given.values())
-    alibi_key = None if alibi_slopes is None else array_key(alibi_slopes)
-    rest = scalar_key(*scalars)
-    key = None
-    if (None not in keys[:8] and rest is not None and (alibi_slopes is None) == (alibi_key is None)
-            and all((g is None) == (gk is None) for g, gk in zip(given.values(), keys[8:]))):
-        key = (keys, alibi_key, rest)
+    key = _call_key(arrays, (dq, dk, dv, alibi_slopes), max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                    window_size, softcap, deterministic, atomic_dq, config, dq_config, kv_splits)
     plan = _BACKWARD_PLANS.get(key)
     if plan is None:
         arrays = tuple(as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -123,12 +116,7 @@ def flash_attn_varlen_vjp(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max
 
 def _lookup(q, k, v, cu_q, cu_k, max_q, max_k, alibi_slopes, *scalars):
     arrays = (q, k, v, cu_q, cu_k)
-    keys = tuple(map(array_key, arrays))
-    alibi_key = None if alibi_slopes is None else array_key(alibi_slopes)
-    rest = scalar_key(max_q, max_k, *scalars)
-    key = None
-    if None not in keys and rest is not None and (alibi_slopes is None) == (alibi_key is None):
-        key = (keys, alibi_key, rest)
+    key = _call_key(arrays, (alibi_slopes,), max_q, max_k, *scalars)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan, arrays + (alibi_slopes,)

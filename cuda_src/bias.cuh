@@ -61,6 +61,22 @@ template <int KEY_TILES, int QUERY_TILES> struct BiasGrad;
 template <bool C, typename A, typename B> struct Pick { using type = A; };
 template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
 
+// A boolean mask as a bias: one byte per pair, nonzero = visible (bias 0), zero = hidden (bias -inf).
+struct mask8 {};
+template <> struct BiasValue<mask8> {
+    static constexpr int BYTES = 1;
+    static __device__ __forceinline__ float of(u32 byte) { return byte ? 0.f : neg_inf(); }
+    static __device__ __forceinline__ float2 pair(u32 addr) {
+        const u32 two = lds_u16(addr);
+        return make_float2(of(two & 0xffu), of(two >> 8));
+    }
+    static __device__ __forceinline__ float one(u32 addr) {
+        u32 v;
+        asm volatile("{ .reg .u16 b; ld.shared.u8 b, [%1]; cvt.u32.u16 %0, b; }\n" : "=r"(v) : "r"(addr));
+        return of(v);
+    }
+};
+
 // GRAD: the dK/dV kernel also writes the bias's gradient (BiasGrad).
 template <typename T, bool GRAD = false>
 struct TileBias {
@@ -110,6 +126,9 @@ struct TileBias {
                 if constexpr (BYTES == 4) {
                     const u32 v = valid ? *reinterpret_cast<const u32*>(base + r * row_stride) : 0u;
                     asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(at), "r"(v));
+                } else if constexpr (BYTES == 1) {
+                    const u32 v = valid ? *reinterpret_cast<const unsigned char*>(base + r * row_stride) : 0u;
+                    asm volatile("{ .reg .u16 b; cvt.u16.u32 b, %1; st.shared.u8 [%0], b; }\n" :: "r"(at), "r"(v));
                 } else {
                     using u16v = unsigned short;
                     const u16v v = valid ? *reinterpret_cast<const u16v*>(base + r * row_stride) : u16v(0);

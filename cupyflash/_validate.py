@@ -159,24 +159,26 @@ def check_alibi(slopes: ArraySpec, shape: AttentionShape) -> int:
     return 0
 
 
-def check_bias(bias: ArraySpec, shape: AttentionShape) -> BiasLayout:
+def check_bias(bias: ArraySpec, shape: AttentionShape, name: str = "bias") -> BiasLayout:
     """bias: float16, bfloat16 or float32 on q's GPU, broadcastable to (batch, nheads, seqlen_q, seqlen_k) with
     every dim either full or 1 (NumPy rules: fewer dims are leading 1s), any strides. Returns how the kernels read
     it: broadcast dims (size 1 or stride 0) at stride 0, and whether 16-byte copies need a padded copy of it."""
     full = (shape.batch, shape.nheads, shape.seqlen_q, shape.seqlen_k)
     target = f"(batch, nheads, seqlen_q, seqlen_k) = {full}"
-    if bias.dtype not in BIAS_DTYPES:
+    if name == "mask" and bias.dtype != "bool":
+        raise TypeError(f"mask must be bool (True = may attend); got {bias.dtype}")
+    if name == "bias" and bias.dtype not in BIAS_DTYPES:
         raise TypeError(f"bias must be float16, bfloat16 or float32; got {bias.dtype}")
     if bias.device != shape.device:
-        raise ValueError(f"bias must be on q's GPU {shape.device}; got device {bias.device}")
+        raise ValueError(f"{name} must be on q's GPU {shape.device}; got device {bias.device}")
     if len(bias.shape) > 4:
-        raise ValueError(f"bias must have at most 4 dimensions, broadcastable to {target}; got shape {bias.shape}")
+        raise ValueError(f"{name} must have at most 4 dimensions, broadcastable to {target}; got shape {bias.shape}")
     pad = 4 - len(bias.shape)
     dims_given, strides = (1,) * pad + tuple(bias.shape), (0,) * pad + tuple(bias.strides)
     for axis, (n, want) in enumerate(zip(dims_given, full)):
         if n not in (1, want):
-            raise ValueError(f"bias of shape {bias.shape} does not broadcast to {target}: each dim must be full or "
-                             f"1, dim {axis - pad} is {n}")
+            raise ValueError(f"{name} of shape {bias.shape} does not broadcast to {target}: each dim must be full "
+                             f"or 1, dim {axis - pad} is {n}")
     # broadcast dims: size 1 (or nothing to broadcast: size 0 problems) or stride 0 (a broadcast_to view)
     moving = tuple(n > 1 and st != 0 for n, st in zip(dims_given, strides))
     dims = tuple(n if m else 1 for n, m in zip(full, moving))
@@ -193,8 +195,12 @@ def check_bias(bias: ArraySpec, shape: AttentionShape) -> BiasLayout:
 
 def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, causal=False,
              window_size=(-1, -1), softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0,
-             bias: ArraySpec | None = None) -> Problem:
-    """Every check of a call's arguments, and the frozen Problem they describe."""
+             bias: ArraySpec | None = None, mask: ArraySpec | None = None) -> Problem:
+    """Every check of a call's arguments, and the frozen Problem they describe. A boolean mask travels as a bias
+    of dtype "bool" (the kernels read it as 0 / -inf); a mask and a bias together are not supported yet."""
+    if bias is not None and mask is not None:
+        raise NotImplementedError("a mask and a bias together are not supported yet; put the mask into the bias "
+                                  "as -inf entries (cupy.where(mask, bias, -cupy.inf))")
     shape = check_qkv(q, k, v)
     check_dropout(dropout_p)
     if not isinstance(causal, (bool, numbers.Integral)):
@@ -203,7 +209,8 @@ def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, ca
     window = normalize_window(check_window(window_size), causal, shape.seqlen_q, shape.seqlen_k)
     cap = check_softcap(softcap)
     alibi_stride = 0 if alibi_slopes is None else check_alibi(alibi_slopes, shape)
-    layout = None if bias is None else check_bias(bias, shape)
+    layout = (check_bias(bias, shape) if bias is not None else check_bias(mask, shape, "mask") if mask is not None
+              else None)
     variant = Variant(shape.dtype, mask_kind(causal, window), softcap=cap > 0, alibi=alibi_slopes is not None,
                       bias="none" if layout is None else layout.dtype)
     return Problem(shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.nheads_k, shape.head_dim,

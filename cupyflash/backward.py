@@ -203,18 +203,19 @@ class _StreamFork:
         self._wait(caller, self._joined, 0)
 
 
-def _plan(arrays, alibi_slopes, bias, given, key, *, softmax_scale, causal, window_size, softcap, deterministic,
-          atomic_dq, config, dq_config, kv_splits, return_dbias=False):
+def _plan(arrays, alibi_slopes, bias, mask, given, key, *, softmax_scale, causal, window_size, softcap,
+          deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias=False):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("dout", "q", "k", "v", "out", "lse")
     dout, q, k, v, out, lse = (as_cuda_array(x, n) for x, n in zip(arrays, names))
     alibi = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
     bias = None if bias is None else as_cuda_array(bias, "bias")
+    mask = None if mask is None else as_cuda_array(mask, "mask")
     given = {n: None if g is None else as_cuda_array(g, n) for n, g in given.items()}
     q_spec, k_spec, v_spec = (spec_of(x) for x in (q, k, v))
     problem = describe(q_spec, k_spec, v_spec, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi),
-                       bias=None if bias is None else spec_of(bias))
+                       bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask))
     if return_dbias:
         if bias is None:
             raise ValueError("return_dbias=True needs the bias whose gradient it returns (bias=None was given)")
@@ -224,7 +225,7 @@ def _plan(arrays, alibi_slopes, bias, given, key, *, softmax_scale, causal, wind
     plan = make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic, atomic_dq=atomic_dq,
                      config=config, dq_config=dq_config, kv_splits=kv_splits)
     _PLANS.put(key, plan)
-    return plan, (q, k, v, dout, out, lse), alibi, bias, given
+    return plan, (q, k, v, dout, out, lse), alibi, bias, mask, given
 
 
 def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq, config, dq_config, kv_splits):
@@ -262,13 +263,14 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
 
 def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_size=(-1, -1),
                         softcap=0.0, alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None,
-                        atomic_dq=None, config=None, dq_config=None, kv_splits=None, bias=None,
+                        atomic_dq=None, config=None, dq_config=None, kv_splits=None, bias=None, mask=None,
                         return_dbias=False):
     """Gradients of ``out = flash_attn_func(q, k, v, ...)`` for the upstream gradient ``dout``.
 
     Args:
         dout: (batch, seqlen_q, nheads, headdim), q's dtype; any strides with the head dim contiguous.
-        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias: exactly as given to the forward.
+        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias, mask: exactly as given to the
+            forward.
         return_dbias: also return the bias's gradient: float32, the bias's own shape as given (summed over its
             broadcast dims of size 1; a stride-0 dim of full size gets its per-index gradient), deterministic.
         out, lse: the forward's results (``flash_attn_func(..., return_lse=True)``).
@@ -294,19 +296,20 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         raise TypeError(f"return_dbias must be a bool; got {return_dbias!r}")
     arrays = (q, k, v, dout, out, lse)
     given = {"dq": dq, "dk": dk, "dv": dv}
-    key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias), softmax_scale, causal, window_size, softcap,
+    key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias, mask), softmax_scale, causal, window_size, softcap,
                     deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias)
     plan = _PLANS.get(key)
     if plan is None:
-        plan, arrays, alibi_slopes, bias, given = _plan(
-            (dout, q, k, v, out, lse), alibi_slopes, bias, given, key, softmax_scale=softmax_scale, causal=causal,
+        plan, arrays, alibi_slopes, bias, mask, given = _plan(
+            (dout, q, k, v, out, lse), alibi_slopes, bias, mask, given, key, softmax_scale=softmax_scale, causal=causal,
             window_size=window_size, softcap=softcap, deterministic=deterministic, atomic_dq=atomic_dq,
             config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias)
-    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias)
+    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None),
+                      bias if mask is None else mask)
 
 
 def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                   alibi_slopes=None, deterministic=False, *, bias=None, bias_requires_grad=False):
+                   alibi_slopes=None, deterministic=False, *, bias=None, bias_requires_grad=False, mask=None):
     """Forward pass plus a function that maps an upstream gradient to (dq, dk, dv).
 
     ``out, vjp = flash_attn_vjp(q, k, v, ...); dq, dk, dv = vjp(dout)``, with flash_attn_func's arguments. The
@@ -316,7 +319,7 @@ def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, win
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-                   alibi_slopes=alibi_slopes, bias=bias)
+                   alibi_slopes=alibi_slopes, bias=bias, mask=mask)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)
 
     def vjp(dout):

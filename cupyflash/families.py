@@ -17,8 +17,8 @@ _ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
 _ROWS_TYPE = {"dense": "cf::DenseRows", "packed": "cf::PackedRows"}
 _BIAS_TYPE = {"none": "cf::NoBias", "float16": "cf::TileBias<cf::f16>", "bfloat16": "cf::TileBias<cf::bf16>",
-              "float32": "cf::TileBias<float>"}
-_BIAS_ITEMSIZE = {"none": 0, "float16": 2, "bfloat16": 2, "float32": 4}
+              "float32": "cf::TileBias<float>", "bool": "cf::TileBias<cf::mask8>"}
+_BIAS_ITEMSIZE = {"none": 0, "float16": 2, "bfloat16": 2, "float32": 4, "bool": 1}
 
 
 def _cpp_bool(flag: bool) -> str:

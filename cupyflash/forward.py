@@ -66,15 +66,17 @@ class ForwardPlan:
         return out, lse
 
 
-def _plan(q, k, v, alibi_slopes, bias, key, *, dropout_p, softmax_scale, causal, window_size, softcap, config):
+def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, causal, window_size, softcap,
+          config):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     q, k, v = as_cuda_array(q, "q"), as_cuda_array(k, "k"), as_cuda_array(v, "v")
     alibi = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
     bias = None if bias is None else as_cuda_array(bias, "bias")
+    mask = None if mask is None else as_cuda_array(mask, "mask")
     specs = [spec_of(x) for x in (q, k, v)]
     problem = describe(*specs, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p,
-                       bias=None if bias is None else spec_of(bias))
+                       bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask))
     limits = device_limits(problem.device)
     if config is None:
         config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant)
@@ -82,17 +84,18 @@ def _plan(q, k, v, alibi_slopes, bias, key, *, dropout_p, softmax_scale, causal,
         check_config("fwd", config, limits, problem.head_dim, problem.variant)
     plan = ForwardPlan(problem, config, *specs)
     _PLANS.put(key, plan)
-    return plan, (q, k, v, alibi, bias)
+    return plan, (q, k, v, alibi, bias, mask)
 
 
-def _lookup(q, k, v, alibi_slopes, bias, dropout_p, softmax_scale, causal, window_size, softcap, config):
-    """(plan, (q, k, v, alibi_slopes, bias)): the cached plan of a call like this one, or a new one after
+def _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap, config):
+    """(plan, (q, k, v, alibi_slopes, bias, mask)): the cached plan of a call like this one, or a new one after
     validation (which also turns DLPack inputs into CuPy arrays)."""
-    key = _call_key((q, k, v), (alibi_slopes, bias), dropout_p, softmax_scale, causal, window_size, softcap, config)
+    key = _call_key((q, k, v), (alibi_slopes, bias, mask), dropout_p, softmax_scale, causal, window_size, softcap,
+                    config)
     plan = _PLANS.get(key)
     if plan is not None:
-        return plan, (q, k, v, alibi_slopes, bias)
-    return _plan(q, k, v, alibi_slopes, bias, key, dropout_p=dropout_p, softmax_scale=softmax_scale,
+        return plan, (q, k, v, alibi_slopes, bias, mask)
+    return _plan(q, k, v, alibi_slopes, bias, mask, key, dropout_p=dropout_p, softmax_scale=softmax_scale,
                  causal=causal, window_size=window_size, softcap=softcap, config=config)
 
 
@@ -112,7 +115,7 @@ def _call_key(arrays, optional, *scalars):
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *, return_lse=False,
-                    config=None, bias=None):
+                    config=None, bias=None, mask=None):
     """Exact softmax attention, computed tile by tile without materialising the score matrix.
 
     flash-attn's signature and semantics: code written for ``flash_attn.flash_attn_func`` runs unchanged.
@@ -152,6 +155,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
             whose rows are not whole 16-byte chunks (seqlen_k not a multiple of 8, or 4 for float32) or whose keys
             are not contiguous is copied once per call into a padded contiguous array of its own (unbroadcast)
             shape.
+        mask: boolean mask, True = may attend (SDPA's convention), broadcastable like ``bias`` (any strides); read
+            tile by tile as a 0 / -inf bias. Not together with ``bias`` yet. Rows with no visible key: output 0,
+            lse -inf.
 
     A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 
@@ -160,11 +166,12 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         ``return_lse``; ``(out, lse, probs)`` with ``return_attn_probs``. Runs on q's device's current stream.
     """
     del deterministic
-    plan, (q, k, v, alibi_slopes, bias) = _lookup(q, k, v, alibi_slopes, bias, dropout_p, softmax_scale, causal,
-                                                  window_size, softcap, config)
-    out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None), bias)
+    plan, (q, k, v, alibi_slopes, bias, mask) = _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p,
+                                                        softmax_scale, causal, window_size, softcap, config)
+    out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None),
+                          bias if mask is None else mask)
     if return_attn_probs:
-        return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes, bias)
+        return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes, bias, mask)
     return (out, lse) if return_lse else out
 
 
@@ -177,7 +184,7 @@ def _on_device(device_id, fn, *args):
         return fn(*args)
 
 
-def _attention_probs(problem, q, k, lse, alibi_slopes, bias):
+def _attention_probs(problem, q, k, lse, alibi_slopes, bias, mask):
     import cupy
 
     from .reference import attention_probs
@@ -185,13 +192,14 @@ def _attention_probs(problem, q, k, lse, alibi_slopes, bias):
     with cupy.cuda.Device(problem.device):
         return attention_probs(q, k, lse, problem.softmax_scale, problem.causal, xp=cupy,
                                window_size=problem.window, softcap=problem.softcap, alibi_slopes=alibi_slopes,
-                               dtype="float32", bias=bias)
+                               dtype="float32", bias=bias, mask=mask)
 
 
 def plan_for(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-             alibi_slopes=None, config=None, bias=None) -> ForwardPlan:
+             alibi_slopes=None, config=None, bias=None, mask=None) -> ForwardPlan:
     """The (validated) launch plan flash_attn_func would use for these arguments."""
-    return _lookup(q, k, v, alibi_slopes, bias, dropout_p, softmax_scale, causal, window_size, softcap, config)[0]
+    return _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap,
+                   config)[0]
 
 
 def select_config_for(q, k, v, causal: bool = False, **variant):

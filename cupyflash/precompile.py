@@ -32,7 +32,7 @@ def _instances(limits, with_variants: bool):
         for kind, kd, dtype, mask, softcap, alibi, rows in itertools.product(
                 KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS, (False, True), (False, True), ROWS):
             for bias in ("none",) + (BIASES[1:] if rows == "dense" else ()):
-                for dbias in (False, True) if bias != "none" and kind == "bwd" else (False,):
+                for dbias in (False, True) if bias not in ("none", "bool") and kind == "bwd" else (False,):
                     variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias)
                     out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
     return sorted(out, key=str)

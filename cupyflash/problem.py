@@ -13,8 +13,8 @@ MASKS = ("none", "band")
 #: Row layouts: dense (batch, seqlen, heads, dim) batches, or packed variable-length batches (flash-attn's varlen
 #: layout; see cuda_src/coords.cuh).
 ROWS = ("dense", "packed")
-#: Additive bias dtypes (cuda_src/bias.cuh), or "none".
-BIASES = ("none", "float16", "bfloat16", "float32")
+#: Additive bias dtypes (cuda_src/bias.cuh), "bool" for a boolean mask (read as a 0 / -inf bias), or "none".
+BIASES = ("none", "float16", "bfloat16", "float32", "bool")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ the dispatcher picks, for compute-sanitizer:
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
 K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast
-(with dbias). Not a pytest module: the sanitizer wraps the whole process.
+(with dbias), and boolean masks. Not a pytest module: the sanitizer wraps the whole process.
 """
 import itertools
 import sys
@@ -73,6 +73,11 @@ for kd in head_dims:
             for softcap in (0.0, 20.0):
                 run(d, dtype, 203, n, dict(causal=causal, softcap=softcap, bias=bias))
                 count += 3
+        # boolean masks: a pair mask with hidden rows, a key-padding mask whose rows need padding (a per-call copy)
+        for shape in ((1, 2, 203, 190), (1, 1, 1, 189)):
+            mask = cupy.asarray(rng.random(shape) < 0.7)
+            run(d, dtype, 203, shape[-1], dict(causal=causal, softcap=20.0, mask=mask))
+            count += 3
         # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier
         lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]
         cu_q, cu_k = (cupy.asarray(np.cumsum([0] + lens, dtype=np.int32)) for lens in (lens_q, lens_k))

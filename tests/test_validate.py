@@ -10,7 +10,7 @@ from cupyflash._validate import (ArraySpec, AttentionShape, as_cuda_array, check
                                  check_softmax_scale, describe, needs_aligned_copy)
 from cupyflash.problem import Variant, kernel_window
 
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "uint16": 2, "int32": 4, "int64": 8}
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "uint16": 2, "int32": 4, "int64": 8, "bool": 1}
 
 
 def spec(shape, dtype="float16", strides=None, device=0, ptr=0):
@@ -419,3 +419,27 @@ def test_bad_biases_are_refused(bias, error, match):
 def test_describe_puts_the_bias_dtype_in_the_variant():
     p = describe(*qkv((2, 5, 3, 64), (2, 16, 3, 64)), bias=spec((16,), "bfloat16"))
     assert p.variant == Variant("float16", bias="bfloat16") and p.bias.dims == (1, 1, 1, 16)
+
+
+# ---- boolean masks: the bias rules with dtype bool (the kernels read it as a 0 / -inf bias)
+
+def test_a_mask_is_a_bool_bias():
+    layout = check_bias(spec((2, 1, 1, 16), "bool"), BIAS_TARGET, "mask")
+    assert layout.dtype == "bool" and layout.dims == (2, 1, 1, 16) and layout.strides == (16, 0, 0, 1)
+    p = describe(*qkv((2, 5, 3, 64), (2, 16, 3, 64)), mask=spec((16,), "bool"))
+    assert p.variant == Variant("float16", bias="bool")
+
+
+@pytest.mark.parametrize("mask, error, match", [
+    (spec((2, 3, 5, 16), "float16"), TypeError, "mask must be bool"),
+    (spec((2, 3, 4, 16), "bool"), ValueError, "mask of shape"),
+    (spec((2, 3, 5, 16), "bool", device=1), ValueError, "mask must be on q's GPU 0"),
+])
+def test_bad_masks_are_refused(mask, error, match):
+    with pytest.raises(error, match=match):
+        check_bias(mask, BIAS_TARGET, "mask")
+
+
+def test_a_mask_and_a_bias_together_are_not_supported_yet():
+    with pytest.raises(NotImplementedError, match="a mask and a bias together"):
+        describe(*qkv((2, 5, 3, 64), (2, 16, 3, 64)), bias=spec((16,), "float32"), mask=spec((16,), "bool"))

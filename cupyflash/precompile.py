@@ -60,9 +60,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", action="store_true", help="also every variant combination")
+    parser.add_argument("--bias", nargs="+", metavar="DTYPE",
+                        help="only instances with these bias dtypes (none, float16, bfloat16, float32, bool)")
     args = parser.parse_args(argv)
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
     instances = _instances(device_limits(0), args.variants)
+    if args.bias:
+        instances = [i for i in instances if i[3].bias in args.bias]
     chunks = [instances[i::args.jobs] for i in range(args.jobs)]
     start = time.perf_counter()
     # spawn: this process has a CUDA context already, which forked children must not inherit

@@ -10,6 +10,7 @@
 #pragma once
 #include "mma_sm80.cuh"
 #include "params.cuh"
+#include "mask_tiles.cuh"
 
 namespace cf {
 
@@ -23,6 +24,7 @@ struct NoBiasGrad {
 
 struct NoBias {
     static constexpr bool ON = false;
+    using Tiles = AllTiles;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = NoBiasGrad;
     template <int ROWS, int COLS>
@@ -61,8 +63,11 @@ template <int KEY_TILES, int QUERY_TILES> struct BiasGrad;
 template <bool C, typename A, typename B> struct Pick { using type = A; };
 template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
 
-// A boolean mask as a bias: one byte per pair, nonzero = visible (bias 0), zero = hidden (bias -inf).
+// A boolean mask as a bias: one byte per pair, nonzero = visible (bias 0), zero = hidden (bias -inf). Its tile
+// summary lets the kernels skip tiles it hides wholly and read it only where it crosses a tile (mask_tiles.cuh).
 struct mask8 {};
+template <typename T> struct TilesOf { using type = AllTiles; };
+template <> struct TilesOf<mask8> { using type = SummarizedTiles; };
 template <> struct BiasValue<mask8> {
     static constexpr int BYTES = 1;
     static __device__ __forceinline__ float of(u32 byte) { return byte ? 0.f : neg_inf(); }
@@ -84,6 +89,8 @@ struct TileBias {
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = typename Pick<GRAD, BiasGrad<KEY_TILES, QUERY_TILES>, NoBiasGrad>::type;
     using Value = BiasValue<T>;
+    using Tiles = typename TilesOf<T>::type;
+    static_assert(!(GRAD && Tiles::SKIPS), "BiasGrad's flush expects every query tile visited");
     static constexpr int BYTES = Value::BYTES;  // per element
     static constexpr int CHUNK = 16 / BYTES;     // elements per 16-byte copy
     // Rows padded by one chunk, like SmemTile: fragment reads of neighbouring rows fall in different banks.

@@ -217,21 +217,43 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const int dq_row0 = warp % DQ_ROW_WARPS * 16 * DQ_ROW_TILES, dq_col0 = warp / DQ_ROW_WARPS * DQ_COLS;
     const Mask mask(p, seq);
 
-    // Steps walk the query tiles that see these keys, for each query head of this block's split in turn: step t is
-    // query head blockIdx.y * heads_per_split + t / m_steps, query tile first + t % m_steps.
+    // Steps walk the query tiles that see these keys, for each query head of this block's split in turn: dense step
+    // s is query head blockIdx.y * heads_per_split + s / m_steps, query tile first + s % m_steps. Step t is dense
+    // step t, or with a boolean mask's tile summary the t-th dense step whose tile holds a visible pair
+    // (next_load: the next one to load, as a TileQueue entry; queue: loaded ones).
     const int2 query_tiles = mask.template query_tiles<BLOCK_M, BLOCK_N>(n0, seqlen_q);
     const int m_steps = query_tiles.y - query_tiles.x;
-    const int n_steps = m_steps * p.heads_per_split;
-    const unsigned long long m_steps_magic = division_magic(max(m_steps, 1));  // t / m_steps without a division
-    auto step_head = [&](int t) {
-        return static_cast<int>(blockIdx.y) * p.heads_per_split + divide(t, m_steps, m_steps_magic);
+    const int dense_steps = m_steps * p.heads_per_split;
+    const unsigned long long m_steps_magic = division_magic(max(m_steps, 1));  // s / m_steps without a division
+    auto step_head = [&](int s) {
+        return static_cast<int>(blockIdx.y) * p.heads_per_split + divide(s, m_steps, m_steps_magic);
     };
-    auto step_m0 = [&](int t) {
-        return (query_tiles.x + t - divide(t, m_steps, m_steps_magic) * m_steps) * BLOCK_M;
-    };
+    auto step_tile = [&](int s) { return query_tiles.x + s - divide(s, m_steps, m_steps_magic) * m_steps; };
 
-    auto load_step = [&](int t) {
-        const int head = step_head(t), m0 = step_m0(t), stage = t % STAGES;
+    using Tiles = typename Bias::Tiles;
+    auto tiles_of = [&](int head) { return Tiles(p, true, batch, head, blockIdx.x); };
+    auto entry_from = [&](int s) {  // the entry of the first dense step >= s whose tile holds a visible pair, or -1
+        while (s < dense_steps) {
+            const int tile = step_tile(s);
+            const Tiles row = tiles_of(step_head(s));
+            const int found = row.first_visible(tile, query_tiles.y);
+            if (found < query_tiles.y) return 2 * (s + found - tile) + row.partial(found);
+            s += query_tiles.y - tile;
+        }
+        return -1;
+    };
+    int n_steps = dense_steps, next_load = 0;
+    TileQueue<STAGES - 1> queue;
+    if constexpr (Tiles::SKIPS) {
+        n_steps = 0;
+        for (int h = 0; h < p.heads_per_split; ++h)
+            n_steps += tiles_of(blockIdx.y * p.heads_per_split + h).count(query_tiles.x, query_tiles.y);
+        next_load = entry_from(0);
+    }
+
+    auto load_step = [&](int t, int slot) {
+        const int s = Tiles::SKIPS ? next_load >> 1 : t, stage = t % STAGES;
+        const int head = step_head(s), m0 = step_tile(s) * BLOCK_M;
         load_tile_async<QTile, THREADS>(sQ_addr + stage * QTile::BYTES,
                                         p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                         seqlen_q - m0, head_dim);
@@ -243,8 +265,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         load_row_values_async<BLOCK_M, THREADS>(sRow_addr + (stage * 2 + 1) * BLOCK_M * 4, p.delta + rows,
                                                 seqlen_q - m0);
         if constexpr (Bias::ON)
-            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p, batch,
-                                                                head, m0, n0, seqlen_q - m0, seqlen_k - n0);
+            if (!Tiles::SKIPS || next_load & 1)
+                Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p,
+                                                                    batch, head, m0, n0, seqlen_q - m0,
+                                                                    seqlen_k - n0);
+        if constexpr (Tiles::SKIPS) {
+            queue.entry[slot] = next_load;
+            next_load = entry_from(s + 1);
+        }
     };
 
     load_tile_async<KVTile, THREADS>(sK_addr, p.k + row_offset(p.k_str, batch, kv_head, seq.k0 + n0), p.k_str.seq,
@@ -253,7 +281,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                      seqlen_k - n0, head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_steps) load_step(t);
+        if (t < n_steps) load_step(t, t);
         cp_async_commit();
     }
 
@@ -265,10 +293,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // step t visible to all warps; every warp is done with the stage refilled below, and
                           // with the previous step's P^T and dS^T
-        if (t + STAGES - 1 < n_steps) load_step(t + STAGES - 1);
+        const int entry = Tiles::SKIPS ? queue.pop() : 1;
+        if (t + STAGES - 1 < n_steps) load_step(t + STAGES - 1, STAGES - 2);
         cp_async_commit();
 
-        const int head = step_head(t), m0 = step_m0(t), stage = t % STAGES;
+        const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
+        const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
@@ -278,8 +308,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         float s[KEY_TILES][WARP_QUERIES / 8][4] = {};
         float dp[KEY_TILES][WARP_QUERIES / 8][4] = {};
         if constexpr (Bias::ON)
-            Bias::template apply<true, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, warp_key0,
-                                                       warp_query0, lane, p);
+            if (entry & 1)
+                Bias::template apply<true, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, warp_key0,
+                                                           warp_query0, lane, p);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(s, sK_addr, warp_key0, sQ_t,
                                                                                   warp_query0, lane);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
@@ -405,8 +436,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     const Mask mask(p, seq);
     const Score score(p, seq, batch, head);
 
+    // Key tiles [first, end) in order; with a boolean mask's tile summary only those holding a visible pair (walked
+    // as in the forward, upwards).
+    using Tiles = typename Bias::Tiles;
+    const Tiles tiles(p, false, batch, head, m_block);
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
-    const int n_tiles = key_tiles.y - key_tiles.x;
+    int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
+    TileQueue<STAGES - 1> queue;
+    if constexpr (Tiles::SKIPS) {
+        n_tiles = tiles.count(key_tiles.x, key_tiles.y);
+        next_load = tiles.entry(tiles.first_visible(key_tiles.x, key_tiles.y), key_tiles.x, key_tiles.y);
+    }
 
     // K/V rows are addressed from per-block base pointers where the registers allow; the 128-row tiles at head dims
     // of 96 and up spill even with the K/V head held across the loop, so those recompute the address (and the
@@ -414,8 +454,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     constexpr bool HOLD_KV_BASE = HEAD_DIM <= 64;
     const u16* k_base = HOLD_KV_BASE ? p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
     const u16* v_base = HOLD_KV_BASE ? p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
-    auto load_kv = [&](int t) {
-        const int n0 = (key_tiles.x + t) * BLOCK_N, stage = t % STAGES;
+    auto load_kv = [&](int t, int slot) {
+        const int tile = Tiles::SKIPS ? next_load >> 1 : key_tiles.x + t;
+        const int n0 = tile * BLOCK_N, stage = t % STAGES;
         const u16* k_rows = HOLD_KV_BASE ? k_base + n0 * p.k_str.seq
                                          : p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0 + n0);
         const u16* v_rows = HOLD_KV_BASE ? v_base + n0 * p.v_str.seq
@@ -425,8 +466,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_rows, p.v_str.seq, seqlen_k - n0,
                                          head_dim);
         if constexpr (Bias::ON)
-            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head, m0,
-                                                                n0, seqlen_q - m0, seqlen_k - n0);
+            if (!Tiles::SKIPS || next_load & 1)
+                Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
+                                                                    m0, n0, seqlen_q - m0, seqlen_k - n0);
+        if constexpr (Tiles::SKIPS) {
+            queue.entry[slot] = next_load;
+            next_load = tiles.entry(tiles.first_visible(tile + 1, key_tiles.y), key_tiles.x, key_tiles.y);
+        }
     };
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                     seqlen_q - m0, head_dim);
@@ -434,7 +480,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                     seqlen_q - m0, head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) load_kv(t);
+        if (t < n_tiles) load_kv(t, t);
         cp_async_commit();
     }
 
@@ -454,17 +500,19 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);
+        const int entry = Tiles::SKIPS ? queue.pop() : 1;
+        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1, STAGES - 2);
         cp_async_commit();
-        const int n0 = (key_tiles.x + t) * BLOCK_N;
+        const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.x + t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES, sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
         // S = bias + Q K^T, dP = dO V^T; logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         float dp[M_TILES][N_TILES][4] = {};
         if constexpr (Bias::ON)
-            Bias::template apply<false, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
-                                                        lane, p);
+            if (entry & 1)
+                Bias::template apply<false, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
+                                                            lane, p);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
         const int query0 = m0 + warp_row0;

@@ -63,27 +63,40 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     const Score score(p, seq, batch, head);
 
     // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
-    // masking on the diagonal come first.
+    // masking on the diagonal come first. A boolean mask's tile summary drops the tiles it hides wholly: step t
+    // then takes the t-th tile holding a visible pair (next_load: the next one to load; queue: loaded ones).
+    using Tiles = typename Bias::Tiles;
+    const Tiles tiles(p, false, batch, head, m_block);
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
-    const int n_tiles = key_tiles.y - key_tiles.x;
+    int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
+    TileQueue<STAGES - 1> queue;
+    if constexpr (Tiles::SKIPS) {
+        n_tiles = tiles.count(key_tiles.x, key_tiles.y);
+        next_load = tiles.entry(tiles.last_visible(key_tiles.y - 1, key_tiles.x), key_tiles.x, key_tiles.y);
+    }
 
-    auto tile_start = [&](int t) { return (key_tiles.y - 1 - t) * BLOCK_N; };
-    auto load_kv = [&](int t) {
-        const int n0 = tile_start(t), stage = t % STAGES;
+    auto load_kv = [&](int t, int slot) {
+        const int tile = Tiles::SKIPS ? next_load >> 1 : key_tiles.y - 1 - t;
+        const int n0 = tile * BLOCK_N, stage = t % STAGES;
         load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * p.k_str.seq, p.k_str.seq,
                                          seqlen_k - n0, p.head_dim);
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq, p.v_str.seq,
                                          seqlen_k - n0, p.head_dim);
         if constexpr (Bias::ON)
-            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head, m0,
-                                                                n0, seq.seqlen_q - m0, seqlen_k - n0);
+            if (!Tiles::SKIPS || next_load & 1)
+                Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
+                                                                    m0, n0, seq.seqlen_q - m0, seqlen_k - n0);
+        if constexpr (Tiles::SKIPS) {
+            queue.entry[slot] = next_load;
+            next_load = tiles.entry(tiles.last_visible(tile - 1, key_tiles.x), key_tiles.x, key_tiles.y);
+        }
     };
 
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                     seq.seqlen_q - m0, p.head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) load_kv(t);
+        if (t < n_tiles) load_kv(t, t);
         cp_async_commit();
     }
 
@@ -94,10 +107,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // tile t visible to all warps; every warp is done with the stage refilled below
-        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);
+        const int entry = Tiles::SKIPS ? queue.pop() : 1;
+        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1, STAGES - 2);
         cp_async_commit();
 
-        const int n0 = tile_start(t);
+        const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES;
         const u32 sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
@@ -105,8 +119,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         float s[M_TILES][N_TILES][4] = {};
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         if constexpr (Bias::ON)
-            Bias::template apply<false, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
-                                                       lane, p);
+            if (entry & 1)
+                Bias::template apply<false, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
+                                                           lane, p);
         apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
         // Padding keys must not enter the softmax sum; nor keys the mask hides.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);

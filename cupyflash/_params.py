@@ -12,11 +12,12 @@ import threading
 import numpy as np
 
 _C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32, "float": np.float32}
-STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias")  # (batch, seq, head) strides
+#: (batch, seq, head) strides
+STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias", "mask_tiles_q", "mask_tiles_k")
 
 #: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
 POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes",
-            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias")
+            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias", "mask_tiles_q", "mask_tiles_k")
 FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "ptr") for name in POINTERS),
     *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),

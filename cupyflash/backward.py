@@ -6,6 +6,7 @@ import math
 
 from . import _kernels, _launch, configs
 from ._bias import readable
+from ._mask import PreparedMask, TileSummary, unwrap
 from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
@@ -50,6 +51,7 @@ class BackwardPlan:
             self.params.set_strides("dbias", self.dbias.strides, 4)
         self.any_staging = any(s.copy for s in self.staging)
         self.trimmed = pd != p.head_dim  # kernel buffers wider than the caller's head dim: copied out at its width
+        self.mask_tiles = ()
         if not self.launches:
             return
         self.lse_contiguous = lse_spec.strides == _launch.contiguous_strides(lse_spec.shape, 4)
@@ -74,6 +76,16 @@ class BackwardPlan:
         self.pre = launch("bwd_preprocess", rows_grid)
         self.main = launch("bwd", (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch), config,
                            atomic_dq)
+        # a boolean mask: tile summaries by key tiles (dK/dV kernel) and by query tiles (dQ kernel)
+        if p.variant.bias == "bool":
+            summarize = launch("mask_tiles", (1,)).function
+            self.mask_tiles = (TileSummary(summarize, p.bias, True, config.block_m, config.block_n, p.seqlen_q,
+                                           p.seqlen_k),)
+            self.params.set(**self.mask_tiles[0].fields("mask_tiles_k"))
+            if not atomic_dq:
+                self.mask_tiles += (TileSummary(summarize, p.bias, False, dq_config.block_m, dq_config.block_n,
+                                                p.seqlen_q, p.seqlen_k),)
+                self.params.set(**self.mask_tiles[1].fields("mask_tiles_q"))
         if kv_splits > 1:  # one warp per (batch, key, K/V head) row
             self.reduce = launch("bwd_reduce_dkdv", (math.ceil(p.batch * p.seqlen_k * p.nheads_k / 4),))
         if atomic_dq:
@@ -86,8 +98,13 @@ class BackwardPlan:
         import cupy
 
         q, k, v, dout, out, lse = arrays
-        if bias is not None:
-            bias = readable(self.problem.bias, bias)
+        tiles = [None, None]  # summaries by key tiles (dK/dV kernel), by query tiles (dQ kernel)
+        if self.mask_tiles:  # bias is the boolean mask, raw or prepared (a raw one's padded copy made once)
+            mask = bias if isinstance(bias, PreparedMask) else PreparedMask(bias)
+            for i, summary in enumerate(self.mask_tiles):
+                bias, tiles[i] = summary.read(mask)
+        elif bias is not None:
+            bias = readable(self.problem.bias, unwrap(bias))
         if self.any_staging:
             q, k, v, dout, out = (s.stage(x) for s, x in zip(self.staging, (q, k, v, dout, out)))
         pd = self.problem.padded_head_dim
@@ -111,7 +128,8 @@ class BackwardPlan:
                                           dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
                                           partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens),
-                                          _launch.ptr(bias), _launch.ptr(dbias)))
+                                          _launch.ptr(bias), _launch.ptr(dbias), _launch.ptr(tiles[1]),
+                                          _launch.ptr(tiles[0])))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
         extra = () if dbias is None else (self.dbias.finish(dbias),)
@@ -296,14 +314,15 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         raise TypeError(f"return_dbias must be a bool; got {return_dbias!r}")
     arrays = (q, k, v, dout, out, lse)
     given = {"dq": dq, "dk": dk, "dv": dv}
-    key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias, mask), softmax_scale, causal, window_size, softcap,
-                    deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias)
+    key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias, unwrap(mask)), softmax_scale, causal, window_size,
+                    softcap, deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias)
     plan = _PLANS.get(key)
     if plan is None:
-        plan, arrays, alibi_slopes, bias, mask, given = _plan(
-            (dout, q, k, v, out, lse), alibi_slopes, bias, mask, given, key, softmax_scale=softmax_scale, causal=causal,
-            window_size=window_size, softcap=softcap, deterministic=deterministic, atomic_dq=atomic_dq,
-            config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias)
+        plan, arrays, alibi_slopes, bias, mask_array, given = _plan(
+            (dout, q, k, v, out, lse), alibi_slopes, bias, unwrap(mask), given, key, softmax_scale=softmax_scale,
+            causal=causal, window_size=window_size, softcap=softcap, deterministic=deterministic,
+            atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias)
+        mask = mask if isinstance(mask, PreparedMask) else mask_array
     return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None),
                       bias if mask is None else mask)
 
@@ -318,6 +337,8 @@ def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, win
     """
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
+    if mask is not None and not isinstance(mask, PreparedMask):
+        mask = PreparedMask(as_cuda_array(mask, "mask"))  # one padded copy, if any, for the forward and backward
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, bias=bias, mask=mask)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)

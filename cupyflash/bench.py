@@ -762,6 +762,99 @@ def _sdpa_with_bias(batch, s, nheads, d, dtype, shape):
     return fwd, bwd
 
 
+# --- --mask -----------------------------------------------------------------------------------------------
+
+MASK_SEQLENS = (1024, 2048, 4096, 8192)
+MASK_BLOCK = 128     # the mask's blocks: larger than every kernel tile, so tiles are wholly hidden or visible
+MASK_BAR = 0.6       # time with half of the mask's blocks empty over the unmasked call's, at most
+MASK_COLUMNS = [
+    ("mask", "mask", str), ("D", "D", str), ("seqlen", "seqlen", str), ("impl", "impl", str),
+    ("fwd ms", "fwd_ms", _num("%.3f")), ("bwd ms", "bwd_ms", _num("%.3f")),
+    ("fwd / plain", "fwd_vs_plain", _num("%.2f")), ("fwd+bwd / plain", "total_vs_plain", _num("%.2f")),
+]
+MASK_NOTE = (f"{TOKENS} tokens, hidden {HIDDEN}, non-causal; mask (B, 1, S, S) bool: 'half blocks' hides a random "
+             f"half of its {MASK_BLOCK}x{MASK_BLOCK} blocks and shows the rest, 'random' hides half of the pairs "
+             "at random (no empty tile), 'all visible' hides none; 'prepared' passes cf.prepare_mask(mask), 'raw' "
+             "the array (its tile summary computed per call); times relative to cupyflash without a mask; SDPA: "
+             "PyTorch's own backend choice with the same boolean attn_mask")
+
+
+def _half_empty_blocks(batch, s, seed=0):
+    import cupy
+
+    blocks = -(-s // MASK_BLOCK)
+    rng = cupy.random.RandomState(seed)
+    keep = rng.permutation(batch * blocks * blocks).reshape(batch, 1, blocks, blocks) % 2 == 0  # exactly half
+    return cupy.repeat(cupy.repeat(keep, MASK_BLOCK, axis=2), MASK_BLOCK, axis=3)[..., :s, :s]
+
+
+def run_mask(args):
+    """(rows, columns, report body) of --mask: boolean masks that skip work, against the unmasked call."""
+    import cupy
+
+    import cupyflash as cf
+
+    rows, bars = [], []
+    for d, s, dtype in itertools.product(args.headdim, MASK_SEQLENS, args.dtype):
+        batch, nheads = TOKENS // s, HIDDEN // d
+        q, k, v = make_inputs(batch, s, nheads, d, dtype)
+        dout = cupy.random.standard_normal(q.shape, dtype=cupy.float32).astype(q.dtype)
+        out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+        plain = (time_fn(lambda: cf.flash_attn_func(q, k, v)),
+                 time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse)))
+        half = _half_empty_blocks(batch, s)
+        dense = cupy.random.RandomState(1).random_sample((batch, 1, s, s), dtype=cupy.float32) < 0.5
+        cases = (("half blocks, prepared", cf.prepare_mask(half)), ("half blocks, raw", half),
+                 ("random, prepared", cf.prepare_mask(dense)),
+                 ("all visible, prepared", cf.prepare_mask(cupy.ones((batch, 1, s, s), bool))))
+        for name, mask in cases:
+            row = {"impl": "cupyflash", "dtype": dtype, "mask": name, "D": d, "seqlen": s, "error": ""}
+            try:
+                out_m, lse_m = cf.flash_attn_func(q, k, v, mask=mask, return_lse=True)
+                row["fwd_ms"] = time_fn(lambda: cf.flash_attn_func(q, k, v, mask=mask))
+                row["bwd_ms"] = time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out_m, lse_m, mask=mask))
+                row["fwd_vs_plain"] = row["fwd_ms"] / plain[0]
+                row["total_vs_plain"] = (row["fwd_ms"] + row["bwd_ms"]) / sum(plain)
+            except Exception as e:
+                row["error"] = _error_text(e)
+            rows.append(row)
+            _print_row(row, MASK_COLUMNS)
+            if name.startswith("half") and row.get("total_vs_plain"):
+                ok = max(row["fwd_vs_plain"], row["total_vs_plain"]) <= MASK_BAR
+                bars.append(f"- {name} D={d} S={s}: fwd {row['fwd_vs_plain']:.2f}x, fwd+bwd "
+                            f"{row['total_vs_plain']:.2f}x plain (bar <= {MASK_BAR}): {'met' if ok else 'missed'}")
+        if any(i in TORCH_BACKENDS for i in args.impls):
+            peer = {"impl": "torch-sdpa", "dtype": dtype, "mask": "half blocks", "D": d, "seqlen": s, "error": ""}
+            try:
+                peer["fwd_ms"], peer["bwd_ms"] = _sdpa_with_bool_mask(q, k, v, half)
+                peer["fwd_vs_plain"] = peer["fwd_ms"] / plain[0]
+                peer["total_vs_plain"] = (peer["fwd_ms"] + peer["bwd_ms"]) / sum(plain)
+            except Exception as e:
+                peer["error"] = _error_text(e)
+            rows.append(peer)
+            _print_row(peer, MASK_COLUMNS)
+        del half, dense, cases
+        free_memory()
+    return rows, MASK_COLUMNS, markdown_table(rows, MASK_COLUMNS) + ["", "bars:"] + bars
+
+
+def _sdpa_with_bool_mask(q, k, v, mask):
+    """(fwd ms, bwd ms) of SDPA on copies of q, k, v with a boolean attn_mask, PyTorch's own backend choice."""
+    import torch
+
+    qt, kt, vt = (torch.from_dlpack(x).clone().transpose(1, 2) for x in (q, k, v))
+    m = torch.from_dlpack(mask)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.no_grad():
+        fwd = time_fn(lambda: sdpa(qt, kt, vt, attn_mask=m), lib="torch")
+    for x in (qt, kt, vt):
+        x.requires_grad_()
+    out = sdpa(qt, kt, vt, attn_mask=m)
+    dout = torch.randn_like(out)
+    bwd = time_fn(lambda: torch.autograd.grad(out, (qt, kt, vt), dout, retain_graph=True), lib="torch")
+    return fwd, bwd
+
+
 # --- default mode -----------------------------------------------------------------------------------------
 
 def run_default(args):
@@ -809,6 +902,10 @@ def build_parser():
                       help="additive bias (pair and key shapes, seqlen 1k-8k), forward and backward, beside "
                            "plain cupyflash and SDPA with the bias as attn_mask; uses --headdim, --dtype (default "
                            "bfloat16), --impls (any torch impl: SDPA runs)")
+    mode.add_argument("--mask", action="store_true",
+                      help="boolean masks with half of their blocks empty (prepared and raw) and dense random "
+                           "masks, forward and backward, against the unmasked call (seqlen 1k-8k); uses "
+                           "--headdim, --dtype (default bfloat16), --impls (any torch impl: SDPA runs)")
     p.add_argument("--headdim", type=int, nargs="+", default=[64, 128], help="default mode and --variants")
     p.add_argument("--seqlen", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
                    help="default mode only")
@@ -830,7 +927,7 @@ def parse_args(argv=None):
     if args.quick:
         args.headdim, args.seqlen = [128], [2048, 8192]
     if args.dtype is None:
-        args.dtype = (["bfloat16"] if args.variants or args.overhead or args.varlen or args.bias
+        args.dtype = (["bfloat16"] if args.variants or args.overhead or args.varlen or args.bias or args.mask
                       else ["float16", "bfloat16"])
     args.causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     if args.no_bwd:  # the bwd-only rows would be empty
@@ -863,12 +960,12 @@ def _check_support(args):
 def main(argv=None):
     args = parse_args(argv)
     note = (OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else VARLEN_NOTE if args.varlen
-            else BIAS_NOTE if args.bias else FLOP_NOTE)
+            else BIAS_NOTE if args.bias else MASK_NOTE if args.mask else FLOP_NOTE)
     head = header_lines(note)
     print("\n".join(head), flush=True)
     _check_support(args)
     run = (run_overhead if args.overhead else run_variants if args.variants else run_varlen if args.varlen
-           else run_bias if args.bias else run_default)
+           else run_bias if args.bias else run_mask if args.mask else run_default)
     rows, columns, body = run(args)
     report = head + [""] + body
     print("\n" + "\n".join(report), flush=True)

@@ -54,26 +54,28 @@ class TileConfig:
 @dataclass(frozen=True)
 class When:
     """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``,
-    ``bias=False``, ``dbias=False``) entries are skipped when that score modifier (packed variable-length rows, an
-    additive bias, its gradient) is on, ``heavy=False`` ones when all three of softcap, ALiBi and a bias are,
-    because their extra live values would spill at that tile (the CPU compile check compiles every combination on
-    every tile that allows it)."""
+    ``bias=False``, ``mask=False``, ``dbias=False``) entries are skipped when that score modifier (packed
+    variable-length rows, an additive bias or a boolean mask, a boolean mask, the bias's gradient) is on,
+    ``heavy=False`` ones when softcap, ALiBi and a bias or mask all are, because their extra live values would
+    spill at that tile or their tiles would not fit (the CPU compile check compiles every combination on every
+    tile that allows it)."""
 
     config: TileConfig
     softcap: bool = True
     alibi: bool = True
     packed: bool = True
     bias: bool = True
+    mask: bool = True
     heavy: bool = True
     dbias: bool = True
 
     def allows(self, variant: Variant | None) -> bool:
         if variant is None:
             return True
-        biased = variant.bias != "none"
+        biased, masked = variant.bias != "none", variant.bias == "bool"  # a mask is read as a bias too
         return ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
                 and (self.packed or variant.rows != "packed") and (self.bias or not biased)
-                and (self.heavy or not (variant.softcap and variant.alibi and biased))
+                and (self.mask or not masked) and (self.heavy or not (variant.softcap and variant.alibi and biased))
                 and (self.dbias or not variant.dbias))
 
 
@@ -156,8 +158,9 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), softcap=False, bias=False),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     ("mma_sm80", 96): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
-    # Packed rows, and softcap with ALiBi and a bias, spill at 128x32 here (compile check): they run 64x64.
-    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), packed=False, heavy=False),
+    # Packed rows, boolean masks, and softcap with ALiBi and a bias, spill at 128x32 here (compile check): they run
+    # 64x64.
+    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), packed=False, mask=False, heavy=False),
                         _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
     **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from .problem import Variant
 
 KINDS = ("fwd", "bwd", "bwd_dq")  # forward; backward dK/dV (+ atomic dQ); backward deterministic dQ
-HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows")  # one warp per row, no tiles
+#: Kernels without tiles: one warp per row, and a boolean mask's tile summary.
+HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows", "mask_tiles")
 
 _ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
@@ -43,7 +44,7 @@ class Mma80Family:
     min_cc: int = 80
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
                "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu", "bwd_reduce_dkdv": "flash_bwd.cu",
-               "copy_rows": "staging.cu"}
+               "copy_rows": "staging.cu", "mask_tiles": "mask_tiles.cu"}
     # -ftz=true: CuPy adds it at run time; the CPU compile check must see the same options.
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
 
@@ -69,7 +70,7 @@ class Mma80Family:
     def kernel_name(self, kind: str, config, kernel_hdim: int, variant: Variant, atomic_dq: bool = False) -> str:
         elem = _ELEM_TAG[variant.dtype]
         rows = _ROWS_TYPE[variant.rows]
-        if kind == "copy_rows":
+        if kind in ("copy_rows", "mask_tiles"):  # no row layout
             return f"cf::flash_{kind}_kernel<{elem}>"
         if kind in HELPER_KINDS:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"

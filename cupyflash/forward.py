@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from . import _kernels, _launch
 from ._bias import readable
+from ._mask import PreparedMask, TileSummary, unwrap
 from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
@@ -44,12 +45,23 @@ class ForwardPlan:
             self.kernel = Launch(_kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device),
                                  problem.device, _launch.query_grid(problem, config.block_m), config.warps * 32,
                                  family.smem_bytes("fwd", config, kd, problem.variant), self.params)
+        # a boolean mask: its tile summary by query tiles, from which the kernel skips tiles it hides wholly
+        self.mask_tiles = None
+        if self.launches and problem.variant.bias == "bool":
+            self.mask_tiles = TileSummary(_kernels.get_function(family, "mask_tiles", None, 0, problem.variant,
+                                                                problem.device),
+                                          problem.bias, False, config.block_m, config.block_n, problem.seqlen_q,
+                                          problem.seqlen_k)
+            self.params.set(**self.mask_tiles.fields("mask_tiles_q"))
 
     def run(self, q, k, v, alibi_slopes, cu_seqlens=(None, None), bias=None):
         import cupy
 
-        if bias is not None:
-            bias = readable(self.problem.bias, bias)
+        tiles = None
+        if self.mask_tiles is not None:  # bias is the boolean mask, raw or prepared
+            bias, tiles = self.mask_tiles.read(bias)
+        elif bias is not None:
+            bias = readable(self.problem.bias, unwrap(bias))
         if self.any_staging:
             q, k, v = (s.stage(x) for s, x in zip(self.staging, (q, k, v)))
         out = empty(self.kernel_out_shape, q.dtype)
@@ -59,7 +71,7 @@ class ForwardPlan:
             with params.lock:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
-                                     _launch.ptr(bias), 0))
+                                     _launch.ptr(bias), 0, _launch.ptr(tiles), 0))
                 self.kernel(current_stream_ptr())
         if self.padded:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))
@@ -90,13 +102,15 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
 def _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap, config):
     """(plan, (q, k, v, alibi_slopes, bias, mask)): the cached plan of a call like this one, or a new one after
     validation (which also turns DLPack inputs into CuPy arrays)."""
-    key = _call_key((q, k, v), (alibi_slopes, bias, mask), dropout_p, softmax_scale, causal, window_size, softcap,
-                    config)
+    key = _call_key((q, k, v), (alibi_slopes, bias, unwrap(mask)), dropout_p, softmax_scale, causal, window_size,
+                    softcap, config)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan, (q, k, v, alibi_slopes, bias, mask)
-    return _plan(q, k, v, alibi_slopes, bias, mask, key, dropout_p=dropout_p, softmax_scale=softmax_scale,
-                 causal=causal, window_size=window_size, softcap=softcap, config=config)
+    plan, (q, k, v, alibi_slopes, bias, mask_array) = _plan(
+        q, k, v, alibi_slopes, bias, unwrap(mask), key, dropout_p=dropout_p, softmax_scale=softmax_scale,
+        causal=causal, window_size=window_size, softcap=softcap, config=config)
+    return plan, (q, k, v, alibi_slopes, bias, mask if isinstance(mask, PreparedMask) else mask_array)
 
 
 def _call_key(arrays, optional, *scalars):
@@ -155,9 +169,11 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
             whose rows are not whole 16-byte chunks (seqlen_k not a multiple of 8, or 4 for float32) or whose keys
             are not contiguous is copied once per call into a padded contiguous array of its own (unbroadcast)
             shape.
-        mask: boolean mask, True = may attend (SDPA's convention), broadcastable like ``bias`` (any strides); read
-            tile by tile as a 0 / -inf bias. Not together with ``bias`` yet. Rows with no visible key: output 0,
-            lse -inf.
+        mask: boolean mask, True = may attend (SDPA's convention), broadcastable like ``bias`` (any strides), or
+            a :func:`prepare_mask` of one. A summary of its tiles (computed on the GPU, one read of the mask; once
+            per tile shape for a prepared mask) lets the kernels skip the tiles it hides wholly and read it only in
+            tiles it cuts: time follows the visible tiles. Not together with ``bias`` yet. Rows with no visible
+            key: output 0, lse -inf.
 
     A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 
@@ -171,7 +187,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None),
                           bias if mask is None else mask)
     if return_attn_probs:
-        return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes, bias, mask)
+        return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes, bias, unwrap(mask))
     return (out, lse) if return_lse else out
 
 

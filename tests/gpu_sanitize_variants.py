@@ -73,10 +73,14 @@ for kd in head_dims:
             for softcap in (0.0, 20.0):
                 run(d, dtype, 203, n, dict(causal=causal, softcap=softcap, bias=bias))
                 count += 3
-        # boolean masks: a pair mask with hidden rows, a key-padding mask whose rows need padding (a per-call copy)
-        for shape in ((1, 2, 203, 190), (1, 1, 1, 189)):
-            mask = cupy.asarray(rng.random(shape) < 0.7)
-            run(d, dtype, 203, shape[-1], dict(causal=causal, softcap=20.0, mask=mask))
+        # boolean masks: a pair mask with hidden rows, a key-padding mask whose rows need padding (a per-call copy),
+        # and a prepared block mask (32 x 32 blocks hidden, shown or random: skipped, unmasked and masked tiles)
+        blocks = rng.integers(0, 3, (1, 2, 7, 6)).repeat(32, axis=2).repeat(32, axis=3)[..., :203, :190]
+        block_mask = np.where(blocks == 0, False, np.where(blocks == 1, True, rng.random(blocks.shape) < 0.5))
+        for host, prepare in ((rng.random((1, 2, 203, 190)) < 0.7, False), (rng.random((1, 1, 1, 189)) < 0.7, False),
+                              (block_mask, True)):
+            mask = cf.prepare_mask(cupy.asarray(host)) if prepare else cupy.asarray(host)
+            run(d, dtype, 203, host.shape[-1], dict(causal=causal, softcap=20.0, mask=mask))
             count += 3
         # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier
         lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]

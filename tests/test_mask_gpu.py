@@ -11,6 +11,7 @@ from conftest import requires_gpu
 from gpu_helpers import check_against_reference, check_grads_against_reference, make_problem, to_float64
 
 import cupyflash as cf
+from cupyflash.problem import Variant
 
 pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
@@ -18,12 +19,18 @@ DTYPES = ["float16", "bfloat16"]
 LAYOUTS = ["contiguous", "broadcast_view", "squeezed", "strided_keys", "unaligned"]
 
 
-def make_mask(rng, full, broadcast, layout, density):
-    """A device bool mask broadcastable to ``full`` (flagged dims are 1), True with probability ``density``."""
+def make_mask(rng, full, broadcast, layout, density, blocks=None):
+    """A device bool mask broadcastable to ``full`` (flagged dims are 1), True with probability ``density``; with
+    ``blocks``, made of blocks x blocks squares each wholly hidden, wholly visible or random (so that kernel tiles
+    of every kind, skipped, unmasked and masked, occur)."""
     import cupy
 
     dims = tuple(1 if b else n for n, b in zip(full, broadcast))
     host = rng.random(dims) < density
+    if blocks:
+        kinds = rng.integers(0, 3, dims[:2] + tuple(-(-n // blocks) for n in dims[2:]))
+        kinds = kinds.repeat(blocks, axis=2).repeat(blocks, axis=3)[..., :dims[2], :dims[3]]
+        host = np.where(kinds == 0, False, np.where(kinds == 1, True, host))
     ref = cupy.asarray(host)
     if layout == "contiguous":
         dev = cupy.asarray(host)
@@ -44,11 +51,13 @@ def make_mask(rng, full, broadcast, layout, density):
 
 
 def run_mask(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, broadcast, layout, density,
-             causal=False, mode=None, **variant):
+             causal=False, mode=None, blocks=None, prepared=False, **variant):
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
                                                             head_dim, dtype)
     mask, ref = make_mask(np.random.default_rng(seed + 1), (batch, nheads, seqlen_q, seqlen_k), broadcast, layout,
-                          density)
+                          density, blocks)
+    if prepared:
+        mask = cf.prepare_mask(mask)
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, mask=mask, **variant)
     scale = 1 / math.sqrt(head_dim)
     check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, mask=ref, **variant)
@@ -70,17 +79,102 @@ sides = st.one_of(st.just(-1), st.integers(0, 40))
        broadcast=st.tuples(*[st.booleans()] * 4), layout=st.sampled_from(LAYOUTS), causal=st.booleans(),
        window=st.tuples(sides, sides), softcap=st.sampled_from([0.0, 0.0, 15.0]),
        density=st.sampled_from([0.05, 0.5, 0.95, 1.0]), mode=st.sampled_from([None, "default", "deterministic",
-                                                                                "atomic"]))
+                                                                                "atomic"]),
+       blocks=st.sampled_from([None, 16, 32, 64, 128]), prepared=st.booleans())
 def test_mask_matches_float64(seed, batch, seqlen_q, seqlen_k, nheads_k, group, head_dim, dtype, broadcast, layout,
-                              causal, window, softcap, density, mode):
+                              causal, window, softcap, density, mode, blocks, prepared):
     run_mask(seed, batch, seqlen_q, seqlen_k, nheads_k * group, nheads_k, head_dim, dtype, broadcast, layout,
-             density, causal, mode, window_size=window, softcap=softcap)
+             density, causal, mode, blocks, prepared, window_size=window, softcap=softcap)
 
 
 @pytest.mark.parametrize("broadcast", [(False,) * 4, (False, True, True, False)], ids=["full", "key_padding"])
 @pytest.mark.parametrize("mode", ["default", "deterministic"])
-def test_long_sequences(broadcast, mode):
-    run_mask(7, 2, 1025, 1100, 4, 2, 128, "bfloat16", broadcast, "contiguous", 0.5, causal=True, mode=mode)
+@pytest.mark.parametrize("blocks", [None, 128], ids=["random", "blocks"])
+def test_long_sequences(broadcast, mode, blocks):
+    run_mask(7, 2, 1025, 1100, 4, 2, 128, "bfloat16", broadcast, "contiguous", 0.5, causal=True, mode=mode,
+             blocks=blocks)
+
+
+def reference_tiles(host, by_key, block_rows, block_cols, col_tiles):
+    """(any visible, all visible) per (batch, head, row tile, column tile) of a NumPy mask of its own dims (1 where
+    broadcast); a mask with one column stands for every column tile."""
+    m = np.swapaxes(host, 2, 3) if by_key else host
+    rows, cols = m.shape[2:]
+    row_tiles = -(-rows // block_rows)
+    out = np.zeros(m.shape[:2] + (row_tiles, col_tiles, 2), bool)
+    for r in range(row_tiles):
+        for c in range(col_tiles if cols > 1 else 1):
+            block = m[:, :, r * block_rows:(r + 1) * block_rows, c * block_cols:(c + 1) * block_cols]
+            out[:, :, r, c] = np.stack([block.any(axis=(2, 3)), block.all(axis=(2, 3))], -1)
+    if cols == 1:
+        out[:, :, :, 1:] = out[:, :, :, :1]
+    return out
+
+
+def decode_tiles(words, col_tiles):
+    """The summary's bits as a (batch, heads, row tiles, col_tiles, 2) bool array."""
+    bits = (words.get()[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # (b, h, r, word, 2, bit)
+    bits = np.moveaxis(bits, 4, -1).reshape(words.shape[:3] + (-1, 2))
+    return bits[:, :, :, :col_tiles].astype(bool)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), batch=st.integers(1, 3), nheads=st.integers(1, 3), seqlen_q=seqlens,
+       seqlen_k=st.one_of(seqlens, st.sampled_from([2100, 4200])), broadcast=st.tuples(*[st.booleans()] * 4),
+       layout=st.sampled_from(LAYOUTS), density=st.sampled_from([0.0, 0.01, 0.5, 1.0]),
+       blocks=st.sampled_from([None, 16, 48, 64]), by_key=st.booleans(),
+       block_m=st.sampled_from([16, 32, 64, 128]), block_n=st.sampled_from([16, 32, 64, 128]))
+def test_tile_summary_matches_numpy(seed, batch, nheads, seqlen_q, seqlen_k, broadcast, layout, density, blocks,
+                                    by_key, block_m, block_n):
+    """The summary kernel against NumPy, for every broadcast pattern and layout, both orientations, summary rows of
+    more than one word (2100 and 4200 keys), and the padded copy of unaligned masks."""
+    from cupyflash import _kernels, _mask
+    from cupyflash.families import MMA_SM80
+    from cupyflash.forward import plan_for
+
+    (q, k, v, _), _ = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads, 8, "float16")
+    full = (batch, nheads, seqlen_q, seqlen_k)
+    mask, ref = make_mask(np.random.default_rng(seed), full, broadcast, layout, density, blocks)
+    layout_ = plan_for(q, k, v, mask=mask).problem.bias
+    kernel = _kernels.get_function(MMA_SM80, "mask_tiles", None, 0, Variant("float16"), 0)
+    summary = _mask.TileSummary(kernel, layout_, by_key, block_m, block_n, seqlen_q, seqlen_k)
+    _, words = summary.read(mask)
+    col_tiles = -(-(seqlen_q if by_key else seqlen_k) // (block_m if by_key else block_n))
+    block_rows, block_cols = (block_n, block_m) if by_key else (block_m, block_n)
+    own = ref.get().reshape(layout_.dims)
+    np.testing.assert_array_equal(decode_tiles(words, col_tiles),
+                                  reference_tiles(own, by_key, block_rows, block_cols, col_tiles))
+    assert not (words.get()[..., 1] & ~words.get()[..., 0]).any(), "all visible without any visible"
+
+
+@pytest.mark.parametrize("mode", ["default", "deterministic", "atomic"])
+def test_prepared_mask_gives_the_raw_masks_results_bit_for_bit(mode):
+    import cupy
+
+    (q, k, v, dout), _ = make_problem(11, 2, 300, 333, 4, 2, 64, "bfloat16")
+    raw, _ = make_mask(np.random.default_rng(5), (2, 4, 300, 333), (False, True, False, False), "unaligned", 0.5,
+                       blocks=32)
+    prepared = cf.prepare_mask(raw)
+    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    results = []
+    for mask in (raw, prepared, prepared):  # the second prepared call reads the cached summaries
+        out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, mask=mask)
+        grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True, mask=mask, **kw)
+        results.append([x.copy() for x in (out, lse, *grads)])
+    cached = dict(prepared._cache)
+    cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True, mask=prepared, **kw)
+    assert prepared._cache.keys() == cached.keys() and all(prepared._cache[key] is x for key, x in cached.items()), \
+        "a prepared mask's summaries are computed once per tile shape"
+
+    def same_bits(xs, ys):
+        return all(bool(cupy.array_equal(x.view(cupy.uint8), y.view(cupy.uint8))) for x, y in zip(xs, ys))
+
+    if mode == "atomic":  # dQ's atomics add in a varying order: dq is compared within bounds elsewhere
+        results = [r[:2] + r[3:] for r in results]
+    assert all(same_bits(results[0], other) for other in results[1:])
+    if mode == "default":  # the VJP: flash_attn_func and flash_attn_backward with the mask it prepares itself
+        out, vjp = cf.flash_attn_vjp(q, k, v, causal=True, mask=raw)
+        assert same_bits([results[0][0], *results[0][2:]], [out, *vjp(dout)])
 
 
 def test_fully_hidden_rows_and_heads():

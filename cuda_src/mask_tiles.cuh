@@ -1,0 +1,83 @@
+// Which tiles of a block's range a kernel visits. Without a tile summary, every one (AllTiles: the kernels compile
+// as before). With a boolean mask, its tile summary (built by flash_mask_tiles_kernel, mask_tiles.cu) drops the
+// tiles whose pairs are all hidden (no loads, no math) and marks those whose pairs are all visible, which skip
+// reading the mask.
+//
+// Summary layout: for each (batch, head, row tile) of the kernel's tiling, a row of uint2 words; bit i of word w
+// describes column tile 32 w + i: .x some pair of it is visible, .y every pair is. Rows are the tiles a block owns
+// (query tiles for the forward and dQ kernels, key tiles for dK/dV: BY_KEY), columns the tiles it walks. Strides
+// are in words, 0 along the mask's broadcast dims.
+#pragma once
+#include "params.cuh"
+
+namespace cf {
+
+struct AllTiles {
+    static constexpr bool SKIPS = false;
+    __device__ __forceinline__ AllTiles(const AttnParams&, bool, int, int, int) {}
+    __device__ __forceinline__ bool partial(int) const { return true; }  // the policies mask every tile
+    __device__ __forceinline__ int last_visible(int tile, int) const { return tile; }
+    __device__ __forceinline__ int first_visible(int tile, int) const { return tile; }
+    __device__ __forceinline__ int count(int first, int end) const { return end - first; }
+};
+
+struct SummarizedTiles {
+    static constexpr bool SKIPS = true;
+    const uint2* words;
+
+    __device__ __forceinline__ SummarizedTiles(const AttnParams& p, bool by_key, int batch, int head, int row_tile) {
+        const Strides& s = by_key ? p.mask_tiles_k_str : p.mask_tiles_q_str;
+        words = (by_key ? p.mask_tiles_k : p.mask_tiles_q) + batch * s.batch + head * s.head + row_tile * s.seq;
+    }
+    __device__ __forceinline__ bool partial(int tile) const { return !(__ldg(&words[tile / 32].y) >> tile % 32 & 1); }
+    // A queue entry (TileQueue) for tile, or -1 outside [first, end) (the walk's end).
+    __device__ __forceinline__ int entry(int tile, int first, int end) const {
+        return tile < first || tile >= end ? -1 : 2 * tile + partial(tile);
+    }
+
+    // The highest tile in [first, tile] holding a visible pair, or first - 1.
+    __device__ __forceinline__ int last_visible(int tile, int first) const {
+        while (tile >= first) {
+            const u32 bits = __ldg(&words[tile / 32].x) & (0xffffffffu >> (31 - tile % 32));
+            if (bits) return max(tile / 32 * 32 + 31 - __clz(bits), first - 1);
+            tile = tile / 32 * 32 - 1;
+        }
+        return first - 1;
+    }
+    // The lowest tile in [tile, end) holding a visible pair, or end.
+    __device__ __forceinline__ int first_visible(int tile, int end) const {
+        while (tile < end) {
+            const u32 bits = __ldg(&words[tile / 32].x) & (0xffffffffu << tile % 32);
+            if (bits) return min(tile / 32 * 32 + __ffs(bits) - 1, end);
+            tile = tile / 32 * 32 + 32;
+        }
+        return end;
+    }
+    // How many tiles of [first, end) hold a visible pair.
+    __device__ __forceinline__ int count(int first, int end) const {
+        int n = 0;
+        for (int w = first / 32; w * 32 < end; ++w) {
+            u32 bits = __ldg(&words[w].x);
+            if (w == first / 32) bits &= 0xffffffffu << first % 32;
+            if (end - w * 32 < 32) bits &= (1u << (end - w * 32)) - 1;
+            n += __popc(bits);
+        }
+        return n;
+    }
+};
+
+// Tiles loaded and not yet computed, oldest first, as 2 * tile + partial: the math takes each one from here,
+// STAGES - 1 steps after its load, instead of walking the summary a second time. The loads' walk computes the next
+// entry right after issuing a tile's copies, so its latency overlaps the step's math.
+template <int N>
+struct TileQueue {
+    int entry[N];
+    __device__ __forceinline__ int pop() {
+        const int front = entry[0];
+        #pragma unroll
+        for (int i = 0; i + 1 < N; ++i) entry[i] = entry[i + 1];
+        return front;
+    }
+};
+
+}  // namespace cf

@@ -1,0 +1,104 @@
+"""Boolean masks: the tile summaries that let the kernels skip work (cuda_src/mask_tiles.cu, mask_tiles.cuh), and
+``prepare_mask``, which keeps them with the mask for calls that reuse it."""
+from __future__ import annotations
+
+import math
+
+from ._bias import readable
+from .problem import BiasLayout
+
+
+class PreparedMask:
+    """A boolean mask with its tile summaries, for masks reused across calls (every layer, every step).
+
+    Pass it as ``mask=`` wherever a boolean mask is accepted. The summary of each tile shape a kernel uses is
+    computed on the GPU at its first use and kept here, so later calls pay nothing for it. The mask's contents
+    must not change afterwards: prepare it again if they do.
+    """
+
+    __slots__ = ("mask", "_cache")
+
+    def __init__(self, mask):
+        self.mask = mask
+        self._cache = {}  # (what, ...) -> device array: summaries, and the readable copy of the mask if it needs one
+
+    @property
+    def shape(self):
+        return self.mask.shape
+
+    def __repr__(self):
+        return f"PreparedMask(shape={self.mask.shape}, summaries={sum(k[0] == 'tiles' for k in self._cache)})"
+
+
+def prepare_mask(mask) -> PreparedMask:
+    """Wrap a boolean mask (any CUDA array; True = may attend) so that the calls given it compute its tile summary
+    once per kernel tile shape instead of once per call. Shape rules are checked at each call, as for a raw mask.
+    """
+    from ._validate import as_cuda_array
+
+    if isinstance(mask, PreparedMask):
+        return mask
+    mask = as_cuda_array(mask, "mask")
+    if mask.dtype != bool:
+        raise TypeError(f"mask must be bool (True = may attend); got {mask.dtype}")
+    if mask.ndim > 4:
+        raise ValueError(f"mask must have at most 4 dimensions; got shape {mask.shape}")
+    return PreparedMask(mask)
+
+
+def unwrap(mask):
+    """The array of a mask given raw or prepared (None stays None)."""
+    return mask.mask if isinstance(mask, PreparedMask) else mask
+
+
+class TileSummary:
+    """One kernel's summary of the call's mask: rows are the tiles a block owns, columns the tiles it walks
+    (``by_key``: rows are key tiles, the dK/dV kernel). Static per plan; ``read`` gives the arrays of a call."""
+
+    def __init__(self, kernel, layout: BiasLayout, by_key: bool, block_m: int, block_n: int, seqlen_q: int,
+                 seqlen_k: int):
+        self.kernel, self.layout = kernel, layout
+        batch, heads, queries, keys = layout.dims
+        s_batch, s_head, s_query, s_key = layout.strides  # bytes: bools are one byte
+        if by_key:
+            rows, cols, row_stride, col_stride = keys, queries, s_key, s_query
+            block_rows, block_cols, col_tiles = block_n, block_m, math.ceil(seqlen_q / block_m)
+        else:
+            rows, cols, row_stride, col_stride = queries, keys, s_query, s_key
+            block_rows, block_cols, col_tiles = block_m, block_n, math.ceil(seqlen_k / block_n)
+        row_tiles, words = math.ceil(rows / block_rows), math.ceil(col_tiles / 32)
+        self.shape = (batch, heads, row_tiles, words, 2)  # uint32: (any visible, all visible) bit words
+        self.grid = (math.ceil(cols / block_cols) * heads, row_tiles, batch)
+        self.args = (s_batch, s_head, row_stride, col_stride, rows, cols, block_rows, block_cols, col_tiles, words)
+        self.key = ("tiles", by_key, block_rows, block_cols, col_tiles, layout)
+        # uint2 strides for the params, 0 along dims the mask broadcasts
+        self.strides = (heads * row_tiles * words if batch > 1 else 0, words if row_tiles > 1 else 0,
+                        row_tiles * words if heads > 1 else 0)  # (batch, row tile, head)
+
+    def fields(self, name: str) -> dict:
+        return {f"{name}_str_{axis}": s for axis, s in zip(("batch", "seq", "head"), self.strides)}
+
+    def read(self, mask):
+        """(the mask array the kernels read, its summary) for a raw or prepared mask."""
+        if not isinstance(mask, PreparedMask):
+            data = readable(self.layout, mask)
+            return data, self._compute(data)
+        cache = mask._cache
+        data_key = ("data", self.layout)
+        data = cache.get(data_key)
+        if data is None:
+            data = cache[data_key] = readable(self.layout, mask.mask)
+        tiles = cache.get(self.key)
+        if tiles is None:
+            tiles = cache[self.key] = self._compute(data)
+        return data, tiles
+
+    def _compute(self, data):
+        import cupy
+        import numpy as np
+
+        words = cupy.zeros(self.shape, cupy.uint32)
+        s_batch, s_head, row_stride, col_stride, *counts = self.args
+        self.kernel(self.grid, (256,), (data, words, *map(np.int64, (s_batch, s_head, row_stride, col_stride)),
+                                        *map(np.int32, counts)))
+        return words

@@ -1,0 +1,58 @@
+"""Boolean masks on the CPU: the tile summary's layout (shape, strides, launch), prepare_mask's checks."""
+import numpy as np
+import pytest
+
+from cupyflash import _mask
+from cupyflash.problem import BiasLayout
+
+
+def layout(dims, strides):
+    return BiasLayout("bool", 1, dims, strides, given=dims)
+
+
+def test_summary_by_query_tiles_of_a_full_mask():
+    s = _mask.TileSummary(None, layout((2, 3, 100, 1000), (300000, 100000, 1000, 1)), False, 64, 32, 100, 1000)
+    col_tiles = 32  # ceil(1000 / 32): one word per row
+    assert s.shape == (2, 3, 2, 1, 2)
+    assert s.grid == (col_tiles * 3, 2, 2)
+    assert s.args == (300000, 100000, 1000, 1, 100, 1000, 64, 32, col_tiles, 1)
+    assert s.strides == (3 * 2 * 1, 1, 2 * 1)  # (batch, row tile, head) in words
+    assert s.fields("mask_tiles_q") == {"mask_tiles_q_str_batch": 6, "mask_tiles_q_str_seq": 1,
+                                        "mask_tiles_q_str_head": 2}
+
+
+def test_summary_by_key_tiles_swaps_rows_and_columns():
+    s = _mask.TileSummary(None, layout((1, 1, 3000, 5000), (0, 0, 5000, 1)), True, 128, 64, 3000, 5000)
+    key_tiles, query_tiles = 79, 24  # rows: ceil(5000 / 64); columns: ceil(3000 / 128)
+    assert s.shape == (1, 1, key_tiles, 1, 2)
+    assert s.args == (0, 0, 1, 5000, 5000, 3000, 64, 128, query_tiles, 1)
+    assert s.grid == (query_tiles, key_tiles, 1)
+    assert s.strides == (0, 1, 0)  # broadcast batch and heads read at stride 0
+
+
+def test_summary_of_a_key_padding_mask_broadcast_over_queries():
+    # (B, 1, 1, Sk): by query tiles one shared row of 3 words; by key tiles one column that stands for all 40
+    by_query = _mask.TileSummary(None, layout((4, 1, 1, 4100), (4100, 0, 0, 1)), False, 128, 64, 5000, 4100)
+    assert by_query.shape == (4, 1, 1, 3, 2) and by_query.strides == (3, 0, 0)
+    assert by_query.grid == (65, 1, 4)
+    by_key = _mask.TileSummary(None, layout((4, 1, 1, 4100), (4100, 0, 0, 1)), True, 128, 64, 5000, 4100)
+    assert by_key.shape == (4, 1, 65, 2, 2) and by_key.strides == (130, 2, 0)
+    assert by_key.grid == (1, 65, 4) and by_key.args[-2:] == (40, 2)
+
+
+def test_summary_keys_depend_on_tile_shape_and_orientation():
+    lay = layout((1, 1, 64, 64), (0, 0, 64, 1))
+    keys = {_mask.TileSummary(None, lay, by_key, m, n, 64, 64).key
+            for by_key in (False, True) for m, n in ((64, 32), (32, 64), (64, 64))}
+    assert len(keys) == 6
+
+
+def test_prepare_mask_needs_a_cuda_array():
+    with pytest.raises(TypeError, match="mask must be a CUDA array"):
+        _mask.prepare_mask(np.ones((4, 4), bool))
+
+
+def test_unwrap():
+    raw = object()
+    assert _mask.unwrap(raw) is raw and _mask.unwrap(None) is None
+    assert _mask.unwrap(_mask.PreparedMask(raw)) is raw

@@ -99,6 +99,19 @@ struct TileBias {
     template <int ROWS, int COLS>
     __host__ __device__ static constexpr int tile_bytes() { return ROWS * stride<COLS>() * BYTES; }
 
+    // The walk entry of the tile loaded into a pipeline stage (mask_tiles.cuh), kept with the tile in the padding
+    // of its first row, which no copy writes and no fragment reads: the math reads it back a step or two later
+    // instead of holding it in registers, which the kernels lack. Thread 0 writes; the pipeline's __syncthreads
+    // orders it before the reads.
+    template <int COLS>
+    static __device__ __forceinline__ void stash_entry(u32 tile, int entry) {
+        if (threadIdx.x == 0) asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(tile + COLS * BYTES), "r"(entry));
+    }
+    template <int COLS>
+    static __device__ __forceinline__ int stashed_entry(u32 tile) {
+        return static_cast<int>(lds_u32(tile + COLS * BYTES));
+    }
+
     // Queries [q0, q0 + ROWS) x keys [k0, k0 + COLS) of (batch, head) into the tile at smem; queries >= rows_valid
     // and keys >= cols_valid read as 0 (padding: masked or never stored). A bias broadcast over queries fills row
     // 0 only, which every query reads (apply): ROWS copies of one row would put every block of the grid on the

@@ -220,7 +220,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // Steps walk the query tiles that see these keys, for each query head of this block's split in turn: dense step
     // s is query head blockIdx.y * heads_per_split + s / m_steps, query tile first + s % m_steps. Step t is dense
     // step t, or with a boolean mask's tile summary the t-th dense step whose tile holds a visible pair
-    // (next_load: the next one to load, as a TileQueue entry; queue: loaded ones).
+    // (next_load: the entry of the next one to load, 2 * dense step + partial).
     const int2 query_tiles = mask.template query_tiles<BLOCK_M, BLOCK_N>(n0, seqlen_q);
     const int m_steps = query_tiles.y - query_tiles.x;
     const int dense_steps = m_steps * p.heads_per_split;
@@ -242,17 +242,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         }
         return -1;
     };
-    int n_steps = dense_steps, next_load = 0;
-    TileQueue<STAGES - 1> queue;
+    int n_steps = dense_steps;
     if constexpr (Tiles::SKIPS) {
         n_steps = 0;
         for (int h = 0; h < p.heads_per_split; ++h)
             n_steps += tiles_of(blockIdx.y * p.heads_per_split + h).count(query_tiles.x, query_tiles.y);
-        next_load = entry_from(0);
     }
 
-    auto load_step = [&](int t, int slot) {
-        const int s = Tiles::SKIPS ? next_load >> 1 : t, stage = t % STAGES;
+    // entry: step t's walk entry (Tiles::SKIPS). The loop finds it from the entry stashed with the step loaded
+    // before, rather than holding it across the step in a register (at the largest tiles that register spills).
+    auto load_step = [&](int t, int entry) {
+        const int s = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(s), m0 = step_tile(s) * BLOCK_M;
         load_tile_async<QTile, THREADS>(sQ_addr + stage * QTile::BYTES,
                                         p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
@@ -265,23 +265,22 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         load_row_values_async<BLOCK_M, THREADS>(sRow_addr + (stage * 2 + 1) * BLOCK_M * 4, p.delta + rows,
                                                 seqlen_q - m0);
         if constexpr (Bias::ON)
-            if (!Tiles::SKIPS || next_load & 1)
+            if (!Tiles::SKIPS || entry & 1)
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p,
                                                                     batch, head, m0, n0, seqlen_q - m0,
                                                                     seqlen_k - n0);
-        if constexpr (Tiles::SKIPS) {
-            queue.entry[slot] = next_load;
-            next_load = entry_from(s + 1);
-        }
+        if constexpr (Tiles::SKIPS) Bias::template stash_entry<BLOCK_N>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, entry);
     };
 
     load_tile_async<KVTile, THREADS>(sK_addr, p.k + row_offset(p.k_str, batch, kv_head, seq.k0 + n0), p.k_str.seq,
                                      seqlen_k - n0, head_dim);
     load_tile_async<KVTile, THREADS>(sV_addr, p.v + row_offset(p.v_str, batch, kv_head, seq.k0 + n0), p.v_str.seq,
                                      seqlen_k - n0, head_dim);
+    int first_entries = 0;
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_steps) load_step(t, t);
+        if constexpr (Tiles::SKIPS) first_entries = entry_from(t == 0 ? 0 : (first_entries >> 1) + 1);
+        if (t < n_steps) load_step(t, first_entries);
         cp_async_commit();
     }
 
@@ -293,9 +292,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // step t visible to all warps; every warp is done with the stage refilled below, and
                           // with the previous step's P^T and dS^T
-        const int entry = Tiles::SKIPS ? queue.pop() : 1;
-        if (t + STAGES - 1 < n_steps) load_step(t + STAGES - 1, STAGES - 2);
+        if (t + STAGES - 1 < n_steps) {
+            int next = 0;
+            if constexpr (Tiles::SKIPS)
+                next = entry_from((Bias::template stashed_entry<BLOCK_N>(
+                                       sK_addr + BIAS_OFF + (t + STAGES - 2) % STAGES * BIAS_BYTES) >> 1) + 1);
+            load_step(t + STAGES - 1, next);
+        }
         cp_async_commit();
+        int entry = 1;  // 2 * dense step + partial (a mask's walk)
+        if constexpr (Tiles::SKIPS)
+            entry = Bias::template stashed_entry<BLOCK_N>(sK_addr + BIAS_OFF + (t % STAGES) * BIAS_BYTES);
 
         const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
@@ -442,7 +449,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     const Tiles tiles(p, false, batch, head, m_block);
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
     int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
-    TileQueue<STAGES - 1> queue;
     if constexpr (Tiles::SKIPS) {
         n_tiles = tiles.count(key_tiles.x, key_tiles.y);
         next_load = tiles.entry(tiles.first_visible(key_tiles.x, key_tiles.y), key_tiles.x, key_tiles.y);
@@ -454,7 +460,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     constexpr bool HOLD_KV_BASE = HEAD_DIM <= 64;
     const u16* k_base = HOLD_KV_BASE ? p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
     const u16* v_base = HOLD_KV_BASE ? p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
-    auto load_kv = [&](int t, int slot) {
+    auto load_kv = [&](int t) {
         const int tile = Tiles::SKIPS ? next_load >> 1 : key_tiles.x + t;
         const int n0 = tile * BLOCK_N, stage = t % STAGES;
         const u16* k_rows = HOLD_KV_BASE ? k_base + n0 * p.k_str.seq
@@ -470,7 +476,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
                                                                     m0, n0, seqlen_q - m0, seqlen_k - n0);
         if constexpr (Tiles::SKIPS) {
-            queue.entry[slot] = next_load;
+            Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
             next_load = tiles.entry(tiles.first_visible(tile + 1, key_tiles.y), key_tiles.x, key_tiles.y);
         }
     };
@@ -480,7 +486,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                     seqlen_q - m0, head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) load_kv(t, t);
+        if (t < n_tiles) load_kv(t);
         cp_async_commit();
     }
 
@@ -500,8 +506,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        const int entry = Tiles::SKIPS ? queue.pop() : 1;
-        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1, STAGES - 2);
+        int entry = 1;  // 2 * key tile + partial (a mask's walk)
+        if constexpr (Tiles::SKIPS)
+            entry = Bias::template stashed_entry<BLOCK_N>(sBias_addr + (t % STAGES) * BIAS_BYTES);
+        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);
         cp_async_commit();
         const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.x + t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES, sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;

@@ -64,18 +64,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
 
     // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
     // masking on the diagonal come first. A boolean mask's tile summary drops the tiles it hides wholly: step t
-    // then takes the t-th tile holding a visible pair (next_load: the next one to load; queue: loaded ones).
+    // then takes the t-th tile holding a visible pair (next_load: the entry of the next one to load).
     using Tiles = typename Bias::Tiles;
     const Tiles tiles(p, false, batch, head, m_block);
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
     int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
-    TileQueue<STAGES - 1> queue;
     if constexpr (Tiles::SKIPS) {
         n_tiles = tiles.count(key_tiles.x, key_tiles.y);
         next_load = tiles.entry(tiles.last_visible(key_tiles.y - 1, key_tiles.x), key_tiles.x, key_tiles.y);
     }
 
-    auto load_kv = [&](int t, int slot) {
+    auto load_kv = [&](int t) {
         const int tile = Tiles::SKIPS ? next_load >> 1 : key_tiles.y - 1 - t;
         const int n0 = tile * BLOCK_N, stage = t % STAGES;
         load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * p.k_str.seq, p.k_str.seq,
@@ -87,7 +86,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
                                                                     m0, n0, seq.seqlen_q - m0, seqlen_k - n0);
         if constexpr (Tiles::SKIPS) {
-            queue.entry[slot] = next_load;
+            Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
             next_load = tiles.entry(tiles.last_visible(tile - 1, key_tiles.x), key_tiles.x, key_tiles.y);
         }
     };
@@ -96,7 +95,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                                     seq.seqlen_q - m0, p.head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) load_kv(t, t);
+        if (t < n_tiles) load_kv(t);
         cp_async_commit();
     }
 
@@ -107,8 +106,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // tile t visible to all warps; every warp is done with the stage refilled below
-        const int entry = Tiles::SKIPS ? queue.pop() : 1;
-        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1, STAGES - 2);
+        int entry = 1;  // 2 * key tile + partial (a mask's walk)
+        if constexpr (Tiles::SKIPS)
+            entry = Bias::template stashed_entry<BLOCK_N>(sBias_addr + (t % STAGES) * BIAS_BYTES);
+        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);
         cp_async_commit();
 
         const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t) * BLOCK_N;

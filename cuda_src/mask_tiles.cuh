@@ -30,7 +30,9 @@ struct SummarizedTiles {
         words = (by_key ? p.mask_tiles_k : p.mask_tiles_q) + batch * s.batch + head * s.head + row_tile * s.seq;
     }
     __device__ __forceinline__ bool partial(int tile) const { return !(__ldg(&words[tile / 32].y) >> tile % 32 & 1); }
-    // A queue entry (TileQueue) for tile, or -1 outside [first, end) (the walk's end).
+    // A walk entry, 2 * tile + partial, for tile; -1 outside [first, end) (the walk's end). The loads' walk
+    // computes the next entry right after issuing a tile's copies, so its latency overlaps the step's math; the
+    // math finds each tile's entry stashed with its mask tile (bias.cuh).
     __device__ __forceinline__ int entry(int tile, int first, int end) const {
         return tile < first || tile >= end ? -1 : 2 * tile + partial(tile);
     }
@@ -63,20 +65,6 @@ struct SummarizedTiles {
             n += __popc(bits);
         }
         return n;
-    }
-};
-
-// Tiles loaded and not yet computed, oldest first, as 2 * tile + partial: the math takes each one from here,
-// STAGES - 1 steps after its load, instead of walking the summary a second time. The loads' walk computes the next
-// entry right after issuing a tile's copies, so its latency overlaps the step's math.
-template <int N>
-struct TileQueue {
-    int entry[N];
-    __device__ __forceinline__ int pop() {
-        const int front = entry[0];
-        #pragma unroll
-        for (int i = 0; i + 1 < N; ++i) entry[i] = entry[i + 1];
-        return front;
     }
 };
 

@@ -205,15 +205,30 @@ def _compile_group(args):
     return arch, compile_report(load_source(filename), names, arch)
 
 
+#: The most shared memory a block can have on any GPU of an architecture (A100: 163 KB, H100: 227 KB).
+ARCH_SMEM = {"sm_80": 166912, "sm_90": 232448}
+_SMEM_ARG = re.compile(r", (\d+)>$")  # the tile kernels' last template argument: their shared memory
+
+
+def runs_on(name: str, arch: str) -> bool:
+    """Whether a kernel instance can launch on some GPU of ``arch``: one that needs more shared memory than its
+    largest gives a block is never chosen there, so it is not compiled for it."""
+    m = _SMEM_ARG.search(name)
+    return m is None or int(m[1]) <= ARCH_SMEM.get(arch, 0)
+
+
 def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16,
                 instances=None) -> dict[tuple[str, str], Resources]:
-    """(arch, kernel name) -> resources for every kernel instance (default: kernel_instances()); groups of names
-    share one NVRTC program, groups run in ``jobs`` processes."""
+    """(arch, kernel name) -> resources for every kernel instance (default: kernel_instances()) on every arch it
+    can run on (runs_on); groups of names share one NVRTC program, groups run in ``jobs`` processes."""
     by_source = {}
     for source, name in instances if instances is not None else kernel_instances():
         by_source.setdefault(source, []).append(name)
-    groups = [(source, names[i:i + group_size], arch) for source, names in by_source.items()
-              for arch in archs for i in range(0, len(names), group_size)]
+    groups = []
+    for source, names in by_source.items():
+        for arch in archs:
+            fitting = [n for n in names if runs_on(n, arch)]
+            groups += [(source, fitting[i:i + group_size], arch) for i in range(0, len(fitting), group_size)]
     results = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         for arch, report in pool.map(_compile_group, groups):

@@ -55,7 +55,8 @@ class TileConfig:
 class When:
     """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``,
     ``bias=False``, ``mask=False``, ``dbias=False``) entries are skipped when that score modifier (packed
-    variable-length rows, an additive bias or a boolean mask, a boolean mask, the bias's gradient) is on,
+    variable-length rows, an additive bias or a boolean mask (unless ``mask=True``), a boolean mask, the bias's
+    gradient) is on,
     ``heavy=False`` ones when softcap, ALiBi and a bias or mask all are, because their extra live values would
     spill at that tile or their tiles would not fit (the CPU compile check compiles every combination on every
     tile that allows it)."""
@@ -65,7 +66,7 @@ class When:
     alibi: bool = True
     packed: bool = True
     bias: bool = True
-    mask: bool = True
+    mask: bool | None = None  # None: as ``bias``
     heavy: bool = True
     dbias: bool = True
 
@@ -74,8 +75,10 @@ class When:
             return True
         biased, masked = variant.bias != "none", variant.bias == "bool"  # a mask is read as a bias too
         return ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
-                and (self.packed or variant.rows != "packed") and (self.bias or not biased)
-                and (self.mask or not masked) and (self.heavy or not (variant.softcap and variant.alibi and biased))
+                and (self.packed or variant.rows != "packed")
+                and (self.bias or not biased or (masked and self.mask))
+                and (self.mask is not False or not masked)
+                and (self.heavy or not (variant.softcap and variant.alibi and biased))
                 and (self.dbias or not variant.dbias))
 
 
@@ -129,15 +132,18 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 _BWD_SMALL = (_c(32, 16, 2, d_split=2),)
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry.
-    **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2), bias=False), _c(64, 64, 4, blocks_per_sm=2, d_split=2),
+    # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry. A boolean mask's
+    # tiles (a byte per pair) fit.
+    **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2), bias=False, mask=True),
+                          _c(64, 64, 4, blocks_per_sm=2, d_split=2),
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},
     # With dbias both spill at head dim 96 (compile check): it runs 32x64.
     ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), dbias=False),
                        When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), dbias=False)) + _BWD_MID + _BWD_SMALL,
-    # Packed rows and biases spill at 64x128 (compile check): they run 32x128.
-    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False, bias=False), _c(32, 128, 8, d_split=2))
+    # Packed rows and biases spill at 64x128 (compile check): they run 32x128. Boolean masks do not.
+    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False, bias=False, mask=True),
+                        _c(32, 128, 8, d_split=2))
     + _BWD_MID
     + _BWD_SMALL,
     ("mma_sm80", 160): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,

@@ -83,8 +83,7 @@ def test_each_policy_value_is_compiled_once_per_kind_and_head_dim(kind):
             assert any(fragment in n for n in ours), (kind, kd, fragment)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("arch, name", [(arch, name) for arch in ARCHS for name in NAMES if _nvrtc.runs_on(name, arch)])
 def test_compiles_without_spills(reports, arch, name):
     r = reports[(arch, name)]
     assert r.registers > 0, "ptxas report not parsed"
@@ -95,6 +94,13 @@ def test_compiles_without_spills(reports, arch, name):
 def test_compile_options_match_the_run_time_ones():
     """CuPy adds -ftz=true when it compiles; the check must see what runs."""
     assert "-ftz=true" in family_for(H100).compile_options
+
+
+def test_instances_too_big_for_an_arch_are_not_compiled_for_it():
+    big = "cf::flash_bwd_dkdv_kernel<cf::f16, 64, 128, 128, 8, 2, 1, cf::NoMask, cf::ScoreMod<false, false>, " \
+          "cf::TileBias<cf::mask8>, cf::DenseRows, true, 2, 219136>"
+    assert _nvrtc.runs_on(big, "sm_90") and not _nvrtc.runs_on(big, "sm_80")
+    assert _nvrtc.runs_on("cf::flash_copy_rows_kernel<cf::f16>", "sm_80")
 
 
 def test_report_parser_sees_spills():

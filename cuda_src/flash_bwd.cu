@@ -232,12 +232,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
     using Tiles = typename Bias::Tiles;
     auto tiles_of = [&](int head) { return Tiles(p, true, batch, head, blockIdx.x); };
-    auto entry_from = [&](int s) {  // the entry of the first dense step >= s whose tile holds a visible pair, or -1
-        while (s < dense_steps) {
+    auto entry_after = [&](int entry) {  // the entry of the first dense step past entry's holding a visible pair
+        for (int s = entry == -1 ? dense_steps : (entry >> 1) + 1; s < dense_steps;) {
             const int tile = step_tile(s);
-            const Tiles row = tiles_of(step_head(s));
-            const int found = row.first_visible(tile, query_tiles.y);
-            if (found < query_tiles.y) return 2 * (s + found - tile) + row.partial(found);
+            const int found = tiles_of(step_head(s)).first_entry(tile, query_tiles.y);
+            if (found >= 0) return found + 2 * (s - tile);
             s += query_tiles.y - tile;
         }
         return -1;
@@ -249,8 +248,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             n_steps += tiles_of(blockIdx.y * p.heads_per_split + h).count(query_tiles.x, query_tiles.y);
     }
 
-    // entry: step t's walk entry (Tiles::SKIPS). The loop finds it from the entry stashed with the step loaded
-    // before, rather than holding it across the step in a register (at the largest tiles that register spills).
+    // entry: step t's walk entry (Tiles::SKIPS), stashed with its mask tile for the math.
     auto load_step = [&](int t, int entry) {
         const int s = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(s), m0 = step_tile(s) * BLOCK_M;
@@ -276,11 +274,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                      seqlen_k - n0, head_dim);
     load_tile_async<KVTile, THREADS>(sV_addr, p.v + row_offset(p.v_str, batch, kv_head, seq.k0 + n0), p.v_str.seq,
                                      seqlen_k - n0, head_dim);
-    int first_entries = 0;
+    // The entry of the next step to load. Each step's end finds it from the entry its load stashed, so that it is
+    // live from there to the next load only, not across the products (at the largest tiles that register spills).
+    int next_load = Tiles::SKIPS ? entry_after(-2) : 0;  // -2: the entry before dense step 0
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if constexpr (Tiles::SKIPS) first_entries = entry_from(t == 0 ? 0 : (first_entries >> 1) + 1);
-        if (t < n_steps) load_step(t, first_entries);
+        if (t < n_steps) {
+            load_step(t, next_load);
+            if constexpr (Tiles::SKIPS) next_load = entry_after(next_load);
+        }
         cp_async_commit();
     }
 
@@ -292,13 +294,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // step t visible to all warps; every warp is done with the stage refilled below, and
                           // with the previous step's P^T and dS^T
-        if (t + STAGES - 1 < n_steps) {
-            int next = 0;
-            if constexpr (Tiles::SKIPS)
-                next = entry_from((Bias::template stashed_entry<BLOCK_N>(
-                                       sK_addr + BIAS_OFF + (t + STAGES - 2) % STAGES * BIAS_BYTES) >> 1) + 1);
-            load_step(t + STAGES - 1, next);
-        }
+        if (t + STAGES - 1 < n_steps) load_step(t + STAGES - 1, next_load);
         cp_async_commit();
         int entry = 1;  // 2 * dense step + partial (a mask's walk)
         if constexpr (Tiles::SKIPS)
@@ -369,6 +365,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0), static_cast<i64>(p.nheads) * head_dim,
                 sdS_addr,
                 sK_addr, dq_row0, dq_col0, seqlen_q - m0, head_dim, p.softmax_scale, lane);
+        // The next entry, from the one stashed by this step's load (visible since the __syncthreads above).
+        if constexpr (Tiles::SKIPS)
+            if (t + STAGES - 1 < n_steps)
+                next_load = entry_after(Bias::template stashed_entry<BLOCK_N>(
+                    sK_addr + BIAS_OFF + (t + STAGES - 1) % STAGES * BIAS_BYTES));
     }
 
     cp_async_wait<0>();
@@ -451,8 +452,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
     if constexpr (Tiles::SKIPS) {
         n_tiles = tiles.count(key_tiles.x, key_tiles.y);
-        next_load = tiles.entry(tiles.first_visible(key_tiles.x, key_tiles.y), key_tiles.x, key_tiles.y);
+        next_load = tiles.first_entry(key_tiles.x, key_tiles.y);
     }
+    auto advance = [&] {  // once the last load's copies are issued; -1 (the end) stays -1
+        if constexpr (Tiles::SKIPS)
+            next_load = next_load < 0 ? -1 : tiles.first_entry((next_load >> 1) + 1, key_tiles.y);
+    };
 
     // K/V rows are addressed from per-block base pointers where the registers allow; the 128-row tiles at head dims
     // of 96 and up spill even with the K/V head held across the loop, so those recompute the address (and the
@@ -475,10 +480,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
             if (!Tiles::SKIPS || next_load & 1)
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
                                                                     m0, n0, seqlen_q - m0, seqlen_k - n0);
-        if constexpr (Tiles::SKIPS) {
-            Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
-            next_load = tiles.entry(tiles.first_visible(tile + 1, key_tiles.y), key_tiles.x, key_tiles.y);
-        }
+        if constexpr (Tiles::SKIPS) Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
     };
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                     seqlen_q - m0, head_dim);
@@ -486,7 +488,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                     seqlen_q - m0, head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) load_kv(t);
+        if (t < n_tiles) {
+            load_kv(t);
+            advance();
+        }
         cp_async_commit();
     }
 
@@ -546,6 +551,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         u32 ds_frag[M_TILES][N_TILES / 2][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
         gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, ds_frag, sK_t, lane);
+        advance();
     }
 
     cp_async_wait<0>();

@@ -71,8 +71,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
     if constexpr (Tiles::SKIPS) {
         n_tiles = tiles.count(key_tiles.x, key_tiles.y);
-        next_load = tiles.entry(tiles.last_visible(key_tiles.y - 1, key_tiles.x), key_tiles.x, key_tiles.y);
+        next_load = tiles.last_entry(key_tiles.y - 1, key_tiles.x);
     }
+    auto advance = [&] {  // once the last load's copies are issued
+        if constexpr (Tiles::SKIPS) next_load = tiles.last_entry((next_load >> 1) - 1, key_tiles.x);
+    };
 
     auto load_kv = [&](int t) {
         const int tile = Tiles::SKIPS ? next_load >> 1 : key_tiles.y - 1 - t;
@@ -85,17 +88,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
             if (!Tiles::SKIPS || next_load & 1)
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
                                                                     m0, n0, seq.seqlen_q - m0, seqlen_k - n0);
-        if constexpr (Tiles::SKIPS) {
-            Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
-            next_load = tiles.entry(tiles.last_visible(tile - 1, key_tiles.x), key_tiles.x, key_tiles.y);
-        }
+        if constexpr (Tiles::SKIPS) Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
     };
 
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                     seq.seqlen_q - m0, p.head_dim);
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) load_kv(t);
+        if (t < n_tiles) {
+            load_kv(t);
+            advance();
+        }
         cp_async_commit();
     }
 
@@ -134,6 +137,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         u32 pf[M_TILES][N_TILES / 2][4];
         accum_to_a_frags<Elem>(pf, s);
         gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, pf, sV_t, lane);
+        advance();  // after the last load: -1 stays -1
     }
 
     // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row.

@@ -7,6 +7,10 @@
 // describes column tile 32 w + i: .x some pair of it is visible, .y every pair is. Rows are the tiles a block owns
 // (query tiles for the forward and dQ kernels, key tiles for dK/dV: BY_KEY), columns the tiles it walks. Strides
 // are in words, 0 along the mask's broadcast dims.
+//
+// A walk yields entries, 2 * tile + partial (partial: the mask cuts the tile, so it must be read), -1 at the
+// walk's end. The loads' walk computes the next entry once a step's copies and products are issued, so its latency
+// overlaps them; the math finds each step's entry stashed with its mask tile (bias.cuh).
 #pragma once
 #include "params.cuh"
 
@@ -15,9 +19,8 @@ namespace cf {
 struct AllTiles {
     static constexpr bool SKIPS = false;
     __device__ __forceinline__ AllTiles(const AttnParams&, bool, int, int, int) {}
-    __device__ __forceinline__ bool partial(int) const { return true; }  // the policies mask every tile
-    __device__ __forceinline__ int last_visible(int tile, int) const { return tile; }
-    __device__ __forceinline__ int first_visible(int tile, int) const { return tile; }
+    __device__ __forceinline__ int last_entry(int tile, int first) const { return tile >= first ? 2 * tile + 1 : -1; }
+    __device__ __forceinline__ int first_entry(int tile, int end) const { return tile < end ? 2 * tile + 1 : -1; }
     __device__ __forceinline__ int count(int first, int end) const { return end - first; }
 };
 
@@ -29,31 +32,32 @@ struct SummarizedTiles {
         const Strides& s = by_key ? p.mask_tiles_k_str : p.mask_tiles_q_str;
         words = (by_key ? p.mask_tiles_k : p.mask_tiles_q) + batch * s.batch + head * s.head + row_tile * s.seq;
     }
-    __device__ __forceinline__ bool partial(int tile) const { return !(__ldg(&words[tile / 32].y) >> tile % 32 & 1); }
-    // A walk entry, 2 * tile + partial, for tile; -1 outside [first, end) (the walk's end). The loads' walk
-    // computes the next entry right after issuing a tile's copies, so its latency overlaps the step's math; the
-    // math finds each tile's entry stashed with its mask tile (bias.cuh).
-    __device__ __forceinline__ int entry(int tile, int first, int end) const {
-        return tile < first || tile >= end ? -1 : 2 * tile + partial(tile);
-    }
 
-    // The highest tile in [first, tile] holding a visible pair, or first - 1.
-    __device__ __forceinline__ int last_visible(int tile, int first) const {
+    // The entry of the highest tile in [first, tile] holding a visible pair, or -1.
+    __device__ __forceinline__ int last_entry(int tile, int first) const {
         while (tile >= first) {
-            const u32 bits = __ldg(&words[tile / 32].x) & (0xffffffffu >> (31 - tile % 32));
-            if (bits) return max(tile / 32 * 32 + 31 - __clz(bits), first - 1);
+            const uint2 w = __ldg(&words[tile / 32]);
+            const u32 bits = w.x & (0xffffffffu >> (31 - tile % 32));
+            if (bits) {
+                const int bit = 31 - __clz(bits), found = tile / 32 * 32 + bit;
+                return found < first ? -1 : 2 * found + !(w.y >> bit & 1);
+            }
             tile = tile / 32 * 32 - 1;
         }
-        return first - 1;
+        return -1;
     }
-    // The lowest tile in [tile, end) holding a visible pair, or end.
-    __device__ __forceinline__ int first_visible(int tile, int end) const {
+    // The entry of the lowest tile in [tile, end) holding a visible pair, or -1.
+    __device__ __forceinline__ int first_entry(int tile, int end) const {
         while (tile < end) {
-            const u32 bits = __ldg(&words[tile / 32].x) & (0xffffffffu << tile % 32);
-            if (bits) return min(tile / 32 * 32 + __ffs(bits) - 1, end);
+            const uint2 w = __ldg(&words[tile / 32]);
+            const u32 bits = w.x & (0xffffffffu << tile % 32);
+            if (bits) {
+                const int bit = __ffs(bits) - 1, found = tile / 32 * 32 + bit;
+                return found >= end ? -1 : 2 * found + !(w.y >> bit & 1);
+            }
             tile = tile / 32 * 32 + 32;
         }
-        return end;
+        return -1;
     }
     // How many tiles of [first, end) hold a visible pair.
     __device__ __forceinline__ int count(int first, int end) const {

@@ -99,17 +99,18 @@ struct TileBias {
     template <int ROWS, int COLS>
     __host__ __device__ static constexpr int tile_bytes() { return ROWS * stride<COLS>() * BYTES; }
 
-    // The walk entry of the tile loaded into a pipeline stage (mask_tiles.cuh), kept with the tile in the padding
-    // of its first row, which no copy writes and no fragment reads: the math reads it back a step or two later
-    // instead of holding it in registers, which the kernels lack. Thread 0 writes; the pipeline's __syncthreads
-    // orders it before the reads.
-    template <int COLS>
-    static __device__ __forceinline__ void stash_entry(u32 tile, int entry) {
-        if (threadIdx.x == 0) asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(tile + COLS * BYTES), "r"(entry));
+    // Walk entries (mask_tiles.cuh) kept with a pipeline stage's tile in the padding of its rows, which no copy
+    // writes and no fragment reads: ROW 0 holds the entry of the tile loaded into the stage, ROW 1 the entry of
+    // the load after it. Thread 0 writes them; the pipeline's __syncthreads orders the writes before the reads. The
+    // math reads them back a step or two later instead of holding them in registers, which the kernels lack.
+    template <int COLS, int ROW>
+    static __device__ __forceinline__ void stash(u32 tile, int entry) {
+        if (threadIdx.x == 0)
+            asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(tile + (ROW * stride<COLS>() + COLS) * BYTES), "r"(entry));
     }
-    template <int COLS>
-    static __device__ __forceinline__ int stashed_entry(u32 tile) {
-        return static_cast<int>(lds_u32(tile + COLS * BYTES));
+    template <int COLS, int ROW>
+    static __device__ __forceinline__ int stashed(u32 tile) {
+        return static_cast<int>(lds_u32(tile + (ROW * stride<COLS>() + COLS) * BYTES));
     }
 
     // Queries [q0, q0 + ROWS) x keys [k0, k0 + COLS) of (batch, head) into the tile at smem; queries >= rows_valid

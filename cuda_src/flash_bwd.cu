@@ -267,7 +267,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p,
                                                                     batch, head, m0, n0, seqlen_q - m0,
                                                                     seqlen_k - n0);
-        if constexpr (Tiles::SKIPS) Bias::template stash_entry<BLOCK_N>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, entry);
+        if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, entry);
     };
 
     load_tile_async<KVTile, THREADS>(sK_addr, p.k + row_offset(p.k_str, batch, kv_head, seq.k0 + n0), p.k_str.seq,
@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         cp_async_commit();
         int entry = 1;  // 2 * dense step + partial (a mask's walk)
         if constexpr (Tiles::SKIPS)
-            entry = Bias::template stashed_entry<BLOCK_N>(sK_addr + BIAS_OFF + (t % STAGES) * BIAS_BYTES);
+            entry = Bias::template stashed<BLOCK_N, 0>(sK_addr + BIAS_OFF + t % STAGES * BIAS_BYTES);
 
         const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
@@ -368,7 +368,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // The next entry, from the one stashed by this step's load (visible since the __syncthreads above).
         if constexpr (Tiles::SKIPS)
             if (t + STAGES - 1 < n_steps)
-                next_load = entry_after(Bias::template stashed_entry<BLOCK_N>(
+                next_load = entry_after(Bias::template stashed<BLOCK_N, 0>(
                     sK_addr + BIAS_OFF + (t + STAGES - 1) % STAGES * BIAS_BYTES));
     }
 
@@ -449,15 +449,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     using Tiles = typename Bias::Tiles;
     const Tiles tiles(p, false, batch, head, m_block);
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
-    int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
-    if constexpr (Tiles::SKIPS) {
-        n_tiles = tiles.count(key_tiles.x, key_tiles.y);
-        next_load = tiles.first_entry(key_tiles.x, key_tiles.y);
-    }
-    auto advance = [&] {  // once the last load's copies are issued; -1 (the end) stays -1
-        if constexpr (Tiles::SKIPS)
-            next_load = next_load < 0 ? -1 : tiles.first_entry((next_load >> 1) + 1, key_tiles.y);
-    };
+    int n_tiles = key_tiles.y - key_tiles.x;
+    if constexpr (Tiles::SKIPS) n_tiles = tiles.count(key_tiles.x, key_tiles.y);
+    auto after = [&](int entry) { return entry < 0 ? -1 : tiles.first_entry((entry >> 1) + 1, key_tiles.y); };
 
     // K/V rows are addressed from per-block base pointers where the registers allow; the 128-row tiles at head dims
     // of 96 and up spill even with the K/V head held across the loop, so those recompute the address (and the
@@ -465,8 +459,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     constexpr bool HOLD_KV_BASE = HEAD_DIM <= 64;
     const u16* k_base = HOLD_KV_BASE ? p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
     const u16* v_base = HOLD_KV_BASE ? p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
-    auto load_kv = [&](int t) {
-        const int tile = Tiles::SKIPS ? next_load >> 1 : key_tiles.x + t;
+    auto load_kv = [&](int t, int entry) {  // entry: step t's walk entry (Tiles::SKIPS)
+        const int tile = Tiles::SKIPS ? entry >> 1 : key_tiles.x + t;
         const int n0 = tile * BLOCK_N, stage = t % STAGES;
         const u16* k_rows = HOLD_KV_BASE ? k_base + n0 * p.k_str.seq
                                          : p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0 + n0);
@@ -477,20 +471,24 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_rows, p.v_str.seq, seqlen_k - n0,
                                          head_dim);
         if constexpr (Bias::ON)
-            if (!Tiles::SKIPS || next_load & 1)
+            if (!Tiles::SKIPS || entry & 1)
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
                                                                     m0, n0, seqlen_q - m0, seqlen_k - n0);
-        if constexpr (Tiles::SKIPS) Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
+        if constexpr (Tiles::SKIPS) {  // as the forward's
+            Bias::template stash<BLOCK_N, 0>(sBias_addr + stage * BIAS_BYTES, entry);
+            if (threadIdx.x == 0) Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
+        }
     };
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                     seqlen_q - m0, head_dim);
     load_tile_async<QTile, THREADS>(sdO_addr, p.dout + row_offset(p.do_str, batch, head, seq.q0 + m0), p.do_str.seq,
                                     seqlen_q - m0, head_dim);
+    int first_entries = Tiles::SKIPS ? tiles.first_entry(key_tiles.x, key_tiles.y) : 0;
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
         if (t < n_tiles) {
-            load_kv(t);
-            advance();
+            load_kv(t, first_entries);
+            if constexpr (Tiles::SKIPS) first_entries = after(first_entries);
         }
         cp_async_commit();
     }
@@ -511,11 +509,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<STAGES - 2>();
         __syncthreads();
-        int entry = 1;  // 2 * key tile + partial (a mask's walk)
-        if constexpr (Tiles::SKIPS)
-            entry = Bias::template stashed_entry<BLOCK_N>(sBias_addr + (t % STAGES) * BIAS_BYTES);
-        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);
+        if (t + STAGES - 1 < n_tiles) {
+            int next = 0;
+            if constexpr (Tiles::SKIPS)
+                next = Bias::template stashed<BLOCK_N, 1>(sBias_addr + (t + STAGES - 2) % STAGES * BIAS_BYTES);
+            load_kv(t + STAGES - 1, next);
+        }
         cp_async_commit();
+        int entry = 1;  // 2 * key tile + partial (a mask's walk)
+        if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
         const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.x + t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES, sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
@@ -551,7 +553,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         u32 ds_frag[M_TILES][N_TILES / 2][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
         gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, ds_frag, sK_t, lane);
-        advance();
     }
 
     cp_async_wait<0>();

@@ -64,40 +64,40 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
 
     // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
     // masking on the diagonal come first. A boolean mask's tile summary drops the tiles it hides wholly: step t
-    // then takes the t-th tile holding a visible pair (next_load: the entry of the next one to load).
+    // then takes the t-th tile holding a visible pair. Its walk entry (mask_tiles.cuh) comes with the stage's
+    // tile; thread 0 walks to the next load's entry as it issues a load, while the other warps go on.
     using Tiles = typename Bias::Tiles;
     const Tiles tiles(p, false, batch, head, m_block);
     const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
-    int n_tiles = key_tiles.y - key_tiles.x, next_load = 0;
-    if constexpr (Tiles::SKIPS) {
-        n_tiles = tiles.count(key_tiles.x, key_tiles.y);
-        next_load = tiles.last_entry(key_tiles.y - 1, key_tiles.x);
-    }
-    auto advance = [&] {  // once the last load's copies are issued
-        if constexpr (Tiles::SKIPS) next_load = tiles.last_entry((next_load >> 1) - 1, key_tiles.x);
-    };
+    int n_tiles = key_tiles.y - key_tiles.x;
+    if constexpr (Tiles::SKIPS) n_tiles = tiles.count(key_tiles.x, key_tiles.y);
+    auto after = [&](int entry) { return tiles.last_entry((entry >> 1) - 1, key_tiles.x); };  // -1 stays -1
 
-    auto load_kv = [&](int t) {
-        const int tile = Tiles::SKIPS ? next_load >> 1 : key_tiles.y - 1 - t;
+    auto load_kv = [&](int t, int entry) {  // entry: step t's walk entry (Tiles::SKIPS)
+        const int tile = Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t;
         const int n0 = tile * BLOCK_N, stage = t % STAGES;
         load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * p.k_str.seq, p.k_str.seq,
                                          seqlen_k - n0, p.head_dim);
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq, p.v_str.seq,
                                          seqlen_k - n0, p.head_dim);
         if constexpr (Bias::ON)
-            if (!Tiles::SKIPS || next_load & 1)
+            if (!Tiles::SKIPS || entry & 1)
                 Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
                                                                     m0, n0, seq.seqlen_q - m0, seqlen_k - n0);
-        if constexpr (Tiles::SKIPS) Bias::template stash_entry<BLOCK_N>(sBias_addr + stage * BIAS_BYTES, next_load);
+        if constexpr (Tiles::SKIPS) {
+            Bias::template stash<BLOCK_N, 0>(sBias_addr + stage * BIAS_BYTES, entry);
+            if (threadIdx.x == 0) Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
+        }
     };
 
     load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                     seq.seqlen_q - m0, p.head_dim);
+    int first_entries = Tiles::SKIPS ? tiles.last_entry(key_tiles.y - 1, key_tiles.x) : 0;
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
         if (t < n_tiles) {
-            load_kv(t);
-            advance();
+            load_kv(t, first_entries);
+            if constexpr (Tiles::SKIPS) first_entries = after(first_entries);
         }
         cp_async_commit();
     }
@@ -110,9 +110,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         cp_async_wait<STAGES - 2>();
         __syncthreads();  // tile t visible to all warps; every warp is done with the stage refilled below
         int entry = 1;  // 2 * key tile + partial (a mask's walk)
-        if constexpr (Tiles::SKIPS)
-            entry = Bias::template stashed_entry<BLOCK_N>(sBias_addr + (t % STAGES) * BIAS_BYTES);
-        if (t + STAGES - 1 < n_tiles) load_kv(t + STAGES - 1);
+        if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
+        if (t + STAGES - 1 < n_tiles) {
+            int next = 0;
+            if constexpr (Tiles::SKIPS)
+                next = Bias::template stashed<BLOCK_N, 1>(sBias_addr + (t + STAGES - 2) % STAGES * BIAS_BYTES);
+            load_kv(t + STAGES - 1, next);
+        }
         cp_async_commit();
 
         const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t) * BLOCK_N;
@@ -137,7 +141,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         u32 pf[M_TILES][N_TILES / 2][4];
         accum_to_a_frags<Elem>(pf, s);
         gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, pf, sV_t, lane);
-        advance();  // after the last load: -1 stays -1
     }
 
     // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row.

@@ -408,11 +408,12 @@ def blocked_attention(q, k, v, softmax_scale=None, causal=False,
     return _to_bshd(out), lse
 
 
-def _backward(dout, q, k, v, problem, rnd, accumulate):
+def _backward(dout, q, k, v, problem, rnd, accumulate, out=None):
     """The backward pass shared by the exact and the naive versions.
 
     ``rnd`` rounds each intermediate and ``accumulate`` is the dtype of the
     softmax and of D; no rounding and float64 give the exact gradient.
+    ``out``: the forward output D is taken from (default: its own).
     """
     xp = problem.xp
     qh, doh = problem.heads_first(q), problem.heads_first(dout)
@@ -421,7 +422,7 @@ def _backward(dout, q, k, v, problem, rnd, accumulate):
     p, _ = _softmax(s.astype(accumulate, copy=False), problem.empty_rows(),
                     xp)
     p = rnd(p)
-    out = rnd(xp.matmul(p, vh))
+    out = rnd(xp.matmul(p, vh)) if out is None else problem.heads_first(out)
     dv = rnd(xp.matmul(p.swapaxes(-1, -2), doh))
     dp = rnd(xp.matmul(doh, vh.swapaxes(-1, -2)))
     d = (doh.astype(accumulate, copy=False)
@@ -473,7 +474,7 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
                                   causal=False, dtype_name='float16', xp=None,
                                   *, window_size=(-1, -1), softcap=0.0,
                                   alibi_slopes=None, bias=None, mask=None,
-                                  return_dbias=False):
+                                  return_dbias=False, out=None):
     """The backward pass with every intermediate rounded to ``dtype_name``.
 
     Like ``attention_naive_lowp``, the inputs are used as given (the caller
@@ -484,12 +485,18 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
     as a straightforward low-precision implementation would.  With GQA the
     rounded per-head dK and dV are summed and rounded again.  Returns
     float64 (dq, dk, dv) in (batch, seqlen, nheads, headdim) layout.
+
+    ``out``: the forward output a backward is given (B, S, H, D), from which
+    D is computed instead of from its own O, as every backward that takes
+    the forward's output does.  D's error then matches the tested kernel's:
+    it dominates gradients that sum dS over keys (dbias of a bias broadcast
+    over keys, whose exact value sum_j dS_j is often near 0).
     """
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
                        alibi_slopes, xp, bias=bias, mask=mask)
     rnd = functools.partial(round_to_dtype, dtype_name=dtype_name, xp=xp)
-    grads = _backward(dout, q, k, v, problem, rnd, xp.float32)
+    grads = _backward(dout, q, k, v, problem, rnd, xp.float32, out=out)
     return grads if return_dbias else grads[:3]
 
 

@@ -101,8 +101,9 @@ def check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, d
     return assert_within_bounds([grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, **variant)], dtype)
 
 
-def grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, **variant):
-    """Finite-gradient checks, and {name: (error, naive error, floor)} for assert_within_bounds."""
+def grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, out=None, **variant):
+    """Finite-gradient checks, and {name: (error, naive error, floor)} for assert_within_bounds. ``out``: the
+    forward output the kernels were given; the naive baseline then takes D from it as they do."""
     import cupy
 
     from cupyflash.reference import attention_backward_naive_lowp, attention_backward_reference
@@ -111,7 +112,8 @@ def grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, **variant):
     refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy, return_dbias=with_dbias,
                                         **variant)
     lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy,
-                                         return_dbias=with_dbias, **variant)
+                                         return_dbias=with_dbias, out=None if out is None else to_float64(out),
+                                         **variant)
     errors = {}
     for name, got, ref, base in zip(("dq", "dk", "dv", "dbias"), grads, refs, lowp):
         if name == "dbias":

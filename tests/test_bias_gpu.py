@@ -76,7 +76,8 @@ def run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype,
     assert grads[3].shape == bias.shape
     # the gradient of the bias as given: a broadcast_to view's stride-0 dims get one entry per index
     ref_bias = cupy.broadcast_to(b64, bias.shape) if layout == "broadcast_view" else b64
-    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, bias=ref_bias, **variant)
+    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, bias=ref_bias, out=out,
+                                  **variant)
     if mode == "deterministic":
         again = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, bias=bias, return_dbias=True,
                                        **variant, **kw)

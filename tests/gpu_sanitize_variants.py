@@ -4,6 +4,9 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
+``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed (--variants-only: all
+but tiles).
+
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
 K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast
 (with dbias), and boolean masks. Not a pytest module: the sanitizer wraps the whole process.
@@ -21,7 +24,11 @@ from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
 
 limits = device_limits(0)
 rng = np.random.default_rng(0)
-variants_only = "--variants-only" in sys.argv
+SECTIONS = ("tiles", "modifiers", "biases", "masks", "packed")
+if "--only" in sys.argv:
+    wanted = set(sys.argv[sys.argv.index("--only") + 1:]) & set(SECTIONS)
+else:
+    wanted = set(SECTIONS) - ({"tiles"} if "--variants-only" in sys.argv else set())
 # A subset of the kernel head dims keeps one sanitizer pass within a device command's time limit.
 head_dims = ([int(d) for d in sys.argv[sys.argv.index("--head-dims") + 1].split(",")] if "--head-dims" in sys.argv
              else KERNEL_HEAD_DIMS)
@@ -47,7 +54,7 @@ slopes = cupy.asarray(np.array([0.25, 0.5], np.float32))
 for kd in head_dims:
     d = kd - 8 if kd > 32 else 27  # padded columns; 27: a head dim that is not a multiple of 8
     for dtype, causal in itertools.product(("float16", "bfloat16"), (False, True)):
-        if not variants_only:
+        if "tiles" in wanted:
             kw = {"causal": causal}
             for c in candidates("fwd", limits, kd):
                 q, k = arrays(dtype, (1, c.block_m + 3, 2, d), (1, c.block_n + 5, 1, d))
@@ -59,38 +66,42 @@ for kd in head_dims:
             for c in candidates("bwd_dq", limits, kd):
                 run(d, dtype, c.block_m + 3, c.block_n + 5, kw, dq_config=c)
                 count += 1
-        for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
-            run(d, dtype, 203, 190, dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi))
-            count += 3
-        # additive biases: full float32 (under the cap, with -inf entries), a bf16 key bias, one value per query row
-        # (keys broadcast), and a bias whose rows need padding (a per-call copy)
-        for shape, bias_dtype in (((1, 2, 203, 190), np.float32), ((1, 1, 1, 190), ml_dtypes.bfloat16),
-                                  ((1, 2, 203, 1), np.float16), ((2, 203, 189), np.float32)):
-            host = rng.standard_normal(shape).astype(bias_dtype)
-            host.flat[::7] = -np.inf
-            bias = cupy.asarray(host.view(np.uint16)).view(host.dtype) if host.itemsize == 2 else cupy.asarray(host)
-            n = shape[-1] if shape[-1] > 1 else 190
-            for softcap in (0.0, 20.0):
-                run(d, dtype, 203, n, dict(causal=causal, softcap=softcap, bias=bias))
+        if "modifiers" in wanted:
+            for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
+                run(d, dtype, 203, 190, dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi))
                 count += 3
-        # boolean masks: a pair mask with hidden rows, a key-padding mask whose rows need padding (a per-call copy),
-        # and a prepared block mask (32 x 32 blocks hidden, shown or random: skipped, unmasked and masked tiles)
-        blocks = rng.integers(0, 3, (1, 2, 7, 6)).repeat(32, axis=2).repeat(32, axis=3)[..., :203, :190]
-        block_mask = np.where(blocks == 0, False, np.where(blocks == 1, True, rng.random(blocks.shape) < 0.5))
-        for host, prepare in ((rng.random((1, 2, 203, 190)) < 0.7, False), (rng.random((1, 1, 1, 189)) < 0.7, False),
-                              (block_mask, True)):
-            mask = cf.prepare_mask(cupy.asarray(host)) if prepare else cupy.asarray(host)
-            run(d, dtype, 203, host.shape[-1], dict(causal=causal, softcap=20.0, mask=mask))
-            count += 3
-        # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier
-        lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]
-        cu_q, cu_k = (cupy.asarray(np.cumsum([0] + lens, dtype=np.int32)) for lens in (lens_q, lens_k))
-        q, k, dout = arrays(dtype, (sum(lens_q), 2, d), (sum(lens_k), 1, d), (sum(lens_q), 2, d))
-        for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
-            kw = dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi)
-            out, lse = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 203, 190, return_lse=True, **kw)
-            for mode in ({"atomic_dq": True}, {"atomic_dq": False}, {"deterministic": True}):
-                cf.flash_attn_varlen_backward(dout, q, k, k, out, lse, cu_q, cu_k, 203, 190, **mode, **kw)
-            count += 4
+        if "biases" in wanted:
+            # additive biases: full float32 (under the cap, with -inf entries), a bf16 key bias, one value per query row
+            # (keys broadcast), and a bias whose rows need padding (a per-call copy)
+            for shape, bias_dtype in (((1, 2, 203, 190), np.float32), ((1, 1, 1, 190), ml_dtypes.bfloat16),
+                                      ((1, 2, 203, 1), np.float16), ((2, 203, 189), np.float32)):
+                host = rng.standard_normal(shape).astype(bias_dtype)
+                host.flat[::7] = -np.inf
+                bias = cupy.asarray(host.view(np.uint16)).view(host.dtype) if host.itemsize == 2 else cupy.asarray(host)
+                n = shape[-1] if shape[-1] > 1 else 190
+                for softcap in (0.0, 20.0):
+                    run(d, dtype, 203, n, dict(causal=causal, softcap=softcap, bias=bias))
+                    count += 3
+        if "masks" in wanted:
+            # boolean masks: a pair mask with hidden rows, a key-padding mask whose rows need padding (a per-call copy),
+            # and a prepared block mask (32 x 32 blocks hidden, shown or random: skipped, unmasked and masked tiles)
+            blocks = rng.integers(0, 3, (1, 2, 7, 6)).repeat(32, axis=2).repeat(32, axis=3)[..., :203, :190]
+            block_mask = np.where(blocks == 0, False, np.where(blocks == 1, True, rng.random(blocks.shape) < 0.5))
+            pair, key_padding = rng.random((1, 2, 203, 190)) < 0.7, rng.random((1, 1, 1, 189)) < 0.7
+            for host, prepare in ((pair, False), (key_padding, False), (block_mask, True)):
+                mask = cf.prepare_mask(cupy.asarray(host)) if prepare else cupy.asarray(host)
+                run(d, dtype, 203, host.shape[-1], dict(causal=causal, softcap=20.0, mask=mask))
+                count += 3
+        if "packed" in wanted:
+            # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier
+            lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]
+            cu_q, cu_k = (cupy.asarray(np.cumsum([0] + lens, dtype=np.int32)) for lens in (lens_q, lens_k))
+            q, k, dout = arrays(dtype, (sum(lens_q), 2, d), (sum(lens_k), 1, d), (sum(lens_q), 2, d))
+            for window, softcap, alibi in itertools.product(((-1, -1), (40, 7)), (0.0, 20.0), (None, slopes)):
+                kw = dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi)
+                out, lse = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 203, 190, return_lse=True, **kw)
+                for mode in ({"atomic_dq": True}, {"atomic_dq": False}, {"deterministic": True}):
+                    cf.flash_attn_varlen_backward(dout, q, k, k, out, lse, cu_q, cu_k, 203, 190, **mode, **kw)
+                count += 4
         cupy.cuda.Device().synchronize()
 print(f"ran {count} variants", file=sys.stderr)

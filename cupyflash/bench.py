@@ -808,34 +808,39 @@ def run_mask(args):
                  ("random, prepared", cf.prepare_mask(dense)),
                  ("all visible, prepared", cf.prepare_mask(cupy.ones((batch, 1, s, s), bool))))
         for name, mask in cases:
-            row = {"impl": "cupyflash", "dtype": dtype, "mask": name, "D": d, "seqlen": s, "error": ""}
-            try:
-                out_m, lse_m = cf.flash_attn_func(q, k, v, mask=mask, return_lse=True)
-                row["fwd_ms"] = time_fn(lambda: cf.flash_attn_func(q, k, v, mask=mask))
-                row["bwd_ms"] = time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out_m, lse_m, mask=mask))
-                row["fwd_vs_plain"] = row["fwd_ms"] / plain[0]
-                row["total_vs_plain"] = (row["fwd_ms"] + row["bwd_ms"]) / sum(plain)
-            except Exception as e:
-                row["error"] = _error_text(e)
+            row = _mask_row("cupyflash", dtype, name, d, s, plain, lambda: _cupyflash_with_mask(q, k, v, dout, mask))
             rows.append(row)
-            _print_row(row, MASK_COLUMNS)
             if name.startswith("half") and row.get("total_vs_plain"):
                 ok = max(row["fwd_vs_plain"], row["total_vs_plain"]) <= MASK_BAR
                 bars.append(f"- {name} D={d} S={s}: fwd {row['fwd_vs_plain']:.2f}x, fwd+bwd "
                             f"{row['total_vs_plain']:.2f}x plain (bar <= {MASK_BAR}): {'met' if ok else 'missed'}")
         if any(i in TORCH_BACKENDS for i in args.impls):
-            peer = {"impl": "torch-sdpa", "dtype": dtype, "mask": "half blocks", "D": d, "seqlen": s, "error": ""}
-            try:
-                peer["fwd_ms"], peer["bwd_ms"] = _sdpa_with_bool_mask(q, k, v, half)
-                peer["fwd_vs_plain"] = peer["fwd_ms"] / plain[0]
-                peer["total_vs_plain"] = (peer["fwd_ms"] + peer["bwd_ms"]) / sum(plain)
-            except Exception as e:
-                peer["error"] = _error_text(e)
-            rows.append(peer)
-            _print_row(peer, MASK_COLUMNS)
-        del half, dense, cases
+            rows.append(_mask_row("torch-sdpa", dtype, "half blocks", d, s, plain,
+                                  lambda: _sdpa_with_bool_mask(q, k, v, half)))
+        half = dense = cases = None  # before the next size's allocations
         free_memory()
     return rows, MASK_COLUMNS, markdown_table(rows, MASK_COLUMNS) + ["", "bars:"] + bars
+
+
+def _mask_row(impl, dtype, name, d, s, plain, measure):
+    """A --mask row: measure() gives (fwd ms, bwd ms); ratios against plain = (fwd ms, bwd ms) without a mask."""
+    row = {"impl": impl, "dtype": dtype, "mask": name, "D": d, "seqlen": s, "error": ""}
+    try:
+        row["fwd_ms"], row["bwd_ms"] = measure()
+        row["fwd_vs_plain"] = row["fwd_ms"] / plain[0]
+        row["total_vs_plain"] = (row["fwd_ms"] + row["bwd_ms"]) / sum(plain)
+    except Exception as e:
+        row["error"] = _error_text(e)
+    _print_row(row, MASK_COLUMNS)
+    return row
+
+
+def _cupyflash_with_mask(q, k, v, dout, mask):
+    import cupyflash as cf
+
+    out, lse = cf.flash_attn_func(q, k, v, mask=mask, return_lse=True)
+    return (time_fn(lambda: cf.flash_attn_func(q, k, v, mask=mask)),
+            time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, mask=mask)))
 
 
 def _sdpa_with_bool_mask(q, k, v, mask):

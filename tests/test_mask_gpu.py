@@ -12,6 +12,7 @@ from gpu_helpers import check_against_reference, check_grads_against_reference, 
 
 import cupyflash as cf
 from cupyflash.problem import Variant
+from cupyflash.reference import mask_block_summary
 
 pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
@@ -95,27 +96,12 @@ def test_long_sequences(broadcast, mode, blocks):
              blocks=blocks)
 
 
-def reference_tiles(host, by_key, block_rows, block_cols, col_tiles):
-    """(any visible, all visible) per (batch, head, row tile, column tile) of a NumPy mask of its own dims (1 where
-    broadcast); a mask with one column stands for every column tile."""
-    m = np.swapaxes(host, 2, 3) if by_key else host
-    rows, cols = m.shape[2:]
-    row_tiles = -(-rows // block_rows)
-    out = np.zeros(m.shape[:2] + (row_tiles, col_tiles, 2), bool)
-    for r in range(row_tiles):
-        for c in range(col_tiles if cols > 1 else 1):
-            block = m[:, :, r * block_rows:(r + 1) * block_rows, c * block_cols:(c + 1) * block_cols]
-            out[:, :, r, c] = np.stack([block.any(axis=(2, 3)), block.all(axis=(2, 3))], -1)
-    if cols == 1:
-        out[:, :, :, 1:] = out[:, :, :, :1]
-    return out
-
-
 def decode_tiles(words, col_tiles):
-    """The summary's bits as a (batch, heads, row tiles, col_tiles, 2) bool array."""
+    """The summary's bits as reference.mask_block_summary's codes, (batch, heads, row tiles, col_tiles) int8: 0
+    all hidden, 1 all visible, 2 mixed."""
     bits = (words.get()[..., None] >> np.arange(32, dtype=np.uint32)) & 1  # (b, h, r, word, 2, bit)
-    bits = np.moveaxis(bits, 4, -1).reshape(words.shape[:3] + (-1, 2))
-    return bits[:, :, :, :col_tiles].astype(bool)
+    bits = np.moveaxis(bits, 4, -1).reshape(words.shape[:3] + (-1, 2))[:, :, :, :col_tiles].astype(bool)
+    return np.where(bits[..., 1], 1, np.where(bits[..., 0], 2, 0)).astype(np.int8)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -142,8 +128,10 @@ def test_tile_summary_matches_numpy(seed, batch, nheads, seqlen_q, seqlen_k, bro
     col_tiles = -(-(seqlen_q if by_key else seqlen_k) // (block_m if by_key else block_n))
     block_rows, block_cols = (block_n, block_m) if by_key else (block_m, block_n)
     own = ref.get().reshape(layout_.dims)
-    np.testing.assert_array_equal(decode_tiles(words, col_tiles),
-                                  reference_tiles(own, by_key, block_rows, block_cols, col_tiles))
+    want = mask_block_summary(np.swapaxes(own, 2, 3) if by_key else own, block_rows, block_cols)
+    if want.shape[3] == 1:  # columns broadcast: the one tile stands for all of them
+        want = np.repeat(want, col_tiles, axis=3)
+    np.testing.assert_array_equal(decode_tiles(words, col_tiles), want)
     assert not (words.get()[..., 1] & ~words.get()[..., 0]).any(), "all visible without any visible"
 
 

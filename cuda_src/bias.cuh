@@ -25,7 +25,6 @@ struct NoBiasGrad {
 struct NoBias {
     static constexpr bool ON = false;
     using Tiles = AllTiles;
-    static __device__ __forceinline__ constexpr bool batch_fastest(const AttnParams&) { return false; }
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = NoBiasGrad;
     template <int ROWS, int COLS>
@@ -91,8 +90,6 @@ struct TileBias {
     using Grad = typename Pick<GRAD, BiasGrad<KEY_TILES, QUERY_TILES>, NoBiasGrad>::type;
     using Value = BiasValue<T>;
     using Tiles = typename TilesOf<T>::type;
-    // A bias shared by the batch entries: tile grids put the batch first (coords.cuh grid_pos).
-    static __device__ __forceinline__ bool batch_fastest(const AttnParams& p) { return p.bias_batch_fastest != 0; }
     static_assert(!(GRAD && Tiles::SKIPS), "BiasGrad's flush expects every query tile visited");
     static constexpr int BYTES = Value::BYTES;  // per element
     static constexpr int CHUNK = 16 / BYTES;     // elements per 16-byte copy

@@ -24,20 +24,6 @@ __device__ __forceinline__ int kv_head_of(const AttnParams& p, int head) {
     return divide(head, p.heads_per_kv, p.heads_per_kv_magic);
 }
 
-// A forward block's place in its grid. Blocks start in blockIdx order, x fastest: query tiles, then heads, then
-// batch entries. With batch_fastest (a bias policy's choice: bias.cuh) the grid is (batch, heads, tiles) instead,
-// so that the blocks of every batch entry for one tile and head run side by side and a bias tile they share is
-// read from device memory once, from L2 by the others. Python's grid follows the same choice
-// (_launch.query_grid). The backward kernels keep their order: the choice's registers spill some of their biased
-// instances (compile check).
-struct GridPos {
-    int tile, tiles, batch;
-};
-__device__ __forceinline__ GridPos grid_pos(bool batch_fastest) {
-    if (batch_fastest) return {static_cast<int>(blockIdx.z), static_cast<int>(gridDim.z), static_cast<int>(blockIdx.x)};
-    return {static_cast<int>(blockIdx.x), static_cast<int>(gridDim.x), static_cast<int>(blockIdx.z)};
-}
-
 // One batch entry's rows. Dense batches: every entry has seqlen_q x seqlen_k rows at its batch offset. Packed
 // variable-length batches (flash-attn's varlen layout): entry b owns rows cu_seqlens[b] .. cu_seqlens[b + 1] of
 // (total, heads, head_dim) tensors, passed with batch stride 0, and lse is (nheads, total_q).

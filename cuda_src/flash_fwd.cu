@@ -50,9 +50,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
-    const GridPos pos = grid_pos(Bias::batch_fastest(p));
-    const int m_block = Mask::MASKS ? pos.tiles - 1 - pos.tile : pos.tile;
-    const int head = blockIdx.y, batch = pos.batch;
+    const int m_block = Mask::MASKS ? gridDim.x - 1 - blockIdx.x : blockIdx.x;
+    const int head = blockIdx.y, batch = blockIdx.z;
     const Seq seq = Rows::of(p, batch);
     const int m0 = m_block * BLOCK_M;
     if (Rows::PACKED && m0 >= seq.seqlen_q) return;  // packed batches: the grid covers the longest entry

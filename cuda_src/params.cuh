@@ -57,8 +57,6 @@ struct AttnParams {
     float softcap_scale;        // softmax_scale / softcap
     float alibi_unit;           // ALiBi slopes are in scaled-score units; this converts them to raw logit units
     float bias_unit;            // the same for the bias: 1 / softmax_scale
-    // Last, so that adding it moved no other field (the kernels load neighbouring fields in pairs).
-    int bias_batch_fastest;     // TileBias: a bias shared by the batch entries; the forward's grid puts the batch first
 };
 
 }  // namespace cf

@@ -163,7 +163,7 @@ def static_params(problem: Problem) -> Params:
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
-               **bias_fields(problem.bias), bias_batch_fastest=int(batch_fastest(problem)))
+               **bias_fields(problem.bias))
     return params
 
 
@@ -172,20 +172,8 @@ def row_pitch(problem: Problem) -> int:
     return (problem.seqlen_q + 3) // 4 * 4
 
 
-def batch_fastest(problem: Problem) -> bool:
-    """Whether the forward's grid puts the batch first (cuda_src/coords.cuh grid_pos): a bias shared by the batch
-    entries, so that all of them read each bias tile while it is in L2. (The backward kernels keep their order:
-    the choice's registers spill some of their biased instances.)"""
-    return (problem.bias is not None and problem.bias.dims[0] == 1 and problem.batch > 1
-            and max(problem.seqlen_q, problem.seqlen_k) <= 65535 * 16)  # tiles on grid z: at most 65535
-
-
-def query_grid(problem: Problem, block_m: int, batch_first: bool = True):
-    """(query tiles, heads, batch), or (batch, heads, query tiles) for the forward when batch_fastest."""
-    tiles = math.ceil(problem.seqlen_q / block_m)
-    if batch_first and batch_fastest(problem):
-        return problem.batch, problem.nheads, tiles
-    return tiles, problem.nheads, problem.batch
+def query_grid(problem: Problem, block_m: int):
+    return math.ceil(problem.seqlen_q / block_m), problem.nheads, problem.batch
 
 
 class Launch:

@@ -28,7 +28,6 @@ FIELDS: tuple[tuple[str, str], ...] = (
                                  "window_right", "bias_key_step", "dbias_sums")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit",
                                    "bias_unit")),
-    ("bias_batch_fastest", "int"),
 )
 
 # Field names with the nested Strides members flattened ("q_str.seq" -> "q_str_seq").

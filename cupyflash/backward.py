@@ -91,7 +91,7 @@ class BackwardPlan:
         if atomic_dq:
             self.convert = launch("bwd_convert_dq", rows_grid)
         else:
-            self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m, batch_first=False), dq_config)
+            self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
             self.fork = _StreamFork(p.device)
 
     def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None), bias=None):

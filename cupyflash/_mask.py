@@ -34,15 +34,12 @@ def prepare_mask(mask) -> PreparedMask:
     """Wrap a boolean mask (any CUDA array; True = may attend) so that the calls given it compute its tile summary
     once per kernel tile shape instead of once per call. Shape rules are checked at each call, as for a raw mask.
     """
-    from ._validate import as_cuda_array
+    from ._validate import as_cuda_array, check_mask_dtype
 
     if isinstance(mask, PreparedMask):
         return mask
     mask = as_cuda_array(mask, "mask")
-    if mask.dtype != bool:
-        raise TypeError(f"mask must be bool (True = may attend); got {mask.dtype}")
-    if mask.ndim > 4:
-        raise ValueError(f"mask must have at most 4 dimensions; got shape {mask.shape}")
+    check_mask_dtype(str(mask.dtype))
     return PreparedMask(mask)
 
 
@@ -54,6 +51,21 @@ def unwrap(mask):
 class TileSummary:
     """One kernel's summary of the call's mask: rows are the tiles a block owns, columns the tiles it walks
     (``by_key``: rows are key tiles, the dK/dV kernel). Static per plan; ``read`` gives the arrays of a call."""
+
+    @classmethod
+    def for_kernel(cls, problem, config, by_key: bool, params):
+        """The summary a kernel of ``config``'s tiles walks, its strides set in ``params`` (mask_tiles_k for the
+        dK/dV kernel, mask_tiles_q for the others)."""
+        from . import _kernels
+        from ._device import device_limits
+        from .configs import family_for
+
+        family = family_for(device_limits(problem.device), problem.variant)
+        kernel = _kernels.get_function(family, "mask_tiles", None, 0, problem.variant, problem.device)
+        summary = cls(kernel, problem.bias, by_key, config.block_m, config.block_n, problem.seqlen_q,
+                      problem.seqlen_k)
+        params.set(**summary.fields("mask_tiles_k" if by_key else "mask_tiles_q"))
+        return summary
 
     def __init__(self, kernel, layout: BiasLayout, by_key: bool, block_m: int, block_n: int, seqlen_q: int,
                  seqlen_k: int):

@@ -159,14 +159,19 @@ def check_alibi(slopes: ArraySpec, shape: AttentionShape) -> int:
     return 0
 
 
+def check_mask_dtype(dtype: str) -> None:
+    if dtype != "bool":
+        raise TypeError(f"mask must be bool (True = may attend); got {dtype}")
+
+
 def check_bias(bias: ArraySpec, shape: AttentionShape, name: str = "bias") -> BiasLayout:
     """bias: float16, bfloat16 or float32 on q's GPU, broadcastable to (batch, nheads, seqlen_q, seqlen_k) with
     every dim either full or 1 (NumPy rules: fewer dims are leading 1s), any strides. Returns how the kernels read
     it: broadcast dims (size 1 or stride 0) at stride 0, and whether 16-byte copies need a padded copy of it."""
     full = (shape.batch, shape.nheads, shape.seqlen_q, shape.seqlen_k)
     target = f"(batch, nheads, seqlen_q, seqlen_k) = {full}"
-    if name == "mask" and bias.dtype != "bool":
-        raise TypeError(f"mask must be bool (True = may attend); got {bias.dtype}")
+    if name == "mask":
+        check_mask_dtype(bias.dtype)
     if name == "bias" and bias.dtype not in BIAS_DTYPES:
         raise TypeError(f"bias must be float16, bfloat16 or float32; got {bias.dtype}")
     if bias.device != shape.device:

@@ -78,14 +78,9 @@ class BackwardPlan:
                            atomic_dq)
         # a boolean mask: tile summaries by key tiles (dK/dV kernel) and by query tiles (dQ kernel)
         if p.variant.bias == "bool":
-            summarize = launch("mask_tiles", (1,)).function
-            self.mask_tiles = (TileSummary(summarize, p.bias, True, config.block_m, config.block_n, p.seqlen_q,
-                                           p.seqlen_k),)
-            self.params.set(**self.mask_tiles[0].fields("mask_tiles_k"))
+            self.mask_tiles = (TileSummary.for_kernel(p, config, True, self.params),)
             if not atomic_dq:
-                self.mask_tiles += (TileSummary(summarize, p.bias, False, dq_config.block_m, dq_config.block_n,
-                                                p.seqlen_q, p.seqlen_k),)
-                self.params.set(**self.mask_tiles[1].fields("mask_tiles_q"))
+                self.mask_tiles += (TileSummary.for_kernel(p, dq_config, False, self.params),)
         if kv_splits > 1:  # one warp per (batch, key, K/V head) row
             self.reduce = launch("bwd_reduce_dkdv", (math.ceil(p.batch * p.seqlen_k * p.nheads_k / 4),))
         if atomic_dq:

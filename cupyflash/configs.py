@@ -55,11 +55,10 @@ class TileConfig:
 class When:
     """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``,
     ``bias=False``, ``mask=False``, ``dbias=False``) entries are skipped when that score modifier (packed
-    variable-length rows, an additive bias or a boolean mask (unless ``mask=True``), a boolean mask, the bias's
-    gradient) is on,
-    ``heavy=False`` ones when softcap, ALiBi and a bias or mask all are, because their extra live values would
-    spill at that tile or their tiles would not fit (the CPU compile check compiles every combination on every
-    tile that allows it)."""
+    variable-length rows, an additive bias, a boolean mask, the bias's gradient) is on, ``heavy=False`` ones when
+    softcap, ALiBi and a bias or mask all are, because their extra live values would spill at that tile or their
+    tiles would not fit (the CPU compile check compiles every combination on every tile that allows it). ``mask``
+    defaults to ``bias``: a mask is read as a bias too, and mostly spills where one does."""
 
     config: TileConfig
     softcap: bool = True
@@ -73,12 +72,13 @@ class When:
     def allows(self, variant: Variant | None) -> bool:
         if variant is None:
             return True
-        biased, masked = variant.bias != "none", variant.bias == "bool"  # a mask is read as a bias too
+        masked = variant.bias == "bool"
+        biased = variant.bias != "none" and not masked
+        allows_mask = self.bias if self.mask is None else self.mask
         return ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
-                and (self.packed or variant.rows != "packed")
-                and (self.bias or not biased or (masked and self.mask))
-                and (self.mask is not False or not masked)
-                and (self.heavy or not (variant.softcap and variant.alibi and biased))
+                and (self.packed or variant.rows != "packed") and (self.bias or not biased)
+                and (allows_mask or not masked)
+                and (self.heavy or not (variant.softcap and variant.alibi and (biased or masked)))
                 and (self.dbias or not variant.dbias))
 
 

@@ -48,11 +48,7 @@ class ForwardPlan:
         # a boolean mask: its tile summary by query tiles, from which the kernel skips tiles it hides wholly
         self.mask_tiles = None
         if self.launches and problem.variant.bias == "bool":
-            self.mask_tiles = TileSummary(_kernels.get_function(family, "mask_tiles", None, 0, problem.variant,
-                                                                problem.device),
-                                          problem.bias, False, config.block_m, config.block_n, problem.seqlen_q,
-                                          problem.seqlen_k)
-            self.params.set(**self.mask_tiles.fields("mask_tiles_q"))
+            self.mask_tiles = TileSummary.for_kernel(problem, config, False, self.params)
 
     def run(self, q, k, v, alibi_slopes, cu_seqlens=(None, None), bias=None):
         import cupy

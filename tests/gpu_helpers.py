@@ -1,6 +1,7 @@
 """Inputs and error measures shared by the GPU tests."""
 import ml_dtypes
 import numpy as np
+from hypothesis import strategies as st
 
 from cupyflash.reference import attention_naive_lowp, attention_reference
 
@@ -33,6 +34,12 @@ def make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dt
     v, v64 = random_array(rng, (batch, seqlen_k, nheads_k, head_dim), dtype)
     dout, dout64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
     return (q, k, v, dout), (q64, k64, v64, dout64)
+
+
+def backward_mode(mode):
+    """flash_attn_backward's keywords for a test's backward mode: "default" (the dispatcher's choice),
+    "deterministic" or "atomic" (dQ by atomics)."""
+    return {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
 
 
 def to_float64(x):
@@ -128,3 +135,10 @@ def grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, out=None, **
         floor = ERROR_FLOOR[dtype] * (1 + ref_max) + ROUNDING[dtype] * ref_max
         errors[name] = (float(cupy.abs(got - ref).max()), float(cupy.abs(base - ref).max()), floor)
     return errors
+
+
+# hypothesis strategies of the bias and mask suites: short sequences with tile-edge and awkward lengths, head dims
+# from the odd (padded) to 256, window sides (-1: unbounded)
+BIAS_SEQLENS = st.one_of(st.sampled_from([1, 17, 97, 130, 257]), st.integers(1, 200))
+BIAS_HEAD_DIMS = st.one_of(st.sampled_from([16, 59, 64, 128, 256]), st.integers(1, 32).map(lambda i: 8 * i))
+BIAS_SIDES = st.one_of(st.just(-1), st.integers(0, 40))

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
-from gpu_helpers import check_grads_against_reference, make_problem, to_float64
+from gpu_helpers import backward_mode, check_grads_against_reference, make_problem, to_float64
 
 import cupyflash as cf
 from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
@@ -39,7 +39,7 @@ seqlens = st.one_of(st.sampled_from(AWKWARD_SEQLENS), st.integers(1, 300))
 def test_backward_matches_float64(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, mode):
     while batch * nheads * seqlen_q * seqlen_k > 2**25 and batch * nheads > 1:
         batch, nheads = max(1, batch // 2), max(1, nheads // 2)
-    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    kw = backward_mode(mode)
     run_case(seed, batch, seqlen_q, seqlen_k, nheads, head_dim, dtype, causal, **kw)
 
 

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
-from gpu_helpers import check_against_reference, check_grads_against_reference, make_problem, to_float64
+from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, backward_mode, check_against_reference,
+                         check_grads_against_reference, make_problem, to_float64)
 
 import cupyflash as cf
 from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
@@ -70,7 +71,7 @@ def run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype,
     check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, bias=b64, **variant)
     if mode is None:
         return
-    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    kw = backward_mode(mode)
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, bias=bias, return_dbias=True,
                                    **variant, **kw)
     assert grads[3].shape == bias.shape
@@ -85,9 +86,7 @@ def run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype,
             assert bool(cupy.array_equal(a.view(cupy.uint8), b.view(cupy.uint8))), "not bitwise reproducible"
 
 
-seqlens = st.one_of(st.sampled_from([1, 17, 97, 130, 257]), st.integers(1, 200))
-head_dims = st.one_of(st.sampled_from([16, 59, 64, 128, 256]), st.integers(1, 32).map(lambda i: 8 * i))
-sides = st.one_of(st.just(-1), st.integers(0, 40))
+seqlens, head_dims, sides = BIAS_SEQLENS, BIAS_HEAD_DIMS, BIAS_SIDES
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import check_against_reference, check_grads_against_reference, make_problem, to_float64
+from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, backward_mode, check_against_reference,
+                         check_grads_against_reference, make_problem, to_float64)
 
 import cupyflash as cf
 from cupyflash.problem import Variant
@@ -64,14 +65,12 @@ def run_mask(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype,
     check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, mask=ref, **variant)
     if mode is None:
         return
-    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    kw = backward_mode(mode)
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, mask=mask, **variant, **kw)
     check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, mask=ref, **variant)
 
 
-seqlens = st.one_of(st.sampled_from([1, 17, 97, 130, 257]), st.integers(1, 200))
-head_dims = st.one_of(st.sampled_from([16, 59, 64, 128, 256]), st.integers(1, 32).map(lambda i: 8 * i))
-sides = st.one_of(st.just(-1), st.integers(0, 40))
+seqlens, head_dims, sides = BIAS_SEQLENS, BIAS_HEAD_DIMS, BIAS_SIDES
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -143,7 +142,7 @@ def test_prepared_mask_gives_the_raw_masks_results_bit_for_bit(mode):
     raw, _ = make_mask(np.random.default_rng(5), (2, 4, 300, 333), (False, True, False, False), "unaligned", 0.5,
                        blocks=32)
     prepared = cf.prepare_mask(raw)
-    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    kw = backward_mode(mode)
     results = []
     for mask in (raw, prepared, prepared):  # the second prepared call reads the cached summaries
         out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, mask=mask)

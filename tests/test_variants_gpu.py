@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import (check_against_reference, check_grads_against_reference, make_problem, random_array,
-                         to_float64)
+from gpu_helpers import (backward_mode, check_against_reference, check_grads_against_reference, make_problem,
+                         random_array, to_float64)
 
 import cupyflash as cf
 
@@ -43,7 +43,7 @@ def run_backward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dt
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
                                                             head_dim, dtype)
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, **variant)
-    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    kw = backward_mode(mode)
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, kv_splits=kv_splits, **variant, **kw)
     for g, x in zip(grads, (q, k, v)):
         assert g.shape == x.shape and g.dtype == x.dtype

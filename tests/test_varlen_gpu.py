@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import assert_within_bounds, forward_errors, grad_errors, random_array, to_float64
+from gpu_helpers import backward_mode, assert_within_bounds, forward_errors, grad_errors, random_array, to_float64
 
 import cupyflash as cf
 
@@ -59,7 +59,7 @@ def run_varlen(seed, lens_q, lens_k, nheads, nheads_k, head_dim, dtype, causal, 
     if mode is None:
         return
     dout, dout64 = random_array(rng, q.shape, dtype)
-    kw = {"deterministic": True} if mode == "deterministic" else {"atomic_dq": True} if mode == "atomic" else {}
+    kw = backward_mode(mode)
     dq, dk, dv = cf.flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_q, cu_k, max(lens_q), max(lens_k),
                                                causal=causal, alibi_slopes=slopes, **variant, **kw)
     assert (dq.shape, dk.shape, dv.shape) == (q.shape, k.shape, v.shape)

@@ -7,6 +7,10 @@
 // allocation) or broadcast (bias_key_step 0). Each step's BLOCK_M x BLOCK_N tile is copied to shared memory with
 // the step's other tiles, so global reads are coalesced whatever the kernel's fragment layout; fragments read it
 // back as queries x keys (forward, dQ) or keys x queries (dK/dV).
+//
+// A boolean mask is read the same way, as a 0 / -inf bias one byte per pair (TileBias<mask8>), from its own params
+// fields; with an additive bias beside it (MaskedBias) each stage holds both tiles, and the mask's tile summary
+// decides which tiles are visited at all and in which the mask is read.
 #pragma once
 #include "mma_sm80.cuh"
 #include "params.cuh"
@@ -23,7 +27,7 @@ struct NoBiasGrad {
 };
 
 struct NoBias {
-    static constexpr bool ON = false;
+    static constexpr bool ON = false, GRAD = false;
     using Tiles = AllTiles;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = NoBiasGrad;
@@ -59,6 +63,20 @@ template <> struct BiasValue<float> {
     static __device__ __forceinline__ float one(u32 addr) { return __uint_as_float(lds_u32(addr)); }
 };
 
+// Where a tile's values come from: the bias's params fields, or the mask's. A mask's values need no unit (0 / -inf).
+struct BiasFields {
+    static __device__ __forceinline__ const void* data(const AttnParams& p) { return p.bias; }
+    static __device__ __forceinline__ const Strides& strides(const AttnParams& p) { return p.bias_str; }
+    static __device__ __forceinline__ int key_step(const AttnParams& p) { return p.bias_key_step; }
+    static __device__ __forceinline__ float unit(const AttnParams& p) { return p.bias_unit; }
+};
+struct MaskFields {
+    static __device__ __forceinline__ const void* data(const AttnParams& p) { return p.mask; }
+    static __device__ __forceinline__ const Strides& strides(const AttnParams& p) { return p.mask_str; }
+    static __device__ __forceinline__ int key_step(const AttnParams& p) { return p.mask_key_step; }
+    static __device__ __forceinline__ float unit(const AttnParams&) { return 1.f; }
+};
+
 template <int KEY_TILES, int QUERY_TILES> struct BiasGrad;
 template <bool C, typename A, typename B> struct Pick { using type = A; };
 template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
@@ -66,8 +84,8 @@ template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
 // A boolean mask as a bias: one byte per pair, nonzero = visible (bias 0), zero = hidden (bias -inf). Its tile
 // summary lets the kernels skip tiles it hides wholly and read it only where it crosses a tile (mask_tiles.cuh).
 struct mask8 {};
-template <typename T> struct TilesOf { using type = AllTiles; };
-template <> struct TilesOf<mask8> { using type = SummarizedTiles; };
+template <typename T> struct TilesOf { using type = AllTiles; using Fields = BiasFields; };
+template <> struct TilesOf<mask8> { using type = SummarizedTiles; using Fields = MaskFields; };
 template <> struct BiasValue<mask8> {
     static constexpr int BYTES = 1;
     static __device__ __forceinline__ float of(u32 byte) { return byte ? 0.f : neg_inf(); }
@@ -82,15 +100,19 @@ template <> struct BiasValue<mask8> {
     }
 };
 
-// GRAD: the dK/dV kernel also writes the bias's gradient (BiasGrad).
-template <typename T, bool GRAD = false>
+// GRAD_: the dK/dV kernel also writes the bias's gradient (BiasGrad).
+//
+// The kernels pass every call a step's walk entry (mask_tiles.cuh; 1 without a summary): a mask's tile is loaded
+// and applied only where the mask cuts the tile (entry & 1), a bias's in every tile visited.
+template <typename T, bool GRAD_ = false>
 struct TileBias {
-    static constexpr bool ON = true;
+    static constexpr bool ON = true, GRAD = GRAD_;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = typename Pick<GRAD, BiasGrad<KEY_TILES, QUERY_TILES>, NoBiasGrad>::type;
     using Value = BiasValue<T>;
     using Tiles = typename TilesOf<T>::type;
-    static_assert(!(GRAD && Tiles::SKIPS), "BiasGrad's flush expects every query tile visited");
+    using Fields = typename TilesOf<T>::Fields;
+    static_assert(!(GRAD && Tiles::SKIPS), "a mask has no gradient");
     static constexpr int BYTES = Value::BYTES;  // per element
     static constexpr int CHUNK = 16 / BYTES;     // elements per 16-byte copy
     // Rows padded by one chunk, like SmemTile: fragment reads of neighbouring rows fall in different banks.
@@ -119,12 +141,14 @@ struct TileBias {
     // same few bytes of L2 at once (measured: a (B, 1, 1, S) key bias ran at 0.23-0.70x plain).
     template <int ROWS, int COLS, int THREADS>
     static __device__ __forceinline__ void load_tile(u32 smem, const AttnParams& p, int batch, int head, int q0,
-                                                     int k0, int rows_valid, int cols_valid) {
-        const char* base = static_cast<const char*>(p.bias) +
-                           (batch * p.bias_str.batch + head * p.bias_str.head + q0 * p.bias_str.seq) * BYTES;
-        const i64 row_stride = p.bias_str.seq * BYTES;  // bytes
+                                                     int k0, int rows_valid, int cols_valid, int entry) {
+        if (Tiles::SKIPS && !(entry & 1)) return;  // the mask shows the whole tile: not read
+        const Strides& str = Fields::strides(p);
+        const char* base = static_cast<const char*>(Fields::data(p)) +
+                           (batch * str.batch + head * str.head + q0 * str.seq) * BYTES;
+        const i64 row_stride = str.seq * BYTES;  // bytes
         const int rows = row_stride != 0 ? ROWS : 1;
-        if (p.bias_key_step != 0) {  // 16-byte asynchronous copies, waited for with the step's other tiles
+        if (Fields::key_step(p) != 0) {  // 16-byte asynchronous copies, waited for with the step's other tiles
             constexpr int CHUNKS = COLS / CHUNK;
             static_assert(COLS % CHUNK == 0, "whole chunks per tile row");
             base += static_cast<i64>(k0) * BYTES;
@@ -164,11 +188,12 @@ struct TileBias {
     // The backward kernels start S from the bias and accumulate Q K^T onto it; the forward adds it after the
     // product. Each is the choice without register spills at every tile (compile check): at the edge of the
     // register file the allocation of the two orders differs.
-    template <bool ROWS_ARE_KEYS, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
+    template <bool ROWS_ARE_KEYS, int ROWS_OF_TILE, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
     static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
-                                               int lane, const AttnParams& p) {
-        const int pitch = p.bias_str.seq != 0 ? stride<COLS_OF_TILE>() : 0;  // 0: every query reads row 0
-        const float unit = p.bias_unit;
+                                               int lane, const AttnParams& p, int entry) {
+        if (Tiles::SKIPS && !(entry & 1)) return;  // the mask shows the whole tile
+        const int pitch = Fields::strides(p).seq != 0 ? stride<COLS_OF_TILE>() : 0;  // 0: every query reads row 0
+        const float unit = Fields::unit(p);
         #pragma unroll
         for (int mt = 0; mt < ROW_TILES; ++mt)
             #pragma unroll
@@ -193,14 +218,51 @@ struct TileBias {
     }
 };
 
+// An additive bias and a boolean mask together: each stage holds the mask's tile, then the bias's. The mask's
+// summary picks the tiles visited; the bias is read in each of them, the mask only where it cuts the tile, and
+// hides its pairs by adding -inf after the bias. Walk entries ride in the mask tile's row padding, as alone.
+template <typename T, bool GRAD_ = false>
+struct MaskedBias {
+    using Values = TileBias<T, GRAD_>;
+    using Hidden = TileBias<mask8>;
+    static constexpr bool ON = true, GRAD = GRAD_;
+    template <int KEY_TILES, int QUERY_TILES>
+    using Grad = typename Values::template Grad<KEY_TILES, QUERY_TILES>;
+    using Tiles = typename Hidden::Tiles;
+    template <int ROWS, int COLS>
+    __host__ __device__ static constexpr int tile_bytes() {
+        return Hidden::template tile_bytes<ROWS, COLS>() + Values::template tile_bytes<ROWS, COLS>();
+    }
+    template <int COLS, int ROW>
+    static __device__ __forceinline__ void stash(u32 tile, int entry) { Hidden::template stash<COLS, ROW>(tile, entry); }
+    template <int COLS, int ROW>
+    static __device__ __forceinline__ int stashed(u32 tile) { return Hidden::template stashed<COLS, ROW>(tile); }
+
+    template <int ROWS, int COLS, int THREADS>
+    static __device__ __forceinline__ void load_tile(u32 smem, const AttnParams& p, int batch, int head, int q0,
+                                                     int k0, int rows_valid, int cols_valid, int entry) {
+        Values::template load_tile<ROWS, COLS, THREADS>(smem + Hidden::template tile_bytes<ROWS, COLS>(), p, batch,
+                                                        head, q0, k0, rows_valid, cols_valid, entry);
+        Hidden::template load_tile<ROWS, COLS, THREADS>(smem, p, batch, head, q0, k0, rows_valid, cols_valid, entry);
+    }
+    template <bool ROWS_ARE_KEYS, int ROWS_OF_TILE, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
+    static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
+                                               int lane, const AttnParams& p, int entry) {
+        Values::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, ADD>(
+            s, tile + Hidden::template tile_bytes<ROWS_OF_TILE, COLS_OF_TILE>(), row0, col0, lane, p, entry);
+        Hidden::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, true>(s, tile, row0, col0, lane, p, entry);
+    }
+};
+
 // The bias's gradient, dbias = dS (the bias enters the softmax like the scaled score), from the dK/dV kernel's dS^T
 // fragments (rows keys, columns queries) into an fp32 partial array that Python sums over the bias's broadcast
 // dims afterwards: params.dbias with element strides dbias_str (batch, row, head), columns contiguous. Every
 // element is written by one thread of one block (no atomics: deterministic). params.dbias_sums bit 0: the bias
-// is broadcast over queries, and each warp keeps per-key sums over a head's query tiles, stored at the head's last
-// tile in row `query_split` (the warp's share of the queries, one of D_SPLIT); bit 1: broadcast over keys, and
+// is broadcast over queries, and each warp keeps per-key sums over a head's query tiles, stored after the head's
+// last tile visited (flush) in row `query_split` (the warp's share of the queries, one of D_SPLIT); bit 1: broadcast over keys, and
 // sums over the warp's keys go to column `key_group` (one per 16 * KEY_TILES keys). Neither: dS itself, row =
-// query, column = key. Padding rows and columns hold dS = 0 (masked keys, zero-filled queries) and are not stored.
+// query, column = key. Padding rows and columns hold dS = 0 (masked keys, zero-filled queries) and are not stored;
+// nor are the tiles a mask skips (Python zero-fills the partial).
 template <int KEY_TILES, int QUERY_TILES>
 struct BiasGrad {
     float key_sums[KEY_TILES][2] = {};

@@ -263,10 +263,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         load_row_values_async<BLOCK_M, THREADS>(sRow_addr + (stage * 2 + 1) * BLOCK_M * 4, p.delta + rows,
                                                 seqlen_q - m0);
         if constexpr (Bias::ON)
-            if (!Tiles::SKIPS || entry & 1)
-                Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p,
-                                                                    batch, head, m0, n0, seqlen_q - m0,
-                                                                    seqlen_k - n0);
+            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p, batch,
+                                                                head, m0, n0, seqlen_q - m0, seqlen_k - n0, entry);
         if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, entry);
     };
 
@@ -311,9 +309,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         float s[KEY_TILES][WARP_QUERIES / 8][4] = {};
         float dp[KEY_TILES][WARP_QUERIES / 8][4] = {};
         if constexpr (Bias::ON)
-            if (entry & 1)
-                Bias::template apply<true, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, warp_key0,
-                                                           warp_query0, lane, p);
+            Bias::template apply<true, BLOCK_M, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES,
+                                                                warp_key0, warp_query0, lane, p, entry);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(s, sK_addr, warp_key0, sQ_t,
                                                                                   warp_query0, lane);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
@@ -347,8 +344,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // dbias = dS (per element, or summed over the bias's broadcast queries or keys: bias.cuh BiasGrad)
         const int key_group = blockIdx.x * KEY_WARPS + warp / D_SPLIT;
         dbias.step(dp, p, batch, head, key0, query0, seqlen_q, seqlen_k, key_group, lane);
-        if (m0 == (query_tiles.y - 1) * BLOCK_M)  // the head's last query tile
+        if constexpr (Bias::GRAD && Tiles::SKIPS) {  // the head's last visited step: the next is another head's
+            int next = -1;  // step t + 1's entry: the next load's with two stages, else stashed (loaded earlier)
+            if (t + 1 < n_steps)
+                next = STAGES == 2 ? next_load
+                                   : Bias::template stashed<BLOCK_N, 0>(sK_addr + BIAS_OFF +
+                                                                        (t + 1) % STAGES * BIAS_BYTES);
+            if (next < 0 || step_head(next >> 1) != head)
+                dbias.flush(p, batch, head, key0, seqlen_k, key_group, warp % D_SPLIT, lane);
+        } else if (m0 == (query_tiles.y - 1) * BLOCK_M) {  // the head's last query tile
             dbias.flush(p, batch, head, key0, seqlen_k, key_group, warp % D_SPLIT, lane);
+        }
         stage_accum_in_smem<Elem, PTile>(sP + warp_query0, warp_key0, s, lane);
         stage_accum_in_smem<Elem, PTile>(sdS + warp_query0, warp_key0, dp, lane);
         __syncthreads();  // P^T and dS^T complete
@@ -471,9 +477,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_rows, p.v_str.seq, seqlen_k - n0,
                                          head_dim);
         if constexpr (Bias::ON)
-            if (!Tiles::SKIPS || entry & 1)
-                Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
-                                                                    m0, n0, seqlen_q - m0, seqlen_k - n0);
+            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
+                                                                m0, n0, seqlen_q - m0, seqlen_k - n0, entry);
         if constexpr (Tiles::SKIPS) {  // as the forward's
             Bias::template stash<BLOCK_N, 0>(sBias_addr + stage * BIAS_BYTES, entry);
             if (threadIdx.x == 0) Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
@@ -525,9 +530,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         float s[M_TILES][N_TILES][4] = {};
         float dp[M_TILES][N_TILES][4] = {};
         if constexpr (Bias::ON)
-            if (entry & 1)
-                Bias::template apply<false, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
-                                                            lane, p);
+            Bias::template apply<false, BLOCK_M, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
+                                                                 warp_row0, 0, lane, p, entry);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
         const int query0 = m0 + warp_row0;

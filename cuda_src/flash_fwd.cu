@@ -81,9 +81,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq, p.v_str.seq,
                                          seqlen_k - n0, p.head_dim);
         if constexpr (Bias::ON)
-            if (!Tiles::SKIPS || entry & 1)
-                Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
-                                                                    m0, n0, seq.seqlen_q - m0, seqlen_k - n0);
+            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
+                                                                m0, n0, seq.seqlen_q - m0, seqlen_k - n0, entry);
         if constexpr (Tiles::SKIPS) {
             Bias::template stash<BLOCK_N, 0>(sBias_addr + stage * BIAS_BYTES, entry);
             if (threadIdx.x == 0) Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
@@ -127,9 +126,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         float s[M_TILES][N_TILES][4] = {};
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         if constexpr (Bias::ON)
-            if (entry & 1)
-                Bias::template apply<false, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0, 0,
-                                                           lane, p);
+            Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
+                                                                warp_row0, 0, lane, p, entry);
         apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
         // Padding keys must not enter the softmax sum; nor keys the mask hides.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);

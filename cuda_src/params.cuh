@@ -31,11 +31,13 @@ struct AttnParams {
     float* dbias;               // TileBias<T, true>: the dK/dV kernel's fp32 partial dbias (bias.cuh BiasGrad)
     const uint2* mask_tiles_q;  // SummarizedTiles: a boolean mask's tile summary by query tiles (mask_tiles.cuh)
     const uint2* mask_tiles_k;  //   ... and by key tiles (dK/dV kernel)
+    const void* mask;           // TileBias<mask8>, MaskedBias: bool (batch, nheads, seqlen_q, seqlen_k) by mask_str
 
     Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
     Strides bias_str;           // bias: batch, query row (seq) and head strides, 0 where broadcast
     Strides dbias_str;          // dbias partial: batch, row and head strides
     Strides mask_tiles_q_str, mask_tiles_k_str;  // tile summaries: batch, row tile and head strides in words
+    Strides mask_str;           // mask: as bias_str
     i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
     unsigned long long heads_per_kv_magic;  // coords.cuh division_magic(heads_per_kv), computed by Python
 
@@ -57,6 +59,7 @@ struct AttnParams {
     float softcap_scale;        // softmax_scale / softcap
     float alibi_unit;           // ALiBi slopes are in scaled-score units; this converts them to raw logit units
     float bias_unit;            // the same for the bias: 1 / softmax_scale
+    int mask_key_step;          // the mask's bias_key_step
 };
 
 }  // namespace cf

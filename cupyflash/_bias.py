@@ -1,15 +1,16 @@
-"""The additive bias as the kernels read it (cuda_src/bias.cuh): params fields and, where needed, a padded copy."""
+"""The additive bias and the boolean mask as the kernels read them (cuda_src/bias.cuh): params fields and, where
+needed, a padded copy."""
 from __future__ import annotations
 
 from .problem import BiasLayout
 
 
-def bias_fields(layout: BiasLayout | None) -> dict:
-    """The params fields of a bias layout (all 0 without a bias): element strides, 0 where broadcast."""
-    if layout is None:
-        return dict(bias_str_batch=0, bias_str_head=0, bias_str_seq=0, bias_key_step=0)
-    batch, head, query, _ = layout.strides
-    return dict(bias_str_batch=batch, bias_str_head=head, bias_str_seq=query, bias_key_step=layout.key_step)
+def bias_fields(layout: BiasLayout | None, name: str = "bias") -> dict:
+    """The params fields of a bias (or, ``name="mask"``, a mask) layout, all 0 without one: element strides, 0
+    where broadcast."""
+    batch, head, query, _ = (0,) * 4 if layout is None else layout.strides
+    return {f"{name}_str_batch": batch, f"{name}_str_head": head, f"{name}_str_seq": query,
+            f"{name}_key_step": 0 if layout is None else layout.key_step}
 
 
 def readable(layout: BiasLayout, bias):

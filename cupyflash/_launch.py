@@ -163,7 +163,7 @@ def static_params(problem: Problem) -> Params:
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
-               **bias_fields(problem.bias))
+               **bias_fields(problem.bias), **bias_fields(problem.mask, "mask"))
     return params
 
 

@@ -62,7 +62,7 @@ class TileSummary:
 
         family = family_for(device_limits(problem.device), problem.variant)
         kernel = _kernels.get_function(family, "mask_tiles", None, 0, problem.variant, problem.device)
-        summary = cls(kernel, problem.bias, by_key, config.block_m, config.block_n, problem.seqlen_q,
+        summary = cls(kernel, problem.mask, by_key, config.block_m, config.block_n, problem.seqlen_q,
                       problem.seqlen_k)
         params.set(**summary.fields("mask_tiles_k" if by_key else "mask_tiles_q"))
         return summary

@@ -148,16 +148,20 @@ PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band",
 #: the leading table entry, or the next that fits with a bias's tiles.
 BIG_GPU = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100-sized")
 #: An additive bias: alone, and with every modifier and dbias (only the dK/dV kernel differs with dbias), band
-#: mask, on every tile of every kind; the full sweep adds the other two combinations of these with dbias, and
-#: boolean masks (bias "bool") alone and with softcap and ALiBi.
+#: mask, on every tile of every kind; a bias with a boolean mask (and dbias); the full sweep adds the other two
+#: combinations of these with dbias, boolean masks alone and with softcap and ALiBi, and a bias with a mask and
+#: every modifier.
 BIASED = (Variant("bfloat16", "band", bias="bfloat16"),
-          Variant("float16", "band", True, True, bias="float32", dbias=True))
+          Variant("float16", "band", True, True, bias="float32", dbias=True),
+          Variant("bfloat16", "band", bias="bfloat16", dbias=True, bool_mask=True))
 BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
                     Variant("float16", "band", True, True, bias="float32"),
-                    Variant("bfloat16", "band", bias="bool"), Variant("float16", "band", True, True, bias="bool"))
+                    Variant("bfloat16", "band", bool_mask=True), Variant("float16", "band", True, True, bool_mask=True),
+                    Variant("bfloat16", "band", bias="bfloat16", bool_mask=True),
+                    Variant("float16", "band", True, True, bias="float32", dbias=True, bool_mask=True))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
-                   Variant("float16", "none", bias="float16"), Variant("float16", "none", bias="bool"))
+                   Variant("float16", "none", bias="float16"), Variant("float16", "none", bool_mask=True))
 
 
 def _kernel_instances(kind: str, full: bool):

@@ -13,11 +13,12 @@ import numpy as np
 
 _C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32, "float": np.float32}
 #: (batch, seq, head) strides
-STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias", "mask_tiles_q", "mask_tiles_k")
+STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias", "mask_tiles_q", "mask_tiles_k",
+           "mask")
 
 #: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
 POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes",
-            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias", "mask_tiles_q", "mask_tiles_k")
+            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias", "mask_tiles_q", "mask_tiles_k", "mask")
 FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "ptr") for name in POINTERS),
     *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),
@@ -28,6 +29,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
                                  "window_right", "bias_key_step", "dbias_sums")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit",
                                    "bias_unit")),
+    ("mask_key_step", "int"),
 )
 
 # Field names with the nested Strides members flattened ("q_str.seq" -> "q_str_seq").

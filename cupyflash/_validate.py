@@ -201,11 +201,8 @@ def check_bias(bias: ArraySpec, shape: AttentionShape, name: str = "bias") -> Bi
 def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, causal=False,
              window_size=(-1, -1), softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0,
              bias: ArraySpec | None = None, mask: ArraySpec | None = None) -> Problem:
-    """Every check of a call's arguments, and the frozen Problem they describe. A boolean mask travels as a bias
-    of dtype "bool" (the kernels read it as 0 / -inf); a mask and a bias together are not supported yet."""
-    if bias is not None and mask is not None:
-        raise NotImplementedError("a mask and a bias together are not supported yet; put the mask into the bias "
-                                  "as -inf entries (cupy.where(mask, bias, -cupy.inf))")
+    """Every check of a call's arguments, and the frozen Problem they describe. The kernels read a boolean mask
+    like a bias, as 0 / -inf, beside the additive bias if there is one."""
     shape = check_qkv(q, k, v)
     check_dropout(dropout_p)
     if not isinstance(causal, (bool, numbers.Integral)):
@@ -214,13 +211,13 @@ def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, ca
     window = normalize_window(check_window(window_size), causal, shape.seqlen_q, shape.seqlen_k)
     cap = check_softcap(softcap)
     alibi_stride = 0 if alibi_slopes is None else check_alibi(alibi_slopes, shape)
-    layout = (check_bias(bias, shape) if bias is not None else check_bias(mask, shape, "mask") if mask is not None
-              else None)
+    bias_layout = None if bias is None else check_bias(bias, shape)
+    mask_layout = None if mask is None else check_bias(mask, shape, "mask")
     variant = Variant(shape.dtype, mask_kind(causal, window), softcap=cap > 0, alibi=alibi_slopes is not None,
-                      bias="none" if layout is None else layout.dtype)
+                      bias="none" if bias_layout is None else bias_layout.dtype, bool_mask=mask_layout is not None)
     return Problem(shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.nheads_k, shape.head_dim,
                    shape.device, check_softmax_scale(softmax_scale, shape.head_dim), causal, window, cap,
-                   alibi_stride, variant, bias=layout)
+                   alibi_stride, variant, bias=bias_layout, mask=mask_layout)
 
 
 def needs_aligned_copy(a: ArraySpec) -> bool:

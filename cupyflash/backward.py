@@ -77,7 +77,7 @@ class BackwardPlan:
         self.main = launch("bwd", (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch), config,
                            atomic_dq)
         # a boolean mask: tile summaries by key tiles (dK/dV kernel) and by query tiles (dQ kernel)
-        if p.variant.bias == "bool":
+        if p.variant.bool_mask:
             self.mask_tiles = (TileSummary.for_kernel(p, config, True, self.params),)
             if not atomic_dq:
                 self.mask_tiles += (TileSummary.for_kernel(p, dq_config, False, self.params),)
@@ -89,17 +89,17 @@ class BackwardPlan:
             self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
             self.fork = _StreamFork(p.device)
 
-    def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None), bias=None):
+    def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None), bias=None, mask=None):
         import cupy
 
         q, k, v, dout, out, lse = arrays
         tiles = [None, None]  # summaries by key tiles (dK/dV kernel), by query tiles (dQ kernel)
-        if self.mask_tiles:  # bias is the boolean mask, raw or prepared (a raw one's padded copy made once)
-            mask = bias if isinstance(bias, PreparedMask) else PreparedMask(bias)
+        if self.mask_tiles:  # the boolean mask, raw or prepared (a raw one's padded copy made once)
+            prepared = mask if isinstance(mask, PreparedMask) else PreparedMask(mask)
             for i, summary in enumerate(self.mask_tiles):
-                bias, tiles[i] = summary.read(mask)
-        elif bias is not None:
-            bias = readable(self.problem.bias, unwrap(bias))
+                mask, tiles[i] = summary.read(prepared)
+        if bias is not None:
+            bias = readable(self.problem.bias, bias)
         if self.any_staging:
             q, k, v, dout, out = (s.stage(x) for s, x in zip(self.staging, (q, k, v, dout, out)))
         pd = self.problem.padded_head_dim
@@ -124,7 +124,7 @@ class BackwardPlan:
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
                                           partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens),
                                           _launch.ptr(bias), _launch.ptr(dbias), _launch.ptr(tiles[1]),
-                                          _launch.ptr(tiles[0])))
+                                          _launch.ptr(tiles[0]), _launch.ptr(mask)))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
         extra = () if dbias is None else (self.dbias.finish(dbias),)
@@ -318,8 +318,7 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
             causal=causal, window_size=window_size, softcap=softcap, deterministic=deterministic,
             atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias)
         mask = mask if isinstance(mask, PreparedMask) else mask_array
-    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None),
-                      bias if mask is None else mask)
+    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias, mask)
 
 
 def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,

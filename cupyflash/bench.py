@@ -775,7 +775,8 @@ MASK_COLUMNS = [
 MASK_NOTE = (f"{TOKENS} tokens, hidden {HIDDEN}, non-causal; mask (B, 1, S, S) bool: 'half blocks' hides a random "
              f"half of its {MASK_BLOCK}x{MASK_BLOCK} blocks and shows the rest, 'random' hides half of the pairs "
              "at random (no empty tile), 'all visible' hides none; 'prepared' passes cf.prepare_mask(mask), 'raw' "
-             "the array (its tile summary computed per call); times relative to cupyflash without a mask; SDPA: "
+             "the array (its tile summary computed per call); '+ pair bias': with a (1, H, S, S) bf16 bias too, "
+             "backward with dbias, beside the bias alone; times relative to cupyflash without a mask or bias; SDPA: "
              "PyTorch's own backend choice with the same boolean attn_mask")
 
 
@@ -804,20 +805,23 @@ def run_mask(args):
                  time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse)))
         half = _half_empty_blocks(batch, s)
         dense = cupy.random.RandomState(1).random_sample((batch, 1, s, s), dtype=cupy.float32) < 0.5
-        cases = (("half blocks, prepared", cf.prepare_mask(half)), ("half blocks, raw", half),
-                 ("random, prepared", cf.prepare_mask(dense)),
-                 ("all visible, prepared", cf.prepare_mask(cupy.ones((batch, 1, s, s), bool))))
-        for name, mask in cases:
-            row = _mask_row("cupyflash", dtype, name, d, s, plain, lambda: _cupyflash_with_mask(q, k, v, dout, mask))
+        pair = cupy.random.standard_normal((1, nheads, s, s), dtype=cupy.float32).astype(q.dtype)
+        cases = (("half blocks, prepared", cf.prepare_mask(half), None), ("half blocks, raw", half, None),
+                 ("random, prepared", cf.prepare_mask(dense), None),
+                 ("all visible, prepared", cf.prepare_mask(cupy.ones((batch, 1, s, s), bool)), None),
+                 ("pair bias alone", None, pair), ("half blocks + pair bias, prepared", cf.prepare_mask(half), pair))
+        for name, mask, bias in cases:
+            row = _mask_row("cupyflash", dtype, name, d, s, plain,
+                            lambda: _cupyflash_with_mask(q, k, v, dout, mask, bias))
             rows.append(row)
-            if name.startswith("half") and row.get("total_vs_plain"):
+            if name.startswith("half blocks,") and row.get("total_vs_plain"):
                 ok = max(row["fwd_vs_plain"], row["total_vs_plain"]) <= MASK_BAR
                 bars.append(f"- {name} D={d} S={s}: fwd {row['fwd_vs_plain']:.2f}x, fwd+bwd "
                             f"{row['total_vs_plain']:.2f}x plain (bar <= {MASK_BAR}): {'met' if ok else 'missed'}")
         if any(i in TORCH_BACKENDS for i in args.impls):
             rows.append(_mask_row("torch-sdpa", dtype, "half blocks", d, s, plain,
                                   lambda: _sdpa_with_bool_mask(q, k, v, half)))
-        half = dense = cases = None  # before the next size's allocations
+        half = dense = cases = pair = None  # before the next size's allocations
         free_memory()
     return rows, MASK_COLUMNS, markdown_table(rows, MASK_COLUMNS) + ["", "bars:"] + bars
 
@@ -835,12 +839,14 @@ def _mask_row(impl, dtype, name, d, s, plain, measure):
     return row
 
 
-def _cupyflash_with_mask(q, k, v, dout, mask):
+def _cupyflash_with_mask(q, k, v, dout, mask, bias=None):
+    """(fwd ms, bwd ms) with a mask and/or a bias (the backward then returns dbias too)."""
     import cupyflash as cf
 
-    out, lse = cf.flash_attn_func(q, k, v, mask=mask, return_lse=True)
-    return (time_fn(lambda: cf.flash_attn_func(q, k, v, mask=mask)),
-            time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, mask=mask)))
+    out, lse = cf.flash_attn_func(q, k, v, mask=mask, bias=bias, return_lse=True)
+    return (time_fn(lambda: cf.flash_attn_func(q, k, v, mask=mask, bias=bias)),
+            time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, mask=mask, bias=bias,
+                                                   return_dbias=bias is not None)))
 
 
 def _sdpa_with_bool_mask(q, k, v, mask):

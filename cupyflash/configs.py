@@ -72,8 +72,8 @@ class When:
     def allows(self, variant: Variant | None) -> bool:
         if variant is None:
             return True
-        masked = variant.bias == "bool"
-        biased = variant.bias != "none" and not masked
+        masked = variant.bool_mask
+        biased = variant.bias != "none"
         allows_mask = self.bias if self.mask is None else self.mask
         return ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
                 and (self.packed or variant.rows != "packed") and (self.bias or not biased)
@@ -298,7 +298,8 @@ def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool =
 
 def _modifiers_text(variant: Variant | None) -> str:
     on = [] if variant is None else [n for n, flag in (("softcap", variant.softcap), ("ALiBi", variant.alibi),
-                                                       (f"a {variant.bias} bias", variant.bias != "none")) if flag]
+                                                       (f"a {variant.bias} bias", variant.bias != "none"),
+                                                       ("a boolean mask", variant.bool_mask)) if flag]
     return f" with score modifiers ({' and '.join(on)})" if on else ""
 
 

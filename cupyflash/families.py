@@ -17,9 +17,8 @@ HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_row
 _ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
 _ROWS_TYPE = {"dense": "cf::DenseRows", "packed": "cf::PackedRows"}
-_BIAS_TYPE = {"none": "cf::NoBias", "float16": "cf::TileBias<cf::f16>", "bfloat16": "cf::TileBias<cf::bf16>",
-              "float32": "cf::TileBias<float>", "bool": "cf::TileBias<cf::mask8>"}
-_BIAS_ITEMSIZE = {"none": 0, "float16": 2, "bfloat16": 2, "float32": 4, "bool": 1}
+_BIAS_ELEM = {"float16": "cf::f16", "bfloat16": "cf::bf16", "float32": "float"}
+_BIAS_ITEMSIZE = {"none": 0, "float16": 2, "bfloat16": 2, "float32": 4}
 
 
 def _cpp_bool(flag: bool) -> str:
@@ -36,6 +35,22 @@ def _bias_tile_bytes(rows: int, cols: int, itemsize: int) -> int:
     return rows * (cols * itemsize + 16) if itemsize else 0
 
 
+def _bias_policy(variant: Variant, grad: bool) -> str:
+    """The kernels' Bias policy (cuda_src/bias.cuh): nothing, the additive bias, the boolean mask, or both."""
+    if variant.bias == "none":
+        return "cf::TileBias<cf::mask8>" if variant.bool_mask else "cf::NoBias"
+    policy = "cf::MaskedBias" if variant.bool_mask else "cf::TileBias"
+    return f"{policy}<{_BIAS_ELEM[variant.bias]}{', true' if grad else ''}>"
+
+
+def _stage_bias_bytes(rows: int, cols: int, variant: Variant | None) -> int:
+    """The bias and mask tiles of one pipeline stage (MaskedBias holds both)."""
+    if variant is None:
+        return 0
+    return (_bias_tile_bytes(rows, cols, _BIAS_ITEMSIZE[variant.bias])
+            + (_bias_tile_bytes(rows, cols, 1) if variant.bool_mask else 0))
+
+
 @dataclass(frozen=True)
 class Mma80Family:
     """FlashAttention-2 on mma.sync tensor cores: sm_80 and every later architecture."""
@@ -50,13 +65,14 @@ class Mma80Family:
 
     def supports(self, compute_capability: int, variant: Variant) -> bool:
         return (compute_capability >= self.min_cc and variant.dtype in _ELEM_TAG and variant.rows in _ROWS_TYPE
-                and variant.bias in _BIAS_TYPE and not (variant.bias != "none" and variant.rows == "packed"))
+                and variant.bias in _BIAS_ITEMSIZE
+                and not ((variant.bias != "none" or variant.bool_mask) and variant.rows == "packed"))
 
     # ---- shared memory per kernel kind, mirroring each kernel's layout
     def smem_bytes(self, kind: str, config, kernel_hdim: int, variant: Variant | None = None) -> int:
         m, n, stages = config.block_m, config.block_n, config.stages
-        # every kind holds one bias tile (queries x keys, rows padded by 16 bytes) per pipeline stage
-        bias = stages * _bias_tile_bytes(m, n, _BIAS_ITEMSIZE[variant.bias if variant else "none"])
+        # every kind holds one bias tile and one mask tile (queries x keys, rows padded by 16 bytes) per stage
+        bias = stages * _stage_bias_bytes(m, n, variant)
         if kind == "fwd":  # Q tile (reused for O), STAGES K and V tiles
             return _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim) + bias
         if kind == "bwd":  # K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
@@ -74,9 +90,7 @@ class Mma80Family:
             return f"cf::flash_{kind}_kernel<{elem}>"
         if kind in HELPER_KINDS:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"
-        bias = _BIAS_TYPE[variant.bias]
-        if kind == "bwd" and variant.dbias:  # only the dK/dV kernel computes dbias
-            bias = bias[:-1] + ", true>"
+        bias = _bias_policy(variant, kind == "bwd" and variant.dbias)  # only the dK/dV kernel computes dbias
         policies = (f"{_MASK_TYPE[variant.mask]}, "
                     f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>, {bias}")
         tiles = (f"{kernel_hdim}, {config.block_m}, {config.block_n}, {config.warps}, {config.stages}, "

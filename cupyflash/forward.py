@@ -47,17 +47,17 @@ class ForwardPlan:
                                  family.smem_bytes("fwd", config, kd, problem.variant), self.params)
         # a boolean mask: its tile summary by query tiles, from which the kernel skips tiles it hides wholly
         self.mask_tiles = None
-        if self.launches and problem.variant.bias == "bool":
+        if self.launches and problem.variant.bool_mask:
             self.mask_tiles = TileSummary.for_kernel(problem, config, False, self.params)
 
-    def run(self, q, k, v, alibi_slopes, cu_seqlens=(None, None), bias=None):
+    def run(self, q, k, v, alibi_slopes, cu_seqlens=(None, None), bias=None, mask=None):
         import cupy
 
         tiles = None
-        if self.mask_tiles is not None:  # bias is the boolean mask, raw or prepared
-            bias, tiles = self.mask_tiles.read(bias)
-        elif bias is not None:
-            bias = readable(self.problem.bias, unwrap(bias))
+        if self.mask_tiles is not None:  # the boolean mask, raw or prepared
+            mask, tiles = self.mask_tiles.read(mask)
+        if bias is not None:
+            bias = readable(self.problem.bias, bias)
         if self.any_staging:
             q, k, v = (s.stage(x) for s, x in zip(self.staging, (q, k, v)))
         out = empty(self.kernel_out_shape, q.dtype)
@@ -67,7 +67,7 @@ class ForwardPlan:
             with params.lock:
                 params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
-                                     _launch.ptr(bias), 0, _launch.ptr(tiles), 0))
+                                     _launch.ptr(bias), 0, _launch.ptr(tiles), 0, _launch.ptr(mask)))
                 self.kernel(current_stream_ptr())
         if self.padded:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))
@@ -168,8 +168,9 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
         mask: boolean mask, True = may attend (SDPA's convention), broadcastable like ``bias`` (any strides), or
             a :func:`prepare_mask` of one. A summary of its tiles (computed on the GPU, one read of the mask; once
             per tile shape for a prepared mask) lets the kernels skip the tiles it hides wholly and read it only in
-            tiles it cuts: time follows the visible tiles. Not together with ``bias`` yet. Rows with no visible
-            key: output 0, lse -inf.
+            tiles it cuts: time follows the visible tiles. With ``bias`` too, a pair is visible where the mask
+            says so and the bias is not -inf (the mask's tiles are skipped as alone; the bias is read in the
+            others). Rows with no visible key: output 0, lse -inf.
 
     A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 
@@ -180,8 +181,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     del deterministic
     plan, (q, k, v, alibi_slopes, bias, mask) = _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p,
                                                         softmax_scale, causal, window_size, softcap, config)
-    out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None),
-                          bias if mask is None else mask)
+    out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None), bias, mask)
     if return_attn_probs:
         return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes, bias, unwrap(mask))
     return (out, lse) if return_lse else out

@@ -4,7 +4,8 @@
 
 Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
 both dtypes. ``--variants`` adds every mask x softcap x ALiBi x row layout (dense, packed variable-length) x bias
-dtype (dense rows; with and without dbias) combination with the tiles the dispatcher picks.
+dtype (dense rows; with and without dbias) x boolean mask (dense rows) combination with the tiles the dispatcher
+picks.
 Later processes (tests, benchmarks, users) then load binaries in milliseconds instead of compiling.
 """
 from __future__ import annotations
@@ -31,9 +32,10 @@ def _instances(limits, with_variants: bool):
     if with_variants:
         for kind, kd, dtype, mask, softcap, alibi, rows in itertools.product(
                 KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS, (False, True), (False, True), ROWS):
-            for bias in ("none",) + (BIASES[1:] if rows == "dense" else ()):
-                for dbias in (False, True) if bias not in ("none", "bool") and kind == "bwd" else (False,):
-                    variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias)
+            dense = rows == "dense"  # no bias or mask with packed rows
+            for bias, bool_mask in itertools.product(BIASES if dense else ("none",), (False, dense)):
+                for dbias in (False, True) if bias != "none" and kind == "bwd" else (False,):
+                    variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask)
                     out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
     return sorted(out, key=str)
 
@@ -61,12 +63,13 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", action="store_true", help="also every variant combination")
     parser.add_argument("--bias", nargs="+", metavar="DTYPE",
-                        help="only instances with these bias dtypes (none, float16, bfloat16, float32, bool)")
+                        help="only instances with these bias dtypes (none, float16, bfloat16, float32) or, 'bool', "
+                             "a boolean mask")
     args = parser.parse_args(argv)
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
     instances = _instances(device_limits(0), args.variants)
     if args.bias:
-        instances = [i for i in instances if i[3].bias in args.bias]
+        instances = [i for i in instances if i[3].bias in args.bias or ("bool" in args.bias and i[3].bool_mask)]
     chunks = [instances[i::args.jobs] for i in range(args.jobs)]
     start = time.perf_counter()
     # spawn: this process has a CUDA context already, which forked children must not inherit

@@ -13,8 +13,8 @@ MASKS = ("none", "band")
 #: Row layouts: dense (batch, seqlen, heads, dim) batches, or packed variable-length batches (flash-attn's varlen
 #: layout; see cuda_src/coords.cuh).
 ROWS = ("dense", "packed")
-#: Additive bias dtypes (cuda_src/bias.cuh), "bool" for a boolean mask (read as a 0 / -inf bias), or "none".
-BIASES = ("none", "float16", "bfloat16", "float32", "bool")
+#: Additive bias dtypes (cuda_src/bias.cuh), or "none".
+BIASES = ("none", "float16", "bfloat16", "float32")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Variant:
     rows: str = "dense"    # one of ROWS
     bias: str = "none"     # the additive bias's dtype, or "none" (one of BIASES)
     dbias: bool = False    # the dK/dV kernel also computes the bias's gradient
+    bool_mask: bool = False  # a boolean mask (read as a 0 / -inf bias, beside the additive one if any)
 
     @property
     def plain_scores(self) -> bool:
@@ -36,7 +37,8 @@ class Variant:
 
 @dataclass(frozen=True)
 class BiasLayout:
-    """How the kernels read an additive bias broadcast to (batch, nheads, seqlen_q, seqlen_k) (cuda_src/bias.cuh)"""
+    """How the kernels read an additive bias or a boolean mask broadcast to (batch, nheads, seqlen_q, seqlen_k)
+    (cuda_src/bias.cuh)"""
 
     dtype: str
     itemsize: int
@@ -68,7 +70,7 @@ class Problem:
     variant: Variant
     total_q: int = 0        # packed rows: rows of q (seqlen_q and seqlen_k are then the longest entry's)
     bias: BiasLayout | None = None  # how the kernels read the additive bias, if any
-
+    mask: BiasLayout | None = None  # ... and the boolean mask
 
     @property
     def heads_per_kv(self) -> int:

@@ -6,6 +6,9 @@ from hypothesis import strategies as st
 from cupyflash.reference import attention_naive_lowp, attention_reference
 
 HOST_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+_BIAS_HOST = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
+#: How make_bias and make_mask lay their arrays out in memory.
+LAYOUTS = ["contiguous", "broadcast_view", "squeezed", "strided_keys", "unaligned"]
 # Absolute floor added to the "2x the naive low-precision error" criterion (for problems where the naive
 # computation happens to be exact, e.g. a single key).
 ERROR_FLOOR = {"float16": 1e-4, "bfloat16": 1e-3}
@@ -34,6 +37,70 @@ def make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dt
     v, v64 = random_array(rng, (batch, seqlen_k, nheads_k, head_dim), dtype)
     dout, dout64 = random_array(rng, (batch, seqlen_q, nheads, head_dim), dtype)
     return (q, k, v, dout), (q64, k64, v64, dout64)
+
+
+def make_bias(rng, full, broadcast, bias_dtype, layout, hidden=0.0):
+    """A device bias broadcastable to ``full`` (dims flagged in ``broadcast`` are 1), laid out as ``layout``, and
+    its values in float64 (same shape). ``hidden``: fraction of entries set to -inf."""
+    import cupy
+
+    dims = tuple(1 if b else n for n, b in zip(full, broadcast))
+    host = (rng.standard_normal(dims) * 2).astype(_BIAS_HOST[bias_dtype])
+    if hidden:
+        host[rng.random(dims) < hidden] = -np.inf
+    b64 = cupy.asarray(host.astype(np.float64))
+
+    def device(a):
+        a = np.ascontiguousarray(a)
+        return cupy.asarray(a.view(np.uint16)).view(a.dtype) if a.itemsize == 2 else cupy.asarray(a)
+
+    if layout == "contiguous":
+        dev = device(host).reshape(dims)
+    elif layout == "broadcast_view":  # stride-0 dims of full size
+        dev = cupy.broadcast_to(device(host).reshape(dims), full)
+    elif layout == "squeezed":  # leading broadcast dims dropped
+        lead = next((i for i, d in enumerate(dims) if d != 1), 3)
+        dev = device(host).reshape(dims)[(0,) * lead]
+    elif layout == "strided_keys":  # every other key of a wider array
+        wide = np.zeros(dims[:3] + (2 * dims[3],), host.dtype)
+        wide[..., ::2] = host
+        dev = device(wide).reshape(wide.shape)[..., ::2]
+    else:  # "unaligned": one element past a 16-byte boundary
+        flat = np.zeros(host.size + 1, host.dtype)
+        flat[1:] = host.ravel()
+        dev = device(flat)[1:].reshape(dims)
+    return dev, b64
+
+
+def make_mask(rng, full, broadcast, layout, density, blocks=None):
+    """A device bool mask broadcastable to ``full`` (flagged dims are 1), True with probability ``density``; with
+    ``blocks``, made of blocks x blocks squares each wholly hidden, wholly visible or random (so that kernel tiles
+    of every kind, skipped, unmasked and masked, occur)."""
+    import cupy
+
+    dims = tuple(1 if b else n for n, b in zip(full, broadcast))
+    host = rng.random(dims) < density
+    if blocks:
+        kinds = rng.integers(0, 3, dims[:2] + tuple(-(-n // blocks) for n in dims[2:]))
+        kinds = kinds.repeat(blocks, axis=2).repeat(blocks, axis=3)[..., :dims[2], :dims[3]]
+        host = np.where(kinds == 0, False, np.where(kinds == 1, True, host))
+    ref = cupy.asarray(host)
+    if layout == "contiguous":
+        dev = cupy.asarray(host)
+    elif layout == "broadcast_view":
+        dev = cupy.broadcast_to(cupy.asarray(host), full)
+    elif layout == "squeezed":
+        lead = next((i for i, d in enumerate(dims) if d != 1), 3)
+        dev = cupy.asarray(host)[(0,) * lead]
+    elif layout == "strided_keys":
+        wide = np.zeros(dims[:3] + (2 * dims[3],), bool)
+        wide[..., ::2] = host
+        dev = cupy.asarray(wide)[..., ::2]
+    else:
+        flat = np.zeros(host.size + 1, bool)
+        flat[1:] = host.ravel()
+        dev = cupy.asarray(flat)[1:].reshape(dims)
+    return dev, ref
 
 
 def backward_mode(mode):

@@ -9,7 +9,7 @@ but tiles).
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
 K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast
-(with dbias), and boolean masks. Not a pytest module: the sanitizer wraps the whole process.
+(with dbias), and boolean masks, alone and with a bias. Not a pytest module: the sanitizer wraps the whole process.
 """
 import itertools
 import sys
@@ -91,6 +91,12 @@ for kd in head_dims:
             for host, prepare in ((pair, False), (key_padding, False), (block_mask, True)):
                 mask = cf.prepare_mask(cupy.asarray(host)) if prepare else cupy.asarray(host)
                 run(d, dtype, 203, host.shape[-1], dict(causal=causal, softcap=20.0, mask=mask))
+                count += 3
+            # the block mask with a bias beside it: a key bias (dbias summed over the queries visited) and a full one
+            prepared = cf.prepare_mask(cupy.asarray(block_mask))
+            for shape in ((1, 1, 1, 190), (1, 2, 203, 190)):
+                bias = cupy.asarray(rng.standard_normal(shape).astype(np.float32))
+                run(d, dtype, 203, 190, dict(causal=causal, mask=prepared, bias=bias))
                 count += 3
         if "packed" in wanted:
             # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier

@@ -3,14 +3,13 @@ bias, every broadcast pattern, dtype and memory layout, -inf entries, with every
 outputs; dbias bitwise reproducible in deterministic mode."""
 import math
 
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
-from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, backward_mode, check_against_reference,
-                         check_grads_against_reference, make_problem, to_float64)
+from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode,
+                         check_against_reference, check_grads_against_reference, make_bias, make_problem, to_float64)
 
 import cupyflash as cf
 from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
@@ -20,43 +19,6 @@ pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
 DTYPES = ["float16", "bfloat16"]
 BIAS_DTYPES = ["float16", "bfloat16", "float32"]
-LAYOUTS = ["contiguous", "broadcast_view", "squeezed", "strided_keys", "unaligned"]
-_HOST = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
-
-
-def make_bias(rng, full, broadcast, bias_dtype, layout, hidden=0.0):
-    """A device bias broadcastable to ``full`` (dims flagged in ``broadcast`` are 1), laid out as ``layout``, and
-    its values in float64 (same shape). ``hidden``: fraction of entries set to -inf."""
-    import cupy
-
-    dims = tuple(1 if b else n for n, b in zip(full, broadcast))
-    host = (rng.standard_normal(dims) * 2).astype(_HOST[bias_dtype])
-    if hidden:
-        host[rng.random(dims) < hidden] = -np.inf
-    b64 = cupy.asarray(host.astype(np.float64))
-
-    def device(a):
-        a = np.ascontiguousarray(a)
-        return cupy.asarray(a.view(np.uint16)).view(a.dtype) if a.itemsize == 2 else cupy.asarray(a)
-
-    if layout == "contiguous":
-        dev = device(host).reshape(dims)
-    elif layout == "broadcast_view":  # stride-0 dims of full size
-        dev = cupy.broadcast_to(device(host).reshape(dims), full)
-    elif layout == "squeezed":  # leading broadcast dims dropped
-        lead = next((i for i, d in enumerate(dims) if d != 1), 3)
-        dev = device(host).reshape(dims)[(0,) * lead]
-    elif layout == "strided_keys":  # every other key of a wider array
-        wide = np.zeros(dims[:3] + (2 * dims[3],), host.dtype)
-        wide[..., ::2] = host
-        dev = device(wide).reshape(wide.shape)[..., ::2]
-    else:  # "unaligned": one element past a 16-byte boundary
-        flat = np.zeros(host.size + 1, host.dtype)
-        flat[1:] = host.ravel()
-        dev = device(flat)[1:].reshape(dims)
-    return dev, b64
-
-
 def run_bias(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, bias_dtype, broadcast, layout,
              causal=False, hidden=0.0, mode=None, config=None, **variant):
     import cupy

@@ -299,3 +299,52 @@ def test_packed_rows_are_a_policy_of_every_kernel_but_the_staging_copy():
     pre = "cf::flash_bwd_preprocess_kernel<cf::bf16, cf::PackedRows>"
     assert MMA_SM80.kernel_name("bwd_preprocess", None, 0, packed) == pre
     assert MMA_SM80.kernel_name("copy_rows", None, 0, packed) == "cf::flash_copy_rows_kernel<cf::bf16>"
+
+
+# ---- an additive bias and a boolean mask: one Bias policy each, both tiles per stage together ----
+
+BIAS_POLICIES = {Variant("bfloat16"): "cf::NoBias",
+                 Variant("bfloat16", bias="float32"): "cf::TileBias<float>",
+                 Variant("bfloat16", bool_mask=True): "cf::TileBias<cf::mask8>",
+                 Variant("bfloat16", bias="bfloat16", bool_mask=True): "cf::MaskedBias<cf::bf16>"}
+
+
+@pytest.mark.parametrize("variant,policy", BIAS_POLICIES.items(), ids=BIAS_POLICIES.values())
+def test_the_bias_policy_and_its_tiles(variant, policy):
+    from dataclasses import replace
+
+    from cupyflash.families import MMA_SM80
+
+    cfg = configs.select_config("fwd", H100, 64, variant=variant)
+    assert f", {policy}, cf::DenseRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, variant)
+    # only the dK/dV kernel computes dbias, and only a bias has one
+    if variant.bias != "none":
+        grad = replace(variant, dbias=True)
+        bwd = configs.select_config("bwd", H100, 64, variant=grad)
+        assert f", {policy[:-1]}, true>, " in MMA_SM80.kernel_name("bwd", bwd, 64, grad, True)
+        dq = configs.select_config("bwd_dq", H100, 64, variant=grad)
+        assert f", {policy}, " in MMA_SM80.kernel_name("bwd_dq", dq, 64, grad)
+    # a stage holds a tile of each: rows of block_n elements padded by 16 bytes
+    plain = MMA_SM80.smem_bytes("fwd", cfg, 64, Variant("bfloat16"))
+    per_stage = (cfg.block_m * (cfg.block_n * {"none": 0, "bfloat16": 2, "float32": 4}[variant.bias] + 16)
+                 * (variant.bias != "none") + cfg.block_m * (cfg.block_n + 16) * variant.bool_mask)
+    assert MMA_SM80.smem_bytes("fwd", cfg, 64, variant) == plain + cfg.stages * per_stage
+
+
+@pytest.mark.parametrize("limits", [SM86, A100, H100], ids=lambda d: d.name)  # real GPUs (at 48 KB: NoConfigFits)
+@pytest.mark.parametrize("kind", ["fwd", "bwd", "bwd_dq"])
+def test_a_mask_with_a_bias_gets_a_tile_that_allows_both(limits, kind):
+    for kd in KERNEL_HEAD_DIMS:
+        both = Variant("bfloat16", "band", bias="float16", dbias=kind == "bwd", bool_mask=True)
+        config = configs.select_config(kind, limits, kd, variant=both)
+        for alone in (Variant("bfloat16", "band", bias="float16", dbias=kind == "bwd"),
+                      Variant("bfloat16", "band", bool_mask=True)):
+            assert config in configs.candidates(kind, limits, kd, alone), (kd, config, alone)
+
+
+def test_masks_and_biases_are_refused_with_packed_rows_by_the_family():
+    from cupyflash.families import MMA_SM80
+
+    assert MMA_SM80.supports(90, Variant("bfloat16", bias="float16", bool_mask=True))
+    assert not MMA_SM80.supports(90, Variant("bfloat16", rows="packed", bool_mask=True))
+    assert not MMA_SM80.supports(90, Variant("bfloat16", rows="packed", bias="float16"))

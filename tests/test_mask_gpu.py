@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, backward_mode, check_against_reference,
-                         check_grads_against_reference, make_problem, to_float64)
+from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode,
+                         check_against_reference, check_grads_against_reference, make_mask, make_problem, to_float64)
 
 import cupyflash as cf
 from cupyflash.problem import Variant
@@ -18,40 +18,6 @@ from cupyflash.reference import mask_block_summary
 pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
 
 DTYPES = ["float16", "bfloat16"]
-LAYOUTS = ["contiguous", "broadcast_view", "squeezed", "strided_keys", "unaligned"]
-
-
-def make_mask(rng, full, broadcast, layout, density, blocks=None):
-    """A device bool mask broadcastable to ``full`` (flagged dims are 1), True with probability ``density``; with
-    ``blocks``, made of blocks x blocks squares each wholly hidden, wholly visible or random (so that kernel tiles
-    of every kind, skipped, unmasked and masked, occur)."""
-    import cupy
-
-    dims = tuple(1 if b else n for n, b in zip(full, broadcast))
-    host = rng.random(dims) < density
-    if blocks:
-        kinds = rng.integers(0, 3, dims[:2] + tuple(-(-n // blocks) for n in dims[2:]))
-        kinds = kinds.repeat(blocks, axis=2).repeat(blocks, axis=3)[..., :dims[2], :dims[3]]
-        host = np.where(kinds == 0, False, np.where(kinds == 1, True, host))
-    ref = cupy.asarray(host)
-    if layout == "contiguous":
-        dev = cupy.asarray(host)
-    elif layout == "broadcast_view":
-        dev = cupy.broadcast_to(cupy.asarray(host), full)
-    elif layout == "squeezed":
-        lead = next((i for i, d in enumerate(dims) if d != 1), 3)
-        dev = cupy.asarray(host)[(0,) * lead]
-    elif layout == "strided_keys":
-        wide = np.zeros(dims[:3] + (2 * dims[3],), bool)
-        wide[..., ::2] = host
-        dev = cupy.asarray(wide)[..., ::2]
-    else:
-        flat = np.zeros(host.size + 1, bool)
-        flat[1:] = host.ravel()
-        dev = cupy.asarray(flat)[1:].reshape(dims)
-    return dev, ref
-
-
 def run_mask(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, broadcast, layout, density,
              causal=False, mode=None, blocks=None, prepared=False, **variant):
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
@@ -120,7 +86,7 @@ def test_tile_summary_matches_numpy(seed, batch, nheads, seqlen_q, seqlen_k, bro
     (q, k, v, _), _ = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads, 8, "float16")
     full = (batch, nheads, seqlen_q, seqlen_k)
     mask, ref = make_mask(np.random.default_rng(seed), full, broadcast, layout, density, blocks)
-    layout_ = plan_for(q, k, v, mask=mask).problem.bias
+    layout_ = plan_for(q, k, v, mask=mask).problem.mask
     kernel = _kernels.get_function(MMA_SM80, "mask_tiles", None, 0, Variant("float16"), 0)
     summary = _mask.TileSummary(kernel, layout_, by_key, block_m, block_n, seqlen_q, seqlen_k)
     _, words = summary.read(mask)
@@ -180,11 +146,9 @@ def test_fully_hidden_rows_and_heads():
         assert bool(cupy.isfinite(to_float64(g)).all())
 
 
-def test_mask_and_bias_together_are_refused_before_any_launch():
+def test_a_mask_that_is_not_bool_is_refused_before_any_launch():
     import cupy
 
     (q, k, v, _), _ = make_problem(4, 1, 8, 8, 1, 1, 32, "float16")
-    with pytest.raises(NotImplementedError, match="a mask and a bias together"):
-        cf.flash_attn_func(q, k, v, mask=cupy.ones((8, 8), bool), bias=cupy.zeros((8, 8), cupy.float32))
     with pytest.raises(TypeError, match="mask must be bool"):
         cf.flash_attn_func(q, k, v, mask=cupy.ones((8, 8), cupy.float16))

@@ -427,7 +427,7 @@ def test_a_mask_is_a_bool_bias():
     layout = check_bias(spec((2, 1, 1, 16), "bool"), BIAS_TARGET, "mask")
     assert layout.dtype == "bool" and layout.dims == (2, 1, 1, 16) and layout.strides == (16, 0, 0, 1)
     p = describe(*qkv((2, 5, 3, 64), (2, 16, 3, 64)), mask=spec((16,), "bool"))
-    assert p.variant == Variant("float16", bias="bool")
+    assert p.variant == Variant("float16", bool_mask=True) and p.bias is None and p.mask.dims == (1, 1, 1, 16)
 
 
 @pytest.mark.parametrize("mask, error, match", [
@@ -440,6 +440,9 @@ def test_bad_masks_are_refused(mask, error, match):
         check_bias(mask, BIAS_TARGET, "mask")
 
 
-def test_a_mask_and_a_bias_together_are_not_supported_yet():
-    with pytest.raises(NotImplementedError, match="a mask and a bias together"):
-        describe(*qkv((2, 5, 3, 64), (2, 16, 3, 64)), bias=spec((16,), "float32"), mask=spec((16,), "bool"))
+def test_a_mask_and_a_bias_together_each_keep_their_layout():
+    p = describe(*qkv((2, 5, 3, 64), (2, 16, 3, 64)), bias=spec((3, 5, 16), "float32"),
+                 mask=spec((2, 1, 1, 16), "bool"))
+    assert p.variant == Variant("float16", bias="float32", bool_mask=True)
+    assert p.bias.dtype == "float32" and p.bias.dims == (1, 3, 5, 16)
+    assert p.mask.dtype == "bool" and p.mask.dims == (2, 1, 1, 16)

@@ -45,7 +45,7 @@ class BackwardPlan:
             self.params.set(**{f"{name}_str_batch": 0 for name in ("q", "k", "v", "do", "o", "dq", "dk", "dv")})
         self.copies_back = any(spec is not None and not self.direct[name] for name, spec in grad_specs.items())
         self.launches = p.batch * p.nheads * p.seqlen_q * p.seqlen_k > 0
-        self.dbias = _DBiasLayout(p, config) if p.variant.dbias else None
+        self.dbias = _DBiasLayout(p, config, self.launches) if p.variant.dbias else None
         if self.dbias is not None:
             self.params.set(dbias_sums=self.dbias.sums)
             self.params.set_strides("dbias", self.dbias.strides, 4)
@@ -72,6 +72,8 @@ class BackwardPlan:
             smem = 0 if cfg is None else family.smem_bytes(kind, cfg, kd, p.variant)
             return Launch(fn, p.device, grid, threads, smem, self.params)
 
+        if self.dbias is not None and self.dbias.summed:
+            self.dbias.kernel = _kernels.get_function(family, "dbias_sum", None, 0, p.variant, p.device)
         rows_grid = (math.ceil(p.batch * p.nheads * p.seqlen_q / 4),)  # one warp per query row
         self.pre = launch("bwd_preprocess", rows_grid)
         self.main = launch("bwd", (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch), config,
@@ -105,7 +107,7 @@ class BackwardPlan:
         pd = self.problem.padded_head_dim
         bufs = [given[name] if self.direct[name] else empty(self.grad_shapes[name][:3] + (pd,), q.dtype)
                 for name in _GRADS]
-        dbias = None if self.dbias is None else cupy.zeros(self.dbias.partial_shape, cupy.float32)
+        dbias = None if self.dbias is None else self.dbias.partial()
         if not self.launches:  # no query or no key: every gradient that exists is zero
             for buf in bufs:
                 buf.fill(0)
@@ -164,12 +166,15 @@ class BackwardPlan:
 
 class _DBiasLayout:
     """Where the dK/dV kernel writes the bias's gradient (cuda_src/bias.cuh BiasGrad) and how it becomes dbias: an
-    fp32 partial (batch, nheads, rows, columns), zero where no block writes (tiles the mask skips); rows are
-    queries, or with the bias broadcast over queries one per D_SPLIT warp column of sums; columns are keys, or
-    with the bias broadcast over keys one per group of a warp's keys. Summing it over the bias's broadcast dims in
-    a fixed order (one CuPy reduction) gives dbias in the bias's own shape, float32; deterministic."""
+    fp32 partial (batch, nheads, rows, columns), zero where no block writes (tiles a band or boolean mask skips;
+    without one every element is written, so it is not zero-filled first); rows are queries, or with the bias
+    broadcast over queries one per D_SPLIT warp column of sums; columns are keys, or with the bias broadcast over
+    keys one per group of a warp's keys. Summing it over the bias's broadcast dims in a fixed order
+    (cuda_src/dbias_sum.cu) gives dbias in the bias's own shape, float32; deterministic."""
 
-    def __init__(self, problem, config):
+    kernel = None  # flash_dbias_sum_kernel where some dim is summed
+
+    def __init__(self, problem, config, launches: bool):
         p = problem
         given = p.bias.given
         full = (p.batch, p.nheads, p.seqlen_q, p.seqlen_k)
@@ -180,11 +185,26 @@ class _DBiasLayout:
         self.partial_shape = (p.batch, p.nheads, rows, cols)
         self.sums = int(sum_q) | 2 * int(sum_k)
         self.strides = (4 * p.nheads * rows * cols, 4 * cols, 4 * rows * cols)  # (batch, row, head) bytes
-        self.axes = tuple(a for a, (g, n) in enumerate(zip(four, full)) if g == 1 and n > 1)
+        self.summed = sum(1 << a for a, (g, n) in enumerate(zip(four, full)) if g == 1 and n > 1)
         self.shape = tuple(given)
+        self.zero_fill = not launches or p.variant.mask != "none" or p.variant.bool_mask
+
+    def partial(self):
+        import cupy
+
+        return (cupy.zeros if self.zero_fill else cupy.empty)(self.partial_shape, cupy.float32)
 
     def finish(self, partial):
-        return (partial.sum(axis=self.axes, keepdims=True) if self.axes else partial).reshape(self.shape)
+        import cupy
+        import numpy as np
+
+        if not self.summed:
+            return partial.reshape(self.shape)
+        dbias = cupy.empty(self.shape, cupy.float32)
+        if dbias.size:
+            self.kernel((-(-dbias.size // 256),), (256,), (partial, dbias, np.int64(dbias.size),
+                                                          *map(np.int32, self.partial_shape), np.int32(self.summed)))
+        return dbias
 
 
 class _StreamFork:

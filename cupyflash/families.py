@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from .problem import Variant
 
 KINDS = ("fwd", "bwd", "bwd_dq")  # forward; backward dK/dV (+ atomic dQ); backward deterministic dQ
-#: Kernels without tiles: one warp per row, and a boolean mask's tile summary.
-HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows", "mask_tiles")
+#: Kernels without tiles: one warp per row, a boolean mask's tile summary, and dbias's sum over broadcast dims.
+HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows", "mask_tiles", "dbias_sum")
+_NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum")  # helper kernels without a row-layout policy
 
 _ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
@@ -59,7 +60,7 @@ class Mma80Family:
     min_cc: int = 80
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
                "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu", "bwd_reduce_dkdv": "flash_bwd.cu",
-               "copy_rows": "staging.cu", "mask_tiles": "mask_tiles.cu"}
+               "copy_rows": "staging.cu", "mask_tiles": "mask_tiles.cu", "dbias_sum": "dbias_sum.cu"}
     # -ftz=true: CuPy adds it at run time; the CPU compile check must see the same options.
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
 
@@ -86,7 +87,7 @@ class Mma80Family:
     def kernel_name(self, kind: str, config, kernel_hdim: int, variant: Variant, atomic_dq: bool = False) -> str:
         elem = _ELEM_TAG[variant.dtype]
         rows = _ROWS_TYPE[variant.rows]
-        if kind in ("copy_rows", "mask_tiles"):  # no row layout
+        if kind in _NO_ROWS:
             return f"cf::flash_{kind}_kernel<{elem}>"
         if kind in HELPER_KINDS:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"

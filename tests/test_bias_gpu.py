@@ -165,3 +165,25 @@ def test_vjp_with_bias():
     want = cf.flash_attn_backward(dout, q, k, v, out2, lse, causal=True, bias=bias, return_dbias=True)
     for a, b in zip(got, want):
         assert bool(cupy.array_equal(a.view(cupy.uint8), b.view(cupy.uint8)))
+
+
+@pytest.mark.parametrize("summed", range(16))
+def test_dbias_sum_kernel_matches_numpy(summed):
+    """The partial's reduction over each subset of its dims (cuda_src/dbias_sum.cu), against float64 sums."""
+    import cupy
+
+    from cupyflash import _kernels
+    from cupyflash.backward import _DBiasLayout
+    from cupyflash.families import MMA_SM80
+
+    shape = (3, 2, 37, 130)
+    partial = cupy.asarray(np.random.default_rng(summed).standard_normal(shape).astype(np.float32))
+    layout = _DBiasLayout.__new__(_DBiasLayout)
+    layout.partial_shape, layout.summed = shape, summed
+    layout.shape = tuple(1 if summed >> d & 1 else n for d, n in enumerate(shape))
+    layout.kernel = _kernels.get_function(MMA_SM80, "dbias_sum", None, 0, Variant("float16"), 0)
+    got = layout.finish(partial)
+    axes = tuple(d for d in range(4) if summed >> d & 1)
+    want = partial.astype(cupy.float64).sum(axis=axes, keepdims=True) if axes else partial
+    assert got.shape == layout.shape and got.dtype == cupy.float32
+    assert float(cupy.abs(got - want).max()) <= 1e-5 * max(1.0, float(cupy.abs(want).max()))

@@ -74,6 +74,7 @@ class BackwardPlan:
 
         if self.dbias is not None and self.dbias.summed:
             self.dbias.kernel = _kernels.get_function(family, "dbias_sum", None, 0, p.variant, p.device)
+            self.dbias.max_blocks = 8 * device_limits(p.device).sm_count
         rows_grid = (math.ceil(p.batch * p.nheads * p.seqlen_q / 4),)  # one warp per query row
         self.pre = launch("bwd_preprocess", rows_grid)
         self.main = launch("bwd", (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch), config,
@@ -173,6 +174,7 @@ class _DBiasLayout:
     (cuda_src/dbias_sum.cu) gives dbias in the bias's own shape, float32; deterministic."""
 
     kernel = None  # flash_dbias_sum_kernel where some dim is summed
+    max_blocks = 132 * 8  # its grid: enough resident blocks to fill a GPU (set from the device's SM count)
 
     def __init__(self, problem, config, launches: bool):
         p = problem
@@ -201,9 +203,11 @@ class _DBiasLayout:
         if not self.summed:
             return partial.reshape(self.shape)
         dbias = cupy.empty(self.shape, cupy.float32)
-        if dbias.size:
-            self.kernel((-(-dbias.size // 256),), (256,), (partial, dbias, np.int64(dbias.size),
-                                                          *map(np.int32, self.partial_shape), np.int32(self.summed)))
+        if dbias.size:  # grid-stride blocks over dbias rows: a block per row, or a thread where columns are summed
+            out_rows = math.prod(n for d, n in enumerate(self.partial_shape[:3]) if not self.summed >> d & 1)
+            blocks = min(-(-out_rows // 256) if self.summed & 8 else out_rows, self.max_blocks)
+            self.kernel((blocks,), (256,), (partial, dbias, *map(np.int32, self.partial_shape),
+                                            np.int32(self.summed)))
         return dbias
 
 

@@ -445,7 +445,7 @@ def attention_backward_reference(dout, q, k, v, softmax_scale=None,
                                  causal=False, xp=None, *,
                                  window_size=(-1, -1), softcap=0.0,
                                  alibi_slopes=None, bias=None, mask=None,
-                                 return_dbias=False):
+                                 return_dbias=False, out=None):
     """Exact gradient of ``out`` against q, k, v in float64; (dq, dk, dv).
 
     With P = softmax(logits) and O = P V, per batch and query head::
@@ -462,11 +462,17 @@ def attention_backward_reference(dout, q, k, v, softmax_scale=None,
     With ``return_dbias`` (a bias given) it also returns dbias = dS times the
     softcap's factor (the bias is added before the cap), summed over the
     bias's broadcast dims: (dq, dk, dv, dbias), dbias in the bias's shape.
+
+    ``out``: a forward output (B, S, H, D) to take D from, as a backward
+    given it does; the rest stays exact.  That gives what such a backward
+    would compute with no other rounding: D from an output rounded to 16
+    bits is what limits sums of dS over keys (dbias of a bias broadcast over
+    keys), whose exact value is near 0.
     """
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
                        alibi_slopes, xp, bias=bias, mask=mask)
-    grads = _backward(dout, q, k, v, problem, _unrounded, xp.float64)
+    grads = _backward(dout, q, k, v, problem, _unrounded, xp.float64, out=out)
     return grads if return_dbias else grads[:3]
 
 

@@ -177,17 +177,20 @@ def check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, d
 
 def grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, out=None, **variant):
     """Finite-gradient checks, and {name: (error, naive error, floor)} for assert_within_bounds. ``out``: the
-    forward output the kernels were given; the naive baseline then takes D from it as they do."""
+    forward output the kernels were given; the reference and the naive baseline then take D = rowsum(dO * O)
+    from it as the kernels do, so that both errors exclude what that D's rounding alone causes (which every
+    backward given a 16-bit output has, and which dominates dbias summed over keys: its exact value is near 0,
+    and the naive baseline's other roundings can happen to cancel D's error; seen on the H200)."""
     import cupy
 
     from cupyflash.reference import attention_backward_naive_lowp, attention_backward_reference
 
     with_dbias = len(grads) == 4  # (dq, dk, dv, dbias): dbias against the reference's, in the bias's shape
+    out64 = None if out is None else to_float64(out)
     refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy, return_dbias=with_dbias,
-                                        **variant)
+                                        out=out64, **variant)
     lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy,
-                                         return_dbias=with_dbias, out=None if out is None else to_float64(out),
-                                         **variant)
+                                         return_dbias=with_dbias, out=out64, **variant)
     errors = {}
     for name, got, ref, base in zip(("dq", "dk", "dv", "dbias"), grads, refs, lowp):
         if name == "dbias":

@@ -168,20 +168,22 @@ def test_vjp_with_bias():
 
 
 @pytest.mark.parametrize("summed", range(16))
-def test_dbias_sum_kernel_matches_numpy(summed):
-    """The partial's reduction over each subset of its dims (cuda_src/dbias_sum.cu), against float64 sums."""
+@pytest.mark.parametrize("shape", [(3, 2, 37, 130), (3, 2, 37, 128), (2, 1, 300, 4)], ids=str)
+def test_dbias_sum_kernel_matches_numpy(summed, shape):
+    """The partial's reduction over each subset of its dims (cuda_src/dbias_sum.cu), against float64 sums: rows
+    of whole float4s or not, more dbias rows than the grid has blocks."""
     import cupy
 
     from cupyflash import _kernels
     from cupyflash.backward import _DBiasLayout
     from cupyflash.families import MMA_SM80
 
-    shape = (3, 2, 37, 130)
     partial = cupy.asarray(np.random.default_rng(summed).standard_normal(shape).astype(np.float32))
     layout = _DBiasLayout.__new__(_DBiasLayout)
     layout.partial_shape, layout.summed = shape, summed
     layout.shape = tuple(1 if summed >> d & 1 else n for d, n in enumerate(shape))
     layout.kernel = _kernels.get_function(MMA_SM80, "dbias_sum", None, 0, Variant("float16"), 0)
+    layout.max_blocks = 7  # so that blocks and threads loop over several rows
     got = layout.finish(partial)
     axes = tuple(d for d in range(4) if summed >> d & 1)
     want = partial.astype(cupy.float64).sum(axis=axes, keepdims=True) if axes else partial

@@ -1081,3 +1081,22 @@ def test_mask_block_summary_matches_a_tile_loop(b, h, m, n, block_m, block_n, br
         c = slice(None) if shape[3] == 1 else slice(idx[3] * block_n, (idx[3] + 1) * block_n)
         tile = mask[idx[0], idx[1], r, c]
         assert got[idx] == (1 if tile.all() else 2 if tile.any() else 0), (idx, tile)
+
+
+def test_backward_reference_takes_d_from_a_given_output():
+    """out=: D = rowsum(dO * O) from the given output. The exact output changes nothing; a perturbed one moves
+    dbias of a key-broadcast bias (exactly 0 without softcap: sum_j P_j (dP_j - D) = D_exact - D) by -delta D."""
+    rng = np.random.default_rng(3)
+    q, k, v = _qkv(rng, 1, 5, 9, 2, 8)
+    dout = rng.standard_normal(q.shape)
+    bias = rng.standard_normal((1, 2, 5, 1))
+    out = attention_reference(q, k, v, bias=bias)[0]
+    exact = attention_backward_reference(dout, q, k, v, bias=bias, return_dbias=True)
+    same = attention_backward_reference(dout, q, k, v, bias=bias, return_dbias=True, out=out)
+    for a, b in zip(exact, same):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    assert np.abs(exact[3]).max() < 1e-12
+    moved = out + 1e-3
+    delta = (dout * 1e-3).sum(-1).transpose(0, 2, 1)  # (B, H, Sq): D's change
+    dbias = attention_backward_reference(dout, q, k, v, bias=bias, return_dbias=True, out=moved)[3]
+    np.testing.assert_allclose(dbias[..., 0], -delta, atol=1e-12)

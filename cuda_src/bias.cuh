@@ -100,6 +100,20 @@ template <> struct BiasValue<mask8> {
     }
 };
 
+// f(x, y, row, col) for each pair of an accumulator fragment's elements at (row, col), (row, col + 1), with row and
+// col relative to the fragment's first row0 and col0.
+template <int ROW_TILES, int COL_TILES, typename F>
+__device__ __forceinline__ void for_each_pair(float (&s)[ROW_TILES][COL_TILES][4], int row0, int col0, int lane, F f) {
+    #pragma unroll
+    for (int mt = 0; mt < ROW_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < COL_TILES; ++nt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r)
+                f(s[mt][nt][2 * r], s[mt][nt][2 * r + 1], row0 + 16 * mt + lane / 4 + 8 * r,
+                  col0 + 8 * nt + 2 * (lane % 4));
+}
+
 // GRAD_: the dK/dV kernel also writes the bias's gradient (BiasGrad).
 //
 // The kernels pass every call a step's walk entry (mask_tiles.cuh; 1 without a summary): a mask's tile is loaded
@@ -183,38 +197,42 @@ struct TileBias {
         }
     }
 
+    // The distance between query rows of a tile: 0 where the values are broadcast over queries (row 0 serves all).
+    template <int COLS>
+    static __device__ __forceinline__ int pitch(const AttnParams& p) {
+        return Fields::strides(p).seq != 0 ? stride<COLS>() : 0;
+    }
+    // The values of the accumulator elements (row, col) and (row, col + 1) of a fragment (tile-relative; rows are
+    // queries, or keys with ROWS_ARE_KEYS: the tile is queries x keys, so (key, query) sits at [query][key]).
+    template <bool ROWS_ARE_KEYS>
+    static __device__ __forceinline__ float2 pair(u32 tile, int pitch, int row, int col) {
+        if constexpr (ROWS_ARE_KEYS)
+            return make_float2(Value::one(tile + (col * pitch + row) * BYTES),
+                               Value::one(tile + ((col + 1) * pitch + row) * BYTES));
+        else
+            return Value::pair(tile + (row * pitch + col) * BYTES);
+    }
+
     // s = bias * unit (ADD: s += bias * unit) for a warp's accumulator fragment whose first row and column
-    // (tile-relative) are row0 and col0: rows are queries, or keys with ROWS_ARE_KEYS (the dK/dV kernel's S^T).
-    // The backward kernels start S from the bias and accumulate Q K^T onto it; the forward adds it after the
-    // product. Each is the choice without register spills at every tile (compile check): at the edge of the
-    // register file the allocation of the two orders differs.
+    // (tile-relative) are row0 and col0. The backward kernels start S from the bias and accumulate Q K^T onto it;
+    // the forward adds it after the product. Each is the choice without register spills at every tile (compile
+    // check): at the edge of the register file the allocation of the two orders differs.
     template <bool ROWS_ARE_KEYS, int ROWS_OF_TILE, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
     static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
                                                int lane, const AttnParams& p, int entry) {
         if (Tiles::SKIPS && !(entry & 1)) return;  // the mask shows the whole tile
-        const int pitch = Fields::strides(p).seq != 0 ? stride<COLS_OF_TILE>() : 0;  // 0: every query reads row 0
+        const int at = pitch<COLS_OF_TILE>(p);
         const float unit = Fields::unit(p);
-        #pragma unroll
-        for (int mt = 0; mt < ROW_TILES; ++mt)
-            #pragma unroll
-            for (int nt = 0; nt < COL_TILES; ++nt)
-                #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const int row = row0 + 16 * mt + lane / 4 + 8 * r, col = col0 + 8 * nt + 2 * (lane % 4);
-                    float2 b;
-                    if constexpr (ROWS_ARE_KEYS)  // the tile is queries x keys: (key, query) sits at [query][key]
-                        b = make_float2(Value::one(tile + (col * pitch + row) * BYTES),
-                                        Value::one(tile + ((col + 1) * pitch + row) * BYTES));
-                    else
-                        b = Value::pair(tile + (row * pitch + col) * BYTES);
-                    if constexpr (ADD) {
-                        s[mt][nt][2 * r] += b.x * unit;
-                        s[mt][nt][2 * r + 1] += b.y * unit;
-                    } else {
-                        s[mt][nt][2 * r] = b.x * unit;
-                        s[mt][nt][2 * r + 1] = b.y * unit;
-                    }
-                }
+        for_each_pair(s, row0, col0, lane, [&](float& x, float& y, int row, int col) {
+            const float2 b = pair<ROWS_ARE_KEYS>(tile, at, row, col);
+            if constexpr (ADD) {
+                x += b.x * unit;
+                y += b.y * unit;
+            } else {
+                x = b.x * unit;
+                y = b.y * unit;
+            }
+        });
     }
 };
 
@@ -245,12 +263,30 @@ struct MaskedBias {
                                                         head, q0, k0, rows_valid, cols_valid, entry);
         Hidden::template load_tile<ROWS, COLS, THREADS>(smem, p, batch, head, q0, k0, rows_valid, cols_valid, entry);
     }
+    // One pass over the fragment where the mask is read (bias and mask values added together: two passes spill the
+    // forward's 128 x 32 tile at head dim 128 on sm_80), the bias's own pass where it is not.
     template <bool ROWS_ARE_KEYS, int ROWS_OF_TILE, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
     static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
                                                int lane, const AttnParams& p, int entry) {
-        Values::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, ADD>(
-            s, tile + Hidden::template tile_bytes<ROWS_OF_TILE, COLS_OF_TILE>(), row0, col0, lane, p, entry);
-        Hidden::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, true>(s, tile, row0, col0, lane, p, entry);
+        const u32 values = tile + Hidden::template tile_bytes<ROWS_OF_TILE, COLS_OF_TILE>();
+        if (!(entry & 1)) {
+            Values::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, ADD>(s, values, row0, col0, lane, p, 1);
+            return;
+        }
+        const int values_at = Values::template pitch<COLS_OF_TILE>(p);
+        const int hidden_at = Hidden::template pitch<COLS_OF_TILE>(p);
+        const float unit = Values::Fields::unit(p);
+        for_each_pair(s, row0, col0, lane, [&](float& x, float& y, int row, int col) {
+            const float2 b = Values::template pair<ROWS_ARE_KEYS>(values, values_at, row, col);
+            const float2 m = Hidden::template pair<ROWS_ARE_KEYS>(tile, hidden_at, row, col);
+            if constexpr (ADD) {
+                x += b.x * unit + m.x;
+                y += b.y * unit + m.y;
+            } else {
+                x = b.x * unit + m.x;
+                y = b.y * unit + m.y;
+            }
+        });
     }
 };
 

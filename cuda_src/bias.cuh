@@ -269,8 +269,9 @@ struct MaskedBias {
     static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
                                                int lane, const AttnParams& p, int entry) {
         const u32 values = tile + Hidden::template tile_bytes<ROWS_OF_TILE, COLS_OF_TILE>();
-        if (!(entry & 1)) {
+        if (!(entry & 1) || Values::BYTES == 4) {
             Values::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, ADD>(s, values, row0, col0, lane, p, 1);
+            Hidden::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, true>(s, tile, row0, col0, lane, p, entry);
             return;
         }
         const int values_at = Values::template pitch<COLS_OF_TILE>(p);

@@ -158,6 +158,7 @@ BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
                     Variant("float16", "band", True, True, bias="float32"),
                     Variant("bfloat16", "band", bool_mask=True), Variant("float16", "band", True, True, bool_mask=True),
                     Variant("bfloat16", "band", bias="bfloat16", bool_mask=True),
+                    Variant("bfloat16", "band", bias="float32", dbias=True, bool_mask=True),
                     Variant("float16", "band", True, True, bias="float32", dbias=True, bool_mask=True))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),

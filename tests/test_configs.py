@@ -259,6 +259,10 @@ def test_when_excludes_only_the_modifiers_it_names():
     unpacked = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), packed=False)
     assert unpacked.allows(Variant("float16", "band", True, True))
     assert not unpacked.allows(Variant("float16", rows="packed"))
+    narrow = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), fp32_bias_with_mask=False)
+    assert narrow.allows(Variant("float16", bias="float32")) and narrow.allows(Variant("float16", bool_mask=True))
+    assert narrow.allows(Variant("float16", bias="bfloat16", bool_mask=True))
+    assert not narrow.allows(Variant("float16", bias="float32", bool_mask=True))
 
 
 def test_h100_head_dim_64_forward_uses_128x128_except_with_softcap():

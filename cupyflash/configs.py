@@ -143,9 +143,11 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                           _c(64, 64, 4, blocks_per_sm=2, d_split=2),
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},
-    # With dbias both spill at head dim 96 (compile check): it runs 32x64.
-    ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), dbias=False),
-                       When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), dbias=False)) + _BWD_MID + _BWD_SMALL,
+    # With dbias both spill at head dim 96 (compile check): it runs 32x64. So does a float32 bias with a mask (by 4
+    # bytes on sm_90).
+    ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), dbias=False, fp32_bias_with_mask=False),
+                       When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), dbias=False, fp32_bias_with_mask=False))
+    + _BWD_MID + _BWD_SMALL,
     # Packed rows and biases spill at 64x128 (compile check): they run 32x128. Boolean masks do not.
     ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False, bias=False, mask=True),
                         _c(32, 128, 8, d_split=2))

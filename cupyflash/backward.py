@@ -189,6 +189,7 @@ class _DBiasLayout:
         self.strides = (4 * p.nheads * rows * cols, 4 * cols, 4 * rows * cols)  # (batch, row, head) bytes
         self.summed = sum(1 << a for a, (g, n) in enumerate(zip(four, full)) if g == 1 and n > 1)
         self.shape = tuple(given)
+        self.launches = launches
         self.zero_fill = not launches or p.variant.mask != "none" or p.variant.bool_mask
 
     def partial(self):
@@ -200,6 +201,8 @@ class _DBiasLayout:
         import cupy
         import numpy as np
 
+        if not self.launches:  # an empty problem (no query or no key): the gradient is 0 in the bias's shape
+            return cupy.zeros(self.shape, cupy.float32)
         if not self.summed:
             return partial.reshape(self.shape)
         dbias = cupy.empty(self.shape, cupy.float32)

@@ -143,6 +143,20 @@ def test_a_bias_copy_is_made_per_call_and_the_plan_reads_the_new_values():
     assert not bool(cupy.array_equal(o1.view(cupy.uint16), o2.view(cupy.uint16)))
 
 
+@pytest.mark.parametrize("seqlens", [(0, 9), (9, 0)], ids=["no_query", "no_key"])
+@pytest.mark.parametrize("shape", [(2, 3, 1, 1), (3, 1, 1), (2, 1, 1, 1)], ids=str)
+def test_dbias_of_an_empty_problem_is_zero_in_the_bias_shape(seqlens, shape):
+    import cupy
+
+    seqlen_q, seqlen_k = seqlens
+    (q, k, v, dout), _ = make_problem(8, 2, seqlen_q, seqlen_k, 3, 3, 32, "float16")
+    bias = cupy.ones(shape, cupy.float32)
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True, bias=bias)
+    *grads, dbias = cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias, return_dbias=True)
+    assert dbias.shape == shape and dbias.dtype == cupy.float32 and not bool(dbias.any())
+    assert all(not bool(to_float64(g).any()) for g in grads)
+
+
 def test_dbias_needs_a_bias():
     (q, k, v, dout), _ = make_problem(5, 1, 8, 8, 1, 1, 32, "float16")
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True)

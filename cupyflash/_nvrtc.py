@@ -205,6 +205,32 @@ def kernel_instances(full: bool = False):
     return list(dict.fromkeys(out))  # copy_rows has no row layout: one instance per dtype
 
 
+#: The largest GPU of each architecture, for picks(): the dispatcher's choice there is what that arch runs most.
+ARCH_GPUS = {"sm_90": BIG_GPU, "sm_80": DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936,
+                                                      sm_count=108, name="A100-sized")}
+
+
+def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32")):
+    """Every variant combination (mask, softcap, ALiBi, row layout, bias dtype with and without dbias, boolean
+    mask) on the tile the dispatcher picks for it on ``arch``'s largest GPU, every kind and head dim. Register use
+    is not monotonic in the variants, so this finds spills the covering sets miss (it found a float32 bias with a
+    mask spilling where a heavier variant does not); about 20 minutes per arch on 2 cores."""
+    from .configs import KERNEL_HEAD_DIMS
+    from .problem import MASKS, ROWS
+
+    limits, out = ARCH_GPUS[arch], set()
+    for kind, kd, dtype, mask, softcap, alibi, rows, bias, bool_mask in itertools.product(
+            KINDS, KERNEL_HEAD_DIMS, dtypes, MASKS, (False, True), (False, True), ROWS, biases, (False, True)):
+        if rows == "packed" and (bias != "none" or bool_mask):
+            continue  # no bias or mask with packed rows
+        for dbias in (False, True) if kind == "bwd" and bias != "none" else (False,):
+            variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask)
+            config = select_config(kind, limits, kd, variant=variant)
+            for atomic in (True, False) if kind == "bwd" else (False,):
+                out.add((MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, config, kd, variant, atomic)))
+    return sorted(out)
+
+
 def _compile_group(args):
     filename, names, arch = args
     return arch, compile_report(load_source(filename), names, arch)
@@ -242,11 +268,18 @@ def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16,
 
 
 if __name__ == "__main__":
+    # python -m cupyflash._nvrtc: the full sweep (every tile each covered variant may get);
+    # python -m cupyflash._nvrtc --picks sm_90|sm_80: every variant combination on that arch's dispatcher picks.
     import os
     import time
 
     start = time.perf_counter()
-    res = compile_all(jobs=os.cpu_count() or 2, instances=kernel_instances(full=True))
+    jobs = os.cpu_count() or 2
+    if "--picks" in sys.argv:
+        arch = sys.argv[sys.argv.index("--picks") + 1]
+        res = compile_all(archs=(arch,), jobs=jobs, instances=picks(arch))
+    else:
+        res = compile_all(jobs=jobs, instances=kernel_instances(full=True))
     for (arch, name), r in sorted(res.items()):
         print(f"{arch} regs={r.registers:3d} spill={r.spill_stores}/{r.spill_loads} stack={r.stack_frame:4d}  {name}")
     bad = [k for k, r in res.items() if r.spill_stores or r.spill_loads]

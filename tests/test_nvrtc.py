@@ -77,7 +77,7 @@ def test_each_policy_value_is_compiled_once_per_kind_and_head_dim(kind):
         ours = [n for n in NAMES if n.startswith(f"cf::flash_{'bwd_dkdv' if kind == 'bwd' else kind}_kernel<")
                 and n[n.index("<") + 1:].split(", ")[1] == str(kd)]
         biases = ("cf::NoBias", "cf::TileBias<cf::f16>", "cf::TileBias<cf::bf16>", "cf::TileBias<cf::mask8>",
-                  "cf::TileBias<float, true>" if kind == "bwd" else "cf::TileBias<float>")
+                  "cf::TileBias<float, true>" if kind == "bwd" else "cf::TileBias<float>", "cf::MaskedBias<")
         for fragment in ("cf::NoMask", "cf::BandMask", "ScoreMod<true,", "ScoreMod<false,", ", true>,",
                          ", false>,", "cf::f16", "cf::bf16") + biases:
             assert any(fragment in n for n in ours), (kind, kd, fragment)
@@ -89,6 +89,19 @@ def test_compiles_without_spills(reports, arch, name):
     assert r.registers > 0, "ptxas report not parsed"
     assert (r.spill_stores, r.spill_loads) == (0, 0), f"{name} spills on {arch}: {r}"
     assert r.stack_frame == 0, f"{name} uses {r.stack_frame} bytes of local memory on {arch}"
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+def test_picks_cover_every_variant_on_the_dispatchers_tile(arch):
+    """python -m cupyflash._nvrtc --picks ARCH: each combination on its pick, a float32 bias with a mask included,
+    no bias or mask with packed rows."""
+    names = [name for _, name in _nvrtc.picks(arch)]
+    limits = _nvrtc.ARCH_GPUS[arch]
+    both = Variant("bfloat16", "band", True, True, bias="float32", dbias=True, bool_mask=True)
+    for kind in KINDS:
+        for name in _names(kind, limits, 64, both, every_fitting=False):
+            assert name in names, name
+    assert not any("PackedRows" in n and ("Bias<" in n) for n in names)
 
 
 def test_compile_options_match_the_run_time_ones():

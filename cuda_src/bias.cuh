@@ -15,6 +15,7 @@
 #include "mma_sm80.cuh"
 #include "params.cuh"
 #include "mask_tiles.cuh"
+#include "warp_gemm.cuh"
 
 namespace cf {
 
@@ -99,20 +100,6 @@ template <> struct BiasValue<mask8> {
         return of(v);
     }
 };
-
-// f(x, y, row, col) for each pair of an accumulator fragment's elements at (row, col), (row, col + 1), with row and
-// col relative to the fragment's first row0 and col0.
-template <int ROW_TILES, int COL_TILES, typename F>
-__device__ __forceinline__ void for_each_pair(float (&s)[ROW_TILES][COL_TILES][4], int row0, int col0, int lane, F f) {
-    #pragma unroll
-    for (int mt = 0; mt < ROW_TILES; ++mt)
-        #pragma unroll
-        for (int nt = 0; nt < COL_TILES; ++nt)
-            #pragma unroll
-            for (int r = 0; r < 2; ++r)
-                f(s[mt][nt][2 * r], s[mt][nt][2 * r + 1], row0 + 16 * mt + lane / 4 + 8 * r,
-                  col0 + 8 * nt + 2 * (lane % 4));
-}
 
 // GRAD_: the dK/dV kernel also writes the bias's gradient (BiasGrad).
 //

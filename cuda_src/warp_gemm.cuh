@@ -27,6 +27,20 @@ __device__ __forceinline__ void for_each_element(float (&c)[M_TILES][N_TILES][4]
     for_each_element_offset(c, [&](float& x, int dr, int dc) { f(x, row + dr, col + dc); });
 }
 
+// Calls f(x, y, row, col) for each pair of elements (row, col), (row, col + 1) of an accumulator fragment whose first
+// row and column are row0 and col0: the pairs a thread holds side by side (values read two at a time).
+template <int M_TILES, int N_TILES, typename F>
+__device__ __forceinline__ void for_each_pair(float (&c)[M_TILES][N_TILES][4], int row0, int col0, int lane, F f) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < N_TILES; ++nt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r)
+                f(c[mt][nt][2 * r], c[mt][nt][2 * r + 1], row0 + 16 * mt + lane / 4 + 8 * r,
+                  col0 + 8 * nt + 2 * (lane % 4));
+}
+
 // A fragment (16x16, row-major) of rows row0.., columns col0.. of a shared tile.
 template <typename Tile>
 __device__ __forceinline__ void load_a_frag(u32 (&a)[4], u32 tile, int row0, int col0, int lane) {

@@ -51,38 +51,46 @@ class TileConfig:
                 f"/b{self.blocks_per_sm}{split}")
 
 
+#: The variant features a table entry can avoid (When.avoid), each true of a variant when: the band mask (causal
+#: or a window) is on, softcap is, ALiBi is, rows are packed (variable-length), an additive bias is (any dtype, or
+#: a float32 one), a boolean mask is, the backward writes dbias.
+FEATURES = {
+    "band": lambda v: v.mask != "none",
+    "softcap": lambda v: v.softcap,
+    "alibi": lambda v: v.alibi,
+    "packed": lambda v: v.rows == "packed",
+    "bias": lambda v: v.bias != "none",
+    "fp32_bias": lambda v: v.bias == "float32",
+    "mask": lambda v: v.bool_mask,
+    "dbias": lambda v: v.dbias,
+}
+
+
 @dataclass(frozen=True)
 class When:
-    """A table entry that only serves some variants: ``softcap=False`` (``alibi=False``, ``packed=False``,
-    ``bias=False``, ``mask=False``, ``dbias=False``) entries are skipped when that score modifier (packed
-    variable-length rows, an additive bias, a boolean mask, the bias's gradient) is on, ``heavy=False`` ones when
-    softcap, ALiBi and a bias or mask all are, because their extra live values would spill at that tile or their
-    tiles would not fit (the CPU compile check compiles every combination on every tile that allows it). ``mask``
-    defaults to ``bias``: a mask is read as a bias too, and mostly spills where one does.
-    ``fp32_bias_with_mask=False`` entries are skipped for a float32 bias together with a boolean mask."""
+    """A table entry that only serves some variants: it is skipped for a variant that has every feature of one
+    of ``avoid``'s combinations ("softcap" skips it under softcap, "softcap+alibi+bias" only when all three are
+    on; feature names in FEATURES). Each combination is one the CPU compile check found spilling registers at that
+    tile, or whose tiles do not fit; the entry's comment says which."""
 
     config: TileConfig
-    softcap: bool = True
-    alibi: bool = True
-    packed: bool = True
-    bias: bool = True
-    mask: bool | None = None  # None: as ``bias``
-    heavy: bool = True
-    dbias: bool = True
-    fp32_bias_with_mask: bool = True
+    avoid: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = {f for combo in self.avoid for f in combo.split("+")} - FEATURES.keys()
+        if unknown:
+            raise ValueError(f"When.avoid: unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
 
     def allows(self, variant: Variant | None) -> bool:
         if variant is None:
             return True
-        masked = variant.bool_mask
-        biased = variant.bias != "none"
-        allows_mask = self.bias if self.mask is None else self.mask
-        return ((self.softcap or not variant.softcap) and (self.alibi or not variant.alibi)
-                and (self.packed or variant.rows != "packed") and (self.bias or not biased)
-                and (allows_mask or not masked)
-                and (self.heavy or not (variant.softcap and variant.alibi and (biased or masked)))
-                and (self.dbias or not variant.dbias)
-                and (self.fp32_bias_with_mask or not (masked and variant.bias == "float32")))
+        return not any(all(FEATURES[f](variant) for f in combo.split("+")) for combo in self.avoid)
+
+
+# Combinations that cost registers wherever the softcap, ALiBi and bias or mask values are all live at once.
+_HEAVY = ("softcap+alibi+bias", "softcap+alibi+mask")
+# A bias's or mask's tiles (a mask is read as a bias, and mostly spills where one does).
+_BIASED = ("bias", "mask")
 
 
 def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
@@ -109,15 +117,19 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.
     # With a bias (its tile read into S) the 128-row tiles below spill where marked: those variants take the next.
     # A float32 bias with a mask spills 128x64 at 64 and 128x32 at 128 on sm_80 (compile check): it runs 64x32 and
-    # 64x64 there.
-    ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), bias=False), _c(128, 64, 4, blocks_per_sm=2)) + _SMALL,
-    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), softcap=False, bias=False),
-                       When(_c(128, 64, 4, blocks_per_sm=2), heavy=False, fp32_bias_with_mask=False)) + _SMALL,
-    # 128x64 ahead of 128x32 by ~10%.
-    ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2), bias=False), _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
+    # 64x64 there. At 64 the dispatcher's picks also spill on sm_90 (python -m cupyflash._nvrtc --picks sm_90) for
+    # ALiBi with packed rows at 128x128 and the band mask with softcap and a float32 bias at 128x64.
+    ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=_BIASED), _c(128, 64, 4, blocks_per_sm=2))
+    + _SMALL,
+    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=("softcap", "alibi+packed") + _BIASED),
+                       When(_c(128, 64, 4, blocks_per_sm=2), avoid=_HEAVY + ("fp32_bias+mask", "band+softcap+fp32_bias")))
+    + _SMALL,
+    # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep).
+    ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("band+alibi+packed",) + _BIASED),
+                       _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.
-    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), heavy=False, fp32_bias_with_mask=False),
+    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), avoid=_HEAVY + ("fp32_bias+mask",)),
                         _c(64, 64, 4, blocks_per_sm=2), _c(128, 64, 8)) + _SMALL,
     # 128x64/8 warps and 64x64/4 warps within 5% of each other at 160; 128x64/8 ahead by 10-25% above.
     ("mma_sm80", 160): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
@@ -138,18 +150,20 @@ _BWD_SMALL = (_c(32, 16, 2, d_split=2),)
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry. A boolean mask's
-    # tiles (a byte per pair) fit.
-    **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2), bias=False, mask=True),
+    # tiles (a byte per pair) fit. At 64, packed rows with the band mask and softcap spill it on sm_90 (picks sweep).
+    **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2), avoid=("bias",) + (("band+softcap+packed",) if kd == 64
+                                                                             else ())),
                           _c(64, 64, 4, blocks_per_sm=2, d_split=2),
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},
     # With dbias both spill at head dim 96 (compile check): it runs 32x64. So does a float32 bias with a mask (by 4
     # bytes on sm_90).
-    ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), dbias=False, fp32_bias_with_mask=False),
-                       When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), dbias=False, fp32_bias_with_mask=False))
+    ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), avoid=("dbias", "fp32_bias+mask")),
+                       When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), avoid=("dbias", "fp32_bias+mask")))
     + _BWD_MID + _BWD_SMALL,
-    # Packed rows and biases spill at 64x128 (compile check): they run 32x128. Boolean masks do not.
-    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), packed=False, bias=False, mask=True),
+    # Packed rows and biases spill at 64x128 (compile check): they run 32x128. Boolean masks do not, except with the
+    # band mask and softcap (sm_90 picks sweep).
+    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), avoid=("packed", "bias", "band+softcap+mask")),
                         _c(32, 128, 8, d_split=2))
     + _BWD_MID
     + _BWD_SMALL,
@@ -166,14 +180,15 @@ _BWD_DQ_SMALL = (_c(16, 16, 1),)
 # At head dim 64, 128x64 spills with softcap and the band mask, and with a bias, on sm_80 (compile check): those
 # run 64x64 there.
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    ("mma_sm80", 32): (When(_c(128, 64, 4, blocks_per_sm=2), heavy=False), _c(64, 64, 4, blocks_per_sm=2))
+    ("mma_sm80", 32): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=_HEAVY), _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
-    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), softcap=False, bias=False),
+    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("softcap",) + _BIASED),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     ("mma_sm80", 96): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
-    # Packed rows, boolean masks, and softcap with ALiBi and a bias, spill at 128x32 here (compile check): they run
-    # 64x64.
-    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), packed=False, mask=False, heavy=False),
+    # Packed rows, boolean masks, a float32 bias, and a bias with softcap or ALiBi spill at 128x32 here (compile
+    # check and sm_90 picks sweep): they run 64x64. A 16-bit bias alone stays.
+    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2),
+                             avoid=("packed", "mask", "fp32_bias", "softcap+bias", "alibi+bias")),
                         _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
     **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},

@@ -250,19 +250,38 @@ def test_score_modifier_variants_skip_entries_that_exclude_them(kind, limits, he
                 configs.check_config(kind, entry, limits, head_dim, variant)
 
 
-def test_when_excludes_only_the_modifiers_it_names():
-    entry = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), softcap=False)
+def test_when_excludes_only_the_combinations_it_names():
+    entry = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), avoid=("softcap",))
     assert entry.allows(None) and entry.allows(Variant("float16", "band"))
     assert entry.allows(Variant("float16", alibi=True))
     assert not entry.allows(Variant("float16", softcap=True))
     assert not entry.allows(Variant("float16", softcap=True, alibi=True))
-    unpacked = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), packed=False)
+    unpacked = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), avoid=("packed",))
     assert unpacked.allows(Variant("float16", "band", True, True))
     assert not unpacked.allows(Variant("float16", rows="packed"))
-    narrow = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), fp32_bias_with_mask=False)
+    narrow = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), avoid=("fp32_bias+mask",))
     assert narrow.allows(Variant("float16", bias="float32")) and narrow.allows(Variant("float16", bool_mask=True))
     assert narrow.allows(Variant("float16", bias="bfloat16", bool_mask=True))
     assert not narrow.allows(Variant("float16", bias="float32", bool_mask=True))
+    both = configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), avoid=("band+softcap+mask", "dbias"))
+    assert both.allows(Variant("float16", softcap=True, bool_mask=True))  # not the band mask
+    assert not both.allows(Variant("float16", "band", softcap=True, bool_mask=True))
+    assert not both.allows(Variant("float16", bias="bfloat16", dbias=True))
+    assert both.allows(Variant("float16", bias="bfloat16"))
+
+
+def test_when_rejects_unknown_features():
+    with pytest.raises(ValueError, match="unknown features.*'sofcap'"):
+        configs.When(configs.TileConfig("mma_sm80", 128, 128, 4), avoid=("sofcap+alibi",))
+
+
+def test_every_feature_is_true_of_some_variant_and_false_of_plain():
+    plain = Variant("float16")
+    full = Variant("float16", "band", True, True, "dense", "float32", True, True)
+    for name, has in configs.FEATURES.items():
+        assert not has(plain), name
+        assert has(full) or name == "packed", name
+    assert configs.FEATURES["packed"](Variant("float16", rows="packed"))
 
 
 def test_h100_head_dim_64_forward_uses_128x128_except_with_softcap():

@@ -194,7 +194,7 @@ def test_dbias_sum_kernel_matches_numpy(summed, shape):
 
     partial = cupy.asarray(np.random.default_rng(summed).standard_normal(shape).astype(np.float32))
     layout = _DBiasLayout.__new__(_DBiasLayout)
-    layout.partial_shape, layout.summed = shape, summed
+    layout.partial_shape, layout.summed, layout.launches = shape, summed, True
     layout.shape = tuple(1 if summed >> d & 1 else n for d, n in enumerate(shape))
     layout.kernel = _kernels.get_function(MMA_SM80, "dbias_sum", None, 0, Variant("float16"), 0)
     layout.max_blocks = 7  # so that blocks and threads loop over several rows

@@ -281,7 +281,10 @@ struct MaskedBias {
 // The bias's gradient, dbias = dS (the bias enters the softmax like the scaled score), from the dK/dV kernel's dS^T
 // fragments (rows keys, columns queries) into an fp32 partial array that Python sums over the bias's broadcast
 // dims afterwards: params.dbias with element strides dbias_str (batch, row, head), columns contiguous. Every
-// element is written by one thread of one block (no atomics: deterministic). params.dbias_sums bit 0: the bias
+// element is written by one thread of one block (no atomics: deterministic). params.dbias_sums 4 (a bias of full
+// queries and keys broadcast over batches or heads, and no determinism asked): dbias itself, with stride 0 along
+// its broadcast batches or heads, into which every block adds its dS with atomics (no batch x heads x S^2 partial
+// to write, read back and sum). params.dbias_sums bit 0: the bias
 // is broadcast over queries, and each warp keeps per-key sums over a head's query tiles, stored after the head's
 // last tile visited (flush) in row `query_split` (the warp's share of the queries, one of D_SPLIT); bit 1: broadcast over keys, and
 // sums over the warp's keys go to column `key_group` (one per 16 * KEY_TILES keys). Neither: dS itself, row =
@@ -296,22 +299,36 @@ struct BiasGrad {
         return p.dbias + batch * p.dbias_str.batch + head * p.dbias_str.head;
     }
 
+    // dS element by element: written, or added into a buffer that the bias's broadcast batches or heads share.
+    template <bool ADD>
+    __device__ __forceinline__ void each(const float (&ds)[KEY_TILES][QUERY_TILES][4], float* out, i64 row_stride,
+                                         int key0, int query0, int seqlen_q, int seqlen_k, int lane) {
+        #pragma unroll
+        for (int kt = 0; kt < KEY_TILES; ++kt)
+            #pragma unroll
+            for (int qt = 0; qt < QUERY_TILES; ++qt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = key0 + 16 * kt + lane / 4 + 8 * (e / 2);
+                    const int query = query0 + 8 * qt + 2 * (lane % 4) + e % 2;
+                    if (key < seqlen_k && query < seqlen_q) {
+                        float* at = out + query * row_stride + key;
+                        if constexpr (ADD)
+                            asm volatile("red.global.add.f32 [%0], %1;\n" :: "l"(at), "f"(ds[kt][qt][e]) : "memory");
+                        else
+                            *at = ds[kt][qt][e];
+                    }
+                }
+    }
+
     __device__ __forceinline__ void step(const float (&ds)[KEY_TILES][QUERY_TILES][4], const AttnParams& p,
                                          int batch, int head, int key0, int query0, int seqlen_q, int seqlen_k,
                                          int key_group, int lane) {
         const int sums = p.dbias_sums;
         if (sums == 0) {
-            float* out = rows(p, batch, head);
-            #pragma unroll
-            for (int kt = 0; kt < KEY_TILES; ++kt)
-                #pragma unroll
-                for (int qt = 0; qt < QUERY_TILES; ++qt)
-                    #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int key = key0 + 16 * kt + lane / 4 + 8 * (e / 2);
-                        const int query = query0 + 8 * qt + 2 * (lane % 4) + e % 2;
-                        if (key < seqlen_k && query < seqlen_q) out[query * p.dbias_str.seq + key] = ds[kt][qt][e];
-                    }
+            each<false>(ds, rows(p, batch, head), p.dbias_str.seq, key0, query0, seqlen_q, seqlen_k, lane);
+        } else if (sums == 4) {
+            each<true>(ds, rows(p, batch, head), p.dbias_str.seq, key0, query0, seqlen_q, seqlen_k, lane);
         } else if (sums == 2) {  // per query: the warp's keys summed (lanes lane / 4 hold the key rows)
             float* out = rows(p, batch, head) + key_group;
             #pragma unroll

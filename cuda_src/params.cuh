@@ -51,7 +51,7 @@ struct AttnParams {
     // every pair, so the kernels need no "unbounded" case and no arithmetic can overflow.
     int window_left, window_right;
     int bias_key_step;          // 1: keys contiguous; 0: one value per query row (broadcast over keys)
-    int dbias_sums;             // BiasGrad: bit 0 sums over queries, bit 1 over keys
+    int dbias_sums;             // BiasGrad: bit 0 sums over queries, bit 1 over keys; 4 adds with atomics
 
     float scale_log2;           // logit (raw units, see score_mod.cuh) -> exp2 argument
     float softmax_scale;        // d(scaled score) / d(q.k): applied to dQ and dK

@@ -21,7 +21,8 @@ _GRADS = ("dq", "dk", "dv")
 class BackwardPlan:
     """Everything a backward call needs that depends only on its cache key."""
 
-    def __init__(self, problem, config, dq_config, atomic_dq, kv_splits, specs, lse_spec, grad_specs):
+    def __init__(self, problem, config, dq_config, atomic_dq, kv_splits, specs, lse_spec, grad_specs,
+                 deterministic=False):
         self.problem = p = problem
         self.atomic_dq = atomic_dq
         pd = p.padded_head_dim
@@ -45,7 +46,7 @@ class BackwardPlan:
             self.params.set(**{f"{name}_str_batch": 0 for name in ("q", "k", "v", "do", "o", "dq", "dk", "dv")})
         self.copies_back = any(spec is not None and not self.direct[name] for name, spec in grad_specs.items())
         self.launches = p.batch * p.nheads * p.seqlen_q * p.seqlen_k > 0
-        self.dbias = _DBiasLayout(p, config, self.launches) if p.variant.dbias else None
+        self.dbias = _DBiasLayout(p, config, self.launches, deterministic) if p.variant.dbias else None
         if self.dbias is not None:
             self.params.set(dbias_sums=self.dbias.sums)
             self.params.set_strides("dbias", self.dbias.strides, 4)
@@ -171,12 +172,16 @@ class _DBiasLayout:
     without one every element is written, so it is not zero-filled first); rows are queries, or with the bias
     broadcast over queries one per D_SPLIT warp column of sums; columns are keys, or with the bias broadcast over
     keys one per group of a warp's keys. Summing it over the bias's broadcast dims in a fixed order
-    (cuda_src/dbias_sum.cu) gives dbias in the bias's own shape, float32; deterministic."""
+    (cuda_src/dbias_sum.cu) gives dbias in the bias's own shape, float32; deterministic.
+
+    A bias of full queries and keys broadcast over batches or heads, without determinism asked, skips the partial
+    (batch x heads x S^2 floats, written once and read once): the kernel adds dS into dbias itself with atomics
+    (``atomic``; zero-filled first, stride 0 along the broadcast batches and heads)."""
 
     kernel = None  # flash_dbias_sum_kernel where some dim is summed
     max_blocks = 132 * 8  # its grid: enough resident blocks to fill a GPU (set from the device's SM count)
 
-    def __init__(self, problem, config, launches: bool):
+    def __init__(self, problem, config, launches: bool, deterministic: bool = True):
         p = problem
         given = p.bias.given
         full = (p.batch, p.nheads, p.seqlen_q, p.seqlen_k)
@@ -191,6 +196,11 @@ class _DBiasLayout:
         self.shape = tuple(given)
         self.launches = launches
         self.zero_fill = not launches or p.variant.mask != "none" or p.variant.bool_mask
+        self.atomic = not deterministic and self.sums == 0 and self.summed & 3 != 0
+        if self.atomic:
+            b, h, sq, sk = four
+            self.partial_shape, self.sums, self.summed, self.zero_fill = four, 4, 0, True
+            self.strides = (4 * h * sq * sk if b > 1 else 0, 4 * sk, 4 * sq * sk if h > 1 else 0)
 
     def partial(self):
         import cupy
@@ -298,7 +308,8 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
     elif type(kv_splits) is not int or kv_splits < 1 or problem.heads_per_kv % kv_splits:
         raise ValueError(f"kv_splits must be a positive int dividing nheads // nheads_k = {problem.heads_per_kv} "
                          f"(or None: automatic); got {kv_splits!r}")
-    return BackwardPlan(problem, config, dq_config, bool(atomic_dq), kv_splits, specs, lse_spec, grad_specs)
+    return BackwardPlan(problem, config, dq_config, bool(atomic_dq), kv_splits, specs, lse_spec, grad_specs,
+                        deterministic)
 
 
 def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -312,7 +323,9 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias, mask: exactly as given to the
             forward.
         return_dbias: also return the bias's gradient: float32, the bias's own shape as given (summed over its
-            broadcast dims of size 1; a stride-0 dim of full size gets its per-index gradient), deterministic.
+            broadcast dims of size 1; a stride-0 dim of full size gets its per-index gradient). Deterministic with
+            ``deterministic=True``; otherwise a bias of full queries and keys shared by batches or heads (e.g.
+            (1, H, Sq, Sk)) is summed over them with atomics, whose order varies from run to run.
         out, lse: the forward's results (``flash_attn_func(..., return_lse=True)``).
         deterministic: guarantee bitwise-identical gradients from run to run. dQ is then computed by a second
             kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher usually

@@ -690,8 +690,8 @@ BIAS_COLUMNS = [
 ]
 BIAS_NOTE = (f"{TOKENS} tokens, hidden {HIDDEN}, non-causal; bias in q's dtype: pair (1, H, S, S) or key "
              "(B, 1, 1, S); FLOPs as the default mode (the bias adds none); plain: cupyflash without a bias; "
-             "SDPA: PyTorch's own backend choice with the bias as a float attn_mask; both backwards compute "
-             "dq, dk, dv and dbias")
+             "cupyflash-det: deterministic=True (dbias summed without atomics); SDPA: PyTorch's own backend "
+             "choice with the bias as a float attn_mask; both backwards compute dq, dk, dv and dbias")
 
 
 def run_bias(args):
@@ -711,34 +711,39 @@ def run_bias(args):
         for kind, shape in (("pair", (1, nheads, s, s)), ("key", (batch, 1, 1, s))):
             bias = cupy.random.standard_normal(shape, dtype=cupy.float32).astype(q.dtype)
             row = {"impl": "cupyflash", "dtype": dtype, "bias": kind, "D": d, "seqlen": s, "error": ""}
+            det = dict(row, impl="cupyflash-det")  # deterministic=True: dbias without atomics, dQ by its kernel
             try:
                 out, lse = cf.flash_attn_func(q, k, v, bias=bias, return_lse=True)
-                row["fwd_ms"] = time_fn(lambda: cf.flash_attn_func(q, k, v, bias=bias))
+                row["fwd_ms"] = det["fwd_ms"] = time_fn(lambda: cf.flash_attn_func(q, k, v, bias=bias))
                 row["bwd_ms"] = time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias,
                                                                        return_dbias=True))
-                row["fwd_vs_plain"] = plain_fwd / row["fwd_ms"]
+                det["bwd_ms"] = time_fn(lambda: cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias,
+                                                                       return_dbias=True, deterministic=True))
+                row["fwd_vs_plain"] = det["fwd_vs_plain"] = plain_fwd / row["fwd_ms"]
             except Exception as e:
-                row["error"] = _error_text(e)
+                row["error"] = det["error"] = _error_text(e)
             peer = {"impl": "torch-sdpa", "dtype": dtype, "bias": kind, "D": d, "seqlen": s, "error": ""}
             if any(i in TORCH_BACKENDS for i in args.impls):
                 try:
                     peer["fwd_ms"], peer["bwd_ms"] = _sdpa_with_bias(batch, s, nheads, d, dtype, shape)
                 except Exception as e:
                     peer["error"] = _error_text(e)
-            for r in (row, peer):
+            for r in (row, det, peer):
                 for direction, flops in (("fwd", fwd_flops), ("bwd", 2.5 * fwd_flops)):
                     if r.get(f"{direction}_ms"):
                         r[f"{direction}_tflops"] = flops / r[f"{direction}_ms"] / 1e9
-            if row.get("bwd_ms") and peer.get("bwd_ms"):
-                row["vs_sdpa"] = (peer["fwd_ms"] + peer["bwd_ms"]) / (row["fwd_ms"] + row["bwd_ms"])
-            for r in (row, peer):
+            for r in (row, det):
+                if r.get("bwd_ms") and peer.get("bwd_ms"):
+                    r["vs_sdpa"] = (peer["fwd_ms"] + peer["bwd_ms"]) / (r["fwd_ms"] + r["bwd_ms"])
+            for r in (row, det, peer):
                 if r.get("fwd_ms"):
                     rows.append(r)
                     _print_row(r, BIAS_COLUMNS)
             if row.get("fwd_vs_plain"):
                 bars.append(f"- {kind} D={d} S={s}: fwd {row['fwd_vs_plain']:.2f}x plain (bar >= {BIAS_FWD_BAR})"
-                            + (f", fwd+bwd {row['vs_sdpa']:.2f}x SDPA (bar >= {BIAS_PEER_BAR})"
-                               if row.get("vs_sdpa") else ""))
+                            + (f", fwd+bwd {row['vs_sdpa']:.2f}x SDPA (bar >= {BIAS_PEER_BAR}; "
+                               f"deterministic {det['vs_sdpa']:.2f}x)" if row.get("vs_sdpa") and det.get("vs_sdpa")
+                               else ""))
         free_memory()
     return rows, BIAS_COLUMNS, markdown_table(rows, BIAS_COLUMNS) + ["", "bars:"] + bars
 

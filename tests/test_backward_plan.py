@@ -41,3 +41,22 @@ def test_dims_of_size_one_in_the_problem_need_no_sum():
 ])
 def test_the_partial_is_zero_filled_only_where_blocks_skip_tiles(variant, launches, zero_fill):
     assert _DBiasLayout(problem((3, 100, 300), **variant), CONFIG, launches).zero_fill == zero_fill
+
+
+@pytest.mark.parametrize("given, strides", [
+    ((3, 100, 300), (0, 4 * 300, 4 * 100 * 300)),            # pair bias: every batch adds into the same heads
+    ((2, 1, 100, 300), (4 * 100 * 300, 4 * 300, 0)),         # per batch, shared by the heads
+    ((100, 300), (0, 4 * 300, 0)),                           # one (Sq, Sk) matrix for all
+])
+def test_biases_shared_by_batches_or_heads_add_into_dbias_with_atomics_unless_deterministic(given, strides):
+    layout = _DBiasLayout(problem(given), CONFIG, True, deterministic=False)
+    assert layout.atomic and layout.sums == 4 and layout.summed == 0 and layout.zero_fill
+    assert layout.partial_shape == (1,) * (4 - len(given)) + given and layout.strides == strides
+    reproducible = _DBiasLayout(problem(given), CONFIG, True, deterministic=True)
+    assert not reproducible.atomic and reproducible.sums == 0 and reproducible.summed
+
+
+@pytest.mark.parametrize("given", [(2, 3, 100, 300), (2, 1, 1, 300), (2, 3, 100, 1), ()])
+def test_full_biases_and_query_or_key_sums_keep_the_partial(given):
+    layout = _DBiasLayout(problem(given), CONFIG, True, deterministic=False)
+    assert not layout.atomic and layout.sums == _DBiasLayout(problem(given), CONFIG, True).sums

@@ -117,13 +117,14 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.
     # With a bias (its tile read into S) the 128-row tiles below spill where marked: those variants take the next.
     # A float32 bias with a mask spills 128x64 at 64 and 128x32 at 128 on sm_80 (compile check): it runs 64x32 and
-    # 64x64 there. At 64 the dispatcher's picks also spill on sm_90 (python -m cupyflash._nvrtc --picks sm_90) for
-    # ALiBi with packed rows at 128x128 and the band mask with softcap and a float32 bias at 128x64.
+    # 64x64 there. At 64 the dispatcher's picks also spill (python -m cupyflash._nvrtc --picks sm_90, sm_80) for
+    # ALiBi with packed rows at 128x128 and for a float32 bias with softcap at 128x64 (those run 64x32). A float32
+    # bias with the band mask spills 128x64 by 8 bytes on sm_80 only: kept (64x32 would cost more on sm_90).
     ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=_BIASED), _c(128, 64, 4, blocks_per_sm=2))
     + _SMALL,
     ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=("softcap", "alibi+packed") + _BIASED),
-                       When(_c(128, 64, 4, blocks_per_sm=2), avoid=_HEAVY + ("fp32_bias+mask", "band+softcap+fp32_bias")))
-    + _SMALL,
+                       When(_c(128, 64, 4, blocks_per_sm=2),
+                            avoid=_HEAVY + ("fp32_bias+mask", "softcap+fp32_bias"))) + _SMALL,
     # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep).
     ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("band+alibi+packed",) + _BIASED),
                        _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
@@ -184,7 +185,9 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     + _BWD_DQ_SMALL,
     ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("softcap",) + _BIASED),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
-    ("mma_sm80", 96): (_c(128, 32, 4, blocks_per_sm=2), _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
+    # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64.
+    ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2), avoid=("band+softcap+bias", "band+alibi+bias")),
+                       _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # Packed rows, boolean masks, a float32 bias, and a bias with softcap or ALiBi spill at 128x32 here (compile
     # check and sm_90 picks sweep): they run 64x64. A 16-bit bias alone stays.
     ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2),
@@ -199,6 +202,14 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 #: atomic vs separate: 254 vs 250 TFLOP/s at head dim 128 (271 vs 246 at seqlen 8192), 236 vs 230 at 64, 191 vs 178
 #: at 256; the separate kernel led only at 192 (190 vs 179) and tied at 96 and 160.
 BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS}
+
+#: dbias of a bias shared by batches or heads (full queries and keys), without determinism asked: the dK/dV kernel
+#: adds dS into dbias with fp32 atomics at kernel head dims from this one up, and writes a batch x heads x S^2
+#: partial for dbias_sum.cu below it. H100, bf16, 16k tokens, pair bias (1, H, S, S), seqlens 1024-8192
+#: (python -m cupyflash.bench --bias, 2026-11-26, backward with dbias, atomics vs partial): head dim 128 2.50 vs
+#: 2.78 ms at 1024, 16.4 vs 21.7 at 8192 (faster at every seqlen); head dim 64 3.72 vs 3.54 ms at 1024, 30.2 vs
+#: 29.5 at 8192 (slower at every seqlen: there are twice the heads, so twice the atomics per FLOP).
+DBIAS_ATOMIC_MIN_HEAD_DIM = 128
 
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says
 #: atomic. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash cupyflash-det,

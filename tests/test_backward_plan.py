@@ -8,9 +8,9 @@ from cupyflash.problem import BiasLayout, Problem, Variant
 CONFIG = _c(64, 128, 8, d_split=2)  # 4 key warps of 32 keys, queries split in 2
 
 
-def problem(given, batch=2, nheads=3, seqlen_q=100, seqlen_k=300, **variant):
+def problem(given, batch=2, nheads=3, seqlen_q=100, seqlen_k=300, head_dim=64, **variant):
     bias = BiasLayout("float32", 4, (1, 1, 1, 1), (0, 0, 0, 0), False, given)
-    return Problem(batch, seqlen_q, seqlen_k, nheads, nheads, 64, 0, 0.125, False, (-1, -1), 0.0, 0,
+    return Problem(batch, seqlen_q, seqlen_k, nheads, nheads, head_dim, 0, 0.125, False, (-1, -1), 0.0, 0,
                    Variant("float16", bias="float32", dbias=True, **variant), bias=bias)
 
 
@@ -49,14 +49,21 @@ def test_the_partial_is_zero_filled_only_where_blocks_skip_tiles(variant, launch
     ((100, 300), (0, 4 * 300, 0)),                           # one (Sq, Sk) matrix for all
 ])
 def test_biases_shared_by_batches_or_heads_add_into_dbias_with_atomics_unless_deterministic(given, strides):
-    layout = _DBiasLayout(problem(given), CONFIG, True, deterministic=False)
+    layout = _DBiasLayout(problem(given, head_dim=128), CONFIG, True, deterministic=False)
     assert layout.atomic and layout.sums == 4 and layout.summed == 0 and layout.zero_fill
     assert layout.partial_shape == (1,) * (4 - len(given)) + given and layout.strides == strides
-    reproducible = _DBiasLayout(problem(given), CONFIG, True, deterministic=True)
+    reproducible = _DBiasLayout(problem(given, head_dim=128), CONFIG, True, deterministic=True)
     assert not reproducible.atomic and reproducible.sums == 0 and reproducible.summed
+
+
+@pytest.mark.parametrize("head_dim, atomic", [(32, False), (64, False), (96, False), (100, True), (128, True),
+                                              (256, True)])
+def test_dbias_atomics_only_from_the_head_dim_where_they_measured_faster(head_dim, atomic):
+    layout = _DBiasLayout(problem((3, 100, 300), head_dim=head_dim), CONFIG, True, deterministic=False)
+    assert layout.atomic == atomic and (layout.sums == 4) == atomic
 
 
 @pytest.mark.parametrize("given", [(2, 3, 100, 300), (2, 1, 1, 300), (2, 3, 100, 1), ()])
 def test_full_biases_and_query_or_key_sums_keep_the_partial(given):
-    layout = _DBiasLayout(problem(given), CONFIG, True, deterministic=False)
+    layout = _DBiasLayout(problem(given, head_dim=128), CONFIG, True, deterministic=False)
     assert not layout.atomic and layout.sums == _DBiasLayout(problem(given), CONFIG, True).sums

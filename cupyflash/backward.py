@@ -306,7 +306,8 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
             check_config("bwd_dq", dq_config, limits, problem.head_dim, v_)
     blocks = math.ceil(problem.seqlen_k / config.block_n) * problem.nheads_k * problem.batch
     if kv_splits is None:
-        kv_splits = configs.kv_splits(limits, blocks, problem.heads_per_kv)
+        kv_splits = configs.kv_splits(limits, blocks, problem.heads_per_kv,
+                                      math.ceil(problem.seqlen_q / config.block_m), problem.variant.mask != "none")
     elif type(kv_splits) is not int or kv_splits < 1 or problem.heads_per_kv % kv_splits:
         raise ValueError(f"kv_splits must be a positive int dividing nheads // nheads_k = {problem.heads_per_kv} "
                          f"(or None: automatic); got {kv_splits!r}")
@@ -339,7 +340,7 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
             ``configs.use_atomic_dq`` (atomics for large problems at most head dims).
         kv_splits: grouped-query attention: over how many blocks each K/V head's query heads are spread (a
             divisor of nheads // nheads_k; more than 1 adds fp32 partial dK, dV and a kernel that sums them in a
-            fixed order); default ``configs.kv_splits`` (enough blocks to fill the GPU).
+            fixed order); default ``configs.kv_splits`` (every SM busy, no block's walk too long).
         dq, dk, dv: optional preallocated outputs (shape and dtype of q, k, v; any strides with the head dim
             contiguous), written in place and returned.
         config, dq_config: force tile configurations (TileConfig entries of the 'bwd' and 'bwd_dq' tables).

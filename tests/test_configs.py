@@ -300,14 +300,22 @@ def test_kernel_head_dim_rejects_non_positive_and_non_ints(head_dim):
 
 # ---- grouped-query backward: splitting a K/V head's group over blocks ----
 
-def test_kv_splits_fill_the_gpu_with_divisors_of_the_group():
-    target = configs.KV_SPLIT_MIN_BLOCKS_PER_SM * H100.sm_count
-    assert configs.kv_splits(H100, target, 8) == 1  # enough blocks already: the group stays in one block
-    assert configs.kv_splits(H100, target // 2, 8) == 2
-    assert configs.kv_splits(H100, target // 3, 6) == 3  # divisors only: 3 reaches the target, 4 does not divide
-    assert configs.kv_splits(H100, 128, 32) == 32  # MQA on a small grid: one query head per block
+def test_kv_splits_fill_the_gpu_and_bound_the_walk_with_divisors_of_the_group():
+    sms = H100.sm_count
+    assert configs.kv_splits(H100, 8 * sms, 4, 16) == 1  # GQA 4:1 at 2k: 64 steps per block, 8 blocks per SM
+    assert configs.kv_splits(H100, 8 * sms, 4, 16, band=True) == 1
+    assert configs.kv_splits(H100, 8 * sms, 4, 64, band=True) == 2  # causal 8k: 256 steps halved to 128
+    assert configs.kv_splits(H100, 8 * sms, 4, 128) == 1  # 512 steps without a causal mask
+    assert configs.kv_splits(H100, 8 * sms, 4, 128, band=True) == 4
+    assert configs.kv_splits(H100, sms - 4, 32, 1) == 2  # MQA on a small grid: every SM a block
+    assert configs.kv_splits(H100, 4, 32, 1) == 32  # a tiny grid: one query head per block
+    assert configs.kv_splits(H100, sms, 6, 100) == 2  # 600 steps: the smallest divisor within 512 steps
+    assert configs.kv_splits(H100, sms, 7, 100) == 7  # a prime group: all or nothing
     assert configs.kv_splits(H100, 1, 1) == 1  # no group to split
-    assert configs.kv_splits(H100, target // 4, 7) == 7  # a prime group: all or nothing
+    for causal, limit in configs.KV_SPLIT_MAX_STEPS.items():
+        for group in (2, 4, 8, 32):
+            splits = configs.kv_splits(H100, 1000, group, 64, band=causal)
+            assert group % splits == 0 and (64 * group // splits <= limit or splits == group)
 
 
 def test_packed_rows_are_a_policy_of_every_kernel_but_the_staging_copy():

@@ -230,9 +230,10 @@ def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: 
 #: is split over blocks that each sum their share into fp32 partials, which a second kernel adds in a fixed order
 #: (deterministic; the partials cost a write and a read of dK and dV per split). H100, bf16, 16k tokens, hidden
 #: 2048, head dims 64 and 128, seqlens 2048 and 8192, causal and not, GQA 4:1 and MQA, splits 1, 2, 4, 8
-#: (.prof/gqa_splits.py, 2026-11-26): the fastest split kept a block's walk within about 512 steps without a causal
-#: mask and 128 with one, and left no SM idle; this rule's choice was the fastest or within 1% of it in 11 of the
-#: 14 measured cases (3.2% off at most). Splitting whole groups (the earlier rule) was up to 6.5% slower at GQA 4:1.
+#: (docs/measurements/2026-11-26-h100-gqa-splits.md): the fastest split kept a block's walk within about 512 steps
+#: without a causal mask and 128 with one, and left no SM idle; this rule's choice was the fastest or within 1% of
+#: it in 10 of the 14 measured cases (3.2% off at most). Splitting whole groups (the earlier rule) was up to 6.5%
+#: slower at GQA 4:1.
 KV_SPLIT_MAX_STEPS = {False: 512, True: 128}  # by causal (the band mask)
 
 

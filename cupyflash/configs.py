@@ -64,27 +64,38 @@ FEATURES = {
     "mask": lambda v: v.bool_mask,
     "dbias": lambda v: v.dbias,
 }
+#: Features of the GPU rather than the variant: "sm80", compute capability below 9.0 (ptxas allocates registers
+#: for sm_80 differently from sm_90: some combinations spill on one only). Without the device's limits (listing
+#: every entry a variant may ever get) they count as absent.
+ARCH_FEATURES = {"sm80": lambda limits: limits.compute_capability < 90}
 
 
 @dataclass(frozen=True)
 class When:
     """A table entry that only serves some variants: it is skipped for a variant that has every feature of one
     of ``avoid``'s combinations ("softcap" skips it under softcap, "softcap+alibi+bias" only when all three are
-    on; feature names in FEATURES). Each combination is one the CPU compile check found spilling registers at that
-    tile, or whose tiles do not fit; the entry's comment says which."""
+    on; feature names in FEATURES and ARCH_FEATURES). Each combination is one the CPU compile check found spilling
+    registers at that tile, or whose tiles do not fit; the entry's comment says which."""
 
     config: TileConfig
     avoid: tuple[str, ...] = ()
 
     def __post_init__(self):
-        unknown = {f for combo in self.avoid for f in combo.split("+")} - FEATURES.keys()
+        known = FEATURES.keys() | ARCH_FEATURES.keys()
+        unknown = {f for combo in self.avoid for f in combo.split("+")} - known
         if unknown:
-            raise ValueError(f"When.avoid: unknown features {sorted(unknown)}; known: {', '.join(FEATURES)}")
+            raise ValueError(f"When.avoid: unknown features {sorted(unknown)}; known: {', '.join(sorted(known))}")
 
-    def allows(self, variant: Variant | None) -> bool:
+    def allows(self, variant: Variant | None, limits: DeviceLimits | None = None) -> bool:
         if variant is None:
             return True
-        return not any(all(FEATURES[f](variant) for f in combo.split("+")) for combo in self.avoid)
+
+        def has(feature):
+            if feature in ARCH_FEATURES:
+                return limits is not None and ARCH_FEATURES[feature](limits)
+            return FEATURES[feature](variant)
+
+        return not any(all(map(has, combo.split("+"))) for combo in self.avoid)
 
 
 # Combinations that cost registers wherever the softcap, ALiBi and bias or mask values are all live at once.
@@ -101,8 +112,8 @@ def _entry_config(entry) -> TileConfig:
     return entry.config if isinstance(entry, When) else entry
 
 
-def _entry_allows(entry, variant) -> bool:
-    return entry.allows(variant) if isinstance(entry, When) else True
+def _entry_allows(entry, variant, limits=None) -> bool:
+    return entry.allows(variant, limits) if isinstance(entry, When) else True
 
 
 # Fallback tiles for small shared memory, appended to every head dim's list: 64x32 fits 99 KB at every head
@@ -118,13 +129,13 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # With a bias (its tile read into S) the 128-row tiles below spill where marked: those variants take the next.
     # A float32 bias with a mask spills 128x64 at 64 and 128x32 at 128 on sm_80 (compile check): it runs 64x32 and
     # 64x64 there. At 64 the dispatcher's picks also spill (python -m cupyflash._nvrtc --picks sm_90, sm_80) for
-    # ALiBi with packed rows at 128x128 and for a float32 bias with softcap at 128x64 (those run 64x32). A float32
-    # bias with the band mask spills 128x64 by 8 bytes on sm_80 only: kept (64x32 would cost more on sm_90).
+    # ALiBi with packed rows at 128x128 and for a float32 bias with softcap at 128x64 (those run 64x32); on sm_80
+    # only, for a float32 bias with the band mask at 128x64 (8 bytes; it runs 64x32 there).
     ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=_BIASED), _c(128, 64, 4, blocks_per_sm=2))
     + _SMALL,
     ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=("softcap", "alibi+packed") + _BIASED),
                        When(_c(128, 64, 4, blocks_per_sm=2),
-                            avoid=_HEAVY + ("fp32_bias+mask", "softcap+fp32_bias"))) + _SMALL,
+                            avoid=_HEAVY + ("fp32_bias+mask", "softcap+fp32_bias", "sm80+band+fp32_bias"))) + _SMALL,
     # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep).
     ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("band+alibi+packed",) + _BIASED),
                        _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
@@ -185,8 +196,9 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     + _BWD_DQ_SMALL,
     ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("softcap",) + _BIASED),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
-    # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64.
-    ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2), avoid=("band+softcap+bias", "band+alibi+bias")),
+    # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64 there.
+    ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2),
+                            avoid=("sm80+band+softcap+bias", "sm80+band+alibi+bias")),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # Packed rows, boolean masks, a float32 bias, and a bias with softcap or ALiBi spill at 128x32 here (compile
     # check and sm_90 picks sweep): they run 64x64. A 16-bit bias alone stays.
@@ -308,7 +320,7 @@ def _table(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | No
     """(kernel head dim, this variant's entries of the table, best first)."""
     kd = kernel_head_dim(head_dim)
     fam = family_for(limits, variant)
-    return kd, tuple(_entry_config(e) for e in TABLES[kind][(fam.name, kd)] if _entry_allows(e, variant))
+    return kd, tuple(_entry_config(e) for e in TABLES[kind][(fam.name, kd)] if _entry_allows(e, variant, limits))
 
 
 def candidates(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None = None

@@ -241,7 +241,7 @@ def test_score_modifier_variants_skip_entries_that_exclude_them(kind, limits, he
     kd = kernel_head_dim(head_dim)
     for variant in SCORE_MODS:
         excluded = {e.config for e in configs.TABLES[kind][("mma_sm80", kd)]
-                    if isinstance(e, configs.When) and not e.allows(variant)}
+                    if isinstance(e, configs.When) and not e.allows(variant, limits)}
         config = configs.select_config(kind, limits, head_dim, variant=variant)
         assert config not in excluded
         assert config in configs.candidates(kind, limits, head_dim, variant)
@@ -379,3 +379,16 @@ def test_masks_and_biases_are_refused_with_packed_rows_by_the_family():
     assert MMA_SM80.supports(90, Variant("bfloat16", bias="float16", bool_mask=True))
     assert not MMA_SM80.supports(90, Variant("bfloat16", rows="packed", bool_mask=True))
     assert not MMA_SM80.supports(90, Variant("bfloat16", rows="packed", bias="float16"))
+
+
+def test_arch_features_apply_only_on_their_gpus():
+    entry = configs.When(configs.TileConfig("mma_sm80", 128, 64, 4), avoid=("sm80+band+fp32_bias",))
+    variant = Variant("bfloat16", "band", bias="float32")
+    assert not entry.allows(variant, A100) and entry.allows(variant, H100)
+    assert entry.allows(variant)  # without limits (every entry a variant may ever get): allowed
+    assert entry.allows(Variant("bfloat16", bias="float32"), A100)  # not the band mask
+    a100 = configs.select_config("fwd", A100, 64, variant=variant)
+    h100 = configs.select_config("fwd", H100, 64, variant=variant)
+    assert (a100.block_m, a100.block_n) == (64, 32) and (h100.block_m, h100.block_n) == (128, 64)
+    with pytest.raises(ValueError, match="score modifiers"):
+        configs.check_config("fwd", h100, A100, 64, variant)

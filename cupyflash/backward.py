@@ -328,8 +328,8 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         return_dbias: also return the bias's gradient: float32, the bias's own shape as given (summed over its
             broadcast dims of size 1; a stride-0 dim of full size gets its per-index gradient). Deterministic with
             ``deterministic=True``; otherwise a bias of full queries and keys shared by batches or heads (e.g.
-            (1, H, Sq, Sk)) is summed over them with atomics at head dims above 96, whose order varies from run to
-            run.
+            (1, H, Sq, Sk)) is summed over them with atomics where they measured faster (kernel head dims from
+            ``configs.DBIAS_ATOMIC_MIN_HEAD_DIM``), whose order varies from run to run.
         out, lse: the forward's results (``flash_attn_func(..., return_lse=True)``).
         deterministic: guarantee bitwise-identical gradients from run to run. dQ is then computed by a second
             kernel that walks the keys in a fixed order (recomputing S and dP). Without it the dispatcher usually

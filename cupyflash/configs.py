@@ -220,7 +220,8 @@ BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd
 #: partial for dbias_sum.cu below it. H100, bf16, 16k tokens, pair bias (1, H, S, S), seqlens 1024-8192
 #: (python -m cupyflash.bench --bias, 2026-11-26, backward with dbias, atomics vs partial): head dim 128 2.50 vs
 #: 2.78 ms at 1024, 16.4 vs 21.7 at 8192 (faster at every seqlen); head dim 64 3.72 vs 3.54 ms at 1024, 30.2 vs
-#: 29.5 at 8192 (slower at every seqlen: there are twice the heads, so twice the atomics per FLOP).
+#: 29.5 at 8192 (slower at every seqlen; why was not measured: likely twice the heads, so twice the atomics per
+#: FLOP, and a dbias tile's batches far apart in the grid, so their additions miss L2).
 DBIAS_ATOMIC_MIN_HEAD_DIM = 128
 
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says

@@ -77,8 +77,19 @@ __device__ __forceinline__ i64 row_values_offset(const AttnParams& p, int batch,
     return (static_cast<i64>(batch) * p.nheads + head) * p.row_pitch;
 }
 
+// What a dK/dV block works on, from its grid position: key tile, slot (kv_head * kv_splits + split) and batch are
+// blockIdx x, y, z; with BATCH_FIRST (the kernels that write dbias) x, y, z are batch, key tile, slot, so that
+// consecutive blocks are the batches of one key tile: a bias shared by the batches is read from L2 by all of them
+// at once, and the atomics that sum its gradient over them meet in L2 rather than in device memory.
+template <bool BATCH_FIRST>
+struct KeyBlock {
+    static __device__ __forceinline__ unsigned tile() { return BATCH_FIRST ? blockIdx.y : blockIdx.x; }
+    static __device__ __forceinline__ unsigned slot() { return BATCH_FIRST ? blockIdx.z : blockIdx.y; }
+    static __device__ __forceinline__ unsigned batch() { return BATCH_FIRST ? blockIdx.x : blockIdx.z; }
+};
+
 // The dK/dV kernel's fp32 partials (kv_splits > 1): a contiguous (batch, seqlen_k, nheads_k * kv_splits, head_dim)
-// array for dK, indexed by the block's slot = kv_head * kv_splits + split (its blockIdx.y), so one (batch, key,
+// array for dK, indexed by the block's slot = kv_head * kv_splits + split (KeyBlock::slot), so one (batch, key,
 // K/V head) row's partials lie side by side; dV's array follows dK's.
 __device__ __forceinline__ i64 dkv_partial_size(const AttnParams& p) {
     return static_cast<i64>(p.batch) * p.seqlen_k * p.nheads_k * p.kv_splits * p.head_dim;

@@ -205,10 +205,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const float* sRow = reinterpret_cast<const float*>(smem + ROW_OFF);
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    // blockIdx.y = kv_head * kv_splits + split (kv_head itself without splits): the split's query heads start at
-    // blockIdx.y * heads_per_split. Both are re-read from blockIdx rather than held across the loop (registers).
-    const int kv_head = blockIdx.y / p.kv_splits, batch = blockIdx.z;
-    const int n0 = blockIdx.x * BLOCK_N;
+    // Block::slot() = kv_head * kv_splits + split (kv_head itself without splits): the split's query heads start at
+    // slot * heads_per_split. Block's fields are re-read from the grid position rather than held across the loop
+    // (registers). With dbias, batches are the grid's fastest dimension (KeyBlock, coords.cuh).
+    using Block = KeyBlock<Bias::GRAD>;
+    const int kv_head = Block::slot() / p.kv_splits, batch = Block::batch();
+    const int n0 = Block::tile() * BLOCK_N;
     const Seq seq = Rows::of(p, batch);
     if (Rows::PACKED && n0 >= seq.seqlen_k) return;  // packed rows: the grid covers the longest entry
     const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
@@ -218,7 +220,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const Mask mask(p, seq);
 
     // Steps walk the query tiles that see these keys, for each query head of this block's split in turn: dense step
-    // s is query head blockIdx.y * heads_per_split + s / m_steps, query tile first + s % m_steps. Step t is dense
+    // s is query head slot * heads_per_split + s / m_steps, query tile first + s % m_steps. Step t is dense
     // step t, or with a boolean mask's tile summary the t-th dense step whose tile holds a visible pair
     // (next_load: the entry of the next one to load, 2 * dense step + partial).
     const int2 query_tiles = mask.template query_tiles<BLOCK_M, BLOCK_N>(n0, seqlen_q);
@@ -226,12 +228,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const int dense_steps = m_steps * p.heads_per_split;
     const unsigned long long m_steps_magic = division_magic(max(m_steps, 1));  // s / m_steps without a division
     auto step_head = [&](int s) {
-        return static_cast<int>(blockIdx.y) * p.heads_per_split + divide(s, m_steps, m_steps_magic);
+        return static_cast<int>(Block::slot()) * p.heads_per_split + divide(s, m_steps, m_steps_magic);
     };
     auto step_tile = [&](int s) { return query_tiles.x + s - divide(s, m_steps, m_steps_magic) * m_steps; };
 
     using Tiles = typename Bias::Tiles;
-    auto tiles_of = [&](int head) { return Tiles(p, true, batch, head, blockIdx.x); };
+    auto tiles_of = [&](int head) { return Tiles(p, true, batch, head, Block::tile()); };
     auto entry_after = [&](int entry) {  // the entry of the first dense step past entry's holding a visible pair
         for (int s = entry == -1 ? dense_steps : (entry >> 1) + 1; s < dense_steps;) {
             const int tile = step_tile(s);
@@ -245,7 +247,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     if constexpr (Tiles::SKIPS) {
         n_steps = 0;
         for (int h = 0; h < p.heads_per_split; ++h)
-            n_steps += tiles_of(blockIdx.y * p.heads_per_split + h).count(query_tiles.x, query_tiles.y);
+            n_steps += tiles_of(Block::slot() * p.heads_per_split + h).count(query_tiles.x, query_tiles.y);
     }
 
     // entry: step t's walk entry (Tiles::SKIPS), stashed with its mask tile for the math.
@@ -342,7 +344,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 }
             }
         // dbias = dS (per element, or summed over the bias's broadcast queries or keys: bias.cuh BiasGrad)
-        const int key_group = blockIdx.x * KEY_WARPS + warp / D_SPLIT;
+        const int key_group = Block::tile() * KEY_WARPS + warp / D_SPLIT;
         dbias.step(dp, p, batch, head, key0, query0, seqlen_q, seqlen_k, key_group, lane);
         if constexpr (Bias::GRAD && Tiles::SKIPS) {  // the head's last visited step: the next is another head's
             int next = -1;  // step t + 1's entry: the next load's with two stages, else stashed (loaded earlier)
@@ -380,7 +382,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
     cp_async_wait<0>();
     if (p.kv_splits > 1) {  // this split's share of the group, unrounded, for flash_bwd_reduce_dkdv_kernel
-        float* dk_part = p.dkv_partial + dkv_partial_offset(p, batch, blockIdx.y, n0);
+        float* dk_part = p.dkv_partial + dkv_partial_offset(p, batch, Block::slot(), n0);
         float* dv_part = dk_part + dkv_partial_size(p);
         const i64 row_stride = static_cast<i64>(p.nheads_k) * p.kv_splits * head_dim;
         #pragma unroll
@@ -394,8 +396,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             }
         return;
     }
-    // dK = scale * acc_dk, dV = acc_dv, staged through the K and V tiles for 16-byte stores. Unsplit: blockIdx.y is
-    // the K/V head.
+    // dK = scale * acc_dk, dV = acc_dv, staged through the K and V tiles for 16-byte stores. Unsplit: the slot is the
+    // K/V head.
     __syncthreads();
     float scales[KEY_TILES][2];
     #pragma unroll
@@ -403,9 +405,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     stage_accum_in_smem<Elem, KVTile>(sV + d_col0, warp_key0, acc_dv, lane);
     stage_accum_in_smem<Elem, KVTile>(sK + d_col0, warp_key0, acc_dk, scales, lane);
     __syncthreads();
-    store_tile<KVTile, THREADS>(p.dv + row_offset(p.dv_str, batch, blockIdx.y, seq.k0 + n0), sV, p.dv_str.seq,
+    store_tile<KVTile, THREADS>(p.dv + row_offset(p.dv_str, batch, Block::slot(), seq.k0 + n0), sV, p.dv_str.seq,
                                 seqlen_k - n0, head_dim);
-    store_tile<KVTile, THREADS>(p.dk + row_offset(p.dk_str, batch, blockIdx.y, seq.k0 + n0), sK, p.dk_str.seq,
+    store_tile<KVTile, THREADS>(p.dk + row_offset(p.dk_str, batch, Block::slot(), seq.k0 + n0), sK, p.dk_str.seq,
                                 seqlen_k - n0, head_dim);
 }
 

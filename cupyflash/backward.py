@@ -78,7 +78,10 @@ class BackwardPlan:
             self.dbias.max_blocks = 8 * device_limits(p.device).sm_count
         rows_grid = (math.ceil(p.batch * p.nheads * p.seqlen_q / 4),)  # one warp per query row
         self.pre = launch("bwd_preprocess", rows_grid)
-        self.main = launch("bwd", (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch), config,
+        grid = (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch)
+        if p.variant.dbias:  # batches fastest (cuda_src/coords.cuh KeyBlock): they share a bias's reads and atomics
+            grid = (grid[2], grid[0], grid[1])
+        self.main = launch("bwd", grid, config,
                            atomic_dq)
         # a boolean mask: tile summaries by key tiles (dK/dV kernel) and by query tiles (dQ kernel)
         if p.variant.bool_mask:

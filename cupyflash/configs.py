@@ -222,7 +222,8 @@ BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd
 #: 2.78 ms at 1024, 16.4 vs 21.7 at 8192 (faster at every seqlen); head dim 64 3.72 vs 3.54 ms at 1024, 30.2 vs
 #: 29.5 at 8192 (slower at every seqlen; why was not measured: likely twice the heads, so twice the atomics per
 #: FLOP, and a dbias tile's batches far apart in the grid, so their additions miss L2).
-DBIAS_ATOMIC_MIN_HEAD_DIM = 128
+DBIAS_ATOMIC_MIN_HEAD_DIM = 0  # EXPERIMENT (branch gpu-pending): atomics at every head dim, to measure them at 64 with
+# batch-first blocks (bench --bias: default vs deterministic); set from that measurement before merging
 
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says
 #: atomic. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash cupyflash-det,

@@ -210,8 +210,7 @@ struct TileBias {
         if (Tiles::SKIPS && !(entry & 1)) return;  // the mask shows the whole tile
         const int at = pitch<COLS_OF_TILE>(p);
         const float unit = Fields::unit(p);
-        for_each_pair(s, row0, col0, lane, [&](float& x, float& y, int row, int col) {
-            const float2 b = pair<ROWS_ARE_KEYS>(tile, at, row, col);
+        auto set = [&](float& x, float& y, float2 b) {
             if constexpr (ADD) {
                 x += b.x * unit;
                 y += b.y * unit;
@@ -219,6 +218,29 @@ struct TileBias {
                 x = b.x * unit;
                 y = b.y * unit;
             }
+        };
+        if constexpr (ADD && !ROWS_ARE_KEYS && BYTES == 2 && COL_TILES % 2 == 0) {
+            // The forward's 16-bit values: ldmatrix hands each lane exactly its accumulator pairs, four 8x8 matrices
+            // (rows +8 for odd ones, columns +8 for the upper two) per instruction instead of one pair per load.
+            // Row addresses are 16-byte aligned: rows are whole chunks apart, columns 8 elements. (The dQ kernel,
+            // which starts S from the bias, keeps the pairwise loads: with ldmatrix its 128 x 32 tile at head dim
+            // 128 spills on sm_90.)
+            const int lane_row = (lane & 7) + ((lane >> 3) & 1) * 8, lane_col = (lane >> 4) * 8;
+            #pragma unroll
+            for (int mt = 0; mt < ROW_TILES; ++mt)
+                #pragma unroll
+                for (int nt = 0; nt < COL_TILES; nt += 2) {
+                    u32 v[4];
+                    ldmatrix_x4(v, tile + ((row0 + 16 * mt + lane_row) * at + col0 + 8 * nt + lane_col) * BYTES);
+                    set(s[mt][nt][0], s[mt][nt][1], Mma<T>::unpack(v[0]));
+                    set(s[mt][nt][2], s[mt][nt][3], Mma<T>::unpack(v[1]));
+                    set(s[mt][nt + 1][0], s[mt][nt + 1][1], Mma<T>::unpack(v[2]));
+                    set(s[mt][nt + 1][2], s[mt][nt + 1][3], Mma<T>::unpack(v[3]));
+                }
+            return;
+        }
+        for_each_pair(s, row0, col0, lane, [&](float& x, float& y, int row, int col) {
+            set(x, y, pair<ROWS_ARE_KEYS>(tile, at, row, col));
         });
     }
 };

@@ -107,7 +107,7 @@ template <> struct BiasValue<mask8> {
 // and applied only where the mask cuts the tile (entry & 1), a bias's in every tile visited.
 template <typename T, bool GRAD_ = false>
 struct TileBias {
-    static constexpr bool ON = true, GRAD = GRAD_;
+    static constexpr bool ON = true, GRAD = GRAD_, CUTS = true;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = typename Pick<GRAD, BiasGrad<KEY_TILES, QUERY_TILES>, NoBiasGrad>::type;
     using Value = BiasValue<T>;
@@ -245,13 +245,38 @@ struct TileBias {
     }
 };
 
+// A boolean mask that cuts no tile of the kernel's tiling (block-sparse: each tile wholly visible or wholly
+// hidden; Python chooses it only where the mask's uniform blocks are whole multiples of the tiles). Its tile
+// summary says which tiles to visit and nothing else of it is read, so a stage holds only the two walk entries
+// (stash) and the loop is the plain one plus the walk.
+struct BlockMask {
+    static constexpr bool ON = true, GRAD = false, CUTS = false;
+    template <int KEY_TILES, int QUERY_TILES>
+    using Grad = NoBiasGrad;
+    using Tiles = SummarizedTiles;
+    template <int ROWS, int COLS>
+    __host__ __device__ static constexpr int tile_bytes() { return 16; }  // two entries, 16-byte aligned stages
+    template <int COLS, int ROW>
+    static __device__ __forceinline__ void stash(u32 tile, int entry) {
+        if (threadIdx.x == 0) asm volatile("st.shared.b32 [%0], %1;\n" :: "r"(tile + ROW * 4), "r"(entry));
+    }
+    template <int COLS, int ROW>
+    static __device__ __forceinline__ int stashed(u32 tile) { return static_cast<int>(lds_u32(tile + ROW * 4)); }
+    template <int ROWS, int COLS, int THREADS>
+    static __device__ __forceinline__ void load_tile(u32, const AttnParams&, int, int, int, int, int, int, int) {}
+    template <bool ROWS_ARE_KEYS, int ROWS_OF_TILE, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
+    static __device__ __forceinline__ void apply(float (&)[ROW_TILES][COL_TILES][4], u32, int, int, int,
+                                               const AttnParams&, int) {}
+};
+
 // An additive bias and a boolean mask together: each stage holds the mask's tile, then the bias's. The mask's
-// summary picks the tiles visited; the bias is read in each of them, the mask only where it cuts the tile, and
-// hides its pairs by adding -inf after the bias. Walk entries ride in the mask tile's row padding, as alone.
-template <typename T, bool GRAD_ = false>
+// summary picks the tiles visited; the bias is read in each of them, the mask (Hidden: a mask8 tile, or nothing
+// for a BlockMask) only where it cuts the tile, and hides its pairs by adding -inf after the bias. Walk entries
+// ride in the mask tile's row padding, as alone.
+template <typename T, bool GRAD_ = false, typename Hidden_ = TileBias<mask8>>
 struct MaskedBias {
     using Values = TileBias<T, GRAD_>;
-    using Hidden = TileBias<mask8>;
+    using Hidden = Hidden_;
     static constexpr bool ON = true, GRAD = GRAD_;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = typename Values::template Grad<KEY_TILES, QUERY_TILES>;
@@ -278,25 +303,27 @@ struct MaskedBias {
     static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,
                                                int lane, const AttnParams& p, int entry) {
         const u32 values = tile + Hidden::template tile_bytes<ROWS_OF_TILE, COLS_OF_TILE>();
-        if (!(entry & 1) || Values::BYTES == 4) {
+        if constexpr (!Hidden::CUTS) {  // a block mask: the bias alone, in every tile visited
+            Values::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, ADD>(s, values, row0, col0, lane, p, 1);
+        } else if (!(entry & 1) || Values::BYTES == 4) {
             Values::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, ADD>(s, values, row0, col0, lane, p, 1);
             Hidden::template apply<ROWS_ARE_KEYS, ROWS_OF_TILE, COLS_OF_TILE, true>(s, tile, row0, col0, lane, p, entry);
-            return;
+        } else {
+            const int values_at = Values::template pitch<COLS_OF_TILE>(p);
+            const int hidden_at = Hidden::template pitch<COLS_OF_TILE>(p);
+            const float unit = Values::Fields::unit(p);
+            for_each_pair(s, row0, col0, lane, [&](float& x, float& y, int row, int col) {
+                const float2 b = Values::template pair<ROWS_ARE_KEYS>(values, values_at, row, col);
+                const float2 m = Hidden::template pair<ROWS_ARE_KEYS>(tile, hidden_at, row, col);
+                if constexpr (ADD) {
+                    x += b.x * unit + m.x;
+                    y += b.y * unit + m.y;
+                } else {
+                    x = b.x * unit + m.x;
+                    y = b.y * unit + m.y;
+                }
+            });
         }
-        const int values_at = Values::template pitch<COLS_OF_TILE>(p);
-        const int hidden_at = Hidden::template pitch<COLS_OF_TILE>(p);
-        const float unit = Values::Fields::unit(p);
-        for_each_pair(s, row0, col0, lane, [&](float& x, float& y, int row, int col) {
-            const float2 b = Values::template pair<ROWS_ARE_KEYS>(values, values_at, row, col);
-            const float2 m = Hidden::template pair<ROWS_ARE_KEYS>(tile, hidden_at, row, col);
-            if constexpr (ADD) {
-                x += b.x * unit + m.x;
-                y += b.y * unit + m.y;
-            } else {
-                x = b.x * unit + m.x;
-                y = b.y * unit + m.y;
-            }
-        });
     }
 };
 

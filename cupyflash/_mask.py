@@ -16,11 +16,23 @@ class PreparedMask:
     must not change afterwards: prepare it again if they do.
     """
 
-    __slots__ = ("mask", "_cache")
+    __slots__ = ("mask", "_cache", "_blocks", "_find_blocks")
 
-    def __init__(self, mask):
+    def __init__(self, mask, find_blocks: bool = True):
         self.mask = mask
         self._cache = {}  # (what, ...) -> device array: summaries, and the readable copy of the mask if it needs one
+        self._blocks = None
+        self._find_blocks = find_blocks  # False: a wrapper for one call (flash_attn_vjp), not worth a GPU wait
+
+    def blocks(self) -> tuple[int, int] | None:
+        """The mask's uniform blocks, (queries, keys) (:func:`uniform_blocks`), found on the GPU at the first call
+        (one read of the mask and one wait for the GPU) and kept; None for an internal one-call wrapper. Kernels
+        whose tiles divide them see no tile cut by the mask and read nothing of it but its tile summary
+        (cuda_src/bias.cuh BlockMask)."""
+        if self._blocks is None and self._find_blocks:
+            with self.mask.device:
+                self._blocks = uniform_blocks(self.mask)
+        return self._blocks
 
     @property
     def shape(self):
@@ -30,9 +42,50 @@ class PreparedMask:
         return f"PreparedMask(shape={self.mask.shape}, summaries={sum(k[0] == 'tiles' for k in self._cache)})"
 
 
+#: The largest uniform block edge looked for (the largest kernel tile edge).
+MAX_BLOCK = 128
+
+
+def uniform_blocks(mask, xp=None) -> tuple[int, int]:
+    """(queries, keys): the largest powers of two up to MAX_BLOCK such that ``mask`` (any leading dims, then
+    queries and keys; fewer than two dims are leading 1s) is constant on every block of that many queries by keys
+    starting at a multiple of them (the last blocks may be partial). A kernel tile whose edges divide these never
+    straddles a change of the mask's value. One pass over the mask and one transfer of two numbers."""
+    if xp is None:
+        import cupy
+
+        xp = cupy.get_array_module(mask)
+    if mask.size == 0:
+        return MAX_BLOCK, MAX_BLOCK
+    m = mask[tuple(slice(0, 1) if st == 0 else slice(None) for st in mask.strides)]  # broadcast dims: once
+    m = m.reshape((1,) * max(0, 2 - m.ndim) + tuple(m.shape))
+    m = m.reshape((-1,) + tuple(m.shape[-2:]))
+
+    def edge(axis):  # the lowest power of two among the positions where the value changes along axis
+        n = m.shape[axis]
+        if n < 2:
+            return xp.asarray(MAX_BLOCK)
+        a = xp.moveaxis(m, axis, -1)
+        changed = (a[..., 1:] != a[..., :-1]).reshape(-1, n - 1).any(axis=0)  # entry i: position i + 1 starts anew
+        positions = xp.arange(1, n)
+        return xp.where(changed, positions & -positions, MAX_BLOCK).min()
+
+    queries, keys = (min(int(x), MAX_BLOCK) for x in xp.stack([edge(1), edge(2)]).tolist())
+    return queries, keys
+
+
+def tiles_fit_blocks(config, blocks) -> bool:
+    """Whether kernels of ``config``'s tiles see no tile cut by a mask with uniform ``blocks`` (queries, keys;
+    None: not known): the tiles' query and key edges divide the blocks' (all are powers of two)."""
+    return blocks is not None and blocks[0] % config.block_m == 0 and blocks[1] % config.block_n == 0
+
+
 def prepare_mask(mask) -> PreparedMask:
     """Wrap a boolean mask (any CUDA array; True = may attend) so that the calls given it compute its tile summary
     once per kernel tile shape instead of once per call. Shape rules are checked at each call, as for a raw mask.
+    A prepared mask also finds its uniform blocks once (:func:`uniform_blocks`): where every tile the kernels use
+    lies inside one (a block-sparse mask whose blocks are multiples of the tiles), the kernels read only its tile
+    summary, visiting the tiles it shows as if there were no mask.
     """
     from ._validate import as_cuda_array, check_mask_dtype
 

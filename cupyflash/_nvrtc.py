@@ -153,7 +153,8 @@ BIG_GPU = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_c
 #: every modifier.
 BIASED = (Variant("bfloat16", "band", bias="bfloat16"),
           Variant("float16", "band", True, True, bias="float32", dbias=True),
-          Variant("bfloat16", "band", bias="bfloat16", dbias=True, bool_mask=True))
+          Variant("bfloat16", "band", bias="bfloat16", dbias=True, bool_mask=True),
+          Variant("bfloat16", "band", bias="bfloat16", dbias=True, bool_mask=True, mask_blocks=True))
 BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
                     Variant("float16", "band", True, True, bias="float32"),
                     Variant("bfloat16", "band", bool_mask=True), Variant("float16", "band", True, True, bool_mask=True),
@@ -162,7 +163,8 @@ BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
                     Variant("float16", "band", True, True, bias="float32", dbias=True, bool_mask=True))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
-                   Variant("float16", "none", bias="float16"), Variant("float16", "none", bool_mask=True))
+                   Variant("float16", "none", bias="float16"), Variant("float16", "none", bool_mask=True),
+                   Variant("float16", "none", bool_mask=True, mask_blocks=True))
 
 
 def _kernel_instances(kind: str, full: bool):
@@ -219,12 +221,13 @@ def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"
     from .problem import MASKS, ROWS
 
     limits, out = ARCH_GPUS[arch], set()
-    for kind, kd, dtype, mask, softcap, alibi, rows, bias, bool_mask in itertools.product(
-            KINDS, KERNEL_HEAD_DIMS, dtypes, MASKS, (False, True), (False, True), ROWS, biases, (False, True)):
-        if rows == "packed" and (bias != "none" or bool_mask):
-            continue  # no bias or mask with packed rows
+    for kind, kd, dtype, mask, softcap, alibi, rows, bias, bool_mask, blocks in itertools.product(
+            KINDS, KERNEL_HEAD_DIMS, dtypes, MASKS, (False, True), (False, True), ROWS, biases, (False, True),
+            (False, True)):
+        if (rows == "packed" and (bias != "none" or bool_mask)) or (blocks and not bool_mask):
+            continue  # no bias or mask with packed rows; a block mask is a boolean mask
         for dbias in (False, True) if kind == "bwd" and bias != "none" else (False,):
-            variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask)
+            variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks)
             config = select_config(kind, limits, kd, variant=variant)
             for atomic in (True, False) if kind == "bwd" else (False,):
                 out.add((MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, config, kd, variant, atomic)))

@@ -6,7 +6,7 @@ import math
 
 from . import _kernels, _launch, configs
 from ._bias import readable
-from ._mask import PreparedMask, TileSummary, unwrap
+from ._mask import PreparedMask, TileSummary, tiles_fit_blocks, unwrap
 from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
@@ -102,7 +102,7 @@ class BackwardPlan:
         q, k, v, dout, out, lse = arrays
         tiles = [None, None]  # summaries by key tiles (dK/dV kernel), by query tiles (dQ kernel)
         if self.mask_tiles:  # the boolean mask, raw or prepared (a raw one's padded copy made once)
-            prepared = mask if isinstance(mask, PreparedMask) else PreparedMask(mask)
+            prepared = mask if isinstance(mask, PreparedMask) else PreparedMask(mask, find_blocks=False)
             for i, summary in enumerate(self.mask_tiles):
                 mask, tiles[i] = summary.read(prepared)
         if bias is not None:
@@ -259,7 +259,7 @@ class _StreamFork:
 
 
 def _plan(arrays, alibi_slopes, bias, mask, given, key, *, softmax_scale, causal, window_size, softcap,
-          deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias=False):
+          deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias=False, mask_blocks=None):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("dout", "q", "k", "v", "out", "lse")
     dout, q, k, v, out, lse = (as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -278,14 +278,16 @@ def _plan(arrays, alibi_slopes, bias, mask, given, key, *, softmax_scale, causal
     specs = (q_spec, k_spec, v_spec, spec_of(dout), spec_of(out))
     grad_specs = {n: None if g is None else spec_of(g) for n, g in given.items()}
     plan = make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic, atomic_dq=atomic_dq,
-                     config=config, dq_config=dq_config, kv_splits=kv_splits)
+                     config=config, dq_config=dq_config, kv_splits=kv_splits, mask_blocks=mask_blocks)
     _PLANS.put(key, plan)
     return plan, (q, k, v, dout, out, lse), alibi, bias, mask, given
 
 
-def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq, config, dq_config, kv_splits):
+def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq, config, dq_config, kv_splits,
+              mask_blocks=None):
     """The checks that follow the Problem (inputs against it, strategy and tile arguments) and the plan; specs are
-    (q, k, v, dout, out) as the kernels index them (packed rows: (1, total, heads, dim) views)."""
+    (q, k, v, dout, out) as the kernels index them (packed rows: (1, total, heads, dim) views). ``mask_blocks``:
+    a prepared mask's uniform blocks, which may let the kernels skip reading it (forward._plan)."""
     q_spec, k_spec, v_spec, dout_spec, out_spec = specs
     check_backward_inputs(problem, q_spec, dout_spec, out_spec, lse_spec)
     for name, like in zip(_GRADS, (q_spec, k_spec, v_spec)):
@@ -294,19 +296,34 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
     if atomic_dq and deterministic:
         raise ValueError("atomic_dq=True adds dQ in an order that varies between runs; it cannot be deterministic")
     limits = device_limits(problem.device)
-    v_ = problem.variant
-    if config is None:
-        config = select_config("bwd", limits, problem.head_dim, problem.causal, v_)
-    else:
-        check_config("bwd", config, limits, problem.head_dim, v_)
     if atomic_dq is None:
         atomic_dq = not deterministic and use_atomic_dq(limits, problem.head_dim, problem.seqlen_q,
                                                         problem.seqlen_k, problem.variant.mask != "none")
-    if not atomic_dq:
-        if dq_config is None:
-            dq_config = select_config("bwd_dq", limits, problem.head_dim, problem.causal, v_)
+
+    def pick(variant):  # (dK/dV config, dQ config or None)
+        picked = []
+        for kind, forced in (("bwd", config), ("bwd_dq", None if atomic_dq else dq_config)):
+            if kind == "bwd_dq" and atomic_dq:
+                picked.append(None)
+            elif forced is None:
+                picked.append(select_config(kind, limits, problem.head_dim, problem.causal, variant))
+            else:
+                check_config(kind, forced, limits, problem.head_dim, variant)
+                picked.append(forced)
+        return tuple(picked)
+
+    chosen = None
+    if mask_blocks is not None:  # a block-sparse mask whose blocks hold whole tiles: only its summary is read
+        blocky = dataclasses.replace(problem.variant, mask_blocks=True)
+        try:
+            chosen = pick(blocky)
+        except ValueError:  # a forced config that the block-mask variant does not take
+            chosen = None
+        if chosen is not None and all(c is None or tiles_fit_blocks(c, mask_blocks) for c in chosen):
+            problem = dataclasses.replace(problem, variant=blocky)
         else:
-            check_config("bwd_dq", dq_config, limits, problem.head_dim, v_)
+            chosen = None
+    config, dq_config = chosen or pick(problem.variant)
     blocks = math.ceil(problem.seqlen_k / config.block_n) * problem.nheads_k * problem.batch
     if kv_splits is None:
         kv_splits = configs.kv_splits(limits, blocks, problem.heads_per_kv,
@@ -356,14 +373,16 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         raise TypeError(f"return_dbias must be a bool; got {return_dbias!r}")
     arrays = (q, k, v, dout, out, lse)
     given = {"dq": dq, "dk": dk, "dv": dv}
+    blocks = mask.blocks() if isinstance(mask, PreparedMask) else None
     key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias, unwrap(mask)), softmax_scale, causal, window_size,
-                    softcap, deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias)
+                    softcap, deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias, blocks)
     plan = _PLANS.get(key)
     if plan is None:
         plan, arrays, alibi_slopes, bias, mask_array, given = _plan(
             (dout, q, k, v, out, lse), alibi_slopes, bias, unwrap(mask), given, key, softmax_scale=softmax_scale,
             causal=causal, window_size=window_size, softcap=softcap, deterministic=deterministic,
-            atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias)
+            atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias,
+            mask_blocks=blocks)
         mask = mask if isinstance(mask, PreparedMask) else mask_array
     return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias, mask)
 
@@ -379,7 +398,8 @@ def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, win
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
     if mask is not None and not isinstance(mask, PreparedMask):
-        mask = PreparedMask(as_cuda_array(mask, "mask"))  # one padded copy, if any, for the forward and backward
+        # one padded copy, if any, for the forward and backward; its blocks are looked for only if prepared
+        mask = PreparedMask(as_cuda_array(mask, "mask"), find_blocks=False)
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, bias=bias, mask=mask)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)

@@ -53,7 +53,8 @@ class TileConfig:
 
 #: The variant features a table entry can avoid (When.avoid), each true of a variant when: the band mask (causal
 #: or a window) is on, softcap is, ALiBi is, rows are packed (variable-length), an additive bias is (any dtype, or
-#: a float32 one), a boolean mask is, the backward writes dbias.
+#: a float32 one), a boolean mask is read in the tiles it cuts ("mask"), a boolean mask cuts no tile and only its
+#: tile summary is read ("block_mask"), the backward writes dbias.
 FEATURES = {
     "band": lambda v: v.mask != "none",
     "softcap": lambda v: v.softcap,
@@ -61,7 +62,8 @@ FEATURES = {
     "packed": lambda v: v.rows == "packed",
     "bias": lambda v: v.bias != "none",
     "fp32_bias": lambda v: v.bias == "float32",
-    "mask": lambda v: v.bool_mask,
+    "mask": lambda v: v.bool_mask and not v.mask_blocks,
+    "block_mask": lambda v: v.mask_blocks,
     "dbias": lambda v: v.dbias,
 }
 #: Features of the GPU rather than the variant: "sm80", compute capability below 9.0 (ptxas allocates registers
@@ -353,7 +355,9 @@ def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool =
 def _modifiers_text(variant: Variant | None) -> str:
     on = [] if variant is None else [n for n, flag in (("softcap", variant.softcap), ("ALiBi", variant.alibi),
                                                        (f"a {variant.bias} bias", variant.bias != "none"),
-                                                       ("a boolean mask", variant.bool_mask)) if flag]
+                                                       ("a boolean mask", variant.bool_mask and
+                                                        not variant.mask_blocks),
+                                                       ("a block-sparse mask", variant.mask_blocks)) if flag]
     return f" with score modifiers ({' and '.join(on)})" if on else ""
 
 

@@ -37,19 +37,28 @@ def _bias_tile_bytes(rows: int, cols: int, itemsize: int) -> int:
 
 
 def _bias_policy(variant: Variant, grad: bool) -> str:
-    """The kernels' Bias policy (cuda_src/bias.cuh): nothing, the additive bias, the boolean mask, or both."""
+    """The kernels' Bias policy (cuda_src/bias.cuh): nothing, the additive bias, the boolean mask (read where it
+    cuts a tile, or only its tile summary: BlockMask), or a bias and a mask."""
+    mask = "cf::BlockMask" if variant.mask_blocks else "cf::TileBias<cf::mask8>"
     if variant.bias == "none":
-        return "cf::TileBias<cf::mask8>" if variant.bool_mask else "cf::NoBias"
-    policy = "cf::MaskedBias" if variant.bool_mask else "cf::TileBias"
-    return f"{policy}<{_BIAS_ELEM[variant.bias]}{', true' if grad else ''}>"
+        return mask if variant.bool_mask else "cf::NoBias"
+    elem = _BIAS_ELEM[variant.bias]
+    if not variant.bool_mask:
+        return f"cf::TileBias<{elem}{', true' if grad else ''}>"
+    if variant.mask_blocks:
+        return f"cf::MaskedBias<{elem}, {_cpp_bool(grad)}, cf::BlockMask>"
+    return f"cf::MaskedBias<{elem}{', true' if grad else ''}>"
+
+
+_BLOCK_MASK_BYTES = 16  # cuda_src/bias.cuh BlockMask::tile_bytes: a stage's two walk entries
 
 
 def _stage_bias_bytes(rows: int, cols: int, variant: Variant | None) -> int:
     """The bias and mask tiles of one pipeline stage (MaskedBias holds both)."""
     if variant is None:
         return 0
-    return (_bias_tile_bytes(rows, cols, _BIAS_ITEMSIZE[variant.bias])
-            + (_bias_tile_bytes(rows, cols, 1) if variant.bool_mask else 0))
+    mask = 0 if not variant.bool_mask else _BLOCK_MASK_BYTES if variant.mask_blocks else _bias_tile_bytes(rows, cols, 1)
+    return _bias_tile_bytes(rows, cols, _BIAS_ITEMSIZE[variant.bias]) + mask
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
 """The forward pass: flash-attn's signature, validation into a Problem, a cached launch plan, the launch."""
 from __future__ import annotations
 
+import dataclasses
+
 from . import _kernels, _launch
 from ._bias import readable
-from ._mask import PreparedMask, TileSummary, unwrap
+from ._mask import PreparedMask, TileSummary, tiles_fit_blocks, unwrap
 from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
@@ -75,8 +77,9 @@ class ForwardPlan:
 
 
 def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, causal, window_size, softcap,
-          config):
-    """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
+          config, mask_blocks=None):
+    """Validate the call (raising before any launch) and prepare its plan; cached under ``key``. ``mask_blocks``:
+    a prepared mask's uniform blocks (None for a raw mask), which may let the kernel skip reading it."""
     q, k, v = as_cuda_array(q, "q"), as_cuda_array(k, "k"), as_cuda_array(v, "v")
     alibi = None if alibi_slopes is None else as_cuda_array(alibi_slopes, "alibi_slopes")
     bias = None if bias is None else as_cuda_array(bias, "bias")
@@ -86,11 +89,25 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p,
                        bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask))
     limits = device_limits(problem.device)
-    if config is None:
-        config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant)
-    else:
-        check_config("fwd", config, limits, problem.head_dim, problem.variant)
-    plan = ForwardPlan(problem, config, *specs)
+
+    def pick(variant):
+        if config is None:
+            return select_config("fwd", limits, problem.head_dim, problem.causal, variant)
+        check_config("fwd", config, limits, problem.head_dim, variant)
+        return config
+
+    chosen = None
+    if mask_blocks is not None:  # a block-sparse mask whose blocks hold whole tiles: only its summary is read
+        blocky = dataclasses.replace(problem.variant, mask_blocks=True)
+        try:
+            chosen = pick(blocky)
+        except ValueError:  # a forced config that the block-mask variant does not take
+            chosen = None
+        if chosen is not None and tiles_fit_blocks(chosen, mask_blocks):
+            problem = dataclasses.replace(problem, variant=blocky)
+        else:
+            chosen = None
+    plan = ForwardPlan(problem, chosen or pick(problem.variant), *specs)
     _PLANS.put(key, plan)
     return plan, (q, k, v, alibi, bias, mask)
 
@@ -98,14 +115,15 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
 def _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap, config):
     """(plan, (q, k, v, alibi_slopes, bias, mask)): the cached plan of a call like this one, or a new one after
     validation (which also turns DLPack inputs into CuPy arrays)."""
+    blocks = mask.blocks() if isinstance(mask, PreparedMask) else None
     key = _call_key((q, k, v), (alibi_slopes, bias, unwrap(mask)), dropout_p, softmax_scale, causal, window_size,
-                    softcap, config)
+                    softcap, config, blocks)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan, (q, k, v, alibi_slopes, bias, mask)
     plan, (q, k, v, alibi_slopes, bias, mask_array) = _plan(
         q, k, v, alibi_slopes, bias, unwrap(mask), key, dropout_p=dropout_p, softmax_scale=softmax_scale,
-        causal=causal, window_size=window_size, softcap=softcap, config=config)
+        causal=causal, window_size=window_size, softcap=softcap, config=config, mask_blocks=blocks)
     return plan, (q, k, v, alibi_slopes, bias, mask if isinstance(mask, PreparedMask) else mask_array)
 
 

@@ -4,8 +4,8 @@
 
 Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
 both dtypes. ``--variants`` adds every mask x softcap x ALiBi x row layout (dense, packed variable-length) x bias
-dtype (dense rows; with and without dbias) x boolean mask (dense rows) combination with the tiles the dispatcher
-picks.
+dtype (dense rows; with and without dbias) x boolean mask (dense rows; read where it cuts tiles, or block-sparse)
+combination with the tiles the dispatcher picks.
 Later processes (tests, benchmarks, users) then load binaries in milliseconds instead of compiling.
 """
 from __future__ import annotations
@@ -34,8 +34,9 @@ def _instances(limits, with_variants: bool):
                 KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS, (False, True), (False, True), ROWS):
             dense = rows == "dense"  # no bias or mask with packed rows
             for bias, bool_mask in itertools.product(BIASES if dense else ("none",), (False, dense)):
-                for dbias in (False, True) if bias != "none" and kind == "bwd" else (False,):
-                    variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask)
+                for dbias, blocks in itertools.product((False, True) if bias != "none" and kind == "bwd" else (False,),
+                                                       (False, True) if bool_mask else (False,)):
+                    variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks)
                     out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
     return sorted(out, key=str)
 
@@ -65,11 +66,20 @@ def main(argv=None):
     parser.add_argument("--bias", nargs="+", metavar="DTYPE",
                         help="only instances with these bias dtypes (none, float16, bfloat16, float32) or, 'bool', "
                              "a boolean mask")
+    parser.add_argument("--part", default="1/1", metavar="K/N",
+                        help="only the K-th of N equal shares of the instances (to spread the work over commands "
+                             "with a time limit; the shares of 1/N .. N/N together are all of them)")
     args = parser.parse_args(argv)
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
     instances = _instances(device_limits(0), args.variants)
     if args.bias:
         instances = [i for i in instances if i[3].bias in args.bias or ("bool" in args.bias and i[3].bool_mask)]
+    try:
+        part, parts = map(int, args.part.split("/"))
+        assert 1 <= part <= parts
+    except (ValueError, AssertionError):
+        parser.error(f"--part takes K/N with 1 <= K <= N; got {args.part!r}")
+    instances = instances[part - 1::parts]
     chunks = [instances[i::args.jobs] for i in range(args.jobs)]
     start = time.perf_counter()
     # spawn: this process has a CUDA context already, which forked children must not inherit

@@ -29,6 +29,11 @@ class Variant:
     bias: str = "none"     # the additive bias's dtype, or "none" (one of BIASES)
     dbias: bool = False    # the dK/dV kernel also computes the bias's gradient
     bool_mask: bool = False  # a boolean mask (read as a 0 / -inf bias, beside the additive one if any)
+    mask_blocks: bool = False  # the boolean mask cuts no tile of the kernels' tiling: only its tile summary is read
+
+    def __post_init__(self):
+        if self.mask_blocks and not self.bool_mask:
+            raise ValueError("Variant(mask_blocks=True) describes a boolean mask: bool_mask must be True too")
 
     @property
     def plain_scores(self) -> bool:

@@ -72,16 +72,16 @@ def make_bias(rng, full, broadcast, bias_dtype, layout, hidden=0.0):
     return dev, b64
 
 
-def make_mask(rng, full, broadcast, layout, density, blocks=None):
+def make_mask(rng, full, broadcast, layout, density, blocks=None, uniform=False):
     """A device bool mask broadcastable to ``full`` (flagged dims are 1), True with probability ``density``; with
     ``blocks``, made of blocks x blocks squares each wholly hidden, wholly visible or random (so that kernel tiles
-    of every kind, skipped, unmasked and masked, occur)."""
+    of every kind, skipped, unmasked and masked, occur); with ``uniform`` too, none random (block-sparse)."""
     import cupy
 
     dims = tuple(1 if b else n for n, b in zip(full, broadcast))
     host = rng.random(dims) < density
     if blocks:
-        kinds = rng.integers(0, 3, dims[:2] + tuple(-(-n // blocks) for n in dims[2:]))
+        kinds = rng.integers(0, 2 if uniform else 3, dims[:2] + tuple(-(-n // blocks) for n in dims[2:]))
         kinds = kinds.repeat(blocks, axis=2).repeat(blocks, axis=3)[..., :dims[2], :dims[3]]
         host = np.where(kinds == 0, False, np.where(kinds == 1, True, host))
     ref = cupy.asarray(host)

@@ -98,6 +98,14 @@ for kd in head_dims:
                 bias = cupy.asarray(rng.standard_normal(shape).astype(np.float32))
                 run(d, dtype, 203, 190, dict(causal=causal, mask=prepared, bias=bias))
                 count += 3
+            # a block-sparse mask (128 x 128 blocks wholly hidden or shown: the kernels read only its summary), alone
+            # and with a pair bias
+            sparse = rng.integers(0, 2, (1, 2, 2, 2)).astype(bool).repeat(128, axis=2).repeat(128, axis=3)
+            sparse = cf.prepare_mask(cupy.asarray(sparse[..., :203, :190]))
+            pair_bias = cupy.asarray(rng.standard_normal((1, 2, 203, 190)).astype(np.float32))
+            for extra in ({}, {"bias": pair_bias}):
+                run(d, dtype, 203, 190, dict(causal=causal, mask=sparse, **extra))
+                count += 3
         if "packed" in wanted:
             # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier
             lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]

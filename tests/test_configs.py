@@ -278,10 +278,13 @@ def test_when_rejects_unknown_features():
 def test_every_feature_is_true_of_some_variant_and_false_of_plain():
     plain = Variant("float16")
     full = Variant("float16", "band", True, True, "dense", "float32", True, True)
+    blocks = Variant("float16", bias="float32", bool_mask=True, mask_blocks=True)
     for name, has in configs.FEATURES.items():
         assert not has(plain), name
-        assert has(full) or name == "packed", name
+        assert has(full) or name in ("packed", "block_mask"), name
     assert configs.FEATURES["packed"](Variant("float16", rows="packed"))
+    assert configs.FEATURES["block_mask"](blocks) and not configs.FEATURES["mask"](blocks)
+    assert not configs.FEATURES["block_mask"](full)
 
 
 def test_h100_head_dim_64_forward_uses_128x128_except_with_softcap():
@@ -337,7 +340,10 @@ def test_packed_rows_are_a_policy_of_every_kernel_but_the_staging_copy():
 BIAS_POLICIES = {Variant("bfloat16"): "cf::NoBias",
                  Variant("bfloat16", bias="float32"): "cf::TileBias<float>",
                  Variant("bfloat16", bool_mask=True): "cf::TileBias<cf::mask8>",
-                 Variant("bfloat16", bias="bfloat16", bool_mask=True): "cf::MaskedBias<cf::bf16>"}
+                 Variant("bfloat16", bias="bfloat16", bool_mask=True): "cf::MaskedBias<cf::bf16>",
+                 Variant("bfloat16", bool_mask=True, mask_blocks=True): "cf::BlockMask",
+                 Variant("bfloat16", bias="bfloat16", bool_mask=True, mask_blocks=True):
+                     "cf::MaskedBias<cf::bf16, false, cf::BlockMask>"}
 
 
 @pytest.mark.parametrize("variant,policy", BIAS_POLICIES.items(), ids=BIAS_POLICIES.values())
@@ -352,13 +358,15 @@ def test_the_bias_policy_and_its_tiles(variant, policy):
     if variant.bias != "none":
         grad = replace(variant, dbias=True)
         bwd = configs.select_config("bwd", H100, 64, variant=grad)
-        assert f", {policy[:-1]}, true>, " in MMA_SM80.kernel_name("bwd", bwd, 64, grad, True)
+        grad_policy = policy.replace(", false,", ", true,") if variant.mask_blocks else f"{policy[:-1]}, true>"
+        assert f", {grad_policy}, " in MMA_SM80.kernel_name("bwd", bwd, 64, grad, True)
         dq = configs.select_config("bwd_dq", H100, 64, variant=grad)
         assert f", {policy}, " in MMA_SM80.kernel_name("bwd_dq", dq, 64, grad)
-    # a stage holds a tile of each: rows of block_n elements padded by 16 bytes
+    # a stage holds a tile of each: rows of block_n elements padded by 16 bytes; a block mask only two entries
     plain = MMA_SM80.smem_bytes("fwd", cfg, 64, Variant("bfloat16"))
+    mask_tile = 16 if variant.mask_blocks else cfg.block_m * (cfg.block_n + 16)
     per_stage = (cfg.block_m * (cfg.block_n * {"none": 0, "bfloat16": 2, "float32": 4}[variant.bias] + 16)
-                 * (variant.bias != "none") + cfg.block_m * (cfg.block_n + 16) * variant.bool_mask)
+                 * (variant.bias != "none") + mask_tile * variant.bool_mask)
     assert MMA_SM80.smem_bytes("fwd", cfg, 64, variant) == plain + cfg.stages * per_stage
 
 
@@ -392,3 +400,19 @@ def test_arch_features_apply_only_on_their_gpus():
     assert (a100.block_m, a100.block_n) == (64, 32) and (h100.block_m, h100.block_n) == (128, 64)
     with pytest.raises(ValueError, match="score modifiers"):
         configs.check_config("fwd", h100, A100, 64, variant)
+
+
+def test_a_block_sparse_mask_takes_the_tiles_of_no_mask():
+    """Only its tile summary is read: the forward at head dim 64 gets the plain 128x128 tile, which a mask read
+    in its tiles cannot have (its stage tiles do not fit two blocks per SM)."""
+    blocks = Variant("bfloat16", bool_mask=True, mask_blocks=True)
+    for kind in ("fwd", "bwd", "bwd_dq"):
+        for kd in (64, 128):
+            assert configs.select_config(kind, H100, kd, variant=blocks) == configs.select_config(kind, H100, kd)
+    cut = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", bool_mask=True))
+    assert (cut.block_m, cut.block_n) == (128, 64)
+
+
+def test_mask_blocks_describe_a_boolean_mask():
+    with pytest.raises(ValueError, match="bool_mask must be True"):
+        Variant("bfloat16", mask_blocks=True)

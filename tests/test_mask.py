@@ -56,3 +56,42 @@ def test_unwrap():
     raw = object()
     assert _mask.unwrap(raw) is raw and _mask.unwrap(None) is None
     assert _mask.unwrap(_mask.PreparedMask(raw)) is raw
+
+
+def test_uniform_blocks_of_block_structured_masks():
+    rng = np.random.default_rng(0)
+    for bq, bk in ((128, 128), (64, 32), (16, 128), (32, 16)):
+        blocks = rng.random((2, 3, 6, 9)) < 0.5
+        blocks[..., 0, 0], blocks[..., 0, 1], blocks[..., 1, 0] = True, False, False  # a change at each block edge
+        mask = blocks.repeat(bq, axis=2).repeat(bk, axis=3)[..., :5 * bq + 7, :8 * bk + 3]  # partial last blocks
+        assert _mask.uniform_blocks(mask, np) == (bq, bk)
+
+
+def test_uniform_blocks_cap_at_the_largest_tile_and_follow_the_lowest_change():
+    assert _mask.uniform_blocks(np.ones((3, 300, 200), bool), np) == (128, 128)  # constant
+    assert _mask.uniform_blocks(np.zeros((0, 5), bool), np) == (128, 128)  # empty
+    assert _mask.uniform_blocks(np.ones(17, bool), np) == (128, 128)  # one dim: keys only
+    padding = np.arange(300)[None, :] < np.array([[100], [256]])  # key padding at 100 and 256: 4 divides both
+    assert _mask.uniform_blocks(padding[:, None, None, :], np) == (128, 4)
+    rng = np.random.default_rng(1)
+    random = rng.random((4, 64, 64)) < 0.5
+    assert _mask.uniform_blocks(random, np) == (1, 1)
+    causal = np.tril(np.ones((256, 256), bool))  # every row differs from the next
+    assert _mask.uniform_blocks(causal, np) == (1, 1)
+
+
+def test_uniform_blocks_of_broadcast_views_read_each_distinct_entry_once():
+    base = np.zeros((96, 80), bool)
+    base[32:64, 16:48] = True
+    view = np.broadcast_to(base, (8, 16, 96, 80))  # stride 0: not expanded
+    assert _mask.uniform_blocks(view, np) == (32, 16)
+    assert _mask.uniform_blocks(np.broadcast_to(base[40:41], (96, 80)), np) == (128, 16)  # broadcast over queries
+
+
+@pytest.mark.parametrize("blocks, tiles, fits", [((128, 128), (128, 64), True), ((64, 32), (64, 32), True),
+                                                 ((64, 32), (128, 32), False), ((64, 32), (64, 64), False),
+                                                 (None, (16, 16), False)])
+def test_tiles_fit_blocks_when_their_edges_divide_the_blocks(blocks, tiles, fits):
+    from cupyflash.configs import _c
+
+    assert _mask.tiles_fit_blocks(_c(*tiles, 4), blocks) is fits

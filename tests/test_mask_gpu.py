@@ -152,3 +152,66 @@ def test_a_mask_that_is_not_bool_is_refused_before_any_launch():
     (q, k, v, _), _ = make_problem(4, 1, 8, 8, 1, 1, 32, "float16")
     with pytest.raises(TypeError, match="mask must be bool"):
         cf.flash_attn_func(q, k, v, mask=cupy.ones((8, 8), cupy.float16))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), batch=st.integers(1, 2), seqlen_q=seqlens, seqlen_k=seqlens,
+       nheads_k=st.integers(1, 2), group=st.sampled_from([1, 2]), head_dim=head_dims, dtype=st.sampled_from(DTYPES),
+       broadcast=st.tuples(*[st.booleans()] * 4), causal=st.booleans(), softcap=st.sampled_from([0.0, 15.0]),
+       block=st.sampled_from([16, 32, 64, 128]), mode=st.sampled_from([None, "default", "deterministic", "atomic"]),
+       with_bias=st.booleans())
+def test_block_sparse_masks_match_float64(seed, batch, seqlen_q, seqlen_k, nheads_k, group, head_dim, dtype,
+                                          broadcast, causal, softcap, block, mode, with_bias):
+    """A prepared mask of wholly visible and wholly hidden blocks: kernels whose tiles divide its uniform blocks
+    read only its tile summary (BlockMask), the others read it where it cuts their tiles; both match float64, with
+    a bias too. Blocks of 128 hold every tile, so the forward must take the block-mask kernel there."""
+    from gpu_helpers import make_bias
+
+    from cupyflash.forward import plan_for
+
+    nheads = nheads_k * group
+    full = (batch, nheads, seqlen_q, seqlen_k)
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
+                                                            head_dim, dtype)
+    rng = np.random.default_rng(seed + 1)
+    mask, ref = make_mask(rng, full, broadcast, "contiguous", 0.5, block, uniform=True)
+    prepared = cf.prepare_mask(mask)
+    blocks = prepared.blocks()
+    assert all(b >= min(block, 128) and b % min(block, 128) == 0 for b in blocks), (blocks, block)
+    bias, b64 = make_bias(rng, full, (True, False, False, False), "bfloat16", "contiguous") if with_bias \
+        else (None, None)
+    variant = dict(causal=causal, softcap=softcap, bias=bias)
+    plan = plan_for(q, k, v, mask=prepared, **variant)
+    if block == 128:
+        assert plan.problem.variant.mask_blocks, plan.config
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True, mask=prepared, **variant)
+    scale = 1 / math.sqrt(head_dim)
+    check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, mask=ref, softcap=softcap, bias=b64)
+    if mode is None:
+        return
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, mask=prepared, **variant, **backward_mode(mode))
+    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, mask=ref, softcap=softcap,
+                                  bias=b64, out=out)
+
+
+def test_a_prepared_mask_that_cuts_tiles_is_read_as_usual():
+    (q, k, v, _), _ = make_problem(3, 1, 300, 300, 2, 2, 64, "bfloat16")
+    mask, _ = make_mask(np.random.default_rng(0), (1, 2, 300, 300), (False,) * 4, "contiguous", 0.5)
+    prepared = cf.prepare_mask(mask)
+    assert prepared.blocks() == (1, 1)
+    from cupyflash.forward import plan_for
+
+    assert not plan_for(q, k, v, mask=prepared).problem.variant.mask_blocks
+    assert not plan_for(q, k, v, mask=mask).problem.variant.mask_blocks  # raw masks are never assumed uniform
+
+
+def test_uniform_blocks_on_the_gpu_match_numpy():
+    import cupy
+
+    from cupyflash._mask import uniform_blocks
+
+    rng = np.random.default_rng(5)
+    for block in (16, 32, 64, 128):
+        mask, _ = make_mask(rng, (2, 3, 500, 700), (False, True, False, False), "broadcast_view", 0.5, block,
+                            uniform=True)
+        assert uniform_blocks(mask) == uniform_blocks(cupy.asnumpy(mask), np)

@@ -77,7 +77,8 @@ def test_each_policy_value_is_compiled_once_per_kind_and_head_dim(kind):
         ours = [n for n in NAMES if n.startswith(f"cf::flash_{'bwd_dkdv' if kind == 'bwd' else kind}_kernel<")
                 and n[n.index("<") + 1:].split(", ")[1] == str(kd)]
         biases = ("cf::NoBias", "cf::TileBias<cf::f16>", "cf::TileBias<cf::bf16>", "cf::TileBias<cf::mask8>",
-                  "cf::TileBias<float, true>" if kind == "bwd" else "cf::TileBias<float>", "cf::MaskedBias<")
+                  "cf::TileBias<float, true>" if kind == "bwd" else "cf::TileBias<float>", "cf::MaskedBias<",
+                  "cf::BlockMask")
         for fragment in ("cf::NoMask", "cf::BandMask", "ScoreMod<true,", "ScoreMod<false,", ", true>,",
                          ", false>,", "cf::f16", "cf::bf16") + biases:
             assert any(fragment in n for n in ours), (kind, kd, fragment)

@@ -2,6 +2,7 @@
 ``prepare_mask``, which keeps them with the mask for calls that reuse it."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ._bias import readable
@@ -78,6 +79,22 @@ def tiles_fit_blocks(config, blocks) -> bool:
     """Whether kernels of ``config``'s tiles see no tile cut by a mask with uniform ``blocks`` (queries, keys;
     None: not known): the tiles' query and key edges divide the blocks' (all are powers of two)."""
     return blocks is not None and blocks[0] % config.block_m == 0 and blocks[1] % config.block_n == 0
+
+
+def with_block_mask(problem, blocks, pick):
+    """(problem, configs): where a prepared mask's uniform ``blocks`` hold every tile of the configs ``pick``
+    chooses for the block-mask variant (a tuple, None for a kernel not run; ValueError: a forced config it does not
+    take), that variant and those configs; else the problem as it is and None."""
+    if blocks is None:
+        return problem, None
+    blocky = dataclasses.replace(problem.variant, mask_blocks=True)
+    try:
+        picked = pick(blocky)
+    except ValueError:
+        return problem, None
+    if all(c is None or tiles_fit_blocks(c, blocks) for c in picked):
+        return dataclasses.replace(problem, variant=blocky), picked
+    return problem, None
 
 
 def prepare_mask(mask) -> PreparedMask:

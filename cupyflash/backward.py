@@ -6,7 +6,7 @@ import math
 
 from . import _kernels, _launch, configs
 from ._bias import readable
-from ._mask import PreparedMask, TileSummary, tiles_fit_blocks, unwrap
+from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
@@ -312,17 +312,8 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
                 picked.append(forced)
         return tuple(picked)
 
-    chosen = None
-    if mask_blocks is not None:  # a block-sparse mask whose blocks hold whole tiles: only its summary is read
-        blocky = dataclasses.replace(problem.variant, mask_blocks=True)
-        try:
-            chosen = pick(blocky)
-        except ValueError:  # a forced config that the block-mask variant does not take
-            chosen = None
-        if chosen is not None and all(c is None or tiles_fit_blocks(c, mask_blocks) for c in chosen):
-            problem = dataclasses.replace(problem, variant=blocky)
-        else:
-            chosen = None
+    # a block-sparse mask whose blocks hold whole tiles: only its summary is read
+    problem, chosen = with_block_mask(problem, mask_blocks, pick)
     config, dq_config = chosen or pick(problem.variant)
     blocks = math.ceil(problem.seqlen_k / config.block_n) * problem.nheads_k * problem.batch
     if kv_splits is None:

@@ -1,11 +1,9 @@
 """The forward pass: flash-attn's signature, validation into a Problem, a cached launch plan, the launch."""
 from __future__ import annotations
 
-import dataclasses
-
 from . import _kernels, _launch
 from ._bias import readable
-from ._mask import PreparedMask, TileSummary, tiles_fit_blocks, unwrap
+from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
@@ -96,18 +94,9 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
         check_config("fwd", config, limits, problem.head_dim, variant)
         return config
 
-    chosen = None
-    if mask_blocks is not None:  # a block-sparse mask whose blocks hold whole tiles: only its summary is read
-        blocky = dataclasses.replace(problem.variant, mask_blocks=True)
-        try:
-            chosen = pick(blocky)
-        except ValueError:  # a forced config that the block-mask variant does not take
-            chosen = None
-        if chosen is not None and tiles_fit_blocks(chosen, mask_blocks):
-            problem = dataclasses.replace(problem, variant=blocky)
-        else:
-            chosen = None
-    plan = ForwardPlan(problem, chosen or pick(problem.variant), *specs)
+    # a block-sparse mask whose blocks hold whole tiles: only its summary is read
+    problem, chosen = with_block_mask(problem, mask_blocks, lambda variant: (pick(variant),))
+    plan = ForwardPlan(problem, chosen[0] if chosen else pick(problem.variant), *specs)
     _PLANS.put(key, plan)
     return plan, (q, k, v, alibi, bias, mask)
 

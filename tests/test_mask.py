@@ -95,3 +95,29 @@ def test_tiles_fit_blocks_when_their_edges_divide_the_blocks(blocks, tiles, fits
     from cupyflash.configs import _c
 
     assert _mask.tiles_fit_blocks(_c(*tiles, 4), blocks) is fits
+
+
+def test_with_block_mask_takes_the_block_variant_only_where_every_tile_fits():
+    from cupyflash.configs import _c
+    from cupyflash.problem import Problem, Variant
+
+    problem = Problem(2, 300, 300, 4, 4, 64, 0, 0.125, False, (-1, -1), 0.0, 0, Variant("bfloat16", bool_mask=True))
+    tiles = {"big": (_c(128, 128, 4), None), "small": (_c(64, 32, 4), _c(64, 64, 4))}
+
+    def pick(name):
+        def chosen(variant):
+            assert variant.mask_blocks
+            return tiles[name]
+        return chosen
+
+    assert _mask.with_block_mask(problem, None, pick("big")) == (problem, None)  # a raw mask
+    got, configs = _mask.with_block_mask(problem, (128, 128), pick("big"))
+    assert got.variant.mask_blocks and configs == tiles["big"]
+    assert _mask.with_block_mask(problem, (64, 64), pick("big")) == (problem, None)  # 128-row tiles straddle blocks
+    assert _mask.with_block_mask(problem, (64, 64), pick("small"))[0].variant.mask_blocks
+    assert _mask.with_block_mask(problem, (64, 32), pick("small")) == (problem, None)  # the dQ tile's 64 keys do not
+
+    def refuses(variant):
+        raise ValueError("a forced config the block-mask variant does not take")
+
+    assert _mask.with_block_mask(problem, (128, 128), refuses) == (problem, None)

@@ -132,14 +132,18 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # A float32 bias with a mask spills 128x64 at 64 and 128x32 at 128 on sm_80 (compile check): it runs 64x32 and
     # 64x64 there. At 64 the dispatcher's picks also spill (python -m cupyflash._nvrtc --picks sm_90, sm_80) for
     # ALiBi with packed rows at 128x128 and for a float32 bias with softcap at 128x64 (those run 64x32); on sm_80
-    # only, for a float32 bias with the band mask at 128x64 (8 bytes; it runs 64x32 there).
+    # only, for a float32 bias with the band mask at 128x64 (8 bytes; it runs 64x32 there). A block-sparse mask
+    # (its walk's few registers beside the plain loop) spills 128x128 with the band mask and ALiBi (sm_90 picks).
     ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=_BIASED), _c(128, 64, 4, blocks_per_sm=2))
     + _SMALL,
-    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=("softcap", "alibi+packed") + _BIASED),
+    ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2),
+                            avoid=("softcap", "alibi+packed", "band+alibi+block_mask") + _BIASED),
                        When(_c(128, 64, 4, blocks_per_sm=2),
                             avoid=_HEAVY + ("fp32_bias+mask", "softcap+fp32_bias", "sm80+band+fp32_bias"))) + _SMALL,
-    # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep).
-    ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("band+alibi+packed",) + _BIASED),
+    # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep), so
+    # does the band mask with softcap and a block-sparse mask.
+    ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2),
+                            avoid=("band+alibi+packed", "band+softcap+block_mask") + _BIASED),
                        _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.

@@ -141,13 +141,15 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                        When(_c(128, 64, 4, blocks_per_sm=2),
                             avoid=_HEAVY + ("fp32_bias+mask", "softcap+fp32_bias", "sm80+band+fp32_bias"))) + _SMALL,
     # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep), so
-    # does the band mask with softcap and a block-sparse mask.
+    # does softcap with a block-sparse mask (sm_90 with the band mask, sm_80 without).
     ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2),
-                            avoid=("band+alibi+packed", "band+softcap+block_mask") + _BIASED),
+                            avoid=("band+alibi+packed", "softcap+block_mask") + _BIASED),
                        _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.
-    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2), avoid=_HEAVY + ("fp32_bias+mask",)),
+    # (A float32 bias with a block-sparse mask spills 128x32 on sm_80 only.)
+    ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2),
+                             avoid=_HEAVY + ("fp32_bias+mask", "sm80+fp32_bias+block_mask")),
                         _c(64, 64, 4, blocks_per_sm=2), _c(128, 64, 8)) + _SMALL,
     # 128x64/8 warps and 64x64/4 warps within 5% of each other at 160; 128x64/8 ahead by 10-25% above.
     ("mma_sm80", 160): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
@@ -165,6 +167,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 # 181, 64x64/b2 174, 64x128 160; 64: 128x128 236, 64x128 208, 64x64/b2 209; 96: 64x128 229, 64x64/b2 204;
 # 128: 64x128 254, 32x128 217. At 160, 64x128 spills.
 _BWD_SMALL = (_c(32, 16, 2, d_split=2),)
+_BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask")
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry. A boolean mask's
@@ -176,8 +179,9 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
        for kd in (32, 64)},
     # With dbias both spill at head dim 96 (compile check): it runs 32x64. So does a float32 bias with a mask (by 4
     # bytes on sm_90).
-    ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), avoid=("dbias", "fp32_bias+mask")),
-                       When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), avoid=("dbias", "fp32_bias+mask")))
+    # With softcap, a float32 bias and a block-sparse mask 64x64 spills on sm_80 only (picks sweep).
+    ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), avoid=_BWD_96_AVOID),
+                       When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), avoid=_BWD_96_AVOID))
     + _BWD_MID + _BWD_SMALL,
     # Packed rows and biases spill at 64x128 (compile check): they run 32x128. Boolean masks do not, except with the
     # band mask and softcap (sm_90 picks sweep).
@@ -204,7 +208,10 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64. (Not
     # only on sm_80: the CI compile set compiles the H100's picks for sm_80 too, and it holds such a variant.)
-    ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2), avoid=("band+softcap+bias", "band+alibi+bias")),
+    # So do softcap or ALiBi with a bias and a block-sparse mask, also without the band mask (sm_80 only).
+    ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2),
+                            avoid=("band+softcap+bias", "band+alibi+bias", "sm80+softcap+bias+block_mask",
+                                   "sm80+alibi+bias+block_mask")),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # Packed rows, boolean masks, a float32 bias, and a bias with softcap or ALiBi spill at 128x32 here (compile
     # check and sm_90 picks sweep): they run 64x64. A 16-bit bias alone stays.
@@ -212,7 +219,10 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                              avoid=("packed", "mask", "fp32_bias", "softcap+bias", "alibi+bias")),
                         _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
-    **{("mma_sm80", kd): (_c(64, 32, 4),) + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
+    # At 256, the band mask with a float32 bias and a block-sparse mask spills 64x32 by 4 bytes on sm_80 only (picks
+    # sweep): 16x16 there.
+    **{("mma_sm80", kd): (When(_c(64, 32, 4), avoid=("sm80+band+fp32_bias+block_mask",) if kd == 256 else ()),)
+       + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
 }
 
 #: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when

@@ -779,7 +779,9 @@ MASK_COLUMNS = [
 ]
 MASK_NOTE = (f"{TOKENS} tokens, hidden {HIDDEN}, non-causal; mask (B, 1, S, S) bool: 'half blocks' hides a random "
              f"half of its {MASK_BLOCK}x{MASK_BLOCK} blocks and shows the rest, 'random' hides half of the pairs "
-             "at random (no empty tile), 'all visible' hides none; 'prepared' passes cf.prepare_mask(mask), 'raw' "
+             "at random (no empty tile), 'all visible' hides none; 'prepared' passes cf.prepare_mask(mask) (whose "
+             "blocks of whole tiles take the block-sparse kernels), 'read as cut' a prepared mask not searched for "
+             "blocks (the kernels that read the mask in its tiles), 'raw' "
              "the array (its tile summary computed per call); '+ pair bias': with a (1, H, S, S) bf16 bias too, "
              "backward with dbias, beside the bias alone; times relative to cupyflash without a mask or bias; SDPA: "
              "PyTorch's own backend choice with the same boolean attn_mask")
@@ -811,7 +813,11 @@ def run_mask(args):
         half = _half_empty_blocks(batch, s)
         dense = cupy.random.RandomState(1).random_sample((batch, 1, s, s), dtype=cupy.float32) < 0.5
         pair = cupy.random.standard_normal((1, nheads, s, s), dtype=cupy.float32).astype(q.dtype)
+        from ._mask import PreparedMask
+
+        cut = PreparedMask(half, find_blocks=False)  # prepared, but read in the tiles as a mask that cuts them
         cases = (("half blocks, prepared", cf.prepare_mask(half), None), ("half blocks, raw", half, None),
+                 ("half blocks, prepared, read as cut", cut, None),
                  ("random, prepared", cf.prepare_mask(dense), None),
                  ("all visible, prepared", cf.prepare_mask(cupy.ones((batch, 1, s, s), bool)), None),
                  ("pair bias alone", None, pair), ("half blocks + pair bias, prepared", cf.prepare_mask(half), pair))
@@ -826,7 +832,7 @@ def run_mask(args):
         if any(i in TORCH_BACKENDS for i in args.impls):
             rows.append(_mask_row("torch-sdpa", dtype, "half blocks", d, s, plain,
                                   lambda: _sdpa_with_bool_mask(q, k, v, half)))
-        half = dense = cases = pair = None  # before the next size's allocations
+        half = dense = cases = pair = cut = None  # before the next size's allocations
         free_memory()
     return rows, MASK_COLUMNS, markdown_table(rows, MASK_COLUMNS) + ["", "bars:"] + bars
 

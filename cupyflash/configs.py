@@ -231,16 +231,6 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 #: at 256; the separate kernel led only at 192 (190 vs 179) and tied at 96 and 160.
 BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS}
 
-#: dbias of a bias shared by batches or heads (full queries and keys), without determinism asked: the dK/dV kernel
-#: adds dS into dbias with fp32 atomics at kernel head dims from this one up, and writes a batch x heads x S^2
-#: partial for dbias_sum.cu below it. H100, bf16, 16k tokens, pair bias (1, H, S, S), seqlens 1024-8192
-#: (python -m cupyflash.bench --bias, 2026-11-26, backward with dbias, atomics vs partial): head dim 128 2.50 vs
-#: 2.78 ms at 1024, 16.4 vs 21.7 at 8192 (faster at every seqlen); head dim 64 3.72 vs 3.54 ms at 1024, 30.2 vs
-#: 29.5 at 8192 (slower at every seqlen; why was not measured: likely twice the heads, so twice the atomics per
-#: FLOP, and a dbias tile's batches far apart in the grid, so their additions miss L2).
-DBIAS_ATOMIC_MIN_HEAD_DIM = 0  # EXPERIMENT (branch gpu-pending): atomics at every head dim, to measure them at 64 with
-# batch-first blocks (bench --bias: default vs deterministic); set from that measurement before merging
-
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says
 #: atomic. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash cupyflash-det,
 #: 2026-11-25): atomic was 4-8% slower at seqlen 512 and causal 1024-2048, within 1% at non-causal 1024 and causal

@@ -2,7 +2,7 @@
 import pytest
 
 from cupyflash.backward import _DBiasLayout
-from cupyflash.configs import DBIAS_ATOMIC_MIN_HEAD_DIM, _c, kernel_head_dim
+from cupyflash.configs import _c
 from cupyflash.problem import BiasLayout, Problem, Variant
 
 CONFIG = _c(64, 128, 8, d_split=2)  # 4 key warps of 32 keys, queries split in 2
@@ -57,10 +57,9 @@ def test_biases_shared_by_batches_or_heads_add_into_dbias_with_atomics_unless_de
 
 
 @pytest.mark.parametrize("head_dim", [32, 64, 96, 100, 128, 256])
-def test_dbias_atomics_only_from_the_head_dim_where_they_measured_faster(head_dim):
-    atomic = kernel_head_dim(head_dim) >= DBIAS_ATOMIC_MIN_HEAD_DIM
+def test_dbias_atomics_at_every_head_dim(head_dim):
     layout = _DBiasLayout(problem((3, 100, 300), head_dim=head_dim), CONFIG, True, deterministic=False)
-    assert layout.atomic == atomic and (layout.sums == 4) == atomic
+    assert layout.atomic and layout.sums == 4
 
 
 @pytest.mark.parametrize("given", [(2, 3, 100, 300), (2, 1, 1, 300), (2, 3, 100, 1), ()])

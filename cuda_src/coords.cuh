@@ -77,6 +77,23 @@ __device__ __forceinline__ i64 row_values_offset(const AttnParams& p, int batch,
     return (static_cast<i64>(batch) * p.nheads + head) * p.row_pitch;
 }
 
+// What a forward or dQ block works on, from its grid position: query tile, head and batch are blockIdx x, y, z;
+// with p.batch_first (Python sets it with the grid, _launch.batch_first: a bias of full query rows shared by the
+// batches) x, y, z are batch, query tile, head, so that consecutive blocks are the batches of one query tile and
+// read its bias tiles from L2 together. Kernels without a bias (BIASED false) never read the flag.
+struct QueryBlock {
+    int tile, head, batch;
+    int tiles;  // query tiles in the grid
+    template <bool BIASED>
+    static __device__ __forceinline__ QueryBlock of(const AttnParams& p) {
+        if (BIASED && p.batch_first)
+            return {static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.x),
+                    static_cast<int>(gridDim.y)};
+        return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z),
+                static_cast<int>(gridDim.x)};
+    }
+};
+
 // What a dK/dV block works on, from its grid position: key tile, slot (kv_head * kv_splits + split) and batch are
 // blockIdx x, y, z; with BATCH_FIRST (the kernels that write dbias) x, y, z are batch, key tile, slot, so that
 // consecutive blocks are the batches of one key tile: a bias shared by the batches is read from L2 by all of them

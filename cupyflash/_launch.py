@@ -163,7 +163,8 @@ def static_params(problem: Problem) -> Params:
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
-               **bias_fields(problem.bias), **bias_fields(problem.mask, "mask"))
+               batch_first=int(batch_first(problem)), **bias_fields(problem.bias),
+               **bias_fields(problem.mask, "mask"))
     return params
 
 
@@ -172,8 +173,18 @@ def row_pitch(problem: Problem) -> int:
     return (problem.seqlen_q + 3) // 4 * 4
 
 
+def batch_first(problem: Problem) -> bool:
+    """Whether the forward and dQ grids take batches fastest (coords.cuh QueryBlock): where a bias of full query
+    rows is shared by the batches, so that the batches reading one bias tile run together and it comes from L2.
+    H100, bf16, pair bias (1, H, S, S), 16k tokens: see docs/performance.md, ninth session."""
+    bias = problem.bias
+    return (bias is not None and problem.batch > 1 and bias.dims[0] == 1 and bias.dims[2] > 1 and bias.dims[3] > 1
+            and problem.seqlen_q <= 65535 * 16)  # query tiles (16 rows and up) then index the grid's y dimension
+
+
 def query_grid(problem: Problem, block_m: int):
-    return math.ceil(problem.seqlen_q / block_m), problem.nheads, problem.batch
+    tiles = math.ceil(problem.seqlen_q / block_m)
+    return (problem.batch, tiles, problem.nheads) if batch_first(problem) else (tiles, problem.nheads, problem.batch)
 
 
 class Launch:

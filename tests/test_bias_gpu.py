@@ -89,20 +89,23 @@ def _tiles(kind, **variant):
 
 @pytest.mark.parametrize("kd,config", _tiles("fwd"), ids=str)
 def test_every_forward_tile(kd, config):
-    run_bias(kd, 1, config.block_m + 3, config.block_n * 2 + 5, 2, 1, kd - 3, "bfloat16", "float32",
-             (False, True, False, False), "contiguous", causal=True, config=config)
+    # a bias shared by the batches: the grid takes batches fastest (_launch.batch_first)
+    run_bias(kd, 2, config.block_m + 3, config.block_n * 2 + 5, 2, 1, kd - 3, "bfloat16", "float32",
+             (True, True, False, False), "contiguous", causal=True, config=config)
 
 
 @pytest.mark.parametrize("kind", ["bwd", "bwd_dq"])
 def test_every_backward_tile(kind):
     tiles = _tiles(kind, dbias=kind == "bwd")  # with dbias, the dK/dV kernel's own candidates
     assert tiles
+    # the dQ kernel with a bias shared by the batches (its grid takes batches fastest), dK/dV with a full one
+    batch, shared = (1, False) if kind == "bwd" else (2, True)
     for kd, config in tiles:
         tiles = {"config": config} if kind == "bwd" else {"dq_config": config, "atomic_dq": False}
-        (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd, 1, config.block_m * 2 + 3, config.block_n + 5,
-                                                                2, 1, kd, "float16")
-        bias, b64 = make_bias(np.random.default_rng(kd), (1, 2, q.shape[1], k.shape[1]), (False,) * 4, "float16",
-                              "contiguous", hidden=0.1)
+        (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd, batch, config.block_m * 2 + 3,
+                                                                config.block_n + 5, 2, 1, kd, "float16")
+        bias, b64 = make_bias(np.random.default_rng(kd), (batch, 2, q.shape[1], k.shape[1]),
+                              (shared, False, False, False), "float16", "contiguous", hidden=0.1)
         out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, bias=bias)
         grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True, bias=bias, return_dbias=True, **tiles)
         check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(kd), True, "float16", bias=b64)

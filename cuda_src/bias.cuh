@@ -136,6 +136,16 @@ struct TileBias {
         return static_cast<int>(lds_u32(tile + (ROW * stride<COLS>() + COLS) * BYTES));
     }
 
+    // The layout of a ROWS x COLS tile as 16-bit columns, for load_tile_async: rows of COLS * BYTES bytes, each
+    // padded by one 16-byte chunk like SmemTile's.
+    template <int ROWS, int COLS>
+    struct Words {
+        static constexpr int ROW_COUNT = ROWS, CHUNKS_PER_ROW = COLS * BYTES / 16;
+        static __device__ __forceinline__ u32 byte_offset(int row, int col) {
+            return static_cast<u32>(row * stride<COLS>() * BYTES + 2 * col);
+        }
+    };
+
     // Queries [q0, q0 + ROWS) x keys [k0, k0 + COLS) of (batch, head) into the tile at smem; queries >= rows_valid
     // and keys >= cols_valid read as 0 (padding: masked or never stored). A bias broadcast over queries fills row
     // 0 only, which every query reads (apply): ROWS copies of one row would put every block of the grid on the
@@ -150,20 +160,12 @@ struct TileBias {
         const i64 row_stride = str.seq * BYTES;  // bytes
         const int rows = row_stride != 0 ? ROWS : 1;
         if (Fields::key_step(p) != 0) {  // 16-byte asynchronous copies, waited for with the step's other tiles
-            constexpr int CHUNKS = COLS / CHUNK;
-            static_assert(COLS % CHUNK == 0, "whole chunks per tile row");
-            base += static_cast<i64>(k0) * BYTES;
-            constexpr int PASSES = (ROWS * CHUNKS + THREADS - 1) / THREADS;
-            #pragma unroll
-            for (int pass = 0; pass < PASSES; ++pass) {
-                const int i = threadIdx.x + pass * THREADS;
-                if ((ROWS * CHUNKS) % THREADS != 0 && i >= ROWS * CHUNKS) break;
-                const int r = i / CHUNKS, c = i % CHUNKS * CHUNK;
-                const bool valid = r < rows_valid && c < cols_valid;
-                if (r < rows)
-                    cp_async_16(smem + (r * stride<COLS>() + c) * BYTES,
-                                valid ? base + r * row_stride + c * BYTES : base, valid);
-            }
+            // The copy of a 16-bit tile (smem_tile.cuh: one running pointer per thread), on the tile's bytes read as
+            // 16-bit columns. Rows past `rows` are zero-filled, not read; no copy writes the padding chunk.
+            static_assert(COLS * BYTES % 16 == 0, "whole chunks per tile row");
+            const u16* first = reinterpret_cast<const u16*>(base + static_cast<i64>(k0) * BYTES);
+            load_tile_async<Words<ROWS, COLS>, THREADS>(smem, first, row_stride / 2, min(rows_valid, rows),
+                                                        (cols_valid * BYTES + 1) / 2);
         } else {  // one value per query row: plain loads and stores, visible after the step's __syncthreads
             for (int i = threadIdx.x; i < rows * COLS; i += THREADS) {
                 const int r = i / COLS, c = i % COLS;

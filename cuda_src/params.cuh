@@ -55,7 +55,7 @@ struct AttnParams {
 
     float scale_log2;           // logit (raw units, see score_mod.cuh) -> exp2 argument
     float softmax_scale;        // d(scaled score) / d(q.k): applied to dQ and dK
-    float softcap;              // ScoreMod<true, _>: the cap c (logits are tanh(q.k * softcap_scale), units of c)
+    float softcap;              // ScoreMod<true, _>: logit = softcap * tanh(q.k * softcap_scale)
     float softcap_scale;        // softmax_scale / softcap
     float alibi_unit;           // ALiBi slopes are in scaled-score units; this converts them to raw logit units
     float bias_unit;            // the same for the bias: 1 / softmax_scale

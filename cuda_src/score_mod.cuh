@@ -1,14 +1,11 @@
 // Score policies: raw score s = q.k (plus the bias, bias.cuh) -> logit, in "raw units" that the softmax multiplies
 // by params.scale_log2 inside its exp2, and the chain rule back for dS.
 //   plain:    logit = s                                  scale_log2 = softmax_scale * log2(e)
-//   softcap:  logit = tanh(s * softmax_scale / c)        scale_log2 = c * log2(e)
+//   softcap:  logit = c * tanh(s * softmax_scale / c)    scale_log2 = log2(e)
 //   ALiBi:    logit += -slope * |i + off - j| * unit     (unit converts the slope to the units above)
-// The capped logit c * tanh(.) is kept as tanh(.), in units of c: the multiply by c joins the softmax's own
-// multiply by scale_log2, one instruction per score fewer (max and sums are the same in either unit).
-// softmax_scale times d(scaled score)/ds is what multiplies dS on its way to dQ and dK; the kernels apply
-// softmax_scale once at the end, so grad_factor returns the rest (1 for plain and ALiBi, 1 - tanh^2 for softcap).
-// With neither modifier the policy is the identity and the kernels compile to the fused scale-and-subtract of
-// plain attention.
+// softmax_scale times d(logit)/ds is what multiplies dS on its way to dQ and dK; the kernels apply softmax_scale
+// once at the end, so grad_factor returns the rest (1 for plain and ALiBi, 1 - tanh^2 for softcap). With neither
+// modifier the policy is the identity and the kernels compile to the fused scale-and-subtract of plain attention.
 #pragma once
 #include "coords.cuh"
 #include "params.cuh"
@@ -25,12 +22,13 @@ __device__ __forceinline__ float tanh_approx(float x) {
 template <bool SOFTCAP = false, bool ALIBI = false>
 struct ScoreMod {
     static constexpr bool IDENTITY = !SOFTCAP && !ALIBI;
-    float cap_scale;       // softcap: softmax_scale / c
+    float cap, cap_inv, cap_scale;  // softcap
     float alibi_slope;     // -slope * unit of this (batch, head): a non-positive multiplier of the distance
     int off;
 
     __device__ __forceinline__ ScoreMod(const AttnParams& p, const Seq& seq, int batch, int head)
-        : cap_scale(p.softcap_scale), alibi_slope(0.f), off(seq.seqlen_k - seq.seqlen_q) {
+        : cap(p.softcap), cap_inv(0.f), cap_scale(p.softcap_scale), alibi_slope(0.f), off(seq.seqlen_k - seq.seqlen_q) {
+        if constexpr (SOFTCAP) cap_inv = 1.f / p.softcap;
         if constexpr (ALIBI) alibi_slope = -p.alibi_slopes[batch * p.alibi_batch_stride + head] * p.alibi_unit;
     }
 
@@ -39,19 +37,20 @@ struct ScoreMod {
         return alibi_slope * fabsf(query_minus_key);
     }
 
-    // HIDDEN_IN: s may be -inf (a -inf bias), which must stay -inf through the cap rather than become -1.
+    // HIDDEN_IN: s may be -inf (a -inf bias), which must stay -inf through the cap rather than become -cap.
     template <bool HIDDEN_IN = false>
     __device__ __forceinline__ float logit(float s, float query_minus_key) const {
-        if constexpr (SOFTCAP) s = HIDDEN_IN && s == neg_inf() ? s : tanh_approx(s * cap_scale);
+        if constexpr (SOFTCAP) s = HIDDEN_IN && s == neg_inf() ? s : cap * tanh_approx(s * cap_scale);
         if constexpr (ALIBI) s += alibi(query_minus_key);
         return s;
     }
 
-    // d(scaled score)/ds / softmax_scale, from the logit itself (masked logits, -inf, give 0 rather than NaN).
+    // d(logit)/ds / softmax_scale, from the logit itself (masked logits, -inf, give 0 rather than NaN).
     __device__ __forceinline__ float grad_factor(float logit_value, int query, int key) const {
         if constexpr (SOFTCAP) {
-            float t = logit_value;  // tanh(.)
+            float t = logit_value;
             if constexpr (ALIBI) t -= alibi(static_cast<float>(abs(query + off - key)));
+            t *= cap_inv;
             return 1.f - fminf(t * t, 1.f);
         } else {
             return 1.f;

@@ -120,10 +120,9 @@ def score_constants(problem: Problem) -> dict:
     """The params fields of the score policy (cuda_src/score_mod.cuh): logits in raw units times scale_log2."""
     scale = problem.softmax_scale
     # The bias joins the raw score before the cap: scale * (s + bias / scale) = scaled score + bias.
-    if problem.softcap > 0:  # logits tanh(.) in units of the cap c, which scale_log2 carries
-        cap = problem.softcap
-        return dict(scale_log2=cap * LOG2E, softmax_scale=scale, softcap=cap, softcap_scale=scale / cap,
-                    alibi_unit=1.0 / cap, bias_unit=1.0 / scale)
+    if problem.softcap > 0:
+        return dict(scale_log2=LOG2E, softmax_scale=scale, softcap=problem.softcap,
+                    softcap_scale=scale / problem.softcap, alibi_unit=1.0, bias_unit=1.0 / scale)
     return dict(scale_log2=scale * LOG2E, softmax_scale=scale, softcap=0.0, softcap_scale=0.0,
                 alibi_unit=1.0 / scale, bias_unit=1.0 / scale)
 

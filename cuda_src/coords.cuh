@@ -77,21 +77,18 @@ __device__ __forceinline__ i64 row_values_offset(const AttnParams& p, int batch,
     return (static_cast<i64>(batch) * p.nheads + head) * p.row_pitch;
 }
 
-// What a forward or dQ block works on, from its grid position: query tile, head and batch are blockIdx x, y, z;
-// with p.batch_first (Python sets it with the grid, _launch.batch_first: a bias of full query rows shared by the
-// batches) x, y, z are batch, query tile, head, so that consecutive blocks are the batches of one query tile and
-// read its bias tiles from L2 together. Kernels without a bias (BIASED false) never read the flag.
+// What a forward or dQ block works on, from its grid position: query tile, head and batch are blockIdx x, y, z; with
+// BATCH_FIRST (the kernels that add a bias, bias.cuh ADDS; Python's _launch.query_grid lays the grid out to match)
+// x, y, z are batch, query tile, head, so that consecutive blocks are the batches of one query tile: a bias shared
+// by the batches is read from L2 by all of them at once. A compile-time choice: each coordinate stays one read of
+// a special register, which the compiler may repeat rather than hold (a run-time choice held them in registers and
+// spilled three large bias kernels).
+template <bool BATCH_FIRST>
 struct QueryBlock {
-    int tile, head, batch;
-    int tiles;  // query tiles in the grid
-    template <bool BIASED>
-    static __device__ __forceinline__ QueryBlock of(const AttnParams& p) {
-        if (BIASED && p.batch_first)
-            return {static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z), static_cast<int>(blockIdx.x),
-                    static_cast<int>(gridDim.y)};
-        return {static_cast<int>(blockIdx.x), static_cast<int>(blockIdx.y), static_cast<int>(blockIdx.z),
-                static_cast<int>(gridDim.x)};
-    }
+    static __device__ __forceinline__ int tile() { return BATCH_FIRST ? blockIdx.y : blockIdx.x; }
+    static __device__ __forceinline__ int tiles() { return BATCH_FIRST ? gridDim.y : gridDim.x; }
+    static __device__ __forceinline__ int head() { return BATCH_FIRST ? blockIdx.z : blockIdx.y; }
+    static __device__ __forceinline__ int batch() { return BATCH_FIRST ? blockIdx.x : blockIdx.z; }
 };
 
 // What a dK/dV block works on, from its grid position: key tile, slot (kv_head * kv_splits + split) and batch are

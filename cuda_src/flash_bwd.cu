@@ -442,9 +442,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const QueryBlock block = QueryBlock::of<Bias::ON>(p);
-    const int m_block = Mask::MASKS ? block.tiles - 1 - block.tile : block.tile;
-    const int head = block.head, batch = block.batch;
+    using Block = QueryBlock<Bias::ADDS>;
+    const int m_block = Mask::MASKS ? Block::tiles() - 1 - Block::tile() : Block::tile();
+    const int head = Block::head(), batch = Block::batch();
     const int m0 = m_block * BLOCK_M;
     const Seq seq = Rows::of(p, batch);
     if (Rows::PACKED && m0 >= seq.seqlen_q) return;  // packed rows: the grid covers the longest entry

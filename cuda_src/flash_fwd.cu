@@ -50,9 +50,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
-    const QueryBlock block = QueryBlock::of<Bias::ON>(p);
-    const int m_block = Mask::MASKS ? block.tiles - 1 - block.tile : block.tile;
-    const int head = block.head, batch = block.batch;
+    using Block = QueryBlock<Bias::ADDS>;
+    const int m_block = Mask::MASKS ? Block::tiles() - 1 - Block::tile() : Block::tile();
+    const int head = Block::head(), batch = Block::batch();
     const Seq seq = Rows::of(p, batch);
     const int m0 = m_block * BLOCK_M;
     if (Rows::PACKED && m0 >= seq.seqlen_q) return;  // packed batches: the grid covers the longest entry

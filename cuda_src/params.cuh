@@ -60,7 +60,6 @@ struct AttnParams {
     float alibi_unit;           // ALiBi slopes are in scaled-score units; this converts them to raw logit units
     float bias_unit;            // the same for the bias: 1 / softmax_scale
     int mask_key_step;          // the mask's bias_key_step
-    int batch_first;            // forward and dQ grids: (batch, query tile, head), coords.cuh QueryBlock
 };
 
 }  // namespace cf

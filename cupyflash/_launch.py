@@ -163,8 +163,7 @@ def static_params(problem: Problem) -> Params:
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
-               batch_first=int(batch_first(problem)), **bias_fields(problem.bias),
-               **bias_fields(problem.mask, "mask"))
+               **bias_fields(problem.bias), **bias_fields(problem.mask, "mask"))
     return params
 
 
@@ -173,18 +172,21 @@ def row_pitch(problem: Problem) -> int:
     return (problem.seqlen_q + 3) // 4 * 4
 
 
-def batch_first(problem: Problem) -> bool:
-    """Whether the forward and dQ grids take batches fastest (coords.cuh QueryBlock): where a bias of full query
-    rows is shared by the batches, so that the batches reading one bias tile run together and it comes from L2.
-    H100, bf16, pair bias (1, H, S, S), 16k tokens: see docs/performance.md, ninth session."""
-    bias = problem.bias
-    return (bias is not None and problem.batch > 1 and bias.dims[0] == 1 and bias.dims[2] > 1 and bias.dims[3] > 1
-            and problem.seqlen_q <= 65535 * 16)  # query tiles (16 rows and up) then index the grid's y dimension
-
-
 def query_grid(problem: Problem, block_m: int):
+    """The forward's and dQ kernel's grid: (query tiles, heads, batches), or with a bias (the kernels that add one,
+    coords.cuh QueryBlock) (batches, query tiles, heads), so that the batches reading one tile of a bias they share
+    run together and read it from L2. H100, bf16, pair bias (1, H, S, S), 16k tokens: docs/performance.md, ninth
+    session."""
     tiles = math.ceil(problem.seqlen_q / block_m)
-    return (problem.batch, tiles, problem.nheads) if batch_first(problem) else (tiles, problem.nheads, problem.batch)
+    if problem.bias is None:
+        return tiles, problem.nheads, problem.batch
+    if tiles > _MAX_GRID_Y:
+        raise ValueError(f"with a bias, seqlen_q may be at most {_MAX_GRID_Y * block_m} ({_MAX_GRID_Y} query tiles of "
+                         f"{block_m} rows, the grid's y dimension); got seqlen_q {problem.seqlen_q}")
+    return problem.batch, tiles, problem.nheads
+
+
+_MAX_GRID_Y = 65535
 
 
 class Launch:

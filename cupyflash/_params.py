@@ -30,7 +30,6 @@ FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit",
                                    "bias_unit")),
     ("mask_key_step", "int"),
-    ("batch_first", "int"),
 )
 
 # Field names with the nested Strides members flattened ("q_str.seq" -> "q_str_seq").

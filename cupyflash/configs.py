@@ -208,10 +208,11 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64. (Not
     # only on sm_80: the CI compile set compiles the H100's picks for sm_80 too, and it holds such a variant.)
-    # So do softcap or ALiBi with a bias and a block-sparse mask, also without the band mask (sm_80 only).
+    # So do softcap or ALiBi with a bias and a block-sparse mask, also without the band mask, and ALiBi with a
+    # float32 bias (sm_80 only; the last found by the ninth session's sweep, present before it).
     ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2),
                             avoid=("band+softcap+bias", "band+alibi+bias", "sm80+softcap+bias+block_mask",
-                                   "sm80+alibi+bias+block_mask")),
+                                   "sm80+alibi+bias+block_mask", "sm80+alibi+fp32_bias")),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # Packed rows, boolean masks, a float32 bias, and a bias with softcap or ALiBi spill at 128x32 here (compile
     # check and sm_90 picks sweep): they run 64x64. A 16-bit bias alone stays.
@@ -220,8 +221,10 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                         _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
     # At 256, the band mask with a float32 bias and a block-sparse mask spills 64x32 by 4 bytes on sm_80 only (picks
-    # sweep): 16x16 there.
-    **{("mma_sm80", kd): (When(_c(64, 32, 4), avoid=("sm80+band+fp32_bias+block_mask",) if kd == 256 else ()),)
+    # sweep), and so does the band mask with softcap, ALiBi and a bias since bias tiles take the K/V copy (12
+    # bytes): 16x16 there.
+    **{("mma_sm80", kd): (When(_c(64, 32, 4), avoid=("sm80+band+fp32_bias+block_mask", "sm80+band+softcap+alibi+bias")
+                               if kd == 256 else ()),)
        + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
 }
 

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 
 from ._params import Params, division_magic
-from ._validate import ArraySpec, needs_aligned_copy
+from ._validate import _MAX_GRID_YZ, ArraySpec, needs_aligned_copy
 from ._bias import bias_fields
 from .problem import Problem, kernel_window, score_constants
 
@@ -180,13 +180,10 @@ def query_grid(problem: Problem, block_m: int):
     tiles = math.ceil(problem.seqlen_q / block_m)
     if problem.bias is None:
         return tiles, problem.nheads, problem.batch
-    if tiles > _MAX_GRID_Y:
-        raise ValueError(f"with a bias, seqlen_q may be at most {_MAX_GRID_Y * block_m} ({_MAX_GRID_Y} query tiles of "
-                         f"{block_m} rows, the grid's y dimension); got seqlen_q {problem.seqlen_q}")
+    if tiles > _MAX_GRID_YZ:
+        raise ValueError(f"with a bias, seqlen_q may be at most {_MAX_GRID_YZ * block_m} ({_MAX_GRID_YZ} query tiles "
+                         f"of {block_m} rows, the grid's y dimension); got seqlen_q {problem.seqlen_q}")
     return problem.batch, tiles, problem.nheads
-
-
-_MAX_GRID_Y = 65535
 
 
 class Launch:

@@ -16,7 +16,7 @@ from .problem import BiasLayout, Problem, Variant, default_softmax_scale, mask_k
 SUPPORTED_DTYPES = ("float16", "bfloat16")
 BIAS_DTYPES = ("float16", "bfloat16", "float32")
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
-_MAX_GRID_YZ = 65535  # heads and batch index the grid's y and z dimensions
+_MAX_GRID_YZ = 65535  # heads and batch index the grid's y and z dimensions (query tiles too with a bias)
 _MAX_SEQLEN = 2**30  # the kernels index rows and compare key - query distances in 32-bit ints
 LAYOUT = "(batch, seqlen, nheads, headdim)"
 

@@ -167,9 +167,9 @@ SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", 
                    Variant("float16", "none", bool_mask=True, mask_blocks=True))
 
 
-def _kernel_instances(kind: str, full: bool):
-    """(source file, kernel name) of ``kind``'s covering set, or with ``full`` of its full sweep (see
-    kernel_instances)."""
+def _kernel_instances(kind: str, full: bool, limits: DeviceLimits):
+    """(source file, kernel name) of ``kind``'s covering set on the tiles the dispatcher picks for ``limits``, or
+    with ``full`` of its full sweep (see kernel_instances)."""
     atomic_flags = (True, False) if kind == "bwd" else (False,)
     seen = set()
     for family_name, kd, config in all_variants(kind):
@@ -180,12 +180,12 @@ def _kernel_instances(kind: str, full: bool):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
     for variant in MODIFIED + PACKED + BIASED + SINGLE_POLICIES + (BIASED_FULL_ONLY if full else ()):
         every_tile = full and variant not in SINGLE_POLICIES
-        used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or a big GPU's choice
+        used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or the GPU's choice
         for family_name, kd, config in all_variants(kind, variant):
             if every_tile:
                 used.setdefault((family_name, kd), []).append(config)
             elif (family_name, kd) not in used:
-                used[(family_name, kd)] = [select_config(kind, BIG_GPU, kd, variant=variant)]
+                used[(family_name, kd)] = [select_config(kind, limits, kd, variant=variant)]
         for (family_name, kd), configs in used.items():
             fam = BY_NAME[family_name]
             for config, atomic in itertools.product(configs, atomic_flags):
@@ -193,15 +193,17 @@ def _kernel_instances(kind: str, full: bool):
     return sorted(seen)
 
 
-def kernel_instances(full: bool = False):
-    """The kernel instances the CPU compile check builds. Always: for each tile config of every kind, plain scores
-    with and without the band mask in both dtypes (dK/dV with and without atomic dQ), and the helper kernels in
-    both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of each dtype,
-    and each modifier alone in float16 unmasked, on the tile an H100-sized GPU gets for each kind and head dim.
+def kernel_instances(full: bool = False, arch: str = "sm_90"):
+    """The kernel instances the CPU compile check builds for ``arch``. Always: for each tile config of every kind,
+    plain scores with and without the band mask in both dtypes (dK/dV with and without atomic dQ), and the helper
+    kernels in both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of
+    each dtype, and each modifier alone in float16 unmasked, on the tile the arch's largest GPU (ARCH_GPUS) gets
+    for each kind and head dim: each arch compiles what its dispatcher picks, so a table condition for one arch
+    (When avoid "sm80+...") is checked where it applies.
     ``full`` (``python -m cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the
     dispatcher may give them: register use is not monotonic in the variants, and a combination can spill where a
     heavier one does not."""
-    out = [inst for kind in KINDS for inst in _kernel_instances(kind, full)]
+    out = [inst for kind in KINDS for inst in _kernel_instances(kind, full, ARCH_GPUS[arch])]
     out += [(MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, None, 0, Variant(dtype, rows=rows)))
             for kind in HELPER_KINDS for dtype in DTYPES for rows in ("dense", "packed")]
     return list(dict.fromkeys(out))  # copy_rows has no row layout: one instance per dtype
@@ -253,14 +255,15 @@ def runs_on(name: str, arch: str) -> bool:
 
 def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16,
                 instances=None) -> dict[tuple[str, str], Resources]:
-    """(arch, kernel name) -> resources for every kernel instance (default: kernel_instances()) on every arch it
-    can run on (runs_on); groups of names share one NVRTC program, groups run in ``jobs`` processes."""
-    by_source = {}
-    for source, name in instances if instances is not None else kernel_instances():
-        by_source.setdefault(source, []).append(name)
+    """(arch, kernel name) -> resources for every kernel instance (default: each arch's kernel_instances(arch=))
+    on every arch it can run on (runs_on); groups of names share one NVRTC program, groups run in ``jobs``
+    processes."""
     groups = []
-    for source, names in by_source.items():
-        for arch in archs:
+    for arch in archs:
+        by_source = {}
+        for source, name in instances if instances is not None else kernel_instances(arch=arch):
+            by_source.setdefault(source, []).append(name)
+        for source, names in by_source.items():
             fitting = [n for n in names if runs_on(n, arch)]
             groups += [(source, fitting[i:i + group_size], arch) for i in range(0, len(fitting), group_size)]
     results = {}
@@ -282,7 +285,8 @@ if __name__ == "__main__":
         arch = sys.argv[sys.argv.index("--picks") + 1]
         res = compile_all(archs=(arch,), jobs=jobs, instances=picks(arch))
     else:
-        res = compile_all(jobs=jobs, instances=kernel_instances(full=True))
+        res = {k: r for arch in ("sm_80", "sm_90")
+               for k, r in compile_all(archs=(arch,), jobs=jobs, instances=kernel_instances(True, arch)).items()}
     for (arch, name), r in sorted(res.items()):
         print(f"{arch} regs={r.registers:3d} spill={r.spill_stores}/{r.spill_loads} stack={r.stack_frame:4d}  {name}")
     bad = [k for k, r in res.items() if r.spill_stores or r.spill_loads]

@@ -206,8 +206,9 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     + _BWD_DQ_SMALL,
     ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("softcap",) + _BIASED),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
-    # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64. (Not
-    # only on sm_80: the CI compile set compiles the H100's picks for sm_80 too, and it holds such a variant.)
+    # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64, on the
+    # H100 too (made general when the CI compile set compiled the H100's picks for sm_80; each arch compiles its
+    # own picks since the ninth session, so this could become sm_80 only after a GPU run of the H100's 128x32).
     # So do softcap or ALiBi with a bias and a block-sparse mask, also without the band mask, and ALiBi with a
     # float32 bias (sm_80 only; the last found by the ninth session's sweep, present before it).
     ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2),

@@ -172,6 +172,14 @@ def row_pitch(problem: Problem) -> int:
     return (problem.seqlen_q + 3) // 4 * 4
 
 
+def key_grid(problem: Problem, block_n: int, kv_splits: int):
+    """The dK/dV kernel's grid: (key tiles, K/V heads x splits, batches), or with dbias (coords.cuh KeyBlock)
+    (batches, key tiles, slots), so that the batches reading one bias tile and adding into one dbias tile run
+    together (L2)."""
+    tiles, slots = math.ceil(problem.seqlen_k / block_n), problem.nheads_k * kv_splits
+    return (problem.batch, tiles, slots) if problem.variant.dbias else (tiles, slots, problem.batch)
+
+
 def query_grid(problem: Problem, block_m: int):
     """The forward's and dQ kernel's grid: (query tiles, heads, batches), or with a bias (the kernels that add one,
     coords.cuh QueryBlock) (batches, query tiles, heads), so that the batches reading one tile of a bias they share

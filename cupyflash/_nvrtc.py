@@ -220,16 +220,11 @@ def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"
     is not monotonic in the variants, so this finds spills the covering sets miss (it found a float32 bias with a
     mask spilling where a heavier variant does not); about 20 minutes per arch on 2 cores."""
     from .configs import KERNEL_HEAD_DIMS
-    from .problem import MASKS, ROWS
+    from .problem import variant_combinations
 
     limits, out = ARCH_GPUS[arch], set()
-    for kind, kd, dtype, mask, softcap, alibi, rows, bias, bool_mask, blocks in itertools.product(
-            KINDS, KERNEL_HEAD_DIMS, dtypes, MASKS, (False, True), (False, True), ROWS, biases, (False, True),
-            (False, True)):
-        if (rows == "packed" and (bias != "none" or bool_mask)) or (blocks and not bool_mask):
-            continue  # no bias or mask with packed rows; a block mask is a boolean mask
-        for dbias in (False, True) if kind == "bwd" and bias != "none" else (False,):
-            variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks)
+    for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
+        for variant in variant_combinations(kind, dtypes, biases):
             config = select_config(kind, limits, kd, variant=variant)
             for atomic in (True, False) if kind == "bwd" else (False,):
                 out.add((MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, config, kd, variant, atomic)))

@@ -78,11 +78,7 @@ class BackwardPlan:
             self.dbias.max_blocks = 8 * device_limits(p.device).sm_count
         rows_grid = (math.ceil(p.batch * p.nheads * p.seqlen_q / 4),)  # one warp per query row
         self.pre = launch("bwd_preprocess", rows_grid)
-        grid = (math.ceil(p.seqlen_k / config.block_n), p.nheads_k * kv_splits, p.batch)
-        if p.variant.dbias:  # batches fastest (cuda_src/coords.cuh KeyBlock): they share a bias's reads and atomics
-            grid = (grid[2], grid[0], grid[1])
-        self.main = launch("bwd", grid, config,
-                           atomic_dq)
+        self.main = launch("bwd", _launch.key_grid(p, config.block_n, kv_splits), config, atomic_dq)
         # a boolean mask: tile summaries by key tiles (dK/dV kernel) and by query tiles (dQ kernel)
         if p.variant.bool_mask:
             self.mask_tiles = (TileSummary.for_kernel(p, config, True, self.params),)
@@ -303,7 +299,7 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
 
     def pick(variant):  # (dK/dV config, dQ config or None)
         picked = []
-        for kind, forced in (("bwd", config), ("bwd_dq", None if atomic_dq else dq_config)):
+        for kind, forced in (("bwd", config), ("bwd_dq", dq_config)):
             if kind == "bwd_dq" and atomic_dq:
                 picked.append(None)
             elif forced is None:

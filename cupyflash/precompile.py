@@ -23,21 +23,16 @@ DTYPES = ("float16", "bfloat16")
 def _instances(limits, with_variants: bool):
     from .configs import KERNEL_HEAD_DIMS, candidates, select_config
     from .families import KINDS
-    from .problem import BIASES, MASKS, ROWS, Variant
+    from .problem import MASKS, Variant, variant_combinations
 
     out = set()
     for kind, kd, dtype, mask in itertools.product(KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS):
         variant = Variant(dtype, mask)
         out.update((kind, kd, config, variant) for config in candidates(kind, limits, kd, variant))
     if with_variants:
-        for kind, kd, dtype, mask, softcap, alibi, rows in itertools.product(
-                KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS, (False, True), (False, True), ROWS):
-            dense = rows == "dense"  # no bias or mask with packed rows
-            for bias, bool_mask in itertools.product(BIASES if dense else ("none",), (False, dense)):
-                for dbias, blocks in itertools.product((False, True) if bias != "none" and kind == "bwd" else (False,),
-                                                       (False, True) if bool_mask else (False,)):
-                    variant = Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks)
-                    out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
+        for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
+            out.update((kind, kd, select_config(kind, limits, kd, variant=variant), variant)
+                       for variant in variant_combinations(kind, DTYPES))
     return sorted(out, key=str)
 
 

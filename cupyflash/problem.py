@@ -5,6 +5,7 @@ keys; sizes and scalar values travel in the kernels' params struct.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -38,6 +39,18 @@ class Variant:
     @property
     def plain_scores(self) -> bool:
         return not (self.softcap or self.alibi)
+
+
+def variant_combinations(kind: str, dtypes, biases=BIASES):
+    """Every Variant a kernel of ``kind`` can be asked for (precompile --variants, the picks sweep): each mask,
+    softcap, ALiBi, row layout, bias dtype and boolean mask (read in the tiles it cuts, or block-sparse); no bias or
+    mask with packed rows, dbias only in the dK/dV kernel and with a bias."""
+    for dtype, mask, softcap, alibi, rows in itertools.product(dtypes, MASKS, (False, True), (False, True), ROWS):
+        dense = rows == "dense"
+        for bias, bool_mask in itertools.product(biases if dense else ("none",), (False, True) if dense else (False,)):
+            for dbias, blocks in itertools.product((False, True) if bias != "none" and kind == "bwd" else (False,),
+                                                   (False, True) if bool_mask else (False,)):
+                yield Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks)
 
 
 @dataclass(frozen=True)

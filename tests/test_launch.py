@@ -1,8 +1,10 @@
-"""CPU checks of the launch geometry: the grids of the kernels that add a bias take batches fastest
-(coords.cuh QueryBlock)."""
+"""CPU checks of the launch geometry: the grids of the kernels that add a bias (coords.cuh QueryBlock) and of the
+dK/dV kernels that write dbias (KeyBlock) take batches fastest."""
+import dataclasses
+
 import pytest
 
-from cupyflash._launch import query_grid
+from cupyflash._launch import key_grid, query_grid
 from cupyflash.problem import BiasLayout, Problem, Variant
 
 
@@ -25,3 +27,10 @@ def test_query_tiles_of_a_biased_grid_are_limited_by_its_y_dimension():
     assert query_grid(problem((2, 1, 1, 300), seqlen_q=65535 * 64), 64) == (2, 65535, 3)
     with pytest.raises(ValueError, match=r"seqlen_q may be at most 4194240 .* got seqlen_q 4194241"):
         query_grid(problem((2, 1, 1, 300), seqlen_q=65535 * 64 + 1), 64)
+
+
+@pytest.mark.parametrize("dbias, expected", [(False, (3, 6, 2)), (True, (2, 3, 6))])
+def test_dkdv_grid_takes_batches_first_with_dbias(dbias, expected):
+    p = problem((1, 3, 1000, 300))
+    p = dataclasses.replace(p, nheads_k=3, variant=dataclasses.replace(p.variant, dbias=dbias))
+    assert key_grid(p, 128, 2) == expected  # 3 key tiles of 300 keys, 3 K/V heads x 2 splits, 2 batches

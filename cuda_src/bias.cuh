@@ -38,18 +38,6 @@ struct NoBias {
     __host__ __device__ static constexpr int tile_bytes() { return 0; }
 };
 
-// Shared-memory reads by 32-bit shared-window address (as the kernels hold their tiles).
-__device__ __forceinline__ u32 lds_u32(u32 addr) {
-    u32 v;
-    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
-    return v;
-}
-__device__ __forceinline__ u32 lds_u16(u32 addr) {
-    unsigned short v;
-    asm volatile("ld.shared.b16 %0, [%1];\n" : "=h"(v) : "r"(addr));
-    return v;
-}
-
 // Bias storage: float, or 16-bit f16 / bf16 (the Elem tags) converted as the tensor-core code converts them.
 template <typename T> struct BiasValue {
     static constexpr int BYTES = 2;
@@ -143,7 +131,8 @@ struct TileBias {
     // padded by one 16-byte chunk like SmemTile's.
     template <int ROWS, int COLS>
     struct Words {
-        static constexpr int ROW_COUNT = ROWS, CHUNKS_PER_ROW = COLS * BYTES / 16;
+        using Storage = u16;
+        static constexpr int ROW_COUNT = ROWS, CHUNKS_PER_ROW = COLS * BYTES / 16, CHUNK = 8;
         static __device__ __forceinline__ u32 byte_offset(int row, int col) {
             return static_cast<u32>(row * stride<COLS>() * BYTES + 2 * col);
         }

@@ -4,7 +4,7 @@
 // and move 16 bytes per load where rows allow: with a block per 256 elements, block launches bounded this kernel
 // (H200, 8.6 GB partial: 26 ms, and 22 ms for cupy.sum, where the memory allows about 3). The Elem parameter only
 // keeps the kernel naming uniform.
-#include "mma_sm80.cuh"
+#include "mma_tf32.cuh"
 
 namespace cf {
 

@@ -52,14 +52,11 @@ __global__ void __launch_bounds__(128) flash_bwd_preprocess_kernel(const AttnPar
     const Seq& seq = row.seq;
     float dot = 0.f;
     if (lane * 8 < p.head_dim) {  // head_dim <= 256: one 16-byte chunk per lane
-        const uint4 o = *reinterpret_cast<const uint4*>(p.out + row_offset(p.o_str, b, h, seq.q0 + m) + lane * 8);
-        const uint4 g = *reinterpret_cast<const uint4*>(p.dout + row_offset(p.do_str, b, h, seq.q0 + m) + lane * 8);
-        const u32 ov[4] = {o.x, o.y, o.z, o.w}, gv[4] = {g.x, g.y, g.z, g.w};
+        float o[8], g[8];
+        Mma<Elem>::load8(elems<Elem>(p.out) + row_offset(p.o_str, b, h, seq.q0 + m) + lane * 8, o);
+        Mma<Elem>::load8(elems<Elem>(p.dout) + row_offset(p.do_str, b, h, seq.q0 + m) + lane * 8, g);
         #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float2 a = Mma<Elem>::unpack(ov[i]), c = Mma<Elem>::unpack(gv[i]);
-            dot += a.x * c.x + a.y * c.y;
-        }
+        for (int i = 0; i < 8; i += 2) dot += o[i] * g[i] + o[i + 1] * g[i + 1];
         if (p.dq_accum != nullptr) {
             float4* dst = reinterpret_cast<float4*>(p.dq_accum + Rows::dq_accum_offset(p, seq, b, h, m) + lane * 8);
             dst[0] = dst[1] = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -75,13 +72,6 @@ __global__ void __launch_bounds__(128) flash_bwd_preprocess_kernel(const AttnPar
     }
 }
 
-// Eight floats as eight Elem, for one 16-byte store.
-template <typename Elem>
-__device__ __forceinline__ uint4 pack8(float4 lo, float4 hi) {
-    return make_uint4(Mma<Elem>::pack(lo.x, lo.y), Mma<Elem>::pack(lo.z, lo.w), Mma<Elem>::pack(hi.x, hi.y),
-                      Mma<Elem>::pack(hi.z, hi.w));
-}
-
 __device__ __forceinline__ void add4(float4& a, float4 b) {
     a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
 }
@@ -94,8 +84,8 @@ __global__ void __launch_bounds__(128) flash_bwd_convert_dq_kernel(const AttnPar
     if (!row.locate(static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32, p) || lane * 8 >= p.head_dim) return;
     const float4* src = reinterpret_cast<const float4*>(
         p.dq_accum + Rows::dq_accum_offset(p, row.seq, row.batch, row.head, row.query) + lane * 8);
-    *reinterpret_cast<uint4*>(p.dq + row_offset(p.dq_str, row.batch, row.head, row.seq.q0 + row.query) + lane * 8) =
-        pack8<Elem>(src[0], src[1]);
+    Mma<Elem>::store8(elems<Elem>(p.dq) + row_offset(p.dq_str, row.batch, row.head, row.seq.q0 + row.query) + lane * 8,
+                      src[0], src[1]);
 }
 
 // One warp per (batch, key, K/V head) row: dK and dV (Elem, any row strides, 16-byte aligned) as the sums, in split
@@ -117,10 +107,8 @@ __global__ void __launch_bounds__(128) flash_bwd_reduce_dkdv_kernel(const AttnPa
         const float4* dv_s = reinterpret_cast<const float4*>(dv_src + s * p.head_dim);
         add4(dk_lo, dk_s[0]), add4(dk_hi, dk_s[1]), add4(dv_lo, dv_s[0]), add4(dv_hi, dv_s[1]);
     }
-    *reinterpret_cast<uint4*>(p.dk + row_offset(p.dk_str, batch, kv_head, seq.k0 + key) + lane * 8) =
-        pack8<Elem>(dk_lo, dk_hi);
-    *reinterpret_cast<uint4*>(p.dv + row_offset(p.dv_str, batch, kv_head, seq.k0 + key) + lane * 8) =
-        pack8<Elem>(dv_lo, dv_hi);
+    Mma<Elem>::store8(elems<Elem>(p.dk) + row_offset(p.dk_str, batch, kv_head, seq.k0 + key) + lane * 8, dk_lo, dk_hi);
+    Mma<Elem>::store8(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, kv_head, seq.k0 + key) + lane * 8, dv_lo, dv_hi);
 }
 
 // dQ[rows] += scale * dS K for one warp's share of this step's dQ: query rows [row0, row0 + 16*ROW_TILES), head-dim
@@ -150,10 +138,11 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
 // Dynamic shared memory of the dK/dV kernel: K, V, P^T, dS^T (BLOCK_N x BLOCK_M), then STAGES Q tiles, STAGES dO tiles,
 // STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's
 // bwd_smem_bytes computes the same number.
-template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
-    return 2 * SmemTile<BLOCK_N, HEAD_DIM>::BYTES + 2 * SmemTile<BLOCK_N, BLOCK_M>::BYTES +
-           2 * STAGES * SmemTile<BLOCK_M, HEAD_DIM>::BYTES + STAGES * 2 * BLOCK_M * 4 +
+    using S = typename Mma<Elem>::Storage;
+    return 2 * SmemTile<BLOCK_N, HEAD_DIM, S>::BYTES + 2 * SmemTile<BLOCK_N, BLOCK_M, S>::BYTES +
+           2 * STAGES * SmemTile<BLOCK_M, HEAD_DIM, S>::BYTES + STAGES * 2 * BLOCK_M * 4 +
            STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
@@ -165,7 +154,7 @@ __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 128, int WARPS = 8,
           int STAGES = 2, int MIN_BLOCKS = 1, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows, bool ATOMIC_DQ = true, int D_SPLIT = 2,
-          int SMEM_BYTES = bwd_dkdv_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
+          int SMEM_BYTES = bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int KEY_WARPS = WARPS / D_SPLIT;
@@ -182,12 +171,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     static_assert(WARPS % D_SPLIT == 0 && BLOCK_N % (16 * KEY_WARPS) == 0 && STAGES >= 2, "key rows per warp");
     static_assert(WARP_QUERIES % 16 == 0 && WARP_D % 16 == 0, "queries and head dim split in n16 pairs");
     static_assert(WARPS % DQ_ROW_WARPS == 0 && DQ_COLS % 16 == 0, "dQ split over warps");
-    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(),
+    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(),
                   "Python's smem formula");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
-    using KVTile = SmemTile<BLOCK_N, HEAD_DIM>;
-    using QTile = SmemTile<BLOCK_M, HEAD_DIM>;
-    using PTile = SmemTile<BLOCK_N, BLOCK_M>;  // P^T and dS^T: key rows x query columns
+    using S = typename Mma<Elem>::Storage;
+    using KVTile = SmemTile<BLOCK_N, HEAD_DIM, S>;
+    using QTile = SmemTile<BLOCK_M, HEAD_DIM, S>;
+    using PTile = SmemTile<BLOCK_N, BLOCK_M, S>;  // P^T and dS^T: key rows x query columns
 
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + 2 * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
@@ -195,10 +185,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
     extern __shared__ uint4 smem_raw[];
     char* smem = reinterpret_cast<char*>(smem_raw);
-    u16* sK = reinterpret_cast<u16*>(smem);
-    u16* sV = sK + KVTile::ELEMS;
-    u16* sP = reinterpret_cast<u16*>(smem + P_OFF);
-    u16* sdS = sP + PTile::ELEMS;
+    S* sK = reinterpret_cast<S*>(smem);
+    S* sV = sK + KVTile::ELEMS;
+    S* sP = reinterpret_cast<S*>(smem + P_OFF);
+    S* sdS = sP + PTile::ELEMS;
     const u32 sK_addr = smem_addr(smem), sV_addr = sK_addr + KVTile::BYTES;
     const u32 sP_addr = sK_addr + P_OFF, sdS_addr = sP_addr + PTile::BYTES;
     const u32 sQ_addr = sK_addr + Q_OFF, sdO_addr = sK_addr + DO_OFF, sRow_addr = sK_addr + ROW_OFF;
@@ -255,10 +245,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const int s = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(s), m0 = step_tile(s) * BLOCK_M;
         load_tile_async<QTile, THREADS>(sQ_addr + stage * QTile::BYTES,
-                                        p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
+                                        elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
                                         seqlen_q - m0, head_dim);
         load_tile_async<QTile, THREADS>(sdO_addr + stage * QTile::BYTES,
-                                        p.dout + row_offset(p.do_str, batch, head, seq.q0 + m0), p.do_str.seq,
+                                        elems<Elem>(p.dout) + row_offset(p.do_str, batch, head, seq.q0 + m0),
+                                        p.do_str.seq,
                                         seqlen_q - m0, head_dim);
         const i64 rows = row_values_offset(p, batch, head) + m0;
         load_row_values_async<BLOCK_M, THREADS>(sRow_addr + stage * 2 * BLOCK_M * 4, p.lse2 + rows, seqlen_q - m0);
@@ -270,10 +261,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, entry);
     };
 
-    load_tile_async<KVTile, THREADS>(sK_addr, p.k + row_offset(p.k_str, batch, kv_head, seq.k0 + n0), p.k_str.seq,
-                                     seqlen_k - n0, head_dim);
-    load_tile_async<KVTile, THREADS>(sV_addr, p.v + row_offset(p.v_str, batch, kv_head, seq.k0 + n0), p.v_str.seq,
-                                     seqlen_k - n0, head_dim);
+    load_tile_async<KVTile, THREADS>(sK_addr, elems<Elem>(p.k) + row_offset(p.k_str, batch, kv_head, seq.k0 + n0),
+                                     p.k_str.seq, seqlen_k - n0, head_dim);
+    load_tile_async<KVTile, THREADS>(sV_addr, elems<Elem>(p.v) + row_offset(p.v_str, batch, kv_head, seq.k0 + n0),
+                                     p.v_str.seq, seqlen_k - n0, head_dim);
     // The entry of the next step to load. Each step's end finds it from the entry its load stashed, so that it is
     // live from there to the next load only, not across the products (at the largest tiles that register spills).
     int next_load = Tiles::SKIPS ? entry_after(-2) : 0;  // -2: the entry before dense step 0
@@ -405,23 +396,24 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     stage_accum_in_smem<Elem, KVTile>(sV + d_col0, warp_key0, acc_dv, lane);
     stage_accum_in_smem<Elem, KVTile>(sK + d_col0, warp_key0, acc_dk, scales, lane);
     __syncthreads();
-    store_tile<KVTile, THREADS>(p.dv + row_offset(p.dv_str, batch, Block::slot(), seq.k0 + n0), sV, p.dv_str.seq,
-                                seqlen_k - n0, head_dim);
-    store_tile<KVTile, THREADS>(p.dk + row_offset(p.dk_str, batch, Block::slot(), seq.k0 + n0), sK, p.dk_str.seq,
-                                seqlen_k - n0, head_dim);
+    store_tile<KVTile, THREADS>(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, Block::slot(), seq.k0 + n0), sV,
+                                p.dv_str.seq, seqlen_k - n0, head_dim);
+    store_tile<KVTile, THREADS>(elems<Elem>(p.dk) + row_offset(p.dk_str, batch, Block::slot(), seq.k0 + n0), sK,
+                                p.dk_str.seq, seqlen_k - n0, head_dim);
 }
 
 // Dynamic shared memory of the dQ kernel: Q and dO tiles plus STAGES K and V tiles and STAGES bias tiles.
-template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
 __host__ __device__ constexpr int bwd_dq_smem_bytes() {
-    return 2 * SmemTile<BLOCK_M, HEAD_DIM>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM>::BYTES +
+    using S = typename Mma<Elem>::Storage;
+    return 2 * SmemTile<BLOCK_M, HEAD_DIM, S>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM, S>::BYTES +
            STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 64, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows,
-          int SMEM_BYTES = bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
+          int SMEM_BYTES = bwd_dq_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
@@ -429,13 +421,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
-    static_assert(SMEM_BYTES == bwd_dq_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(), "Python's smem formula");
+    static_assert(SMEM_BYTES == bwd_dq_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(),
+                  "Python's smem formula");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
-    using QTile = SmemTile<BLOCK_M, HEAD_DIM>;
-    using KVTile = SmemTile<BLOCK_N, HEAD_DIM>;
+    using S = typename Mma<Elem>::Storage;
+    using QTile = SmemTile<BLOCK_M, HEAD_DIM, S>;
+    using KVTile = SmemTile<BLOCK_N, HEAD_DIM, S>;
 
     extern __shared__ uint4 smem_raw[];
-    u16* sQ = reinterpret_cast<u16*>(smem_raw);  // later reused to stage dQ on its way out
+    S* sQ = reinterpret_cast<S*>(smem_raw);  // later reused to stage dQ on its way out
     const u32 sQ_addr = smem_addr(sQ), sdO_addr = sQ_addr + QTile::BYTES;
     const u32 sK_addr = sdO_addr + QTile::BYTES, sV_addr = sK_addr + STAGES * KVTile::BYTES;
     const u32 sBias_addr = sV_addr + STAGES * KVTile::BYTES;  // STAGES bias tiles
@@ -466,15 +460,17 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     // of 96 and up spill even with the K/V head held across the loop, so those recompute the address (and the
     // head) for every tile.
     constexpr bool HOLD_KV_BASE = HEAD_DIM <= 64;
-    const u16* k_base = HOLD_KV_BASE ? p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
-    const u16* v_base = HOLD_KV_BASE ? p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
+    const S* k = elems<Elem>(p.k);
+    const S* v = elems<Elem>(p.v);
+    const S* k_base = HOLD_KV_BASE ? k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
+    const S* v_base = HOLD_KV_BASE ? v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0) : nullptr;
     auto load_kv = [&](int t, int entry) {  // entry: step t's walk entry (Tiles::SKIPS)
         const int tile = Tiles::SKIPS ? entry >> 1 : key_tiles.x + t;
         const int n0 = tile * BLOCK_N, stage = t % STAGES;
-        const u16* k_rows = HOLD_KV_BASE ? k_base + n0 * p.k_str.seq
-                                         : p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0 + n0);
-        const u16* v_rows = HOLD_KV_BASE ? v_base + n0 * p.v_str.seq
-                                         : p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0 + n0);
+        const S* k_rows = HOLD_KV_BASE ? k_base + n0 * p.k_str.seq
+                                       : k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0 + n0);
+        const S* v_rows = HOLD_KV_BASE ? v_base + n0 * p.v_str.seq
+                                       : v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0 + n0);
         load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_rows, p.k_str.seq, seqlen_k - n0,
                                          head_dim);
         load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_rows, p.v_str.seq, seqlen_k - n0,
@@ -487,9 +483,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
             if (threadIdx.x == 0) Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
         }
     };
-    load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
+    load_tile_async<QTile, THREADS>(sQ_addr, elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0),
+                                    p.q_str.seq,
                                     seqlen_q - m0, head_dim);
-    load_tile_async<QTile, THREADS>(sdO_addr, p.dout + row_offset(p.do_str, batch, head, seq.q0 + m0), p.do_str.seq,
+    load_tile_async<QTile, THREADS>(sdO_addr, elems<Elem>(p.dout) + row_offset(p.do_str, batch, head, seq.q0 + m0),
+                                    p.do_str.seq,
                                     seqlen_q - m0, head_dim);
     int first_entries = Tiles::SKIPS ? tiles.first_entry(key_tiles.x, key_tiles.y) : 0;
     #pragma unroll
@@ -557,7 +555,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                 }
 
         // dQ += dS K (K stored key-major: B of this product is k-major)
-        u32 ds_frag[M_TILES][N_TILES / 2][4];
+        u32 ds_frag[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
         gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, ds_frag, sK_t, lane);
     }
@@ -571,8 +569,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         for (int r = 0; r < 2; ++r) scales[mt][r] = p.softmax_scale;
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, scales, lane);
     __syncthreads();
-    store_tile<QTile, THREADS>(p.dq + row_offset(p.dq_str, batch, head, seq.q0 + m0), sQ, p.dq_str.seq, seqlen_q - m0,
-                               head_dim);
+    store_tile<QTile, THREADS>(elems<Elem>(p.dq) + row_offset(p.dq_str, batch, head, seq.q0 + m0), sQ, p.dq_str.seq,
+                               seqlen_q - m0, head_dim);
 }
 
 }  // namespace cf

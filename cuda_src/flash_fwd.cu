@@ -18,16 +18,17 @@ namespace cf {
 
 // Dynamic shared memory: a Q tile (reused to stage O), STAGES K and V tiles, and STAGES bias tiles (none without a
 // bias). Python's fwd_smem_bytes computes the same number and passes it as SMEM_BYTES, which the kernel checks.
-template <int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
 __host__ __device__ constexpr int fwd_smem_bytes() {
-    return SmemTile<BLOCK_M, HEAD_DIM>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM>::BYTES +
+    using S = typename Mma<Elem>::Storage;
+    return SmemTile<BLOCK_M, HEAD_DIM, S>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM, S>::BYTES +
            STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows,
-          int SMEM_BYTES = fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
+          int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
@@ -35,13 +36,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
-    static_assert(SMEM_BYTES == fwd_smem_bytes<HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(), "Python's smem formula");
+    static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(),
+                  "Python's smem formula");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
-    using QTile = SmemTile<BLOCK_M, HEAD_DIM>;
-    using KVTile = SmemTile<BLOCK_N, HEAD_DIM>;
+    using S = typename Mma<Elem>::Storage;
+    using QTile = SmemTile<BLOCK_M, HEAD_DIM, S>;
+    using KVTile = SmemTile<BLOCK_N, HEAD_DIM, S>;
 
     extern __shared__ uint4 smem_raw[];
-    u16* sQ = reinterpret_cast<u16*>(smem_raw);    // later reused to stage O on its way out
+    S* sQ = reinterpret_cast<S*>(smem_raw);    // later reused to stage O on its way out
     const u32 sQ_addr = smem_addr(sQ);
     const u32 sK_addr = sQ_addr + QTile::BYTES;    // STAGES K tiles, then STAGES V tiles
     const u32 sV_addr = sK_addr + STAGES * KVTile::BYTES;
@@ -56,8 +59,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     const Seq seq = Rows::of(p, batch);
     const int m0 = m_block * BLOCK_M;
     if (Rows::PACKED && m0 >= seq.seqlen_q) return;  // packed batches: the grid covers the longest entry
-    const u16* k_bh = p.k + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0);
-    const u16* v_bh = p.v + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0);
+    const S* k_bh = elems<Elem>(p.k) + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0);
+    const S* v_bh = elems<Elem>(p.v) + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0);
     const int warp_row0 = warp * ROWS_PER_WARP;
     const int seqlen_k = seq.seqlen_k;
     const Mask mask(p, seq);
@@ -90,8 +93,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         }
     };
 
-    load_tile_async<QTile, THREADS>(sQ_addr, p.q + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
-                                    seq.seqlen_q - m0, p.head_dim);
+    load_tile_async<QTile, THREADS>(sQ_addr, elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0),
+                                    p.q_str.seq, seq.seqlen_q - m0, p.head_dim);
     int first_entries = Tiles::SKIPS ? tiles.last_entry(key_tiles.y - 1, key_tiles.x) : 0;
     #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
@@ -137,7 +140,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         softmax.update(s, acc, p.scale_log2);
 
         // acc += P V
-        u32 pf[M_TILES][N_TILES / 2][4];
+        u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(pf, s);
         gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, pf, sV_t, lane);
     }
@@ -158,7 +161,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         }
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
     __syncthreads();
-    store_tile<QTile, THREADS>(p.out + row_offset(p.o_str, batch, head, seq.q0 + m0), sQ, p.o_str.seq,
+    store_tile<QTile, THREADS>(elems<Elem>(p.out) + row_offset(p.o_str, batch, head, seq.q0 + m0), sQ, p.o_str.seq,
                                seq.seqlen_q - m0, p.head_dim);
 }
 

@@ -5,7 +5,7 @@
 // The output words must be zero on entry: blocks set their bits with atomicOr. A mask broadcast along the
 // columns (cols == 1) has one column tile of data, which stands for all col_tiles tiles of the summary row. The
 // Elem parameter only keeps the kernel naming uniform.
-#include "mma_sm80.cuh"
+#include "mma_tf32.cuh"
 
 namespace cf {
 

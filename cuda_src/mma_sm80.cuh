@@ -1,6 +1,6 @@
 // Warp-level tensor-core and async-copy primitives for sm_80 and later, as inline PTX so that NVRTC
-// needs no CUDA headers. Elements travel as raw 16-bit patterns; the element type is a tag (f16 / bf16)
-// that only selects the PTX instruction.
+// needs no CUDA headers. Elements travel as raw bit patterns; the element type is a tag (f16, bf16; tf32 and f32x3
+// in mma_tf32.cuh) whose Mma<Elem> selects the PTX instructions and conversions.
 #pragma once
 
 namespace cf {
@@ -29,6 +29,18 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
 
+// Shared-memory reads by 32-bit shared-window address (as the kernels hold their tiles).
+__device__ __forceinline__ u32 lds_u32(u32 addr) {
+    u32 v;
+    asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(v) : "r"(addr));
+    return v;
+}
+__device__ __forceinline__ u32 lds_u16(u32 addr) {
+    unsigned short v;
+    asm volatile("ld.shared.b16 %0, [%1];\n" : "=h"(v) : "r"(addr));
+    return v;
+}
+
 // ---- ldmatrix: four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i
 __device__ __forceinline__ void ldmatrix_x4(u32 (&r)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -39,9 +51,45 @@ __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&r)[4], u32 addr) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
 }
 
-// ---- D += A(16x16, row) * B(16x8, col), fp32 accumulate
+// ---- Element types. Mma<Elem> is everything the warp products need of one: its storage type in memory, the k of
+// one product (one k step is 32 bytes of each operand row whatever the element), how fragment registers as loaded
+// become operands, the product itself, and the conversions between fp32 values and storage. This header has the
+// 16-bit ones; mma_tf32.cuh the float32 ones.
 template <typename Elem> struct Mma;
-template <> struct Mma<f16> {
+
+// The parts the 16-bit elements share: registers are operands as loaded, and D += A(16x16, row) * B(16x8, col)
+// with fp32 accumulation is one instruction (Mma<Elem>::run on raw registers).
+template <typename Elem>
+struct Mma16 {
+    using Storage = u16;
+    static constexpr int K_STEP = 16;
+    struct Operand { u32 r[4]; };
+    static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) { return {{r[0], r[1], r[2], r[3]}}; }
+    // d += a b, b being n-tile `half` (0 or 1) of a B pair (load_b_pair_*)
+    static __device__ __forceinline__ void run(float (&d)[4], const Operand& a, const Operand& b, int half) {
+        Mma<Elem>::run(d, a.r, b.r[2 * half], b.r[2 * half + 1]);
+    }
+    static __device__ __forceinline__ void store_pair(Storage* at, float x, float y) {
+        *reinterpret_cast<u32*>(at) = Mma<Elem>::pack(x, y);
+    }
+    // Eight consecutive elements at a 16-byte aligned address, as floats, and back.
+    static __device__ __forceinline__ void load8(const Storage* at, float (&x)[8]) {
+        const uint4 v = *reinterpret_cast<const uint4*>(at);
+        const u32 w[4] = {v.x, v.y, v.z, v.w};
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 f = Mma<Elem>::unpack(w[i]);
+            x[2 * i] = f.x, x[2 * i + 1] = f.y;
+        }
+    }
+    static __device__ __forceinline__ void store8(Storage* at, float4 lo, float4 hi) {
+        *reinterpret_cast<uint4*>(at) = make_uint4(Mma<Elem>::pack(lo.x, lo.y), Mma<Elem>::pack(lo.z, lo.w),
+                                                   Mma<Elem>::pack(hi.x, hi.y), Mma<Elem>::pack(hi.z, hi.w));
+    }
+};
+
+template <> struct Mma<f16> : Mma16<f16> {
+    using Mma16<f16>::run;
     static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
                      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -61,7 +109,8 @@ template <> struct Mma<f16> {
         return f;
     }
 };
-template <> struct Mma<bf16> {
+template <> struct Mma<bf16> : Mma16<bf16> {
+    using Mma16<bf16>::run;
     static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
                      "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -77,6 +126,16 @@ template <> struct Mma<bf16> {
         return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
     }
 };
+
+// A tensor's elements from a params pointer (params.cuh keeps them untyped: one struct serves every element type).
+template <typename Elem>
+__device__ __forceinline__ const typename Mma<Elem>::Storage* elems(const void* p) {
+    return static_cast<const typename Mma<Elem>::Storage*>(p);
+}
+template <typename Elem>
+__device__ __forceinline__ typename Mma<Elem>::Storage* elems(void* p) {
+    return static_cast<typename Mma<Elem>::Storage*>(p);
+}
 
 // An m16n8 fp32 accumulator fragment scaled by `scale` into a row-major fp32 array whose element (0, 0) is at dst
 // (rows row_stride apart): f(address, x, y) for each lane's pairs of adjacent columns in its two rows, skipping rows

@@ -11,18 +11,19 @@ struct Strides {  // in elements; the head dim is contiguous
 
 struct AttnParams {
     // Device pointers first: Python refreshes all of them per call with one write through a u64 view.
-    const u16* q;
-    const u16* k;
-    const u16* v;
-    u16* out;
+    // q, k, v, out, dout, dq, dk, dv hold the kernel's element type (mma_sm80.cuh elems<Elem> reads them).
+    const void* q;
+    const void* k;
+    const void* v;
+    void* out;
     float* lse;                 // (batch, nheads, seqlen_q), natural log
-    const u16* dout;
+    const void* dout;
     float* lse2;                // backward: lse in log2 units, rows of row_pitch floats per (batch, head)
     float* delta;               // backward: rowsum(dO o O), same rows
     float* dq_accum;            // backward: fp32 (batch, seqlen_q, nheads, head_dim) for atomic dQ, or null
-    u16* dq;
-    u16* dk;
-    u16* dv;
+    void* dq;
+    void* dk;
+    void* dv;
     const float* alibi_slopes;  // ScoreMod<_, true>: slope of (batch, head) at batch * alibi_batch_stride + head
     float* dkv_partial;         // backward, kv_splits > 1: fp32 partial dK, then dV (coords.cuh dkv_partial_offset)
     const int* cu_seqlens_q;    // PackedRows (varlen): batch + 1 row offsets into q, out and lse

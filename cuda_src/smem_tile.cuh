@@ -1,24 +1,28 @@
-// A ROWS x HEAD_DIM tile of 16-bit elements in shared memory, and the cooperative copies that fill it
+// A ROWS x HEAD_DIM tile of elements (16-bit, or float32) in shared memory, and the cooperative copies that fill it
 // from global memory and drain it back.
 #pragma once
 #include "mma_sm80.cuh"
 
 namespace cf {
 
-// Rows are padded by one 16-byte chunk: HEAD_DIM/8 + 1 chunks per row is odd (HEAD_DIM is a multiple of 16),
+// Rows are padded by one 16-byte chunk: HEAD_DIM/CHUNK + 1 chunks per row is odd (HEAD_DIM is a multiple of 16),
 // so the 8 row addresses of an ldmatrix phase fall in 8 different 16-byte bank groups, for every head dim
 // (an XOR swizzle would need a power-of-two number of chunks per row, which 96, 160, 224 are not).
-template <int ROWS, int HEAD_DIM>
+template <int ROWS, int HEAD_DIM, typename T = u16>
 struct SmemTile {
     static_assert(HEAD_DIM % 16 == 0, "head dim tile must be a multiple of 16");
+    using Storage = T;
     static constexpr int ROW_COUNT = ROWS;
-    static constexpr int STRIDE = HEAD_DIM + 8;        // elements per padded row
+    static constexpr int CHUNK = 16 / sizeof(T);           // elements per 16-byte chunk
+    static constexpr int STRIDE = HEAD_DIM + CHUNK;        // elements per padded row
     static constexpr int ELEMS = ROWS * STRIDE;
-    static constexpr int CHUNKS_PER_ROW = HEAD_DIM / 8; // 16-byte chunks that hold data
+    static constexpr int CHUNKS_PER_ROW = HEAD_DIM / CHUNK; // 16-byte chunks that hold data
     static __device__ __forceinline__ int offset(int row, int col) { return row * STRIDE + col; }
-    static constexpr int BYTES = ELEMS * 2;
+    static constexpr int BYTES = ELEMS * static_cast<int>(sizeof(T));
     // Byte offset, for 32-bit shared addresses.
-    static __device__ __forceinline__ u32 byte_offset(int row, int col) { return 2u * (row * STRIDE + col); }
+    static __device__ __forceinline__ u32 byte_offset(int row, int col) {
+        return static_cast<u32>(sizeof(T)) * (row * STRIDE + col);
+    }
 };
 
 // Each thread owns one 16-byte column chunk and walks rows ROWS_PER_PASS apart, so a copy needs one running
@@ -31,7 +35,7 @@ struct TileCopy {
     // Threads past ROWS_PER_PASS * CHUNKS_PER_ROW idle (only when the chunk count does not divide THREADS).
     static __device__ __forceinline__ bool active() { return threadIdx.x < ROWS_PER_PASS * Tile::CHUNKS_PER_ROW; }
     static __device__ __forceinline__ int row() { return threadIdx.x / Tile::CHUNKS_PER_ROW; }
-    static __device__ __forceinline__ int col() { return threadIdx.x % Tile::CHUNKS_PER_ROW * 8; }
+    static __device__ __forceinline__ int col() { return threadIdx.x % Tile::CHUNKS_PER_ROW * Tile::CHUNK; }
     static __device__ __forceinline__ bool row_in_tile(int r) {
         return Tile::ROW_COUNT % ROWS_PER_PASS == 0 || r < Tile::ROW_COUNT;
     }
@@ -40,14 +44,14 @@ struct TileCopy {
 // gmem points at row 0 of this tile for one (batch, head); rows >= rows_valid and columns >= head_dim are
 // zero-filled instead of read, so partial tiles never touch memory past the tensor and never hold garbage.
 template <typename Tile, int THREADS>
-__device__ __forceinline__ void load_tile_async(u32 smem, const u16* gmem, i64 row_stride, int rows_valid,
-                                                int head_dim) {
+__device__ __forceinline__ void load_tile_async(u32 smem, const typename Tile::Storage* gmem, i64 row_stride,
+                                                int rows_valid, int head_dim) {
     using C = TileCopy<Tile, THREADS>;
     if (!C::active()) return;
     const int col = C::col();
     const bool col_ok = col < head_dim;
     int r = C::row();
-    const u16* src = gmem + r * row_stride + col;
+    const typename Tile::Storage* src = gmem + r * row_stride + col;
     const i64 pass_stride = C::ROWS_PER_PASS * row_stride;
     #pragma unroll
     for (int pass = 0; pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS, src += pass_stride) {
@@ -60,13 +64,13 @@ __device__ __forceinline__ void load_tile_async(u32 smem, const u16* gmem, i64 r
 
 // Shared -> global with 16-byte stores; only rows < rows_valid and columns < head_dim are written.
 template <typename Tile, int THREADS>
-__device__ __forceinline__ void store_tile(u16* gmem, const u16* smem, i64 row_stride, int rows_valid,
-                                           int head_dim) {
+__device__ __forceinline__ void store_tile(typename Tile::Storage* gmem, const typename Tile::Storage* smem,
+                                           i64 row_stride, int rows_valid, int head_dim) {
     using C = TileCopy<Tile, THREADS>;
     if (!C::active()) return;
     const int col = C::col();
     int r = C::row();
-    u16* dst = gmem + r * row_stride + col;
+    typename Tile::Storage* dst = gmem + r * row_stride + col;
     const i64 pass_stride = C::ROWS_PER_PASS * row_stride;
     #pragma unroll
     for (int pass = 0; pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS, dst += pass_stride)

@@ -2,14 +2,15 @@
 // such inputs are copied into a contiguous buffer whose head dim is zero-padded to the next multiple of 8, and the
 // results are copied back at the caller's width. One kernel does both directions: it copies the (batch, seq, head)
 // rows of src into dst, columns [0, dst_dim), zeros where src has no column (c >= src_dim). One warp per row, the
-// lanes on consecutive columns; 16-bit elements move as raw bits, so one instance per element size would do (the
-// Elem parameter only keeps the kernel naming uniform).
-#include "mma_sm80.cuh"
+// lanes on consecutive columns; elements move as raw bits of Elem's storage (one instance per element size would do;
+// the Elem parameter keeps the kernel naming uniform).
+#include "mma_tf32.cuh"
 
 namespace cf {
 
 template <typename Elem = f16>
-__global__ void __launch_bounds__(128) flash_copy_rows_kernel(const u16* src, u16* dst, i64 rows, int seqlen,
+__global__ void __launch_bounds__(128) flash_copy_rows_kernel(const typename Mma<Elem>::Storage* src,
+                                                              typename Mma<Elem>::Storage* dst, i64 rows, int seqlen,
                                                               int nheads, i64 src_batch, i64 src_seq, i64 src_head,
                                                               i64 dst_batch, i64 dst_seq, i64 dst_head, int src_dim,
                                                               int dst_dim) {
@@ -19,9 +20,10 @@ __global__ void __launch_bounds__(128) flash_copy_rows_kernel(const u16* src, u1
     const i64 batch_seq = row / nheads;
     const int seq = batch_seq % seqlen;
     const i64 batch = batch_seq / seqlen;
-    const u16* in = src + batch * src_batch + seq * src_seq + head * src_head;
-    u16* out = dst + batch * dst_batch + seq * dst_seq + head * dst_head;
-    for (int c = threadIdx.x % 32; c < dst_dim; c += 32) out[c] = c < src_dim ? in[c] : u16(0);
+    using S = typename Mma<Elem>::Storage;
+    const S* in = src + batch * src_batch + seq * src_seq + head * src_head;
+    S* out = dst + batch * dst_batch + seq * dst_seq + head * dst_head;
+    for (int c = threadIdx.x % 32; c < dst_dim; c += 32) out[c] = c < src_dim ? in[c] : S(0);
 }
 
 }  // namespace cf

@@ -1,7 +1,9 @@
-// Warp-level matrix products on m16n8k16 tensor-core fragments. A warp owns M_TILES row tiles of 16 rows.
+// Warp-level matrix products on m16n8 tensor-core fragments (k16 for 16-bit elements, k8 for floats). A warp owns
+// M_TILES row tiles of 16 rows.
 // Accumulator fragment acc[mt][nt][e]: row = 16*mt + lane/4 + 8*(e/2), column = 8*nt + 2*(lane%4) + e%2.
 #pragma once
 #include "mma_sm80.cuh"
+#include "mma_tf32.cuh"
 #include "smem_tile.cuh"
 
 namespace cf {
@@ -41,105 +43,154 @@ __device__ __forceinline__ void for_each_pair(float (&c)[M_TILES][N_TILES][4], i
                   col0 + 8 * nt + 2 * (lane % 4));
 }
 
-// A fragment (16x16, row-major) of rows row0.., columns col0.. of a shared tile.
+// Fragment loads. One k step is 32 bytes of an operand row (16 16-bit elements, 8 floats) and loads the same way
+// for either: ldmatrix's 8x8 b16 matrices are 8 rows of 16 bytes, which for floats is the 8x4 block a TF32
+// fragment register takes from (lane -> row lane/4, element lane%4). Tile::CHUNK is the elements of 16 bytes.
+// Operands stored k-major are transposed by ldmatrix.trans for 16-bit elements; floats (which .trans would split)
+// are read one register at a time. When both operands of a float product come that way, their k index is paired
+// (PAIR_K): register 0 of the fragment takes k = 2*(lane%4) and register 1 the k after it, rather than lane%4 and
+// lane%4 + 4, which keeps the reads free of bank conflicts; since the product sums over k, any order common to A
+// and B gives the same result. accum_to_a_frags lays a float accumulator out as A in the paired order.
+
+// A fragment (16 rows x one k step, row-major) of rows row0.., columns col0.. of a shared tile.
 template <typename Tile>
 __device__ __forceinline__ void load_a_frag(u32 (&a)[4], u32 tile, int row0, int col0, int lane) {
-    ldmatrix_x4(a, tile + Tile::byte_offset(row0 + (lane & 15), col0 + (lane >> 4) * 8));
+    ldmatrix_x4(a, tile + Tile::byte_offset(row0 + (lane & 15), col0 + (lane >> 4) * Tile::CHUNK));
 }
 
 // The same A fragment from a tile stored k-major (row = k, column = m; as dS^T is for dQ = dS K).
 template <typename Tile>
 __device__ __forceinline__ void load_a_frag_kmajor(u32 (&a)[4], u32 tile, int row0, int col0, int lane) {
-    ldmatrix_x4_trans(a, tile + Tile::byte_offset(col0 + (lane & 7) + ((lane >> 4) & 1) * 8,
-                                                  row0 + ((lane >> 3) & 1) * 8));
+    if constexpr (Tile::CHUNK == 8) {
+        ldmatrix_x4_trans(a, tile + Tile::byte_offset(col0 + (lane & 7) + ((lane >> 4) & 1) * 8,
+                                                      row0 + ((lane >> 3) & 1) * 8));
+    } else {  // floats, k paired: a[0] (m, k), a[1] (m + 8, k), a[2] (m, k + 1), a[3] (m + 8, k + 1)
+        const u32 at = tile + Tile::byte_offset(col0 + 2 * (lane % 4), row0 + lane / 4);
+        a[0] = lds_u32(at);
+        a[1] = lds_u32(at + Tile::byte_offset(0, 8));
+        a[2] = lds_u32(at + Tile::byte_offset(1, 0));
+        a[3] = lds_u32(at + Tile::byte_offset(1, 8));
+    }
 }
 
-// B fragments for two n-tiles (n0..n0+15) over k0..k0+15 from a tile stored n-major (one row per n, as K is
-// for S = Q K^T): b[0..1] feed n-tile n0, b[2..3] feed n-tile n0+8.
+// B fragments for two n-tiles (n0..n0+15) over one k step from k0, from a tile stored n-major (one row per n, as K
+// is for S = Q K^T): b[0..1] feed n-tile n0, b[2..3] feed n-tile n0+8.
 template <typename Tile>
 __device__ __forceinline__ void load_b_pair_nmajor(u32 (&b)[4], u32 tile, int n0, int k0, int lane) {
-    ldmatrix_x4(b, tile + Tile::byte_offset(n0 + (lane & 7) + (lane >> 4) * 8, k0 + ((lane >> 3) & 1) * 8));
+    ldmatrix_x4(b, tile + Tile::byte_offset(n0 + (lane & 7) + (lane >> 4) * 8, k0 + ((lane >> 3) & 1) * Tile::CHUNK));
 }
 
 // The same from a tile stored k-major (one row per k, as V is for O = P V): transposed on load.
-template <typename Tile>
+template <typename Tile, bool PAIR_K = false>
 __device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], u32 tile, int n0, int k0, int lane) {
-    ldmatrix_x4_trans(b, tile + Tile::byte_offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
+    if constexpr (Tile::CHUNK == 8) {
+        ldmatrix_x4_trans(b, tile + Tile::byte_offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
+    } else {  // floats: b[0] (k, n), b[1] (k', n), b[2] (k, n + 8), b[3] (k', n + 8)
+        constexpr int NEXT_K = PAIR_K ? 1 : 4;
+        const u32 at = tile + Tile::byte_offset(k0 + (PAIR_K ? 2 : 1) * (lane % 4), n0 + lane / 4);
+        b[0] = lds_u32(at);
+        b[1] = lds_u32(at + Tile::byte_offset(NEXT_K, 0));
+        b[2] = lds_u32(at + Tile::byte_offset(0, 8));
+        b[3] = lds_u32(at + Tile::byte_offset(NEXT_K, 8));
+    }
 }
 
 // acc += A B over k = 0..K, A and B both read from shared memory: A = rows [a_m0, a_m0 + 16*M_TILES) of the
 // m x k product operand, B = columns [b_n0, b_n0 + 8*N_TILES) of the k x n operand. Each operand is stored either
 // one row per m (or n) index (S = Q K^T: Q and K are both stored that way) or one row per k index (*_KMAJOR; as dO
-// is for dV = P^T dO, and as dS^T and K are for dQ = dS K); k-major operands are transposed by ldmatrix.
+// is for dV = P^T dO, and as dS^T and K are for dQ = dS K); k-major operands are transposed on load.
 template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile, bool A_KMAJOR = false,
           bool B_KMAJOR = false>
 __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, u32 sB,
                                                int b_n0, int lane) {
-    static_assert(N_TILES % 2 == 0 && K % 16 == 0, "fragment pairs");
+    using Op = Mma<Elem>;
+    static_assert(N_TILES % 2 == 0 && K % Op::K_STEP == 0, "fragment pairs");
+    static_assert(!A_KMAJOR || B_KMAJOR || ATile::CHUNK == 8, "float A read k-major pairs k with a k-major B");
     #pragma unroll
-    for (int k0 = 0; k0 < K; k0 += 16) {
-        u32 a[M_TILES][4];
+    for (int k0 = 0; k0 < K; k0 += Op::K_STEP) {
+        typename Op::Operand a[M_TILES];
         #pragma unroll
         for (int mt = 0; mt < M_TILES; ++mt) {
-            if constexpr (A_KMAJOR) load_a_frag_kmajor<ATile>(a[mt], sA, a_m0 + 16 * mt, k0, lane);
-            else load_a_frag<ATile>(a[mt], sA, a_m0 + 16 * mt, k0, lane);
+            u32 r[4];
+            if constexpr (A_KMAJOR) load_a_frag_kmajor<ATile>(r, sA, a_m0 + 16 * mt, k0, lane);
+            else load_a_frag<ATile>(r, sA, a_m0 + 16 * mt, k0, lane);
+            a[mt] = Op::operand(r);
         }
         #pragma unroll
         for (int np = 0; np < N_TILES / 2; ++np) {
-            u32 b[4];
-            if constexpr (B_KMAJOR) load_b_pair_kmajor<BTile>(b, sB, b_n0 + 16 * np, k0, lane);
-            else load_b_pair_nmajor<BTile>(b, sB, b_n0 + 16 * np, k0, lane);
+            u32 r[4];
+            if constexpr (B_KMAJOR) load_b_pair_kmajor<BTile, A_KMAJOR>(r, sB, b_n0 + 16 * np, k0, lane);
+            else load_b_pair_nmajor<BTile>(r, sB, b_n0 + 16 * np, k0, lane);
+            const typename Op::Operand b = Op::operand(r);
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
-                Mma<Elem>::run(acc[mt][2 * np], a[mt], b[0], b[1]);
-                Mma<Elem>::run(acc[mt][2 * np + 1], a[mt], b[2], b[3]);
+                Op::run(acc[mt][2 * np], a[mt], b, 0);
+                Op::run(acc[mt][2 * np + 1], a[mt], b, 1);
             }
         }
     }
 }
 
-// acc += A B with A held in registers as packed fragments (one per 16 columns of K) and B = the first K rows
-// of sB, stored k-major (O += P V).
+// acc += A B with A held in registers as fragments from accum_to_a_frags (one per k step of K) and B = the first K
+// rows of sB, stored k-major (O += P V).
 template <typename Elem, int M_TILES, int N_TILES, int K, typename BTile>
 __device__ __forceinline__ void gemm_regs_smem_nn(float (&acc)[M_TILES][N_TILES][4],
-                                                  const u32 (&a)[M_TILES][K / 16][4], u32 sB, int lane) {
+                                                  const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB,
+                                                  int lane) {
+    using Op = Mma<Elem>;
     static_assert(N_TILES % 2 == 0, "fragment pairs");
     #pragma unroll
-    for (int kk = 0; kk < K / 16; ++kk) {
+    for (int kk = 0; kk < K / Op::K_STEP; ++kk) {
+        typename Op::Operand a_op[M_TILES];
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt) a_op[mt] = Op::operand(a[mt][kk]);
         #pragma unroll
         for (int np = 0; np < N_TILES / 2; ++np) {
-            u32 b[4];
-            load_b_pair_kmajor<BTile>(b, sB, 16 * np, 16 * kk, lane);
+            u32 r[4];
+            load_b_pair_kmajor<BTile, true>(r, sB, 16 * np, Op::K_STEP * kk, lane);
+            const typename Op::Operand b = Op::operand(r);
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
-                Mma<Elem>::run(acc[mt][2 * np], a[mt][kk], b[0], b[1]);
-                Mma<Elem>::run(acc[mt][2 * np + 1], a[mt][kk], b[2], b[3]);
+                Op::run(acc[mt][2 * np], a_op[mt], b, 0);
+                Op::run(acc[mt][2 * np + 1], a_op[mt], b, 1);
             }
         }
     }
 }
 
-// An fp32 accumulator (16 x 8*N_TILES per row tile) repacked as A fragments of 16-bit elements: the
-// accumulator layout of two adjacent n-tiles is exactly the A layout of one k16 step.
+// An fp32 accumulator (16 x 8*N_TILES per row tile) as A fragments: for 16-bit elements, packed, the accumulator
+// layout of two adjacent n-tiles being exactly the A layout of one k16 step; for floats, one n-tile per k8 step,
+// its registers in the paired k order (a lane's columns 2*(lane%4) and the next: see the fragment loads).
 template <typename Elem, int M_TILES, int N_TILES>
-__device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES / 2][4],
+__device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES * 8 / Mma<Elem>::K_STEP][4],
                                                  const float (&c)[M_TILES][N_TILES][4]) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt) {
-        #pragma unroll
-        for (int kk = 0; kk < N_TILES / 2; ++kk) {
-            a[mt][kk][0] = Mma<Elem>::pack(c[mt][2 * kk][0], c[mt][2 * kk][1]);
-            a[mt][kk][1] = Mma<Elem>::pack(c[mt][2 * kk][2], c[mt][2 * kk][3]);
-            a[mt][kk][2] = Mma<Elem>::pack(c[mt][2 * kk + 1][0], c[mt][2 * kk + 1][1]);
-            a[mt][kk][3] = Mma<Elem>::pack(c[mt][2 * kk + 1][2], c[mt][2 * kk + 1][3]);
+        if constexpr (Mma<Elem>::K_STEP == 16) {
+            #pragma unroll
+            for (int kk = 0; kk < N_TILES / 2; ++kk) {
+                a[mt][kk][0] = Mma<Elem>::pack(c[mt][2 * kk][0], c[mt][2 * kk][1]);
+                a[mt][kk][1] = Mma<Elem>::pack(c[mt][2 * kk][2], c[mt][2 * kk][3]);
+                a[mt][kk][2] = Mma<Elem>::pack(c[mt][2 * kk + 1][0], c[mt][2 * kk + 1][1]);
+                a[mt][kk][3] = Mma<Elem>::pack(c[mt][2 * kk + 1][2], c[mt][2 * kk + 1][3]);
+            }
+        } else {
+            #pragma unroll
+            for (int kk = 0; kk < N_TILES; ++kk) {
+                a[mt][kk][0] = __float_as_uint(c[mt][kk][0]);
+                a[mt][kk][1] = __float_as_uint(c[mt][kk][2]);
+                a[mt][kk][2] = __float_as_uint(c[mt][kk][1]);
+                a[mt][kk][3] = __float_as_uint(c[mt][kk][3]);
+            }
         }
     }
 }
 
 // Writes rows [row0, row0 + 16*M_TILES) of an accumulator, each row multiplied by row_scale(mt, r), into a shared
-// tile as 16-bit elements (the way out to global memory goes through shared memory for 16-byte stores).
+// tile as Elem's storage (the way out to global memory goes through shared memory for 16-byte stores).
 template <typename Elem, typename Tile, int M_TILES, int N_TILES, typename RowScale>
-__device__ __forceinline__ void stage_accum_in_smem_with(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
+__device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage* tile, int row0,
+                                                         const float (&acc)[M_TILES][N_TILES][4],
                                                          RowScale row_scale, int lane) {
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
@@ -149,22 +200,23 @@ __device__ __forceinline__ void stage_accum_in_smem_with(u16* tile, int row0, co
             const float scale = row_scale(mt, r);
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
-                *reinterpret_cast<u32*>(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4))) =
-                    Mma<Elem>::pack(acc[mt][nt][2 * r] * scale, acc[mt][nt][2 * r + 1] * scale);
+                Mma<Elem>::store_pair(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4)), acc[mt][nt][2 * r] * scale,
+                                      acc[mt][nt][2 * r + 1] * scale);
         }
 }
 
 // With one scale per row held by this thread (1/l_i for the forward's output, softmax_scale for dK).
 template <typename Elem, typename Tile, int M_TILES, int N_TILES>
-__device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
+__device__ __forceinline__ void stage_accum_in_smem(typename Tile::Storage* tile, int row0,
+                                                    const float (&acc)[M_TILES][N_TILES][4],
                                                     const float (&row_scale)[M_TILES][2], int lane) {
     stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [&](int mt, int r) { return row_scale[mt][r]; }, lane);
 }
 
 // Unscaled (dV; P^T and dS^T on their way to the other warps).
 template <typename Elem, typename Tile, int M_TILES, int N_TILES>
-__device__ __forceinline__ void stage_accum_in_smem(u16* tile, int row0, const float (&acc)[M_TILES][N_TILES][4],
-                                                    int lane) {
+__device__ __forceinline__ void stage_accum_in_smem(typename Tile::Storage* tile, int row0,
+                                                    const float (&acc)[M_TILES][N_TILES][4], int lane) {
     stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [](int, int) { return 1.f; }, lane);
 }
 

@@ -14,9 +14,9 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from ._kernels import load_source
-from .configs import DeviceLimits, all_variants, select_config
-from .families import BY_NAME, HELPER_KINDS, KINDS, MMA_SM80
-from .problem import Variant
+from .configs import DeviceLimits, NoConfigFits, all_variants, select_config
+from .families import BY_NAME, FAMILIES, HELPER_KINDS, KINDS, MMA_SM80
+from .problem import Variant, precisions_of
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -161,6 +161,13 @@ BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
                     Variant("bfloat16", "band", bias="bfloat16", bool_mask=True),
                     Variant("bfloat16", "band", bias="float32", dbias=True, bool_mask=True),
                     Variant("float16", "band", True, True, bias="float32", dbias=True, bool_mask=True))
+#: float32 inputs (the mma_tf32 family): each precision with every modifier, packed rows, a float32 bias with dbias
+#: and a mask, a 16-bit bias with a block-sparse mask, on every tile of every kind.
+FLOAT32 = (Variant("float32", "band", True, True, precision="highest"),
+           Variant("float32", "band", True, True, rows="packed", precision="tf32"),
+           Variant("float32", "band", True, True, bias="float32", dbias=True, bool_mask=True, precision="highest"),
+           Variant("float32", "band", bias="bfloat16", dbias=True, bool_mask=True, mask_blocks=True,
+                   precision="tf32"))
 #: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
 SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
                    Variant("float16", "none", bias="float16"), Variant("float16", "none", bool_mask=True),
@@ -172,25 +179,41 @@ def _kernel_instances(kind: str, full: bool, limits: DeviceLimits):
     with ``full`` of its full sweep (see kernel_instances)."""
     atomic_flags = (True, False) if kind == "bwd" else (False,)
     seen = set()
-    for family_name, kd, config in all_variants(kind):
+    for i, (family_name, kd, config) in enumerate(all_variants(kind)):
         fam = BY_NAME[family_name]
         for atomic in atomic_flags:
-            plain = [Variant(dtype, mask) for dtype in DTYPES for mask in ("none", "band")]
-            for variant in plain:
+            for variant in _plain_variants(fam, i):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in MODIFIED + PACKED + BIASED + SINGLE_POLICIES + (BIASED_FULL_ONLY if full else ()):
+    for variant in MODIFIED + PACKED + BIASED + FLOAT32 + SINGLE_POLICIES + (BIASED_FULL_ONLY if full else ()):
         every_tile = full and variant not in SINGLE_POLICIES
         used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or the GPU's choice
         for family_name, kd, config in all_variants(kind, variant):
+            if not BY_NAME[family_name].supports(limits.compute_capability, variant):
+                continue
             if every_tile:
                 used.setdefault((family_name, kd), []).append(config)
             elif (family_name, kd) not in used:
-                used[(family_name, kd)] = [select_config(kind, limits, kd, variant=variant)]
+                try:
+                    used[(family_name, kd)] = [select_config(kind, limits, kd, variant=variant)]
+                except NoConfigFits:  # none fits this arch's largest GPU: the call raises that, nothing to compile
+                    used[(family_name, kd)] = []
         for (family_name, kd), configs in used.items():
             fam = BY_NAME[family_name]
             for config, atomic in itertools.product(configs, atomic_flags):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
     return sorted(seen)
+
+
+def _plain_variants(family, index: int):
+    """Plain scores with and without the band mask in each of the family's 16-bit dtypes. float32 (each of whose
+    kernels compiles three times as long) takes one per tile, in turn with the table's entries (``index``):
+    precision "highest" unmasked or "tf32" with the band mask; FLOAT32 adds the other policies."""
+    for dtype in family.dtypes:
+        if dtype == "float32":
+            yield Variant(dtype, "none", precision="highest") if index % 2 == 0 else Variant(dtype, "band",
+                                                                                           precision="tf32")
+        else:
+            yield from (Variant(dtype, mask) for mask in ("none", "band"))
 
 
 def kernel_instances(full: bool = False, arch: str = "sm_90"):
@@ -204,8 +227,9 @@ def kernel_instances(full: bool = False, arch: str = "sm_90"):
     dispatcher may give them: register use is not monotonic in the variants, and a combination can spill where a
     heavier one does not."""
     out = [inst for kind in KINDS for inst in _kernel_instances(kind, full, ARCH_GPUS[arch])]
-    out += [(MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, None, 0, Variant(dtype, rows=rows)))
-            for kind in HELPER_KINDS for dtype in DTYPES for rows in ("dense", "packed")]
+    out += [(fam.sources[kind], fam.kernel_name(kind, None, 0, Variant(dtype, rows=rows, precision=p)))
+            for fam in FAMILIES for kind in HELPER_KINDS for dtype in fam.dtypes for p in precisions_of(dtype)
+            for rows in ("dense", "packed")]
     return list(dict.fromkeys(out))  # copy_rows has no row layout: one instance per dtype
 
 

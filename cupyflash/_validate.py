@@ -11,9 +11,10 @@ import numbers
 from dataclasses import dataclass
 
 from .configs import MAX_HEAD_DIM
-from .problem import BiasLayout, Problem, Variant, default_softmax_scale, mask_kind, normalize_window
+from .problem import (PRECISIONS, BiasLayout, Problem, Variant, default_softmax_scale, mask_kind,
+                      normalize_window)
 
-SUPPORTED_DTYPES = ("float16", "bfloat16")
+SUPPORTED_DTYPES = ("float16", "bfloat16", "float32")
 BIAS_DTYPES = ("float16", "bfloat16", "float32")
 _DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _MAX_GRID_YZ = 65535  # heads and batch index the grid's y and z dimensions (query tiles too with a bias)
@@ -78,7 +79,7 @@ def check_qkv(q: ArraySpec, k: ArraySpec, v: ArraySpec) -> AttentionShape:
         if len(a.shape) != 4:
             raise ValueError(f"{name} must have 4 dimensions {LAYOUT}; got shape {a.shape}")
         if a.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"{name} must be float16 or bfloat16 (ml_dtypes.bfloat16); got {a.dtype}")
+            raise TypeError(f"{name} must be float16, bfloat16 (ml_dtypes.bfloat16) or float32; got {a.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"q, k, v must share one dtype; got q {q.dtype}, k {k.dtype}, v {v.dtype}")
     if not (q.device == k.device == v.device):
@@ -133,6 +134,23 @@ def check_softcap(softcap) -> float:
     if not (math.isfinite(value) and value >= 0):
         raise ValueError(f"softcap must be finite and >= 0 (0 for off); got {softcap!r}")
     return value
+
+
+def check_precision(precision, dtype: str) -> str:
+    """The kernels' precision: for float32 inputs "highest" (the default: three TF32 passes, about fp32's accuracy)
+    or "tf32" (one pass); 16-bit inputs have one way to be multiplied, and take None only."""
+    if dtype != "float32":
+        if precision is not None:
+            raise ValueError(f"precision applies to float32 inputs ({' or '.join(map(repr, PRECISIONS))}); "
+                             f"{dtype} inputs are multiplied in {dtype} with float32 sums: pass precision=None, "
+                             f"got {precision!r}")
+        return ""
+    if precision is None:
+        return PRECISIONS[0]
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))} or None (= "
+                         f"{PRECISIONS[0]!r}) for float32 inputs; got {precision!r}")
+    return precision
 
 
 def check_dropout(dropout_p) -> None:
@@ -200,7 +218,7 @@ def check_bias(bias: ArraySpec, shape: AttentionShape, name: str = "bias") -> Bi
 
 def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, causal=False,
              window_size=(-1, -1), softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0,
-             bias: ArraySpec | None = None, mask: ArraySpec | None = None) -> Problem:
+             bias: ArraySpec | None = None, mask: ArraySpec | None = None, precision=None) -> Problem:
     """Every check of a call's arguments, and the frozen Problem they describe. The kernels read a boolean mask
     like a bias, as 0 / -inf, beside the additive bias if there is one."""
     shape = check_qkv(q, k, v)
@@ -214,7 +232,8 @@ def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, ca
     bias_layout = None if bias is None else check_bias(bias, shape)
     mask_layout = None if mask is None else check_bias(mask, shape, "mask")
     variant = Variant(shape.dtype, mask_kind(causal, window), softcap=cap > 0, alibi=alibi_slopes is not None,
-                      bias="none" if bias_layout is None else bias_layout.dtype, bool_mask=mask_layout is not None)
+                      bias="none" if bias_layout is None else bias_layout.dtype, bool_mask=mask_layout is not None,
+                      precision=check_precision(precision, shape.dtype))
     return Problem(shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.nheads_k, shape.head_dim,
                    shape.device, check_softmax_scale(softmax_scale, shape.head_dim), causal, window, cap,
                    alibi_stride, variant, bias=bias_layout, mask=mask_layout)
@@ -317,12 +336,12 @@ def check_cu_seqlens_values(name: str, offsets, total: int, max_seqlen: int) -> 
 
 def describe_varlen(q: ArraySpec, k: ArraySpec, v: ArraySpec, cu_q: ArraySpec, cu_k: ArraySpec,
                     max_seqlen_q, max_seqlen_k, *, softmax_scale=None, causal=False, window_size=(-1, -1),
-                    softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0) -> Problem:
+                    softcap=0.0, alibi_slopes: ArraySpec | None = None, dropout_p=0.0, precision=None) -> Problem:
     """describe() for flash-attn's packed variable-length layout (the cu_seqlens values are checked separately,
     since they change from call to call): batch = number of sequences, seqlen_q and seqlen_k = the max_seqlens."""
     q4, k4, v4 = (_packed_as_batch_of_one(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v")))
     dense = describe(q4, k4, v4, softmax_scale=softmax_scale, causal=causal, window_size=(-1, -1),
-                     softcap=softcap, dropout_p=dropout_p)
+                     softcap=softcap, dropout_p=dropout_p, precision=precision)
     batch = check_cu_seqlens(cu_q, cu_k, dense.device)
     for name, n in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0:
@@ -336,6 +355,6 @@ def describe_varlen(q: ArraySpec, k: ArraySpec, v: ArraySpec, cu_q: ArraySpec, c
     window = normalize_window(check_window(window_size), dense.causal, shape.seqlen_q, shape.seqlen_k)
     alibi_stride = 0 if alibi_slopes is None else check_alibi(alibi_slopes, shape)
     variant = Variant(q.dtype, mask_kind(dense.causal, window), softcap=dense.softcap > 0,
-                      alibi=alibi_slopes is not None, rows="packed")
+                      alibi=alibi_slopes is not None, rows="packed", precision=dense.variant.precision)
     return dataclasses.replace(dense, batch=batch, seqlen_q=shape.seqlen_q, seqlen_k=shape.seqlen_k, window=window,
                                alibi_batch_stride=alibi_stride, variant=variant, total_q=q.shape[0])

@@ -256,7 +256,8 @@ class _StreamFork:
 
 
 def _plan(arrays, alibi_slopes, bias, mask, given, key, *, softmax_scale, causal, window_size, softcap,
-          deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias=False, mask_blocks=None):
+          deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias=False, mask_blocks=None,
+          precision=None):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("dout", "q", "k", "v", "out", "lse")
     dout, q, k, v, out, lse = (as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -267,7 +268,8 @@ def _plan(arrays, alibi_slopes, bias, mask, given, key, *, softmax_scale, causal
     q_spec, k_spec, v_spec = (spec_of(x) for x in (q, k, v))
     problem = describe(q_spec, k_spec, v_spec, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi),
-                       bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask))
+                       bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask),
+                       precision=precision)
     if return_dbias:
         if bias is None:
             raise ValueError("return_dbias=True needs the bias whose gradient it returns (bias=None was given)")
@@ -295,7 +297,8 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
     limits = device_limits(problem.device)
     if atomic_dq is None:
         atomic_dq = not deterministic and use_atomic_dq(limits, problem.head_dim, problem.seqlen_q,
-                                                        problem.seqlen_k, problem.variant.mask != "none")
+                                                        problem.seqlen_k, problem.variant.mask != "none",
+                                                        problem.variant)
 
     def pick(variant):  # (dK/dV config, dQ config or None)
         picked = []
@@ -326,13 +329,13 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
 def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_size=(-1, -1),
                         softcap=0.0, alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None,
                         atomic_dq=None, config=None, dq_config=None, kv_splits=None, bias=None, mask=None,
-                        return_dbias=False):
+                        return_dbias=False, precision=None):
     """Gradients of ``out = flash_attn_func(q, k, v, ...)`` for the upstream gradient ``dout``.
 
     Args:
         dout: (batch, seqlen_q, nheads, headdim), q's dtype; any strides with the head dim contiguous.
-        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias, mask: exactly as given to the
-            forward.
+        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias, mask, precision: exactly as
+            given to the forward.
         return_dbias: also return the bias's gradient: float32, the bias's own shape as given (summed over its
             broadcast dims of size 1; a stride-0 dim of full size gets its per-index gradient). Deterministic with
             ``deterministic=True``; otherwise a bias of full queries and keys shared by batches or heads (e.g.
@@ -363,20 +366,21 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
     given = {"dq": dq, "dk": dk, "dv": dv}
     blocks = mask.blocks() if isinstance(mask, PreparedMask) else None
     key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias, unwrap(mask)), softmax_scale, causal, window_size,
-                    softcap, deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias, blocks)
+                    softcap, deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias, blocks, precision)
     plan = _PLANS.get(key)
     if plan is None:
         plan, arrays, alibi_slopes, bias, mask_array, given = _plan(
             (dout, q, k, v, out, lse), alibi_slopes, bias, unwrap(mask), given, key, softmax_scale=softmax_scale,
             causal=causal, window_size=window_size, softcap=softcap, deterministic=deterministic,
             atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias,
-            mask_blocks=blocks)
+            mask_blocks=blocks, precision=precision)
         mask = mask if isinstance(mask, PreparedMask) else mask_array
     return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias, mask)
 
 
 def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                   alibi_slopes=None, deterministic=False, *, bias=None, bias_requires_grad=False, mask=None):
+                   alibi_slopes=None, deterministic=False, *, bias=None, bias_requires_grad=False, mask=None,
+                   precision=None):
     """Forward pass plus a function that maps an upstream gradient to (dq, dk, dv).
 
     ``out, vjp = flash_attn_vjp(q, k, v, ...); dq, dk, dv = vjp(dout)``, with flash_attn_func's arguments. The
@@ -389,7 +393,7 @@ def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, win
         # one padded copy, if any, for the forward and backward; its blocks are looked for only if prepared
         mask = PreparedMask(as_cuda_array(mask, "mask"), find_blocks=False)
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-                   alibi_slopes=alibi_slopes, bias=bias, mask=mask)
+                   alibi_slopes=alibi_slopes, bias=bias, mask=mask, precision=precision)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)
 
     def vjp(dout):

@@ -124,7 +124,7 @@ def _cupy_dtype(name):
     if name == "bfloat16":
         import ml_dtypes  # only needed for bf16, so fp16 runs work without it
         return ml_dtypes.bfloat16
-    return cupy.float16
+    return cupy.float32 if name == "float32" else cupy.float16
 
 
 def make_inputs(batch, seqlen, nheads, headdim, dtype, lib="cupy", nheads_k=None):
@@ -233,8 +233,10 @@ def cupyflash_call(row, dtype, causal, direction):
     B, S, H, D = row["batch"], row["seqlen"], row["nheads"], row["D"]
     q, k, v = make_inputs(B, S, H, D, dtype, nheads_k=row.get("nheads_k"))
     kw = dict(causal=causal, **cupyflash_kwargs(row.get("variant_kw", {}), H))
+    if row["impl"] == "cupyflash-tf32":
+        kw["precision"] = "tf32"
     if direction == "fwd":
-        row["config"] = str(cf.select_config_for(q, k, v, causal=causal))
+        row["config"] = str(cf.select_config_for(q, k, v, causal=causal, precision=kw.get("precision")))
         row["out_lse_mib"] = (B * S * H * D * 2 + B * H * S * 4) / 2**20
         return lambda: cf.flash_attn_func(q, k, v, **kw)
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True, **kw)
@@ -394,7 +396,7 @@ def measure_row(row, flops, bwd=True):
     direction's error cell instead of ending the run.
     """
     impl, dtype, causal = row["impl"], row["dtype"], row["causal"]
-    measure = {"cupyflash": measure_cupyflash, "cupyflash-det": measure_cupyflash,
+    measure = {"cupyflash": measure_cupyflash, "cupyflash-det": measure_cupyflash, "cupyflash-tf32": measure_cupyflash,
                "cupy-naive": measure_naive}.get(impl, measure_torch)
     directions = ([] if impl in BWD_ONLY else ["fwd"]) + (["bwd"] if bwd else [])
     for direction in directions:
@@ -924,6 +926,10 @@ def build_parser():
                       help="additive bias (pair and key shapes, seqlen 1k-8k), forward and backward, beside "
                            "plain cupyflash and SDPA with the bias as attn_mask; uses --headdim, --dtype (default "
                            "bfloat16), --impls (any torch impl: SDPA runs)")
+    mode.add_argument("--fp32", action="store_true",
+                      help="float32 inputs: cupyflash at precision 'highest' and 'tf32', SDPA and naive CuPy on "
+                           "float32, times and errors against float64 (seqlen 1k-8k); uses --headdim, --seqlen, "
+                           "--impls (any torch impl: SDPA runs)")
     mode.add_argument("--mask", action="store_true",
                       help="boolean masks with half of their blocks empty (prepared and raw) and dense random "
                            "masks, forward and backward, against the unmasked call (seqlen 1k-8k); uses "
@@ -950,7 +956,7 @@ def parse_args(argv=None):
         args.headdim, args.seqlen = [128], [2048, 8192]
     if args.dtype is None:
         args.dtype = (["bfloat16"] if args.variants or args.overhead or args.varlen or args.bias or args.mask
-                      else ["float16", "bfloat16"])
+                      else ["float32"] if args.fp32 else ["float16", "bfloat16"])
     args.causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     if args.no_bwd:  # the bwd-only rows would be empty
         args.impls = [i for i in args.impls if i not in BWD_ONLY]
@@ -979,15 +985,21 @@ def _check_support(args):
             print(f"note: skipping {', '.join(wanted)}: {why}", flush=True)
 
 
+def _fp32():
+    from . import bench_fp32
+
+    return bench_fp32
+
+
 def main(argv=None):
     args = parse_args(argv)
     note = (OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else VARLEN_NOTE if args.varlen
-            else BIAS_NOTE if args.bias else MASK_NOTE if args.mask else FLOP_NOTE)
+            else BIAS_NOTE if args.bias else MASK_NOTE if args.mask else _fp32().NOTE if args.fp32 else FLOP_NOTE)
     head = header_lines(note)
     print("\n".join(head), flush=True)
     _check_support(args)
     run = (run_overhead if args.overhead else run_variants if args.variants else run_varlen if args.varlen
-           else run_bias if args.bias else run_mask if args.mask else run_default)
+           else run_bias if args.bias else run_mask if args.mask else _fp32().run if args.fp32 else run_default)
     rows, columns, body = run(args)
     report = head + [""] + body
     print("\n" + "\n".join(report), flush=True)

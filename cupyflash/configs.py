@@ -110,6 +110,10 @@ def _c(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_sm80", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
+def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
+    return TileConfig("mma_tf32", block_m, block_n, warps, stages, blocks_per_sm, d_split)
+
+
 def _entry_config(entry) -> TileConfig:
     return entry.config if isinstance(entry, When) else entry
 
@@ -121,6 +125,7 @@ def _entry_allows(entry, variant, limits=None) -> bool:
 # Fallback tiles for small shared memory, appended to every head dim's list: 64x32 fits 99 KB at every head
 # dim, 16x16 fits 48 KB at every head dim. Slow, but never "no kernel".
 _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
+_TF32_SMALL = (_t(16, 16, 1),)
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
@@ -156,6 +161,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 192): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
     ("mma_sm80", 224): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
     ("mma_sm80", 256): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
+    # float32 (TF32 products): tiles of 4-byte elements; first choices by shared memory (227 KB on the H100),
+    # not measured yet. 16x16 fits 99 KB at every head dim.
+    **{("mma_tf32", kd): (_t(128, 64, 4, blocks_per_sm=2), _t(64, 64, 4)) + _TF32_SMALL for kd in (32, 64)},
+    **{("mma_tf32", kd): (_t(128, 32, 4), _t(64, 64, 4), _t(64, 32, 4)) + _TF32_SMALL for kd in (96, 128)},
+    **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_SMALL for kd in (160, 192, 224, 256)},
 }
 
 
@@ -167,6 +177,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 # 181, 64x64/b2 174, 64x128 160; 64: 128x128 236, 64x128 208, 64x64/b2 209; 96: 64x128 229, 64x64/b2 204;
 # 128: 64x128 254, 32x128 217. At 160, 64x128 spills.
 _BWD_SMALL = (_c(32, 16, 2, d_split=2),)
+_TF32_BWD_SMALL = (_t(32, 16, 2, d_split=2),)
 _BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask")
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
@@ -193,10 +204,15 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 192): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
     ("mma_sm80", 224): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
     ("mma_sm80", 256): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
+    # float32: first choices by shared memory, not measured yet. 32x16/w2 fits 99 KB up to head dim 128.
+    **{("mma_tf32", kd): (_t(64, 64, 4, d_split=2), _t(32, 64, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (32, 64)},
+    **{("mma_tf32", kd): (_t(32, 64, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (96, 128, 160, 192)},
+    **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (224, 256)},
 }
 
 # Backward, dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
 _BWD_DQ_SMALL = (_c(16, 16, 1),)
+_TF32_DQ_SMALL = (_t(16, 16, 1),)
 # H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
 # At head dim 64, 128x64 spills with softcap and the band mask, and with a bias, on sm_80 (compile check): those
@@ -227,13 +243,20 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     **{("mma_sm80", kd): (When(_c(64, 32, 4), avoid=("sm80+band+fp32_bias+block_mask", "sm80+band+softcap+alibi+bias")
                                if kd == 256 else ()),)
        + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
+    # float32: first choices by shared memory, not measured yet.
+    **{("mma_tf32", kd): (_t(64, 64, 4, blocks_per_sm=2), _t(64, 32, 4)) + _TF32_DQ_SMALL for kd in (32, 64)},
+    **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_DQ_SMALL for kd in (96, 128)},
+    **{("mma_tf32", kd): (_t(32, 32, 2),) + _TF32_DQ_SMALL for kd in (160, 192, 224, 256)},
 }
 
 #: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when
 #: the caller does not ask for determinism and the problem is large enough (see use_atomic_dq). H100, same sweep,
 #: atomic vs separate: 254 vs 250 TFLOP/s at head dim 128 (271 vs 246 at seqlen 8192), 236 vs 230 at 64, 191 vs 178
 #: at 256; the separate kernel led only at 192 (190 vs 179) and tied at 96 and 160.
-BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS}
+BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {
+    **{("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS},
+    **{("mma_tf32", kd): True for kd in KERNEL_HEAD_DIMS},  # float32: not measured yet
+}
 
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says
 #: atomic. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash cupyflash-det,
@@ -242,10 +265,12 @@ BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {("mma_sm80", kd): kd != 192 for kd
 ATOMIC_DQ_MIN_PAIRS = 2048 * 2048
 
 
-def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool) -> bool:
+def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool,
+                  variant: Variant | None = None) -> bool:
     """The default dQ strategy of a non-deterministic backward: atomics for large problems where the table says so."""
     pairs = seqlen_q * seqlen_k // (2 if causal else 1)
-    return BWD_ATOMIC_DQ[(family_for(limits).name, kernel_head_dim(head_dim))] and pairs >= ATOMIC_DQ_MIN_PAIRS
+    return (BWD_ATOMIC_DQ[(family_for(limits, variant).name, kernel_head_dim(head_dim))]
+            and pairs >= ATOMIC_DQ_MIN_PAIRS)
 
 
 #: Backward with grouped-query attention: one dK/dV block per (key tile, K/V head) walks all the group's query
@@ -274,8 +299,8 @@ def kv_splits(limits: DeviceLimits, blocks: int, heads_per_kv: int, query_tiles:
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
-_FALLBACKS = {"fwd": set(_SMALL), "bwd": set(_BWD_MID + _BWD_SMALL),
-              "bwd_dq": set(map(_entry_config, _BWD_DQ_SMALL))}
+_FALLBACKS = {"fwd": set(_SMALL + _TF32_SMALL), "bwd": set(_BWD_MID + _BWD_SMALL + _TF32_BWD_SMALL),
+              "bwd_dq": set(map(_entry_config, _BWD_DQ_SMALL + _TF32_DQ_SMALL))}
 
 
 class NoConfigFits(ValueError):

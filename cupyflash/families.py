@@ -15,7 +15,10 @@ KINDS = ("fwd", "bwd", "bwd_dq")  # forward; backward dK/dV (+ atomic dQ); backw
 HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows", "mask_tiles", "dbias_sum")
 _NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum")  # helper kernels without a row-layout policy
 
-_ELEM_TAG = {"float16": "cf::f16", "bfloat16": "cf::bf16"}
+#: The kernels' element type (cuda_src/mma_sm80.cuh, mma_tf32.cuh) by (dtype, precision): float32 inputs run on TF32
+#: tensor cores, in three passes ("highest") or one ("tf32").
+_ELEM_TAG = {("float16", ""): "cf::f16", ("bfloat16", ""): "cf::bf16", ("float32", "highest"): "cf::f32x3",
+             ("float32", "tf32"): "cf::tf32"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
 _ROWS_TYPE = {"dense": "cf::DenseRows", "packed": "cf::PackedRows"}
 _BIAS_ELEM = {"float16": "cf::f16", "bfloat16": "cf::bf16", "float32": "float"}
@@ -26,14 +29,14 @@ def _cpp_bool(flag: bool) -> str:
     return "true" if flag else "false"
 
 
-def _padded_tile_bytes(rows: int, cols: int) -> int:
-    """cuda_src/smem_tile.cuh SmemTile<rows, cols>: 16-bit elements, rows padded by 8 elements."""
-    return rows * (cols + 8) * 2
+def _padded_tile_bytes(rows: int, cols: int, itemsize: int) -> int:
+    """cuda_src/smem_tile.cuh SmemTile<rows, cols, T>: rows padded by one 16-byte chunk."""
+    return rows * (cols * itemsize + 16)
 
 
 def _bias_tile_bytes(rows: int, cols: int, itemsize: int) -> int:
     """cuda_src/bias.cuh TileBias::tile_bytes: rows padded by 16 bytes; 0 without a bias."""
-    return rows * (cols * itemsize + 16) if itemsize else 0
+    return _padded_tile_bytes(rows, cols, itemsize) if itemsize else 0
 
 
 def _bias_policy(variant: Variant, grad: bool) -> str:
@@ -63,9 +66,13 @@ def _stage_bias_bytes(rows: int, cols: int, variant: Variant | None) -> int:
 
 @dataclass(frozen=True)
 class Mma80Family:
-    """FlashAttention-2 on mma.sync tensor cores: sm_80 and every later architecture."""
+    """FlashAttention-2 on mma.sync tensor cores: sm_80 and every later architecture. One family per element size,
+    from the same kernel templates (the element type is a template argument): 16-bit inputs (mma_sm80), and float32
+    inputs on TF32 tensor cores (mma_tf32), whose tiles take twice the shared memory and so have their own table."""
 
     name: str = "mma_sm80"
+    dtypes: tuple = ("float16", "bfloat16")
+    itemsize: int = 2
     min_cc: int = 80
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
                "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu", "bwd_reduce_dkdv": "flash_bwd.cu",
@@ -74,27 +81,31 @@ class Mma80Family:
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
 
     def supports(self, compute_capability: int, variant: Variant) -> bool:
-        return (compute_capability >= self.min_cc and variant.dtype in _ELEM_TAG and variant.rows in _ROWS_TYPE
+        return (compute_capability >= self.min_cc and variant.dtype in self.dtypes and variant.rows in _ROWS_TYPE
                 and variant.bias in _BIAS_ITEMSIZE
                 and not ((variant.bias != "none" or variant.bool_mask) and variant.rows == "packed"))
 
     # ---- shared memory per kernel kind, mirroring each kernel's layout
     def smem_bytes(self, kind: str, config, kernel_hdim: int, variant: Variant | None = None) -> int:
         m, n, stages = config.block_m, config.block_n, config.stages
+
+        def tile(rows, cols):
+            return _padded_tile_bytes(rows, cols, self.itemsize)
+
         # every kind holds one bias tile and one mask tile (queries x keys, rows padded by 16 bytes) per stage
         bias = stages * _stage_bias_bytes(m, n, variant)
         if kind == "fwd":  # Q tile (reused for O), STAGES K and V tiles
-            return _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim) + bias
+            return tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
         if kind == "bwd":  # K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
-            return (2 * _padded_tile_bytes(n, kernel_hdim) + 2 * _padded_tile_bytes(n, m)
-                    + 2 * stages * _padded_tile_bytes(m, kernel_hdim) + stages * 2 * m * 4 + bias)
+            return (2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
+                    + stages * 2 * m * 4 + bias)
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
-            return 2 * _padded_tile_bytes(m, kernel_hdim) + 2 * stages * _padded_tile_bytes(n, kernel_hdim) + bias
+            return 2 * tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
         raise ValueError(f"unknown kernel kind {kind!r}")
 
     # ---- kernel names (NVRTC name expressions)
     def kernel_name(self, kind: str, config, kernel_hdim: int, variant: Variant, atomic_dq: bool = False) -> str:
-        elem = _ELEM_TAG[variant.dtype]
+        elem = _ELEM_TAG[(variant.dtype, variant.precision)]
         rows = _ROWS_TYPE[variant.rows]
         if kind in _NO_ROWS:
             return f"cf::flash_{kind}_kernel<{elem}>"
@@ -117,7 +128,8 @@ class Mma80Family:
 
 
 MMA_SM80 = Mma80Family()
+MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4)
 
 #: Families in order of preference; the first that supports the device and the variant is used.
-FAMILIES = (MMA_SM80,)
+FAMILIES = (MMA_SM80, MMA_TF32)
 BY_NAME = {f.name: f for f in FAMILIES}

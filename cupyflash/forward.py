@@ -75,7 +75,7 @@ class ForwardPlan:
 
 
 def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, causal, window_size, softcap,
-          config, mask_blocks=None):
+          config, mask_blocks=None, precision=None):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``. ``mask_blocks``:
     a prepared mask's uniform blocks (None for a raw mask), which may let the kernel skip reading it."""
     q, k, v = as_cuda_array(q, "q"), as_cuda_array(k, "k"), as_cuda_array(v, "v")
@@ -85,7 +85,8 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
     specs = [spec_of(x) for x in (q, k, v)]
     problem = describe(*specs, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p,
-                       bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask))
+                       bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask),
+                       precision=precision)
     limits = device_limits(problem.device)
 
     def pick(variant):
@@ -101,18 +102,20 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
     return plan, (q, k, v, alibi, bias, mask)
 
 
-def _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap, config):
+def _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap, config,
+            precision=None):
     """(plan, (q, k, v, alibi_slopes, bias, mask)): the cached plan of a call like this one, or a new one after
     validation (which also turns DLPack inputs into CuPy arrays)."""
     blocks = mask.blocks() if isinstance(mask, PreparedMask) else None
     key = _call_key((q, k, v), (alibi_slopes, bias, unwrap(mask)), dropout_p, softmax_scale, causal, window_size,
-                    softcap, config, blocks)
+                    softcap, config, blocks, precision)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan, (q, k, v, alibi_slopes, bias, mask)
     plan, (q, k, v, alibi_slopes, bias, mask_array) = _plan(
         q, k, v, alibi_slopes, bias, unwrap(mask), key, dropout_p=dropout_p, softmax_scale=softmax_scale,
-        causal=causal, window_size=window_size, softcap=softcap, config=config, mask_blocks=blocks)
+        causal=causal, window_size=window_size, softcap=softcap, config=config, mask_blocks=blocks,
+        precision=precision)
     return plan, (q, k, v, alibi_slopes, bias, mask if isinstance(mask, PreparedMask) else mask_array)
 
 
@@ -132,14 +135,14 @@ def _call_key(arrays, optional, *scalars):
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *, return_lse=False,
-                    config=None, bias=None, mask=None):
+                    config=None, bias=None, mask=None, precision=None):
     """Exact softmax attention, computed tile by tile without materialising the score matrix.
 
     flash-attn's signature and semantics: code written for ``flash_attn.flash_attn_func`` runs unchanged.
 
     Args:
-        q: (batch, seqlen_q, nheads, headdim) CUDA array, float16 or bfloat16 (``ml_dtypes.bfloat16``); any
-            headdim from 1 to 256 (one that is not a multiple of 8 costs a zero-padded copy of q, k, v).
+        q: (batch, seqlen_q, nheads, headdim) CUDA array, float16, bfloat16 (``ml_dtypes.bfloat16``) or float32;
+            any headdim from 1 to 256 (one that is not a multiple of 8 costs a zero-padded copy of q, k, v).
         k, v: (batch, seqlen_k, nheads_k, headdim), same dtype and device; nheads a multiple of nheads_k
             (grouped-query attention; nheads_k = 1 is multi-query). Any strides with the head dim contiguous (a
             (B, H, S, D) array transposed to (B, S, H, D) is used in place). The layout is (B, S, H, D): a
@@ -178,6 +181,11 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
             tiles it cuts: time follows the visible tiles. With ``bias`` too, a pair is visible where the mask
             says so and the bias is not -inf (the mask's tiles are skipped as alone; the bias is read in the
             others). Rows with no visible key: output 0, lse -inf.
+        precision: float32 inputs only (None otherwise): ``"highest"`` (the default for float32) multiplies on
+            TF32 tensor cores in three passes, each value split into a TF32 part and a TF32 remainder (hi*hi +
+            hi*lo + lo*hi), for errors within about 2x of plain float32 arithmetic; ``"tf32"`` uses one pass,
+            about three times faster, with about 1e-3 relative error (TF32 keeps 10 mantissa bits). Sums,
+            softmax and outputs are float32 either way.
 
     A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 
@@ -187,7 +195,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     """
     del deterministic
     plan, (q, k, v, alibi_slopes, bias, mask) = _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p,
-                                                        softmax_scale, causal, window_size, softcap, config)
+                                                        softmax_scale, causal, window_size, softcap, config,
+                                                        precision)
     out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None), bias, mask)
     if return_attn_probs:
         return out, lse, _attention_probs(plan.problem, q, k, lse, alibi_slopes, bias, unwrap(mask))
@@ -215,10 +224,10 @@ def _attention_probs(problem, q, k, lse, alibi_slopes, bias, mask):
 
 
 def plan_for(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-             alibi_slopes=None, config=None, bias=None, mask=None) -> ForwardPlan:
+             alibi_slopes=None, config=None, bias=None, mask=None, precision=None) -> ForwardPlan:
     """The (validated) launch plan flash_attn_func would use for these arguments."""
     return _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap,
-                   config)[0]
+                   config, precision)[0]
 
 
 def select_config_for(q, k, v, causal: bool = False, **variant):

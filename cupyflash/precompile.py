@@ -3,7 +3,7 @@
     python -m cupyflash.precompile [--jobs N] [--variants]
 
 Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
-both dtypes. ``--variants`` adds every mask x softcap x ALiBi x row layout (dense, packed variable-length) x bias
+every dtype (float32 at each precision); ``--dtypes`` and ``--head-dims`` narrow that. ``--variants`` adds every mask x softcap x ALiBi x row layout (dense, packed variable-length) x bias
 dtype (dense rows; with and without dbias) x boolean mask (dense rows; read where it cuts tiles, or block-sparse)
 combination with the tiles the dispatcher picks.
 Later processes (tests, benchmarks, users) then load binaries in milliseconds instead of compiling.
@@ -17,22 +17,26 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-DTYPES = ("float16", "bfloat16")
+DTYPES = ("float16", "bfloat16", "float32")
 
 
-def _instances(limits, with_variants: bool):
-    from .configs import KERNEL_HEAD_DIMS, candidates, select_config
+def _instances(limits, with_variants: bool, dtypes=DTYPES):
+    from .configs import KERNEL_HEAD_DIMS, NoConfigFits, candidates, select_config
     from .families import KINDS
-    from .problem import MASKS, Variant, variant_combinations
+    from .problem import MASKS, Variant, precisions_of, variant_combinations
 
     out = set()
-    for kind, kd, dtype, mask in itertools.product(KINDS, KERNEL_HEAD_DIMS, DTYPES, MASKS):
-        variant = Variant(dtype, mask)
-        out.update((kind, kd, config, variant) for config in candidates(kind, limits, kd, variant))
+    for kind, kd, dtype, mask in itertools.product(KINDS, KERNEL_HEAD_DIMS, dtypes, MASKS):
+        for precision in precisions_of(dtype):
+            variant = Variant(dtype, mask, precision=precision)
+            out.update((kind, kd, config, variant) for config in candidates(kind, limits, kd, variant))
     if with_variants:
         for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
-            out.update((kind, kd, select_config(kind, limits, kd, variant=variant), variant)
-                       for variant in variant_combinations(kind, DTYPES))
+            for variant in variant_combinations(kind, dtypes):
+                try:
+                    out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
+                except NoConfigFits:  # the call raises that; nothing to compile
+                    pass
     return sorted(out, key=str)
 
 
@@ -58,6 +62,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", action="store_true", help="also every variant combination")
+    parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=DTYPES, help="input dtypes (default: all)")
+    parser.add_argument("--head-dims", nargs="+", type=int, metavar="D",
+                        help="only the kernels that serve these head dims (default: all)")
     parser.add_argument("--bias", nargs="+", metavar="DTYPE",
                         help="only instances with these bias dtypes (none, float16, bfloat16, float32) or, 'bool', "
                              "a boolean mask")
@@ -66,9 +73,14 @@ def main(argv=None):
                              "with a time limit; the shares of 1/N .. N/N together are all of them)")
     args = parser.parse_args(argv)
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
-    instances = _instances(device_limits(0), args.variants)
+    instances = _instances(device_limits(0), args.variants, tuple(args.dtypes))
     if args.bias:
         instances = [i for i in instances if i[3].bias in args.bias or ("bool" in args.bias and i[3].bool_mask)]
+    if args.head_dims:
+        from .configs import kernel_head_dim
+
+        kernel_dims = {kernel_head_dim(d) for d in args.head_dims}
+        instances = [i for i in instances if i[1] in kernel_dims]
     try:
         part, parts = map(int, args.part.split("/"))
         assert 1 <= part <= parts

@@ -16,13 +16,16 @@ MASKS = ("none", "band")
 ROWS = ("dense", "packed")
 #: Additive bias dtypes (cuda_src/bias.cuh), or "none".
 BIASES = ("none", "float16", "bfloat16", "float32")
+#: How float32 inputs are multiplied (cuda_src/mma_tf32.cuh): three TF32 passes (about fp32's accuracy) or one
+#: (about 1e-3 relative). 16-bit inputs have one way, precision "".
+PRECISIONS = ("highest", "tf32")
 
 
 @dataclass(frozen=True)
 class Variant:
     """What a kernel instance is compiled for, beyond its tiles."""
 
-    dtype: str             # "float16" | "bfloat16"
+    dtype: str             # "float16" | "bfloat16" | "float32"
     mask: str = "none"     # one of MASKS
     softcap: bool = False  # logits = softcap * tanh(scaled score / softcap)
     alibi: bool = False    # logits -= slope * |i + seqlen_k - seqlen_q - j|
@@ -31,10 +34,14 @@ class Variant:
     dbias: bool = False    # the dK/dV kernel also computes the bias's gradient
     bool_mask: bool = False  # a boolean mask (read as a 0 / -inf bias, beside the additive one if any)
     mask_blocks: bool = False  # the boolean mask cuts no tile of the kernels' tiling: only its tile summary is read
+    precision: str = ""    # float32: one of PRECISIONS; 16-bit dtypes: ""
 
     def __post_init__(self):
         if self.mask_blocks and not self.bool_mask:
             raise ValueError("Variant(mask_blocks=True) describes a boolean mask: bool_mask must be True too")
+        if (self.precision in PRECISIONS) != (self.dtype == "float32"):
+            raise ValueError(f"Variant: precision {self.precision!r} does not go with dtype {self.dtype}: float32 "
+                             f"takes one of {PRECISIONS}, 16-bit dtypes ''")
 
     @property
     def plain_scores(self) -> bool:
@@ -50,7 +57,13 @@ def variant_combinations(kind: str, dtypes, biases=BIASES):
         for bias, bool_mask in itertools.product(biases if dense else ("none",), (False, True) if dense else (False,)):
             for dbias, blocks in itertools.product((False, True) if bias != "none" and kind == "bwd" else (False,),
                                                    (False, True) if bool_mask else (False,)):
-                yield Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks)
+                for precision in precisions_of(dtype):
+                    yield Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks, precision)
+
+
+def precisions_of(dtype: str) -> tuple:
+    """The precisions a dtype's kernels come in."""
+    return PRECISIONS if dtype == "float32" else ("",)
 
 
 @dataclass(frozen=True)

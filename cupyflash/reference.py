@@ -319,6 +319,13 @@ def round_to_dtype(x, dtype_name, xp=None):
         return _as_float(x, xp).astype(xp.float32).astype(xp.float64)
     if dtype_name == 'float16':
         return _as_float(x, xp).astype(xp.float16).astype(xp.float64)
+    if dtype_name == 'tf32':
+        # TF32 keeps 10 of float32's 23 mantissa bits; rounded to nearest,
+        # ties away from zero, as the GPU's cvt.rna.tf32 does.
+        x32 = _as_float(x, xp, 'float32')
+        bits = (x32.view(xp.uint32) + xp.uint32(0x1000)) & xp.uint32(0xFFFFE000)
+        rounded = xp.where(xp.isfinite(x32), bits.view(xp.float32), x32)
+        return rounded.astype(xp.float64)
     if dtype_name != 'bfloat16':
         raise ValueError(f'unsupported dtype_name {dtype_name!r}')
     # Bit arithmetic instead of ml_dtypes so the same code runs under cupy.
@@ -343,16 +350,29 @@ def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
     runs in float32 and P and out are rounded.  Returns float64.
     """
     xp = _namespace(q, xp)
+    compute, rnd = _naive_arithmetic(dtype_name, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp, bias=bias, mask=mask)
-    rnd = functools.partial(round_to_dtype, dtype_name=dtype_name, xp=xp)
+                       alibi_slopes, xp, compute, bias=bias, mask=mask)
     s, _ = problem.logits(problem.heads_first(q), problem.kv_heads_first(k),
                           rnd=rnd)
     empty = problem.empty_rows()
     _, lse = _softmax(s, empty, xp)
     p, _ = _softmax(s.astype(xp.float32), empty, xp)
     out = rnd(xp.matmul(rnd(p), problem.kv_heads_first(v)))
-    return _to_bshd(out), lse
+    return _to_bshd(out).astype(xp.float64), lse.astype(xp.float64)
+
+
+def _naive_arithmetic(dtype_name, xp):
+    """(compute dtype, rounding) of a naive computation in ``dtype_name``.
+
+    16-bit and TF32: float64 arithmetic with each intermediate rounded to
+    the dtype.  float32: plain float32 arithmetic throughout (products summed
+    in float32 too), which is what the float32 kernels are held against.
+    """
+    if dtype_name == 'float32':
+        return 'float32', lambda x: xp.asarray(x, dtype=xp.float32)
+    return 'float64', functools.partial(round_to_dtype,
+                                        dtype_name=dtype_name, xp=xp)
 
 
 def _online_softmax_rows(problem, q_tile, kh, vh, row0, block_n):
@@ -499,10 +519,11 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
     over keys, whose exact value sum_j dS_j is often near 0).
     """
     xp = _namespace(q, xp)
+    compute, rnd = _naive_arithmetic(dtype_name, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp, bias=bias, mask=mask)
-    rnd = functools.partial(round_to_dtype, dtype_name=dtype_name, xp=xp)
+                       alibi_slopes, xp, compute, bias=bias, mask=mask)
     grads = _backward(dout, q, k, v, problem, rnd, xp.float32, out=out)
+    grads = tuple(None if g is None else g.astype(xp.float64) for g in grads)
     return grads if return_dbias else grads[:3]
 
 

@@ -19,21 +19,23 @@ _BACKWARD_PLANS = PlanCache()
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, *, return_lse=False, config=None):
+                           deterministic=False, return_attn_probs=False, *, return_lse=False, config=None,
+                           precision=None):
     """Exact softmax attention over a batch of sequences of different lengths, packed without padding.
 
     flash-attn's signature and semantics. Each sequence is its own problem: causal and windows align to its own
     bottom-right corner (query i of a sequence lines up with key i + its seqlen_k - its seqlen_q).
 
     Args:
-        q: (total_q, nheads, headdim) CUDA array, float16 or bfloat16, the sequences' queries one after another.
+        q: (total_q, nheads, headdim) CUDA array, float16, bfloat16 or float32, the sequences' queries one after
+            another.
         k, v: (total_k, nheads_k, headdim), same dtype and device; nheads a multiple of nheads_k.
         cu_seqlens_q, cu_seqlens_k: int32 (batch + 1,) on q's GPU: 0, then the running totals of the sequences'
             lengths (empty sequences allowed). Checked before launching: starting at 0, non-decreasing, ending at
             total_q (total_k), no length above max_seqlen_q (max_seqlen_k); the check reads them back to the host,
             which waits for the work queued before them on the stream.
         max_seqlen_q, max_seqlen_k: the longest lengths (ints); the grid covers max_seqlen_q queries per sequence.
-        dropout_p, softmax_scale, causal, window_size, softcap, deterministic: as in flash_attn_func.
+        dropout_p, softmax_scale, causal, window_size, softcap, deterministic, precision: as in flash_attn_func.
         alibi_slopes: float32 (nheads,) or (batch, nheads), one row per sequence.
         return_attn_probs: not supported for packed batches (NotImplementedError).
         return_lse: also return the log-sum-exp, float32 (nheads, total_q) as flash-attn lays it out.
@@ -49,7 +51,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                                   "flash_attn_func on one sequence at a time to get its attention matrix")
     plan, (q, k, v, cu_q, cu_k, alibi) = _lookup(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                                  alibi_slopes, dropout_p, softmax_scale, causal, window_size,
-                                                 softcap, config)
+                                                 softcap, config, precision)
     problem = plan.problem
     _check_offsets(cu_q, cu_k, q.shape[0], k.shape[0], problem)
     out, lse = _on_device(problem.device, plan.run, q[None], k[None], v[None], alibi, (cu_q, cu_k))
@@ -66,7 +68,7 @@ def _check_offsets(cu_q, cu_k, total_q, total_k, problem):
 def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
                                softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                                alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None, atomic_dq=None,
-                               config=None, dq_config=None, kv_splits=None):
+                               config=None, dq_config=None, kv_splits=None, precision=None):
     """Gradients of ``out = flash_attn_varlen_func(q, k, v, cu_seqlens_q, ...)`` for ``dout``.
 
     dout and out are (total_q, nheads, headdim) like q, lse (nheads, total_q) as the forward returns it; the
@@ -77,7 +79,7 @@ def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens
     arrays = (dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
     given = {"dq": dq, "dk": dk, "dv": dv}
     key = _call_key(arrays, (dq, dk, dv, alibi_slopes), max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                    window_size, softcap, deterministic, atomic_dq, config, dq_config, kv_splits)
+                    window_size, softcap, deterministic, atomic_dq, config, dq_config, kv_splits, precision)
     plan = _BACKWARD_PLANS.get(key)
     if plan is None:
         arrays = tuple(as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -86,7 +88,8 @@ def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens
         dout, q, k, v, out, lse, cu_q, cu_k = arrays
         problem = describe_varlen(*(spec_of(x) for x in (q, k, v, cu_q, cu_k)), max_seqlen_q, max_seqlen_k,
                                   softmax_scale=softmax_scale, causal=causal, window_size=window_size,
-                                  softcap=softcap, alibi_slopes=None if alibi_slopes is None else spec_of(alibi_slopes))
+                                  softcap=softcap, alibi_slopes=None if alibi_slopes is None else spec_of(alibi_slopes),
+                                  precision=precision)
         specs = tuple(spec_of(x[None]) for x in (q, k, v, dout, out))
         grad_specs = {n: None if g is None else spec_of(g[None]) for n, g in given.items()}
         plan = backward.make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic,
@@ -101,10 +104,10 @@ def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens
 
 def flash_attn_varlen_vjp(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                          deterministic=False):
+                          deterministic=False, *, precision=None):
     """The packed forward plus a function that maps an upstream gradient to (dq, dk, dv); see flash_attn_vjp."""
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-                   alibi_slopes=alibi_slopes)
+                   alibi_slopes=alibi_slopes, precision=precision)
     lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     out, lse = flash_attn_varlen_func(q, k, v, *lengths, dropout_p, return_lse=True, **variant)
 
@@ -124,7 +127,7 @@ def _lookup(q, k, v, cu_q, cu_k, max_q, max_k, alibi_slopes, *scalars):
 
 
 def _plan(arrays, alibi_slopes, key, max_q, max_k, dropout_p, softmax_scale, causal, window_size, softcap,
-          config):
+          config, precision):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k")
     arrays = tuple(as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -132,7 +135,8 @@ def _plan(arrays, alibi_slopes, key, max_q, max_k, dropout_p, softmax_scale, cau
     specs = [spec_of(x) for x in arrays]
     problem = describe_varlen(*specs, max_q, max_k, softmax_scale=softmax_scale, causal=causal,
                               window_size=window_size, softcap=softcap,
-                              alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p)
+                              alibi_slopes=None if alibi is None else spec_of(alibi), dropout_p=dropout_p,
+                              precision=precision)
     limits = device_limits(problem.device)
     if config is None:
         config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant)

@@ -5,18 +5,22 @@ from hypothesis import strategies as st
 
 from cupyflash.reference import attention_naive_lowp, attention_reference
 
-HOST_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+#: Test dtypes: the arrays' dtype, or for float32 inputs the precision they run at ("float32" stands for
+#: precision="highest", held against plain float32 arithmetic; "tf32" for precision="tf32", held against arithmetic
+#: rounded to TF32 at each step).
+HOST_DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32, "tf32": np.float32}
+PRECISION = {"float16": None, "bfloat16": None, "float32": "highest", "tf32": "tf32"}
 _BIAS_HOST = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}
 #: How make_bias and make_mask lay their arrays out in memory.
 LAYOUTS = ["contiguous", "broadcast_view", "squeezed", "strided_keys", "unaligned"]
 # Absolute floor added to the "2x the naive low-precision error" criterion (for problems where the naive
 # computation happens to be exact, e.g. a single key).
-ERROR_FLOOR = {"float16": 1e-4, "bfloat16": 1e-3}
+ERROR_FLOOR = {"float16": 1e-4, "bfloat16": 1e-3, "float32": 1e-6, "tf32": 1e-4}
 # The bound of one rounding to the dtype, relative (half a unit in the last place): a kernel rounds each gradient
 # once more than its terms, so on tiny problems, where the naive baseline can happen to be nearly exact, it may
 # exceed 2x naive by about that much (seen on the H100: 1 query, 2 keys, bf16, 1.02x the old bar; with and without
 # ALiBi alike, 450 gradients each).
-ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8}
+ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "tf32": 2.0**-11}
 LSE_FLOOR = 1e-4
 
 
@@ -25,7 +29,7 @@ def random_array(rng, shape, dtype, scale=1.0):
     import cupy
 
     host = (rng.standard_normal(shape, dtype=np.float32) * scale).astype(HOST_DTYPES[dtype])
-    dev = cupy.asarray(host.view(np.uint16)).view(host.dtype)
+    dev = cupy.asarray(host.view(np.uint16)).view(host.dtype) if host.itemsize == 2 else cupy.asarray(host)
     return dev, cupy.asarray(host.astype(np.float64))
 
 

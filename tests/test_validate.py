@@ -10,7 +10,7 @@ from cupyflash._validate import (ArraySpec, AttentionShape, as_cuda_array, check
                                  check_softmax_scale, describe, needs_aligned_copy)
 from cupyflash.problem import Variant, kernel_window
 
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "uint16": 2, "int32": 4, "int64": 8, "bool": 1}
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "uint16": 2, "int32": 4, "int64": 8, "bool": 1}
 
 
 def spec(shape, dtype="float16", strides=None, device=0, ptr=0):
@@ -53,9 +53,19 @@ def test_wrong_rank():
     raises(ValueError, q, spec((1, 2, 7, 3, 64)), v, "k must have 4 dimensions", "(1, 2, 7, 3, 64)")
 
 
-@pytest.mark.parametrize("dtype", ["float32", "uint16"])
+@pytest.mark.parametrize("dtype", ["float64", "uint16"])
 def test_unsupported_dtype(dtype):
-    raises(TypeError, *qkv(dtype=dtype), "float16 or bfloat16", dtype)
+    raises(TypeError, *qkv(dtype=dtype), "float16, bfloat16 (ml_dtypes.bfloat16) or float32", dtype)
+
+
+def test_float32_runs_at_a_precision():
+    assert describe(*qkv(dtype="float32")).variant.precision == "highest"
+    assert describe(*qkv(dtype="float32"), precision="tf32").variant.precision == "tf32"
+    assert describe(*qkv()).variant.precision == ""
+    with pytest.raises(ValueError, match="precision must be one of 'highest', 'tf32' or None"):
+        describe(*qkv(dtype="float32"), precision="float32")
+    with pytest.raises(ValueError, match="precision applies to float32 inputs.*got 'tf32'"):
+        describe(*qkv(dtype="bfloat16"), precision="tf32")
 
 
 @pytest.mark.parametrize("which", [1, 2])

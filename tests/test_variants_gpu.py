@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import (backward_mode, check_against_reference, check_grads_against_reference, make_problem,
-                         random_array, to_float64)
+from gpu_helpers import (PRECISION, backward_mode, check_against_reference, check_grads_against_reference,
+                         make_problem, random_array, to_float64)
 
 import cupyflash as cf
 
@@ -32,7 +32,7 @@ def alibi(kind, batch, nheads, seed=0):
 def run_forward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype, causal, **variant):
     (q, k, v, _), (q64, k64, v64, _) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim,
                                                     dtype)
-    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, **variant)
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, precision=PRECISION[dtype], **variant)
     assert out.shape == q.shape and out.dtype == q.dtype and out.flags.c_contiguous
     assert lse.shape == (batch, nheads, seqlen_q)
     return check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(head_dim), causal, dtype, **variant)
@@ -42,8 +42,8 @@ def run_backward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dt
                  kv_splits=None, **variant):
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k,
                                                             head_dim, dtype)
-    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, **variant)
-    kw = backward_mode(mode)
+    kw = dict(backward_mode(mode), precision=PRECISION[dtype])
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, precision=kw["precision"], **variant)
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, kv_splits=kv_splits, **variant, **kw)
     for g, x in zip(grads, (q, k, v)):
         assert g.shape == x.shape and g.dtype == x.dtype

@@ -1,0 +1,80 @@
+// Float32 elements on TF32 tensor cores (m16n8k8, sm_80 and later). A TF32 value keeps fp32's exponent and 10 of
+// its 23 mantissa bits. Two element types differ only in how a fragment becomes an operand:
+//   tf32:  each value rounded to TF32 once, one product: about 1e-3 relative error (precision="tf32");
+//   f32x3: each value split into hi = tf32(x) and lo = tf32(x - hi), three products hi*hi + hi*lo + lo*hi (lo*lo
+//          is below fp32 rounding): about fp32's accuracy at a third of the speed (precision="highest").
+// Fragments of one k step (8 floats = 32 bytes of a row) load exactly as a 16-bit k16 step does (smem_tile.cuh);
+// A is 4 registers (16x8) and a B pair 4 (two 8x8 n-tiles), as for the 16-bit products.
+#pragma once
+#include "mma_sm80.cuh"
+
+namespace cf {
+
+struct tf32 {};
+struct f32x3 {};
+
+__device__ __forceinline__ u32 to_tf32(float x) {
+    u32 r;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
+    return r;
+}
+
+// D += A(16x8, row) * B(8x8, col), operands already TF32.
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// The parts the float32 elements share: storage and conversions (Mma16's counterpart).
+struct Mma32 {
+    using Storage = float;
+    static constexpr int K_STEP = 8;
+    static __device__ __forceinline__ void store_pair(Storage* at, float x, float y) {
+        *reinterpret_cast<float2*>(at) = make_float2(x, y);
+    }
+    static __device__ __forceinline__ void load8(const Storage* at, float (&x)[8]) {
+        const float4 lo = reinterpret_cast<const float4*>(at)[0], hi = reinterpret_cast<const float4*>(at)[1];
+        x[0] = lo.x, x[1] = lo.y, x[2] = lo.z, x[3] = lo.w, x[4] = hi.x, x[5] = hi.y, x[6] = hi.z, x[7] = hi.w;
+    }
+    static __device__ __forceinline__ void store8(Storage* at, float4 lo, float4 hi) {
+        reinterpret_cast<float4*>(at)[0] = lo;
+        reinterpret_cast<float4*>(at)[1] = hi;
+    }
+};
+
+template <> struct Mma<tf32> : Mma32 {
+    struct Operand { u32 r[4]; };
+    static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) {
+        Operand o;
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) o.r[i] = to_tf32(__uint_as_float(r[i]));
+        return o;
+    }
+    static __device__ __forceinline__ void run(float (&d)[4], const Operand& a, const Operand& b, int half) {
+        mma_tf32(d, a.r, b.r[2 * half], b.r[2 * half + 1]);
+    }
+};
+
+template <> struct Mma<f32x3> : Mma32 {
+    struct Operand { u32 hi[4], lo[4]; };
+    static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) {
+        Operand o;
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float x = __uint_as_float(r[i]);
+            o.hi[i] = to_tf32(x);
+            o.lo[i] = to_tf32(x - __uint_as_float(o.hi[i]));
+        }
+        return o;
+    }
+    // The small terms first, so they are not lost against the large one.
+    static __device__ __forceinline__ void run(float (&d)[4], const Operand& a, const Operand& b, int half) {
+        mma_tf32(d, a.lo, b.hi[2 * half], b.hi[2 * half + 1]);
+        mma_tf32(d, a.hi, b.lo[2 * half], b.lo[2 * half + 1]);
+        mma_tf32(d, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
+    }
+};
+
+}  // namespace cf

@@ -1,0 +1,200 @@
+"""float32 inputs on a GPU (the mma_tf32 family) against the float64 reference: precision="highest" within 2x the
+error of plain float32 arithmetic, precision="tf32" within 2x that of arithmetic rounded to TF32 at each step
+(gpu_helpers PRECISION); forward, backward (every dQ strategy), every tile candidate, the variants and packed rows,
+NaN-poisoned outputs."""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import GPU_SKIP_REASON, requires_gpu
+from gpu_helpers import PRECISION, make_bias, make_mask, make_problem
+from test_variants_gpu import AWKWARD_SEQLENS, ODD_HEAD_DIMS, alibi, run_backward, run_forward
+
+import cupyflash as cf
+from cupyflash.configs import KERNEL_HEAD_DIMS
+
+pytestmark = [requires_gpu, pytest.mark.usefixtures("poisoned_outputs")]
+
+MODES = ["float32", "tf32"]  # precision "highest" and "tf32" (gpu_helpers PRECISION)
+
+
+# run_forward and run_backward take the precision from the test dtype (gpu_helpers PRECISION).
+def forward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, mode, causal, **variant):
+    return run_forward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, mode, causal, **variant)
+
+
+def backward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, mode, causal, mode_dq="default",
+             **variant):
+    return run_backward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, mode, causal, mode=mode_dq,
+                        **variant)
+
+
+@pytest.mark.parametrize("head_dim", KERNEL_HEAD_DIMS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_every_head_dim(head_dim, mode, causal):
+    forward(head_dim, 2, 257, 190, 3, 3, head_dim, mode, causal)
+    backward(head_dim + 1, 1, 190, 257, 2, 2, head_dim, mode, causal)
+
+
+@pytest.mark.parametrize("seqlen", AWKWARD_SEQLENS)
+@pytest.mark.parametrize("mode", MODES)
+def test_awkward_lengths(seqlen, mode):
+    forward(seqlen, 1, seqlen, seqlen + 3, 2, 1, 64, mode, True)
+    backward(seqlen, 1, seqlen, max(seqlen - 5, 1), 2, 1, 128, mode, False, mode_dq="atomic")
+
+
+def _candidates(kind):
+    from cupyflash._device import device_limits
+    from cupyflash.configs import candidates
+    from cupyflash.problem import Variant
+
+    limits = device_limits(0)
+    return [(kd, c) for kd in KERNEL_HEAD_DIMS
+            for c in candidates(kind, limits, kd, Variant("float32", precision="highest"))]
+
+
+# Without a GPU the module is skipped; with one, a failure to list candidates must fail loudly.
+FWD_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("fwd")
+BWD_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("bwd")
+DQ_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("bwd_dq")
+
+
+@pytest.mark.parametrize("kd,config", FWD_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in FWD_CANDIDATES])
+def test_every_forward_candidate(kd, config):
+    for i, head_dim in enumerate((kd - 8, kd)):
+        forward(kd + i, 1, config.block_m * 2 + 5, config.block_n * 3 + 7, 2, 2, head_dim, MODES[i], i == 1,
+                config=config)
+
+
+@pytest.mark.parametrize("kd,config", BWD_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in BWD_CANDIDATES])
+def test_every_backward_candidate(kd, config):
+    for i, head_dim in enumerate((kd - 8, kd)):
+        (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd + i, 1, config.block_m * 2 + 5,
+                                                                config.block_n * 2 + 7, 2, 2, head_dim, MODES[i])
+        _check_backward(q, k, v, dout, q64, k64, v64, dout64, MODES[i], i == 1, config=config, atomic_dq=bool(i))
+
+
+@pytest.mark.parametrize("kd,config", DQ_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in DQ_CANDIDATES])
+def test_every_dq_candidate(kd, config):
+    head_dim = kd - 8
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd, 1, config.block_m * 2 + 5, config.block_n * 3 + 7,
+                                                            2, 2, head_dim, "float32")
+    _check_backward(q, k, v, dout, q64, k64, v64, dout64, "float32", True, dq_config=config, deterministic=True)
+
+
+def _check_backward(q, k, v, dout, q64, k64, v64, dout64, mode, causal, **kw):
+    from gpu_helpers import check_grads_against_reference
+
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, precision=PRECISION[mode])
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, precision=PRECISION[mode], **kw)
+    for g, x in zip(grads, (q, k, v)):
+        assert g.dtype == x.dtype == np.float32 and g.shape == x.shape
+    check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(q.shape[3]), causal, mode)
+
+
+seqlens = st.one_of(st.sampled_from(AWKWARD_SEQLENS), st.integers(1, 300))
+# Head dims of two kernel head dims (64, 128; odd and full widths), so that the variants' kernels are few enough to
+# precompile (python -m cupyflash.precompile --dtypes float32 --variants --bias none --head-dims 64 128).
+head_dims = st.sampled_from([33, 59, 64, 97, 111, 128])
+sides = st.one_of(st.just(-1), st.integers(0, 8), st.integers(0, 400))
+
+
+@st.composite
+def problems(draw):
+    nheads_k = draw(st.integers(1, 2))
+    group = draw(st.sampled_from([1, 2, 4]))
+    batch = draw(st.integers(1, 2))
+    alibi_kind = draw(st.sampled_from([None, "heads", "batch_heads"]))
+    seqlen_q, seqlen_k = draw(seqlens), draw(seqlens)
+    while batch * nheads_k * group * seqlen_q * seqlen_k > 2**22 and seqlen_q > 64:
+        seqlen_q //= 2
+    return dict(seed=draw(st.integers(0, 2**32 - 1)), batch=batch, seqlen_q=seqlen_q, seqlen_k=seqlen_k,
+                nheads=nheads_k * group, nheads_k=nheads_k, head_dim=draw(head_dims), mode=draw(st.sampled_from(MODES)),
+                causal=draw(st.booleans()), window_size=(draw(sides), draw(sides)),
+                softcap=draw(st.sampled_from([0.0, 0.0, 5.0])), alibi_slopes=alibi(alibi_kind, batch, nheads_k * group))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(p=problems())
+def test_forward_variants(p):
+    forward(**p)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(p=problems(), dq=st.sampled_from(["default", "deterministic", "atomic"]))
+def test_backward_variants(p, dq):
+    backward(**p, mode_dq=dq)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bias_dtype", ["float32", "bfloat16"])
+def test_bias_and_mask(mode, bias_dtype):
+    from gpu_helpers import check_against_reference, check_grads_against_reference
+
+    rng = np.random.default_rng(11)
+    batch, sq, sk, h = 2, 97, 130, 4
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(12, batch, sq, sk, h, 2, 64, mode)
+    full = (batch, h, sq, sk)
+    bias, b64 = make_bias(rng, full, (True, False, False, False), bias_dtype, "contiguous", hidden=0.05)
+    mask, m = make_mask(rng, full, (False, True, True, False), "contiguous", 0.8)
+    kw = dict(causal=True, precision=PRECISION[mode])
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True, bias=bias, mask=mask, **kw)
+    check_against_reference(out, lse, q64, k64, v64, 1 / 8, True, mode, bias=b64, mask=m)
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, bias=bias, mask=mask, return_dbias=True, **kw)
+    check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / 8, True, mode, bias=b64, mask=m)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_packed_rows(mode):
+    import cupy
+
+    from cupyflash.reference import attention_varlen_reference
+
+    lengths_q, lengths_k = [0, 1, 17, 130], [5, 0, 33, 97]
+    rng = np.random.default_rng(3)
+    cu_q = cupy.asarray(np.concatenate([[0], np.cumsum(lengths_q)]).astype(np.int32))
+    cu_k = cupy.asarray(np.concatenate([[0], np.cumsum(lengths_k)]).astype(np.int32))
+    q, k, v = (cupy.asarray(rng.standard_normal((n, 4, 64), dtype=np.float32))
+               for n in (sum(lengths_q), sum(lengths_k), sum(lengths_k)))
+    out, lse = cf.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lengths_q), max(lengths_k), causal=True,
+                                         return_lse=True, precision=PRECISION[mode])
+    ref, ref_lse = attention_varlen_reference(q.astype(cupy.float64), k.astype(cupy.float64),
+                                              v.astype(cupy.float64), cu_q, cu_k, causal=True, xp=cupy)
+    tol = 1e-5 if mode == "float32" else 5e-3
+    assert bool(cupy.isfinite(out).all())
+    assert float(cupy.abs(out - ref).max()) < tol
+    live = ~cupy.isneginf(ref_lse)
+    assert bool((cupy.isneginf(lse) == ~live).all())
+    assert float(cupy.abs(lse[live] - ref_lse[live]).max()) < tol
+
+
+def test_highest_is_more_accurate_than_tf32():
+    import cupy
+
+    (q, k, v, _), (q64, k64, v64, _) = make_problem(1, 2, 512, 512, 4, 4, 128, "float32")
+    from cupyflash.reference import attention_reference
+
+    ref, _ = attention_reference(q64, k64, v64, xp=cupy)
+    errors = {p: float(cupy.abs(cf.flash_attn_func(q, k, v, precision=p) - ref).max()) for p in ("highest", "tf32")}
+    assert errors["highest"] * 50 < errors["tf32"], errors
+
+
+def test_precision_errors_before_launch():
+    import cupy
+
+    (q, k, v, _), _ = make_problem(1, 1, 16, 16, 2, 2, 64, "float32")
+    (h, hk, hv, _), _ = make_problem(1, 1, 16, 16, 2, 2, 64, "float16")
+    with pytest.raises(ValueError, match="precision must be one of 'highest', 'tf32'"):
+        cf.flash_attn_func(q, k, v, precision="fp32")
+    with pytest.raises(ValueError, match="precision applies to float32 inputs"):
+        cf.flash_attn_func(h, hk, hv, precision="highest")
+    with pytest.raises(TypeError, match="q, k, v must share one dtype"):
+        cf.flash_attn_func(q, hk, hv)
+    dq = cupy.full(q.shape, 7, q.dtype)
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        cf.flash_attn_backward(out, q, k, v, out, lse, precision="half", dq=dq)
+    assert bool((dq == 7).all())

@@ -125,7 +125,8 @@ def _entry_allows(entry, variant, limits=None) -> bool:
 # Fallback tiles for small shared memory, appended to every head dim's list: 64x32 fits 99 KB at every head
 # dim, 16x16 fits 48 KB at every head dim. Slow, but never "no kernel".
 _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
-_TF32_SMALL = (_t(16, 16, 1),)
+# float32: 16x16/1 warp up to head dim 128; above it one warp cannot cover a row of 16-byte chunks, 32x16/2 warps.
+_TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
@@ -165,7 +166,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # not measured yet. 16x16 fits 99 KB at every head dim.
     **{("mma_tf32", kd): (_t(128, 64, 4, blocks_per_sm=2), _t(64, 64, 4)) + _TF32_SMALL for kd in (32, 64)},
     **{("mma_tf32", kd): (_t(128, 32, 4), _t(64, 64, 4), _t(64, 32, 4)) + _TF32_SMALL for kd in (96, 128)},
-    **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_SMALL for kd in (160, 192, 224, 256)},
+    **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_WIDE_SMALL for kd in (160, 192, 224, 256)},
 }
 
 
@@ -246,7 +247,7 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # float32: first choices by shared memory, not measured yet.
     **{("mma_tf32", kd): (_t(64, 64, 4, blocks_per_sm=2), _t(64, 32, 4)) + _TF32_DQ_SMALL for kd in (32, 64)},
     **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_DQ_SMALL for kd in (96, 128)},
-    **{("mma_tf32", kd): (_t(32, 32, 2),) + _TF32_DQ_SMALL for kd in (160, 192, 224, 256)},
+    **{("mma_tf32", kd): (_t(32, 32, 2),) + _TF32_WIDE_SMALL for kd in (160, 192, 224, 256)},
 }
 
 #: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when
@@ -299,8 +300,9 @@ def kv_splits(limits: DeviceLimits, blocks: int, heads_per_kv: int, query_tiles:
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
-_FALLBACKS = {"fwd": set(_SMALL + _TF32_SMALL), "bwd": set(_BWD_MID + _BWD_SMALL + _TF32_BWD_SMALL),
-              "bwd_dq": set(map(_entry_config, _BWD_DQ_SMALL + _TF32_DQ_SMALL))}
+_FALLBACKS = {"fwd": set(_SMALL + _TF32_SMALL + _TF32_WIDE_SMALL),
+              "bwd": set(_BWD_MID + _BWD_SMALL + _TF32_BWD_SMALL),
+              "bwd_dq": set(map(_entry_config, _BWD_DQ_SMALL + _TF32_DQ_SMALL + _TF32_WIDE_SMALL))}
 
 
 class NoConfigFits(ValueError):

@@ -22,6 +22,11 @@ ERROR_FLOOR = {"float16": 1e-4, "bfloat16": 1e-3, "float32": 1e-6, "tf32": 1e-4}
 # ALiBi alike, 450 gradients each).
 ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "tf32": 2.0**-11}
 LSE_FLOOR = 1e-4
+# The multiple of the naive computation's error a kernel may make. precision="highest" is held to 16x plain float32
+# arithmetic, not 2x: its three TF32 products represent each operand to 2^-22 (not fp32's 2^-24) and the tensor
+# cores add each product into the float32 accumulator, key tile after key tile, less exactly than FFMA does
+# (measured on the H100: up to 4x at seqlen 1k, growing with seqlen; docs/performance.md).
+NAIVE_FACTOR = {"float16": 2, "bfloat16": 2, "float32": 16, "tf32": 2}
 
 
 def random_array(rng, shape, dtype, scale=1.0):
@@ -124,7 +129,7 @@ def to_float64(x):
 
 
 def check_against_reference(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
-    """Assert out/lse agree with float64 attention within 2x the naive low-precision error plus a floor.
+    """Assert out/lse agree with float64 attention within NAIVE_FACTOR (2 for 16-bit inputs) times the naive low-precision error plus a floor.
     NaN or inf anywhere in out fails; lse must be -inf exactly where the reference row sees no key.
     `variant` (window_size, softcap, alibi_slopes: any float CuPy array) goes straight to the reference functions;
     k64/v64 may have fewer heads than q64 (GQA/MQA)."""
@@ -155,25 +160,27 @@ def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
         if bool(live.any()):
             lerr = float(cupy.abs(lse[live] - ref_lse[live]).max())
             lbase = float(cupy.abs(lowp_lse[live] - ref_lse[live]).max())
-            assert lerr <= 2 * lbase + LSE_FLOOR, f"lse error {lerr:.3g} > 2 x naive {lbase:.3g} + floor"
+            factor = NAIVE_FACTOR[dtype]
+            assert lerr <= factor * lbase + LSE_FLOOR, f"lse error {lerr:.3g} > {factor} x naive {lbase:.3g} + floor"
     return {"out": (err, base, floor)}
 
 
 def assert_within_bounds(parts, dtype):
-    """Each output's largest error over the parts within 2x the naive computation's largest error over the parts,
+    """Each output's largest error over the parts within NAIVE_FACTOR (2 for 16-bit inputs) times the naive computation's largest error over the parts,
     plus the largest floor. Returns the out error, or {name: error} for gradients."""
     errors = {}
     for name in parts[0]:
         err = max(p[name][0] for p in parts)
         base = max(p[name][1] for p in parts)
         floor = max(p[name][2] for p in parts)
-        assert err <= 2 * base + floor, f"{name} error {err:.3g} > 2 x naive {base:.3g} + {floor:.2g}"
+        factor = NAIVE_FACTOR[dtype]
+        assert err <= factor * base + floor, f"{name} error {err:.3g} > {factor} x naive {base:.3g} + {floor:.2g}"
         errors[name] = err
     return errors["out"] if list(errors) == ["out"] else errors
 
 
 def check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, **variant):
-    """Assert each of dq, dk, dv is within 2x the naive low-precision gradient's error (plus a floor relative to
+    """Assert each of dq, dk, dv is within NAIVE_FACTOR (2 for 16-bit inputs) times the naive low-precision gradient's error (plus a floor relative to
     the gradient's size) of the float64 analytic gradient; NaN or inf anywhere fails. `variant` as in
     check_against_reference; with GQA/MQA dk and dv have k64's shape (summed over each group's query heads)."""
     return assert_within_bounds([grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, **variant)], dtype)

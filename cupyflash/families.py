@@ -112,8 +112,10 @@ class Mma80Family:
         if kind in HELPER_KINDS:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"
         bias = _bias_policy(variant, kind == "bwd" and variant.dbias)  # only the dK/dV kernel computes dbias
+        # float32 at precision "highest" takes the softcap's tanh from the math library (score_mod.cuh)
+        exact = ", true" if variant.softcap and variant.precision == "highest" else ""
         policies = (f"{_MASK_TYPE[variant.mask]}, "
-                    f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}>, {bias}")
+                    f"cf::ScoreMod<{_cpp_bool(variant.softcap)}, {_cpp_bool(variant.alibi)}{exact}>, {bias}")
         tiles = (f"{kernel_hdim}, {config.block_m}, {config.block_n}, {config.warps}, {config.stages}, "
                  f"{config.blocks_per_sm}")
         smem = self.smem_bytes(kind, config, kernel_hdim, variant)

@@ -143,7 +143,8 @@ def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
     import cupy
 
     ref_out, ref_lse = attention_reference(q64, k64, v64, scale, causal, xp=cupy, **variant)
-    lowp_out, lowp_lse = attention_naive_lowp(q64, k64, v64, scale, causal, dtype, xp=cupy, **variant)
+    lowp_out, lowp_lse = attention_naive_lowp(*_naive_inputs(dtype, q64, k64, v64), scale, causal, dtype, xp=cupy,
+                                              **variant)
     got = to_float64(out)
     assert bool(cupy.isfinite(got).all()), "output holds NaN/inf (unwritten or broken elements)"
     err = float(cupy.abs(got - ref_out).max()) if got.size else 0.0
@@ -163,6 +164,16 @@ def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
             factor = NAIVE_FACTOR[dtype]
             assert lerr <= factor * lbase + LSE_FLOOR, f"lse error {lerr:.3g} > {factor} x naive {lbase:.3g} + floor"
     return {"out": (err, base, floor)}
+
+
+def _naive_inputs(dtype, *arrays):
+    """The inputs a naive computation in ``dtype`` multiplies: as given (already in the dtype), or for "tf32"
+    rounded to TF32 as the tensor cores take them."""
+    if dtype != "tf32":
+        return arrays
+    from cupyflash.reference import round_to_dtype
+
+    return tuple(round_to_dtype(x, "tf32") for x in arrays)
 
 
 def assert_within_bounds(parts, dtype):
@@ -200,7 +211,7 @@ def grad_errors(grads, dout64, q64, k64, v64, scale, causal, dtype, out=None, **
     out64 = None if out is None else to_float64(out)
     refs = attention_backward_reference(dout64, q64, k64, v64, scale, causal, xp=cupy, return_dbias=with_dbias,
                                         out=out64, **variant)
-    lowp = attention_backward_naive_lowp(dout64, q64, k64, v64, scale, causal, dtype, xp=cupy,
+    lowp = attention_backward_naive_lowp(*_naive_inputs(dtype, dout64, q64, k64, v64), scale, causal, dtype, xp=cupy,
                                          return_dbias=with_dbias, out=out64, **variant)
     errors = {}
     for name, got, ref, base in zip(("dq", "dk", "dv", "dbias"), grads, refs, lowp):

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
 from gpu_helpers import PRECISION, make_bias, make_mask, make_problem
-from test_variants_gpu import AWKWARD_SEQLENS, ODD_HEAD_DIMS, alibi, run_backward, run_forward
+from test_variants_gpu import AWKWARD_SEQLENS, alibi, run_backward, run_forward
 
 import cupyflash as cf
 from cupyflash.configs import KERNEL_HEAD_DIMS
@@ -64,9 +64,14 @@ DQ_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("bwd_dq")
 
 @pytest.mark.parametrize("kd,config", FWD_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in FWD_CANDIDATES])
 def test_every_forward_candidate(kd, config):
+    from gpu_helpers import check_against_reference
+
     for i, head_dim in enumerate((kd - 8, kd)):
-        forward(kd + i, 1, config.block_m * 2 + 5, config.block_n * 3 + 7, 2, 2, head_dim, MODES[i], i == 1,
-                config=config)
+        (q, k, v, _), (q64, k64, v64, _) = make_problem(kd + i, 1, config.block_m * 2 + 5, config.block_n * 3 + 7,
+                                                        2, 2, head_dim, MODES[i])
+        out, lse = cf.flash_attn_func(q, k, v, causal=i == 1, return_lse=True, precision=PRECISION[MODES[i]],
+                                      config=config)
+        check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(head_dim), i == 1, MODES[i])
 
 
 @pytest.mark.parametrize("kd,config", BWD_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in BWD_CANDIDATES])

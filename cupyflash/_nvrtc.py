@@ -246,12 +246,18 @@ def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"
     from .configs import KERNEL_HEAD_DIMS
     from .problem import variant_combinations
 
+    from .configs import family_for
+
     limits, out = ARCH_GPUS[arch], set()
     for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
         for variant in variant_combinations(kind, dtypes, biases):
-            config = select_config(kind, limits, kd, variant=variant)
+            try:
+                config = select_config(kind, limits, kd, variant=variant)
+            except NoConfigFits:  # the call raises that: nothing to compile
+                continue
+            fam = family_for(limits, variant)
             for atomic in (True, False) if kind == "bwd" else (False,):
-                out.add((MMA_SM80.sources[kind], MMA_SM80.kernel_name(kind, config, kd, variant, atomic)))
+                out.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
     return sorted(out)
 
 

@@ -205,10 +205,13 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 192): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
     ("mma_sm80", 224): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
     ("mma_sm80", 256): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
-    # float32: first choices by shared memory, not measured yet. 32x16/w2 fits 99 KB up to head dim 128.
+    # float32: first choices by shared memory, not measured yet. 32x16/w2 fits 99 KB up to head dim 128. Each
+    # warp holds dK and dV for key_tiles x head_dim / 2 columns: 32x64 spills from head dim 160 (compile check),
+    # and at 128 with a block-sparse mask and dbias, or softcap, ALiBi and packed rows: those run 32x32.
     **{("mma_tf32", kd): (_t(64, 64, 4, d_split=2), _t(32, 64, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (32, 64)},
-    **{("mma_tf32", kd): (_t(32, 64, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (96, 128, 160, 192)},
-    **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (224, 256)},
+    **{("mma_tf32", kd): (When(_t(32, 64, 4, d_split=2), avoid=("block_mask+dbias", "softcap+alibi+packed")),
+                          _t(32, 32, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (96, 128)},
+    **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224, 256)},
 }
 
 # Backward, dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
@@ -244,10 +247,13 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     **{("mma_sm80", kd): (When(_c(64, 32, 4), avoid=("sm80+band+fp32_bias+block_mask", "sm80+band+softcap+alibi+bias")
                                if kd == 256 else ()),)
        + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
-    # float32: first choices by shared memory, not measured yet.
+    # float32: first choices by shared memory, not measured yet. A block-sparse mask with a bias spills 64x32 at
+    # 128 and 32x32 at 160 by a few bytes (compile check): those take the next entry.
     **{("mma_tf32", kd): (_t(64, 64, 4, blocks_per_sm=2), _t(64, 32, 4)) + _TF32_DQ_SMALL for kd in (32, 64)},
-    **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_DQ_SMALL for kd in (96, 128)},
-    **{("mma_tf32", kd): (_t(32, 32, 2),) + _TF32_WIDE_SMALL for kd in (160, 192, 224, 256)},
+    **{("mma_tf32", kd): (When(_t(64, 32, 4), avoid=("bias+block_mask",)), _t(32, 32, 2)) + _TF32_DQ_SMALL
+       for kd in (96, 128)},
+    **{("mma_tf32", kd): (When(_t(32, 32, 2), avoid=("bias+block_mask",)),) + _TF32_WIDE_SMALL
+       for kd in (160, 192, 224, 256)},
 }
 
 #: Whether dQ goes through fp32 atomics in the dK/dV kernel (True) or through the separate dQ kernel (False), when

@@ -211,7 +211,11 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     **{("mma_tf32", kd): (_t(64, 64, 4, d_split=2), _t(32, 64, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (32, 64)},
     **{("mma_tf32", kd): (When(_t(32, 64, 4, d_split=2), avoid=("block_mask+dbias", "softcap+alibi+packed")),
                           _t(32, 32, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (96, 128)},
-    **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224, 256)},
+    **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},
+    # At 256 every tile spills with softcap, ALiBi, a float32 bias with its gradient and a mask at once (48 bytes,
+    # compile check: dK and dV alone take 128 registers a thread); that combination has no kernel (NoConfigFits).
+    ("mma_tf32", 256): tuple(When(c, avoid=("softcap+alibi+fp32_bias+mask+dbias",))
+                             for c in (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL),
 }
 
 # Backward, dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
@@ -250,8 +254,8 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # float32: first choices by shared memory, not measured yet. A block-sparse mask with a bias spills 64x32 at
     # 128 and 32x32 at 160 by a few bytes (compile check): those take the next entry.
     **{("mma_tf32", kd): (_t(64, 64, 4, blocks_per_sm=2), _t(64, 32, 4)) + _TF32_DQ_SMALL for kd in (32, 64)},
-    **{("mma_tf32", kd): (When(_t(64, 32, 4), avoid=("bias+block_mask",)), _t(32, 32, 2)) + _TF32_DQ_SMALL
-       for kd in (96, 128)},
+    **{("mma_tf32", kd): (When(_t(64, 32, 4), avoid=("bias+block_mask",)),
+                          When(_t(32, 32, 2), avoid=("bias+block_mask",))) + _TF32_DQ_SMALL for kd in (96, 128)},
     **{("mma_tf32", kd): (When(_t(32, 32, 2), avoid=("bias+block_mask",)),) + _TF32_WIDE_SMALL
        for kd in (160, 192, 224, 256)},
 }
@@ -382,6 +386,10 @@ def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool =
     the first entry (fallbacks included) that fits at all. A tuned tile at one block per SM beats a fallback."""
     del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
     kd, table = _table(kind, limits, head_dim, variant)
+    if not table:
+        raise NoConfigFits(f"no {kind} kernel for head dim {head_dim}{_modifiers_text(variant)}: every tile of the "
+                           f"{family_for(limits, variant).name} family spills registers with this combination "
+                           f"(docs/usage.md lists these gaps); leave out one of the modifiers")
     for config in table:
         if config not in _FALLBACKS[kind] and fits(config, kd, limits, residency=True, kind=kind, variant=variant):
             return config

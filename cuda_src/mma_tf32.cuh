@@ -19,6 +19,10 @@ __device__ __forceinline__ u32 to_tf32(float x) {
     return r;
 }
 
+// The same as a float: PTX leaves the 13 bits below TF32's mantissa unspecified, which the products ignore but the
+// remainder x - hi must not see.
+__device__ __forceinline__ u32 to_tf32_exact(float x) { return to_tf32(x) & 0xffffe000u; }
+
 // D += A(16x8, row) * B(8x8, col), operands already TF32.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
@@ -64,7 +68,7 @@ template <> struct Mma<f32x3> : Mma32 {
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const float x = __uint_as_float(r[i]);
-            o.hi[i] = to_tf32(x);
+            o.hi[i] = to_tf32_exact(x);
             o.lo[i] = to_tf32(x - __uint_as_float(o.hi[i]));
         }
         return o;

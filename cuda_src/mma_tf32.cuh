@@ -2,7 +2,10 @@
 // its 23 mantissa bits. Two element types differ only in how a fragment becomes an operand:
 //   tf32:  each value rounded to TF32 once, one product: about 1e-3 relative error (precision="tf32");
 //   f32x3: each value split into hi = tf32(x) and lo = tf32(x - hi), three products hi*hi + hi*lo + lo*hi (lo*lo
-//          is below fp32 rounding): about fp32's accuracy at a third of the speed (precision="highest").
+//          is below 2^-22): a third of the speed (precision="highest"). Each operand is then held to 2^-22 rather
+//          than fp32's 2^-24, and the tensor cores add products into the fp32 accumulator less exactly than FFMA
+//          (truncating): measured on the H100, a k8..k1024 product errs 2.4e-7..1.4e-6 of sum|a||b| where cuBLAS
+//          fp32 errs 0.4..1.5e-7 (docs/performance.md); a separate accumulator for the small terms would gain 3x.
 // Fragments of one k step (8 floats = 32 bytes of a row) load exactly as a 16-bit k16 step does (smem_tile.cuh);
 // A is 4 registers (16x8) and a B pair 4 (two 8x8 n-tiles), as for the 16-bit products.
 #pragma once
@@ -18,10 +21,6 @@ __device__ __forceinline__ u32 to_tf32(float x) {
     asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(r) : "f"(x));
     return r;
 }
-
-// The same as a float: PTX leaves the 13 bits below TF32's mantissa unspecified, which the products ignore but the
-// remainder x - hi must not see.
-__device__ __forceinline__ u32 to_tf32_exact(float x) { return to_tf32(x) & 0xffffe000u; }
 
 // D += A(16x8, row) * B(8x8, col), operands already TF32.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
@@ -68,7 +67,7 @@ template <> struct Mma<f32x3> : Mma32 {
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const float x = __uint_as_float(r[i]);
-            o.hi[i] = to_tf32_exact(x);
+            o.hi[i] = to_tf32(x);  // its 13 low bits are 0 (measured on the H100), so hi is exact as a float
             o.lo[i] = to_tf32(x - __uint_as_float(o.hi[i]));
         }
         return o;

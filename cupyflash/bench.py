@@ -981,6 +981,10 @@ def _check_support(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    _import_cupyflash()  # also when run as a script (python cupyflash/bench.py)
+    from cupyflash._cli import require_gpu
+
+    require_gpu("cupyflash bench")
     note = (OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else VARLEN_NOTE if args.varlen
             else BIAS_NOTE if args.bias else MASK_NOTE if args.mask else FLOP_NOTE)
     head = header_lines(note)

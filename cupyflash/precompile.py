@@ -53,9 +53,10 @@ def _compile(chunk):
 
 
 def main(argv=None):
+    from ._cli import die, first_line, require_gpu
     from ._device import device_limits
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cupyflash.precompile", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", action="store_true", help="also every variant combination")
     parser.add_argument("--bias", nargs="+", metavar="DTYPE",
@@ -65,21 +66,25 @@ def main(argv=None):
                         help="only the K-th of N equal shares of the instances (to spread the work over commands "
                              "with a time limit; the shares of 1/N .. N/N together are all of them)")
     args = parser.parse_args(argv)
-    os.environ.setdefault("CUPYFLASH_QUIET", "1")
-    instances = _instances(device_limits(0), args.variants)
-    if args.bias:
-        instances = [i for i in instances if i[3].bias in args.bias or ("bool" in args.bias and i[3].bool_mask)]
     try:
         part, parts = map(int, args.part.split("/"))
         assert 1 <= part <= parts
     except (ValueError, AssertionError):
         parser.error(f"--part takes K/N with 1 <= K <= N; got {args.part!r}")
+    require_gpu("cupyflash precompile")
+    os.environ.setdefault("CUPYFLASH_QUIET", "1")
+    instances = _instances(device_limits(0), args.variants)
+    if args.bias:
+        instances = [i for i in instances if i[3].bias in args.bias or ("bool" in args.bias and i[3].bool_mask)]
     instances = instances[part - 1::parts]
     chunks = [instances[i::args.jobs] for i in range(args.jobs)]
     start = time.perf_counter()
     # spawn: this process has a CUDA context already, which forked children must not inherit
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        total = sum(pool.map(_compile, chunks))
+    try:
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            total = sum(pool.map(_compile, chunks))
+    except Exception as exc:  # a worker's error comes back here with the worker's traceback: one line instead
+        die("cupyflash precompile", f"compiling failed: {first_line(exc)}", 1)
     print(f"cupyflash: {total} kernel instances ready in {time.perf_counter() - start:.0f} s")
 
 

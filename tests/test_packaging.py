@@ -32,3 +32,10 @@ def test_public_functions_are_annotated(name):
     fn = getattr(cupyflash, name)
     hints = typing.get_type_hints(fn)  # raises if an annotation names something that does not exist
     assert "return" in hints
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("python -m pytest"))
+    assert command == "python -m pytest -rs -q tests"  # -rs: every skip with its reason
+    assert command in (REPO / ".ci" / "run").read_text().splitlines()

@@ -8,4 +8,4 @@ from .varlen import flash_attn_varlen_backward, flash_attn_varlen_func, flash_at
 __all__ = ["flash_attn_func", "flash_attn_backward", "flash_attn_vjp", "flash_attn_varlen_func",
            "flash_attn_varlen_backward", "flash_attn_varlen_vjp", "prepare_mask", "PreparedMask", "select_config_for",
            "select_fwd_config", "TileConfig", "DeviceLimits", "NoConfigFits"]
-__version__ = "0.2.0"
+__version__ = "0.2.0"  # the only place the version is written (pyproject.toml reads it)

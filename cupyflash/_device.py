@@ -1,9 +1,21 @@
-"""Reading a GPU's limits once per device."""
+"""Reading a GPU's limits once per device, and saying in one line why there is no GPU to read."""
 from __future__ import annotations
 
 import functools
 
 from .configs import DeviceLimits
+
+
+def no_gpu_reason() -> str | None:
+    """None when CuPy sees a CUDA device; otherwise why not, in one line (the GPU tests' skip reason too)."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return None
+        return "no CUDA device visible"
+    except Exception as exc:  # CuPy not installed, no driver or libcuda, a driver older than CuPy's runtime
+        return f"no usable CUDA GPU ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
 
 
 @functools.lru_cache(maxsize=None)

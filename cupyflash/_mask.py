@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from ._bias import readable
+from ._types import Array
 from .problem import BiasLayout
 
 
@@ -97,7 +98,7 @@ def with_block_mask(problem, blocks, pick):
     return problem, None
 
 
-def prepare_mask(mask) -> PreparedMask:
+def prepare_mask(mask: Array) -> PreparedMask:
     """Wrap a boolean mask (any CUDA array; True = may attend) so that the calls given it compute its tile summary
     once per kernel tile shape instead of once per call. Shape rules are checked at each call, as for a raw mask.
     A prepared mask also finds its uniform blocks once (:func:`uniform_blocks`): where every tile the kernels use

@@ -7,6 +7,7 @@ import math
 from . import _kernels, _launch, configs
 from ._bias import readable
 from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
+from ._types import Array, Grads, Vjp, Window
 from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
@@ -326,10 +327,14 @@ def make_plan(problem, specs, lse_spec, grad_specs, *, deterministic, atomic_dq,
                         deterministic)
 
 
-def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=False, window_size=(-1, -1),
-                        softcap=0.0, alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None,
-                        atomic_dq=None, config=None, dq_config=None, kv_splits=None, bias=None, mask=None,
-                        return_dbias=False, precision=None):
+def flash_attn_backward(dout: Array, q: Array, k: Array, v: Array, out: Array, lse: Array, *,
+                        softmax_scale: float | None = None, causal: bool = False, window_size: Window = (-1, -1),
+                        softcap: float = 0.0, alibi_slopes: Array | None = None, deterministic: bool = False,
+                        dq: Array | None = None, dk: Array | None = None, dv: Array | None = None,
+                        atomic_dq: bool | None = None, config: configs.TileConfig | None = None,
+                        dq_config: configs.TileConfig | None = None, kv_splits: int | None = None,
+                        bias: Array | None = None, mask: Array | PreparedMask | None = None,
+                        return_dbias: bool = False, precision: str | None = None) -> Grads:
     """Gradients of ``out = flash_attn_func(q, k, v, ...)`` for the upstream gradient ``dout``.
 
     Args:
@@ -378,9 +383,11 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
     return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias, mask)
 
 
-def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                   alibi_slopes=None, deterministic=False, *, bias=None, bias_requires_grad=False, mask=None,
-                   precision=None):
+def flash_attn_vjp(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                   causal: bool = False, window_size: Window = (-1, -1), softcap: float = 0.0,
+                   alibi_slopes: Array | None = None, deterministic: bool = False, *, bias: Array | None = None,
+                   bias_requires_grad: bool = False, mask: Array | PreparedMask | None = None,
+                   precision: str | None = None) -> tuple[Array, Vjp]:
     """Forward pass plus a function that maps an upstream gradient to (dq, dk, dv).
 
     ``out, vjp = flash_attn_vjp(q, k, v, ...); dq, dk, dv = vjp(dout)``, with flash_attn_func's arguments. The

@@ -934,6 +934,10 @@ def build_parser():
                       help="boolean masks with half of their blocks empty (prepared and raw) and dense random "
                            "masks, forward and backward, against the unmasked call (seqlen 1k-8k); uses "
                            "--headdim, --dtype (default bfloat16), --impls (any torch impl: SDPA runs)")
+    mode.add_argument("--plot", metavar="CSV",
+                      help="no benchmark: draw TFLOP/s against seqlen from a CSV that the default mode wrote "
+                           "(--csv), one PNG per dtype and direction (needs matplotlib); no GPU needed")
+    p.add_argument("--out", metavar="DIR", help="--plot: where the PNGs go (default: the CSV's folder)")
     p.add_argument("--headdim", type=int, nargs="+", default=[64, 128], help="default mode and --variants")
     p.add_argument("--seqlen", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
                    help="default mode only")
@@ -993,6 +997,19 @@ def _fp32():
 
 def main(argv=None):
     args = parse_args(argv)
+    _import_cupyflash()  # also when run as a script (python cupyflash/bench.py)
+    from cupyflash._cli import die, require_gpu
+
+    if args.plot:
+        from cupyflash._plot import PlotError, plot_csv
+
+        try:
+            written = plot_csv(args.plot, args.out)
+        except (PlotError, OSError) as e:
+            die("cupyflash bench --plot", str(e), 2)
+        print("\n".join(map(str, written)))
+        return []
+    require_gpu("cupyflash bench")
     note = (OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else VARLEN_NOTE if args.varlen
             else BIAS_NOTE if args.bias else MASK_NOTE if args.mask else _fp32().NOTE if args.fp32 else FLOP_NOTE)
     head = header_lines(note)
@@ -1007,12 +1024,17 @@ def main(argv=None):
         with open(args.markdown, "w") as f:
             f.write("\n".join(report) + "\n")
     if args.csv:
-        keys = [k for _, k, _ in columns] + ["error", "bwd_error"]
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(args.csv, rows, columns)
     return rows
+
+
+def write_csv(path, rows, columns=COLUMNS):
+    """The rows' column keys and error cells as CSV (what --plot reads back)."""
+    keys = [k for _, k, _ in columns] + ["error", "bwd_error"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,12 @@ from __future__ import annotations
 from . import _kernels, _launch
 from ._bias import readable
 from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
+from ._types import Array, Window
 from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import as_cuda_array, describe, spec_of
-from .configs import check_config, family_for, kernel_head_dim, select_config
+from .configs import TileConfig, check_config, family_for, kernel_head_dim, select_config
 
 _PLANS = PlanCache()
 
@@ -133,9 +134,12 @@ def _call_key(arrays, optional, *scalars):
     return None if rest is None else (keys, extra, rest)
 
 
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False, *, return_lse=False,
-                    config=None, bias=None, mask=None, precision=None):
+def flash_attn_func(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softmax_scale: float | None = None,
+                    causal: bool = False, window_size: Window = (-1, -1), softcap: float = 0.0,
+                    alibi_slopes: Array | None = None, deterministic: bool = False, return_attn_probs: bool = False,
+                    *, return_lse: bool = False, config: TileConfig | None = None, bias: Array | None = None,
+                    mask: Array | PreparedMask | None = None,
+                    precision: str | None = None) -> Array | tuple[Array, ...]:
     """Exact softmax attention, computed tile by tile without materialising the score matrix.
 
     flash-attn's signature and semantics: code written for ``flash_attn.flash_attn_func`` runs unchanged.
@@ -230,6 +234,6 @@ def plan_for(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_si
                    config, precision)[0]
 
 
-def select_config_for(q, k, v, causal: bool = False, **variant):
+def select_config_for(q: Array, k: Array, v: Array, causal: bool = False, **variant) -> TileConfig:
     """The tile configuration :func:`flash_attn_func` would use for these inputs."""
     return plan_for(q, k, v, causal=causal, **variant).config

@@ -1,11 +1,12 @@
 """Compile kernel instances for this machine's GPU in parallel, filling CuPy's disk cache.
 
-    python -m cupyflash.precompile [--jobs N] [--variants]
+    python -m cupyflash.precompile [--jobs N] [--variants] [--dtypes ...] [--head-dims ...] [--bias ...] [--part K/N]
 
 Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
-every dtype (float32 at each precision); ``--dtypes`` and ``--head-dims`` narrow that. ``--variants`` adds every mask x softcap x ALiBi x row layout (dense, packed variable-length) x bias
-dtype (dense rows; with and without dbias) x boolean mask (dense rows; read where it cuts tiles, or block-sparse)
-combination with the tiles the dispatcher picks.
+every dtype (float32 at each precision); ``--dtypes`` and ``--head-dims`` narrow that. ``--variants`` adds every
+mask x softcap x ALiBi x row layout (dense, packed variable-length) x bias dtype (dense rows; with and without dbias)
+x boolean mask (dense rows; read where it cuts tiles, or block-sparse) combination with the tiles the dispatcher
+picks.
 Later processes (tests, benchmarks, users) then load binaries in milliseconds instead of compiling.
 """
 from __future__ import annotations
@@ -57,9 +58,10 @@ def _compile(chunk):
 
 
 def main(argv=None):
+    from ._cli import die, first_line, require_gpu
     from ._device import device_limits
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cupyflash.precompile", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", action="store_true", help="also every variant combination")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=DTYPES, help="input dtypes (default: all)")
@@ -72,6 +74,12 @@ def main(argv=None):
                         help="only the K-th of N equal shares of the instances (to spread the work over commands "
                              "with a time limit; the shares of 1/N .. N/N together are all of them)")
     args = parser.parse_args(argv)
+    try:
+        part, parts = map(int, args.part.split("/"))
+        assert 1 <= part <= parts
+    except (ValueError, AssertionError):
+        parser.error(f"--part takes K/N with 1 <= K <= N; got {args.part!r}")
+    require_gpu("cupyflash precompile")
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
     instances = _instances(device_limits(0), args.variants, tuple(args.dtypes))
     if args.bias:
@@ -81,17 +89,15 @@ def main(argv=None):
 
         kernel_dims = {kernel_head_dim(d) for d in args.head_dims}
         instances = [i for i in instances if i[1] in kernel_dims]
-    try:
-        part, parts = map(int, args.part.split("/"))
-        assert 1 <= part <= parts
-    except (ValueError, AssertionError):
-        parser.error(f"--part takes K/N with 1 <= K <= N; got {args.part!r}")
     instances = instances[part - 1::parts]
     chunks = [instances[i::args.jobs] for i in range(args.jobs)]
     start = time.perf_counter()
     # spawn: this process has a CUDA context already, which forked children must not inherit
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        total = sum(pool.map(_compile, chunks))
+    try:
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            total = sum(pool.map(_compile, chunks))
+    except Exception as exc:  # a worker's error comes back here with the worker's traceback: one line instead
+        die("cupyflash precompile", f"compiling failed: {first_line(exc)}", 1)
     print(f"cupyflash: {total} kernel instances ready in {time.perf_counter() - start:.0f} s")
 
 

@@ -9,18 +9,22 @@ from __future__ import annotations
 from . import backward
 from ._device import device_limits
 from ._launch import PlanCache
+from ._types import Array, Grads, Vjp, Window
 from ._validate import as_cuda_array, check_cu_seqlens_values, describe_varlen, spec_of
-from .configs import check_config, select_config
+from .configs import TileConfig, check_config, select_config
 from .forward import ForwardPlan, _call_key, _on_device
 
 _PLANS = PlanCache()
 _BACKWARD_PLANS = PlanCache()
 
 
-def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, *, return_lse=False, config=None,
-                           precision=None):
+def flash_attn_varlen_func(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqlens_k: Array,
+                           max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                           softmax_scale: float | None = None, causal: bool = False, window_size: Window = (-1, -1),
+                           softcap: float = 0.0, alibi_slopes: Array | None = None, deterministic: bool = False,
+                           return_attn_probs: bool = False, *, return_lse: bool = False,
+                           config: TileConfig | None = None, precision: str | None = None
+                           ) -> Array | tuple[Array, ...]:
     """Exact softmax attention over a batch of sequences of different lengths, packed without padding.
 
     flash-attn's signature and semantics. Each sequence is its own problem: causal and windows align to its own
@@ -65,10 +69,15 @@ def _check_offsets(cu_q, cu_k, total_q, total_k, problem):
     check_cu_seqlens_values("cu_seqlens_k", offsets_k, total_k, problem.seqlen_k)
 
 
-def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *,
-                               softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                               alibi_slopes=None, deterministic=False, dq=None, dk=None, dv=None, atomic_dq=None,
-                               config=None, dq_config=None, kv_splits=None, precision=None):
+def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: Array, lse: Array,
+                               cu_seqlens_q: Array, cu_seqlens_k: Array, max_seqlen_q: int, max_seqlen_k: int, *,
+                               softmax_scale: float | None = None, causal: bool = False,
+                               window_size: Window = (-1, -1), softcap: float = 0.0,
+                               alibi_slopes: Array | None = None, deterministic: bool = False,
+                               dq: Array | None = None, dk: Array | None = None, dv: Array | None = None,
+                               atomic_dq: bool | None = None, config: TileConfig | None = None,
+                               dq_config: TileConfig | None = None, kv_splits: int | None = None,
+                               precision: str | None = None) -> Grads:
     """Gradients of ``out = flash_attn_varlen_func(q, k, v, cu_seqlens_q, ...)`` for ``dout``.
 
     dout and out are (total_q, nheads, headdim) like q, lse (nheads, total_q) as the forward returns it; the
@@ -102,9 +111,11 @@ def flash_attn_varlen_backward(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens
     return tuple(g[0] if given[n] is None else given[n] for n, g in zip(("dq", "dk", "dv"), grads))
 
 
-def flash_attn_varlen_vjp(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
-                          softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                          deterministic=False, *, precision=None):
+def flash_attn_varlen_vjp(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_seqlens_k: Array,
+                          max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
+                          softmax_scale: float | None = None, causal: bool = False, window_size: Window = (-1, -1),
+                          softcap: float = 0.0, alibi_slopes: Array | None = None, deterministic: bool = False, *,
+                          precision: str | None = None) -> tuple[Array, Vjp]:
     """The packed forward plus a function that maps an upstream gradient to (dq, dk, dv); see flash_attn_vjp."""
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, precision=precision)

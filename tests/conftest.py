@@ -3,19 +3,9 @@ import os
 
 import pytest
 
+from cupyflash._device import no_gpu_reason
 
-def _gpu_reason():
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return None
-        return "no CUDA device visible"
-    except Exception as exc:  # no driver, no libcuda, CuPy not installed
-        return f"no usable CUDA GPU ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
-
-
-GPU_SKIP_REASON = _gpu_reason()
+GPU_SKIP_REASON = no_gpu_reason()
 requires_gpu = pytest.mark.skipif(GPU_SKIP_REASON is not None, reason=f"GPU test: {GPU_SKIP_REASON}")
 IN_CI = bool(os.environ.get("CI"))
 

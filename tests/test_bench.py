@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from cupyflash import bench
+from cupyflash import _cli, bench
 
 
 # --- arguments ----------------------------------------------------------------------------------------------
@@ -225,6 +225,7 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(bench, "free_memory", lambda: None)
     monkeypatch.setattr(bench, "header_lines", lambda note: ["device: fake", note])
     monkeypatch.setattr(bench, "_check_support", lambda args: None)
+    monkeypatch.setattr(_cli, "require_gpu", lambda prog: None)
 
 
 def test_variants_mode_end_to_end(fake_gpu, tmp_path, capsys):

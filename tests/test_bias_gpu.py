@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
-from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode,
-                         check_against_reference, check_grads_against_reference, make_bias, make_problem, to_float64)
+from cupyflash._accuracy import check_against_reference, check_grads_against_reference, to_float64
+from gpu_helpers import BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode, make_bias, make_problem
 
 import cupyflash as cf
 from cupyflash.configs import KERNEL_HEAD_DIMS, candidates

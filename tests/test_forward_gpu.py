@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
-from gpu_helpers import check_against_reference, random_array
+from cupyflash._accuracy import check_against_reference, random_array
 
 import cupyflash as cf
 from cupyflash.configs import KERNEL_HEAD_DIMS, fwd_candidates

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import GPU_SKIP_REASON, requires_gpu
-from gpu_helpers import PRECISION, make_bias, make_mask, make_problem
+from cupyflash._accuracy import PRECISION, check_against_reference, check_grads_against_reference
+from gpu_helpers import make_bias, make_mask, make_problem
 from test_variants_gpu import AWKWARD_SEQLENS, alibi, run_backward, run_forward
 
 import cupyflash as cf
@@ -64,7 +65,6 @@ DQ_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("bwd_dq")
 
 @pytest.mark.parametrize("kd,config", FWD_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in FWD_CANDIDATES])
 def test_every_forward_candidate(kd, config):
-    from gpu_helpers import check_against_reference
 
     for i, head_dim in enumerate((kd - 8, kd)):
         (q, k, v, _), (q64, k64, v64, _) = make_problem(kd + i, 1, config.block_m * 2 + 5, config.block_n * 3 + 7,
@@ -91,7 +91,6 @@ def test_every_dq_candidate(kd, config):
 
 
 def _check_backward(q, k, v, dout, q64, k64, v64, dout64, mode, causal, **kw):
-    from gpu_helpers import check_grads_against_reference
 
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, precision=PRECISION[mode])
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, precision=PRECISION[mode], **kw)
@@ -137,7 +136,6 @@ def test_backward_variants(p, dq):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bias_dtype", ["float32", "bfloat16"])
 def test_bias_and_mask(mode, bias_dtype):
-    from gpu_helpers import check_against_reference, check_grads_against_reference
 
     rng = np.random.default_rng(11)
     batch, sq, sk, h = 2, 97, 130, 4

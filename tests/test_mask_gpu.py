@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode,
-                         check_against_reference, check_grads_against_reference, make_mask, make_problem, to_float64)
+from cupyflash._accuracy import check_against_reference, check_grads_against_reference, to_float64
+from gpu_helpers import BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode, make_mask, make_problem
 
 import cupyflash as cf
 from cupyflash.problem import Variant

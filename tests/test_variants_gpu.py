@@ -7,8 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import (PRECISION, backward_mode, check_against_reference, check_grads_against_reference,
-                         make_problem, random_array, to_float64)
+from cupyflash._accuracy import (PRECISION, check_against_reference, check_grads_against_reference, random_array,
+                                 to_float64)
+from gpu_helpers import backward_mode, make_problem
 
 import cupyflash as cf
 

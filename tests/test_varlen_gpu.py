@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
-from gpu_helpers import backward_mode, assert_within_bounds, forward_errors, grad_errors, random_array, to_float64
+from cupyflash._accuracy import assert_within_bounds, forward_errors, grad_errors, random_array, to_float64
+from gpu_helpers import backward_mode
 
 import cupyflash as cf
 

@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from ._bias import readable
+from . import _interop
 from .problem import BiasLayout
 
 
@@ -104,10 +105,12 @@ def prepare_mask(mask) -> PreparedMask:
     lies inside one (a block-sparse mask whose blocks are multiples of the tiles), the kernels read only its tile
     summary, visiting the tiles it shows as if there were no mask.
     """
-    from ._validate import as_cuda_array, check_mask_dtype
-
     if isinstance(mask, PreparedMask):
         return mask
+    if type(mask) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(prepare_mask, locals())
+    from ._validate import as_cuda_array, check_mask_dtype
+
     mask = as_cuda_array(mask, "mask")
     check_mask_dtype(str(mask.dtype))
     return PreparedMask(mask)

@@ -5,6 +5,7 @@ import dataclasses
 import math
 
 from . import _kernels, _launch, configs
+from . import _interop
 from ._bias import readable
 from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._device import device_limits
@@ -357,6 +358,8 @@ def flash_attn_backward(dout, q, k, v, out, lse, *, softmax_scale=None, causal=F
         (dq, dk, dv) in the dtypes and shapes of q, k, v (dk, dv with nheads_k heads: summed over each group's
         query heads); new contiguous arrays unless given. With ``return_dbias``, (dq, dk, dv, dbias).
     """
+    if type(dout) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_backward, locals())
     if type(return_dbias) is not bool:
         raise TypeError(f"return_dbias must be a bool; got {return_dbias!r}")
     arrays = (q, k, v, dout, out, lse)
@@ -383,6 +386,8 @@ def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, win
     closure holds q, k, v, out and the log-sum-exp (no score matrix); it may be called any number of times.
     With ``bias_requires_grad=True`` it returns (dq, dk, dv, dbias), dbias as flash_attn_backward's.
     """
+    if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_vjp, locals())
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
     if mask is not None and not isinstance(mask, PreparedMask):

@@ -41,6 +41,10 @@ class Library:
     def check(self, x, name: str) -> None:
         """Raise, before any work, for arguments that cannot be run at all."""
 
+    def exportable(self, x):
+        """x in a form whose DLPack export the library allows."""
+        return x
+
 
 class _CuPy(Library):
     pass
@@ -58,6 +62,12 @@ class _Torch(Library):
         import torch
 
         return torch.from_dlpack(a)
+
+    def exportable(self, x):
+        import torch
+
+        # a tensor that requires grad refuses DLPack; the detached view shares its memory
+        return x.detach() if isinstance(x, torch.Tensor) else x
 
 
 class _Jax(Library):
@@ -98,6 +108,7 @@ def to_cupy(x, name: str):
 
     if isinstance(x, cupy.ndarray):  # a subclass as the class itself, which the API's fast path checks for
         return x if type(x) is cupy.ndarray else cupy.ndarray(x.shape, x.dtype, x.data, x.strides)
+    x = library_of(x).exportable(x)
     dlpack_device = getattr(x, "__dlpack_device__", None)
     if dlpack_device is not None:
         if int(dlpack_device()[0]) not in _DLPACK_CUDA_DEVICES:

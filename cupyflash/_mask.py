@@ -116,6 +116,16 @@ def prepare_mask(mask) -> PreparedMask:
     return PreparedMask(mask)
 
 
+def for_one_call(mask):
+    """A raw mask wrapped for one forward and its backward (flash_attn_vjp, the adapters): its padded copy, if it
+    needs one, made once for both; no search for uniform blocks (a GPU wait not worth it for one call)."""
+    if mask is None or isinstance(mask, PreparedMask):
+        return mask
+    from ._validate import as_cuda_array
+
+    return PreparedMask(as_cuda_array(mask, "mask"), find_blocks=False)
+
+
 def unwrap(mask):
     """The array of a mask given raw or prepared (None stays None)."""
     return mask.mask if isinstance(mask, PreparedMask) else mask

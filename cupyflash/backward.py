@@ -7,7 +7,7 @@ import math
 from . import _kernels, _launch, configs
 from . import _interop
 from ._bias import readable
-from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
+from ._mask import PreparedMask, TileSummary, for_one_call, unwrap, with_block_mask
 from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
@@ -390,9 +390,7 @@ def flash_attn_vjp(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, win
         return _interop.call(flash_attn_vjp, locals())
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
-    if mask is not None and not isinstance(mask, PreparedMask):
-        # one padded copy, if any, for the forward and backward; its blocks are looked for only if prepared
-        mask = PreparedMask(as_cuda_array(mask, "mask"), find_blocks=False)
+    mask = for_one_call(mask)  # one padded copy, if any, for the forward and backward
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, bias=bias, mask=mask)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)

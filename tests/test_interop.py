@@ -9,6 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
+from conftest import library_skip_reason, requires_gpu
+
 import cupyflash as cf
 from cupyflash import _interop
 
@@ -208,3 +210,190 @@ def _python(code):
 def test_importing_cupyflash_imports_neither_torch_nor_jax():
     result = _python("import sys, cupyflash; print(sorted({'torch', 'jax'} & set(sys.modules)))")
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+@pytest.mark.parametrize("adapter,library", [("torch", "torch"), ("jax", "jax")])
+def test_an_adapter_without_its_library_raises_a_clear_import_error(adapter, library):
+    result = _python(f"import sys; sys.modules[{library!r}] = None\n"  # makes `import {library}` fail
+                     f"try:\n    import cupyflash.{adapter}\nexcept ImportError as e:\n    print('ImportError:', e)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"ImportError: cupyflash.{adapter} needs"), result.stdout
+
+
+# ---- GPU with PyTorch: every entry point round trips torch tensors
+
+
+TORCH_SKIP = library_skip_reason("torch")
+requires_torch_gpu = pytest.mark.skipif(TORCH_SKIP is not None, reason=f"torch GPU test: {TORCH_SKIP}")
+TORCH_DTYPES = ["float16", "bfloat16"]
+
+
+def _torch_problem(dtype, seqlen_q=77, seqlen_k=90, nheads=4, nheads_k=2):
+    """(q, k, v, dout) as torch tensors and as the CuPy views of the same memory."""
+    import torch
+    from gpu_helpers import make_problem
+
+    arrays, _ = make_problem(3, 2, seqlen_q, seqlen_k, nheads, nheads_k, 64, dtype)
+    return tuple(torch.from_dlpack(a) for a in arrays), arrays
+
+
+@pytest.fixture
+def exported(monkeypatch):
+    """The CuPy arrays the torch adapter exported, by pointer: the tensors must share their memory."""
+    pointers = []
+    torch_library = _interop._BY_PACKAGE["torch"]
+    original = torch_library.export
+    monkeypatch.setattr(torch_library, "export", lambda a: pointers.append(a.data.ptr) or original(a))
+    return pointers
+
+
+def _same(tensor, array):
+    """Bitwise equality of a torch tensor and a CuPy array (same kernels, same inputs)."""
+    import cupy
+
+    got = cupy.from_dlpack(tensor)
+    return got.dtype == array.dtype and bool(cupy.array_equal(got.view(cupy.uint8), array.view(cupy.uint8)))
+
+
+@requires_torch_gpu
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_forward_returns_tensors_sharing_the_results_memory(dtype, exported):
+    import torch
+
+    (q, k, v, _), (cq, ck, cv, _) = _torch_problem(dtype)
+    out, lse, probs = cf.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+    for t in (out, lse, probs):
+        assert type(t) is torch.Tensor and t.device == q.device
+    assert out.dtype == q.dtype and lse.dtype == probs.dtype == torch.float32
+    assert [t.data_ptr() for t in (out, lse, probs)] == exported  # zero-copy
+    want_out, want_lse = cf.flash_attn_func(cq, ck, cv, causal=True, return_lse=True)
+    assert _same(out, want_out) and _same(lse, want_lse)
+
+
+@requires_torch_gpu
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_backward_writes_given_buffers_in_place_and_returns_them(dtype):
+    import torch
+
+    (q, k, v, dout), (cq, ck, cv, cdout) = _torch_problem(dtype)
+    out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+    dq = torch.empty_like(q)
+    dk_wide = torch.empty(k.shape[:3] + (72,), dtype=k.dtype, device=k.device)  # strided view: written in place
+    dk = dk_wide[..., :64]
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True, dq=dq, dk=dk)
+    assert grads[0] is dq and grads[1] is dk and type(grads[2]) is torch.Tensor
+    co, clse = cf.flash_attn_func(cq, ck, cv, return_lse=True)
+    want = cf.flash_attn_backward(cdout, cq, ck, cv, co, clse, deterministic=True)
+    for got, w in zip(grads, want):
+        assert got.dtype == q.dtype and _same(got.contiguous(), w)
+
+
+@requires_torch_gpu
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_vjp_and_its_closure_return_tensors(dtype):
+    import torch
+
+    (q, k, v, dout), (cq, ck, cv, cdout) = _torch_problem(dtype)
+    bias = torch.randn(1, 4, 77, 90, device=q.device)
+    out, vjp = cf.flash_attn_vjp(q, k, v, causal=True, bias=bias, bias_requires_grad=True, deterministic=True)
+    grads = vjp(dout)
+    assert type(out) is torch.Tensor and all(type(g) is torch.Tensor for g in grads)
+    _, cvjp = cf.flash_attn_vjp(cq, ck, cv, causal=True, bias=cf_array(bias), bias_requires_grad=True,
+                                deterministic=True)
+    for got, want in zip(grads, cvjp(cdout)):
+        assert _same(got, want)
+    assert type(vjp(cdout)[0]) is not torch.Tensor  # the closure answers in dout's library
+
+
+def cf_array(t):
+    import cupy
+
+    return cupy.from_dlpack(t)
+
+
+@requires_torch_gpu
+@pytest.mark.usefixtures("poisoned_outputs")
+@pytest.mark.parametrize("dtype", TORCH_DTYPES)
+def test_torch_varlen_round_trip(dtype):
+    import torch
+
+    lens_q, lens_k = [5, 0, 33], [9, 4, 40]
+    cu_q, cu_k = (torch.tensor(np.concatenate([[0], np.cumsum(n)]), dtype=torch.int32, device="cuda")
+                  for n in (lens_q, lens_k))
+    tdtype = getattr(torch, dtype)
+    q = torch.randn(sum(lens_q), 4, 64, device="cuda").to(tdtype)
+    k, v = (torch.randn(sum(lens_k), 2, 64, device="cuda").to(tdtype) for _ in "kv")
+    dout = torch.randn(q.shape, device="cuda").to(tdtype)
+    lengths = (cu_q, cu_k, max(lens_q), max(lens_k))
+    out, lse = cf.flash_attn_varlen_func(q, k, v, *lengths, causal=True, return_lse=True)
+    grads = cf.flash_attn_varlen_backward(dout, q, k, v, out, lse, *lengths, causal=True, deterministic=True)
+    out2, vjp = cf.flash_attn_varlen_vjp(q, k, v, *lengths, causal=True, deterministic=True)
+    assert all(type(t) is torch.Tensor and t.device == q.device for t in (out, lse, *grads, out2))
+    assert torch.equal(out, out2) and all(torch.equal(a, b) for a, b in zip(grads, vjp(dout)))
+    c = [cf_array(t) for t in (q, k, v, dout, cu_q, cu_k)]
+    cout, clse = cf.flash_attn_varlen_func(*c[:3], *c[4:], max(lens_q), max(lens_k), causal=True, return_lse=True)
+    assert _same(out, cout) and _same(lse, clse)
+
+
+@requires_torch_gpu
+@pytest.mark.usefixtures("poisoned_outputs")
+def test_torch_prepared_mask():
+    import torch
+
+    (q, k, v, _), (cq, ck, cv, _) = _torch_problem("bfloat16")
+    mask = torch.rand(1, 1, 77, 90, device="cuda") < 0.6
+    prepared = cf.prepare_mask(mask)
+    assert isinstance(prepared, cf.PreparedMask)
+    out = cf.flash_attn_func(q, k, v, mask=prepared)
+    assert type(out) is torch.Tensor and _same(out, cf.flash_attn_func(cq, ck, cv, mask=cf_array(mask)))
+
+
+@requires_torch_gpu
+@pytest.mark.usefixtures("poisoned_outputs")
+def test_torch_calls_run_on_torchs_current_stream(monkeypatch):
+    """The kernels launch on PyTorch's current stream (a side stream here), after work queued on it before the
+    call (a long sleep, then the inputs written): synchronizing that stream alone gives the right results."""
+    import torch
+
+    from cupyflash import backward, forward
+
+    launched = []
+    for module in (forward, backward):
+        original = module.current_stream_ptr
+        monkeypatch.setattr(module, "current_stream_ptr", lambda original=original: launched.append(original())
+                            or launched[-1])
+    (q0, k0, v0, dout0), (cq, ck, cv, cdout) = _torch_problem("float16", 1024, 1024, 8, 8)
+    co, clse = cf.flash_attn_func(cq, ck, cv, return_lse=True)
+    cgrads = cf.flash_attn_backward(cdout, cq, ck, cv, co, clse, deterministic=True)
+    torch.cuda.synchronize()
+    launched.clear()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(100_000_000)  # the inputs below are written well after the call returns to the host
+        q, k, v, dout = (x * 1 for x in (q0, k0, v0, dout0))
+        out, lse = cf.flash_attn_func(q, k, v, return_lse=True)
+        grads = cf.flash_attn_backward(dout, q, k, v, out, lse, deterministic=True)
+    assert launched and set(launched) == {side.cuda_stream}
+    side.synchronize()
+    assert _same(out, co) and all(_same(g, w) for g, w in zip(grads, cgrads))
+
+
+@requires_gpu
+def test_a_cuda_array_interface_exporter_gets_cupy_arrays_back():
+    """An unknown library's array with only __cuda_array_interface__: imported zero-copy, results stay CuPy."""
+    import cupy
+
+    from gpu_helpers import make_problem
+
+    (cq, ck, cv, _), _ = make_problem(4, 2, 77, 90, 4, 2, 64, "float16")
+    Exporter = _typed("somelib", "Exporter",
+                      __init__=lambda self, a: setattr(self, "__cuda_array_interface__", a.__cuda_array_interface__))
+    out = cf.flash_attn_func(Exporter(cq), Exporter(ck), Exporter(cv))
+    assert type(out) is cupy.ndarray and _same_cupy(out, cf.flash_attn_func(cq, ck, cv))
+
+
+def _same_cupy(a, b):
+    import cupy
+
+    return bool(cupy.array_equal(a.view(cupy.uint8), b.view(cupy.uint8)))

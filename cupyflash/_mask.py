@@ -6,6 +6,7 @@ import dataclasses
 import math
 
 from ._bias import readable
+from . import _interop
 from ._types import Array
 from .problem import BiasLayout
 
@@ -105,13 +106,25 @@ def prepare_mask(mask: Array) -> PreparedMask:
     lies inside one (a block-sparse mask whose blocks are multiples of the tiles), the kernels read only its tile
     summary, visiting the tiles it shows as if there were no mask.
     """
-    from ._validate import as_cuda_array, check_mask_dtype
-
     if isinstance(mask, PreparedMask):
         return mask
+    if type(mask) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(prepare_mask, locals())
+    from ._validate import as_cuda_array, check_mask_dtype
+
     mask = as_cuda_array(mask, "mask")
     check_mask_dtype(str(mask.dtype))
     return PreparedMask(mask)
+
+
+def for_one_call(mask):
+    """A raw mask wrapped for one forward and its backward (flash_attn_vjp, the adapters): its padded copy, if it
+    needs one, made once for both; no search for uniform blocks (a GPU wait not worth it for one call)."""
+    if mask is None or isinstance(mask, PreparedMask):
+        return mask
+    from ._validate import as_cuda_array
+
+    return PreparedMask(as_cuda_array(mask, "mask"), find_blocks=False)
 
 
 def unwrap(mask):

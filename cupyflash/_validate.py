@@ -16,7 +16,6 @@ from .problem import (PRECISIONS, BiasLayout, Problem, Variant, default_softmax_
 
 SUPPORTED_DTYPES = ("float16", "bfloat16", "float32")
 BIAS_DTYPES = ("float16", "bfloat16", "float32")
-_DLPACK_CUDA_DEVICES = (2, 13)  # kDLCUDA, kDLCUDAManaged
 _MAX_GRID_YZ = 65535  # heads and batch index the grid's y and z dimensions (query tiles too with a bias)
 _MAX_SEQLEN = 2**30  # the kernels index rows and compare key - query distances in 32-bit ints
 LAYOUT = "(batch, seqlen, nheads, headdim)"
@@ -49,23 +48,17 @@ class AttentionShape:
 
 
 def as_cuda_array(x, name: str):
-    """``x`` as a cupy.ndarray without copying: CuPy arrays pass through, other CUDA arrays come in via DLPack."""
-    import cupy
+    """``x`` as a cupy.ndarray without copying: CuPy arrays pass through, other CUDA arrays come in through DLPack
+    or ``__cuda_array_interface__`` (cupyflash._interop)."""
+    from ._interop import to_cupy
 
-    if isinstance(x, cupy.ndarray):
-        return x
+    a = to_cupy(x, name)
+    if a is not None:
+        return a
     dlpack_device = getattr(x, "__dlpack_device__", None)
-    where = ""
-    if dlpack_device is not None:
-        dev_type = int(dlpack_device()[0])
-        if dev_type in _DLPACK_CUDA_DEVICES:
-            try:
-                return cupy.from_dlpack(x)
-            except Exception as exc:  # dtype CuPy cannot represent, for instance
-                raise TypeError(f"{name}: could not import the CUDA array through DLPack: {exc}") from exc
-        where = f" (its DLPack device type is {dev_type}, not CUDA)"
+    where = "" if dlpack_device is None else f" (its DLPack device type is {int(dlpack_device()[0])}, not CUDA)"
     raise TypeError(f"{name} must be a CUDA array (cupy.ndarray, or any array exporting CUDA memory through "
-                    f"DLPack); got {type(x).__module__}.{type(x).__qualname__}{where}")
+                    f"DLPack or __cuda_array_interface__); got {type(x).__module__}.{type(x).__qualname__}{where}")
 
 
 def spec_of(x) -> ArraySpec:

@@ -5,8 +5,9 @@ import dataclasses
 import math
 
 from . import _kernels, _launch, configs
+from . import _interop
 from ._bias import readable
-from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
+from ._mask import PreparedMask, TileSummary, for_one_call, unwrap, with_block_mask
 from ._types import Array, Grads, Vjp, Window
 from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
@@ -365,6 +366,8 @@ def flash_attn_backward(dout: Array, q: Array, k: Array, v: Array, out: Array, l
         (dq, dk, dv) in the dtypes and shapes of q, k, v (dk, dv with nheads_k heads: summed over each group's
         query heads); new contiguous arrays unless given. With ``return_dbias``, (dq, dk, dv, dbias).
     """
+    if type(dout) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_backward, locals())
     if type(return_dbias) is not bool:
         raise TypeError(f"return_dbias must be a bool; got {return_dbias!r}")
     arrays = (q, k, v, dout, out, lse)
@@ -394,11 +397,11 @@ def flash_attn_vjp(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softmax
     closure holds q, k, v, out and the log-sum-exp (no score matrix); it may be called any number of times.
     With ``bias_requires_grad=True`` it returns (dq, dk, dv, dbias), dbias as flash_attn_backward's.
     """
+    if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_vjp, locals())
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
-    if mask is not None and not isinstance(mask, PreparedMask):
-        # one padded copy, if any, for the forward and backward; its blocks are looked for only if prepared
-        mask = PreparedMask(as_cuda_array(mask, "mask"), find_blocks=False)
+    mask = for_one_call(mask)  # one padded copy, if any, for the forward and backward
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, bias=bias, mask=mask, precision=precision)
     out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import _kernels, _launch
+from . import _interop
 from ._bias import readable
 from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._types import Array, Window
@@ -197,6 +198,8 @@ def flash_attn_func(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softma
         out, a new contiguous (batch, seqlen_q, nheads, headdim) array of q's dtype; ``(out, lse)`` with
         ``return_lse``; ``(out, lse, probs)`` with ``return_attn_probs``. Runs on q's device's current stream.
     """
+    if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_func, locals())
     del deterministic
     plan, (q, k, v, alibi_slopes, bias, mask) = _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p,
                                                         softmax_scale, causal, window_size, softcap, config,

@@ -7,6 +7,7 @@ work follows the real lengths. The offsets are also read back once per call to c
 from __future__ import annotations
 
 from . import backward
+from . import _interop
 from ._device import device_limits
 from ._launch import PlanCache
 from ._types import Array, Grads, Vjp, Window
@@ -49,6 +50,8 @@ def flash_attn_varlen_func(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu
         out, a new contiguous (total_q, nheads, headdim) array of q's dtype; ``(out, lse)`` with ``return_lse``.
         A sequence with no keys gets output 0 and lse -inf.
     """
+    if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_varlen_func, locals())
     del deterministic
     if return_attn_probs:
         raise NotImplementedError("return_attn_probs is not supported by flash_attn_varlen_func; call "
@@ -84,6 +87,8 @@ def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: A
     offsets, max_seqlens and variant keywords exactly as given to the forward; the remaining keywords as in
     flash_attn_backward. Returns (dq, dk, dv) in the packed layouts of q, k, v.
     """
+    if type(dout) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_varlen_backward, locals())
     names = ("dout", "q", "k", "v", "out", "lse", "cu_seqlens_q", "cu_seqlens_k")
     arrays = (dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
     given = {"dq": dq, "dk": dk, "dv": dv}
@@ -117,6 +122,8 @@ def flash_attn_varlen_vjp(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_
                           softcap: float = 0.0, alibi_slopes: Array | None = None, deterministic: bool = False, *,
                           precision: str | None = None) -> tuple[Array, Vjp]:
     """The packed forward plus a function that maps an upstream gradient to (dq, dk, dv); see flash_attn_vjp."""
+    if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
+        return _interop.call(flash_attn_varlen_vjp, locals())
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, precision=precision)
     lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)

@@ -28,3 +28,20 @@ def require_nvrtc(what: str) -> None:
         if IN_CI:
             pytest.fail(f"CI must run {what}: {exc}")
         pytest.skip(str(exc))
+
+
+def library_skip_reason(name: str):
+    """Why GPU tests that need ``name`` (torch) with a usable CUDA device skip, or None. Imports it only when it is
+    installed and a GPU is visible, so that runs without it stay fast."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        return f"{name} is not installed"
+    if GPU_SKIP_REASON is not None:
+        return f"GPU test: {GPU_SKIP_REASON}"
+    if name == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "torch sees no CUDA device (a CPU-only build?)"
+    return None

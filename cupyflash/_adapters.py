@@ -10,10 +10,10 @@ class DenseCall:
     """flash_attn_func's arguments but q, k, v and bias; mask and alibi_slopes are not differentiated."""
 
     def __init__(self, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                 alibi_slopes=None, deterministic=False, return_attn_probs=False, mask=None):
+                 alibi_slopes=None, deterministic=False, return_attn_probs=False, mask=None, precision=None):
         # tuple(): a list would miss the plan cache, whose keys take tuples of ints
         self.variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=tuple(window_size),
-                            softcap=softcap, alibi_slopes=alibi_slopes, mask=for_one_call(mask))
+                            softcap=softcap, alibi_slopes=alibi_slopes, mask=for_one_call(mask), precision=precision)
         self.dropout_p, self.deterministic, self.probs = dropout_p, deterministic, return_attn_probs
 
     def forward(self, q, k, v, bias):
@@ -38,10 +38,10 @@ class PackedCall:
 
     def __init__(self, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
                  causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-                 return_attn_probs=False):
+                 return_attn_probs=False, precision=None):
         self.lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
         self.variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=tuple(window_size),
-                            softcap=softcap, alibi_slopes=alibi_slopes)
+                            softcap=softcap, alibi_slopes=alibi_slopes, precision=precision)
         self.dropout_p, self.deterministic, self.probs = dropout_p, deterministic, return_attn_probs
 
     def forward(self, q, k, v, bias=None):

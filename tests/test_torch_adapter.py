@@ -85,18 +85,20 @@ def _as_torch(*arrays):
 
 @requires_torch_gpu
 @pytest.mark.usefixtures("poisoned_outputs")
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "tf32"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("nheads,nheads_k", [(4, 4), (6, 2), (4, 1)])
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_autograd_matches_float64(dtype, causal, nheads, nheads_k, deterministic):
     import cupy
-    from gpu_helpers import check_against_reference, check_grads_against_reference, make_problem
+    from gpu_helpers import make_problem
+
+    from cupyflash._accuracy import PRECISION, check_against_reference, check_grads_against_reference
 
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(7, 2, 97, 130, nheads, nheads_k, 64, dtype)
     tq, tk, tv, tdout = _as_torch(q, k, v, dout)
     tq, tk, tv = (x.clone().requires_grad_() for x in (tq, tk, tv))
-    out = ct.flash_attn_func(tq, tk, tv, causal=causal, deterministic=deterministic)
+    out = ct.flash_attn_func(tq, tk, tv, causal=causal, deterministic=deterministic, precision=PRECISION[dtype])
     assert type(out) is torch.Tensor and out.dtype == tq.dtype and out.device == tq.device
     out.backward(tdout)
     scale = 1 / math.sqrt(64)
@@ -113,7 +115,9 @@ def test_autograd_matches_float64(dtype, causal, nheads, nheads_k, deterministic
                                        (True, True, False, True)])
 def test_bias_gradient_matches_float64(dtype, bias_dtype, broadcast):
     import cupy
-    from gpu_helpers import grad_errors, assert_within_bounds, make_bias, make_problem
+    from gpu_helpers import make_bias, make_problem
+
+    from cupyflash._accuracy import assert_within_bounds, grad_errors
 
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(8, 2, 77, 90, 3, 3, 64, dtype)
     bias, b64 = make_bias(np.random.default_rng(8), (2, 3, 77, 90), broadcast, bias_dtype, "contiguous")

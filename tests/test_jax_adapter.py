@@ -39,7 +39,7 @@ def test_jit_is_refused_while_tracing_with_the_reason():
 
 
 def test_a_cpu_array_gets_the_named_type_error():
-    q = jnp.ones((1, 4, 2, 8), jnp.float16)
+    q = jax.device_put(jnp.ones((1, 4, 2, 8), jnp.float16), jax.devices("cpu")[0])  # CPU also where JAX sees a GPU
     with pytest.raises(TypeError, match="^q must be a CUDA array.*device type is 1"):
         cj.flash_attn_func(q, q, q)
     with pytest.raises(TypeError, match="^q must be a CUDA array"):  # under grad the kernel gets concrete arrays

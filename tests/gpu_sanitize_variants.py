@@ -5,7 +5,8 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
 ``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed (--variants-only: all
-but tiles).
+but tiles). ``--dtypes float32`` runs float32 inputs (the mma_tf32 family, precision "highest"; default: float16 and
+bfloat16).
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
 K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast
@@ -21,6 +22,7 @@ import cupy
 import cupyflash as cf
 from cupyflash._device import device_limits
 from cupyflash.configs import KERNEL_HEAD_DIMS, candidates
+from cupyflash.problem import Variant
 
 limits = device_limits(0)
 rng = np.random.default_rng(0)
@@ -32,9 +34,13 @@ else:
 # A subset of the kernel head dims keeps one sanitizer pass within a device command's time limit.
 head_dims = ([int(d) for d in sys.argv[sys.argv.index("--head-dims") + 1].split(",")] if "--head-dims" in sys.argv
              else KERNEL_HEAD_DIMS)
+dtypes = (sys.argv[sys.argv.index("--dtypes") + 1].split(",") if "--dtypes" in sys.argv
+          else ["float16", "bfloat16"])
 
 
 def arrays(dtype, *shapes):
+    if dtype == "float32":
+        return [cupy.asarray(rng.standard_normal(s, np.float32)) for s in shapes]
     out = [cupy.asarray(rng.standard_normal(s, np.float32)).astype(cupy.float16) for s in shapes]
     # bf16 runs get the same bits reinterpreted: values are irrelevant to the sanitizer
     return [x.view(ml_dtypes.bfloat16) for x in out] if dtype == "bfloat16" else out
@@ -53,17 +59,18 @@ count = 0
 slopes = cupy.asarray(np.array([0.25, 0.5], np.float32))
 for kd in head_dims:
     d = kd - 8 if kd > 32 else 27  # padded columns; 27: a head dim that is not a multiple of 8
-    for dtype, causal in itertools.product(("float16", "bfloat16"), (False, True)):
+    for dtype, causal in itertools.product(dtypes, (False, True)):
+        tile_variant = Variant(dtype, precision="highest" if dtype == "float32" else "")
         if "tiles" in wanted:
             kw = {"causal": causal}
-            for c in candidates("fwd", limits, kd):
+            for c in candidates("fwd", limits, kd, tile_variant):
                 q, k = arrays(dtype, (1, c.block_m + 3, 2, d), (1, c.block_n + 5, 1, d))
                 cf.flash_attn_func(q, k, k, config=c, **kw)
                 count += 1
-            for c in candidates("bwd", limits, kd):
+            for c in candidates("bwd", limits, kd, tile_variant):
                 run(d, dtype, c.block_m + 3, c.block_n + 5, kw, bwd_config=c)
                 count += 2
-            for c in candidates("bwd_dq", limits, kd):
+            for c in candidates("bwd_dq", limits, kd, tile_variant):
                 run(d, dtype, c.block_m + 3, c.block_n + 5, kw, dq_config=c)
                 count += 1
         if "modifiers" in wanted:

@@ -65,6 +65,7 @@ FEATURES = {
     "mask": lambda v: v.bool_mask and not v.mask_blocks,
     "block_mask": lambda v: v.mask_blocks,
     "dbias": lambda v: v.dbias,
+    "tf32": lambda v: v.precision == "tf32",
 }
 #: Features of the GPU rather than the variant: "sm80", compute capability below 9.0 (ptxas allocates registers
 #: for sm_80 differently from sm_90: some combinations spill on one only). Without the device's limits (listing
@@ -162,8 +163,9 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 192): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
     ("mma_sm80", 224): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
     ("mma_sm80", 256): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
-    # float32 (TF32 products): tiles of 4-byte elements; first choices by shared memory (227 KB on the H100),
-    # not measured yet. 16x16 fits 99 KB at every head dim.
+    # float32 (TF32 products): tiles of 4-byte elements; first choices by shared memory (227 KB on the H100). H100,
+    # seqlen 4096, 16k tokens ("highest" / "tf32" TFLOP/s): at 64, 128x64 57.7 / 144.9, 64x64 43.2 / 106.1; at 128,
+    # 128x32 47.3 / 129.3, 64x32 43.5 / 105.6, 64x64 35.2 / 83.9. Above 128 not measured.
     **{("mma_tf32", kd): (_t(128, 64, 4, blocks_per_sm=2), _t(64, 64, 4)) + _TF32_SMALL for kd in (32, 64)},
     **{("mma_tf32", kd): (_t(128, 32, 4), _t(64, 64, 4), _t(64, 32, 4)) + _TF32_SMALL for kd in (96, 128)},
     **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_WIDE_SMALL for kd in (160, 192, 224, 256)},
@@ -205,10 +207,13 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 192): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
     ("mma_sm80", 224): (_c(64, 64, 8, d_split=2),) + _BWD_SMALL,
     ("mma_sm80", 256): (_c(64, 64, 8, d_split=4),) + _BWD_SMALL,
-    # float32: first choices by shared memory, not measured yet. 32x16/w2 fits 99 KB up to head dim 128. Each
-    # warp holds dK and dV for key_tiles x head_dim / 2 columns: 32x64 spills from head dim 160 (compile check),
-    # and at 128 with a block-sparse mask and dbias, or softcap, ALiBi and packed rows: those run 32x32.
-    **{("mma_tf32", kd): (_t(64, 64, 4, d_split=2), _t(32, 64, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (32, 64)},
+    # float32: first choices by shared memory. 32x16/w2 fits 99 KB up to head dim 128. Each warp holds dK and dV
+    # for key_tiles x head_dim / 2 columns: 32x64 spills from head dim 160 (compile check), and at 128 with a
+    # block-sparse mask and dbias, or softcap, ALiBi and packed rows: those run 32x32. H100, seqlen 4096, 16k
+    # tokens, atomic dQ (docs/performance.md, tenth session): at 64, 64x64 39.4 TFLOP/s and 32x64 38.2 "highest",
+    # 86.0 and 97.9 "tf32" (which takes 32x64); at 128, 32x64 37.0 / 82.3 ahead of 32x32 35.1 / 71.9.
+    **{("mma_tf32", kd): (When(_t(64, 64, 4, d_split=2), avoid=("tf32",)), _t(32, 64, 4, d_split=2))
+       + _TF32_BWD_SMALL for kd in (32, 64)},
     **{("mma_tf32", kd): (When(_t(32, 64, 4, d_split=2), avoid=("block_mask+dbias", "softcap+alibi+packed")),
                           _t(32, 32, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (96, 128)},
     **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},

@@ -281,8 +281,10 @@ def test_every_feature_is_true_of_some_variant_and_false_of_plain():
     blocks = Variant("float16", bias="float32", bool_mask=True, mask_blocks=True)
     for name, has in configs.FEATURES.items():
         assert not has(plain), name
-        assert has(full) or name in ("packed", "block_mask"), name
+        assert has(full) or name in ("packed", "block_mask", "tf32"), name
     assert configs.FEATURES["packed"](Variant("float16", rows="packed"))
+    assert configs.FEATURES["tf32"](Variant("float32", precision="tf32"))
+    assert not configs.FEATURES["tf32"](Variant("float32", precision="highest"))
     assert configs.FEATURES["block_mask"](blocks) and not configs.FEATURES["mask"](blocks)
     assert not configs.FEATURES["block_mask"](full)
 
@@ -416,3 +418,23 @@ def test_a_block_sparse_mask_takes_the_tiles_of_no_mask():
 def test_mask_blocks_describe_a_boolean_mask():
     with pytest.raises(ValueError, match="bool_mask must be True"):
         Variant("bfloat16", mask_blocks=True)
+
+
+def test_float32_takes_its_own_family_and_tiles():
+    for kind in ("fwd", "bwd", "bwd_dq"):
+        for kd in configs.KERNEL_HEAD_DIMS:
+            for precision in ("highest", "tf32"):
+                variant = Variant("float32", precision=precision)
+                config = configs.select_config(kind, H100, kd, variant=variant)
+                assert config.family == "mma_tf32"
+                assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
+    # the measured exception: the single-pass backward at head dim 64 runs 32x64 (docs/performance.md)
+    assert configs.select_config("bwd", H100, 64, variant=Variant("float32", precision="tf32")).block_m == 32
+    assert configs.select_config("bwd", H100, 64, variant=Variant("float32", precision="highest")).block_m == 64
+    assert configs.select_config("fwd", H100, 128, variant=Variant("bfloat16")).family == "mma_sm80"
+
+
+def test_a_combination_without_a_kernel_says_so():
+    heavy = Variant("float32", "band", True, True, bias="float32", dbias=True, bool_mask=True, precision="highest")
+    with pytest.raises(configs.NoConfigFits, match="every tile of the mma_tf32 family spills registers"):
+        configs.select_config("bwd", H100, 256, variant=heavy)

@@ -73,6 +73,7 @@ class Mma80Family:
     name: str = "mma_sm80"
     dtypes: tuple = ("float16", "bfloat16")
     itemsize: int = 2
+    summary: str = "FlashAttention-2 on mma.sync tensor cores, float16 and bfloat16 (m16n8k16)"
     min_cc: int = 80
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
                "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu", "bwd_reduce_dkdv": "flash_bwd.cu",
@@ -130,7 +131,8 @@ class Mma80Family:
 
 
 MMA_SM80 = Mma80Family()
-MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4)
+MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4,
+                        "the same kernels on TF32 tensor cores, float32 (m16n8k8, one or three passes)")
 
 #: Families in order of preference; the first that supports the device and the variant is used.
 FAMILIES = (MMA_SM80, MMA_TF32)

@@ -14,7 +14,8 @@ from . import __version__
 from ._cli import INSTALL_CUPY, first_line, nvrtc_version
 
 #: Representative problems: dtype x head dim x causal.
-DTYPES, HEAD_DIMS, CAUSALS = ("float16", "bfloat16"), (64, 128, 256), (False, True)
+# float32 at each precision ("float32/highest", "float32/tf32")
+DTYPES, HEAD_DIMS, CAUSALS = ("float16", "bfloat16", "float32/highest", "float32/tf32"), (64, 128, 256), (False, True)
 
 
 def _cuda_version(v: int) -> str:
@@ -62,7 +63,7 @@ def tile_lines(limits) -> list[str]:
     from .families import FAMILIES
     from .problem import Variant
 
-    lines = [f"  family {f.name}: {(type(f).__doc__ or '').strip().splitlines()[0]} "
+    lines = [f"  family {f.name}: {f.summary} "
              f"[{'runs here' if limits.compute_capability >= f.min_cc else 'not on this GPU'}]" for f in FAMILIES]
     try:
         family_for(limits)
@@ -72,14 +73,15 @@ def tile_lines(limits) -> list[str]:
     for head_dim, causal in itertools.product(HEAD_DIMS, CAUSALS):
         by_dtype = {}  # the dtypes share their picks today: one line for those that do
         for dtype in DTYPES:
+            name, _, precision = dtype.partition("/")
+            variant = Variant(name, "band" if causal else "none", precision=precision)
             try:
-                tiles = " | ".join(str(select_config(kind, limits, head_dim, causal, Variant(dtype, "band" if causal
-                                                                                              else "none")))
+                tiles = " | ".join(str(select_config(kind, limits, head_dim, causal, variant))
                                    for kind in ("fwd", "bwd", "bwd_dq"))
             except NoConfigFits as exc:
                 tiles = f"none: {exc}"
             by_dtype.setdefault(tiles, []).append(dtype)
-        lines += [f"    head dim {head_dim:3} {'causal' if causal else 'full  '} {'/'.join(dtypes)}: {tiles}"
+        lines += [f"    head dim {head_dim:3} {'causal' if causal else 'full  '} {', '.join(dtypes)}: {tiles}"
                   for tiles, dtypes in by_dtype.items()]
     return lines
 

@@ -16,6 +16,7 @@ COMMANDS = {  # command: (module, one line of help)
     "bench": ("bench", "the benchmark, as python -m cupyflash.bench (--plot CSV draws a CSV it wrote)"),
     "precompile": ("precompile", "compile kernels ahead of time into CuPy's disk cache, as python -m "
                                  "cupyflash.precompile"),
+    "tune": ("tune", "time every forward tile candidate on this GPU, as python -m cupyflash.tune"),
 }
 
 

@@ -11,7 +11,8 @@ import cupyflash
 from conftest import GPU_SKIP_REASON, requires_gpu
 
 REPO = Path(cupyflash.__file__).resolve().parent.parent
-GPU_COMMANDS = [["selftest"], ["bench", "--quick"], ["precompile", "--jobs", "2"], ["precompile", "--variants"]]
+GPU_COMMANDS = [["selftest"], ["bench", "--quick"], ["precompile", "--jobs", "2"], ["precompile", "--variants"],
+                ["tune", "--dtype", "tf32"]]
 without_gpu = pytest.mark.skipif(GPU_SKIP_REASON is None, reason="checks what happens on a machine without a GPU")
 
 
@@ -26,10 +27,10 @@ def cli(*args, pythonpath=(), timeout=120):
 def test_help_lists_every_command():
     status, out, err = cli("--help")
     assert status == 0 and not err
-    assert all(name in out for name in ("info", "selftest", "bench", "precompile"))
+    assert all(name in out for name in ("info", "selftest", "bench", "precompile", "tune"))
 
 
-@pytest.mark.parametrize("command", ["info", "selftest", "bench", "precompile"])
+@pytest.mark.parametrize("command", ["info", "selftest", "bench", "precompile", "tune"])
 def test_each_command_has_help(command):
     status, out, err = cli(command, "--help")
     assert status == 0 and not err and out.startswith("usage: python -m cupyflash")

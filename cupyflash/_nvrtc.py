@@ -161,10 +161,9 @@ BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
                     Variant("bfloat16", "band", bias="bfloat16", bool_mask=True),
                     Variant("bfloat16", "band", bias="float32", dbias=True, bool_mask=True),
                     Variant("float16", "band", True, True, bias="float32", dbias=True, bool_mask=True))
-#: float32 inputs (the mma_tf32 family): each precision with every modifier, packed rows, a float32 bias with dbias
-#: and a mask, a 16-bit bias with a block-sparse mask, on every tile of every kind.
-FLOAT32 = (Variant("float32", "band", True, True, precision="highest"),
-           Variant("float32", "band", True, True, rows="packed", precision="tf32"),
+#: float32 inputs (the mma_tf32 family): every modifier with packed rows ("tf32"), and with a float32 bias, dbias
+#: and a mask ("highest"), a 16-bit bias with a block-sparse mask ("tf32"), on the picked tiles.
+FLOAT32 = (Variant("float32", "band", True, True, rows="packed", precision="tf32"),
            Variant("float32", "band", True, True, bias="float32", dbias=True, bool_mask=True, precision="highest"),
            Variant("float32", "band", bias="bfloat16", dbias=True, bool_mask=True, mask_blocks=True,
                    precision="tf32"))
@@ -179,10 +178,10 @@ def _kernel_instances(kind: str, full: bool, limits: DeviceLimits):
     with ``full`` of its full sweep (see kernel_instances)."""
     atomic_flags = (True, False) if kind == "bwd" else (False,)
     seen = set()
-    for i, (family_name, kd, config) in enumerate(all_variants(kind)):
+    for family_name, kd, config in all_variants(kind):
         fam = BY_NAME[family_name]
         for atomic in atomic_flags:
-            for variant in _plain_variants(fam, i):
+            for variant in _plain_variants(fam, kind, kd, config, limits, full):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
     for variant in MODIFIED + PACKED + BIASED + FLOAT32 + SINGLE_POLICIES + (BIASED_FULL_ONLY if full else ()):
         every_tile = full and variant not in SINGLE_POLICIES
@@ -204,22 +203,31 @@ def _kernel_instances(kind: str, full: bool, limits: DeviceLimits):
     return sorted(seen)
 
 
-def _plain_variants(family, index: int):
-    """Plain scores with and without the band mask in each of the family's 16-bit dtypes. float32 (each of whose
-    kernels compiles three times as long) takes one per tile, in turn with the table's entries (``index``):
-    precision "highest" unmasked or "tf32" with the band mask; FLOAT32 adds the other policies."""
+def _plain_variants(family, kind, kd, config, limits, full=False):
+    """Plain scores on a tile, each policy value once (a covering set, not the product): float16 unmasked and
+    bfloat16 with the band mask; float32, whose three-pass kernels compile several times as long, one of them:
+    precision "highest" unmasked on the tile the arch's GPU picks for it, "tf32" with the band mask on the others.
+    The other policies come with the variant lists (MODIFIED, ..., FLOAT32). ``full``: every dtype, precision and
+    mask on every tile."""
     for dtype in family.dtypes:
+        if full:
+            yield from (Variant(dtype, mask, precision=p) for mask in ("none", "band") for p in precisions_of(dtype))
+            continue
         if dtype == "float32":
-            yield Variant(dtype, "none", precision="highest") if index % 2 == 0 else Variant(dtype, "band",
-                                                                                           precision="tf32")
-        else:
-            yield from (Variant(dtype, mask) for mask in ("none", "band"))
+            highest = Variant(dtype, "none", precision="highest")
+            try:
+                picked = select_config(kind, limits, kd, variant=highest) == config
+            except NoConfigFits:  # none fits this arch's largest GPU (A100, head dim 256 backward)
+                picked = False
+            yield highest if picked else Variant(dtype, "band", precision="tf32")
+        else:  # each dtype once and each mask once: float16 unmasked, bfloat16 with the band mask
+            yield Variant(dtype, "none" if dtype == "float16" else "band")
 
 
 def kernel_instances(full: bool = False, arch: str = "sm_90"):
     """The kernel instances the CPU compile check builds for ``arch``. Always: for each tile config of every kind,
-    plain scores with and without the band mask in both dtypes (dK/dV with and without atomic dQ), and the helper
-    kernels in both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of
+    plain scores in each dtype, float32 precision and mask (each value once per tile: _plain_variants; dK/dV with
+    and without atomic dQ), and the helper kernels in both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of
     each dtype, and each modifier alone in float16 unmasked, on the tile the arch's largest GPU (ARCH_GPUS) gets
     for each kind and head dim: each arch compiles what its dispatcher picks, so a table condition for one arch
     (When avoid "sm80+...") is checked where it applies.

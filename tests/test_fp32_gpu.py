@@ -2,6 +2,7 @@
 error of plain float32 arithmetic, precision="tf32" within 2x that of arithmetic rounded to TF32 at each step
 (gpu_helpers PRECISION); forward, backward (every dQ strategy), every tile candidate, the variants and packed rows,
 NaN-poisoned outputs."""
+import itertools
 import math
 
 import numpy as np
@@ -48,50 +49,58 @@ def test_awkward_lengths(seqlen, mode):
 
 
 def _candidates(kind):
+    """(kernel head dim, tile, the test modes whose table entries include it): a tile may serve one precision
+    only (When avoid "tf32")."""
     from cupyflash._device import device_limits
     from cupyflash.configs import candidates
     from cupyflash.problem import Variant
 
     limits = device_limits(0)
-    return [(kd, c) for kd in KERNEL_HEAD_DIMS
-            for c in candidates(kind, limits, kd, Variant("float32", precision="highest"))]
+    out = {}
+    for kd, mode in itertools.product(KERNEL_HEAD_DIMS, MODES):
+        for c in candidates(kind, limits, kd, Variant("float32", precision=PRECISION[mode])):
+            out.setdefault((kd, c), []).append(mode)
+    return [(kd, c, modes) for (kd, c), modes in out.items()]
 
 
 # Without a GPU the module is skipped; with one, a failure to list candidates must fail loudly.
 FWD_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("fwd")
 BWD_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("bwd")
 DQ_CANDIDATES = [] if GPU_SKIP_REASON else _candidates("bwd_dq")
+IDS = {"fwd": [f"d{kd}-{c}" for kd, c, _ in FWD_CANDIDATES], "bwd": [f"d{kd}-{c}" for kd, c, _ in BWD_CANDIDATES],
+       "bwd_dq": [f"d{kd}-{c}" for kd, c, _ in DQ_CANDIDATES]}
 
 
-@pytest.mark.parametrize("kd,config", FWD_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in FWD_CANDIDATES])
-def test_every_forward_candidate(kd, config):
-
+# Each tile runs the padded and the full head-dim width, in turn in the modes it serves.
+@pytest.mark.parametrize("kd,config,modes", FWD_CANDIDATES, ids=IDS["fwd"])
+def test_every_forward_candidate(kd, config, modes):
     for i, head_dim in enumerate((kd - 8, kd)):
+        mode = modes[i % len(modes)]
         (q, k, v, _), (q64, k64, v64, _) = make_problem(kd + i, 1, config.block_m * 2 + 5, config.block_n * 3 + 7,
-                                                        2, 2, head_dim, MODES[i])
-        out, lse = cf.flash_attn_func(q, k, v, causal=i == 1, return_lse=True, precision=PRECISION[MODES[i]],
+                                                        2, 2, head_dim, mode)
+        out, lse = cf.flash_attn_func(q, k, v, causal=i == 1, return_lse=True, precision=PRECISION[mode],
                                       config=config)
-        check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(head_dim), i == 1, MODES[i])
+        check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(head_dim), i == 1, mode)
 
 
-@pytest.mark.parametrize("kd,config", BWD_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in BWD_CANDIDATES])
-def test_every_backward_candidate(kd, config):
+@pytest.mark.parametrize("kd,config,modes", BWD_CANDIDATES, ids=IDS["bwd"])
+def test_every_backward_candidate(kd, config, modes):
     for i, head_dim in enumerate((kd - 8, kd)):
+        mode = modes[i % len(modes)]
         (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd + i, 1, config.block_m * 2 + 5,
-                                                                config.block_n * 2 + 7, 2, 2, head_dim, MODES[i])
-        _check_backward(q, k, v, dout, q64, k64, v64, dout64, MODES[i], i == 1, config=config, atomic_dq=bool(i))
+                                                                config.block_n * 2 + 7, 2, 2, head_dim, mode)
+        _check_backward(q, k, v, dout, q64, k64, v64, dout64, mode, i == 1, config=config, atomic_dq=bool(i))
 
 
-@pytest.mark.parametrize("kd,config", DQ_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in DQ_CANDIDATES])
-def test_every_dq_candidate(kd, config):
+@pytest.mark.parametrize("kd,config,modes", DQ_CANDIDATES, ids=IDS["bwd_dq"])
+def test_every_dq_candidate(kd, config, modes):
     head_dim = kd - 8
     (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(kd, 1, config.block_m * 2 + 5, config.block_n * 3 + 7,
-                                                            2, 2, head_dim, "float32")
-    _check_backward(q, k, v, dout, q64, k64, v64, dout64, "float32", True, dq_config=config, deterministic=True)
+                                                            2, 2, head_dim, modes[0])
+    _check_backward(q, k, v, dout, q64, k64, v64, dout64, modes[0], True, dq_config=config, deterministic=True)
 
 
 def _check_backward(q, k, v, dout, q64, k64, v64, dout64, mode, causal, **kw):
-
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, precision=PRECISION[mode])
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, precision=PRECISION[mode], **kw)
     for g, x in zip(grads, (q, k, v)):

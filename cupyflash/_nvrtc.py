@@ -231,9 +231,9 @@ def _plain_variants(family, kind, kd, config, limits, full=False):
 def kernel_instances(full: bool = False, arch: str = "sm_90"):
     """The kernel instances the CPU compile check builds for ``arch``. Always: for each tile config of every kind,
     plain scores in each dtype, float32 precision and mask (each value once per tile: _plain_variants; dK/dV with
-    and without atomic dQ), and the helper kernels in both row layouts. The covering set (CI) adds each score-modifier combination, packed rows, biases of
-    each dtype, and each modifier alone in float16 unmasked, on the tile the arch's largest GPU (ARCH_GPUS) gets
-    for each kind and head dim: each arch compiles what its dispatcher picks, so a table condition for one arch
+    and without atomic dQ), and the helper kernels in both row layouts. The covering set (CI) adds each
+    score-modifier combination, packed rows, biases of each dtype, float32's policies (FLOAT32), and each modifier
+    alone in float16 unmasked, on the tile the arch's largest GPU (ARCH_GPUS) gets for each kind and head dim: each arch compiles what its dispatcher picks, so a table condition for one arch
     (When avoid "sm80+...") is checked where it applies.
     ``full`` (``python -m cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the
     dispatcher may give them: register use is not monotonic in the variants, and a combination can spill where a

@@ -3,7 +3,8 @@
     python -m cupyflash.tune [--seqlen 4096] [--headdim 64 128 ...] [--dtype bfloat16 float16 float32 tf32]
 
 Shape: 16k tokens (batch = 16384 // seqlen), hidden 2048 (nheads = 2048 // headdim), bfloat16 and float16 by
-default (float32: precision "highest"; tf32: float32 inputs at precision "tf32"), causal and not. Prints TFLOP/s (forward FLOPs 4*B*H*S*S*D, halved when causal), median of CUDA-event timings.
+default (float32: precision "highest"; tf32: float32 inputs at precision "tf32"), causal and not. Prints TFLOP/s
+(forward FLOPs 4*B*H*S*S*D, halved when causal), median of CUDA-event timings.
 """
 from __future__ import annotations
 

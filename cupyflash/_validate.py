@@ -130,8 +130,8 @@ def check_softcap(softcap) -> float:
 
 
 def check_precision(precision, dtype: str) -> str:
-    """The kernels' precision: for float32 inputs "highest" (the default: three TF32 passes, about fp32's accuracy)
-    or "tf32" (one pass); 16-bit inputs have one way to be multiplied, and take None only."""
+    """The kernels' precision: for float32 inputs "highest" (the default: three TF32 passes) or "tf32" (one pass);
+    16-bit inputs have one way to be multiplied, and take None only."""
     if dtype != "float32":
         if precision is not None:
             raise ValueError(f"precision applies to float32 inputs ({' or '.join(map(repr, PRECISIONS))}); "

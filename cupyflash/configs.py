@@ -225,7 +225,6 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 
 # Backward, dQ kernel (flash_bwd_dq_kernel): the forward's shape, block_m queries per block.
 _BWD_DQ_SMALL = (_c(16, 16, 1),)
-_TF32_DQ_SMALL = (_t(16, 16, 1),)
 # H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
 # At head dim 64, 128x64 spills with softcap and the band mask, and with a bias, on sm_80 (compile check): those
@@ -258,9 +257,9 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
        + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
     # float32: first choices by shared memory, not measured yet. A block-sparse mask with a bias spills 64x32 at
     # 128 and 32x32 at 160 by a few bytes (compile check): those take the next entry.
-    **{("mma_tf32", kd): (_t(64, 64, 4, blocks_per_sm=2), _t(64, 32, 4)) + _TF32_DQ_SMALL for kd in (32, 64)},
+    **{("mma_tf32", kd): (_t(64, 64, 4, blocks_per_sm=2), _t(64, 32, 4)) + _TF32_SMALL for kd in (32, 64)},
     **{("mma_tf32", kd): (When(_t(64, 32, 4), avoid=("bias+block_mask",)),
-                          When(_t(32, 32, 2), avoid=("bias+block_mask",))) + _TF32_DQ_SMALL for kd in (96, 128)},
+                          When(_t(32, 32, 2), avoid=("bias+block_mask",))) + _TF32_SMALL for kd in (96, 128)},
     **{("mma_tf32", kd): (When(_t(32, 32, 2), avoid=("bias+block_mask",)),) + _TF32_WIDE_SMALL
        for kd in (160, 192, 224, 256)},
 }
@@ -317,7 +316,7 @@ TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
 _FALLBACKS = {"fwd": set(_SMALL + _TF32_SMALL + _TF32_WIDE_SMALL),
               "bwd": set(_BWD_MID + _BWD_SMALL + _TF32_BWD_SMALL),
-              "bwd_dq": set(map(_entry_config, _BWD_DQ_SMALL + _TF32_DQ_SMALL + _TF32_WIDE_SMALL))}
+              "bwd_dq": set(map(_entry_config, _BWD_DQ_SMALL + _TF32_SMALL + _TF32_WIDE_SMALL))}
 
 
 class NoConfigFits(ValueError):

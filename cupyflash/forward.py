@@ -188,9 +188,9 @@ def flash_attn_func(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softma
             others). Rows with no visible key: output 0, lse -inf.
         precision: float32 inputs only (None otherwise): ``"highest"`` (the default for float32) multiplies on
             TF32 tensor cores in three passes, each value split into a TF32 part and a TF32 remainder (hi*hi +
-            hi*lo + lo*hi), for errors within about 2x of plain float32 arithmetic; ``"tf32"`` uses one pass,
-            about three times faster, with about 1e-3 relative error (TF32 keeps 10 mantissa bits). Sums,
-            softmax and outputs are float32 either way.
+            hi*lo + lo*hi): errors about ten times those of plain float32 arithmetic (measured on the H100,
+            docs/usage.md "Dtypes"); ``"tf32"`` uses one pass, two to three times faster, with errors near TF32's
+            rounding (10 mantissa bits, about 1e-3 relative). Sums, softmax and outputs are float32 either way.
 
     A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 

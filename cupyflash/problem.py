@@ -16,7 +16,7 @@ MASKS = ("none", "band")
 ROWS = ("dense", "packed")
 #: Additive bias dtypes (cuda_src/bias.cuh), or "none".
 BIASES = ("none", "float16", "bfloat16", "float32")
-#: How float32 inputs are multiplied (cuda_src/mma_tf32.cuh): three TF32 passes (about fp32's accuracy) or one
+#: How float32 inputs are multiplied (cuda_src/mma_tf32.cuh): three TF32 passes (each operand held to 2^-22) or one
 #: (about 1e-3 relative). 16-bit inputs have one way, precision "".
 PRECISIONS = ("highest", "tf32")
 

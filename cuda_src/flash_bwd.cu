@@ -3,6 +3,8 @@
 // With P = exp(logits - LSE) recomputed from the saved log-sum-exp, logits = Score(Q K^T) where Mask shows them:
 //   dV = P^T dO,  dP = dO V^T,  dS = P o (dP - D) o Score' with D = rowsum(dO o O),  dQ = scale dS K,
 //   dK = scale dS^T Q   (Score' = d(logit)/d(scaled score): 1 unless softcapped; see score_mod.cuh).
+// With dropout (dropout.cuh: Z = the kept mask over the keep probability, regenerated from the forward's state),
+//   O = (P o Z) V, so dV = (P o Z)^T dO and dS = P o (dP o Z - D) o Score', with D = rowsum(dO o O) as before.
 // flash_bwd_preprocess_kernel: D, and LSE in log2 units.
 // flash_bwd_dkdv_kernel: one block per BLOCK_N keys of one (batch, K/V head, split); loops over its split's share of
 //   the query heads that share the K/V head and their query blocks, keeps dK and dV in registers (so grouped-query
@@ -20,6 +22,7 @@
 #include "smem_tile.cuh"
 #include "warp_gemm.cuh"
 #include "online_softmax.cuh"
+#include "dropout.cuh"
 
 namespace cf {
 
@@ -153,7 +156,8 @@ __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
 // is what bounds this kernel (ldmatrix bandwidth, not tensor cores).
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 128, int WARPS = 8,
           int STAGES = 2, int MIN_BLOCKS = 1, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Bias = NoBias, typename Rows = DenseRows, bool ATOMIC_DQ = true, int D_SPLIT = 2,
+          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, bool ATOMIC_DQ = true,
+          int D_SPLIT = 2,
           int SMEM_BYTES = bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
@@ -297,7 +301,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
+        const Drop drop(p, batch, head);
 
+        const int key0 = n0 + warp_key0, query0 = m0 + warp_query0;
+        const auto kept = drop.template kept<true, KEY_TILES, WARP_QUERIES / 8>(key0, query0, lane);
         // S^T = bias^T + K Q^T and dP^T = V dO^T for this warp's keys x queries (raw scores); logits = Score(S^T)
         float s[KEY_TILES][WARP_QUERIES / 8][4] = {};
         float dp[KEY_TILES][WARP_QUERIES / 8][4] = {};
@@ -308,15 +315,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                                   warp_query0, lane);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
                                                                                   warp_query0, lane);
-        const int key0 = n0 + warp_key0, query0 = m0 + warp_query0;
         apply_score_mod<true, Bias::ON>(score, s, key0, query0, lane);
         // Padding keys are masked too: their zero K rows give S = 0, so P = exp2(-lse2), which overflows to inf
         // where a row's lse is below about -88, and inf times the zero K row would put NaN into dQ.
         mask_fragment<BLOCK_M, BLOCK_N, true>(mask, s, key0, query0, lane, m0, n0, seqlen_k);
 
-        // P^T = exp2(logits^T scale_log2 - lse2), dS^T = P^T o (dP^T - D) o Score'. Padding queries need no mask:
-        // their Q, dO, lse2 and delta are zero-filled, so they add nothing to dK, dV, and their dQ rows are not
-        // stored.
+        // P^T = exp2(logits^T scale_log2 - lse2), dS^T = P^T o (dP^T o Z^T - D) o Score', and P^T o Z^T for dV.
+        // Padding queries need no mask: their Q, dO, lse2 and delta are zero-filled, so they add nothing to dK, dV,
+        // and their dQ rows are not stored.
         #pragma unroll
         for (int kt = 0; kt < KEY_TILES; ++kt)
             #pragma unroll
@@ -327,11 +333,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const float prob = fast_exp2(s[kt][qt][e] * p.scale_log2 - (e % 2 ? l2.y : l2.x));
-                    dp[kt][qt][e] = prob * (dp[kt][qt][e] - (e % 2 ? dl.y : dl.x));
+                    const bool keep = kept.at(kt, qt, e);
+                    const float dp_kept = keep ? dp[kt][qt][e] * drop.scale() : 0.f;
+                    dp[kt][qt][e] = prob * (dp_kept - (e % 2 ? dl.y : dl.x));
                     if constexpr (!Score::IDENTITY)
                         dp[kt][qt][e] *= score.grad_factor(s[kt][qt][e], m0 + col + e % 2,
                                                            key0 + 16 * kt + lane / 4 + 8 * (e / 2));
-                    s[kt][qt][e] = prob;
+                    s[kt][qt][e] = keep ? prob * drop.scale() : 0.f;
                 }
             }
         // dbias = dS (per element, or summed over the bias's broadcast queries or keys: bias.cuh BiasGrad)
@@ -412,7 +420,7 @@ __host__ __device__ constexpr int bwd_dq_smem_bytes() {
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 64, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Bias = NoBias, typename Rows = DenseRows,
+          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout,
           int SMEM_BYTES = bwd_dq_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
@@ -446,6 +454,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
     const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
     const Mask mask(p, seq);
     const Score score(p, seq, batch, head);
+    const Drop drop(p, batch, head);
 
     // Key tiles [first, end) in order; with a boolean mask's tile summary only those holding a visible pair (walked
     // as in the forward, upwards).
@@ -527,6 +536,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.x + t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES, sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
+        const int query0 = m0 + warp_row0;
+        const auto kept = drop.template kept<false, M_TILES, N_TILES>(query0, n0, lane);
         // S = bias + Q K^T, dP = dO V^T; logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         float dp[M_TILES][N_TILES][4] = {};
@@ -535,12 +546,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                                                  warp_row0, 0, lane, p, entry);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
-        const int query0 = m0 + warp_row0;
         apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, query0, n0, lane, m0, n0, seqlen_k);
 
-        // dS = P o (dP - D) o Score', P = exp2(logits scale_log2 - lse2)
+        // dS = P o (dP o Z - D) o Score', P = exp2(logits scale_log2 - lse2)
         #pragma unroll
         for (int mt = 0; mt < M_TILES; ++mt)
             #pragma unroll
@@ -548,7 +558,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     const float prob = fast_exp2(s[mt][nt][e] * p.scale_log2 - row_lse2[mt][e / 2]);
-                    dp[mt][nt][e] = prob * (dp[mt][nt][e] - row_delta[mt][e / 2]);
+                    const float dp_kept = kept.at(mt, nt, e) ? dp[mt][nt][e] * drop.scale() : 0.f;
+                    dp[mt][nt][e] = prob * (dp_kept - row_delta[mt][e / 2]);
                     if constexpr (!Score::IDENTITY)
                         dp[mt][nt][e] *= score.grad_factor(s[mt][nt][e], query0 + 16 * mt + lane / 4 + 8 * (e / 2),
                                                            n0 + 8 * nt + 2 * (lane % 4) + e % 2);

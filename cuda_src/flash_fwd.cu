@@ -13,6 +13,7 @@
 #include "smem_tile.cuh"
 #include "warp_gemm.cuh"
 #include "online_softmax.cuh"
+#include "dropout.cuh"
 
 namespace cf {
 
@@ -27,7 +28,7 @@ __host__ __device__ constexpr int fwd_smem_bytes() {
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Bias = NoBias, typename Rows = DenseRows,
+          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout,
           int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
@@ -65,6 +66,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     const int seqlen_k = seq.seqlen_k;
     const Mask mask(p, seq);
     const Score score(p, seq, batch, head);
+    const Drop drop(p, batch, head);
 
     // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
     // masking on the diagonal come first. A boolean mask's tile summary drops the tiles it hides wholly: step t
@@ -126,6 +128,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES;
         const u32 sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
+        const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);  // see dropout.cuh
         // S = Q K^T + bias (raw scores), then logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
@@ -136,8 +139,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         // Padding keys must not enter the softmax sum; nor keys the mask hides.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
 
-        // m_i, l_i, acc <- online softmax step; s now holds P
+        // m_i, l_i, acc <- online softmax step; s now holds P. Dropout zeroes dropped entries after l_i has summed
+        // them all; kept ones are divided by the keep probability with 1 / l_i at the end.
         softmax.update(s, acc, p.scale_log2);
+        drop_fragment(kept, s);
 
         // acc += P V
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
@@ -154,7 +159,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            row_scale[mt][r] = softmax.inv_l(mt, r);
+            row_scale[mt][r] = softmax.inv_l(mt, r) * drop.scale();
             const int row = m0 + warp_row0 + 16 * mt + lane / 4 + 8 * r;
             if (lane % 4 == 0 && row < seq.seqlen_q)
                 p.lse[Rows::lse_offset(p, seq, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);

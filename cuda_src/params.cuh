@@ -10,7 +10,7 @@ struct Strides {  // in elements; the head dim is contiguous
 };
 
 struct AttnParams {
-    // Device pointers first: Python refreshes all of them per call with one write through a u64 view.
+    // Device pointers first, then the dropout state: Python refreshes all of them per call with one write.
     // q, k, v, out, dout, dq, dk, dv hold the kernel's element type (mma_sm80.cuh elems<Elem> reads them).
     const void* q;
     const void* k;
@@ -33,6 +33,8 @@ struct AttnParams {
     const uint2* mask_tiles_q;  // SummarizedTiles: a boolean mask's tile summary by query tiles (mask_tiles.cuh)
     const uint2* mask_tiles_k;  //   ... and by key tiles (dK/dV kernel)
     const void* mask;           // TileBias<mask8>, MaskedBias: bool (batch, nheads, seqlen_q, seqlen_k) by mask_str
+    // Per call too, written with the pointers: Dropout's state (dropout.cuh; offset < 2^32).
+    unsigned long long dropout_seed, dropout_offset;
 
     Strides q_str, k_str, v_str, o_str, do_str, dq_str, dk_str, dv_str;
     Strides bias_str;           // bias: batch, query row (seq) and head strides, 0 where broadcast
@@ -61,6 +63,8 @@ struct AttnParams {
     float alibi_unit;           // ALiBi slopes are in scaled-score units; this converts them to raw logit units
     float bias_unit;            // the same for the bias: 1 / softmax_scale
     int mask_key_step;          // the mask's bias_key_step
+    unsigned dropout_threshold;  // Dropout: a pair is kept iff its Philox word is below this
+    float dropout_scale;        // Dropout: 2^32 / dropout_threshold, what kept probabilities are multiplied by
 };
 
 }  // namespace cf

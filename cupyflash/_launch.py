@@ -14,6 +14,7 @@ from collections import OrderedDict
 from ._params import Params, division_magic
 from ._validate import _MAX_GRID_YZ, ArraySpec, needs_aligned_copy
 from ._bias import bias_fields
+from ._dropout import DropoutState
 from .problem import Problem, kernel_window, score_constants
 
 _PLANS_PER_KIND = 256  # least recently used plans are dropped past this many
@@ -164,6 +165,9 @@ def static_params(problem: Problem) -> Params:
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
                **bias_fields(problem.bias), **bias_fields(problem.mask, "mask"))
+    if problem.dropout_p:
+        state = DropoutState(problem.dropout_p, 0, 0)
+        params.set(dropout_threshold=state.threshold, dropout_scale=state.scale)
     return params
 
 
@@ -226,3 +230,8 @@ def current_stream_ptr() -> int:
 
 def ptr(x) -> int:
     return 0 if x is None else x.data.ptr
+
+
+def dropout_fields(dropout) -> tuple:
+    """The per-call params fields of a DropoutState (cupyflash._dropout): (seed, offset), or zeros without."""
+    return (0, 0) if dropout is None else (dropout.seed, dropout.offset)

@@ -142,28 +142,32 @@ DTYPES = ("float16", "bfloat16")
 #: it (register use is not monotonic in the modifiers: one combination can spill where a heavier one does not).
 MODIFIED = tuple(Variant("bfloat16", "band", softcap=s, alibi=a)
                  for s, a in ((True, False), (False, True), (True, True)))
-#: Packed variable-length rows: plain and with every modifier, band mask, on every tile of every kind.
-PACKED = (Variant("bfloat16", "band", rows="packed"), Variant("float16", "band", True, True, rows="packed"))
+#: Packed variable-length rows: plain and with every modifier and dropout, band mask, on every tile of every kind.
+PACKED = (Variant("bfloat16", "band", rows="packed"),
+          Variant("float16", "band", True, True, rows="packed", dropout=True))
 #: The covering set compiles each variant on the tile the dispatcher picks on a GPU of this size (an H100's limits):
 #: the leading table entry, or the next that fits with a bias's tiles.
 BIG_GPU = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100-sized")
 #: An additive bias: alone, and with every modifier and dbias (only the dK/dV kernel differs with dbias), band
 #: mask, on every tile of every kind; a bias with a boolean mask (and dbias); the full sweep adds the other two
-#: combinations of these with dbias, boolean masks alone and with softcap and ALiBi, and a bias with a mask and
-#: every modifier.
+#: combinations of these with dbias, boolean masks alone and with softcap and ALiBi, a bias with a mask and
+#: every modifier, and the dropout-free twins of the covering variants that carry dropout.
 BIASED = (Variant("bfloat16", "band", bias="bfloat16"),
-          Variant("float16", "band", True, True, bias="float32", dbias=True),
+          Variant("float16", "band", True, True, bias="float32", dbias=True, dropout=True),
           Variant("bfloat16", "band", bias="bfloat16", dbias=True, bool_mask=True),
           Variant("bfloat16", "band", bias="bfloat16", dbias=True, bool_mask=True, mask_blocks=True))
 BIASED_FULL_ONLY = (Variant("bfloat16", "band", bias="bfloat16", dbias=True),
+                    Variant("float16", "band", True, True, bias="float32", dbias=True),
+                    Variant("float16", "band", True, True, rows="packed"),
+                    Variant("float32", "band", True, True, rows="packed", precision="tf32"),
                     Variant("float16", "band", True, True, bias="float32"),
                     Variant("bfloat16", "band", bool_mask=True), Variant("float16", "band", True, True, bool_mask=True),
                     Variant("bfloat16", "band", bias="bfloat16", bool_mask=True),
                     Variant("bfloat16", "band", bias="float32", dbias=True, bool_mask=True),
                     Variant("float16", "band", True, True, bias="float32", dbias=True, bool_mask=True))
-#: float32 inputs (the mma_tf32 family): every modifier with packed rows ("tf32"), and with a float32 bias, dbias
-#: and a mask ("highest"), a 16-bit bias with a block-sparse mask ("tf32"), on the picked tiles.
-FLOAT32 = (Variant("float32", "band", True, True, rows="packed", precision="tf32"),
+#: float32 inputs (the mma_tf32 family): every modifier with packed rows and dropout ("tf32"), and with a float32
+#: bias, dbias and a mask ("highest"), a 16-bit bias with a block-sparse mask ("tf32"), on the picked tiles.
+FLOAT32 = (Variant("float32", "band", True, True, rows="packed", precision="tf32", dropout=True),
            Variant("float32", "band", True, True, bias="float32", dbias=True, bool_mask=True, precision="highest"),
            Variant("float32", "band", bias="bfloat16", dbias=True, bool_mask=True, mask_blocks=True,
                    precision="tf32"))

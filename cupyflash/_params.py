@@ -11,16 +11,23 @@ import threading
 
 import numpy as np
 
-_C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32, "float": np.float32}
+_C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32, "u32": np.uint32,
+            "float": np.float32}
 #: (batch, seq, head) strides
 STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias", "mask_tiles_q", "mask_tiles_k",
            "mask")
 
-#: (name, C type) in the order of AttnParams. Device pointers come first so that one write refreshes them all.
+#: The device pointers of AttnParams, in order.
 POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes",
             "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias", "mask_tiles_q", "mask_tiles_k", "mask")
+#: The fields every call writes (Params.set_per_call): the device pointers, then the dropout state (seed, offset).
+PER_CALL = POINTERS + ("dropout_seed", "dropout_offset")
+
+#: (name, C type) in the order of AttnParams. The per-call fields come first so that one write refreshes them all.
 FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "ptr") for name in POINTERS),
+    ("dropout_seed", "u64"),
+    ("dropout_offset", "u64"),
     *((f"{t}_str.{axis}", "i64") for t in STRIDED for axis in ("batch", "seq", "head")),
     ("alibi_batch_stride", "i64"),
     ("heads_per_kv_magic", "u64"),
@@ -30,6 +37,8 @@ FIELDS: tuple[tuple[str, str], ...] = (
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit",
                                    "bias_unit")),
     ("mask_key_step", "int"),
+    ("dropout_threshold", "u32"),
+    ("dropout_scale", "float"),
 )
 
 # Field names with the nested Strides members flattened ("q_str.seq" -> "q_str_seq").
@@ -59,12 +68,13 @@ class Params:
         for axis, stride in zip(("batch", "seq", "head"), strides_bytes[:3]):
             self.array[0][f"{tensor}_str_{axis}"] = stride // itemsize
 
-    def set_pointers(self, values):
-        """All POINTERS at once, in order (0 for the ones a kernel does not use)."""
-        _POINTER_LAYOUT.pack_into(self._bytes, 0, *values)
+    def set_per_call(self, values):
+        """All PER_CALL fields at once, in order: the POINTERS (0 for the ones a kernel does not use), then the
+        dropout seed and offset (0 without dropout)."""
+        _PER_CALL_LAYOUT.pack_into(self._bytes, 0, *values)
 
 
-_POINTER_LAYOUT = struct.Struct(f"={len(POINTERS)}Q")  # the leading pointer fields, native byte order
+_PER_CALL_LAYOUT = struct.Struct(f"={len(PER_CALL)}Q")  # the leading u64 fields, native byte order
 
 
 def division_magic(d: int) -> int:

@@ -146,11 +146,10 @@ def check_precision(precision, dtype: str) -> str:
     return precision
 
 
-def check_dropout(dropout_p) -> None:
+def check_dropout(dropout_p) -> float:
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be a number in [0, 1); got {dropout_p!r}")
-    if dropout_p != 0:
-        raise NotImplementedError(f"dropout is not implemented yet (dropout_p={dropout_p}); pass dropout_p=0.0")
+    return float(dropout_p)
 
 
 def check_alibi(slopes: ArraySpec, shape: AttentionShape) -> int:
@@ -215,7 +214,7 @@ def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, ca
     """Every check of a call's arguments, and the frozen Problem they describe. The kernels read a boolean mask
     like a bias, as 0 / -inf, beside the additive bias if there is one."""
     shape = check_qkv(q, k, v)
-    check_dropout(dropout_p)
+    dropout_p = check_dropout(dropout_p)
     if not isinstance(causal, (bool, numbers.Integral)):
         raise TypeError(f"causal must be a bool; got {causal!r}")
     causal = bool(causal)
@@ -226,10 +225,10 @@ def describe(q: ArraySpec, k: ArraySpec, v: ArraySpec, *, softmax_scale=None, ca
     mask_layout = None if mask is None else check_bias(mask, shape, "mask")
     variant = Variant(shape.dtype, mask_kind(causal, window), softcap=cap > 0, alibi=alibi_slopes is not None,
                       bias="none" if bias_layout is None else bias_layout.dtype, bool_mask=mask_layout is not None,
-                      precision=check_precision(precision, shape.dtype))
+                      precision=check_precision(precision, shape.dtype), dropout=dropout_p > 0)
     return Problem(shape.batch, shape.seqlen_q, shape.seqlen_k, shape.nheads, shape.nheads_k, shape.head_dim,
                    shape.device, check_softmax_scale(softmax_scale, shape.head_dim), causal, window, cap,
-                   alibi_stride, variant, bias=bias_layout, mask=mask_layout)
+                   alibi_stride, variant, bias=bias_layout, mask=mask_layout, dropout_p=dropout_p)
 
 
 def needs_aligned_copy(a: ArraySpec) -> bool:
@@ -348,6 +347,7 @@ def describe_varlen(q: ArraySpec, k: ArraySpec, v: ArraySpec, cu_q: ArraySpec, c
     window = normalize_window(check_window(window_size), dense.causal, shape.seqlen_q, shape.seqlen_k)
     alibi_stride = 0 if alibi_slopes is None else check_alibi(alibi_slopes, shape)
     variant = Variant(q.dtype, mask_kind(dense.causal, window), softcap=dense.softcap > 0,
-                      alibi=alibi_slopes is not None, rows="packed", precision=dense.variant.precision)
+                      alibi=alibi_slopes is not None, rows="packed", precision=dense.variant.precision,
+                      dropout=dense.variant.dropout)
     return dataclasses.replace(dense, batch=batch, seqlen_q=shape.seqlen_q, seqlen_k=shape.seqlen_k, window=window,
                                alibi_batch_stride=alibi_stride, variant=variant, total_q=q.shape[0])

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from . import _kernels, _launch, configs
+from . import _dropout, _kernels, _launch, configs
 from . import _interop
 from ._bias import readable
 from ._mask import PreparedMask, TileSummary, for_one_call, unwrap, with_block_mask
@@ -13,6 +13,7 @@ from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
                         spec_of)
+from ._validate import check_dropout as _validate_dropout
 from .configs import check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
 from .forward import _call_key, _on_device, flash_attn_func
 
@@ -94,7 +95,7 @@ class BackwardPlan:
             self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
             self.fork = _StreamFork(p.device)
 
-    def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None), bias=None, mask=None):
+    def run(self, arrays, alibi_slopes, given, cu_seqlens=(None, None), bias=None, mask=None, dropout=None):
         import cupy
 
         q, k, v, dout, out, lse = arrays
@@ -124,12 +125,13 @@ class BackwardPlan:
             partial = accum + 4 * self.accum_floats
             dq, dk, dv = bufs
             with self.params.lock:
-                self.params.set_pointers((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
+                self.params.set_per_call((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
                                           dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
                                           partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens),
                                           _launch.ptr(bias), _launch.ptr(dbias), _launch.ptr(tiles[1]),
-                                          _launch.ptr(tiles[0]), _launch.ptr(mask)))
+                                          _launch.ptr(tiles[0]), _launch.ptr(mask),
+                                          *_launch.dropout_fields(dropout)))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels
         extra = () if dbias is None else (self.dbias.finish(dbias),)
@@ -259,7 +261,7 @@ class _StreamFork:
 
 def _plan(arrays, alibi_slopes, bias, mask, given, key, *, softmax_scale, causal, window_size, softcap,
           deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias=False, mask_blocks=None,
-          precision=None):
+          precision=None, dropout_p=0.0):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``."""
     names = ("dout", "q", "k", "v", "out", "lse")
     dout, q, k, v, out, lse = (as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -271,7 +273,7 @@ def _plan(arrays, alibi_slopes, bias, mask, given, key, *, softmax_scale, causal
     problem = describe(q_spec, k_spec, v_spec, softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                        softcap=softcap, alibi_slopes=None if alibi is None else spec_of(alibi),
                        bias=None if bias is None else spec_of(bias), mask=None if mask is None else spec_of(mask),
-                       precision=precision)
+                       precision=precision, dropout_p=dropout_p)
     if return_dbias:
         if bias is None:
             raise ValueError("return_dbias=True needs the bias whose gradient it returns (bias=None was given)")
@@ -335,13 +337,16 @@ def flash_attn_backward(dout: Array, q: Array, k: Array, v: Array, out: Array, l
                         atomic_dq: bool | None = None, config: configs.TileConfig | None = None,
                         dq_config: configs.TileConfig | None = None, kv_splits: int | None = None,
                         bias: Array | None = None, mask: Array | PreparedMask | None = None,
-                        return_dbias: bool = False, precision: str | None = None) -> Grads:
+                        return_dbias: bool = False, precision: str | None = None, dropout_p: float = 0.0,
+                        rng_state: tuple[int, int] | None = None) -> Grads:
     """Gradients of ``out = flash_attn_func(q, k, v, ...)`` for the upstream gradient ``dout``.
 
     Args:
         dout: (batch, seqlen_q, nheads, headdim), q's dtype; any strides with the head dim contiguous.
-        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias, mask, precision: exactly as
-            given to the forward.
+        q, k, v, softmax_scale, causal, window_size, softcap, alibi_slopes, bias, mask, precision, dropout_p:
+            exactly as given to the forward.
+        rng_state: with dropout, the (seed, offset) the forward used (required: the backward regenerates the
+            pairs it dropped from it; see flash_attn_func).
         return_dbias: also return the bias's gradient: float32, the bias's own shape as given (summed over its
             broadcast dims of size 1; a stride-0 dim of full size gets its per-index gradient). Deterministic with
             ``deterministic=True``; otherwise a bias of full queries and keys shared by batches or heads (e.g.
@@ -374,37 +379,45 @@ def flash_attn_backward(dout: Array, q: Array, k: Array, v: Array, out: Array, l
     given = {"dq": dq, "dk": dk, "dv": dv}
     blocks = mask.blocks() if isinstance(mask, PreparedMask) else None
     key = _call_key(arrays, (dq, dk, dv, alibi_slopes, bias, unwrap(mask)), softmax_scale, causal, window_size,
-                    softcap, deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias, blocks, precision)
+                    softcap, deterministic, atomic_dq, config, dq_config, kv_splits, return_dbias, blocks, precision,
+                    dropout_p)
     plan = _PLANS.get(key)
     if plan is None:
         plan, arrays, alibi_slopes, bias, mask_array, given = _plan(
             (dout, q, k, v, out, lse), alibi_slopes, bias, unwrap(mask), given, key, softmax_scale=softmax_scale,
             causal=causal, window_size=window_size, softcap=softcap, deterministic=deterministic,
             atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits, return_dbias=return_dbias,
-            mask_blocks=blocks, precision=precision)
+            mask_blocks=blocks, precision=precision, dropout_p=dropout_p)
         mask = mask if isinstance(mask, PreparedMask) else mask_array
-    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias, mask)
+    dropout = _dropout.resolve(plan.problem.dropout_p, rng_state, backward=True)
+    return _on_device(plan.problem.device, plan.run, arrays, alibi_slopes, given, (None, None), bias, mask,
+                      dropout)
 
 
 def flash_attn_vjp(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softmax_scale: float | None = None,
                    causal: bool = False, window_size: Window = (-1, -1), softcap: float = 0.0,
                    alibi_slopes: Array | None = None, deterministic: bool = False, *, bias: Array | None = None,
                    bias_requires_grad: bool = False, mask: Array | PreparedMask | None = None,
-                   precision: str | None = None) -> tuple[Array, Vjp]:
+                   precision: str | None = None, rng_state: tuple[int, int] | None = None,
+                   generator: _dropout.Generator | None = None) -> tuple[Array, Vjp]:
     """Forward pass plus a function that maps an upstream gradient to (dq, dk, dv).
 
     ``out, vjp = flash_attn_vjp(q, k, v, ...); dq, dk, dv = vjp(dout)``, with flash_attn_func's arguments. The
     closure holds q, k, v, out and the log-sum-exp (no score matrix); it may be called any number of times.
-    With ``bias_requires_grad=True`` it returns (dq, dk, dv, dbias), dbias as flash_attn_backward's.
+    With ``bias_requires_grad=True`` it returns (dq, dk, dv, dbias), dbias as flash_attn_backward's. With
+    dropout the closure keeps the forward's random state (drawn from ``rng_state`` or ``generator`` as
+    flash_attn_func does) and the backward regenerates the same dropped pairs.
     """
     if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
         return _interop.call(flash_attn_vjp, locals())
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
     mask = for_one_call(mask)  # one padded copy, if any, for the forward and backward
+    dropout = _dropout.resolve(_validate_dropout(dropout_p), rng_state, generator)
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-                   alibi_slopes=alibi_slopes, bias=bias, mask=mask, precision=precision)
-    out, lse = flash_attn_func(q, k, v, dropout_p, return_lse=True, **variant)
+                   alibi_slopes=alibi_slopes, bias=bias, mask=mask, precision=precision, dropout_p=dropout_p,
+                   rng_state=None if dropout is None else (dropout.seed, dropout.offset))
+    out, lse = flash_attn_func(q, k, v, return_lse=True, **variant)
 
     def vjp(dout):
         return flash_attn_backward(dout, q, k, v, out, lse, deterministic=deterministic,

@@ -45,7 +45,8 @@ COLUMNS = [
 ]
 
 # --variants: each variant row sits beside the plain row of its (D, causal, seqlen).
-VARIANT_ORDER = ["plain", "GQA", "MQA", "window", "softcap", "ALiBi"]
+VARIANT_ORDER = ["plain", "GQA", "MQA", "window", "softcap", "ALiBi", "dropout"]
+DROPOUT_P = 0.1  # the --variants dropout rows (SDPA's peer rows drop at the same rate)
 GQA_SEQLENS, WINDOW_SEQLEN, SCORE_MOD_SEQLENS = (2048, 8192), 16384, (4096, 8192)
 WINDOW = (4096, 0)  # flash-attn's (left, right): query i sees keys i-4096 ..= i
 SOFTCAP = 30.0
@@ -64,6 +65,8 @@ VARIANT_NOTES = [
     "time / plain: median time over that of the plain row of the same D, causal and seqlen (window: plain causal)",
     "no SDPA peer for window, softcap or ALiBi: its flash and cuDNN backends take none of them "
     "(only the math backend would, through a dense mask)",
+    f"dropout: dropout_p={DROPOUT_P} (cupyflash with a fixed rng_state; SDPA's peers with the same dropout_p, "
+    "which its flash backend takes)",
 ]
 
 OVERHEAD_SHAPE = (1, 128, 2, 64)  # batch, seqlen, nheads, headdim: small enough that launching is the cost
@@ -233,6 +236,8 @@ def cupyflash_call(row, dtype, causal, direction):
     B, S, H, D = row["batch"], row["seqlen"], row["nheads"], row["D"]
     q, k, v = make_inputs(B, S, H, D, dtype, nheads_k=row.get("nheads_k"))
     kw = dict(causal=causal, **cupyflash_kwargs(row.get("variant_kw", {}), H))
+    if kw.get("dropout_p"):  # one state for the forward and the backward that regenerates its mask
+        kw["rng_state"] = (1234, 0)
     if row["impl"] == "cupyflash-tf32":
         kw["precision"] = "tf32"
     if direction == "fwd":
@@ -335,7 +340,9 @@ def torch_call(row, dtype, causal, direction):
     q, k, v = make_inputs(B, S, H, D, dtype, lib="torch", nheads_k=nheads_k)
     backend = TORCH_BACKENDS.get(row["impl"])
     gqa = {"enable_gqa": True} if nheads_k != H else {}
-    sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=causal, **gqa)
+    dropout = row.get("variant_kw", {}).get("dropout_p", 0.0)
+    sdpa = functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=causal,
+                             dropout_p=dropout, **gqa)
     with sdpa_kernel(getattr(SDPBackend, backend)) if backend else contextlib.nullcontext():
         if direction == "bwd":
             for x in (q, k, v):
@@ -495,6 +502,7 @@ def variant_specs(headdims, causals):
         for s, c in itertools.product(SCORE_MOD_SEQLENS, causals):
             add("softcap", s, c, softcap=SOFTCAP)
             add("ALiBi", s, c, alibi=True)
+            add("dropout", s, c, dropout_p=DROPOUT_P)
     shapes = dict.fromkeys((sp["D"], sp["causal"], sp["seqlen"]) for sp in specs)
     specs += [{"variant": "plain", "D": d, "causal": c, "seqlen": s, "nheads_k": HIDDEN // d, "kw": {}}
               for d, c, s in shapes]
@@ -520,7 +528,8 @@ def run_variant(spec, dtype, peers, bwd=True):
     row["heads"] = f"{row['nheads']}/{spec['nheads_k']}"
     flops = variant_flops(row["batch"], row["nheads"], spec["seqlen"], spec["D"], spec["causal"], spec["kw"])
     measure_row(row, flops, bwd)
-    for impl in [] if spec["kw"] else peers:  # SDPA's fused backends have no window, softcap or ALiBi
+    # SDPA's fused backends have no window, softcap or ALiBi; its flash backend takes dropout
+    for impl in peers if set(spec["kw"]) <= {"dropout_p"} else []:
         peer = measure_row(new_row(impl, dtype, spec["D"], spec["seqlen"], spec["causal"], **extra), flops, bwd)
         for d in ("fwd", "bwd"):
             row[f"{impl}_{d}"] = format_cell(peer, f"{d}_ms", _num("%.3f"))

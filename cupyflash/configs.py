@@ -54,7 +54,7 @@ class TileConfig:
 #: The variant features a table entry can avoid (When.avoid), each true of a variant when: the band mask (causal
 #: or a window) is on, softcap is, ALiBi is, rows are packed (variable-length), an additive bias is (any dtype, or
 #: a float32 one), a boolean mask is read in the tiles it cuts ("mask"), a boolean mask cuts no tile and only its
-#: tile summary is read ("block_mask"), the backward writes dbias.
+#: tile summary is read ("block_mask"), the backward writes dbias, float32 runs at precision "tf32", dropout is on.
 FEATURES = {
     "band": lambda v: v.mask != "none",
     "softcap": lambda v: v.softcap,
@@ -66,6 +66,7 @@ FEATURES = {
     "block_mask": lambda v: v.mask_blocks,
     "dbias": lambda v: v.dbias,
     "tf32": lambda v: v.precision == "tf32",
+    "dropout": lambda v: v.dropout,
 }
 #: Features of the GPU rather than the variant: "sm80", compute capability below 9.0 (ptxas allocates registers
 #: for sm_80 differently from sm_90: some combinations spill on one only). Without the device's limits (listing
@@ -141,10 +142,12 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # ALiBi with packed rows at 128x128 and for a float32 bias with softcap at 128x64 (those run 64x32); on sm_80
     # only, for a float32 bias with the band mask at 128x64 (8 bytes; it runs 64x32 there). A block-sparse mask
     # (its walk's few registers beside the plain loop) spills 128x128 with the band mask and ALiBi (sm_90 picks).
-    ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=_BIASED), _c(128, 64, 4, blocks_per_sm=2))
-    + _SMALL,
+    # Dropout spills 128x128 at 32 and 64 (its kept bits and generator beside a 128-key score fragment, compile
+    # check): it runs 128x64.
+    ("mma_sm80", 32): (When(_c(128, 128, 4, blocks_per_sm=2), avoid=_BIASED + ("dropout",)),
+                       _c(128, 64, 4, blocks_per_sm=2)) + _SMALL,
     ("mma_sm80", 64): (When(_c(128, 128, 4, blocks_per_sm=2),
-                            avoid=("softcap", "alibi+packed", "band+alibi+block_mask") + _BIASED),
+                            avoid=("softcap", "alibi+packed", "band+alibi+block_mask", "dropout") + _BIASED),
                        When(_c(128, 64, 4, blocks_per_sm=2),
                             avoid=_HEAVY + ("fp32_bias+mask", "softcap+fp32_bias", "sm80+band+fp32_bias"))) + _SMALL,
     # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep), so
@@ -185,9 +188,10 @@ _BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask")
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry. A boolean mask's
-    # tiles (a byte per pair) fit. At 64, packed rows with the band mask and softcap spill it on sm_90 (picks sweep).
-    **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2), avoid=("bias",) + (("band+softcap+packed",) if kd == 64
-                                                                             else ())),
+    # tiles (a byte per pair) fit. At 64, packed rows with the band mask and softcap spill it on sm_90 (picks sweep);
+    # so does dropout at 32 and 64 (compile check).
+    **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2),
+                               avoid=("bias", "dropout") + (("band+softcap+packed",) if kd == 64 else ())),
                           _c(64, 64, 4, blocks_per_sm=2, d_split=2),
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},

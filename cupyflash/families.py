@@ -21,6 +21,7 @@ _ELEM_TAG = {("float16", ""): "cf::f16", ("bfloat16", ""): "cf::bf16", ("float32
              ("float32", "tf32"): "cf::tf32"}
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
 _ROWS_TYPE = {"dense": "cf::DenseRows", "packed": "cf::PackedRows"}
+_DROPOUT_TYPE = {False: "cf::NoDropout", True: "cf::Dropout"}
 _BIAS_ELEM = {"float16": "cf::f16", "bfloat16": "cf::bf16", "float32": "float"}
 _BIAS_ITEMSIZE = {"none": 0, "float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -120,6 +121,7 @@ class Mma80Family:
         tiles = (f"{kernel_hdim}, {config.block_m}, {config.block_n}, {config.warps}, {config.stages}, "
                  f"{config.blocks_per_sm}")
         smem = self.smem_bytes(kind, config, kernel_hdim, variant)
+        rows = f"{rows}, {_DROPOUT_TYPE[variant.dropout]}"  # the kernels take the dropout policy after the rows'
         if kind == "fwd":
             return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {smem}>"
         if kind == "bwd":

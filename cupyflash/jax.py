@@ -57,26 +57,29 @@ def _refuse_traced(**arrays):
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, *, bias=None, mask=None, precision=None):
+                    alibi_slopes=None, deterministic=False, *, bias=None, mask=None, precision=None, rng_state=None,
+                    generator=None):
     """:func:`cupyflash.flash_attn_func` on JAX GPU arrays, differentiable in q, k, v and ``bias``; returns out.
 
     Arguments as in :func:`cupyflash.torch.flash_attn_func` (no ``return_attn_probs``: call
     :func:`cupyflash.flash_attn_func` with JAX arrays for lse or probs, which returns JAX arrays but no gradient).
     ``bias``'s gradient is computed only when it is differentiated; ``mask`` and ``alibi_slopes`` are not.
-    Eager only: raises TracerError under ``jax.jit``.
+    Eager only: raises TracerError under ``jax.jit``. Dropout draws its state from cupyflash's generator (not a
+    JAX key) unless ``rng_state`` is given; the backward reuses it.
     """
     _refuse_traced(alibi_slopes=alibi_slopes, mask=mask)
     call = DenseCall(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, False,
-                     mask, precision)
+                     mask, precision, rng_state, generator)
     return _attention(call, q, k, v, bias)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, *, precision=None):
+                           deterministic=False, *, precision=None, rng_state=None, generator=None):
     """:func:`cupyflash.flash_attn_varlen_func` on JAX GPU arrays, differentiable in q, k and v; returns out.
     Eager only, as flash_attn_func."""
     _refuse_traced(cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k, alibi_slopes=alibi_slopes)
     call = PackedCall(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
-                      window_size, softcap, alibi_slopes, deterministic, precision=precision)
+                      window_size, softcap, alibi_slopes, deterministic, precision=precision, rng_state=rng_state,
+                      generator=generator)
     return _attention(call, q, k, v, None)

@@ -21,7 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 DTYPES = ("float16", "bfloat16", "float32")
 
 
-def _instances(limits, with_variants: bool, dtypes=DTYPES):
+def _instances(limits, with_variants: bool, dtypes=DTYPES, dropout: bool = False):
     from .configs import KERNEL_HEAD_DIMS, NoConfigFits, candidates, select_config
     from .families import KINDS
     from .problem import MASKS, Variant, precisions_of, variant_combinations
@@ -31,9 +31,11 @@ def _instances(limits, with_variants: bool, dtypes=DTYPES):
         for precision in precisions_of(dtype):
             variant = Variant(dtype, mask, precision=precision)
             out.update((kind, kd, config, variant) for config in candidates(kind, limits, kd, variant))
-    if with_variants:
+    if with_variants or dropout:
         for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
-            for variant in variant_combinations(kind, dtypes):
+            for variant in variant_combinations(kind, dtypes, dropouts=(False, True) if dropout else (False,)):
+                if not with_variants and (variant.bias != "none" or variant.bool_mask or not variant.dropout):
+                    continue  # --dropout alone: with dropout, every mask, modifier and row layout, no bias
                 try:
                     out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
                 except NoConfigFits:  # the call raises that; nothing to compile
@@ -64,6 +66,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m cupyflash.precompile", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--variants", action="store_true", help="also every variant combination")
+    parser.add_argument("--dropout", action="store_true",
+                        help="also with dropout: every mask, score modifier and row layout (with --variants: "
+                             "every combination)")
     parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=DTYPES, help="input dtypes (default: all)")
     parser.add_argument("--head-dims", nargs="+", type=int, metavar="D",
                         help="only the kernels that serve these head dims (default: all)")
@@ -81,7 +86,7 @@ def main(argv=None):
         parser.error(f"--part takes K/N with 1 <= K <= N; got {args.part!r}")
     require_gpu("cupyflash precompile")
     os.environ.setdefault("CUPYFLASH_QUIET", "1")
-    instances = _instances(device_limits(0), args.variants, tuple(args.dtypes))
+    instances = _instances(device_limits(0), args.variants, tuple(args.dtypes), args.dropout)
     if args.bias:
         instances = [i for i in instances if i[3].bias in args.bias or ("bool" in args.bias and i[3].bool_mask)]
     if args.head_dims:

@@ -35,6 +35,7 @@ class Variant:
     bool_mask: bool = False  # a boolean mask (read as a 0 / -inf bias, beside the additive one if any)
     mask_blocks: bool = False  # the boolean mask cuts no tile of the kernels' tiling: only its tile summary is read
     precision: str = ""    # float32: one of PRECISIONS; 16-bit dtypes: ""
+    dropout: bool = False  # dropout_p > 0: probabilities dropped by a Philox stream (cuda_src/dropout.cuh)
 
     def __post_init__(self):
         if self.mask_blocks and not self.bool_mask:
@@ -48,17 +49,19 @@ class Variant:
         return not (self.softcap or self.alibi)
 
 
-def variant_combinations(kind: str, dtypes, biases=BIASES):
+def variant_combinations(kind: str, dtypes, biases=BIASES, dropouts=(False,)):
     """Every Variant a kernel of ``kind`` can be asked for (precompile --variants, the picks sweep): each mask,
     softcap, ALiBi, row layout, bias dtype and boolean mask (read in the tiles it cuts, or block-sparse); no bias or
-    mask with packed rows, dbias only in the dK/dV kernel and with a bias."""
+    mask with packed rows, dbias only in the dK/dV kernel and with a bias; without dropout unless ``dropouts`` says
+    (it doubles the count)."""
     for dtype, mask, softcap, alibi, rows in itertools.product(dtypes, MASKS, (False, True), (False, True), ROWS):
         dense = rows == "dense"
         for bias, bool_mask in itertools.product(biases if dense else ("none",), (False, True) if dense else (False,)):
             for dbias, blocks in itertools.product((False, True) if bias != "none" and kind == "bwd" else (False,),
                                                    (False, True) if bool_mask else (False,)):
-                for precision in precisions_of(dtype):
-                    yield Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks, precision)
+                for precision, dropout in itertools.product(precisions_of(dtype), dropouts):
+                    yield Variant(dtype, mask, softcap, alibi, rows, bias, dbias, bool_mask, blocks, precision,
+                                  dropout)
 
 
 def precisions_of(dtype: str) -> tuple:
@@ -102,6 +105,7 @@ class Problem:
     total_q: int = 0        # packed rows: rows of q (seqlen_q and seqlen_k are then the longest entry's)
     bias: BiasLayout | None = None  # how the kernels read the additive bias, if any
     mask: BiasLayout | None = None  # ... and the boolean mask
+    dropout_p: float = 0.0  # the probability of dropping each attention probability (variant.dropout: > 0)
 
     @property
     def heads_per_kv(self) -> int:

@@ -120,7 +120,8 @@ class _Problem:
     """
 
     def __init__(self, q, k, softmax_scale, causal, window_size, softcap,
-                 alibi_slopes, xp, dtype='float64', bias=None, mask=None):
+                 alibi_slopes, xp, dtype='float64', bias=None, mask=None,
+                 dropout=None, dropout_batches=None):
         batch, self.seqlen_q, nheads, headdim = q.shape
         self.seqlen_k, nheads_k = k.shape[1], k.shape[2]
         if nheads % nheads_k:
@@ -149,6 +150,18 @@ class _Problem:
             raise TypeError(f'mask must be bool; got {self.mask.dtype}')
         if hidden is not None:
             self.mask = ~hidden if self.mask is None else self.mask & ~hidden
+        # Dropout (cupyflash._dropout.DropoutState): P's multiplier, 0 where
+        # dropped and 1 / keep probability where kept; the batch indices the
+        # pairs are numbered by (a packed batch's sequence: its own index).
+        self.drop = None
+        if dropout is not None:
+            batches = range(batch) if dropout_batches is None else dropout_batches
+            self.drop = dropout.multiplier(batches, nheads, self.seqlen_q,
+                                           self.seqlen_k, xp, dtype)
+
+    def dropped(self, p):
+        """P with dropout applied (P itself without dropout)."""
+        return p if self.drop is None else p * self.drop
 
     def heads_first(self, x):
         # (B, S, H, D) -> (B, H, S, D) so that matmul batches over both.
@@ -271,36 +284,51 @@ def attention_logits(q, k, softmax_scale=None, causal=False, xp=None, *,
 
 def attention_probs(q, k, lse, softmax_scale=None, causal=False, xp=None, *,
                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                    dtype=None, bias=None, mask=None):
+                    dtype=None, bias=None, mask=None, dropout=None):
     """The attention matrix exp(logits - lse) for a given lse.
 
     ``lse`` is (batch, nheads, seqlen_q), typically the kernel's own, so
     that the matrix matches what the kernel used.  Returns
     (batch, nheads, seqlen_q, seqlen_k), 0 where hidden and on rows that see
-    no key; ``dtype`` as in ``attention_logits``.
+    no key; ``dtype`` as in ``attention_logits``.  With ``dropout`` (a
+    cupyflash._dropout.DropoutState) the dropped-out matrix: 0 where dropped,
+    kept entries divided by the keep probability (out = probs @ v).
     """
     xp = _namespace(q, xp)
-    logits, empty = attention_logits(
-        q, k, softmax_scale, causal, xp, window_size=window_size,
-        softcap=softcap, alibi_slopes=alibi_slopes, dtype=dtype, bias=bias,
-        mask=mask)
+    dtype = 'float64' if dtype is None else np.dtype(dtype).name
+    if dtype not in ('float32', 'float64'):
+        raise ValueError(f'dtype must be float32 or float64, not {dtype}')
+    problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
+                       alibi_slopes, xp, dtype, bias=bias, mask=mask,
+                       dropout=dropout)
+    logits, _ = problem.logits(problem.heads_first(q),
+                               problem.kv_heads_first(k))
+    empty = problem.empty_rows()
     # Empty rows hold only -inf logits: subtracting 0 instead of their
     # lse = -inf gives exp = 0 rather than NaN.
     lse = xp.where(empty, 0, _as_float(lse, xp, logits.dtype))
-    return xp.exp(logits - lse[..., None])
+    return problem.dropped(xp.exp(logits - lse[..., None]))
 
 
 def attention_reference(q, k, v, softmax_scale=None, causal=False, xp=None,
                         *, window_size=(-1, -1), softcap=0.0,
-                        alibi_slopes=None, bias=None, mask=None):
-    """Exact softmax attention in float64; returns (out, lse)."""
+                        alibi_slopes=None, bias=None, mask=None,
+                        dropout=None, dropout_batches=None):
+    """Exact softmax attention in float64; returns (out, lse).
+
+    ``dropout``: a cupyflash._dropout.DropoutState; out = dropped(P) V, lse
+    of the undropped logits (as the kernels return it).  ``dropout_batches``:
+    the batch indices its pairs are numbered by (default 0, 1, ...).
+    """
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp, bias=bias, mask=mask)
+                       alibi_slopes, xp, bias=bias, mask=mask,
+                       dropout=dropout, dropout_batches=dropout_batches)
     logits, _ = problem.logits(problem.heads_first(q),
                                problem.kv_heads_first(k))
     p, lse = _softmax(logits, problem.empty_rows(), xp)
-    return _to_bshd(xp.matmul(p, problem.kv_heads_first(v))), lse
+    return (_to_bshd(xp.matmul(problem.dropped(p),
+                               problem.kv_heads_first(v))), lse)
 
 
 # Overflow to inf and casts of signalling NaNs are part of rounding, not bugs.
@@ -341,7 +369,8 @@ def round_to_dtype(x, dtype_name, xp=None):
 def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
                          dtype_name='float16', xp=None, *,
                          window_size=(-1, -1), softcap=0.0,
-                         alibi_slopes=None, bias=None, mask=None):
+                         alibi_slopes=None, bias=None, mask=None,
+                         dropout=None):
     """Attention with every intermediate rounded to ``dtype_name``.
 
     This is the error a straightforward low-precision implementation makes;
@@ -352,13 +381,15 @@ def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
     xp = _namespace(q, xp)
     compute, rnd = _naive_arithmetic(dtype_name, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp, compute, bias=bias, mask=mask)
+                       alibi_slopes, xp, compute, bias=bias, mask=mask,
+                       dropout=dropout)
     s, _ = problem.logits(problem.heads_first(q), problem.kv_heads_first(k),
                           rnd=rnd)
     empty = problem.empty_rows()
     _, lse = _softmax(s, empty, xp)
     p, _ = _softmax(s.astype(xp.float32), empty, xp)
-    out = rnd(xp.matmul(rnd(p), problem.kv_heads_first(v)))
+    p = rnd(problem.dropped(rnd(p)))
+    out = rnd(xp.matmul(p, problem.kv_heads_first(v)))
     return _to_bshd(out).astype(xp.float64), lse.astype(xp.float64)
 
 
@@ -442,9 +473,12 @@ def _backward(dout, q, k, v, problem, rnd, accumulate, out=None):
     p, _ = _softmax(s.astype(accumulate, copy=False), problem.empty_rows(),
                     xp)
     p = rnd(p)
-    out = rnd(xp.matmul(p, vh)) if out is None else problem.heads_first(out)
-    dv = rnd(xp.matmul(p.swapaxes(-1, -2), doh))
-    dp = rnd(xp.matmul(doh, vh.swapaxes(-1, -2)))
+    # Dropout: O = dropped(P) V, so dV = dropped(P)^T dO and dP = dropped(dO
+    # V^T) (the same multiplier); dS = P (dP - D) as without.
+    kept = rnd(problem.dropped(p))
+    out = rnd(xp.matmul(kept, vh)) if out is None else problem.heads_first(out)
+    dv = rnd(xp.matmul(kept.swapaxes(-1, -2), doh))
+    dp = rnd(problem.dropped(rnd(xp.matmul(doh, vh.swapaxes(-1, -2)))))
     d = (doh.astype(accumulate, copy=False)
          * out.astype(accumulate, copy=False)).sum(
         axis=-1, keepdims=True, dtype=accumulate).astype(xp.float64)
@@ -465,7 +499,8 @@ def attention_backward_reference(dout, q, k, v, softmax_scale=None,
                                  causal=False, xp=None, *,
                                  window_size=(-1, -1), softcap=0.0,
                                  alibi_slopes=None, bias=None, mask=None,
-                                 return_dbias=False, out=None):
+                                 return_dbias=False, out=None, dropout=None,
+                                 dropout_batches=None):
     """Exact gradient of ``out`` against q, k, v in float64; (dq, dk, dv).
 
     With P = softmax(logits) and O = P V, per batch and query head::
@@ -491,7 +526,8 @@ def attention_backward_reference(dout, q, k, v, softmax_scale=None,
     """
     xp = _namespace(q, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp, bias=bias, mask=mask)
+                       alibi_slopes, xp, bias=bias, mask=mask,
+                       dropout=dropout, dropout_batches=dropout_batches)
     grads = _backward(dout, q, k, v, problem, _unrounded, xp.float64, out=out)
     return grads if return_dbias else grads[:3]
 
@@ -500,7 +536,7 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
                                   causal=False, dtype_name='float16', xp=None,
                                   *, window_size=(-1, -1), softcap=0.0,
                                   alibi_slopes=None, bias=None, mask=None,
-                                  return_dbias=False, out=None):
+                                  return_dbias=False, out=None, dropout=None):
     """The backward pass with every intermediate rounded to ``dtype_name``.
 
     Like ``attention_naive_lowp``, the inputs are used as given (the caller
@@ -521,7 +557,8 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
     xp = _namespace(q, xp)
     compute, rnd = _naive_arithmetic(dtype_name, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
-                       alibi_slopes, xp, compute, bias=bias, mask=mask)
+                       alibi_slopes, xp, compute, bias=bias, mask=mask,
+                       dropout=dropout)
     grads = _backward(dout, q, k, v, problem, rnd, xp.float32, out=out)
     grads = tuple(None if g is None else g.astype(xp.float64) for g in grads)
     return grads if return_dbias else grads[:3]
@@ -544,7 +581,7 @@ def _varlen_slopes(alibi_slopes, i):
 def attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                softmax_scale=None, causal=False, xp=None, *,
                                window_size=(-1, -1), softcap=0.0,
-                               alibi_slopes=None):
+                               alibi_slopes=None, dropout=None):
     """Variable-length batches in flash-attn's packed layout, in float64.
 
     q is (total_q, nheads, headdim), k and v (total_k, nheads_k, headdim);
@@ -566,7 +603,8 @@ def attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k,
         o, l = attention_reference(
             q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], softmax_scale,
             causal, xp, window_size=window_size, softcap=softcap,
-            alibi_slopes=_varlen_slopes(alibi_slopes, i))
+            alibi_slopes=_varlen_slopes(alibi_slopes, i), dropout=dropout,
+            dropout_batches=[i])
         out[q0:q1], lse[:, q0:q1] = o[0], l[0]
     return out, lse
 
@@ -575,7 +613,7 @@ def attention_varlen_backward_reference(dout, q, k, v, cu_seqlens_q,
                                         cu_seqlens_k, softmax_scale=None,
                                         causal=False, xp=None, *,
                                         window_size=(-1, -1), softcap=0.0,
-                                        alibi_slopes=None):
+                                        alibi_slopes=None, dropout=None):
     """The exact gradient of ``attention_varlen_reference``: (dq, dk, dv) in
     the packed layouts of q, k, v, float64."""
     xp = _namespace(q, xp)
@@ -590,7 +628,8 @@ def attention_varlen_backward_reference(dout, q, k, v, cu_seqlens_q,
             dout[None, q0:q1], q[None, q0:q1], k[None, k0:k1],
             v[None, k0:k1], softmax_scale, causal, xp,
             window_size=window_size, softcap=softcap,
-            alibi_slopes=_varlen_slopes(alibi_slopes, i))
+            alibi_slopes=_varlen_slopes(alibi_slopes, i), dropout=dropout,
+            dropout_batches=[i])
         dq[q0:q1], dk[k0:k1], dv[k0:k1] = g[0][0], g[1][0], g[2][0]
     return dq, dk, dv
 

@@ -52,7 +52,7 @@ def _apply(call, q, k, v, bias, return_attn_probs):
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
                     alibi_slopes=None, deterministic=False, return_attn_probs=False, *, bias=None, mask=None,
-                    precision=None):
+                    precision=None, rng_state=None, generator=None):
     """:func:`cupyflash.flash_attn_func` on torch tensors, differentiable in q, k, v and ``bias``.
 
     flash-attn's signature (q, k, v: (batch, seqlen, nheads, headdim) float16, bfloat16 or float32 CUDA tensors;
@@ -61,18 +61,22 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     computed when it requires one, summed over its broadcast dims) and ``mask`` (boolean, True = may attend, or a
     :func:`cupyflash.prepare_mask` of one; not differentiable, nor is ``alibi_slopes``). ``deterministic`` goes to
     the backward. Returns out, or ``(out, lse, probs)`` with ``return_attn_probs`` (float32 attention matrix,
-    for small problems; lse and probs carry no gradient).
+    for small problems; lse and probs carry no gradient). Dropout (``dropout_p``, ``rng_state``, ``generator``) as
+    in :func:`cupyflash.flash_attn_func`: one state per call, drawn from cupyflash's generator (not PyTorch's) unless
+    given, and the backward regenerates the same dropped pairs from it.
     """
     call = DenseCall(dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic,
-                     return_attn_probs, mask, precision)
+                     return_attn_probs, mask, precision, rng_state, generator)
     return _apply(call, q, k, v, bias, return_attn_probs)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0,
                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
-                           deterministic=False, return_attn_probs=False, *, precision=None):
+                           deterministic=False, return_attn_probs=False, *, precision=None, rng_state=None,
+                           generator=None):
     """:func:`cupyflash.flash_attn_varlen_func` on torch tensors (packed (total, nheads, headdim) q, k, v; int32
     cu_seqlens), differentiable in q, k and v. ``return_attn_probs`` is not supported (NotImplementedError)."""
     call = PackedCall(cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
-                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs, precision)
+                      window_size, softcap, alibi_slopes, deterministic, return_attn_probs, precision, rng_state,
+                      generator)
     return _apply(call, q, k, v, None, return_attn_probs)

@@ -6,7 +6,7 @@ work follows the real lengths. The offsets are also read back once per call to c
 """
 from __future__ import annotations
 
-from . import backward
+from . import _dropout, backward
 from . import _interop
 from ._device import device_limits
 from ._launch import PlanCache
@@ -24,7 +24,8 @@ def flash_attn_varlen_func(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu
                            softmax_scale: float | None = None, causal: bool = False, window_size: Window = (-1, -1),
                            softcap: float = 0.0, alibi_slopes: Array | None = None, deterministic: bool = False,
                            return_attn_probs: bool = False, *, return_lse: bool = False,
-                           config: TileConfig | None = None, precision: str | None = None
+                           config: TileConfig | None = None, precision: str | None = None,
+                           rng_state: tuple[int, int] | None = None, generator: _dropout.Generator | None = None
                            ) -> Array | tuple[Array, ...]:
     """Exact softmax attention over a batch of sequences of different lengths, packed without padding.
 
@@ -40,7 +41,9 @@ def flash_attn_varlen_func(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu
             total_q (total_k), no length above max_seqlen_q (max_seqlen_k); the check reads them back to the host,
             which waits for the work queued before them on the stream.
         max_seqlen_q, max_seqlen_k: the longest lengths (ints); the grid covers max_seqlen_q queries per sequence.
-        dropout_p, softmax_scale, causal, window_size, softcap, deterministic, precision: as in flash_attn_func.
+        dropout_p, softmax_scale, causal, window_size, softcap, deterministic, precision, rng_state, generator: as
+            in flash_attn_func (dropout numbers each sequence's pairs from its own first row and key, with the
+            sequence's index as the batch index).
         alibi_slopes: float32 (nheads,) or (batch, nheads), one row per sequence.
         return_attn_probs: not supported for packed batches (NotImplementedError).
         return_lse: also return the log-sum-exp, float32 (nheads, total_q) as flash-attn lays it out.
@@ -61,7 +64,9 @@ def flash_attn_varlen_func(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu
                                                  softcap, config, precision)
     problem = plan.problem
     _check_offsets(cu_q, cu_k, q.shape[0], k.shape[0], problem)
-    out, lse = _on_device(problem.device, plan.run, q[None], k[None], v[None], alibi, (cu_q, cu_k))
+    dropout = _dropout.resolve(problem.dropout_p, rng_state, generator)
+    out, lse = _on_device(problem.device, plan.run, q[None], k[None], v[None], alibi, (cu_q, cu_k), None, None,
+                          dropout)
     out = out[0]
     return (out, lse) if return_lse else out
 
@@ -80,7 +85,8 @@ def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: A
                                dq: Array | None = None, dk: Array | None = None, dv: Array | None = None,
                                atomic_dq: bool | None = None, config: TileConfig | None = None,
                                dq_config: TileConfig | None = None, kv_splits: int | None = None,
-                               precision: str | None = None) -> Grads:
+                               precision: str | None = None, dropout_p: float = 0.0,
+                               rng_state: tuple[int, int] | None = None) -> Grads:
     """Gradients of ``out = flash_attn_varlen_func(q, k, v, cu_seqlens_q, ...)`` for ``dout``.
 
     dout and out are (total_q, nheads, headdim) like q, lse (nheads, total_q) as the forward returns it; the
@@ -93,7 +99,8 @@ def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: A
     arrays = (dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
     given = {"dq": dq, "dk": dk, "dv": dv}
     key = _call_key(arrays, (dq, dk, dv, alibi_slopes), max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                    window_size, softcap, deterministic, atomic_dq, config, dq_config, kv_splits, precision)
+                    window_size, softcap, deterministic, atomic_dq, config, dq_config, kv_splits, precision,
+                    dropout_p)
     plan = _BACKWARD_PLANS.get(key)
     if plan is None:
         arrays = tuple(as_cuda_array(x, n) for x, n in zip(arrays, names))
@@ -103,7 +110,7 @@ def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: A
         problem = describe_varlen(*(spec_of(x) for x in (q, k, v, cu_q, cu_k)), max_seqlen_q, max_seqlen_k,
                                   softmax_scale=softmax_scale, causal=causal, window_size=window_size,
                                   softcap=softcap, alibi_slopes=None if alibi_slopes is None else spec_of(alibi_slopes),
-                                  precision=precision)
+                                  precision=precision, dropout_p=dropout_p)
         specs = tuple(spec_of(x[None]) for x in (q, k, v, dout, out))
         grad_specs = {n: None if g is None else spec_of(g[None]) for n, g in given.items()}
         plan = backward.make_plan(problem, specs, spec_of(lse), grad_specs, deterministic=deterministic,
@@ -111,8 +118,10 @@ def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: A
         _BACKWARD_PLANS.put(key, plan)
     dout, q, k, v, out, lse, cu_q, cu_k = arrays
     _check_offsets(cu_q, cu_k, q.shape[0], k.shape[0], plan.problem)
+    dropout = _dropout.resolve(plan.problem.dropout_p, rng_state, backward=True)
     grads = _on_device(plan.problem.device, plan.run, tuple(x[None] for x in (q, k, v, dout, out)) + (lse,),
-                       alibi_slopes, {n: None if g is None else g[None] for n, g in given.items()}, (cu_q, cu_k))
+                       alibi_slopes, {n: None if g is None else g[None] for n, g in given.items()}, (cu_q, cu_k),
+                       None, None, dropout)
     return tuple(g[0] if given[n] is None else given[n] for n, g in zip(("dq", "dk", "dv"), grads))
 
 
@@ -120,14 +129,17 @@ def flash_attn_varlen_vjp(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_
                           max_seqlen_q: int, max_seqlen_k: int, dropout_p: float = 0.0,
                           softmax_scale: float | None = None, causal: bool = False, window_size: Window = (-1, -1),
                           softcap: float = 0.0, alibi_slopes: Array | None = None, deterministic: bool = False, *,
-                          precision: str | None = None) -> tuple[Array, Vjp]:
+                          precision: str | None = None, rng_state: tuple[int, int] | None = None,
+                          generator: _dropout.Generator | None = None) -> tuple[Array, Vjp]:
     """The packed forward plus a function that maps an upstream gradient to (dq, dk, dv); see flash_attn_vjp."""
     if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
         return _interop.call(flash_attn_varlen_vjp, locals())
+    dropout = _dropout.resolve(backward._validate_dropout(dropout_p), rng_state, generator)
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
-                   alibi_slopes=alibi_slopes, precision=precision)
+                   alibi_slopes=alibi_slopes, precision=precision, dropout_p=dropout_p,
+                   rng_state=None if dropout is None else (dropout.seed, dropout.offset))
     lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    out, lse = flash_attn_varlen_func(q, k, v, *lengths, dropout_p, return_lse=True, **variant)
+    out, lse = flash_attn_varlen_func(q, k, v, *lengths, return_lse=True, **variant)
 
     def vjp(dout):
         return flash_attn_varlen_backward(dout, q, k, v, out, lse, *lengths, deterministic=deterministic, **variant)

@@ -330,8 +330,8 @@ def test_packed_rows_are_a_policy_of_every_kernel_but_the_staging_copy():
     packed = Variant("bfloat16", "band", rows="packed")
     assert ", cf::PackedRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, packed)
     assert ", cf::DenseRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, Variant("bfloat16"))
-    assert ", cf::PackedRows, true, 2, " in MMA_SM80.kernel_name("bwd", configs.select_config("bwd", H100, 64), 64,
-                                                                  packed, True)
+    bwd = configs.select_config("bwd", H100, 64)
+    assert ", cf::PackedRows, cf::NoDropout, true, 2, " in MMA_SM80.kernel_name("bwd", bwd, 64, packed, True)
     pre = "cf::flash_bwd_preprocess_kernel<cf::bf16, cf::PackedRows>"
     assert MMA_SM80.kernel_name("bwd_preprocess", None, 0, packed) == pre
     assert MMA_SM80.kernel_name("copy_rows", None, 0, packed) == "cf::flash_copy_rows_kernel<cf::bf16>"

@@ -10,7 +10,7 @@ import pytest
 from conftest import require_nvrtc
 from cupyflash import _nvrtc
 from cupyflash._kernels import load_source
-from cupyflash._params import FIELDS, PARAMS_DTYPE, POINTERS, Params
+from cupyflash._params import FIELDS, PARAMS_DTYPE, PER_CALL, POINTERS, Params
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +43,14 @@ def test_the_probe_sees_a_moved_field():
     assert size == 24 and offsets == {"a": 16, "b": 0, "c": 8}
 
 
-def test_pointers_come_first_and_are_written_together():
-    assert [name for name, _ in FIELDS[:len(POINTERS)]] == list(POINTERS)
+def test_per_call_fields_come_first_and_are_written_together():
+    assert [name for name, _ in FIELDS[:len(PER_CALL)]] == list(PER_CALL)
+    assert PER_CALL[:len(POINTERS)] == POINTERS
     params = Params()
     params.set(batch=7, softcap=2.5)
-    params.set_pointers(range(1, len(POINTERS) + 1))
+    params.set_per_call(range(1, len(PER_CALL) + 1))
     record = params.array[0]
-    assert [int(record[name]) for name in POINTERS] == list(range(1, len(POINTERS) + 1))
+    assert [int(record[name]) for name in PER_CALL] == list(range(1, len(PER_CALL) + 1))
     assert record["batch"] == 7 and record["softcap"] == np.float32(2.5)
 
 
@@ -79,6 +80,6 @@ def test_kernel_params_is_one_pointer_to_the_struct():
     params = Params()
     argv = np.frombuffer((ctypes.c_uint64 * 1).from_address(params.kernel_params), np.uint64)
     assert int(argv[0]) == params.array.ctypes.data
-    params.set_pointers(range(100, 100 + len(POINTERS)))
-    first = np.frombuffer((ctypes.c_uint64 * len(POINTERS)).from_address(int(argv[0])), np.uint64)
-    assert first.tolist() == list(range(100, 100 + len(POINTERS)))
+    params.set_per_call(range(100, 100 + len(PER_CALL)))
+    first = np.frombuffer((ctypes.c_uint64 * len(PER_CALL)).from_address(int(argv[0])), np.uint64)
+    assert first.tolist() == list(range(100, 100 + len(PER_CALL)))

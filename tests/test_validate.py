@@ -292,10 +292,11 @@ def test_bad_alibi(slopes, exc, text):
         problem(alibi_slopes=slopes)
 
 
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_is_not_implemented_yet(p):
-    with pytest.raises(NotImplementedError, match="dropout"):
-        problem(dropout_p=p)
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.999])
+def test_dropout_turns_the_variant_on(p):
+    described = problem(dropout_p=p)
+    assert described.variant.dropout and described.dropout_p == p
+    assert not problem(dropout_p=0).variant.dropout
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.0, "0", None])

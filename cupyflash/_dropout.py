@@ -43,7 +43,8 @@ class DropoutState:
 
     @property
     def scale(self) -> float:
-        """What a kept probability is multiplied by: 1 / the keep probability used (threshold / 2^32)."""
+        """What a kept probability is multiplied by: 1 / the keep probability used (threshold / 2^32); the
+        kernels take it rounded to float32."""
         return _WORD / self.threshold
 
     @property
@@ -132,6 +133,8 @@ def resolve(dropout_p: float, rng_state=None, generator=None, *, backward: bool 
         raise TypeError(f"generator must be a cupyflash.Generator; got {type(generator).__name__}")
     if rng_state is not None and generator is not None:
         raise ValueError("pass rng_state (one exact state) or generator (to draw one from), not both")
+    if rng_state is not None:
+        rng_state = check_rng_state(rng_state)  # also without dropout: a malformed state is a mistake either way
     if not dropout_p:
         return None
     if rng_state is None:
@@ -139,6 +142,6 @@ def resolve(dropout_p: float, rng_state=None, generator=None, *, backward: bool 
             raise ValueError(f"dropout_p={dropout_p}: the backward needs the forward's rng_state=(seed, offset), to "
                              f"regenerate the pairs it dropped (draw one with cupyflash.Generator.next_state() and "
                              f"pass it to both, or use flash_attn_vjp)")
-        rng_state = (generator or default_generator).next_state()
-    seed, offset = check_rng_state(rng_state)
+        rng_state = (generator or default_generator).next_state()  # valid by construction
+    seed, offset = rng_state
     return DropoutState(float(dropout_p), seed, offset)

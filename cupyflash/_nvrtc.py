@@ -254,11 +254,12 @@ ARCH_GPUS = {"sm_90": BIG_GPU, "sm_80": DeviceLimits(80, smem_per_block_optin=16
                                                       sm_count=108, name="A100-sized")}
 
 
-def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32")):
+def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"), dropouts=(False,)):
     """Every variant combination (mask, softcap, ALiBi, row layout, bias dtype with and without dbias, boolean
     mask) on the tile the dispatcher picks for it on ``arch``'s largest GPU, every kind and head dim. Register use
     is not monotonic in the variants, so this finds spills the covering sets miss (it found a float32 bias with a
-    mask spilling where a heavier variant does not); about 20 minutes per arch on 2 cores."""
+    mask spilling where a heavier variant does not); about 20 minutes per arch on 2 cores. ``dropouts``: (True,)
+    sweeps the same combinations with dropout."""
     from .configs import KERNEL_HEAD_DIMS
     from .problem import variant_combinations
 
@@ -266,7 +267,7 @@ def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"
 
     limits, out = ARCH_GPUS[arch], set()
     for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
-        for variant in variant_combinations(kind, dtypes, biases):
+        for variant in variant_combinations(kind, dtypes, biases, dropouts):
             try:
                 config = select_config(kind, limits, kd, variant=variant)
             except NoConfigFits:  # the call raises that: nothing to compile
@@ -316,7 +317,8 @@ def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16,
 
 if __name__ == "__main__":
     # python -m cupyflash._nvrtc: the full sweep (every tile each covered variant may get);
-    # python -m cupyflash._nvrtc --picks sm_90|sm_80: every variant combination on that arch's dispatcher picks.
+    # python -m cupyflash._nvrtc --picks sm_90|sm_80 [--dropout]: every variant combination on that arch's
+    # dispatcher picks (with dropout: the same combinations with dropout on).
     import os
     import time
 
@@ -324,7 +326,8 @@ if __name__ == "__main__":
     jobs = os.cpu_count() or 2
     if "--picks" in sys.argv:
         arch = sys.argv[sys.argv.index("--picks") + 1]
-        res = compile_all(archs=(arch,), jobs=jobs, instances=picks(arch))
+        dropouts = (True,) if "--dropout" in sys.argv else (False,)
+        res = compile_all(archs=(arch,), jobs=jobs, instances=picks(arch, dropouts=dropouts))
     else:
         res = {k: r for arch in ("sm_80", "sm_90")
                for k, r in compile_all(archs=(arch,), jobs=jobs, instances=kernel_instances(True, arch)).items()}

@@ -184,7 +184,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 # 128: 64x128 254, 32x128 217. At 160, 64x128 spills.
 _BWD_SMALL = (_c(32, 16, 2, d_split=2),)
 _TF32_BWD_SMALL = (_t(32, 16, 2, d_split=2),)
-_BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask")
+_BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask", "sm80+dropout")
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry. A boolean mask's
@@ -196,14 +196,15 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},
     # With dbias both spill at head dim 96 (compile check): it runs 32x64. So does a float32 bias with a mask (by 4
-    # bytes on sm_90).
+    # bytes on sm_90), and dropout on sm_80 (with softcap, ALiBi and packed rows, 8 bytes).
     # With softcap, a float32 bias and a block-sparse mask 64x64 spills on sm_80 only (picks sweep).
     ("mma_sm80", 96): (When(_c(64, 128, 8, d_split=2), avoid=_BWD_96_AVOID),
                        When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), avoid=_BWD_96_AVOID))
     + _BWD_MID + _BWD_SMALL,
     # Packed rows and biases spill at 64x128 (compile check): they run 32x128. Boolean masks do not, except with the
-    # band mask and softcap (sm_90 picks sweep).
-    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2), avoid=("packed", "bias", "band+softcap+mask")),
+    # band mask and softcap (sm_90 picks sweep); nor does dropout, except with softcap and ALiBi (compile check).
+    ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2),
+                             avoid=("packed", "bias", "band+softcap+mask", "softcap+alibi+dropout")),
                         _c(32, 128, 8, d_split=2))
     + _BWD_MID
     + _BWD_SMALL,
@@ -232,11 +233,11 @@ _BWD_DQ_SMALL = (_c(16, 16, 1),)
 # H100, bf16, 16k tokens (scratch sweep 2026-11-25): at head dim 128, 128x32/4 warps led 64x64 by 10% (226 vs 204
 # TFLOP/s backward at 2k, 252 vs 231 at 8k); at 64, 128x64/4 warps led 64x64 by 7%.
 # At head dim 64, 128x64 spills with softcap and the band mask, and with a bias, on sm_80 (compile check): those
-# run 64x64 there.
+# run 64x64 there; so does dropout on sm_80 (4 bytes).
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 32): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=_HEAVY), _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
-    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("softcap",) + _BIASED),
+    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("softcap", "sm80+dropout") + _BIASED),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64, on the
     # H100 too (made general when the CI compile set compiled the H100's picks for sm_80; each arch compiles its

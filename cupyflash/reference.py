@@ -370,7 +370,7 @@ def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
                          dtype_name='float16', xp=None, *,
                          window_size=(-1, -1), softcap=0.0,
                          alibi_slopes=None, bias=None, mask=None,
-                         dropout=None):
+                         dropout=None, dropout_batches=None):
     """Attention with every intermediate rounded to ``dtype_name``.
 
     This is the error a straightforward low-precision implementation makes;
@@ -382,7 +382,7 @@ def attention_naive_lowp(q, k, v, softmax_scale=None, causal=False,
     compute, rnd = _naive_arithmetic(dtype_name, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
                        alibi_slopes, xp, compute, bias=bias, mask=mask,
-                       dropout=dropout)
+                       dropout=dropout, dropout_batches=dropout_batches)
     s, _ = problem.logits(problem.heads_first(q), problem.kv_heads_first(k),
                           rnd=rnd)
     empty = problem.empty_rows()
@@ -536,7 +536,8 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
                                   causal=False, dtype_name='float16', xp=None,
                                   *, window_size=(-1, -1), softcap=0.0,
                                   alibi_slopes=None, bias=None, mask=None,
-                                  return_dbias=False, out=None, dropout=None):
+                                  return_dbias=False, out=None, dropout=None,
+                                  dropout_batches=None):
     """The backward pass with every intermediate rounded to ``dtype_name``.
 
     Like ``attention_naive_lowp``, the inputs are used as given (the caller
@@ -558,7 +559,7 @@ def attention_backward_naive_lowp(dout, q, k, v, softmax_scale=None,
     compute, rnd = _naive_arithmetic(dtype_name, xp)
     problem = _Problem(q, k, softmax_scale, causal, window_size, softcap,
                        alibi_slopes, xp, compute, bias=bias, mask=mask,
-                       dropout=dropout)
+                       dropout=dropout, dropout_batches=dropout_batches)
     grads = _backward(dout, q, k, v, problem, rnd, xp.float32, out=out)
     grads = tuple(None if g is None else g.astype(xp.float64) for g in grads)
     return grads if return_dbias else grads[:3]

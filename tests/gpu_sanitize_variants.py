@@ -4,8 +4,8 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
-``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed (--variants-only: all
-but tiles). ``--dtypes float32`` runs float32 inputs (the mma_tf32 family, precision "highest"; default: float16 and
+``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed, dropout (--variants-only:
+all but tiles). ``--dtypes float32`` runs float32 inputs (the mma_tf32 family, precision "highest"; default: float16 and
 bfloat16).
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
@@ -26,7 +26,7 @@ from cupyflash.problem import Variant
 
 limits = device_limits(0)
 rng = np.random.default_rng(0)
-SECTIONS = ("tiles", "modifiers", "biases", "masks", "packed")
+SECTIONS = ("tiles", "modifiers", "biases", "masks", "packed", "dropout")
 if "--only" in sys.argv:
     wanted = set(sys.argv[sys.argv.index("--only") + 1:]) & set(SECTIONS)
 else:
@@ -127,5 +127,21 @@ for kd in head_dims:
                 for mode in ({"atomic_dq": True}, {"atomic_dq": False}, {"deterministic": True}):
                     cf.flash_attn_varlen_backward(dout, q, k, k, out, lse, cu_q, cu_k, 203, 190, **mode, **kw)
                 count += 4
+        if "dropout" in wanted:
+            # dropout: plain and with every modifier, with a bias and dbias, and in a packed batch
+            drop = dict(dropout_p=0.3, rng_state=(12345, 7))
+            for window, softcap, alibi in (((-1, -1), 0.0, None), ((40, 7), 20.0, slopes)):
+                run(d, dtype, 203, 190, dict(causal=causal, window_size=window, softcap=softcap, alibi_slopes=alibi,
+                                             **drop))
+                count += 3
+            bias = cupy.asarray(rng.standard_normal((1, 2, 203, 190)).astype(np.float32))
+            run(d, dtype, 203, 190, dict(causal=causal, bias=bias, **drop))
+            lens_q, lens_k = [203, 0, 1, 70], [190, 9, 0, 131]
+            cu_q, cu_k = (cupy.asarray(np.cumsum([0] + lens, dtype=np.int32)) for lens in (lens_q, lens_k))
+            q, k, dout = arrays(dtype, (sum(lens_q), 2, d), (sum(lens_k), 1, d), (sum(lens_q), 2, d))
+            out, lse = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 203, 190, return_lse=True, causal=causal,
+                                                 **drop)
+            cf.flash_attn_varlen_backward(dout, q, k, k, out, lse, cu_q, cu_k, 203, 190, causal=causal, **drop)
+            count += 5
         cupy.cuda.Device().synchronize()
 print(f"ran {count} variants", file=sys.stderr)

@@ -124,7 +124,8 @@ def test_variant_specs_put_each_variant_after_its_plain_row():
     assert by[("window", 128, True, 16384)]["kw"] == {"window_size": (4096, 0)}
     assert by[("softcap", 64, False, 4096)]["kw"] == {"softcap": 30.0}
     assert by[("ALiBi", 128, True, 8192)]["kw"] == {"alibi": True}
-    assert sum(sp["variant"] != "plain" for sp in specs) == 2 * (8 + 1 + 8)
+    assert by[("dropout", 64, False, 4096)]["kw"] == {"dropout_p": bench.DROPOUT_P}
+    assert sum(sp["variant"] != "plain" for sp in specs) == 2 * (8 + 1 + 12)
 
 
 def test_variant_specs_leave_out_the_window_when_not_causal():

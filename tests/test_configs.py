@@ -277,7 +277,7 @@ def test_when_rejects_unknown_features():
 
 def test_every_feature_is_true_of_some_variant_and_false_of_plain():
     plain = Variant("float16")
-    full = Variant("float16", "band", True, True, "dense", "float32", True, True)
+    full = Variant("float16", "band", True, True, "dense", "float32", True, True, dropout=True)
     blocks = Variant("float16", bias="float32", bool_mask=True, mask_blocks=True)
     for name, has in configs.FEATURES.items():
         assert not has(plain), name

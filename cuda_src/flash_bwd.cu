@@ -361,11 +361,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         __syncthreads();  // P^T and dS^T complete
 
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
-        gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(acc_dv, sP_addr, warp_key0,
-                                                                                       sdO_t, d_col0, lane);
-        gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(acc_dk, sdS_addr,
-                                                                                       warp_key0, sQ_t, d_col0,
-                                                                                       lane);
+        using DkDv = float[KEY_TILES][WARP_D / 8][4];
+        accumulate<Elem>(acc_dv, [&](DkDv& c) {
+            gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
+                                                                                           sdO_t, d_col0, lane);
+        });
+        accumulate<Elem>(acc_dk, [&](DkDv& c) {
+            gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sdS_addr, warp_key0,
+                                                                                           sQ_t, d_col0, lane);
+        });
         // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array
         if constexpr (ATOMIC_DQ)
             accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
@@ -568,7 +572,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         // dQ += dS K (K stored key-major: B of this product is k-major)
         u32 ds_frag[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
-        gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, ds_frag, sK_t, lane);
+        accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
+            gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(c, ds_frag, sK_t, lane);
+        });
     }
 
     cp_async_wait<0>();

@@ -147,7 +147,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         // acc += P V
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(pf, s);
-        gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(acc, pf, sV_t, lane);
+        accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
+            gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(c, pf, sV_t, lane);
+        });
     }
 
     // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row.

@@ -63,6 +63,7 @@ template <typename Elem>
 struct Mma16 {
     using Storage = u16;
     static constexpr int K_STEP = 16;
+    static constexpr bool SUM_PER_TILE = false;  // see mma_tf32.cuh
     struct Operand { u32 r[4]; };
     static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) { return {{r[0], r[1], r[2], r[3]}}; }
     // d += a b, b being n-tile `half` (0 or 1) of a B pair (load_b_pair_*)

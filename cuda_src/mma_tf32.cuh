@@ -34,6 +34,7 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b
 struct Mma32 {
     using Storage = float;
     static constexpr int K_STEP = 8;
+    static constexpr bool SUM_PER_TILE = false;
     static __device__ __forceinline__ void store_pair(Storage* at, float x, float y) {
         *reinterpret_cast<float2*>(at) = make_float2(x, y);
     }
@@ -61,6 +62,13 @@ template <> struct Mma<tf32> : Mma32 {
 };
 
 template <> struct Mma<f32x3> : Mma32 {
+    // Products that the kernels sum over a whole sequence (P V over the keys, dS K, P^T dO and dS^T Q) are summed
+    // one tile at a time in a fresh accumulator and added to the running one with FADD: the tensor cores' truncating
+    // additions then span one tile's k (32-128) rather than thousands (warp_gemm.cuh accumulate). Measured on the
+    // H100 (forward, head dims 64 and 128, seqlen 1k-4k): errors 4.2-5.9e-6 before, 0.4-1.2e-6 after, beside
+    // naive float32 CuPy's 0.4-0.6e-6 (docs/performance.md, eleventh session). Not at head dims 224 and 256, where
+    // the second accumulator would spill.
+    static constexpr bool SUM_PER_TILE = true;
     struct Operand { u32 hi[4], lo[4]; };
     static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) {
         Operand o;

@@ -131,6 +131,25 @@ __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4]
     }
 }
 
+// acc += product(...): the product written into acc directly, or with Mma<Elem>::SUM_PER_TILE summed in a fresh
+// accumulator first and added with FADD (mma_tf32.cuh says why). product(c) adds its result into c. A second
+// accumulator of more than 96 floats a thread (head dims 224 and 256) spills (compile check): those sum in place.
+template <typename Elem, int M_TILES, int N_TILES, typename Product>
+__device__ __forceinline__ void accumulate(float (&acc)[M_TILES][N_TILES][4], Product product) {
+    if constexpr (Mma<Elem>::SUM_PER_TILE && M_TILES * N_TILES * 4 <= 96) {
+        float tile[M_TILES][N_TILES][4] = {};
+        product(tile);
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[mt][nt][e] += tile[mt][nt][e];
+    } else {
+        product(acc);
+    }
+}
+
 // acc += A B with A held in registers as fragments from accum_to_a_frags (one per k step of K) and B = the first K
 // rows of sB, stored k-major (O += P V).
 template <typename Elem, int M_TILES, int N_TILES, int K, typename BTile>

@@ -54,7 +54,8 @@ class TileConfig:
 #: The variant features a table entry can avoid (When.avoid), each true of a variant when: the band mask (causal
 #: or a window) is on, softcap is, ALiBi is, rows are packed (variable-length), an additive bias is (any dtype, or
 #: a float32 one), a boolean mask is read in the tiles it cuts ("mask"), a boolean mask cuts no tile and only its
-#: tile summary is read ("block_mask"), the backward writes dbias, float32 runs at precision "tf32", dropout is on.
+#: tile summary is read ("block_mask"), the backward writes dbias, float32 runs at precision "tf32" or "highest",
+#: dropout is on.
 FEATURES = {
     "band": lambda v: v.mask != "none",
     "softcap": lambda v: v.softcap,
@@ -66,6 +67,7 @@ FEATURES = {
     "block_mask": lambda v: v.mask_blocks,
     "dbias": lambda v: v.dbias,
     "tf32": lambda v: v.precision == "tf32",
+    "highest": lambda v: v.precision == "highest",
     "dropout": lambda v: v.dropout,
 }
 #: Features of the GPU rather than the variant: "sm80", compute capability below 9.0 (ptxas allocates registers
@@ -151,9 +153,10 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                        When(_c(128, 64, 4, blocks_per_sm=2),
                             avoid=_HEAVY + ("fp32_bias+mask", "softcap+fp32_bias", "sm80+band+fp32_bias"))) + _SMALL,
     # 128x64 ahead of 128x32 by ~10%. The band mask with ALiBi and packed rows spills it on sm_90 (picks sweep), so
-    # does softcap with a block-sparse mask (sm_90 with the band mask, sm_80 without).
+    # does softcap with a block-sparse mask (sm_90 with the band mask, sm_80 without), and dropout with packed rows
+    # and the band mask (sm_90 picks sweep with dropout).
     ("mma_sm80", 96): (When(_c(128, 64, 4, blocks_per_sm=2),
-                            avoid=("band+alibi+packed", "softcap+block_mask") + _BIASED),
+                            avoid=("band+alibi+packed", "softcap+block_mask", "packed+dropout") + _BIASED),
                        _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.
@@ -170,7 +173,10 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # seqlen 4096, 16k tokens ("highest" / "tf32" TFLOP/s): at 64, 128x64 57.7 / 144.9, 64x64 43.2 / 106.1; at 128,
     # 128x32 47.3 / 129.3, 64x32 43.5 / 105.6, 64x64 35.2 / 83.9. Above 128 not measured.
     **{("mma_tf32", kd): (_t(128, 64, 4, blocks_per_sm=2), _t(64, 64, 4)) + _TF32_SMALL for kd in (32, 64)},
-    **{("mma_tf32", kd): (_t(128, 32, 4), _t(64, 64, 4), _t(64, 32, 4)) + _TF32_SMALL for kd in (96, 128)},
+    # "highest" sums P V one key tile at a time (mma_tf32.cuh SUM_PER_TILE): a second accumulator that spills 128x32
+    # at 96 and 128 (compile check); it runs 64x32 (ahead of 64x64 before that change).
+    **{("mma_tf32", kd): (When(_t(128, 32, 4), avoid=("highest",)), When(_t(64, 64, 4), avoid=("highest",)),
+                          _t(64, 32, 4)) + _TF32_SMALL for kd in (96, 128)},
     **{("mma_tf32", kd): (_t(64, 32, 4),) + _TF32_WIDE_SMALL for kd in (160, 192, 224, 256)},
 }
 
@@ -184,15 +190,16 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 # 128: 64x128 254, 32x128 217. At 160, 64x128 spills.
 _BWD_SMALL = (_c(32, 16, 2, d_split=2),)
 _TF32_BWD_SMALL = (_t(32, 16, 2, d_split=2),)
-_BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask", "sm80+dropout")
+_BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask", "sm80+dropout",
+                 "softcap+alibi+dropout")
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # With a bias, 128x128 does not fit 227 KB (and spills): biased variants take the next entry. A boolean mask's
     # tiles (a byte per pair) fit. At 64, packed rows with the band mask and softcap spill it on sm_90 (picks sweep);
-    # so does dropout at 32 and 64 (compile check).
+    # so does dropout at 32 and 64 (compile check), and at 64x64 with softcap, ALiBi, a bias and dropout (picks).
     **{("mma_sm80", kd): (When(_c(128, 128, 8, d_split=2),
                                avoid=("bias", "dropout") + (("band+softcap+packed",) if kd == 64 else ())),
-                          _c(64, 64, 4, blocks_per_sm=2, d_split=2),
+                          When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), avoid=("softcap+alibi+bias+dropout",)),
                           _c(64, 128, 8, d_split=2)) + _BWD_MID + _BWD_SMALL
        for kd in (32, 64)},
     # With dbias both spill at head dim 96 (compile check): it runs 32x64. So does a float32 bias with a mask (by 4
@@ -202,9 +209,9 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                        When(_c(64, 64, 4, blocks_per_sm=2, d_split=2), avoid=_BWD_96_AVOID))
     + _BWD_MID + _BWD_SMALL,
     # Packed rows and biases spill at 64x128 (compile check): they run 32x128. Boolean masks do not, except with the
-    # band mask and softcap (sm_90 picks sweep); nor does dropout, except with softcap and ALiBi (compile check).
+    # band mask and softcap (sm_90 picks sweep); nor does dropout, except with ALiBi (compile check, picks sweep).
     ("mma_sm80", 128): (When(_c(64, 128, 8, d_split=2),
-                             avoid=("packed", "bias", "band+softcap+mask", "softcap+alibi+dropout")),
+                             avoid=("packed", "bias", "band+softcap+mask", "alibi+dropout")),
                         _c(32, 128, 8, d_split=2))
     + _BWD_MID
     + _BWD_SMALL,
@@ -216,10 +223,12 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # for key_tiles x head_dim / 2 columns: 32x64 spills from head dim 160 (compile check), and at 128 with a
     # block-sparse mask and dbias, or softcap, ALiBi and packed rows: those run 32x32. H100, seqlen 4096, 16k
     # tokens, atomic dQ (docs/performance.md, tenth session): at 64, 64x64 39.4 TFLOP/s and 32x64 38.2 "highest",
-    # 86.0 and 97.9 "tf32" (which takes 32x64); at 128, 32x64 37.0 / 82.3 ahead of 32x32 35.1 / 71.9.
+    # 86.0 and 97.9 "tf32" (which takes 32x64); at 128, 32x64 37.0 / 82.3 ahead of 32x32 35.1 / 71.9. "highest"
+    # sums dK and dV one query tile at a time (mma_tf32.cuh SUM_PER_TILE), which spills 32x64 at 128: 32x32 there.
     **{("mma_tf32", kd): (When(_t(64, 64, 4, d_split=2), avoid=("tf32",)), _t(32, 64, 4, d_split=2))
        + _TF32_BWD_SMALL for kd in (32, 64)},
-    **{("mma_tf32", kd): (When(_t(32, 64, 4, d_split=2), avoid=("block_mask+dbias", "softcap+alibi+packed")),
+    **{("mma_tf32", kd): (When(_t(32, 64, 4, d_split=2), avoid=("block_mask+dbias", "softcap+alibi+packed",
+                                                                 "highest")),
                           _t(32, 32, 4, d_split=2)) + _TF32_BWD_SMALL for kd in (96, 128)},
     **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},
     # At 256 every tile spills with softcap, ALiBi, a float32 bias with its gradient and a mask at once (48 bytes,
@@ -246,7 +255,7 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # float32 bias (sm_80 only; the last found by the ninth session's sweep, present before it).
     ("mma_sm80", 96): (When(_c(128, 32, 4, blocks_per_sm=2),
                             avoid=("band+softcap+bias", "band+alibi+bias", "sm80+softcap+bias+block_mask",
-                                   "sm80+alibi+bias+block_mask", "sm80+alibi+fp32_bias")),
+                                   "sm80+alibi+bias+block_mask", "sm80+alibi+fp32_bias", "softcap+alibi+bias+dropout")),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # Packed rows, boolean masks, a float32 bias, and a bias with softcap or ALiBi spill at 128x32 here (compile
     # check and sm_90 picks sweep): they run 64x64. A 16-bit bias alone stays.

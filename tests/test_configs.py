@@ -281,10 +281,12 @@ def test_every_feature_is_true_of_some_variant_and_false_of_plain():
     blocks = Variant("float16", bias="float32", bool_mask=True, mask_blocks=True)
     for name, has in configs.FEATURES.items():
         assert not has(plain), name
-        assert has(full) or name in ("packed", "block_mask", "tf32"), name
+        assert has(full) or name in ("packed", "block_mask", "tf32", "highest"), name
     assert configs.FEATURES["packed"](Variant("float16", rows="packed"))
     assert configs.FEATURES["tf32"](Variant("float32", precision="tf32"))
     assert not configs.FEATURES["tf32"](Variant("float32", precision="highest"))
+    assert configs.FEATURES["highest"](Variant("float32", precision="highest"))
+    assert not configs.FEATURES["highest"](Variant("float32", precision="tf32"))
     assert configs.FEATURES["block_mask"](blocks) and not configs.FEATURES["mask"](blocks)
     assert not configs.FEATURES["block_mask"](full)
 

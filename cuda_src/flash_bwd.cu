@@ -303,8 +303,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const Score score(p, seq, batch, head);
         const Drop drop(p, batch, head);
 
-        const int key0 = n0 + warp_key0, query0 = m0 + warp_query0;
-        const auto kept = drop.template kept<true, KEY_TILES, WARP_QUERIES / 8>(key0, query0, lane);
+        // (the keep bits before the products, dropout.cuh; key0 and query0 after them, not live across them)
+        const auto kept = drop.template kept<true, KEY_TILES, WARP_QUERIES / 8>(n0 + warp_key0, m0 + warp_query0,
+                                                                                lane);
         // S^T = bias^T + K Q^T and dP^T = V dO^T for this warp's keys x queries (raw scores); logits = Score(S^T)
         float s[KEY_TILES][WARP_QUERIES / 8][4] = {};
         float dp[KEY_TILES][WARP_QUERIES / 8][4] = {};
@@ -315,6 +316,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                                   warp_query0, lane);
         gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
                                                                                   warp_query0, lane);
+        const int key0 = n0 + warp_key0, query0 = m0 + warp_query0;
         apply_score_mod<true, Bias::ON>(score, s, key0, query0, lane);
         // Padding keys are masked too: their zero K rows give S = 0, so P = exp2(-lse2), which overflows to inf
         // where a row's lse is below about -88, and inf times the zero K row would put NaN into dQ.
@@ -540,8 +542,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.x + t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES, sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
 
-        const int query0 = m0 + warp_row0;
-        const auto kept = drop.template kept<false, M_TILES, N_TILES>(query0, n0, lane);
+        const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);
         // S = bias + Q K^T, dP = dO V^T; logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         float dp[M_TILES][N_TILES][4] = {};
@@ -550,6 +551,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                                                  warp_row0, 0, lane, p, entry);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
         gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
+        const int query0 = m0 + warp_row0;
         apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.
         mask_fragment<BLOCK_M, BLOCK_N>(mask, s, query0, n0, lane, m0, n0, seqlen_k);

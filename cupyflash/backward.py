@@ -11,9 +11,8 @@ from ._mask import PreparedMask, TileSummary, for_one_call, unwrap, with_block_m
 from ._types import Array, Grads, Vjp, Window
 from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
-from ._validate import (as_cuda_array, check_backward_inputs, check_grad_output, describe, needs_aligned_copy,
-                        spec_of)
-from ._validate import check_dropout as _validate_dropout
+from ._validate import (as_cuda_array, check_backward_inputs, check_dropout, check_grad_output, describe,
+                        needs_aligned_copy, spec_of)
 from .configs import check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
 from .forward import _call_key, _on_device, flash_attn_func
 
@@ -413,7 +412,7 @@ def flash_attn_vjp(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softmax
     if bias_requires_grad and bias is None:
         raise ValueError("bias_requires_grad=True needs a bias (bias=None was given)")
     mask = for_one_call(mask)  # one padded copy, if any, for the forward and backward
-    dropout = _dropout.resolve(_validate_dropout(dropout_p), rng_state, generator)
+    dropout = _dropout.resolve(check_dropout(dropout_p), rng_state, generator)
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, bias=bias, mask=mask, precision=precision, dropout_p=dropout_p,
                    rng_state=None if dropout is None else (dropout.seed, dropout.offset))

@@ -198,8 +198,10 @@ def flash_attn_func(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softma
         precision: float32 inputs only (None otherwise): ``"highest"`` (the default for float32) multiplies on
             TF32 tensor cores in three passes, each value split into a TF32 part and a TF32 remainder (hi*hi +
             hi*lo + lo*hi), sums over the sequence taken one tile at a time: errors 1-3x those of plain float32
-            arithmetic at head dims 64 and 128 (measured on the H100, docs/usage.md "Dtypes"); ``"tf32"`` uses one pass, two to three times faster, with errors near TF32's
-            rounding (10 mantissa bits, about 1e-3 relative). Sums, softmax and outputs are float32 either way.
+            arithmetic forward, up to 6x in the gradients at short sequences (head dims 64 and 128, measured on
+            the H100, docs/usage.md "Dtypes"); ``"tf32"`` uses one pass, two to three times faster, with errors
+            near TF32's rounding (10 mantissa bits, about 1e-3 relative). Sums, softmax and outputs are float32
+            either way.
         rng_state: dropout's random state, a (seed, offset) pair of ints (seed < 2^64, offset < 2^32): the same
             state drops the same pairs. Pass the forward's state to :func:`flash_attn_backward`; draw one with
             ``Generator.next_state()``. Default: the next state of ``generator``.

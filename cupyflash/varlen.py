@@ -11,7 +11,7 @@ from . import _interop
 from ._device import device_limits
 from ._launch import PlanCache
 from ._types import Array, Grads, Vjp, Window
-from ._validate import as_cuda_array, check_cu_seqlens_values, describe_varlen, spec_of
+from ._validate import as_cuda_array, check_cu_seqlens_values, check_dropout, describe_varlen, spec_of
 from .configs import TileConfig, check_config, select_config
 from .forward import ForwardPlan, _call_key, _on_device
 
@@ -134,7 +134,7 @@ def flash_attn_varlen_vjp(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu_
     """The packed forward plus a function that maps an upstream gradient to (dq, dk, dv); see flash_attn_vjp."""
     if type(q) is not _interop.ndarray:  # another library's arrays (or the first call)
         return _interop.call(flash_attn_varlen_vjp, locals())
-    dropout = _dropout.resolve(backward._validate_dropout(dropout_p), rng_state, generator)
+    dropout = _dropout.resolve(check_dropout(dropout_p), rng_state, generator)
     variant = dict(softmax_scale=softmax_scale, causal=causal, window_size=window_size, softcap=softcap,
                    alibi_slopes=alibi_slopes, precision=precision, dropout_p=dropout_p,
                    rng_state=None if dropout is None else (dropout.seed, dropout.offset))

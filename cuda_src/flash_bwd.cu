@@ -364,11 +364,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
         using DkDv = float[KEY_TILES][WARP_D / 8][4];
-        accumulate<Elem>(acc_dv, [&](DkDv& c) {
+        constexpr int MAX_FLOATS = 48;  // a second accumulator beside dK and dV (warp_gemm.cuh accumulate)
+        accumulate<Elem, MAX_FLOATS>(acc_dv, [&](DkDv& c) {
             gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
                                                                                            sdO_t, d_col0, lane);
         });
-        accumulate<Elem>(acc_dk, [&](DkDv& c) {
+        accumulate<Elem, MAX_FLOATS>(acc_dk, [&](DkDv& c) {
             gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sdS_addr, warp_key0,
                                                                                            sQ_t, d_col0, lane);
         });

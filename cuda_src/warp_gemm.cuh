@@ -133,10 +133,11 @@ __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4]
 
 // acc += product(...): the product written into acc directly, or with Mma<Elem>::SUM_PER_TILE summed in a fresh
 // accumulator first and added with FADD (mma_tf32.cuh says why). product(c) adds its result into c. A second
-// accumulator of more than 96 floats a thread (head dims 224 and 256) spills (compile check): those sum in place.
-template <typename Elem, int M_TILES, int N_TILES, typename Product>
+// accumulator larger than MAX_FLOATS a thread spills (compile check): those sum in place. 96 fits the forward and
+// dQ kernels up to head dim 192; the dK/dV kernel, which holds dK and dV, fits 48 (head dims up to 192 there).
+template <typename Elem, int MAX_FLOATS = 96, int M_TILES, int N_TILES, typename Product>
 __device__ __forceinline__ void accumulate(float (&acc)[M_TILES][N_TILES][4], Product product) {
-    if constexpr (Mma<Elem>::SUM_PER_TILE && M_TILES * N_TILES * 4 <= 96) {
+    if constexpr (Mma<Elem>::SUM_PER_TILE && M_TILES * N_TILES * 4 <= MAX_FLOATS) {
         float tile[M_TILES][N_TILES][4] = {};
         product(tile);
         #pragma unroll

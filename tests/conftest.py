@@ -45,3 +45,13 @@ def library_skip_reason(name: str):
         if not torch.cuda.is_available():
             return "torch sees no CUDA device (a CPU-only build?)"
     return None
+
+
+@pytest.fixture
+def default_generator_restored():
+    """Tests that draw from or re-seed cupyflash's default dropout generator leave it as they found it."""
+    from cupyflash import default_generator
+
+    saved = default_generator.seed, default_generator.offset
+    yield default_generator
+    default_generator.seed, default_generator.offset = saved

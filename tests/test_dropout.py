@@ -39,15 +39,6 @@ def direct_keep(state, nheads, b, h, i, j):
     return word < state.threshold
 
 
-@pytest.fixture
-def default_generator_restored():
-    """Tests that draw from or re-seed the global generator leave it as they found it."""
-    g = cf.default_generator
-    saved = g.seed, g.offset
-    yield g
-    g.seed, g.offset = saved
-
-
 # --- DropoutState -------------------------------------------------------------------------------------------------
 
 def test_threshold_and_scale():

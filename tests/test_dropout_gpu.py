@@ -26,15 +26,6 @@ BIG_SEED = 0x1234_5678_9ABC_DEF0  # both halves of the Philox key nonzero
 HEAD_DIM = 128  # one kernel head dim for most tests, so that each dropout variant compiles once
 
 
-@pytest.fixture
-def default_generator_restored():
-    """Tests that draw from or re-seed the global generator leave it as they found it."""
-    g = cf.default_generator
-    saved = g.seed, g.offset
-    yield g
-    g.seed, g.offset = saved
-
-
 def bits(x):
     """x's raw bits, for bitwise comparisons whatever the dtype."""
     return x.view(f"uint{8 * x.dtype.itemsize}")

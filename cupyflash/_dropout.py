@@ -6,7 +6,7 @@ inverse of the keep probability actually used, so the output is unbiased. The wo
 call's state (seed, offset) and of (b, h, i, j) — no mask is stored: the backward regenerates it. Pairs are numbered
 so that one Philox call serves the four pairs {i, i + 8} x {j, j + 8} (i, j with bit 3 clear), which is exactly
 what one thread of an m16n8 tensor-core fragment holds, whether its rows are queries (forward, dQ) or keys (dK/dV):
-cuda_src/dropout.cuh is the device side of ``keep_words`` below. Within a packed (varlen) batch, b is the
+cuda_src/dropout.cuh is the device side of ``DropoutState.keep`` below. Within a packed (varlen) batch, b is the
 sequence's index and i, j count from its first row.
 """
 from __future__ import annotations
@@ -23,9 +23,14 @@ from ._philox import philox4x32_10
 _WORD = 2**32
 
 
-def _counter_index(n: int, xp):
-    """(group index of each of the n // 16 * 8 leading pairs' first rows): i // 16 * 8 + i % 8."""
-    return xp.arange(n // 16 * 8, dtype=xp.uint32)
+def keep_threshold(p: float) -> int:
+    """Words below this keep their pair: round((1 - p) * 2^32), within [1, 2^32 - 1]."""
+    return min(max(round((1.0 - p) * _WORD), 1), _WORD - 1)
+
+
+def keep_scale(p: float) -> float:
+    """What a kept probability is multiplied by: 1 / the keep probability used (keep_threshold / 2^32)."""
+    return _WORD / keep_threshold(p)
 
 
 @dataclass(frozen=True)
@@ -38,14 +43,12 @@ class DropoutState:
 
     @property
     def threshold(self) -> int:
-        """Words below this keep their pair: round(keep probability * 2^32), within [1, 2^32 - 1]."""
-        return min(max(round((1.0 - self.p) * _WORD), 1), _WORD - 1)
+        return keep_threshold(self.p)
 
     @property
     def scale(self) -> float:
-        """What a kept probability is multiplied by: 1 / the keep probability used (threshold / 2^32); the
-        kernels take it rounded to float32."""
-        return _WORD / self.threshold
+        """keep_scale (the kernels take it rounded to float32)."""
+        return keep_scale(self.p)
 
     @property
     def key(self) -> tuple:
@@ -57,8 +60,9 @@ class DropoutState:
         batches = np.asarray(batches, dtype=np.int64).reshape(-1)
         rows, cols = -(-seqlen_q // 16) * 16, -(-seqlen_k // 16) * 16
         stream = (xp.asarray(batches)[:, None] * nheads + xp.arange(nheads)).astype(xp.uint32)
-        x = _counter_index(rows, xp)[None, None, :, None]
-        y = _counter_index(cols, xp)[None, None, None, :]
+        # the counters' first two words: the groups i // 16 * 8 + i % 8 (and j's), one per pair {i, i + 8}
+        x = xp.arange(rows // 2, dtype=xp.uint32)[None, None, :, None]
+        y = xp.arange(cols // 2, dtype=xp.uint32)[None, None, None, :]
         words = philox4x32_10((x, y, stream[:, :, None, None], self.offset), self.key, xp)
         threshold = xp.uint32(self.threshold)
         kept = xp.empty((len(batches), nheads, rows // 16, 2, 8, cols // 16, 2, 8), dtype=bool)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from ._params import Params, division_magic
 from ._validate import _MAX_GRID_YZ, ArraySpec, needs_aligned_copy
 from ._bias import bias_fields
-from ._dropout import DropoutState
+from ._dropout import keep_scale, keep_threshold
 from .problem import Problem, kernel_window, score_constants
 
 _PLANS_PER_KIND = 256  # least recently used plans are dropped past this many
@@ -166,8 +166,7 @@ def static_params(problem: Problem) -> Params:
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
                **bias_fields(problem.bias), **bias_fields(problem.mask, "mask"))
     if problem.dropout_p:
-        state = DropoutState(problem.dropout_p, 0, 0)
-        params.set(dropout_threshold=state.threshold, dropout_scale=state.scale)
+        params.set(dropout_threshold=keep_threshold(problem.dropout_p), dropout_scale=keep_scale(problem.dropout_p))
     return params
 
 

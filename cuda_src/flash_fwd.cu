@@ -1,4 +1,5 @@
-// FlashAttention-2 forward on mma.sync tensor cores (sm_80 and later).
+// FlashAttention-2 forward on tensor cores: mma.sync (sm_80 and later, Core = WarpMma) or wgmma (sm_90a, Core =
+// WarpgroupMma, where four warps share each product).
 //
 // One block computes BLOCK_M query rows of one (batch, head): O = softmax(logits) V and LSE = log(sum(exp(logits)))
 // with logits = Score(Q K^T) where Mask shows them. K/V tiles of BLOCK_N keys stream through a STAGES-deep cp.async
@@ -12,24 +13,27 @@
 #include "score_mod.cuh"
 #include "smem_tile.cuh"
 #include "warp_gemm.cuh"
+#include "wgmma.cuh"
 #include "online_softmax.cuh"
 #include "dropout.cuh"
 
 namespace cf {
 
-// Dynamic shared memory: a Q tile (reused to stage O), STAGES K and V tiles, and STAGES bias tiles (none without a
-// bias). Python's fwd_smem_bytes computes the same number and passes it as SMEM_BYTES, which the kernel checks.
-template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
+// Dynamic shared memory: room to align the tiles as the core needs, a Q tile (reused to stage O), STAGES K and V
+// tiles, and STAGES bias tiles (none without a bias). Python's smem_bytes computes the same number and passes it as
+// SMEM_BYTES, which the kernel checks.
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core>
 __host__ __device__ constexpr int fwd_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
-    return SmemTile<BLOCK_M, HEAD_DIM, S>::BYTES + 2 * STAGES * SmemTile<BLOCK_N, HEAD_DIM, S>::BYTES +
+    return Core::SMEM_ALIGN + Core::template Tile<BLOCK_M, HEAD_DIM, S>::BYTES +
+           2 * STAGES * Core::template Tile<BLOCK_N, HEAD_DIM, S>::BYTES +
            STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout,
-          int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
+          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Core = WarpMma,
+          int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
@@ -37,15 +41,19 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
-    static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(),
+    static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>(),
                   "Python's smem formula");
+    static_assert(!Core::WARPGROUPS || (ROWS_PER_WARP == 16 && WARPS % 4 == 0), "warpgroups of 4 warps x 16 rows");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     using S = typename Mma<Elem>::Storage;
-    using QTile = SmemTile<BLOCK_M, HEAD_DIM, S>;
-    using KVTile = SmemTile<BLOCK_N, HEAD_DIM, S>;
+    using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
+    using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
 
     extern __shared__ uint4 smem_raw[];
-    S* sQ = reinterpret_cast<S*>(smem_raw);    // later reused to stage O on its way out
+    // later reused to stage O on its way out; aligned up as the core's tiles need (the dynamic base is 16-aligned)
+    S* sQ = reinterpret_cast<S*>(smem_raw) +
+            (Core::SMEM_ALIGN ? (Core::SMEM_ALIGN - smem_addr(smem_raw) % Core::SMEM_ALIGN) % Core::SMEM_ALIGN : 0) /
+                sizeof(S);
     const u32 sQ_addr = smem_addr(sQ);
     const u32 sK_addr = sQ_addr + QTile::BYTES;    // STAGES K tiles, then STAGES V tiles
     const u32 sV_addr = sK_addr + STAGES * KVTile::BYTES;
@@ -113,6 +121,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
 
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait<STAGES - 2>();
+        Core::tiles_landed();
         __syncthreads();  // tile t visible to all warps; every warp is done with the stage refilled below
         int entry = 1;  // 2 * key tile + partial (a mask's walk)
         if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
@@ -131,7 +140,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);  // see dropout.cuh
         // S = Q K^T + bias (raw scores), then logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
+        Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, lane);
         if constexpr (Bias::ON)
             Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
                                                                 warp_row0, 0, lane, p, entry);
@@ -148,7 +157,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(pf, s);
         accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
-            gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(c, pf, sV_t, lane);
+            Core::template pv<Elem, BLOCK_N, KVTile>(c, pf, sV_t, lane);
         });
     }
 

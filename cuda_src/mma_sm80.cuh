@@ -64,6 +64,7 @@ struct Mma16 {
     using Storage = u16;
     static constexpr int K_STEP = 16;
     static constexpr bool SUM_PER_TILE = false;  // see mma_tf32.cuh
+    static constexpr bool IS_BF16 = false;        // which wgmma instruction (wgmma_ops.cuh)
     struct Operand { u32 r[4]; };
     static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) { return {{r[0], r[1], r[2], r[3]}}; }
     // d += a b, b being n-tile `half` (0 or 1) of a B pair (load_b_pair_*)
@@ -111,6 +112,7 @@ template <> struct Mma<f16> : Mma16<f16> {
     }
 };
 template <> struct Mma<bf16> : Mma16<bf16> {
+    static constexpr bool IS_BF16 = true;
     using Mma16<bf16>::run;
     static __device__ __forceinline__ void run(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
         asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "

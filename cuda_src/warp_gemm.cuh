@@ -178,6 +178,27 @@ __device__ __forceinline__ void gemm_regs_smem_nn(float (&acc)[M_TILES][N_TILES]
     }
 }
 
+// The mma.sync core of the forward kernel (wgmma.cuh has the warpgroup one): every warp multiplies its own rows,
+// tiles padded by a chunk a row (SmemTile).
+struct WarpMma {
+    template <int ROWS, int COLS, typename T> using Tile = SmemTile<ROWS, COLS, T>;
+    static constexpr bool WARPGROUPS = false;
+    static constexpr int SMEM_ALIGN = 0;  // 16 bytes, as any dynamic shared memory
+    static __device__ __forceinline__ void tiles_landed() {}
+
+    // s += A B^T over k < K: rows row0.. of sA, every row of sB, both stored k-major (S = Q K^T).
+    template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int lane) {
+        gemm_smem_smem<Elem, M_TILES, N_TILES, K, ATile, BTile>(s, sA, row0, sB, 0, lane);
+    }
+    // acc += P V: P in registers (accum_to_a_frags), V = the first K rows of sB.
+    template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4],
+                                              const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB, int lane) {
+        gemm_regs_smem_nn<Elem, M_TILES, N_TILES, K, BTile>(acc, a, sB, lane);
+    }
+};
+
 // An fp32 accumulator (16 x 8*N_TILES per row tile) as A fragments: for 16-bit elements, packed, the accumulator
 // layout of two adjacent n-tiles being exactly the A layout of one k16 step; for floats, one n-tile per k8 step,
 // its registers in the paired k order (a lane's columns 2*(lane%4) and the next: see the fragment loads).

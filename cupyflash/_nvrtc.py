@@ -45,6 +45,7 @@ class Resources:
     stack_frame: int
 
 
+_WGMMA_WARNINGS = re.compile(r"\b(C7508|C7511|C7515)\b")
 _PROPS = re.compile(r"Function properties for (\S+)\s*\n\s*(?:ptxas\s*\.?)?\s*(\d+) bytes stack frame, (\d+) bytes spill "
                     r"stores, (\d+) bytes spill loads")
 _REGS = re.compile(r"Compiling entry function '(\S+)' for '\w+'\s*\n.*?Used (\d+) registers", re.S)
@@ -79,6 +80,9 @@ def compile_report(source: str, names: list[str], arch: str) -> dict[str, Resour
         log = buf.value.decode(errors="replace")
         if status != 0:
             raise RuntimeError(f"NVRTC failed for {arch}:\n{log}")
+        serialized = sorted(set(_WGMMA_WARNINGS.findall(log)))
+        if serialized:  # the kernel runs, but setmaxnreg is ignored or the warpgroup products run one by one
+            raise RuntimeError(f"ptxas warnings {', '.join(serialized)} for {arch} (hopper-notes.md):\n{log}")
         report = parse_ptxas_report(log)
         out = {}
         for n in names:
@@ -177,13 +181,15 @@ SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", 
                    Variant("float16", "none", bool_mask=True, mask_blocks=True))
 
 
-def _kernel_instances(kind: str, full: bool, limits: DeviceLimits):
+def _kernel_instances(kind: str, full: bool, limits: DeviceLimits, arch: str):
     """(source file, kernel name) of ``kind``'s covering set on the tiles the dispatcher picks for ``limits``, or
-    with ``full`` of its full sweep (see kernel_instances)."""
+    with ``full`` of its full sweep (see kernel_instances), of the families compiled for ``arch``."""
     atomic_flags = (True, False) if kind == "bwd" else (False,)
     seen = set()
     for family_name, kd, config in all_variants(kind):
         fam = BY_NAME[family_name]
+        if arch not in fam.archs:
+            continue
         for atomic in atomic_flags:
             for variant in _plain_variants(fam, kind, kd, config, limits, full):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
@@ -191,15 +197,18 @@ def _kernel_instances(kind: str, full: bool, limits: DeviceLimits):
         every_tile = full and variant not in SINGLE_POLICIES
         used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or the GPU's choice
         for family_name, kd, config in all_variants(kind, variant):
-            if not BY_NAME[family_name].supports(limits.compute_capability, variant):
+            fam = BY_NAME[family_name]
+            if arch not in fam.archs or not fam.supports(limits.compute_capability, variant, kind, kd):
                 continue
             if every_tile:
                 used.setdefault((family_name, kd), []).append(config)
             elif (family_name, kd) not in used:
                 try:
-                    used[(family_name, kd)] = [select_config(kind, limits, kd, variant=variant)]
+                    picked = select_config(kind, limits, kd, variant=variant)
                 except NoConfigFits:  # none fits this arch's largest GPU: the call raises that, nothing to compile
-                    used[(family_name, kd)] = []
+                    picked = None
+                # the pick may come from another family (compiled for its own arch)
+                used[(family_name, kd)] = [picked] if picked is not None and picked.family == family_name else []
         for (family_name, kd), configs in used.items():
             fam = BY_NAME[family_name]
             for config, atomic in itertools.product(configs, atomic_flags):
@@ -242,16 +251,17 @@ def kernel_instances(full: bool = False, arch: str = "sm_90"):
     ``full`` (``python -m cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the
     dispatcher may give them: register use is not monotonic in the variants, and a combination can spill where a
     heavier one does not."""
-    out = [inst for kind in KINDS for inst in _kernel_instances(kind, full, ARCH_GPUS[arch])]
+    out = [inst for kind in KINDS for inst in _kernel_instances(kind, full, ARCH_GPUS[arch], arch)]
     out += [(fam.sources[kind], fam.kernel_name(kind, None, 0, Variant(dtype, rows=rows, precision=p)))
-            for fam in FAMILIES for kind in HELPER_KINDS for dtype in fam.dtypes for p in precisions_of(dtype)
-            for rows in ("dense", "packed")]
+            for fam in FAMILIES if arch in fam.archs for kind in HELPER_KINDS if kind in fam.kinds
+            for dtype in fam.dtypes for p in precisions_of(dtype) for rows in ("dense", "packed")]
     return list(dict.fromkeys(out))  # copy_rows has no row layout: one instance per dtype
 
 
 #: The largest GPU of each architecture, for picks(): the dispatcher's choice there is what that arch runs most.
-ARCH_GPUS = {"sm_90": BIG_GPU, "sm_80": DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936,
-                                                      sm_count=108, name="A100-sized")}
+ARCH_GPUS = {"sm_90": BIG_GPU, "sm_90a": BIG_GPU,
+             "sm_80": DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936, sm_count=108,
+                                   name="A100-sized")}
 
 
 def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"), dropouts=(False,)):
@@ -263,8 +273,6 @@ def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"
     from .configs import KERNEL_HEAD_DIMS
     from .problem import variant_combinations
 
-    from .configs import family_for
-
     limits, out = ARCH_GPUS[arch], set()
     for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
         for variant in variant_combinations(kind, dtypes, biases, dropouts):
@@ -272,7 +280,9 @@ def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"
                 config = select_config(kind, limits, kd, variant=variant)
             except NoConfigFits:  # the call raises that: nothing to compile
                 continue
-            fam = family_for(limits, variant)
+            fam = BY_NAME[config.family]
+            if arch not in fam.archs:  # picked from a family compiled for another arch (sm_90a beside sm_90)
+                continue
             for atomic in (True, False) if kind == "bwd" else (False,):
                 out.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
     return sorted(out)
@@ -284,7 +294,7 @@ def _compile_group(args):
 
 
 #: The most shared memory a block can have on any GPU of an architecture (A100: 163 KB, H100: 227 KB).
-ARCH_SMEM = {"sm_80": 166912, "sm_90": 232448}
+ARCH_SMEM = {"sm_80": 166912, "sm_90": 232448, "sm_90a": 232448}
 _SMEM_ARG = re.compile(r", (\d+)>$")  # the tile kernels' last template argument: their shared memory
 
 
@@ -295,7 +305,7 @@ def runs_on(name: str, arch: str) -> bool:
     return m is None or int(m[1]) <= ARCH_SMEM.get(arch, 0)
 
 
-def compile_all(archs=("sm_80", "sm_90"), jobs: int = 2, group_size: int = 16,
+def compile_all(archs=("sm_80", "sm_90", "sm_90a"), jobs: int = 2, group_size: int = 16,
                 instances=None) -> dict[tuple[str, str], Resources]:
     """(arch, kernel name) -> resources for every kernel instance (default: each arch's kernel_instances(arch=))
     on every arch it can run on (runs_on); groups of names share one NVRTC program, groups run in ``jobs``
@@ -329,7 +339,7 @@ if __name__ == "__main__":
         dropouts = (True,) if "--dropout" in sys.argv else (False,)
         res = compile_all(archs=(arch,), jobs=jobs, instances=picks(arch, dropouts=dropouts))
     else:
-        res = {k: r for arch in ("sm_80", "sm_90")
+        res = {k: r for arch in ("sm_80", "sm_90", "sm_90a")
                for k, r in compile_all(archs=(arch,), jobs=jobs, instances=kernel_instances(True, arch)).items()}
     for (arch, name), r in sorted(res.items()):
         print(f"{arch} regs={r.registers:3d} spill={r.spill_stores}/{r.spill_loads} stack={r.stack_frame:4d}  {name}")

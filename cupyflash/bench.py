@@ -23,10 +23,13 @@ import time
 
 TOKENS = 16384  # tokens per batch, as in the FlashAttention papers
 HIDDEN = 2048
-ALL_IMPLS = ["cupyflash", "cupyflash-det", "torch-flash", "torch-cudnn", "cupy-naive"]
+ALL_IMPLS = ["cupyflash", "cupyflash-sm80", "cupyflash-det", "torch-flash", "torch-cudnn", "cupy-naive"]
 # Its forward is cupyflash's; only the backward differs: deterministic=True (the separate dQ kernel instead of
 # fp32 atomics), which prices determinism.
 BWD_ONLY = {"cupyflash-det"}
+# The forward forced onto the mma_sm80 family (where the dispatcher prefers another, e.g. wgmma_sm90 on an H100):
+# sm_80-class speed measured on the same GPU. Its backward is cupyflash's own.
+FWD_ONLY = {"cupyflash-sm80"}
 TORCH_BACKENDS = {"torch-flash": "FLASH_ATTENTION", "torch-cudnn": "CUDNN_ATTENTION"}
 FLOP_NOTE = ("FLOPs(fwd) = 4*batch*nheads*seqlen_q*seqlen_k*headdim, halved when causal; "
              "FLOPs(bwd) = 2.5*FLOPs(fwd); TFLOP/s = FLOPs / median time; "
@@ -240,8 +243,11 @@ def cupyflash_call(row, dtype, causal, direction):
         kw["rng_state"] = (1234, 0)
     if row["impl"] == "cupyflash-tf32":
         kw["precision"] = "tf32"
+    if row["impl"] == "cupyflash-sm80":
+        kw["config"] = cf.select_config_for(q, k, v, causal=causal, family="mma_sm80")
     if direction == "fwd":
-        row["config"] = str(cf.select_config_for(q, k, v, causal=causal, precision=kw.get("precision")))
+        row["config"] = str(kw.get("config") or cf.select_config_for(q, k, v, causal=causal,
+                                                                   precision=kw.get("precision")))
         row["out_lse_mib"] = (B * S * H * D * 2 + B * H * S * 4) / 2**20
         return lambda: cf.flash_attn_func(q, k, v, **kw)
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True, **kw)
@@ -404,8 +410,8 @@ def measure_row(row, flops, bwd=True):
     """
     impl, dtype, causal = row["impl"], row["dtype"], row["causal"]
     measure = {"cupyflash": measure_cupyflash, "cupyflash-det": measure_cupyflash, "cupyflash-tf32": measure_cupyflash,
-               "cupy-naive": measure_naive}.get(impl, measure_torch)
-    directions = ([] if impl in BWD_ONLY else ["fwd"]) + (["bwd"] if bwd else [])
+               "cupyflash-sm80": measure_cupyflash, "cupy-naive": measure_naive}.get(impl, measure_torch)
+    directions = ([] if impl in BWD_ONLY else ["fwd"]) + (["bwd"] if bwd and impl not in FWD_ONLY else [])
     for direction in directions:
         free_memory()  # so neither the last shape's nor the forward's buffers crowd this measurement
         try:

@@ -118,6 +118,11 @@ def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_tf32", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
+def _w(block_m, block_n, stages=2):
+    """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps, one block per SM."""
+    return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16, stages, 1)
+
+
 def _entry_config(entry) -> TileConfig:
     return entry.config if isinstance(entry, When) else entry
 
@@ -135,6 +140,14 @@ _TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
 FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
+    # wgmma (sm_90a): two warpgroups of 64 query rows; first choices by registers (S, P and O of a 128-key tile
+    # within 255 a thread) and shared memory, not tuned yet. No small-memory fallbacks: every sm_90 GPU has 227 KB,
+    # and a variant with no entry here runs on mma_sm80.
+    # 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's tiles beside them).
+    ("wgmma_sm90", 64): (_w(128, 128), _w(128, 64)),
+    ("wgmma_sm90", 128): (_w(128, 128), _w(128, 64)),
+    ("wgmma_sm90", 192): (_w(128, 96), _w(128, 64)),
+    ("wgmma_sm90", 256): (_w(128, 64),),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.
@@ -298,7 +311,7 @@ def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: 
                   variant: Variant | None = None) -> bool:
     """The default dQ strategy of a non-deterministic backward: atomics for large problems where the table says so."""
     pairs = seqlen_q * seqlen_k // (2 if causal else 1)
-    return (BWD_ATOMIC_DQ[(family_for(limits, variant).name, kernel_head_dim(head_dim))]
+    return (BWD_ATOMIC_DQ[(family_for(limits, variant, "bwd", head_dim).name, kernel_head_dim(head_dim))]
             and pairs >= ATOMIC_DQ_MIN_PAIRS)
 
 
@@ -347,11 +360,23 @@ def kernel_head_dim(head_dim: int) -> int:
     raise ValueError(f"head dim must be at most {MAX_HEAD_DIM}, got {head_dim}")
 
 
-def family_for(limits: DeviceLimits, variant: Variant | None = None):
-    """The first family (in order of preference) that runs on the device and supports the variant."""
-    for fam in FAMILIES:
-        if fam.supports(limits.compute_capability, variant or Variant("float16")):
-            return fam
+def family_for(limits: DeviceLimits, variant: Variant | None = None, kind: str | None = None,
+               head_dim: int | None = None):
+    """The first family (in order of preference) that runs on the device and supports the variant: with ``kind``
+    and ``head_dim``, one whose table has an entry for them that the variant may take; without, one that has every
+    kernel kind (the backward's and the helpers')."""
+    variant = variant or Variant("float16")
+    kd = None if head_dim is None else kernel_head_dim(head_dim)
+    supporting = [fam for fam in FAMILIES if fam.supports(limits.compute_capability, variant, kind, kd)]
+    for fam in supporting:
+        if kind in TABLES and kd is not None and not any(
+                _entry_allows(e, variant, limits)
+                and fits(_entry_config(e), kd, limits, residency=False, kind=kind, variant=variant)
+                for e in TABLES[kind].get((fam.name, kd), ())):
+            continue
+        return fam
+    if supporting:  # none has a tile for this variant: the last resort's table is empty (select_config says why)
+        return supporting[-1]
     raise NoConfigFits(
         f"cupyflash needs compute capability 8.0 or newer; {limits.name or 'this GPU'} has "
         f"{limits.compute_capability // 10}.{limits.compute_capability % 10}")
@@ -383,30 +408,46 @@ def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residenc
     return blocks * (smem + RESERVED_SMEM_PER_BLOCK) <= limits.smem_per_sm
 
 
-def _table(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None):
-    """(kernel head dim, this variant's entries of the table, best first)."""
+def _table(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None, family: str | None = None):
+    """(kernel head dim, this variant's entries of the table, best first): of the preferred family (family_for),
+    or of the named ``family`` (a forced config's) when it supports the variant (nothing otherwise)."""
     kd = kernel_head_dim(head_dim)
-    fam = family_for(limits, variant)
-    return kd, tuple(_entry_config(e) for e in TABLES[kind][(fam.name, kd)] if _entry_allows(e, variant, limits))
+    if family is None:
+        fam = family_for(limits, variant, kind, head_dim)
+    else:
+        fam = FAMILIES_BY_NAME[family]
+        if not fam.supports(limits.compute_capability, variant or Variant("float16"), kind, kd):
+            return kd, ()
+    return kd, tuple(_entry_config(e) for e in TABLES[kind].get((fam.name, kd), ())
+                     if _entry_allows(e, variant, limits))
 
 
 def candidates(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None = None
                ) -> tuple[TileConfig, ...]:
-    """Every table entry of ``kind`` for this head dim and variant that runs on the device, best first."""
+    """Every table entry of ``kind`` for this head dim and variant that runs on the device, best first: the
+    preferred family's, then those of every other family that runs the variant (a config may force any of them)."""
     kd, table = _table(kind, limits, head_dim, variant)
+    for fam in FAMILIES:
+        if table and fam.name == table[0].family:
+            continue
+        table += _table(kind, limits, head_dim, variant, fam.name)[1]
     return tuple(c for c in table if fits(c, kd, limits, residency=False, kind=kind, variant=variant))
 
 
 def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool = False,
-                  variant: Variant | None = None) -> TileConfig:
+                  variant: Variant | None = None, family: str | None = None) -> TileConfig:
     """The tile configuration of kernel ``kind`` ('fwd', 'bwd', 'bwd_dq') for a problem: the first tuned table
     entry for the variant whose shared memory fits the device with the residency it was tuned for; failing that,
-    the first entry (fallbacks included) that fits at all. A tuned tile at one block per SM beats a fallback."""
+    the first entry (fallbacks included) that fits at all. A tuned tile at one block per SM beats a fallback.
+    ``family``: from that family's table (tests and benchmarks force each family that runs the variant)."""
     del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
-    kd, table = _table(kind, limits, head_dim, variant)
+    kd, table = _table(kind, limits, head_dim, variant, family)
+    if family is not None and not table:
+        raise NoConfigFits(f"the {family} family has no {kind} kernel for head dim {head_dim} on this GPU"
+                           f"{_modifiers_text(variant)}")
     if not table:
         raise NoConfigFits(f"no {kind} kernel for head dim {head_dim}{_modifiers_text(variant)}: every tile of the "
-                           f"{family_for(limits, variant).name} family spills registers with this combination "
+                           f"{family_for(limits, variant, kind).name} family spills registers with this combination "
                            f"(docs/usage.md lists these gaps); leave out one of the modifiers")
     for config in table:
         if config not in _FALLBACKS[kind] and fits(config, kd, limits, residency=True, kind=kind, variant=variant):
@@ -430,8 +471,10 @@ def _modifiers_text(variant: Variant | None) -> str:
 
 def check_config(kind: str, config: TileConfig, limits: DeviceLimits, head_dim: int,
                  variant: Variant | None = None) -> None:
-    """Validate a user-forced config: it must be a table entry for this head dim (and variant) and fit the device."""
-    _, table = _table(kind, limits, head_dim, variant)
+    """Validate a user-forced config: it must be a table entry for this head dim (and variant) of a family that runs
+    the variant on this device (any such family: tests force each), and fit the device."""
+    family_for(limits, variant, kind, head_dim)  # NoConfigFits on a GPU no family runs on
+    _, table = _table(kind, limits, head_dim, variant, config.family if config.family in FAMILIES_BY_NAME else None)
     name = {"fwd": "forward", "bwd": "backward", "bwd_dq": "backward dQ"}[kind]
     if config not in table:
         raise ValueError(f"config {config} is not a {name} candidate for head dim {head_dim} on this GPU"
@@ -456,8 +499,9 @@ def fwd_candidates(limits: DeviceLimits, head_dim: int) -> tuple[TileConfig, ...
     return candidates("fwd", limits, head_dim)
 
 
-def select_fwd_config(limits: DeviceLimits, head_dim: int, causal: bool = False) -> TileConfig:
-    return select_config("fwd", limits, head_dim, causal)
+def select_fwd_config(limits: DeviceLimits, head_dim: int, causal: bool = False,
+                      family: str | None = None) -> TileConfig:
+    return select_config("fwd", limits, head_dim, causal, family=family)
 
 
 def check_fwd_config(config: TileConfig, limits: DeviceLimits, head_dim: int) -> None:

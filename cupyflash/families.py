@@ -76,28 +76,40 @@ class Mma80Family:
     itemsize: int = 2
     summary: str = "FlashAttention-2 on mma.sync tensor cores, float16 and bfloat16 (m16n8k16)"
     min_cc: int = 80
+    max_cc: int = 10**9
+    kinds: tuple = KINDS + HELPER_KINDS  # the kernels it has; a family with some only serves those kinds
+    kernel_head_dims: tuple | None = None  # None: every head dim of configs.KERNEL_HEAD_DIMS
+    core: str = "cf::WarpMma"  # the forward kernel's matrix-product core (warp_gemm.cuh, wgmma.cuh)
+    archs: tuple = ("sm_80", "sm_90")  # what the CPU compile check builds it for
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
                "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu", "bwd_reduce_dkdv": "flash_bwd.cu",
                "copy_rows": "staging.cu", "mask_tiles": "mask_tiles.cu", "dbias_sum": "dbias_sum.cu"}
     # -ftz=true: CuPy adds it at run time; the CPU compile check must see the same options.
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
+    tile_align = 0  # bytes the forward reserves to align its tiles (WarpgroupMma::SMEM_ALIGN)
 
-    def supports(self, compute_capability: int, variant: Variant) -> bool:
-        return (compute_capability >= self.min_cc and variant.dtype in self.dtypes and variant.rows in _ROWS_TYPE
-                and variant.bias in _BIAS_ITEMSIZE
+    def supports(self, compute_capability: int, variant: Variant, kind: str | None = None,
+                 kernel_hdim: int | None = None) -> bool:
+        """Whether the family runs ``variant`` on the device: its kernel ``kind`` at ``kernel_hdim``, or (kind None)
+        every kernel kind (the backward and the helpers come from a family that has them all)."""
+        has_kind = set(self.kinds) >= set(KINDS + HELPER_KINDS) if kind is None else kind in self.kinds
+        return (self.min_cc <= compute_capability <= self.max_cc and has_kind and variant.dtype in self.dtypes
+                and (kernel_hdim is None or self.kernel_head_dims is None or kernel_hdim in self.kernel_head_dims)
+                and variant.rows in _ROWS_TYPE and variant.bias in _BIAS_ITEMSIZE
                 and not ((variant.bias != "none" or variant.bool_mask) and variant.rows == "packed"))
+
+    def _tile_bytes(self, rows, cols):
+        return _padded_tile_bytes(rows, cols, self.itemsize)
 
     # ---- shared memory per kernel kind, mirroring each kernel's layout
     def smem_bytes(self, kind: str, config, kernel_hdim: int, variant: Variant | None = None) -> int:
         m, n, stages = config.block_m, config.block_n, config.stages
 
-        def tile(rows, cols):
-            return _padded_tile_bytes(rows, cols, self.itemsize)
-
+        tile = self._tile_bytes
         # every kind holds one bias tile and one mask tile (queries x keys, rows padded by 16 bytes) per stage
         bias = stages * _stage_bias_bytes(m, n, variant)
-        if kind == "fwd":  # Q tile (reused for O), STAGES K and V tiles
-            return tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
+        if kind == "fwd":  # alignment, Q tile (reused for O), STAGES K and V tiles
+            return self.tile_align + tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
         if kind == "bwd":  # K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             return (2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
                     + stages * 2 * m * 4 + bias)
@@ -123,7 +135,7 @@ class Mma80Family:
         smem = self.smem_bytes(kind, config, kernel_hdim, variant)
         rows = f"{rows}, {_DROPOUT_TYPE[variant.dropout]}"  # the kernels take the dropout policy after the rows'
         if kind == "fwd":
-            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {smem}>"
+            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {self.core}, {smem}>"
         if kind == "bwd":
             return (f"cf::flash_bwd_dkdv_kernel<{elem}, {tiles}, {policies}, {rows}, {_cpp_bool(atomic_dq)}, "
                     f"{config.d_split}, {smem}>")
@@ -132,10 +144,35 @@ class Mma80Family:
         raise ValueError(f"unknown kernel kind {kind!r}")
 
 
+@dataclass(frozen=True)
+class Wgmma90Family(Mma80Family):
+    """The forward on warpgroup tensor cores (wgmma, sm_90a code: compute capability 9.0 only): the same kernel with
+    the WarpgroupMma core, whose tiles are 128-byte-swizzled panels of 64 columns (head dims that are multiples of
+    64), 1024-byte aligned. The backward and the helper kernels come from mma_sm80."""
+
+    name: str = "wgmma_sm90"
+    summary: str = "FlashAttention forward on warpgroup tensor cores (wgmma, sm_90a), float16 and bfloat16"
+    min_cc: int = 90
+    max_cc: int = 90
+    kinds: tuple = ("fwd",)
+    kernel_head_dims: tuple | None = (64, 128, 192, 256)
+    core: str = "cf::WarpgroupMma"
+    archs: tuple = ("sm_90a",)
+    sources = {"fwd": "flash_fwd.cu"}
+    # CuPy appends -arch=sm_90 after these; NVRTC keeps sm_90a (hopper-notes.md)
+    compile_options = Mma80Family.compile_options + ("-arch=sm_90a",)
+    tile_align = 1024
+
+    def _tile_bytes(self, rows, cols):
+        return rows * cols * self.itemsize  # swizzled, unpadded (wgmma.cuh SwizzledTile)
+
+
 MMA_SM80 = Mma80Family()
 MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4,
                         "the same kernels on TF32 tensor cores, float32 (m16n8k8, one or three passes)")
+WGMMA_SM90 = Wgmma90Family()
 
-#: Families in order of preference; the first that supports the device and the variant is used.
-FAMILIES = (MMA_SM80, MMA_TF32)
+#: Families in order of preference; the first that supports the device, the kernel kind, the head dim and the
+#: variant (and has a table entry for it: configs.family_for) is used.
+FAMILIES = (WGMMA_SM90, MMA_SM80, MMA_TF32)
 BY_NAME = {f.name: f for f in FAMILIES}

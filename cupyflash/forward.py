@@ -10,7 +10,8 @@ from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import as_cuda_array, describe, spec_of
-from .configs import TileConfig, check_config, family_for, kernel_head_dim, select_config
+from .configs import TileConfig, check_config, kernel_head_dim, select_config
+from .families import BY_NAME as FAMILIES_BY_NAME
 
 _PLANS = PlanCache()
 
@@ -43,7 +44,7 @@ class ForwardPlan:
         self.launches = not problem.empty
         if self.launches:
             kd = kernel_head_dim(problem.head_dim)
-            family = family_for(device_limits(problem.device), problem.variant)
+            family = FAMILIES_BY_NAME[config.family]  # the table's choice, or a forced config's family
             self.kernel = Launch(_kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device),
                                  problem.device, _launch.query_grid(problem, config.block_m), config.warps * 32,
                                  family.smem_bytes("fwd", config, kd, problem.variant), self.params)
@@ -254,6 +255,13 @@ def plan_for(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_si
                    config, precision)[0]
 
 
-def select_config_for(q: Array, k: Array, v: Array, causal: bool = False, **variant) -> TileConfig:
-    """The tile configuration :func:`flash_attn_func` would use for these inputs."""
-    return plan_for(q, k, v, causal=causal, **variant).config
+def select_config_for(q: Array, k: Array, v: Array, causal: bool = False, family: str | None = None,
+                      **variant) -> TileConfig:
+    """The tile configuration :func:`flash_attn_func` would use for these inputs; with ``family`` (e.g.
+    "mma_sm80"), the one it would use from that kernel family, to pass as ``config=``."""
+    plan = plan_for(q, k, v, causal=causal, **variant)
+    if family is None:
+        return plan.config
+    problem = plan.problem
+    return select_config("fwd", device_limits(problem.device), problem.head_dim, problem.causal, problem.variant,
+                         family)

@@ -64,7 +64,8 @@ def tile_lines(limits) -> list[str]:
     from .problem import Variant
 
     lines = [f"  family {f.name}: {f.summary} "
-             f"[{'runs here' if limits.compute_capability >= f.min_cc else 'not on this GPU'}]" for f in FAMILIES]
+             f"[{'runs here' if f.min_cc <= limits.compute_capability <= f.max_cc else 'not on this GPU'}]"
+             for f in FAMILIES]
     try:
         family_for(limits)
     except NoConfigFits as exc:

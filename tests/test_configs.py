@@ -38,11 +38,13 @@ def fits_residency(config, kd, limits):
        limits=st.sampled_from(DEVICES))
 def test_select_returns_a_fitting_table_entry(head_dim, causal, limits):
     kd = kernel_head_dim(head_dim)
-    cfg = select_fwd_config(limits, head_dim, causal)
+    cfg = select_fwd_config(limits, head_dim, causal, family="mma_sm80")
     assert isinstance(cfg, TileConfig)
     assert cfg in table(head_dim)
     assert fits_block(cfg, kd, limits)
-    assert select_fwd_config(limits, head_dim, causal) == cfg  # deterministic
+    assert select_fwd_config(limits, head_dim, causal, family="mma_sm80") == cfg  # deterministic
+    if limits.compute_capability < 90 or kd not in (64, 128, 192, 256):
+        assert select_fwd_config(limits, head_dim, causal) == cfg  # no other family runs it there
     first = table(head_dim)[0]
     if fits_residency(first, kd, limits):
         assert cfg == first  # the tuned best tile wins whenever it fits as tuned
@@ -81,8 +83,31 @@ def test_fwd_smem_bytes_hand_computed(config, kd, expected):
     assert fwd_smem_bytes(config, kd) == expected
 
 
+def test_h100_forward_prefers_wgmma_where_it_has_tiles():
+    for kd in KERNEL_HEAD_DIMS:
+        cfg = select_fwd_config(H100, kd)
+        assert cfg.family == ("wgmma_sm90" if kd % 64 == 0 else "mma_sm80"), (kd, cfg)
+        assert select_fwd_config(A100, kd).family == "mma_sm80"
+    assert family_for(H100, kind="fwd", head_dim=128).name == "wgmma_sm90"
+    assert family_for(H100, kind="bwd", head_dim=128).name == "mma_sm80"
+    assert family_for(H100).name == "mma_sm80"  # the backward's and the helpers' family: one that has every kind
+    # sm_90a code runs on compute capability 9.0 only
+    assert select_fwd_config(DeviceLimits(100, 232448, 233472, 148), 128).family == "mma_sm80"
+
+
+def test_every_family_that_runs_a_problem_is_a_candidate_and_may_be_forced():
+    both = configs.candidates("fwd", H100, 128)
+    assert {c.family for c in both} == {"wgmma_sm90", "mma_sm80"} and both[0].family == "wgmma_sm90"
+    for config in both:
+        check_fwd_config(config, H100, 128)
+    with pytest.raises(ValueError, match="not a forward candidate"):
+        check_fwd_config(configs.FWD_TABLE[("wgmma_sm90", 128)][0], A100, 128)
+    with pytest.raises(NoConfigFits, match="wgmma_sm90 family has no fwd kernel for head dim 96"):
+        select_fwd_config(H100, 96, family="wgmma_sm90")
+
+
 def test_h100_head_dim_128_runs_two_blocks_per_sm():
-    cfg = select_fwd_config(H100, 128)
+    cfg = select_fwd_config(H100, 128, family="mma_sm80")
     assert cfg.blocks_per_sm == 2
     assert 2 * (fwd_smem_bytes(cfg, 128) + RESERVED_SMEM_PER_BLOCK) <= H100.smem_per_sm
 
@@ -178,6 +203,7 @@ def test_pre_ampere_is_refused_naming_compute_capability():
         with pytest.raises(NoConfigFits, match=r"compute capability 8\.0.*7\.5"):
             call()
     assert family_for(SM86).name == "mma_sm80" and family_for(H100).name == "mma_sm80"
+    assert family_for(H100, kind="fwd").name == "wgmma_sm90"
 
 
 # ---- backward tables ----
@@ -292,10 +318,12 @@ def test_every_feature_is_true_of_some_variant_and_false_of_plain():
 
 
 def test_h100_head_dim_64_forward_uses_128x128_except_with_softcap():
-    assert (select_fwd_config(H100, 64).block_m, select_fwd_config(H100, 64).block_n) == (128, 128)
-    softcap = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", softcap=True))
+    plain = select_fwd_config(H100, 64, family="mma_sm80")
+    assert (plain.block_m, plain.block_n) == (128, 128)
+    softcap = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", softcap=True), family="mma_sm80")
     assert (softcap.block_m, softcap.block_n) == (128, 64)
-    alibi = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", "band", alibi=True))
+    alibi = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", "band", alibi=True),
+                                  family="mma_sm80")
     assert (alibi.block_m, alibi.block_n) == (128, 128)
 
 
@@ -400,7 +428,7 @@ def test_arch_features_apply_only_on_their_gpus():
     assert entry.allows(variant)  # without limits (every entry a variant may ever get): allowed
     assert entry.allows(Variant("bfloat16", bias="float32"), A100)  # not the band mask
     a100 = configs.select_config("fwd", A100, 64, variant=variant)
-    h100 = configs.select_config("fwd", H100, 64, variant=variant)
+    h100 = configs.select_config("fwd", H100, 64, variant=variant, family="mma_sm80")
     assert (a100.block_m, a100.block_n) == (64, 32) and (h100.block_m, h100.block_n) == (128, 64)
     with pytest.raises(ValueError, match="score modifiers"):
         configs.check_config("fwd", h100, A100, 64, variant)
@@ -413,7 +441,7 @@ def test_a_block_sparse_mask_takes_the_tiles_of_no_mask():
     for kind in ("fwd", "bwd", "bwd_dq"):
         for kd in (64, 128):
             assert configs.select_config(kind, H100, kd, variant=blocks) == configs.select_config(kind, H100, kd)
-    cut = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", bool_mask=True))
+    cut = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", bool_mask=True), family="mma_sm80")
     assert (cut.block_m, cut.block_n) == (128, 64)
 
 
@@ -433,7 +461,7 @@ def test_float32_takes_its_own_family_and_tiles():
     # the measured exception: the single-pass backward at head dim 64 runs 32x64 (docs/performance.md)
     assert configs.select_config("bwd", H100, 64, variant=Variant("float32", precision="tf32")).block_m == 32
     assert configs.select_config("bwd", H100, 64, variant=Variant("float32", precision="highest")).block_m == 64
-    assert configs.select_config("fwd", H100, 128, variant=Variant("bfloat16")).family == "mma_sm80"
+    assert configs.select_config("fwd", A100, 128, variant=Variant("bfloat16")).family == "mma_sm80"
 
 
 def test_a_combination_without_a_kernel_says_so():

@@ -1,4 +1,4 @@
-"""The kernels compile with NVRTC for sm_80 and sm_90, with the run-time options, without register spills or stack
+"""The kernels compile with NVRTC for sm_80, sm_90 and (the wgmma family) sm_90a, with the run-time options, without register spills or stack
 (read off ptxas's report). Runs on CPU-only machines; in CI a missing NVRTC fails instead of skipping.
 
 What is compiled is a covering set (``_nvrtc.kernel_instances``), not the full product of tiles and variants: every
@@ -16,13 +16,15 @@ import pytest
 from conftest import require_nvrtc
 from cupyflash import _nvrtc
 from cupyflash.configs import KERNEL_HEAD_DIMS, DeviceLimits, candidates, family_for, select_config
-from cupyflash.families import KINDS
+from cupyflash.families import BY_NAME, KINDS
 from cupyflash.problem import MASKS, Variant
 
-ARCHS = ("sm_80", "sm_90")
+ARCHS = ("sm_80", "sm_90", "sm_90a")
+#: The code each GPU runs: an H100's dispatcher picks sm_90 kernels and (the wgmma family's) sm_90a ones.
+GPU_ARCHS = {"sm_90": ("sm_90", "sm_90a"), "sm_80": ("sm_80",)}
 INSTANCES = {arch: _nvrtc.kernel_instances(arch=arch) for arch in ARCHS}  # each arch compiles its own picks
 NAMES = sorted({name for instances in INSTANCES.values() for _source, name in instances})
-FULL_NAMES = [name for _source, name in _nvrtc.kernel_instances(full=True)]
+FULL_NAMES = [name for arch in ("sm_90", "sm_90a") for _source, name in _nvrtc.kernel_instances(full=True, arch=arch)]
 H100 = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100")
 A100 = DeviceLimits(80, smem_per_block_optin=166912, smem_per_sm=167936, sm_count=108, name="A100")
 SM86 = DeviceLimits(86, smem_per_block_optin=101376, smem_per_sm=102400, sm_count=84, name="sm_86")
@@ -35,11 +37,10 @@ def reports():
 
 
 def _names(kind, limits, head_dim, variant, every_fitting):
-    family = family_for(limits, variant)
     configs = candidates(kind, limits, head_dim, variant) if every_fitting else [
         select_config(kind, limits, head_dim, variant=variant)]
     atomic = (True, False) if kind == "bwd" else (False,)
-    return [family.kernel_name(kind, c, head_dim, variant, a) for c in configs for a in atomic]
+    return [BY_NAME[c.family].kernel_name(kind, c, head_dim, variant, a) for c in configs for a in atomic]
 
 
 @pytest.mark.parametrize("limits", [H100, A100, SM86], ids=lambda l: l.name)
@@ -83,7 +84,7 @@ def test_the_full_sweep_has_every_tile_each_variant_may_use(limits, kind):
 @pytest.mark.parametrize("arch, limits", [("sm_90", H100), ("sm_80", A100)], ids=["sm_90", "sm_80"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_covering_set_has_each_variant_on_the_dispatchers_tile_of_each_arch(kind, arch, limits):
-    compiled = {name for _source, name in INSTANCES[arch]}
+    compiled = {name for a in GPU_ARCHS[arch] for _source, name in INSTANCES[a]}
     for kd, variant in itertools.product(KERNEL_HEAD_DIMS, _nvrtc.MODIFIED + _nvrtc.PACKED + _nvrtc.BIASED):
         for name in _names(kind, limits, kd, variant, every_fitting=False):
             assert name in compiled, name
@@ -117,7 +118,7 @@ def test_compiles_without_spills(reports, arch, name):
 def test_picks_cover_every_variant_on_the_dispatchers_tile(arch):
     """python -m cupyflash._nvrtc --picks ARCH: each combination on its pick, a float32 bias with a mask included,
     no bias or mask with packed rows."""
-    names = [name for _, name in _nvrtc.picks(arch)]
+    names = [name for a in GPU_ARCHS[arch] for _, name in _nvrtc.picks(a)]
     limits = _nvrtc.ARCH_GPUS[arch]
     both = Variant("bfloat16", "band", True, True, bias="float32", dbias=True, bool_mask=True)
     for kind in KINDS:

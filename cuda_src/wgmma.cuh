@@ -1,0 +1,112 @@
+// Warpgroup matrix products (wgmma, sm_90a) for the forward kernel's products, and the 128-byte-swizzled shared
+// tiles they read. A warpgroup (4 consecutive warps, 64 rows) issues one asynchronous product for all its rows;
+// warp w of the group receives rows 16w..16w+15 in the m16n8 fragment layout the other helpers use, so the kernels
+// see the same fragments whichever core computed them (WarpMma in warp_gemm.cuh is the mma.sync core).
+#pragma once
+#include "mma_sm80.cuh"
+#include "wgmma_ops.cuh"
+
+namespace cf {
+
+using u64 = unsigned long long;
+
+// A ROWS x COLS tile of 16-bit elements stored as panels of 64 columns (128 bytes a row), each panel's rows
+// consecutive and its 16-byte chunks XOR-swizzled with row % 8: the layout wgmma reads with the 128-byte swizzle,
+// free of bank conflicts for the row-wise copies that fill it. Same interface as SmemTile (smem_tile.cuh), so the
+// copies that fill and drain a tile serve both.
+template <int ROWS, int COLS, typename T = u16>
+struct SwizzledTile {
+    static_assert(sizeof(T) == 2 && COLS % 64 == 0 && ROWS % 8 == 0, "128-byte panels of 8-row groups");
+    using Storage = T;
+    static constexpr int ROW_COUNT = ROWS;
+    static constexpr int CHUNK = 8;                         // elements per 16-byte chunk
+    static constexpr int CHUNKS_PER_ROW = COLS / CHUNK;
+    static constexpr int PANEL_COLS = 64;
+    static constexpr int PANEL_BYTES = ROWS * 128;          // a multiple of 1024: panels stay 1024-byte aligned
+    static constexpr int BYTES = ROWS * COLS * 2;
+    static __device__ __forceinline__ u32 byte_offset(int row, int col) {
+        const int chunk = (col % PANEL_COLS) / CHUNK;
+        return static_cast<u32>(col / PANEL_COLS * PANEL_BYTES + row * 128 + ((chunk ^ (row % 8)) * 16) +
+                                (col % CHUNK) * 2);
+    }
+    static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / 2; }
+};
+
+// ---- matrix descriptors (PTX ISA, "Matrix Descriptor Format"): start address, leading and stride byte offsets
+// (all >> 4), 128-byte swizzle in bits 62-63. Tiles are 1024-byte aligned, so the base offset field is 0.
+__device__ __forceinline__ u64 desc_field(u32 bytes) { return static_cast<u64>((bytes & 0x3FFFF) >> 4); }
+constexpr u64 SWIZZLE_128B = 1ull << 62;
+
+// K-major operand (rows of k: Q and K for S = Q K^T): 8-row groups 1024 bytes apart; the leading offset is unused.
+__device__ __forceinline__ u64 kmajor_desc(u32 addr) {
+    return desc_field(addr) | (desc_field(16) << 16) | (desc_field(1024) << 32) | SWIZZLE_128B;
+}
+// N-major operand (rows of k, n along the row: V for O = P V): 64-column panels `panel_bytes` apart, groups of 8
+// k-rows 1024 bytes apart.
+__device__ __forceinline__ u64 nmajor_desc(u32 addr, u32 panel_bytes) {
+    return desc_field(addr) | (desc_field(panel_bytes) << 16) | (desc_field(1024) << 32) | SWIZZLE_128B;
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory"); }
+
+// Pins an accumulator's registers at this point of the program: the compiler may not move their reads or writes
+// across it, so nothing touches them while a product that writes them is in flight.
+template <int N_TILES>
+__device__ __forceinline__ void fence_fragment(float (&c)[N_TILES][4]) {
+    #pragma unroll
+    for (int j = 0; j < N_TILES; ++j)
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(c[j][e]) :: "memory");
+}
+
+// The wgmma core. Each product is issued and waited for in place (no overlap yet).
+struct WarpgroupMma {
+    template <int ROWS, int COLS, typename T> using Tile = SwizzledTile<ROWS, COLS, T>;
+    static constexpr bool WARPGROUPS = true;  // a warp owns 16 rows, four warps one product
+    static constexpr int SMEM_ALIGN = 1024;   // swizzled tiles start 1024-byte aligned: the dynamic base is rounded up
+
+    // cp.async fills tiles through the generic proxy; wgmma reads them through the async proxy.
+    static __device__ __forceinline__ void tiles_landed() {
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    }
+
+    // s = A B^T over k < K: A = this warpgroup's 64 rows of sA (the warp's first row is row0), B = every row of sB,
+    // both stored k-major (S = Q K^T).
+    template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int) {
+        static_assert(M_TILES == 1 && K % 64 == 0, "a warp owns 16 rows; whole 64-column panels");
+        const u32 a_rows = sA + (row0 / 64 * 64) * 128;
+        fence_fragment(s[0]);
+        wgmma_fence();
+        #pragma unroll
+        for (int k0 = 0; k0 < K; k0 += 16) {
+            const u32 col = (k0 % 64) * 2;  // byte offset of k0 within its panel
+            WgmmaOp<Elem, N_TILES * 8>::ss(s[0], kmajor_desc(a_rows + k0 / 64 * ATile::PANEL_BYTES + col),
+                                           kmajor_desc(sB + k0 / 64 * BTile::PANEL_BYTES + col), k0 > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_fragment(s[0]);
+    }
+
+    // acc += P V: P in registers as m16n8k16 A fragments (accum_to_a_frags), V = the first K rows of sB, stored
+    // one row per k (N-major).
+    template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4], const u32 (&a)[M_TILES][K / 16][4],
+                                              u32 sB, int) {
+        static_assert(M_TILES == 1, "a warp owns 16 rows");
+        fence_fragment(acc[0]);
+        wgmma_fence();
+        #pragma unroll
+        for (int kk = 0; kk < K / 16; ++kk)
+            WgmmaOp<Elem, N_TILES * 8>::rs(acc[0], a[0][kk], nmajor_desc(sB + kk * 16 * 128, BTile::PANEL_BYTES), 1);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_fragment(acc[0]);
+    }
+};
+
+}  // namespace cf

@@ -119,7 +119,8 @@ def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
 
 
 def _w(block_m, block_n, stages=2):
-    """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps, one block per SM."""
+    """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps (at most 168 registers a thread with three),
+    one block per SM."""
     return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16, stages, 1)
 
 
@@ -140,12 +141,20 @@ _TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
 FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
-    # wgmma (sm_90a): two warpgroups of 64 query rows; first choices by registers (S, P and O of a 128-key tile
-    # within 255 a thread) and shared memory, not tuned yet. No small-memory fallbacks: every sm_90 GPU has 227 KB,
+    # wgmma (sm_90a), warpgroups of 64 query rows. H100, bf16, 16k tokens, TFLOP/s at seqlen 2048 / 8192,
+    # non-causal then causal (.prof sweep, 2026-11-26): at 64, 192x192 351 / 418, 282 / 365; 192x128 348 / 398,
+    # 250 / 328; 128x128 309 / 333, 243 / 290; 128x64 348 / 367, 296 / 339. At 128, 192x128 493 / 533, 364 / 482;
+    # 128x176 445 / 461; 128x128 427 / 465, 351 / 419; 128x64 384 / 407, 408 / 480 (short causal rows favour it;
+    # no seqlen condition yet). At 256, 128x64 471 / 515, 388 / 476 (mma_sm80 279-294). Three warpgroups cap a
+    # thread at 168 registers: the combinations that spill them (picks sweep, compile check) take two. Dropout
+    # takes at most 128 keys a tile (dropout.cuh KeptBits). A block-sparse mask takes tiles of 128 rows, which divide
+    # the usual power-of-two blocks (its summary is read only where tiles divide them). 128x64 serves what the larger tiles' shared memory does
+    # not fit (a bias's and a mask's tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB,
     # and a variant with no entry here runs on mma_sm80.
-    # 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's tiles beside them).
-    ("wgmma_sm90", 64): (_w(128, 128), _w(128, 64)),
-    ("wgmma_sm90", 128): (_w(128, 128), _w(128, 64)),
+    ("wgmma_sm90", 64): (When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
+                         When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64)),
+    ("wgmma_sm90", 128): (When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
+                          _w(128, 128), _w(128, 64)),
     ("wgmma_sm90", 192): (_w(128, 96), _w(128, 64)),
     ("wgmma_sm90", 256): (_w(128, 64),),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by

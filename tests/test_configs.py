@@ -101,7 +101,7 @@ def test_every_family_that_runs_a_problem_is_a_candidate_and_may_be_forced():
     for config in both:
         check_fwd_config(config, H100, 128)
     with pytest.raises(ValueError, match="not a forward candidate"):
-        check_fwd_config(configs.FWD_TABLE[("wgmma_sm90", 128)][0], A100, 128)
+        check_fwd_config(configs._entry_config(configs.FWD_TABLE[("wgmma_sm90", 128)][0]), A100, 128)
     with pytest.raises(NoConfigFits, match="wgmma_sm90 family has no fwd kernel for head dim 96"):
         select_fwd_config(H100, 96, family="wgmma_sm90")
 
@@ -440,7 +440,12 @@ def test_a_block_sparse_mask_takes_the_tiles_of_no_mask():
     blocks = Variant("bfloat16", bool_mask=True, mask_blocks=True)
     for kind in ("fwd", "bwd", "bwd_dq"):
         for kd in (64, 128):
-            assert configs.select_config(kind, H100, kd, variant=blocks) == configs.select_config(kind, H100, kd)
+            family = "mma_sm80" if kind == "fwd" else None
+            assert (configs.select_config(kind, H100, kd, variant=blocks, family=family)
+                    == configs.select_config(kind, H100, kd, family=family))
+    for kd in (64, 128):  # wgmma: 128-row tiles, which divide power-of-two blocks (the plain forward takes 192)
+        tile = configs.select_config("fwd", H100, kd, variant=blocks)
+        assert tile.family == "wgmma_sm90" and 128 % tile.block_m == 0 and 128 % tile.block_n == 0
     cut = configs.select_config("fwd", H100, 64, variant=Variant("bfloat16", bool_mask=True), family="mma_sm80")
     assert (cut.block_m, cut.block_n) == (128, 64)
 

@@ -16,6 +16,7 @@
 #include "wgmma.cuh"
 #include "online_softmax.cuh"
 #include "dropout.cuh"
+#include "split_kv.cuh"
 
 namespace cf {
 
@@ -32,7 +33,8 @@ __host__ __device__ constexpr int fwd_smem_bytes() {
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Core = WarpMma,
+          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
+          typename Core = WarpMma,
           int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
@@ -45,6 +47,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                   "Python's smem formula");
     static_assert(!Core::WARPGROUPS || (ROWS_PER_WARP == 16 && WARPS % 4 == 0), "warpgroups of 4 warps x 16 rows");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
+    static_assert(!(Split::ON && Rows::PACKED), "split keys with packed rows");
     using S = typename Mma<Elem>::Storage;
     using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
     using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
@@ -63,7 +66,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
     using Block = QueryBlock<Bias::ADDS>;
-    const int m_block = Mask::MASKS ? Block::tiles() - 1 - Block::tile() : Block::tile();
+    const Split split(p, Block::tile());
+    const int m_block = Mask::MASKS ? split.query_tiles(Block::tiles()) - 1 - split.query_tile(Block::tile())
+                                    : split.query_tile(Block::tile());
     const int head = Block::head(), batch = Block::batch();
     const Seq seq = Rows::of(p, batch);
     const int m0 = m_block * BLOCK_M;
@@ -82,7 +87,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     // tile; thread 0 walks to the next load's entry as it issues a load, while the other warps go on.
     using Tiles = typename Bias::Tiles;
     const Tiles tiles(p, false, batch, head, m_block);
-    const int2 key_tiles = mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k);
+    const int2 key_tiles = split.keys(mask.template key_tiles<BLOCK_M, BLOCK_N>(m0, seqlen_k));
     int n_tiles = key_tiles.y - key_tiles.x;
     if constexpr (Tiles::SKIPS) n_tiles = tiles.count(key_tiles.x, key_tiles.y);
     auto after = [&](int entry) { return tiles.last_entry((entry >> 1) - 1, key_tiles.x); };  // -1 stays -1
@@ -161,7 +166,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         });
     }
 
-    // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row.
+    // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row. With split keys,
+    // this split's O and LSE go to the fp32 partials (split_kv.cuh) instead.
     cp_async_wait<0>();
     __syncthreads();
     softmax.finish();
@@ -169,8 +175,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
+        for (int r = 0; r < 2; ++r) row_scale[mt][r] = softmax.inv_l(mt, r) * drop.scale();
+    if constexpr (Split::ON) {
+        write_split_partials(p, split, batch, head, m0 + warp_row0, acc, row_scale, softmax, lane);
+        return;
+    }
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
         for (int r = 0; r < 2; ++r) {
-            row_scale[mt][r] = softmax.inv_l(mt, r) * drop.scale();
             const int row = m0 + warp_row0 + 16 * mt + lane / 4 + 8 * r;
             if (lane % 4 == 0 && row < seq.seqlen_q)
                 p.lse[Rows::lse_offset(p, seq, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);

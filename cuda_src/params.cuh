@@ -33,6 +33,8 @@ struct AttnParams {
     const uint2* mask_tiles_q;  // SummarizedTiles: a boolean mask's tile summary by query tiles (mask_tiles.cuh)
     const uint2* mask_tiles_k;  //   ... and by key tiles (dK/dV kernel)
     const void* mask;           // TileBias<mask8>, MaskedBias: bool (batch, nheads, seqlen_q, seqlen_k) by mask_str
+    float* o_partial;           // KeySplits: fp32 (num_splits, batch, nheads, seqlen_q, head_dim) outputs per split
+    float* lse_partial;         //   ... and their (num_splits, batch, nheads, seqlen_q) lse (split_kv.cuh)
     // Per call too, written with the pointers: Dropout's state (dropout.cuh; offset < 2^32).
     unsigned long long dropout_seed, dropout_offset;
 
@@ -55,6 +57,7 @@ struct AttnParams {
     int window_left, window_right;
     int bias_key_step;          // 1: keys contiguous; 0: one value per query row (broadcast over keys)
     int dbias_sums;             // BiasGrad: bit 0 sums over queries, bit 1 over keys; 4 adds with atomics
+    int num_splits;             // KeySplits: the key tiles of each query tile are spread over this many blocks
 
     float scale_log2;           // logit (raw units, see score_mod.cuh) -> exp2 argument
     float softmax_scale;        // d(scaled score) / d(q.k): applied to dQ and dK

@@ -183,12 +183,12 @@ def key_grid(problem: Problem, block_n: int, kv_splits: int):
     return (problem.batch, tiles, slots) if problem.variant.dbias else (tiles, slots, problem.batch)
 
 
-def query_grid(problem: Problem, block_m: int):
+def query_grid(problem: Problem, block_m: int, splits: int = 1):
     """The forward's and dQ kernel's grid: (query tiles, heads, batches), or with a bias (the kernels that add one,
     coords.cuh QueryBlock) (batches, query tiles, heads), so that the batches reading one tile of a bias they share
     run together and read it from L2. H100, bf16, pair bias (1, H, S, S), 16k tokens: docs/performance.md, ninth
     session."""
-    tiles = math.ceil(problem.seqlen_q / block_m)
+    tiles = math.ceil(problem.seqlen_q / block_m) * splits  # split keys: query tile * splits + split (split_kv.cuh)
     if problem.bias is None:
         return tiles, problem.nheads, problem.batch
     if tiles > _MAX_GRID_YZ:

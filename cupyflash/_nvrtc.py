@@ -175,8 +175,11 @@ FLOAT32 = (Variant("float32", "band", True, True, rows="packed", precision="tf32
            Variant("float32", "band", True, True, bias="float32", dbias=True, bool_mask=True, precision="highest"),
            Variant("float32", "band", bias="bfloat16", dbias=True, bool_mask=True, mask_blocks=True,
                    precision="tf32"))
-#: Each remaining policy value once per kernel kind and head dim (with the leading tile for it).
-SINGLE_POLICIES = (Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
+#: Each remaining policy value once per kernel kind and head dim (with the leading tile for it); split keys (the
+#: forward's KeySplits) alone and with every modifier, a float32 bias and dropout.
+SINGLE_POLICIES = (Variant("float16", "none", split_kv=True),
+                   Variant("bfloat16", "band", True, True, bias="float32", dropout=True, split_kv=True),
+                   Variant("float16", "none", softcap=True), Variant("float16", "none", alibi=True),
                    Variant("float16", "none", bias="float16"), Variant("float16", "none", bool_mask=True),
                    Variant("float16", "none", bool_mask=True, mask_blocks=True))
 

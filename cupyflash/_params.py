@@ -19,7 +19,8 @@ STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias", "mask_ti
 
 #: The device pointers of AttnParams, in order.
 POINTERS = ("q", "k", "v", "out", "lse", "dout", "lse2", "delta", "dq_accum", "dq", "dk", "dv", "alibi_slopes",
-            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias", "mask_tiles_q", "mask_tiles_k", "mask")
+            "dkv_partial", "cu_seqlens_q", "cu_seqlens_k", "bias", "dbias", "mask_tiles_q", "mask_tiles_k", "mask",
+            "o_partial", "lse_partial")
 #: The fields every call writes (Params.set_per_call): the device pointers, then the dropout state (seed, offset).
 PER_CALL = POINTERS + ("dropout_seed", "dropout_offset")
 
@@ -33,7 +34,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("heads_per_kv_magic", "u64"),
     *((name, "int") for name in ("batch", "nheads", "nheads_k", "heads_per_kv", "seqlen_q", "seqlen_k", "head_dim",
                                  "row_pitch", "total_q", "kv_splits", "heads_per_split", "window_left",
-                                 "window_right", "bias_key_step", "dbias_sums")),
+                                 "window_right", "bias_key_step", "dbias_sums", "num_splits")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit",
                                    "bias_unit")),
     ("mask_key_step", "int"),

@@ -129,7 +129,7 @@ class BackwardPlan:
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
                                           partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens),
                                           _launch.ptr(bias), _launch.ptr(dbias), _launch.ptr(tiles[1]),
-                                          _launch.ptr(tiles[0]), _launch.ptr(mask),
+                                          _launch.ptr(tiles[0]), _launch.ptr(mask), 0, 0,
                                           *_launch.dropout_fields(dropout)))
                 self._launch(current_stream_ptr())
             del scratch  # back to the pool, stream-ordered: later work on this stream cannot overtake the kernels

@@ -309,6 +309,22 @@ BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {
     **{("mma_tf32", kd): True for kd in KERNEL_HEAD_DIMS},  # float32: not measured yet
 }
 
+#: Split-KV (cuda_src/split_kv.cuh): a forward whose grid leaves SMs idle spreads each query tile's key tiles over
+#: several blocks, whose partial results a second kernel merges. Each split walks at least SPLIT_MIN_KEY_TILES key
+#: tiles (its partial's write and merge cost about as much as one), and at most SPLIT_MAX blocks share one.
+SPLIT_MIN_KEY_TILES = 4
+SPLIT_MAX = 128
+
+
+def forward_splits(limits: DeviceLimits, blocks: int, key_tiles: int, blocks_per_sm: int = 1) -> int:
+    """How many blocks share each query tile's keys in the forward: 1 when the grid's ``blocks`` fill the GPU's
+    resident slots (``blocks_per_sm`` per SM); else enough for two rounds of them, as far as ``key_tiles`` allows."""
+    slots = limits.sm_count * blocks_per_sm
+    if blocks >= slots:
+        return 1
+    return max(1, min(-(-2 * slots // blocks), key_tiles // SPLIT_MIN_KEY_TILES, SPLIT_MAX))
+
+
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says
 #: atomic. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash cupyflash-det,
 #: 2026-11-25): atomic was 4-8% slower at seqlen 512 and causal 1024-2048, within 1% at non-causal 1024 and causal

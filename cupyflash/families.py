@@ -12,8 +12,9 @@ from .problem import Variant
 
 KINDS = ("fwd", "bwd", "bwd_dq")  # forward; backward dK/dV (+ atomic dQ); backward deterministic dQ
 #: Kernels without tiles: one warp per row, a boolean mask's tile summary, and dbias's sum over broadcast dims.
-HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows", "mask_tiles", "dbias_sum")
-_NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum")  # helper kernels without a row-layout policy
+HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows", "mask_tiles", "dbias_sum",
+                "split_combine")
+_NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum", "split_combine")  # helper kernels without a row-layout policy
 
 #: The kernels' element type (cuda_src/mma_sm80.cuh, mma_tf32.cuh) by (dtype, precision): float32 inputs run on TF32
 #: tensor cores, in three passes ("highest") or one ("tf32").
@@ -22,6 +23,7 @@ _ELEM_TAG = {("float16", ""): "cf::f16", ("bfloat16", ""): "cf::bf16", ("float32
 _MASK_TYPE = {"none": "cf::NoMask", "band": "cf::BandMask"}
 _ROWS_TYPE = {"dense": "cf::DenseRows", "packed": "cf::PackedRows"}
 _DROPOUT_TYPE = {False: "cf::NoDropout", True: "cf::Dropout"}
+_SPLIT_TYPE = {False: "cf::OneSplit", True: "cf::KeySplits"}
 _BIAS_ELEM = {"float16": "cf::f16", "bfloat16": "cf::bf16", "float32": "float"}
 _BIAS_ITEMSIZE = {"none": 0, "float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -83,7 +85,8 @@ class Mma80Family:
     archs: tuple = ("sm_80", "sm_90")  # what the CPU compile check builds it for
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
                "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu", "bwd_reduce_dkdv": "flash_bwd.cu",
-               "copy_rows": "staging.cu", "mask_tiles": "mask_tiles.cu", "dbias_sum": "dbias_sum.cu"}
+               "copy_rows": "staging.cu", "mask_tiles": "mask_tiles.cu", "dbias_sum": "dbias_sum.cu",
+               "split_combine": "split_combine.cu"}
     # -ftz=true: CuPy adds it at run time; the CPU compile check must see the same options.
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
     tile_align = 0  # bytes the forward reserves to align its tiles (WarpgroupMma::SMEM_ALIGN)
@@ -135,7 +138,8 @@ class Mma80Family:
         smem = self.smem_bytes(kind, config, kernel_hdim, variant)
         rows = f"{rows}, {_DROPOUT_TYPE[variant.dropout]}"  # the kernels take the dropout policy after the rows'
         if kind == "fwd":
-            return f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {self.core}, {smem}>"
+            return (f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {_SPLIT_TYPE[variant.split_kv]}, "
+                    f"{self.core}, {smem}>")
         if kind == "bwd":
             return (f"cf::flash_bwd_dkdv_kernel<{elem}, {tiles}, {policies}, {rows}, {_cpp_bool(atomic_dq)}, "
                     f"{config.d_split}, {smem}>")

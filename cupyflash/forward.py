@@ -1,6 +1,8 @@
 """The forward pass: flash-attn's signature, validation into a Problem, a cached launch plan, the launch."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 from . import _dropout, _kernels, _launch
 from . import _interop
 from ._bias import readable
@@ -10,7 +12,8 @@ from ._device import device_limits
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import as_cuda_array, describe, spec_of
-from .configs import TileConfig, check_config, kernel_head_dim, select_config
+from .configs import (SPLIT_MAX, TileConfig, check_config, family_for, forward_splits, kernel_head_dim,
+                      select_config)
 from .families import BY_NAME as FAMILIES_BY_NAME
 
 _PLANS = PlanCache()
@@ -19,7 +22,10 @@ _PLANS = PlanCache()
 class ForwardPlan:
     """Everything a forward call needs that depends only on its cache key."""
 
-    def __init__(self, problem, config, q_spec, k_spec, v_spec):
+    def __init__(self, problem, config, q_spec, k_spec, v_spec, num_splits=0):
+        self.splits = split_count(problem, config, num_splits)
+        if self.splits > 1:
+            problem = replace(problem, variant=replace(problem.variant, split_kv=True))
         self.problem = problem
         self.config = config
         pd = problem.padded_head_dim
@@ -35,6 +41,7 @@ class ForwardPlan:
         self.lse_shape = ((problem.nheads, problem.total_q) if self.packed
                           else (problem.batch, problem.nheads, problem.seqlen_q))
         self.params = static_params(problem)
+        self.params.set(num_splits=self.splits)
         itemsize = q_spec.itemsize
         for name, staging in zip("qkv", self.staging):
             self.params.set_strides(name, staging.kernel_strides, itemsize)
@@ -46,8 +53,15 @@ class ForwardPlan:
             kd = kernel_head_dim(problem.head_dim)
             family = FAMILIES_BY_NAME[config.family]  # the table's choice, or a forced config's family
             self.kernel = Launch(_kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device),
-                                 problem.device, _launch.query_grid(problem, config.block_m), config.warps * 32,
-                                 family.smem_bytes("fwd", config, kd, problem.variant), self.params)
+                                 problem.device, _launch.query_grid(problem, config.block_m, self.splits),
+                                 config.warps * 32, family.smem_bytes("fwd", config, kd, problem.variant), self.params)
+            if self.splits > 1:  # the merge of the splits' partials: one warp per (batch, head, query row)
+                rows = problem.batch * problem.nheads * problem.seqlen_q
+                self.partial_rows = self.splits * rows
+                helpers = family_for(device_limits(problem.device), problem.variant)
+                self.combine = Launch(_kernels.get_function(helpers, "split_combine", None, 0, problem.variant,
+                                                            problem.device),
+                                      problem.device, (-(-rows // 4),), 128, 0, self.params)
         # a boolean mask: its tile summary by query tiles, from which the kernel skips tiles it hides wholly
         self.mask_tiles = None
         if self.launches and problem.variant.bool_mask:
@@ -68,19 +82,48 @@ class ForwardPlan:
         lse = empty(self.lse_shape, cupy.float32)
         if self.launches:
             params = self.params
+            partial = o_partial = lse_partial = 0
+            if self.splits > 1:  # fp32 outputs then lse of every split, one allocation
+                partial = cupy.empty(self.partial_rows * (self.problem.padded_head_dim + 1), cupy.float32)
+                o_partial = partial.data.ptr
+                lse_partial = o_partial + 4 * self.partial_rows * self.problem.padded_head_dim
             with params.lock:
                 params.set_per_call((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
-                                     _launch.ptr(bias), 0, _launch.ptr(tiles), 0, _launch.ptr(mask),
-                                     *_launch.dropout_fields(dropout)))
-                self.kernel(current_stream_ptr())
+                                     _launch.ptr(bias), 0, _launch.ptr(tiles), 0, _launch.ptr(mask), o_partial,
+                                     lse_partial, *_launch.dropout_fields(dropout)))
+                stream = current_stream_ptr()
+                self.kernel(stream)
+                if self.splits > 1:
+                    self.combine(stream)
+            del partial  # back to the pool; stream order keeps it until the merge has read it
         if self.padded:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))
         return out, lse
 
 
+def split_count(problem, config, num_splits: int = 0) -> int:
+    """The forward's number of key splits: ``num_splits`` if given (> 0), else configs.forward_splits's choice;
+    always 1 for packed rows and block-sparse masks (split_kv.cuh takes dense rows without one)."""
+    if num_splits > 1 and (problem.variant.rows != "dense" or problem.variant.mask_blocks):
+        raise ValueError(f"num_splits={num_splits}: split keys take dense batches without a prepared block-sparse "
+                         f"mask; pass num_splits=0 (automatic) or 1")
+    if num_splits:
+        return num_splits
+    if problem.variant.rows != "dense" or problem.variant.mask_blocks or problem.empty:
+        return 1
+    blocks = problem.batch * problem.nheads * -(-problem.seqlen_q // config.block_m)
+    return forward_splits(device_limits(problem.device), blocks, -(-problem.seqlen_k // config.block_n),
+                          config.blocks_per_sm)
+
+
+def _check_num_splits(num_splits):
+    if type(num_splits) is not int or not 0 <= num_splits <= SPLIT_MAX:
+        raise ValueError(f"num_splits must be an int from 0 (automatic) to {SPLIT_MAX}; got {num_splits!r}")
+
+
 def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, causal, window_size, softcap,
-          config, mask_blocks=None, precision=None):
+          config, mask_blocks=None, precision=None, num_splits=0):
     """Validate the call (raising before any launch) and prepare its plan; cached under ``key``. ``mask_blocks``:
     a prepared mask's uniform blocks (None for a raw mask), which may let the kernel skip reading it."""
     q, k, v = as_cuda_array(q, "q"), as_cuda_array(k, "k"), as_cuda_array(v, "v")
@@ -102,25 +145,26 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
 
     # a block-sparse mask whose blocks hold whole tiles: only its summary is read
     problem, chosen = with_block_mask(problem, mask_blocks, lambda variant: (pick(variant),))
-    plan = ForwardPlan(problem, chosen[0] if chosen else pick(problem.variant), *specs)
+    _check_num_splits(num_splits)
+    plan = ForwardPlan(problem, chosen[0] if chosen else pick(problem.variant), *specs, num_splits=num_splits)
     _PLANS.put(key, plan)
     return plan, (q, k, v, alibi, bias, mask)
 
 
 def _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap, config,
-            precision=None):
+            precision=None, num_splits=0):
     """(plan, (q, k, v, alibi_slopes, bias, mask)): the cached plan of a call like this one, or a new one after
     validation (which also turns DLPack inputs into CuPy arrays)."""
     blocks = mask.blocks() if isinstance(mask, PreparedMask) else None
     key = _call_key((q, k, v), (alibi_slopes, bias, unwrap(mask)), dropout_p, softmax_scale, causal, window_size,
-                    softcap, config, blocks, precision)
+                    softcap, config, blocks, precision, num_splits)
     plan = _PLANS.get(key)
     if plan is not None:
         return plan, (q, k, v, alibi_slopes, bias, mask)
     plan, (q, k, v, alibi_slopes, bias, mask_array) = _plan(
         q, k, v, alibi_slopes, bias, unwrap(mask), key, dropout_p=dropout_p, softmax_scale=softmax_scale,
         causal=causal, window_size=window_size, softcap=softcap, config=config, mask_blocks=blocks,
-        precision=precision)
+        precision=precision, num_splits=num_splits)
     return plan, (q, k, v, alibi_slopes, bias, mask if isinstance(mask, PreparedMask) else mask_array)
 
 
@@ -143,8 +187,8 @@ def flash_attn_func(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softma
                     alibi_slopes: Array | None = None, deterministic: bool = False, return_attn_probs: bool = False,
                     *, return_lse: bool = False, config: TileConfig | None = None, bias: Array | None = None,
                     mask: Array | PreparedMask | None = None, precision: str | None = None,
-                    rng_state: tuple[int, int] | None = None,
-                    generator: _dropout.Generator | None = None) -> Array | tuple[Array, ...]:
+                    rng_state: tuple[int, int] | None = None, generator: _dropout.Generator | None = None,
+                    num_splits: int = 0) -> Array | tuple[Array, ...]:
     """Exact softmax attention, computed tile by tile without materialising the score matrix.
 
     flash-attn's signature and semantics: code written for ``flash_attn.flash_attn_func`` runs unchanged.
@@ -208,6 +252,11 @@ def flash_attn_func(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softma
             ``Generator.next_state()``. Default: the next state of ``generator``.
         generator: a :class:`cupyflash.Generator` to draw the state from when ``rng_state`` is None; default
             :data:`cupyflash.default_generator` (``cupyflash.manual_seed`` re-seeds it). Unused without dropout.
+        num_splits: split-KV. When batch x heads x query tiles leave SMs idle (decoding: a few queries against a
+            long sequence), each query tile's keys are spread over this many blocks and their partial results
+            merged by a second kernel (fp32 scratch of num_splits x batch x nheads x seqlen_q x (headdim + 1)
+            floats). 0 (default): chosen from the GPU's SM count and the problem (1 when the grid fills the GPU);
+            1: never; 2..128 forces that many (tests). Dense batches without a prepared block-sparse mask only.
 
     A query row that sees no key (causal with seqlen_q > seqlen_k, narrow windows) gets output 0 and lse -inf.
 
@@ -220,7 +269,7 @@ def flash_attn_func(q: Array, k: Array, v: Array, dropout_p: float = 0.0, softma
     del deterministic
     plan, (q, k, v, alibi_slopes, bias, mask) = _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p,
                                                         softmax_scale, causal, window_size, softcap, config,
-                                                        precision)
+                                                        precision, num_splits)
     dropout = _dropout.resolve(plan.problem.dropout_p, rng_state, generator)
     out, lse = _on_device(plan.problem.device, plan.run, q, k, v, alibi_slopes, (None, None), bias, mask, dropout)
     if return_attn_probs:
@@ -249,10 +298,10 @@ def _attention_probs(problem, q, k, lse, alibi_slopes, bias, mask, dropout=None)
 
 
 def plan_for(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-             alibi_slopes=None, config=None, bias=None, mask=None, precision=None) -> ForwardPlan:
-    """The (validated) launch plan flash_attn_func would use for these arguments."""
+             alibi_slopes=None, config=None, bias=None, mask=None, precision=None, num_splits=0) -> ForwardPlan:
+    """The (validated) launch plan flash_attn_func would use for these arguments (``.config``, ``.splits``)."""
     return _lookup(q, k, v, alibi_slopes, bias, mask, dropout_p, softmax_scale, causal, window_size, softcap,
-                   config, precision)[0]
+                   config, precision, num_splits)[0]
 
 
 def select_config_for(q: Array, k: Array, v: Array, causal: bool = False, family: str | None = None,

@@ -36,10 +36,13 @@ class Variant:
     mask_blocks: bool = False  # the boolean mask cuts no tile of the kernels' tiling: only its tile summary is read
     precision: str = ""    # float32: one of PRECISIONS; 16-bit dtypes: ""
     dropout: bool = False  # dropout_p > 0: probabilities dropped by a Philox stream (cuda_src/dropout.cuh)
+    split_kv: bool = False  # forward: each query tile's keys spread over several blocks (cuda_src/split_kv.cuh)
 
     def __post_init__(self):
         if self.mask_blocks and not self.bool_mask:
             raise ValueError("Variant(mask_blocks=True) describes a boolean mask: bool_mask must be True too")
+        if self.split_kv and (self.rows != "dense" or self.mask_blocks):
+            raise ValueError("Variant(split_kv=True): split keys take dense rows without a block-sparse mask")
         if (self.precision in PRECISIONS) != (self.dtype == "float32"):
             raise ValueError(f"Variant: precision {self.precision!r} does not go with dtype {self.dtype}: float32 "
                              f"takes one of {PRECISIONS}, 16-bit dtypes ''")

@@ -473,3 +473,19 @@ def test_a_combination_without_a_kernel_says_so():
     heavy = Variant("float32", "band", True, True, bias="float32", dbias=True, bool_mask=True, precision="highest")
     with pytest.raises(configs.NoConfigFits, match="every tile of the mma_tf32 family spills registers"):
         configs.select_config("bwd", H100, 256, variant=heavy)
+
+
+def test_forward_splits_fill_idle_sms_with_enough_keys_each():
+    assert configs.forward_splits(H100, blocks=132, key_tiles=1000) == 1  # the grid fills the GPU
+    assert configs.forward_splits(H100, blocks=200, key_tiles=1000, blocks_per_sm=2) == 3  # ceil(2 * 264 / 200)
+    assert configs.forward_splits(H100, blocks=8, key_tiles=1024) == 33  # two rounds of 132 slots
+    assert configs.forward_splits(H100, blocks=8, key_tiles=20) == 20 // configs.SPLIT_MIN_KEY_TILES
+    assert configs.forward_splits(H100, blocks=1, key_tiles=10**6) == configs.SPLIT_MAX
+    assert configs.forward_splits(H100, blocks=8, key_tiles=3) == 1  # too few keys to share
+
+
+def test_split_keys_are_a_variant_of_dense_rows_without_block_masks():
+    Variant("bfloat16", split_kv=True)
+    for bad in (dict(rows="packed"), dict(bool_mask=True, mask_blocks=True)):
+        with pytest.raises(ValueError, match="split_kv"):
+            Variant("bfloat16", split_kv=True, **bad)

@@ -309,18 +309,22 @@ BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {
     **{("mma_tf32", kd): True for kd in KERNEL_HEAD_DIMS},  # float32: not measured yet
 }
 
-#: Split-KV (cuda_src/split_kv.cuh): a forward whose grid leaves SMs idle spreads each query tile's key tiles over
-#: several blocks, whose partial results a second kernel merges. Each split walks at least SPLIT_MIN_KEY_TILES key
-#: tiles (its partial's write and merge cost about as much as one), and at most SPLIT_MAX blocks share one.
+#: Split-KV (cuda_src/split_kv.cuh): a forward whose grid leaves at least half the GPU's block slots idle spreads
+#: each query tile's key tiles over several blocks, whose partial results a second kernel merges. Each split walks
+#: at least SPLIT_MIN_KEY_TILES key tiles (its partial's write and merge cost about as much as one), and at most
+#: SPLIT_MAX blocks share one. H100, bf16, head dim 128, one query (docs/performance.md, twelfth session): K/V read
+#: at 176 -> 2358 GB/s (8 heads x 131072 keys, 33 splits), 677 -> 1908 (32 x 8192, 9 splits); with 128 blocks (4 x 32
+#: heads, 16 x 8) 3 splits read 2-9% slower than none, hence the half.
 SPLIT_MIN_KEY_TILES = 4
 SPLIT_MAX = 128
 
 
 def forward_splits(limits: DeviceLimits, blocks: int, key_tiles: int, blocks_per_sm: int = 1) -> int:
-    """How many blocks share each query tile's keys in the forward: 1 when the grid's ``blocks`` fill the GPU's
-    resident slots (``blocks_per_sm`` per SM); else enough for two rounds of them, as far as ``key_tiles`` allows."""
+    """How many blocks share each query tile's keys in the forward: 1 when the grid's ``blocks`` fill at least half
+    the GPU's resident slots (``blocks_per_sm`` per SM); else enough for two rounds of them, as far as ``key_tiles``
+    allows."""
     slots = limits.sm_count * blocks_per_sm
-    if blocks >= slots:
+    if 2 * blocks > slots:
         return 1
     return max(1, min(-(-2 * slots // blocks), key_tiles // SPLIT_MIN_KEY_TILES, SPLIT_MAX))
 

@@ -78,15 +78,20 @@ def test_backward_on_a_split_forward():
     check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / 8, True, "float16")
 
 
-@pytest.mark.parametrize("batch, nheads, seqlen_k", [(1, 8, 131072), (4, 32, 8192), (64, 8, 16384)])
-def test_decode_shapes_split_automatically(batch, nheads, seqlen_k):
-    (q, k, v, _), _ = make_problem(0, batch, 1, 64, nheads, nheads, 128, "bfloat16")  # shapes only
+@pytest.mark.parametrize("batch, nheads, seqlen_k, splits", [(1, 8, 131072, True), (1, 32, 8192, True),
+                                                              (4, 32, 8192, False), (64, 8, 16384, False)])
+def test_decode_shapes_split_automatically(batch, nheads, seqlen_k, splits):
     import cupy
+    from cupyflash._device import device_limits
+    from cupyflash.configs import forward_splits
 
+    (q, _, _, _), _ = make_problem(0, batch, 1, 64, nheads, nheads, 128, "bfloat16")  # shapes only
     k = cupy.zeros((batch, seqlen_k, nheads, 128), q.dtype)
     plan = plan_for(q, k, k)
-    blocks = batch * nheads
-    assert (plan.splits > 1) == (blocks < 132 * plan.config.blocks_per_sm), (plan.splits, plan.config)
+    blocks, key_tiles = batch * nheads, -(-seqlen_k // plan.config.block_n)
+    assert plan.splits == forward_splits(device_limits(0), blocks, key_tiles, plan.config.blocks_per_sm)
+    if device_limits(0).sm_count >= 100:  # an H100-sized GPU
+        assert (plan.splits > 1) == splits, (plan.splits, plan.config)
     full = plan_for(*make_problem(0, 4, 4096, 4096, 16, 16, 128, "bfloat16")[0][:3])
     assert full.splits == 1  # a grid that fills the GPU never splits
 

@@ -4,7 +4,8 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool memcheck  python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
-``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed, dropout (--variants-only:
+``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed, dropout, splits (split-KV:
+forced key splits, more than the key tiles too, with the modifiers, a bias and a mask, dropout; --variants-only:
 all but tiles). ``--dtypes float32`` runs float32 inputs (the mma_tf32 family, precision "highest"; default: float16 and
 bfloat16).
 
@@ -26,7 +27,7 @@ from cupyflash.problem import Variant
 
 limits = device_limits(0)
 rng = np.random.default_rng(0)
-SECTIONS = ("tiles", "modifiers", "biases", "masks", "packed", "dropout")
+SECTIONS = ("tiles", "modifiers", "biases", "masks", "packed", "dropout", "splits")
 if "--only" in sys.argv:
     wanted = set(sys.argv[sys.argv.index("--only") + 1:]) & set(SECTIONS)
 else:
@@ -143,5 +144,16 @@ for kd in head_dims:
                                                  **drop)
             cf.flash_attn_varlen_backward(dout, q, k, k, out, lse, cu_q, cu_k, 203, 190, causal=causal, **drop)
             count += 5
+        if "splits" in wanted:
+            # split keys: a few queries against many keys, forced split counts (more than the key tiles: empty
+            # splits), with every modifier, a bias and a mask, dropout; then the merge kernel
+            q, k = arrays(dtype, (2, 5, 2, d), (2, 1100, 1, d))
+            bias = cupy.asarray(rng.standard_normal((1, 2, 5, 1100)).astype(np.float32))
+            mask = cupy.asarray(rng.random((2, 1, 1, 1100)) < 0.7)
+            for splits, extra in itertools.product((3, 40), ({}, dict(window_size=(300, 7), softcap=20.0,
+                                                                       alibi_slopes=slopes),
+                                                             dict(bias=bias, mask=mask), dict(dropout_p=0.3))):
+                cf.flash_attn_func(q, k, k, causal=causal, num_splits=splits, **extra)
+                count += 1
         cupy.cuda.Device().synchronize()
 print(f"ran {count} variants", file=sys.stderr)

@@ -310,23 +310,23 @@ BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {
 }
 
 #: Split-KV (cuda_src/split_kv.cuh): a forward whose grid leaves at least half the GPU's block slots idle spreads
-#: each query tile's key tiles over several blocks, whose partial results a second kernel merges. Each split walks
-#: at least SPLIT_MIN_KEY_TILES key tiles (its partial's write and merge cost about as much as one), and at most
-#: SPLIT_MAX blocks share one. H100, bf16, head dim 128, one query (docs/performance.md, twelfth session): K/V read
-#: at 176 -> 2358 GB/s (8 heads x 131072 keys, 33 splits), 677 -> 1908 (32 x 8192, 9 splits); with 128 blocks (4 x 32
-#: heads, 16 x 8) 3 splits read 2-9% slower than none, hence the half.
+#: each query tile's key tiles over several blocks, whose partial results a second kernel merges: as many as one
+#: round of the slots holds. Each split walks at least SPLIT_MIN_KEY_TILES key tiles (its partial's write and merge
+#: cost about as much as one), and at most SPLIT_MAX blocks share one. H100, bf16, head dim 128, one query, K/V read
+#: in GB/s by splits (docs/performance.md, twelfth session): 8 heads x 131072 keys: 1 176, 8 1364, 16 2582, 33 2426,
+#: 66 2229; 32 x 8192: 1 683, 4 2204, 8 2043, 9 2011; 2 batches x 8 x 32768: 8 2422, 16 2288; 64 x 4096: 2 2205,
+#: 4 2101; 2 x 131072: 33 1218, 66 1821, 128 1404. One round (16, 4, 8, 2, 66) was the best of each. With 128
+#: blocks (4 x 32 heads, 16 x 8) 3 splits read 2-9% slower than none.
 SPLIT_MIN_KEY_TILES = 4
 SPLIT_MAX = 128
 
 
 def forward_splits(limits: DeviceLimits, blocks: int, key_tiles: int, blocks_per_sm: int = 1) -> int:
-    """How many blocks share each query tile's keys in the forward: 1 when the grid's ``blocks`` fill at least half
-    the GPU's resident slots (``blocks_per_sm`` per SM); else enough for two rounds of them, as far as ``key_tiles``
-    allows."""
+    """How many blocks share each query tile's keys in the forward: as many as one round of the GPU's resident
+    slots (``blocks_per_sm`` per SM) holds, as far as ``key_tiles`` allows; 1 when the grid's ``blocks`` fill more
+    than half of them."""
     slots = limits.sm_count * blocks_per_sm
-    if 2 * blocks > slots:
-        return 1
-    return max(1, min(-(-2 * slots // blocks), key_tiles // SPLIT_MIN_KEY_TILES, SPLIT_MAX))
+    return max(1, min(slots // blocks, key_tiles // SPLIT_MIN_KEY_TILES, SPLIT_MAX))
 
 
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says

@@ -478,9 +478,9 @@ def test_a_combination_without_a_kernel_says_so():
 def test_forward_splits_fill_idle_sms_with_enough_keys_each():
     assert configs.forward_splits(H100, blocks=132, key_tiles=1000) == 1  # the grid fills the GPU
     assert configs.forward_splits(H100, blocks=67, key_tiles=1000) == 1  # ... more than half of it
-    assert configs.forward_splits(H100, blocks=66, key_tiles=1000) == 4  # ceil(2 * 132 / 66)
-    assert configs.forward_splits(H100, blocks=100, key_tiles=1000, blocks_per_sm=2) == 6  # ceil(2 * 264 / 100)
-    assert configs.forward_splits(H100, blocks=8, key_tiles=1024) == 33  # two rounds of 132 slots
+    assert configs.forward_splits(H100, blocks=66, key_tiles=1000) == 2  # one round of 132 slots
+    assert configs.forward_splits(H100, blocks=100, key_tiles=1000, blocks_per_sm=2) == 2
+    assert configs.forward_splits(H100, blocks=8, key_tiles=1024) == 16
     assert configs.forward_splits(H100, blocks=8, key_tiles=20) == 20 // configs.SPLIT_MIN_KEY_TILES
     assert configs.forward_splits(H100, blocks=1, key_tiles=10**6) == configs.SPLIT_MAX
     assert configs.forward_splits(H100, blocks=8, key_tiles=3) == 1  # too few keys to share

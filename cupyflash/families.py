@@ -6,6 +6,7 @@ each kernel kind (mirroring the kernel's layout exactly; the kernel static_asser
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .problem import Variant
@@ -176,7 +177,24 @@ MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4,
                         "the same kernels on TF32 tensor cores, float32 (m16n8k8, one or three passes)")
 WGMMA_SM90 = Wgmma90Family()
 
+ALL_FAMILIES = (WGMMA_SM90, MMA_SM80, MMA_TF32)
+BY_NAME = {f.name: f for f in ALL_FAMILIES}
+
+
+def enabled(families=ALL_FAMILIES, disabled: str | None = None):
+    """``families`` less those named in ``disabled`` (default: the environment variable CUPYFLASH_DISABLE_FAMILIES,
+    comma-separated names, read once at import): e.g. ``wgmma_sm90`` runs every forward on mma_sm80, which is how
+    the GPU suite checks that family on an H100."""
+    names = {n.strip() for n in (os.environ.get("CUPYFLASH_DISABLE_FAMILIES", "") if disabled is None
+                                 else disabled).split(",") if n.strip()}
+    unknown = names - {f.name for f in families}
+    if unknown:
+        raise ValueError(f"CUPYFLASH_DISABLE_FAMILIES names unknown kernel families {sorted(unknown)}; known: "
+                         f"{', '.join(f.name for f in families)}")
+    return tuple(f for f in families if f.name not in names)
+
+
 #: Families in order of preference; the first that supports the device, the kernel kind, the head dim and the
-#: variant (and has a table entry for it: configs.family_for) is used.
-FAMILIES = (WGMMA_SM90, MMA_SM80, MMA_TF32)
-BY_NAME = {f.name: f for f in FAMILIES}
+#: variant (and has a table entry for it: configs.family_for) is used. BY_NAME has every family, disabled or not
+#: (a forced config names its own).
+FAMILIES = enabled()

@@ -491,3 +491,13 @@ def test_split_keys_are_a_variant_of_dense_rows_without_block_masks():
     for bad in (dict(rows="packed"), dict(bool_mask=True, mask_blocks=True)):
         with pytest.raises(ValueError, match="split_kv"):
             Variant("bfloat16", split_kv=True, **bad)
+
+
+def test_families_can_be_disabled_by_name():
+    from cupyflash import families
+
+    assert families.enabled(disabled="") == families.ALL_FAMILIES
+    assert [f.name for f in families.enabled(disabled="wgmma_sm90")] == ["mma_sm80", "mma_tf32"]
+    assert [f.name for f in families.enabled(disabled=" wgmma_sm90 , mma_tf32")] == ["mma_sm80"]
+    with pytest.raises(ValueError, match="unknown kernel families.*wgmma"):
+        families.enabled(disabled="wgmma")

@@ -172,11 +172,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     __syncthreads();
     softmax.finish();
     float row_scale[M_TILES][2];
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int r = 0; r < 2; ++r) row_scale[mt][r] = softmax.inv_l(mt, r) * drop.scale();
     if constexpr (Split::ON) {
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) row_scale[mt][r] = softmax.inv_l(mt, r) * drop.scale();
         write_split_partials(p, split, batch, head, m0 + warp_row0, acc, row_scale, softmax, lane);
         return;
     }
@@ -184,6 +184,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
         for (int r = 0; r < 2; ++r) {
+            row_scale[mt][r] = softmax.inv_l(mt, r) * drop.scale();
             const int row = m0 + warp_row0 + 16 * mt + lane / 4 + 8 * r;
             if (lane % 4 == 0 && row < seq.seqlen_q)
                 p.lse[Rows::lse_offset(p, seq, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);

@@ -456,10 +456,10 @@ def candidates(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant 
     """Every table entry of ``kind`` for this head dim and variant that runs on the device, best first: the
     preferred family's, then those of every other family that runs the variant (a config may force any of them)."""
     kd, table = _table(kind, limits, head_dim, variant)
+    preferred = family_for(limits, variant, kind, head_dim).name
     for fam in FAMILIES:
-        if table and fam.name == table[0].family:
-            continue
-        table += _table(kind, limits, head_dim, variant, fam.name)[1]
+        if fam.name != preferred:
+            table += _table(kind, limits, head_dim, variant, fam.name)[1]
     return tuple(c for c in table if fits(c, kd, limits, residency=False, kind=kind, variant=variant))
 
 

@@ -3,8 +3,9 @@
 //
 // One block computes BLOCK_M query rows of one (batch, head): O = softmax(logits) V and LSE = log(sum(exp(logits)))
 // with logits = Score(Q K^T) where Mask shows them. K/V tiles of BLOCK_N keys stream through a STAGES-deep cp.async
-// ring; each of the WARPS warps owns BLOCK_M / WARPS query rows and keeps its S tile, its P tile and its output
-// accumulator in registers, so no score ever reaches device memory.
+// ring, filled by every warp or by a producer warpgroup (Loads, pipeline.cuh); each warp that computes owns an
+// equal share of the BLOCK_M query rows and keeps its S tile, its P tile and its output accumulator in registers,
+// so no score ever reaches device memory.
 #include "mma_sm80.cuh"
 #include "params.cuh"
 #include "coords.cuh"
@@ -17,35 +18,43 @@
 #include "online_softmax.cuh"
 #include "dropout.cuh"
 #include "split_kv.cuh"
+#include "pipeline.cuh"
 
 namespace cf {
 
 // Dynamic shared memory: room to align the tiles as the core needs, a Q tile (reused to stage O), STAGES K and V
-// tiles, and STAGES bias tiles (none without a bias). Python's smem_bytes computes the same number and passes it as
-// SMEM_BYTES, which the kernel checks.
-template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core>
+// tiles, STAGES bias tiles (none without a bias), and the pipeline's barriers (none when all warps load).
+// Python's smem_bytes computes the same number and passes it as SMEM_BYTES, which the kernel checks.
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core,
+          typename Loads>
 __host__ __device__ constexpr int fwd_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
     return Core::SMEM_ALIGN + Core::template Tile<BLOCK_M, HEAD_DIM, S>::BYTES +
            2 * STAGES * Core::template Tile<BLOCK_N, HEAD_DIM, S>::BYTES +
-           STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
+           STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>() + Loads::template barrier_bytes<STAGES>();
 }
 
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
-          typename Core = WarpMma,
-          int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>()>
+          typename Core = WarpMma, typename Loads = AllWarpsLoad,
+          int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
-    constexpr int THREADS = WARPS * 32;
-    constexpr int ROWS_PER_WARP = BLOCK_M / WARPS;
+    // Warps that compute (all, or all but a producer warpgroup's) and the threads that copy tiles (all, or the
+    // producer's).
+    constexpr int MATH_WARPS = WARPS - Loads::PRODUCER_WARPS;
+    constexpr int MATH_THREADS = MATH_WARPS * 32;
+    constexpr int COPY_THREADS = Loads::SPECIALIZED ? Loads::PRODUCER_WARPS * 32 : WARPS * 32;
+    constexpr int ROWS_PER_WARP = BLOCK_M / MATH_WARPS;
     constexpr int M_TILES = ROWS_PER_WARP / 16;
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
-    static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>(),
+    static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>(),
                   "Python's smem formula");
     static_assert(!Core::WARPGROUPS || (ROWS_PER_WARP == 16 && WARPS % 4 == 0), "warpgroups of 4 warps x 16 rows");
+    static_assert(!Loads::SPECIALIZED || (Core::WARPGROUPS && MIN_BLOCKS == 1 && !Bias::ON),
+                  "a producer warpgroup: wgmma, one block an SM, stages filled by copies only (pipeline.cuh)");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     static_assert(!(Split::ON && Rows::PACKED), "split keys with packed rows");
     using S = typename Mma<Elem>::Storage;
@@ -62,8 +71,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     const u32 sV_addr = sK_addr + STAGES * KVTile::BYTES;
     const u32 sBias_addr = sV_addr + STAGES * KVTile::BYTES;  // STAGES bias tiles
     constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
+    const u32 bars = sBias_addr + STAGES * BIAS_BYTES;  // the pipeline's barriers
 
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    const int warp = static_cast<int>(threadIdx.x / 32) - Loads::PRODUCER_WARPS;  // among the warps that compute
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
     using Block = QueryBlock<Bias::ADDS>;
     const Split split(p, Block::tile());
@@ -92,32 +103,56 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     if constexpr (Tiles::SKIPS) n_tiles = tiles.count(key_tiles.x, key_tiles.y);
     auto after = [&](int entry) { return tiles.last_entry((entry >> 1) - 1, key_tiles.x); };  // -1 stays -1
 
-    auto load_kv = [&](int t, int entry) {  // entry: step t's walk entry (Tiles::SKIPS)
+    // Step t's copies, by the threads that copy (entry: step t's walk entry, Tiles::SKIPS).
+    auto load_kv = [&](int t, int entry) {
         const int tile = Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t;
         const int n0 = tile * BLOCK_N, stage = t % STAGES;
-        load_tile_async<KVTile, THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * p.k_str.seq, p.k_str.seq,
-                                         seqlen_k - n0, p.head_dim);
-        load_tile_async<KVTile, THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq, p.v_str.seq,
-                                         seqlen_k - n0, p.head_dim);
+        load_tile_async<KVTile, COPY_THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * p.k_str.seq,
+                                              p.k_str.seq, seqlen_k - n0, p.head_dim);
+        load_tile_async<KVTile, COPY_THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq,
+                                              p.v_str.seq, seqlen_k - n0, p.head_dim);
         if constexpr (Bias::ON)
-            Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
-                                                                m0, n0, seq.seqlen_q - m0, seqlen_k - n0, entry);
+            Bias::template load_tile<BLOCK_M, BLOCK_N, COPY_THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
+                                                                     m0, n0, seq.seqlen_q - m0, seqlen_k - n0, entry);
         if constexpr (Tiles::SKIPS) {
             Bias::template stash<BLOCK_N, 0>(sBias_addr + stage * BIAS_BYTES, entry);
-            if (threadIdx.x == 0) Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
+            // a producer keeps its walk in a register; warps that also compute lack the register
+            if (!Loads::SPECIALIZED && threadIdx.x == 0)
+                Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
         }
     };
+    auto load_q = [&] {
+        load_tile_async<QTile, COPY_THREADS>(sQ_addr, elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0),
+                                             p.q_str.seq, seq.seqlen_q - m0, p.head_dim);
+    };
+    int first_entry = Tiles::SKIPS ? tiles.last_entry(key_tiles.y - 1, key_tiles.x) : 0;
 
-    load_tile_async<QTile, THREADS>(sQ_addr, elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0),
-                                    p.q_str.seq, seq.seqlen_q - m0, p.head_dim);
-    int first_entries = Tiles::SKIPS ? tiles.last_entry(key_tiles.y - 1, key_tiles.x) : 0;
-    #pragma unroll
-    for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) {
-            load_kv(t, first_entries);
-            if constexpr (Tiles::SKIPS) first_entries = after(first_entries);
+    if constexpr (Loads::SPECIALIZED) {
+        Loads::template init<STAGES, MATH_WARPS>(bars);
+        __syncthreads();
+        if (warp < 0) {  // the producer warpgroup: copies only
+            Loads::as_producer();
+            load_q();  // lands with step 0's tiles
+            for (int t = 0; t < n_tiles; ++t) {
+                Loads::template reserve<STAGES>(bars, t);
+                load_kv(t, first_entry);
+                Loads::template publish<STAGES>(bars, t);
+                if constexpr (Tiles::SKIPS) first_entry = after(first_entry);
+            }
+            cp_async_wait<0>();  // leave with no copy in flight
+            return;
         }
-        cp_async_commit();
+        Loads::template as_consumer<WARPS>();
+    } else {
+        load_q();
+        #pragma unroll
+        for (int t = 0; t < STAGES - 1; ++t) {
+            if (t < n_tiles) {
+                load_kv(t, first_entry);
+                if constexpr (Tiles::SKIPS) first_entry = after(first_entry);
+            }
+            cp_async_commit();
+        }
     }
 
     float acc[M_TILES][D_TILES][4] = {};
@@ -125,18 +160,24 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     softmax.init();
 
     for (int t = 0; t < n_tiles; ++t) {
-        cp_async_wait<STAGES - 2>();
-        Core::tiles_landed();
-        __syncthreads();  // tile t visible to all warps; every warp is done with the stage refilled below
         int entry = 1;  // 2 * key tile + partial (a mask's walk)
-        if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
-        if (t + STAGES - 1 < n_tiles) {
-            int next = 0;
-            if constexpr (Tiles::SKIPS)
-                next = Bias::template stashed<BLOCK_N, 1>(sBias_addr + (t + STAGES - 2) % STAGES * BIAS_BYTES);
-            load_kv(t + STAGES - 1, next);
+        if constexpr (Loads::SPECIALIZED) {
+            Loads::template acquire<STAGES>(bars, t);
+            Core::tiles_landed();
+            if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
+        } else {
+            cp_async_wait<STAGES - 2>();
+            Core::tiles_landed();
+            __syncthreads();  // tile t visible to all warps; every warp is done with the stage refilled below
+            if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
+            if (t + STAGES - 1 < n_tiles) {
+                int next = 0;
+                if constexpr (Tiles::SKIPS)
+                    next = Bias::template stashed<BLOCK_N, 1>(sBias_addr + (t + STAGES - 2) % STAGES * BIAS_BYTES);
+                load_kv(t + STAGES - 1, next);
+            }
+            cp_async_commit();
         }
-        cp_async_commit();
 
         const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t) * BLOCK_N;
         const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES;
@@ -164,12 +205,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
             Core::template pv<Elem, BLOCK_N, KVTile>(c, pf, sV_t, lane);
         });
+        if constexpr (Loads::SPECIALIZED) Loads::template release<STAGES>(bars, t, lane);
     }
 
     // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row. With split keys,
     // this split's O and LSE go to the fp32 partials (split_kv.cuh) instead.
-    cp_async_wait<0>();
-    __syncthreads();
+    if constexpr (!Loads::SPECIALIZED) {  // (a warpgroup's wgmma read only its own rows of sQ, which it overwrites)
+        cp_async_wait<0>();
+        __syncthreads();
+    }
     softmax.finish();
     float row_scale[M_TILES][2];
     if constexpr (Split::ON) {
@@ -190,9 +234,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                 p.lse[Rows::lse_offset(p, seq, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);
         }
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
-    __syncthreads();
-    store_tile<QTile, THREADS>(elems<Elem>(p.out) + row_offset(p.o_str, batch, head, seq.q0 + m0), sQ, p.o_str.seq,
-                               seq.seqlen_q - m0, p.head_dim);
+    if constexpr (Loads::SPECIALIZED) Loads::template sync_consumers<MATH_THREADS>();
+    else __syncthreads();
+    store_tile<QTile, MATH_THREADS, WARPS * 32 - MATH_THREADS>(
+        elems<Elem>(p.out) + row_offset(p.o_str, batch, head, seq.q0 + m0), sQ, p.o_str.seq, seq.seqlen_q - m0,
+        p.head_dim);
 }
 
 }  // namespace cf

@@ -26,16 +26,18 @@ struct SmemTile {
 };
 
 // Each thread owns one 16-byte column chunk and walks rows ROWS_PER_PASS apart, so a copy needs one running
-// pointer per thread rather than one address per chunk (which would hold registers across the main loop).
-template <typename Tile, int THREADS>
+// pointer per thread rather than one address per chunk (which would hold registers across the main loop). The
+// copying threads are THREADS consecutive ones from FIRST.
+template <typename Tile, int THREADS, int FIRST = 0>
 struct TileCopy {
     static constexpr int ROWS_PER_PASS = THREADS / Tile::CHUNKS_PER_ROW;
     static constexpr int PASSES = (Tile::ROW_COUNT + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
     static_assert(ROWS_PER_PASS >= 1, "a pass must cover at least one row");
     // Threads past ROWS_PER_PASS * CHUNKS_PER_ROW idle (only when the chunk count does not divide THREADS).
-    static __device__ __forceinline__ bool active() { return threadIdx.x < ROWS_PER_PASS * Tile::CHUNKS_PER_ROW; }
-    static __device__ __forceinline__ int row() { return threadIdx.x / Tile::CHUNKS_PER_ROW; }
-    static __device__ __forceinline__ int col() { return threadIdx.x % Tile::CHUNKS_PER_ROW * Tile::CHUNK; }
+    static __device__ __forceinline__ int tid() { return static_cast<int>(threadIdx.x) - FIRST; }
+    static __device__ __forceinline__ bool active() { return tid() < ROWS_PER_PASS * Tile::CHUNKS_PER_ROW; }
+    static __device__ __forceinline__ int row() { return tid() / Tile::CHUNKS_PER_ROW; }
+    static __device__ __forceinline__ int col() { return tid() % Tile::CHUNKS_PER_ROW * Tile::CHUNK; }
     static __device__ __forceinline__ bool row_in_tile(int r) {
         return Tile::ROW_COUNT % ROWS_PER_PASS == 0 || r < Tile::ROW_COUNT;
     }
@@ -63,10 +65,10 @@ __device__ __forceinline__ void load_tile_async(u32 smem, const typename Tile::S
 }
 
 // Shared -> global with 16-byte stores; only rows < rows_valid and columns < head_dim are written.
-template <typename Tile, int THREADS>
+template <typename Tile, int THREADS, int FIRST = 0>
 __device__ __forceinline__ void store_tile(typename Tile::Storage* gmem, const typename Tile::Storage* smem,
                                            i64 row_stride, int rows_valid, int head_dim) {
-    using C = TileCopy<Tile, THREADS>;
+    using C = TileCopy<Tile, THREADS, FIRST>;
     if (!C::active()) return;
     const int col = C::col();
     int r = C::row();

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 #: Widths generated: the key tiles of S = Q K^T (BLOCK_N) and the head dims of O += P V.
-WIDTHS = (64, 96, 128, 176, 192, 256)
+WIDTHS = (64, 80, 96, 128, 160, 176, 192, 256)
 TYPES = ("bf16", "f16")  # the first under `if constexpr (Mma<Elem>::IS_BF16)`, the second under `else`
 
 _HEAD = """\

@@ -44,11 +44,15 @@ class TileConfig:
     stages: int = 2
     blocks_per_sm: int = 1
     d_split: int = 1  # backward dK/dV kernel only: warps sharing key rows, each with 1/d_split of the head dim
+    #: forward only: warps of ``warps`` that only copy tiles (a producer warpgroup, cuda_src/pipeline.cuh), or 0
+    #: when every warp copies and computes
+    producer_warps: int = 0
 
     def __str__(self) -> str:
         split = f"/d{self.d_split}" if self.d_split != 1 else ""
+        producer = f"/p{self.producer_warps}" if self.producer_warps else ""
         return (f"{self.family}:{self.block_m}x{self.block_n}/w{self.warps}/s{self.stages}"
-                f"/b{self.blocks_per_sm}{split}")
+                f"/b{self.blocks_per_sm}{split}{producer}")
 
 
 #: The variant features a table entry can avoid (When.avoid), each true of a variant when: the band mask (causal
@@ -118,10 +122,11 @@ def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_tf32", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
-def _w(block_m, block_n, stages=2):
-    """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps (at most 168 registers a thread with three),
-    one block per SM."""
-    return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16, stages, 1)
+def _w(block_m, block_n, stages=2, producer=False):
+    """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps that copy and compute (at most 168 registers a
+    thread with three), or (producer) those that compute and a producer warpgroup that copies; one block per SM."""
+    return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16 + 4 * producer, stages, 1,
+                      producer_warps=4 * producer)
 
 
 def _entry_config(entry) -> TileConfig:
@@ -138,6 +143,11 @@ _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
 # float32: 16x16/1 warp up to head dim 128; above it one warp cannot cover a row of 16-byte chunks, 32x16/2 warps.
 _TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 
+# A producer warpgroup copying with cp.async needs 56 registers a thread (compile check: at 24 and 40 its copy
+# loops spill) and spills with a bias's or mask's tiles to copy too (and those stages take plain stores, which its
+# barriers do not publish: pipeline.cuh); dropout spills its consumers at 128 x 128.
+_WS_AVOID = ("bias", "mask", "block_mask", "dropout")
+
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
 FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
@@ -151,12 +161,16 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # the usual power-of-two blocks (its summary is read only where tiles divide them). 128x64 serves what the larger tiles' shared memory does
     # not fit (a bias's and a mask's tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB,
     # and a variant with no entry here runs on mma_sm80.
-    ("wgmma_sm90", 64): (When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
-                         When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64)),
-    ("wgmma_sm90", 128): (When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
+    ("wgmma_sm90", 64): (When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask", "band")),
+                         When(_w(128, 128, producer=True), avoid=_WS_AVOID),
+                         When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
+                         When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64),
+                         When(_w(128, 192, producer=True), avoid=_WS_AVOID)),
+    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True), avoid=_WS_AVOID),
+                          When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
                           _w(128, 128), _w(128, 64)),
-    ("wgmma_sm90", 192): (_w(128, 96), _w(128, 64)),
-    ("wgmma_sm90", 256): (_w(128, 64),),
+    ("wgmma_sm90", 192): (When(_w(128, 64, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64)),
+    ("wgmma_sm90", 256): (When(_w(128, 64, producer=True), avoid=_WS_AVOID), _w(128, 64)),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.

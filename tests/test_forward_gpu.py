@@ -72,6 +72,33 @@ def test_every_candidate_config(kd, config, causal):
                  DTYPES[(kd // 32 + i) % 2], causal, config=config)
 
 
+PRODUCER_CANDIDATES = [(kd, c) for kd, c in CANDIDATES if c.producer_warps]
+_VARIANTS = {"window-softcap-gqa": dict(causal=True, window_size=(150, 7), softcap=20.0, group=4),
+             "alibi-window": dict(causal=False, window_size=(40, 300), alibi=True, group=1),
+             "split": dict(causal=True, num_splits=3, group=2)}
+
+
+@pytest.mark.parametrize("kd,config", PRODUCER_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in PRODUCER_CANDIDATES])
+@pytest.mark.parametrize("name", list(_VARIANTS))
+def test_producer_warpgroup_tiles_take_the_variants(kd, config, name):
+    # The producer-warpgroup pipeline (cuda_src/pipeline.cuh) with the mask, score, GQA and split-key policies.
+    import cupy
+
+    from gpu_helpers import make_problem
+
+    variant = dict(_VARIANTS[name])
+    group, causal = variant.pop("group"), variant.pop("causal")
+    num_splits = variant.pop("num_splits", 0)
+    nheads_k = 2
+    if variant.pop("alibi", False):
+        variant["alibi_slopes"] = cupy.asarray(np.linspace(0.05, 0.4, nheads_k * group, dtype=np.float32))
+    (q, k, v, _), (q64, k64, v64, _) = make_problem(kd, 2, config.block_m * 3 + 11, config.block_n * 5 + 3,
+                                                    nheads_k * group, nheads_k, kd - 8, DTYPES[kd // 64 % 2])
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, config=config, num_splits=num_splits,
+                                  **variant)
+    check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(kd - 8), causal, DTYPES[kd // 64 % 2], **variant)
+
+
 @pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 50), (1025, 17), (64, 1), (1, 1)])
 def test_causal_rows_without_keys_are_zero(seqlen_q, seqlen_k):
     import cupy

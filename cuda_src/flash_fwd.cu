@@ -132,7 +132,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         __syncthreads();
         if (warp < 0) {  // the producer warpgroup: copies only
             Loads::as_producer();
-            load_q();  // lands with step 0's tiles
+            // Q lands with step 0's tiles. Without a key tile nothing waits for it, and the consumers stage their
+            // (zero) output in sQ at once: Q must not be copied then.
+            if (n_tiles > 0) load_q();
             for (int t = 0; t < n_tiles; ++t) {
                 Loads::template reserve<STAGES>(bars, t);
                 load_kv(t, first_entry);

@@ -104,47 +104,135 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
     auto after = [&](int entry) { return tiles.last_entry((entry >> 1) - 1, key_tiles.x); };  // -1 stays -1
 
     // Step t's copies, by the threads that copy (entry: step t's walk entry, Tiles::SKIPS).
+    auto key_tile = [&](int t, int entry) { return Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t; };
+    // A producer's copy loops stay rolled (two passes at a time): it runs on few registers.
+    constexpr int COPY_UNROLL = Loads::SPECIALIZED ? 2 : TileCopy<KVTile, COPY_THREADS>::PASSES;
+    auto load_keys = [&](int t, int entry) {
+        const int n0 = key_tile(t, entry) * BLOCK_N;
+        load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sK_addr + t % STAGES * KVTile::BYTES,
+                                                           k_bh + n0 * p.k_str.seq, p.k_str.seq, seqlen_k - n0,
+                                                           p.head_dim);
+    };
+    auto load_values = [&](int t, int entry) {
+        const int n0 = key_tile(t, entry) * BLOCK_N;
+        load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sV_addr + t % STAGES * KVTile::BYTES,
+                                                           v_bh + n0 * p.v_str.seq, p.v_str.seq, seqlen_k - n0,
+                                                           p.head_dim);
+    };
     auto load_kv = [&](int t, int entry) {
-        const int tile = Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t;
-        const int n0 = tile * BLOCK_N, stage = t % STAGES;
-        load_tile_async<KVTile, COPY_THREADS>(sK_addr + stage * KVTile::BYTES, k_bh + n0 * p.k_str.seq,
-                                              p.k_str.seq, seqlen_k - n0, p.head_dim);
-        load_tile_async<KVTile, COPY_THREADS>(sV_addr + stage * KVTile::BYTES, v_bh + n0 * p.v_str.seq,
-                                              p.v_str.seq, seqlen_k - n0, p.head_dim);
+        const int n0 = key_tile(t, entry) * BLOCK_N, stage = t % STAGES;
+        load_keys(t, entry);
+        load_values(t, entry);
         if constexpr (Bias::ON)
             Bias::template load_tile<BLOCK_M, BLOCK_N, COPY_THREADS>(sBias_addr + stage * BIAS_BYTES, p, batch, head,
                                                                      m0, n0, seq.seqlen_q - m0, seqlen_k - n0, entry);
         if constexpr (Tiles::SKIPS) {
             Bias::template stash<BLOCK_N, 0>(sBias_addr + stage * BIAS_BYTES, entry);
-            // a producer keeps its walk in a register; warps that also compute lack the register
-            if (!Loads::SPECIALIZED && threadIdx.x == 0)
-                Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
+            if (threadIdx.x == 0) Bias::template stash<BLOCK_N, 1>(sBias_addr + stage * BIAS_BYTES, after(entry));
         }
     };
     auto load_q = [&] {
-        load_tile_async<QTile, COPY_THREADS>(sQ_addr, elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0),
-                                             p.q_str.seq, seq.seqlen_q - m0, p.head_dim);
+        load_tile_async<QTile, COPY_THREADS, COPY_UNROLL>(
+            sQ_addr, elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq, seq.seqlen_q - m0,
+            p.head_dim);
     };
     int first_entry = Tiles::SKIPS ? tiles.last_entry(key_tiles.y - 1, key_tiles.x) : 0;
 
+    float acc[M_TILES][D_TILES][4] = {};
+    OnlineSoftmax<M_TILES> softmax;
+    softmax.init();
+    // logits = Score(S + bias) where the mask shows them, -inf elsewhere (padding keys too, so that they never
+    // enter the softmax sum).
+    auto to_logits = [&](float (&s)[M_TILES][N_TILES][4], int t, int entry) {
+        const int n0 = key_tile(t, entry) * BLOCK_N;
+        if constexpr (Bias::ON)
+            Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
+                                                                warp_row0, 0, lane, p, entry);
+        apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
+        mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
+    };
+
     if constexpr (Loads::SPECIALIZED) {
-        Loads::template init<STAGES, MATH_WARPS>(bars);
+        // A producer warpgroup copies. With OVERLAP each consumer warpgroup overlaps its softmax with its own
+        // products: step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}, waits for S_t only, computes P_t while
+        // the second product runs, then waits for it and rescales O. K_t's slot is released once S_t is in
+        // registers, V_{t-1}'s once O has it.
+        static_assert(!Bias::ON && !Drop::ON, "a producer's stages hold K and V only; dropout spills the overlap");
+        using L = Loads;
+        constexpr int KEYS = L::KEYS, VALUES = L::VALUES;
+        L::template init<STAGES, MATH_WARPS>(bars);
         __syncthreads();
         if (warp < 0) {  // the producer warpgroup: copies only
-            Loads::as_producer();
-            // Q lands with step 0's tiles. Without a key tile nothing waits for it, and the consumers stage their
-            // (zero) output in sQ at once: Q must not be copied then.
-            if (n_tiles > 0) load_q();
+            L::as_producer();
             for (int t = 0; t < n_tiles; ++t) {
-                Loads::template reserve<STAGES>(bars, t);
-                load_kv(t, first_entry);
-                Loads::template publish<STAGES>(bars, t);
-                if constexpr (Tiles::SKIPS) first_entry = after(first_entry);
+                L::template reserve<STAGES>(bars, KEYS, t);
+                // Q lands with the first key tile. Without a key tile nothing waits for it, and the consumers
+                // stage their (zero) output in sQ at once: Q must not be copied then.
+                if (t == 0) load_q();
+                load_keys(t, 0);
+                L::template publish<STAGES>(bars, KEYS, t);
+                L::template reserve<STAGES>(bars, VALUES, t);
+                load_values(t, 0);
+                L::template publish<STAGES>(bars, VALUES, t);
             }
             cp_async_wait<0>();  // leave with no copy in flight
             return;
         }
-        Loads::template as_consumer<WARPS>();
+        L::template as_consumer<WARPS>();
+
+        // Step t's scores, once S_t = Q K_t^T has landed in s: K_t's slot goes back to the producer, s becomes P_t
+        // (m_i, l_i updated); returns whether O must be rescaled (by alpha) before P_t V_t joins it.
+        float alpha[M_TILES][2];
+        auto scores_to_p = [&](float (&s)[M_TILES][N_TILES][4], int t) {
+            fence_fragment(s[0]);
+            L::template release<STAGES>(bars, KEYS, t, lane);
+            to_logits(s, t, 0);
+            return softmax.step(s, alpha, p.scale_log2);
+        };
+        auto sK_of = [&](int t) { return sK_addr + t % STAGES * KVTile::BYTES; };
+        auto sV_of = [&](int t) { return sV_addr + t % STAGES * KVTile::BYTES; };
+        u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
+        if constexpr (!L::OVERLAP) {  // each product waited for in place; the two warpgroups overlap each other
+            for (int t = 0; t < n_tiles; ++t) {
+                float s[M_TILES][N_TILES][4];
+                L::template acquire<STAGES>(bars, KEYS, t);
+                Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
+                if (scores_to_p(s, t)) softmax.rescale(acc, alpha);
+                accum_to_a_frags<Elem>(pf, s);
+                L::template acquire<STAGES>(bars, VALUES, t);
+                Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t), lane);
+                L::template release<STAGES>(bars, VALUES, t, lane);
+            }
+        }
+        // The first step, peeled so that every product issued in the loop below is waited for on every path
+        // (ptxas serializes the products when a path could leave one in flight: C7514).
+        if (L::OVERLAP && n_tiles > 0) {
+            float s[M_TILES][N_TILES][4];
+            L::template acquire<STAGES>(bars, KEYS, 0);
+            Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
+            scores_to_p(s, 0);  // O is still 0: nothing to rescale
+            accum_to_a_frags<Elem>(pf, s);
+        }
+        for (int t = 1; L::OVERLAP && t < n_tiles; ++t) {
+            float s[M_TILES][N_TILES][4];
+            L::template acquire<STAGES>(bars, KEYS, t);
+            Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
+            L::template acquire<STAGES>(bars, VALUES, t - 1);
+            Core::template issue_pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t - 1));
+            Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
+            const bool rescales = scores_to_p(s, t);
+            Core::template wait<0>();
+            fence_fragment(acc[0]);
+            fence_fragment(pf);
+            L::template release<STAGES>(bars, VALUES, t - 1, lane);
+            if (rescales) softmax.rescale(acc, alpha);
+            accum_to_a_frags<Elem>(pf, s);
+        }
+        if (L::OVERLAP && n_tiles > 0) {  // O += P_last V_last
+            L::template acquire<STAGES>(bars, VALUES, n_tiles - 1);
+            Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(n_tiles - 1), lane);
+            L::template release<STAGES>(bars, VALUES, n_tiles - 1, lane);
+        }
     } else {
         load_q();
         #pragma unroll
@@ -155,23 +243,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
             }
             cp_async_commit();
         }
-    }
 
-    float acc[M_TILES][D_TILES][4] = {};
-    OnlineSoftmax<M_TILES> softmax;
-    softmax.init();
-
-    for (int t = 0; t < n_tiles; ++t) {
-        int entry = 1;  // 2 * key tile + partial (a mask's walk)
-        if constexpr (Loads::SPECIALIZED) {
-            Loads::template acquire<STAGES>(bars, t);
-            Core::tiles_landed();
-            if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
-        } else {
+        for (int t = 0; t < n_tiles; ++t) {
             cp_async_wait<STAGES - 2>();
             Core::tiles_landed();
             __syncthreads();  // tile t visible to all warps; every warp is done with the stage refilled below
-            if constexpr (Tiles::SKIPS) entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
+            int entry = 1;  // 2 * key tile + partial (a mask's walk)
+            if constexpr (Tiles::SKIPS)
+                entry = Bias::template stashed<BLOCK_N, 0>(sBias_addr + t % STAGES * BIAS_BYTES);
             if (t + STAGES - 1 < n_tiles) {
                 int next = 0;
                 if constexpr (Tiles::SKIPS)
@@ -179,35 +258,27 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                 load_kv(t + STAGES - 1, next);
             }
             cp_async_commit();
+
+            const int n0 = key_tile(t, entry) * BLOCK_N;
+            const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);  // dropout.cuh
+            // S = Q K^T, then logits
+            float s[M_TILES][N_TILES][4] = {};
+            Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0,
+                                                             sK_addr + t % STAGES * KVTile::BYTES, lane);
+            to_logits(s, t, entry);
+
+            // m_i, l_i, acc <- online softmax step; s now holds P. Dropout zeroes dropped entries after l_i has
+            // summed them all; kept ones are divided by the keep probability with 1 / l_i at the end.
+            softmax.update(s, acc, p.scale_log2);
+            drop_fragment(kept, s);
+
+            // acc += P V
+            u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
+            accum_to_a_frags<Elem>(pf, s);
+            accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
+                Core::template pv<Elem, BLOCK_N, KVTile>(c, pf, sV_addr + t % STAGES * KVTile::BYTES, lane);
+            });
         }
-
-        const int n0 = (Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t) * BLOCK_N;
-        const u32 sK_t = sK_addr + (t % STAGES) * KVTile::BYTES;
-        const u32 sV_t = sV_addr + (t % STAGES) * KVTile::BYTES;
-
-        const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);  // see dropout.cuh
-        // S = Q K^T + bias (raw scores), then logits = Score(S)
-        float s[M_TILES][N_TILES][4] = {};
-        Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, lane);
-        if constexpr (Bias::ON)
-            Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
-                                                                warp_row0, 0, lane, p, entry);
-        apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
-        // Padding keys must not enter the softmax sum; nor keys the mask hides.
-        mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
-
-        // m_i, l_i, acc <- online softmax step; s now holds P. Dropout zeroes dropped entries after l_i has summed
-        // them all; kept ones are divided by the keep probability with 1 / l_i at the end.
-        softmax.update(s, acc, p.scale_log2);
-        drop_fragment(kept, s);
-
-        // acc += P V
-        u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
-        accum_to_a_frags<Elem>(pf, s);
-        accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
-            Core::template pv<Elem, BLOCK_N, KVTile>(c, pf, sV_t, lane);
-        });
-        if constexpr (Loads::SPECIALIZED) Loads::template release<STAGES>(bars, t, lane);
     }
 
     // O = acc / l_i, staged through shared memory (sQ) for 16-byte coalesced stores; LSE per row. With split keys,

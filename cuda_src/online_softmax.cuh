@@ -30,6 +30,16 @@ struct OnlineSoftmax {
     template <int N_TILES, int D_TILES>
     __device__ __forceinline__ void update(float (&s)[M_TILES][N_TILES][4], float (&acc)[M_TILES][D_TILES][4],
                                            float scale_log2) {
+        float alpha[M_TILES][2];
+        if (step(s, alpha, scale_log2)) rescale(acc, alpha);
+    }
+
+    // update() in two parts, for a caller whose acc is still being written by a product when the scores arrive:
+    // step() moves m_i, scales l_i, turns s into p and returns whether acc must be multiplied by alpha, which
+    // rescale() does once acc may be touched. (alpha is written only when step() returns true.)
+    template <int N_TILES>
+    __device__ __forceinline__ bool step(float (&s)[M_TILES][N_TILES][4], float (&alpha)[M_TILES][2],
+                                         float scale_log2) {
         float tile_max[M_TILES][2];
         bool grows = false;
         #pragma unroll
@@ -43,21 +53,17 @@ struct OnlineSoftmax {
                 // Written so that m_i = -inf (nothing seen yet) with a finite tile max counts as growth.
                 grows |= !((tile_max[mt][r] - m_i[mt][r]) * scale_log2 <= RESCALE_LOG2);
             }
-        if (__any_sync(0xffffffffu, grows)) {
+        const bool rescales = __any_sync(0xffffffffu, grows);
+        if (rescales) {
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt)
                 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
                     const float m_new = fmaxf(m_i[mt][r], tile_max[mt][r]);
                     // m_new = -inf: nothing seen yet, acc and l_i are 0; alpha = 1 avoids (-inf) - (-inf).
-                    const float alpha = m_new == neg_inf() ? 1.f : fast_exp2((m_i[mt][r] - m_new) * scale_log2);
+                    alpha[mt][r] = m_new == neg_inf() ? 1.f : fast_exp2((m_i[mt][r] - m_new) * scale_log2);
                     m_i[mt][r] = m_new;
-                    l_i[mt][r] *= alpha;
-                    #pragma unroll
-                    for (int dt = 0; dt < D_TILES; ++dt) {
-                        acc[mt][dt][2 * r] *= alpha;
-                        acc[mt][dt][2 * r + 1] *= alpha;
-                    }
+                    l_i[mt][r] *= alpha[mt][r];
                 }
         }
         #pragma unroll
@@ -77,6 +83,20 @@ struct OnlineSoftmax {
                     }
                 l_i[mt][r] += row_sum;
             }
+        return rescales;
+    }
+
+    template <int D_TILES>
+    __device__ __forceinline__ static void rescale(float (&acc)[M_TILES][D_TILES][4], const float (&alpha)[M_TILES][2]) {
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int r = 0; r < 2; ++r)
+                #pragma unroll
+                for (int dt = 0; dt < D_TILES; ++dt) {
+                    acc[mt][dt][2 * r] *= alpha[mt][r];
+                    acc[mt][dt][2 * r + 1] *= alpha[mt][r];
+                }
     }
 
     // Completes the row sums across the quad. Afterwards inv_l(mt, r) scales the output row and lse(...) is the

@@ -36,7 +36,7 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
 }
 
 struct AllWarpsLoad {
-    static constexpr bool SPECIALIZED = false;
+    static constexpr bool SPECIALIZED = false, OVERLAP = false;
     static constexpr int PRODUCER_WARPS = 0;
     template <int STAGES>
     __host__ __device__ static constexpr int barrier_bytes() { return 0; }
@@ -44,17 +44,24 @@ struct AllWarpsLoad {
 
 // PRODUCER_REGS: the producer's registers after setmaxnreg (its copies need few); the consumers take the rest of
 // the register file of a block that occupies the whole SM.
-template <int PRODUCER_REGS = 56>
+//
+// K and V tiles have rings of their own (OPERANDS: KEYS, VALUES), so a key tile's slot is refilled once S = Q K^T
+// has read it, while the values of the same step are still in use by O += P V. OVERLAP: the consumers overlap their
+// softmax with their own products (cuda_src/flash_fwd.cu).
+template <bool OVERLAP_ = true, int PRODUCER_REGS = 40>
 struct ProducerWarpgroup {
-    static constexpr bool SPECIALIZED = true;
+    static constexpr bool SPECIALIZED = true, OVERLAP = OVERLAP_;
     static constexpr int PRODUCER_WARPS = 4;
+    static constexpr int KEYS = 0, VALUES = 1, OPERANDS = 2;
     template <int STAGES>
-    __host__ __device__ static constexpr int barrier_bytes() { return 16 * STAGES; }  // full and empty, 8 bytes each
+    __host__ __device__ static constexpr int barrier_bytes() { return 2 * OPERANDS * 8 * STAGES; }  // full, empty
 
     // WARPS warps start with the launch bound's share of the 64K registers (rounded down to a multiple of 8, at
     // most 255); the producer warpgroup gives up all but PRODUCER_REGS, shared among the consumer warpgroups.
     template <int WARPS>
-    __host__ __device__ static constexpr int entry_regs() { return (65536 / (WARPS * 32) > 255 ? 255 : 65536 / (WARPS * 32)) / 8 * 8; }
+    __host__ __device__ static constexpr int entry_regs() {
+        return (65536 / (WARPS * 32) > 255 ? 255 : 65536 / (WARPS * 32)) / 8 * 8;
+    }
     template <int WARPS>
     __host__ __device__ static constexpr int consumer_regs() {
         return ((WARPS / 4) * entry_regs<WARPS>() - PRODUCER_REGS) / (WARPS / 4 - 1) / 8 * 8 > 240
@@ -69,45 +76,52 @@ struct ProducerWarpgroup {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(consumer_regs<WARPS>()));
     }
 
-    // Barrier words after the tiles: full[s] at bars + 8 s, empty[s] at bars + 8 (STAGES + s).
+    // Barrier words after the tiles: full[operand][stage], then empty[operand][stage].
     template <int STAGES>
-    static __device__ __forceinline__ u32 full(u32 bars, int stage) { return bars + 8 * stage; }
+    static __device__ __forceinline__ u32 full(u32 bars, int operand, int stage) {
+        return bars + 8 * (operand * STAGES + stage);
+    }
     template <int STAGES>
-    static __device__ __forceinline__ u32 empty(u32 bars, int stage) { return bars + 8 * (STAGES + stage); }
+    static __device__ __forceinline__ u32 empty(u32 bars, int operand, int stage) {
+        return bars + 8 * ((OPERANDS + operand) * STAGES + stage);
+    }
 
     // One thread sets the barriers up before the block splits into roles (the caller's __syncthreads follows).
     // full: one arrival per producer thread, when its copies have landed; empty: one per consumer warp.
     template <int STAGES, int CONSUMER_WARPS>
     static __device__ __forceinline__ void init(u32 bars) {
         if (threadIdx.x == 0) {
-            for (int s = 0; s < STAGES; ++s) {
-                mbarrier_init(full<STAGES>(bars, s), PRODUCER_WARPS * 32);
-                mbarrier_init(empty<STAGES>(bars, s), CONSUMER_WARPS);
-            }
+            for (int operand = 0; operand < OPERANDS; ++operand)
+                for (int s = 0; s < STAGES; ++s) {
+                    mbarrier_init(full<STAGES>(bars, operand, s), PRODUCER_WARPS * 32);
+                    mbarrier_init(empty<STAGES>(bars, operand, s), CONSUMER_WARPS);
+                }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
     }
-    // Producer, before filling step t's stage: the consumers have released what the stage held STAGES steps ago.
+    // Producer, before filling step t's slot: the consumers have released what it held STAGES steps ago.
     template <int STAGES>
-    static __device__ __forceinline__ void reserve(u32 bars, int t) {
-        if (t >= STAGES) mbarrier_wait(empty<STAGES>(bars, t % STAGES), (t / STAGES - 1) & 1);
+    static __device__ __forceinline__ void reserve(u32 bars, int operand, int t) {
+        if (t >= STAGES) mbarrier_wait(empty<STAGES>(bars, operand, t % STAGES), (t / STAGES - 1) & 1);
     }
     // Producer, after issuing step t's copies. Only copies are published: a stage filled by plain stores too (a
     // bias read one value per row, a mask's walk entries) would need a releasing arrival as well.
     template <int STAGES>
-    static __device__ __forceinline__ void publish(u32 bars, int t) {
-        mbarrier_arrive_after_copies(full<STAGES>(bars, t % STAGES));
+    static __device__ __forceinline__ void publish(u32 bars, int operand, int t) {
+        mbarrier_arrive_after_copies(full<STAGES>(bars, operand, t % STAGES));
     }
-    // Consumer, before reading step t's stage.
+    // Consumer, before reading step t's tile. The copies wrote it through the generic proxy; wgmma reads it
+    // through the async proxy, so the proxy fence follows the wait.
     template <int STAGES>
-    static __device__ __forceinline__ void acquire(u32 bars, int t) {
-        mbarrier_wait(full<STAGES>(bars, t % STAGES), (t / STAGES) & 1);
+    static __device__ __forceinline__ void acquire(u32 bars, int operand, int t) {
+        mbarrier_wait(full<STAGES>(bars, operand, t % STAGES), (t / STAGES) & 1);
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     }
-    // Consumer warp, once its products and reads of step t's stage are complete.
+    // Consumer warp, once its products have read step t's tile.
     template <int STAGES>
-    static __device__ __forceinline__ void release(u32 bars, int t, int lane) {
+    static __device__ __forceinline__ void release(u32 bars, int operand, int t, int lane) {
         __syncwarp();
-        if (lane == 0) mbarrier_arrive(empty<STAGES>(bars, t % STAGES));
+        if (lane == 0) mbarrier_arrive(empty<STAGES>(bars, operand, t % STAGES));
     }
     // All consumer threads (the producer has left): bar.sync with a named barrier other than __syncthreads' 0.
     template <int CONSUMER_THREADS>

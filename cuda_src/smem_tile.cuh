@@ -45,7 +45,9 @@ struct TileCopy {
 
 // gmem points at row 0 of this tile for one (batch, head); rows >= rows_valid and columns >= head_dim are
 // zero-filled instead of read, so partial tiles never touch memory past the tensor and never hold garbage.
-template <typename Tile, int THREADS>
+// UNROLL: passes unrolled (2 for a thread that only copies and has few registers: unrolled fully, the passes'
+// addresses are computed ahead and held).
+template <typename Tile, int THREADS, int UNROLL = TileCopy<Tile, THREADS>::PASSES>
 __device__ __forceinline__ void load_tile_async(u32 smem, const typename Tile::Storage* gmem, i64 row_stride,
                                                 int rows_valid, int head_dim) {
     using C = TileCopy<Tile, THREADS>;
@@ -55,7 +57,7 @@ __device__ __forceinline__ void load_tile_async(u32 smem, const typename Tile::S
     int r = C::row();
     const typename Tile::Storage* src = gmem + r * row_stride + col;
     const i64 pass_stride = C::ROWS_PER_PASS * row_stride;
-    #pragma unroll
+    #pragma unroll UNROLL
     for (int pass = 0; pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS, src += pass_stride) {
         if (C::row_in_tile(r)) {
             const bool valid = col_ok && r < rows_valid;

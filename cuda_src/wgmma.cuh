@@ -62,7 +62,19 @@ __device__ __forceinline__ void fence_fragment(float (&c)[N_TILES][4]) {
         for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(c[j][e]) :: "memory");
 }
 
-// The wgmma core. Each product is issued and waited for in place (no overlap yet).
+template <int M_TILES, int K_STEPS>
+__device__ __forceinline__ void fence_fragment(u32 (&a)[M_TILES][K_STEPS][4]) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int k = 0; k < K_STEPS; ++k)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[mt][k][e]) :: "memory");
+}
+
+// The wgmma core. qk and pv issue a product and wait for it in place; issue_qk and issue_pv only issue (one commit
+// group each), and wait<N>() returns once at most N of this warpgroup's groups are in flight: until then nothing
+// may touch the product's accumulator or its register operand (P), which the caller pins with fence_fragment.
 struct WarpgroupMma {
     template <int ROWS, int COLS, typename T> using Tile = SwizzledTile<ROWS, COLS, T>;
     static constexpr bool WARPGROUPS = true;  // a warp owns 16 rows, four warps one product
@@ -73,10 +85,13 @@ struct WarpgroupMma {
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     }
 
+    template <int N>
+    static __device__ __forceinline__ void wait() { wgmma_wait<N>(); }
+
     // s = A B^T over k < K: A = this warpgroup's 64 rows of sA (the warp's first row is row0), B = every row of sB,
     // both stored k-major (S = Q K^T).
     template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
-    static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int) {
+    static __device__ __forceinline__ void issue_qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB) {
         static_assert(M_TILES == 1 && K % 64 == 0, "a warp owns 16 rows; whole 64-column panels");
         const u32 a_rows = sA + (row0 / 64 * 64) * 128;
         fence_fragment(s[0]);
@@ -88,6 +103,10 @@ struct WarpgroupMma {
                                            kmajor_desc(sB + k0 / 64 * BTile::PANEL_BYTES + col), k0 > 0);
         }
         wgmma_commit();
+    }
+    template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int) {
+        issue_qk<Elem, K, ATile, BTile>(s, sA, row0, sB);
         wgmma_wait<0>();
         fence_fragment(s[0]);
     }
@@ -95,8 +114,8 @@ struct WarpgroupMma {
     // acc += P V: P in registers as m16n8k16 A fragments (accum_to_a_frags), V = the first K rows of sB, stored
     // one row per k (N-major).
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
-    static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4], const u32 (&a)[M_TILES][K / 16][4],
-                                              u32 sB, int) {
+    static __device__ __forceinline__ void issue_pv(float (&acc)[M_TILES][N_TILES][4],
+                                                    const u32 (&a)[M_TILES][K / 16][4], u32 sB) {
         static_assert(M_TILES == 1, "a warp owns 16 rows");
         fence_fragment(acc[0]);
         wgmma_fence();
@@ -104,6 +123,11 @@ struct WarpgroupMma {
         for (int kk = 0; kk < K / 16; ++kk)
             WgmmaOp<Elem, N_TILES * 8>::rs(acc[0], a[0][kk], nmajor_desc(sB + kk * 16 * 128, BTile::PANEL_BYTES), 1);
         wgmma_commit();
+    }
+    template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4], const u32 (&a)[M_TILES][K / 16][4],
+                                              u32 sB, int) {
+        issue_pv<Elem, K, BTile>(acc, a, sB);
         wgmma_wait<0>();
         fence_fragment(acc[0]);
     }

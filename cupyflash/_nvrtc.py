@@ -45,7 +45,8 @@ class Resources:
     stack_frame: int
 
 
-_WGMMA_WARNINGS = re.compile(r"\b(C7508|C7511|C7515)\b")
+# C7508: setmaxnreg ignored; C7510-C7517: wgmma serialized ("Potential Performance Loss") or a wait injected
+_WGMMA_WARNINGS = re.compile(r"\b(C7508|C751\d)\b")
 _PROPS = re.compile(r"Function properties for (\S+)\s*\n\s*(?:ptxas\s*\.?)?\s*(\d+) bytes stack frame, (\d+) bytes spill "
                     r"stores, (\d+) bytes spill loads")
 _REGS = re.compile(r"Compiling entry function '(\S+)' for '\w+'\s*\n.*?Used (\d+) registers", re.S)

@@ -47,10 +47,12 @@ class TileConfig:
     #: forward only: warps of ``warps`` that only copy tiles (a producer warpgroup, cuda_src/pipeline.cuh), or 0
     #: when every warp copies and computes
     producer_warps: int = 0
+    #: forward with a producer only: each consumer warpgroup overlaps its softmax with its own products
+    overlap: bool = False
 
     def __str__(self) -> str:
         split = f"/d{self.d_split}" if self.d_split != 1 else ""
-        producer = f"/p{self.producer_warps}" if self.producer_warps else ""
+        producer = (f"/p{self.producer_warps}" + ("o" if self.overlap else "")) if self.producer_warps else ""
         return (f"{self.family}:{self.block_m}x{self.block_n}/w{self.warps}/s{self.stages}"
                 f"/b{self.blocks_per_sm}{split}{producer}")
 
@@ -122,11 +124,12 @@ def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_tf32", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
-def _w(block_m, block_n, stages=2, producer=False):
+def _w(block_m, block_n, stages=2, producer=False, overlap=False):
     """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps that copy and compute (at most 168 registers a
-    thread with three), or (producer) those that compute and a producer warpgroup that copies; one block per SM."""
+    thread with three), or (producer) those that compute and a producer warpgroup that copies, the consumers
+    overlapping their softmax with their products or not (overlap); one block per SM."""
     return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16 + 4 * producer, stages, 1,
-                      producer_warps=4 * producer)
+                      producer_warps=4 * producer, overlap=overlap)
 
 
 def _entry_config(entry) -> TileConfig:
@@ -143,34 +146,37 @@ _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
 # float32: 16x16/1 warp up to head dim 128; above it one warp cannot cover a row of 16-byte chunks, 32x16/2 warps.
 _TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 
-# A producer warpgroup copying with cp.async needs 56 registers a thread (compile check: at 24 and 40 its copy
-# loops spill) and spills with a bias's or mask's tiles to copy too (and those stages take plain stores, which its
-# barriers do not publish: pipeline.cuh); dropout spills its consumers at 128 x 128.
+# A producer warpgroup (cuda_src/pipeline.cuh) copies K and V only: a bias's or mask's tiles take plain stores,
+# which its barriers do not publish, and dropout spills the overlapped consumers at 128 x 128 (compile check).
 _WS_AVOID = ("bias", "mask", "block_mask", "dropout")
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
 FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # wgmma (sm_90a), warpgroups of 64 query rows. H100, bf16, 16k tokens, TFLOP/s at seqlen 2048 / 8192,
-    # non-causal then causal (.prof sweep, 2026-11-26): at 64, 192x192 351 / 418, 282 / 365; 192x128 348 / 398,
-    # 250 / 328; 128x128 309 / 333, 243 / 290; 128x64 348 / 367, 296 / 339. At 128, 192x128 493 / 533, 364 / 482;
-    # 128x176 445 / 461; 128x128 427 / 465, 351 / 419; 128x64 384 / 407, 408 / 480 (short causal rows favour it;
-    # no seqlen condition yet). At 256, 128x64 471 / 515, 388 / 476 (mma_sm80 279-294). Three warpgroups cap a
-    # thread at 168 registers: the combinations that spill them (picks sweep, compile check) take two. Dropout
-    # takes at most 128 keys a tile (dropout.cuh KeptBits). A block-sparse mask takes tiles of 128 rows, which divide
-    # the usual power-of-two blocks (its summary is read only where tiles divide them). 128x64 serves what the larger tiles' shared memory does
-    # not fit (a bias's and a mask's tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB,
-    # and a variant with no entry here runs on mma_sm80.
-    ("wgmma_sm90", 64): (When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask", "band")),
-                         When(_w(128, 128, producer=True), avoid=_WS_AVOID),
+    # non-causal then causal (.prof sweeps, 2026-11-26/27; "p": a producer warpgroup and two consumers, "o": the
+    # consumers overlap softmax and products). At 64: 128x192p 369 / 421, 280 / 403; 128x192o 359 / 424, 265 / 371;
+    # 128x128p 357 / 415, 286 / 356; 192x192 (all warps copy) 344 / 401, 277 / 352. At 128: 128x128o 542 / 598,
+    # 427 / 515; 128x128p 511 / 554, 411 / 527; 128x176p 526 / 580, 385 / 478; 192x128 469 / 511, 350 / 424. At
+    # 192: 128x96p 467 / 506, 372 / 463; 128x96o 457 / 499, 272 / 452; 128x64p 434 / 466; 128x96 426 / 473. At
+    # 256: 128x80p 609 / 633, 460 / 562; 128x64p 590 / 634, 460 / 559; 128x64o 573 / 622; 128x64 472 / 505.
+    # Producer tiles avoid biases, masks and dropout (_WS_AVOID): those take the all-warps tiles after them. Three
+    # warpgroups that copy and compute cap a thread at 168 registers: the combinations that spill them (picks
+    # sweep, compile check) take two. Dropout takes at most 128 keys a tile (dropout.cuh KeptBits). A block-sparse
+    # mask takes tiles of 128 rows, which divide the usual power-of-two blocks (its summary is read only where
+    # tiles divide them). 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's
+    # tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB, and a variant with no entry here
+    # runs on mma_sm80.
+    ("wgmma_sm90", 64): (When(_w(128, 192, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
                          When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64),
-                         When(_w(128, 192, producer=True), avoid=_WS_AVOID)),
-    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True), avoid=_WS_AVOID),
+                         When(_w(128, 128, producer=True), avoid=_WS_AVOID)),
+    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True), avoid=_WS_AVOID),
                           When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
-                          _w(128, 128), _w(128, 64)),
-    ("wgmma_sm90", 192): (When(_w(128, 64, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64)),
-    ("wgmma_sm90", 256): (When(_w(128, 64, producer=True), avoid=_WS_AVOID), _w(128, 64)),
+                          _w(128, 128), _w(128, 64), When(_w(128, 128, producer=True), avoid=_WS_AVOID)),
+    ("wgmma_sm90", 192): (When(_w(128, 96, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64)),
+    ("wgmma_sm90", 256): (When(_w(128, 80, producer=True), avoid=_WS_AVOID), _w(128, 64),
+                          When(_w(128, 64, producer=True, overlap=True), avoid=_WS_AVOID)),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.

@@ -197,8 +197,11 @@ def _kernel_instances(kind: str, full: bool, limits: DeviceLimits, arch: str):
         for atomic in atomic_flags:
             for variant in _plain_variants(fam, kind, kd, config, limits, full):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
-    for variant in MODIFIED + PACKED + BIASED + FLOAT32 + SINGLE_POLICIES + (BIASED_FULL_ONLY if full else ()):
+    variants = MODIFIED + PACKED + BIASED + FLOAT32 + SINGLE_POLICIES + (BIASED_FULL_ONLY if full else ())
+    for i, variant in enumerate(variants):
         every_tile = full and variant not in SINGLE_POLICIES
+        # dK/dV with and without atomic dQ: plain scores take both, each variant one in turn (the full sweep both)
+        flags = atomic_flags if full else atomic_flags[i % len(atomic_flags):][:1]
         used = {}  # (family, kd) -> the configs compiled: every one the variant may get, or the GPU's choice
         for family_name, kd, config in all_variants(kind, variant):
             fam = BY_NAME[family_name]
@@ -215,7 +218,7 @@ def _kernel_instances(kind: str, full: bool, limits: DeviceLimits, arch: str):
                 used[(family_name, kd)] = [picked] if picked is not None and picked.family == family_name else []
         for (family_name, kd), configs in used.items():
             fam = BY_NAME[family_name]
-            for config, atomic in itertools.product(configs, atomic_flags):
+            for config, atomic in itertools.product(configs, flags):
                 seen.add((fam.sources[kind], fam.kernel_name(kind, config, kd, variant, atomic)))
     return sorted(seen)
 
@@ -250,8 +253,9 @@ def kernel_instances(full: bool = False, arch: str = "sm_90"):
     plain scores in each dtype, float32 precision and mask (each value once per tile: _plain_variants; dK/dV with
     and without atomic dQ), and the helper kernels in both row layouts. The covering set (CI) adds each
     score-modifier combination, packed rows, biases of each dtype, float32's policies (FLOAT32), and each modifier
-    alone in float16 unmasked, on the tile the arch's largest GPU (ARCH_GPUS) gets for each kind and head dim: each arch compiles what its dispatcher picks, so a table condition for one arch
-    (When avoid "sm80+...") is checked where it applies.
+    alone in float16 unmasked, on the tile the arch's largest GPU (ARCH_GPUS) gets for each kind and head dim
+    (dK/dV: with atomic dQ or without, the variants in turn): each arch compiles what its dispatcher picks, so a
+    table condition for one arch (When avoid "sm80+...") is checked where it applies.
     ``full`` (``python -m cupyflash._nvrtc``, run before committing a kernel change) puts them on every tile the
     dispatcher may give them: register use is not monotonic in the variants, and a combination can spill where a
     heavier one does not."""

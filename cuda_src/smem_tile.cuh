@@ -34,7 +34,8 @@ struct TileCopy {
     static constexpr int PASSES = (Tile::ROW_COUNT + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
     static_assert(ROWS_PER_PASS >= 1, "a pass must cover at least one row");
     // Threads past ROWS_PER_PASS * CHUNKS_PER_ROW idle (only when the chunk count does not divide THREADS).
-    static __device__ __forceinline__ int tid() { return static_cast<int>(threadIdx.x) - FIRST; }
+    // unsigned, as threadIdx.x: signed division and comparison cost the kernels registers (spills on sm_80)
+    static __device__ __forceinline__ unsigned tid() { return threadIdx.x - FIRST; }
     static __device__ __forceinline__ bool active() { return tid() < ROWS_PER_PASS * Tile::CHUNKS_PER_ROW; }
     static __device__ __forceinline__ int row() { return tid() / Tile::CHUNKS_PER_ROW; }
     static __device__ __forceinline__ int col() { return tid() % Tile::CHUNKS_PER_ROW * Tile::CHUNK; }

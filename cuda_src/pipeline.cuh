@@ -64,9 +64,8 @@ struct ProducerWarpgroup {
     }
     template <int WARPS>
     __host__ __device__ static constexpr int consumer_regs() {
-        return ((WARPS / 4) * entry_regs<WARPS>() - PRODUCER_REGS) / (WARPS / 4 - 1) / 8 * 8 > 240
-                   ? 240
-                   : ((WARPS / 4) * entry_regs<WARPS>() - PRODUCER_REGS) / (WARPS / 4 - 1) / 8 * 8;
+        constexpr int share = ((WARPS / 4) * entry_regs<WARPS>() - PRODUCER_REGS) / (WARPS / 4 - 1) / 8 * 8;
+        return share > 240 ? 240 : share;
     }
     static __device__ __forceinline__ void as_producer() {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(PRODUCER_REGS));

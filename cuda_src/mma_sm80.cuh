@@ -26,6 +26,9 @@ __device__ __forceinline__ void cp_async_16(u32 dst_smem, const void* src_gmem, 
                  :: "r"(dst_smem), "l"(src_gmem), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Orders this thread's view of shared memory written through the generic proxy (plain stores, cp.async) before
+// its later reads through the async proxy (wgmma, TMA).
+__device__ __forceinline__ void async_proxy_fence() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" :: "n"(N)); }
 

@@ -3,11 +3,11 @@
 // AllWarpsLoad (every family): every warp copies tiles with cp.async and computes; one __syncthreads a key tile
 // hands a stage from the copies to the products, so all warps move in step.
 //
-// ProducerWarpgroup (sm_90a): warpgroup 0 only copies, the other warpgroups only compute. A ring of STAGES stages,
-// each guarded by two mbarriers: `full` (the stage's copies have landed) and `empty` (every consumer warp is done
-// with it). Consumers wait on their own stage's barrier, not on each other, so one warpgroup's softmax can run
-// while another's products use the tensor cores. The producer gives registers back (setmaxnreg) for the consumers'
-// S, P and O fragments.
+// ProducerWarpgroup (sm_90a): warpgroup 0 only copies, the other warpgroups only compute. K and V tiles each have a
+// ring of STAGES slots, each slot guarded by two mbarriers: `full` (its copies have landed) and `empty` (every
+// consumer warp is done with it). Consumers wait on the slots' barriers, not on each other, so one warpgroup's
+// softmax can run while another's products use the tensor cores. The producer gives registers back (setmaxnreg)
+// for the consumers' S, P and O fragments.
 #pragma once
 #include "mma_sm80.cuh"
 
@@ -36,7 +36,7 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
 }
 
 struct AllWarpsLoad {
-    static constexpr bool SPECIALIZED = false, OVERLAP = false;
+    static constexpr bool SPECIALIZED = false;
     static constexpr int PRODUCER_WARPS = 0;
     template <int STAGES>
     __host__ __device__ static constexpr int barrier_bytes() { return 0; }
@@ -114,7 +114,7 @@ struct ProducerWarpgroup {
     template <int STAGES>
     static __device__ __forceinline__ void acquire(u32 bars, int operand, int t) {
         mbarrier_wait(full<STAGES>(bars, operand, t % STAGES), (t / STAGES) & 1);
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        async_proxy_fence();
     }
     // Consumer warp, once its products have read step t's tile.
     template <int STAGES>

@@ -81,9 +81,7 @@ struct WarpgroupMma {
     static constexpr int SMEM_ALIGN = 1024;   // swizzled tiles start 1024-byte aligned: the dynamic base is rounded up
 
     // cp.async fills tiles through the generic proxy; wgmma reads them through the async proxy.
-    static __device__ __forceinline__ void tiles_landed() {
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    }
+    static __device__ __forceinline__ void tiles_landed() { async_proxy_fence(); }
 
     template <int N>
     static __device__ __forceinline__ void wait() { wgmma_wait<N>(); }

@@ -39,7 +39,7 @@ template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
           typename Core = WarpMma, typename Loads = AllWarpsLoad,
           int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>()>
-__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p) {
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const __grid_constant__ AttnParams p) {
     // Warps that compute (all, or all but a producer warpgroup's) and the threads that copy tiles (all, or the
     // producer's).
     constexpr int MATH_WARPS = WARPS - Loads::PRODUCER_WARPS;
@@ -164,6 +164,24 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
         __syncthreads();
         if (warp < 0) {  // the producer warpgroup: copies only
             L::as_producer();
+            if constexpr (L::TMA) {  // one thread issues every bulk copy; Q lands with the first key tile
+                static_assert(!Rows::PACKED, "bulk copies of packed rows would read the next entry's rows");
+                if (threadIdx.x != 0) return;
+                const int kv_head = kv_head_of(p, head);
+                for (int t = 0; t < n_tiles; ++t) {
+                    const int n0 = key_tile(t, 0) * BLOCK_N;
+                    L::template reserve<STAGES>(bars, KEYS, t);
+                    const u32 keys_landed =
+                        L::template expect<STAGES>(bars, KEYS, t, KVTile::BYTES + (t == 0 ? QTile::BYTES : 0));
+                    if (t == 0) tma_load_tile<QTile>(sQ_addr, p.tma_q, m0, head, batch, keys_landed);
+                    tma_load_tile<KVTile>(sK_addr + t % STAGES * KVTile::BYTES, p.tma_k, n0, kv_head, batch,
+                                          keys_landed);
+                    L::template reserve<STAGES>(bars, VALUES, t);
+                    tma_load_tile<KVTile>(sV_addr + t % STAGES * KVTile::BYTES, p.tma_v, n0, kv_head, batch,
+                                          L::template expect<STAGES>(bars, VALUES, t, KVTile::BYTES));
+                }
+                return;
+            }
             for (int t = 0; t < n_tiles; ++t) {
                 L::template reserve<STAGES>(bars, KEYS, t);
                 // Q lands with the first key tile. Without a key tile nothing waits for it, and the consumers

@@ -7,9 +7,12 @@
 // ring of STAGES slots, each slot guarded by two mbarriers: `full` (its copies have landed) and `empty` (every
 // consumer warp is done with it). Consumers wait on the slots' barriers, not on each other, so one warpgroup's
 // softmax can run while another's products use the tensor cores. The producer gives registers back (setmaxnreg)
-// for the consumers' S, P and O fragments.
+// for the consumers' S, P and O fragments. Its copies are cp.async by all 128 threads, or (TMA) bulk tensor copies
+// issued by one thread, which the copy engine writes straight into the swizzled layout and counts in bytes on the
+// slot's barrier.
 #pragma once
 #include "mma_sm80.cuh"
+#include "params.cuh"
 
 namespace cf {
 
@@ -26,6 +29,10 @@ __device__ __forceinline__ void mbarrier_arrive(u32 bar) {
 __device__ __forceinline__ void mbarrier_arrive_after_copies(u32 bar) {
     asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" :: "r"(bar) : "memory");
 }
+// This thread's arrival, and `bytes` more to come from bulk copies before the phase can complete.
+__device__ __forceinline__ void mbarrier_arrive_expect_bytes(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" :: "r"(bar), "r"(bytes) : "memory");
+}
 // Waits until the phase of parity `parity` has completed.
 __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
     u32 done;
@@ -33,6 +40,25 @@ __device__ __forceinline__ void mbarrier_wait(u32 bar, u32 parity) {
         asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
                      " selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
     } while (!done);
+}
+
+// ---- bulk tensor copies (PTX ISA "cp.async.bulk.tensor"), sm_90
+// A box of a 4-D tensor map (cuda_src/params.cuh TensorMap) at coordinates (c0 innermost .. c3) into shared memory
+// at `dst`, counted in bytes on mbarrier `bar`. Coordinates past the tensor's extents fill zeros.
+__device__ __forceinline__ void tma_load_4d(u32 dst, const TensorMap& map, int c0, int c1, int c2, int c3, u32 bar) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
+                 :: "r"(dst), "l"(reinterpret_cast<unsigned long long>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+                 : "memory");
+}
+
+// Rows [row0, row0 + Tile::ROW_COUNT) of (head, batch) into a SwizzledTile (wgmma.cuh): one box of 64 columns a
+// panel, the map's box being 64 x ROW_COUNT with the 128-byte swizzle (cupyflash/_tma.py encodes it so).
+template <typename Tile>
+__device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, int row0, int head, int batch, u32 bar) {
+    #pragma unroll
+    for (int panel = 0; panel < Tile::BYTES / Tile::PANEL_BYTES; ++panel)
+        tma_load_4d(dst + panel * Tile::PANEL_BYTES, map, panel * Tile::PANEL_COLS, row0, head, batch, bar);
 }
 
 struct AllWarpsLoad {
@@ -48,9 +74,10 @@ struct AllWarpsLoad {
 // K and V tiles have rings of their own (OPERANDS: KEYS, VALUES), so a key tile's slot is refilled once S = Q K^T
 // has read it, while the values of the same step are still in use by O += P V. OVERLAP: the consumers overlap their
 // softmax with their own products (cuda_src/flash_fwd.cu).
-template <bool OVERLAP_ = true, int PRODUCER_REGS = 40>
+// TMA: one producer thread issues bulk tensor copies (params.cuh's tensor maps) instead of 128 threads' cp.async.
+template <bool OVERLAP_ = true, bool TMA_ = false, int PRODUCER_REGS = 40>
 struct ProducerWarpgroup {
-    static constexpr bool SPECIALIZED = true, OVERLAP = OVERLAP_;
+    static constexpr bool SPECIALIZED = true, OVERLAP = OVERLAP_, TMA = TMA_;
     static constexpr int PRODUCER_WARPS = 4;
     static constexpr int KEYS = 0, VALUES = 1, OPERANDS = 2;
     template <int STAGES>
@@ -86,13 +113,14 @@ struct ProducerWarpgroup {
     }
 
     // One thread sets the barriers up before the block splits into roles (the caller's __syncthreads follows).
-    // full: one arrival per producer thread, when its copies have landed; empty: one per consumer warp.
+    // full: one arrival per producer thread when its copies have landed (with TMA: the issuing thread's, and the
+    // bytes); empty: one per consumer warp.
     template <int STAGES, int CONSUMER_WARPS>
     static __device__ __forceinline__ void init(u32 bars) {
         if (threadIdx.x == 0) {
             for (int operand = 0; operand < OPERANDS; ++operand)
                 for (int s = 0; s < STAGES; ++s) {
-                    mbarrier_init(full<STAGES>(bars, operand, s), PRODUCER_WARPS * 32);
+                    mbarrier_init(full<STAGES>(bars, operand, s), TMA ? 1 : PRODUCER_WARPS * 32);
                     mbarrier_init(empty<STAGES>(bars, operand, s), CONSUMER_WARPS);
                 }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -109,12 +137,20 @@ struct ProducerWarpgroup {
     static __device__ __forceinline__ void publish(u32 bars, int operand, int t) {
         mbarrier_arrive_after_copies(full<STAGES>(bars, operand, t % STAGES));
     }
-    // Consumer, before reading step t's tile. The copies wrote it through the generic proxy; wgmma reads it
-    // through the async proxy, so the proxy fence follows the wait.
+    // TMA producer, before issuing step t's bulk copies: their byte count, announced with its arrival. Returns the
+    // barrier the copies count on.
+    template <int STAGES>
+    static __device__ __forceinline__ u32 expect(u32 bars, int operand, int t, u32 bytes) {
+        const u32 bar = full<STAGES>(bars, operand, t % STAGES);
+        mbarrier_arrive_expect_bytes(bar, bytes);
+        return bar;
+    }
+    // Consumer, before reading step t's tile. cp.async wrote it through the generic proxy and wgmma reads it
+    // through the async proxy, so a proxy fence follows the wait; bulk copies write through the async proxy.
     template <int STAGES>
     static __device__ __forceinline__ void acquire(u32 bars, int operand, int t) {
         mbarrier_wait(full<STAGES>(bars, operand, t % STAGES), (t / STAGES) & 1);
-        async_proxy_fence();
+        if constexpr (!TMA) async_proxy_fence();
     }
     // Consumer warp, once its products have read step t's tile.
     template <int STAGES>

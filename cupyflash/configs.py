@@ -49,10 +49,13 @@ class TileConfig:
     producer_warps: int = 0
     #: forward with a producer only: each consumer warpgroup overlaps its softmax with its own products
     overlap: bool = False
+    #: forward with a producer only: it copies by bulk tensor copies (TMA, one thread) instead of cp.async; dense
+    #: rows only (a packed batch's boxes would read past an entry into the next)
+    tma: bool = False
 
     def __str__(self) -> str:
         split = f"/d{self.d_split}" if self.d_split != 1 else ""
-        producer = (f"/p{self.producer_warps}" + ("o" if self.overlap else "")) if self.producer_warps else ""
+        producer = (f"/p{self.producer_warps}" + "o" * self.overlap + "t" * self.tma) if self.producer_warps else ""
         return (f"{self.family}:{self.block_m}x{self.block_n}/w{self.warps}/s{self.stages}"
                 f"/b{self.blocks_per_sm}{split}{producer}")
 
@@ -124,12 +127,13 @@ def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_tf32", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
-def _w(block_m, block_n, stages=2, producer=False, overlap=False):
+def _w(block_m, block_n, stages=2, producer=False, overlap=False, tma=False):
     """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps that copy and compute (at most 168 registers a
-    thread with three), or (producer) those that compute and a producer warpgroup that copies, the consumers
-    overlapping their softmax with their products or not (overlap); one block per SM."""
+    thread with three), or (producer) those that compute and a producer warpgroup that copies (by cp.async, or by
+    bulk tensor copies: tma), the consumers overlapping their softmax with their products or not (overlap); one
+    block per SM."""
     return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16 + 4 * producer, stages, 1,
-                      producer_warps=4 * producer, overlap=overlap)
+                      producer_warps=4 * producer, overlap=overlap, tma=tma)
 
 
 def _entry_config(entry) -> TileConfig:
@@ -149,6 +153,9 @@ _TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 # A producer warpgroup (cuda_src/pipeline.cuh) copies K and V only: a bias's or mask's tiles take plain stores,
 # which its barriers do not publish, and dropout spills the overlapped consumers at 128 x 128 (compile check).
 _WS_AVOID = ("bias", "mask", "block_mask", "dropout")
+# Bulk tensor copies take dense rows (the box of a packed batch's last tile would read the next entry's rows):
+# packed rows take the cp.async producer after them.
+_WS_TMA_AVOID = _WS_AVOID + ("packed",)
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
@@ -167,15 +174,19 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # tiles divide them). 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's
     # tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB, and a variant with no entry here
     # runs on mma_sm80.
-    ("wgmma_sm90", 64): (When(_w(128, 192, producer=True), avoid=_WS_AVOID),
+    ("wgmma_sm90", 64): (When(_w(128, 192, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+                         When(_w(128, 192, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
                          When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64),
                          When(_w(128, 128, producer=True), avoid=_WS_AVOID)),
-    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True), avoid=_WS_AVOID),
+    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
+                          When(_w(128, 128, producer=True, overlap=True), avoid=_WS_AVOID),
                           When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
                           _w(128, 128), _w(128, 64), When(_w(128, 128, producer=True), avoid=_WS_AVOID)),
-    ("wgmma_sm90", 192): (When(_w(128, 96, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64)),
-    ("wgmma_sm90", 256): (When(_w(128, 80, producer=True), avoid=_WS_AVOID), _w(128, 64),
+    ("wgmma_sm90", 192): (When(_w(128, 96, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+                          When(_w(128, 96, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64)),
+    ("wgmma_sm90", 256): (When(_w(128, 80, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+                          When(_w(128, 80, producer=True), avoid=_WS_AVOID), _w(128, 64),
                           When(_w(128, 64, producer=True, overlap=True), avoid=_WS_AVOID)),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.

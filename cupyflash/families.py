@@ -140,7 +140,8 @@ class Mma80Family:
         smem = self.smem_bytes(kind, config, kernel_hdim, variant)
         rows = f"{rows}, {_DROPOUT_TYPE[variant.dropout]}"  # the kernels take the dropout policy after the rows'
         if kind == "fwd":
-            loads = (f"cf::ProducerWarpgroup<{_cpp_bool(config.overlap)}>" if config.producer_warps
+            loads = (f"cf::ProducerWarpgroup<{_cpp_bool(config.overlap)}, {_cpp_bool(config.tma)}>"
+                     if config.producer_warps
                      else "cf::AllWarpsLoad")
             return (f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {_SPLIT_TYPE[variant.split_kv]}, "
                     f"{self.core}, {loads}, {smem}>")

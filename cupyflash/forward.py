@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import _dropout, _kernels, _launch
+from . import _dropout, _kernels, _launch, _tma
 from . import _interop
 from ._bias import readable
 from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._types import Array, Window
 from ._device import device_limits
+from ._params import TENSOR_MAPS
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import as_cuda_array, describe, spec_of
@@ -27,10 +28,15 @@ class ForwardPlan:
         if self.splits > 1:
             problem = replace(problem, variant=replace(problem.variant, split_kv=True))
         self.problem = problem
-        self.config = config
         pd = problem.padded_head_dim
         self.copy_rows = _launch.row_copy_kernel(problem)  # head dims that are not a multiple of 8
         self.staging = tuple(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec, v_spec))
+        # the arrays as the kernel reads them, (shape, byte strides): bulk tensor copies need their geometry
+        geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec, v_spec),
+                                                                                   self.staging)]
+        if config.tma and (problem.variant.rows == "packed" or not all(_tma.usable(*g) for g in geometry)):
+            config = replace(config, tma=False)  # the same tile, copied by cp.async
+        self.config = config
         self.any_staging = any(s.copy for s in self.staging)
         # Packed variable-length rows run as one (1, total_q, nheads, dim) array with lse (nheads, total_q).
         self.packed = problem.variant.rows == "packed"
@@ -48,6 +54,15 @@ class ForwardPlan:
         self.params.set_strides("o", _launch.contiguous_strides(self.kernel_out_shape, itemsize), itemsize)
         if self.packed:  # blockIdx.z is the sequence; its rows start at cu_seqlens, not at a batch stride
             self.params.set(q_str_batch=0, k_str_batch=0, v_str_batch=0, o_str_batch=0)
+        # Tensor maps (the config's bulk copies): encoded here at a stand-in address, pointed at each call's arrays
+        # in run(); `mapped`: the addresses they point at now.
+        self.maps = ()
+        if config.tma:
+            self.maps = tuple(self.params.address_of(name) for name in TENSOR_MAPS)
+            for dest, (shape, strides), rows in zip(self.maps, geometry, (config.block_m, config.block_n,
+                                                                          config.block_n)):
+                _tma.encode(dest, problem.variant.dtype, _STAND_IN_ADDRESS, shape, strides, rows)
+        self.mapped = (None,) * len(self.maps)
         self.launches = not problem.empty
         if self.launches:
             kd = kernel_head_dim(problem.head_dim)
@@ -88,6 +103,8 @@ class ForwardPlan:
                 o_partial = partial.data.ptr
                 lse_partial = o_partial + 4 * self.partial_rows * self.problem.padded_head_dim
             with params.lock:
+                if self.maps:
+                    self._point_maps((q.data.ptr, k.data.ptr, v.data.ptr))
                 params.set_per_call((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
                                      _launch.ptr(bias), 0, _launch.ptr(tiles), 0, _launch.ptr(mask), o_partial,
@@ -100,6 +117,18 @@ class ForwardPlan:
         if self.padded:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))
         return out, lse
+
+
+    def _point_maps(self, addresses):
+        """The tensor maps at this call's q, k, v (each re-pointed only when its array moved); params.lock held."""
+        if addresses != self.mapped:
+            for dest, address, old in zip(self.maps, addresses, self.mapped):
+                if address != old:
+                    _tma.replace_address(dest, address)
+            self.mapped = addresses
+
+
+_STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed before its first launch
 
 
 def split_count(problem, config, num_splits: int = 0) -> int:

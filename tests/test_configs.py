@@ -1,4 +1,6 @@
 """The tile table and the dispatcher (cupyflash.configs): pure Python, so tested without a GPU."""
+from dataclasses import replace
+
 import pytest
 
 from cupyflash import configs
@@ -8,7 +10,7 @@ from cupyflash.problem import Variant
 
 from cupyflash.configs import (FWD_TABLE, KERNEL_HEAD_DIMS, RESERVED_SMEM_PER_BLOCK, DeviceLimits,
                                NoConfigFits, TileConfig, all_fwd_variants, check_fwd_config, family_for,
-                               fwd_smem_bytes, kernel_head_dim, select_fwd_config)
+                               fwd_smem_bytes, kernel_head_dim, select_config, select_fwd_config)
 
 # Shared-memory limits of real (and one hypothetical) GPUs, as the CUDA attributes report them.
 SMEM_48K = DeviceLimits(80, smem_per_block_optin=49152, smem_per_sm=65536, sm_count=100, name="48 KB")
@@ -93,6 +95,19 @@ def test_h100_forward_prefers_wgmma_where_it_has_tiles():
     assert family_for(H100).name == "mma_sm80"  # the backward's and the helpers' family: one that has every kind
     # sm_90a code runs on compute capability 9.0 only
     assert select_fwd_config(DeviceLimits(100, 232448, 233472, 148), 128).family == "mma_sm80"
+
+
+def test_bulk_copy_tiles_lead_on_dense_rows_and_leave_packed_rows_to_cp_async():
+    # TMA tiles (cupyflash/_tma.py) need a producer warpgroup, and packed rows take the same tile copied by cp.async
+    for kd in (64, 128, 192, 256):
+        dense = select_fwd_config(H100, kd)
+        assert dense.tma and dense.producer_warps == 4, (kd, dense)
+        packed = select_config("fwd", H100, kd, False, Variant("bfloat16", rows="packed"))
+        assert not packed.tma and packed == replace(dense, tma=False), (kd, packed)
+    for (family, kd), entries in configs.FWD_TABLE.items():
+        for entry in entries:
+            config = configs._entry_config(entry)
+            assert not config.tma or (family == "wgmma_sm90" and config.producer_warps), (family, kd, config)
 
 
 def test_every_family_that_runs_a_problem_is_a_candidate_and_may_be_forced():

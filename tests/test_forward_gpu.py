@@ -99,6 +99,33 @@ def test_producer_warpgroup_tiles_take_the_variants(kd, config, name):
     check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(kd - 8), causal, DTYPES[kd // 64 % 2], **variant)
 
 
+TMA_CANDIDATES = [(kd, c) for kd, c in CANDIDATES if c.tma]
+
+
+@pytest.mark.parametrize("kd,config", TMA_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in TMA_CANDIDATES])
+def test_tensor_maps_follow_each_calls_arrays(kd, config):
+    # One plan, its tensor maps encoded once (cupyflash/_tma.py): calls whose q, k, v sit elsewhere (one moved, all
+    # moved, back to the first) must read their own arrays. The second batch alone is an extent-1 batch with its
+    # parent's stride (a stride the map never uses, and replaces). Head dim kd - 8: the boxes' last columns lie past
+    # the rows and must come in as zeros.
+    from cupyflash.forward import plan_for
+
+    dtype = DTYPES[kd // 64 % 2]
+    rng = np.random.default_rng(kd)
+    shape = (2, 2 * config.block_m + 3, 4, kd - 8)
+    arrays = [random_array(rng, shape, dtype) for _ in range(4)]
+    (q0, _), (k0, _), (v0, _), (x, _) = arrays
+    in_float64 = {id(a): a64 for a, a64 in arrays}
+    plan = plan_for(q0, k0, v0, causal=True, config=config)
+    assert plan.config.tma  # the case really runs bulk copies
+    for q, k, v in ((q0, k0, v0), (x, k0, v0), (q0, x, v0), (q0, k0, x), (x, x, x), (q0, k0, v0)):
+        for rows in (slice(None), slice(1, 2)):  # both batches, and the second alone
+            out, lse = cf.flash_attn_func(q[rows], k[rows], v[rows], causal=True, return_lse=True, config=config)
+            check_against_reference(out, lse, *(in_float64[id(t)][rows] for t in (q, k, v)), 1 / math.sqrt(kd - 8),
+                                    True, dtype)
+    assert plan_for(q0, k0, v0, causal=True, config=config) is plan
+
+
 @pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 50), (1025, 17), (64, 1), (1, 1)])
 def test_causal_rows_without_keys_are_zero(seqlen_q, seqlen_k):
     import cupy

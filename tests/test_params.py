@@ -10,7 +10,7 @@ import pytest
 from conftest import require_nvrtc
 from cupyflash import _nvrtc
 from cupyflash._kernels import load_source
-from cupyflash._params import FIELDS, PARAMS_DTYPE, PER_CALL, POINTERS, Params
+from cupyflash._params import FIELDS, PARAMS_DTYPE, PER_CALL, POINTERS, TENSOR_MAPS, Params
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,17 @@ def test_field_offset_agrees(cuda_layout, name):
 
 def test_every_cuda_member_is_mirrored(cuda_layout):
     """A member added to params.cuh alone grows the struct past the last mirrored field."""
-    last = max(cuda_layout[1].values())
-    assert cuda_layout[0] - last <= 8  # the last field and the struct's tail padding
+    last = max(cuda_layout[1], key=cuda_layout[1].get)
+    end = cuda_layout[1][last] + PARAMS_DTYPE.fields[last.replace(".", "_")][0].itemsize
+    assert cuda_layout[0] - end < 64  # the struct's tail padding (its alignment is the tensor maps' 64)
+
+
+def test_tensor_maps_are_64_byte_aligned_in_host_memory():
+    """The driver writes tensor maps in place (cupyflash/_tma.py), and requires 64-byte aligned ones."""
+    for _ in range(8):
+        params = Params()
+        assert all(params.address_of(name) % 64 == 0 for name in TENSOR_MAPS)
+        assert params.array.ctypes.data % 64 == 0 and params.array.dtype == PARAMS_DTYPE
 
 
 def test_the_probe_sees_a_moved_field():

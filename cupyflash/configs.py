@@ -167,6 +167,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # 427 / 515; 128x128p 511 / 554, 411 / 527; 128x176p 526 / 580, 385 / 478; 192x128 469 / 511, 350 / 424. At
     # 192: 128x96p 467 / 506, 372 / 463; 128x96o 457 / 499, 272 / 452; 128x64p 434 / 466; 128x96 426 / 473. At
     # 256: 128x80p 609 / 633, 460 / 562; 128x64p 590 / 634, 460 / 559; 128x64o 573 / 622; 128x64 472 / 505.
+    # Bulk tensor copies ("t", TMA; one probe run, same machine, cp.async -> TMA, 2k / 8k / 16k non-causal): at 64
+    # 128x192p 378 / 453 / 430 -> 128x192pot 372 / 458 / 435 (causal 285 / 360 / 397 -> 301 / 411 / 464; 128x192pt
+    # 351 / 431 / 433); at 128 128x128po 563 / 618 / 584 -> 625 / 694 / 640 (causal 442 / 519 / 545 -> 483 / 578 /
+    # 646; 128x176pot 529 / 648 / 642); at 192 128x96p 453 / 493 / 472 -> 616 / 681 / 627 (128x64pt 591 / 640 /
+    # 585); at 256 128x80p 609 / 664 / 615 -> 642 / 703 / 647, 128x64pot 697 / 745 / 736. Packed rows keep cp.async.
     # Producer tiles avoid biases, masks and dropout (_WS_AVOID): those take the all-warps tiles after them. Three
     # warpgroups that copy and compute cap a thread at 168 registers: the combinations that spill them (picks
     # sweep, compile check) take two. Dropout takes at most 128 keys a tile (dropout.cuh KeptBits). A block-sparse
@@ -174,7 +179,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # tiles divide them). 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's
     # tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB, and a variant with no entry here
     # runs on mma_sm80.
-    ("wgmma_sm90", 64): (When(_w(128, 192, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+    ("wgmma_sm90", 64): (When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
                          When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64),
@@ -185,7 +190,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                           _w(128, 128), _w(128, 64), When(_w(128, 128, producer=True), avoid=_WS_AVOID)),
     ("wgmma_sm90", 192): (When(_w(128, 96, producer=True, tma=True), avoid=_WS_TMA_AVOID),
                           When(_w(128, 96, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64)),
-    ("wgmma_sm90", 256): (When(_w(128, 80, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+    ("wgmma_sm90", 256): (When(_w(128, 64, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                           When(_w(128, 80, producer=True), avoid=_WS_AVOID), _w(128, 64),
                           When(_w(128, 64, producer=True, overlap=True), avoid=_WS_AVOID)),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by

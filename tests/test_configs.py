@@ -1,6 +1,4 @@
 """The tile table and the dispatcher (cupyflash.configs): pure Python, so tested without a GPU."""
-from dataclasses import replace
-
 import pytest
 
 from cupyflash import configs
@@ -103,7 +101,7 @@ def test_bulk_copy_tiles_lead_on_dense_rows_and_leave_packed_rows_to_cp_async():
         dense = select_fwd_config(H100, kd)
         assert dense.tma and dense.producer_warps == 4, (kd, dense)
         packed = select_config("fwd", H100, kd, False, Variant("bfloat16", rows="packed"))
-        assert not packed.tma and packed == replace(dense, tma=False), (kd, packed)
+        assert not packed.tma and packed.producer_warps == 4 and packed.block_m == dense.block_m, (kd, packed)
     for (family, kd), entries in configs.FWD_TABLE.items():
         for entry in entries:
             config = configs._entry_config(entry)

@@ -1,12 +1,13 @@
 """Forward and backward benchmark of cupyflash against naive CuPy attention and PyTorch SDPA.
 
-Run as ``python -m cupyflash.bench`` (``--help`` for options). Three modes:
+Run as ``python -m cupyflash.bench`` (``--help`` for options). Modes, among others:
 
 - default: TFLOP/s of the forward and backward over head dims, sequence lengths, dtypes and causal, against
   PyTorch SDPA (flash and cuDNN backends) and naive CuPy; 16k tokens per batch, hidden 2048.
 - ``--variants``: GQA/MQA, sliding window, softcap and ALiBi, each priced against plain attention of the same
   shape in the same run (bf16, head dims 128 and 64), with SDPA as the peer where its fused backends have one.
 - ``--overhead``: host time per call on a tiny problem, where launching is all the work there is.
+- ``--decode``: one query against a long K/V cache (split-KV's case): read bandwidth beside cuDNN and a copy.
 
 Kernel times are medians of CUDA events; every impl runs in the same process. cupy and torch are imported
 lazily so that the argument parser works on machines without a GPU.
@@ -694,6 +695,118 @@ def run_varlen(args):
     return rows, VARLEN_COLUMNS, markdown_table(rows, VARLEN_COLUMNS) + ["", "bars:"] + bars
 
 
+# --- --decode ---------------------------------------------------------------------------------------------
+
+#: (batch, nheads, keys) of one query against a long cache: decode-shaped calls, which split-KV serves
+DECODE_SHAPES = ((1, 8, 131072), (1, 32, 8192), (1, 8, 32768), (4, 32, 8192), (16, 8, 65536), (64, 8, 16384),
+                 (64, 32, 8192))
+DECODE_PEER_BAR = 0.9  # K/V read bandwidth over cuDNN's, at least
+DECODE_COPY_BAR = 0.7  # ... and over the device's copy bandwidth, where the cache read is at least DECODE_COPY_MIN
+DECODE_COPY_MIN = 64 * 2**20
+DECODE_COLUMNS = [
+    ("batch x heads x keys", "shape", str), ("D", "D", str), ("K+V MiB", "kv_mib", _num("%.0f")),
+    ("impl", "impl", str), ("fwd ms", "fwd_ms", _num("%.4f")), ("GB/s", "gbps", _num("%.0f")),
+    ("/ cuDNN", "vs_cudnn", _num("%.2f")), ("/ copy", "vs_copy", _num("%.2f")), ("splits", "splits", str),
+    ("config", "config", str),
+]
+DECODE_NOTE = ("one query (seqlen_q 1, non-causal) against seqlen_k keys, nheads K/V heads; GB/s = bytes of K and V "
+               "/ median time; copy: a device-to-device copy of 1 GiB, (read + write bytes) / median time, same "
+               "run; SDPA peers on the same tensors viewed as (B, H, S, D)")
+
+
+def copy_bandwidth(nbytes=2**30):
+    """GB/s of a device-to-device copy (bytes read + bytes written), median of CUDA events."""
+    import cupy
+
+    src = cupy.zeros(nbytes // 2, cupy.uint16)
+    dst = cupy.empty_like(src)
+    ms = time_fn(lambda: cupy.copyto(dst, src))
+    del src, dst
+    free_memory()
+    return 2 * nbytes / ms / 1e6
+
+
+def run_decode(args):
+    """(rows, columns, report body) of --decode: K/V read bandwidth of one query against a long cache."""
+    import cupyflash as cf
+    from cupyflash.forward import plan_for
+
+    copy = copy_bandwidth()
+    print(f"device copy: {copy:.0f} GB/s", flush=True)
+    peers = [i for i in args.impls if i in TORCH_BACKENDS]
+    rows = []
+    for (batch, nheads, keys), d, dtype in itertools.product(DECODE_SHAPES, args.headdim, args.dtype):
+        (q, k, v), tensors = _decode_inputs(batch, keys, nheads, d, dtype, bool(peers))
+        kv_bytes = 2 * k.size * k.itemsize
+        shape = f"{batch} x {nheads} x {keys}"
+        calls = [("cupyflash", "cupy", lambda: cf.flash_attn_func(q, k, v))] if "cupyflash" in args.impls else []
+        calls += [(impl, "torch", _sdpa_decode(TORCH_BACKENDS[impl], *tensors)) for impl in peers]
+        group = []
+        for impl, lib, fn in calls:
+            row = {"impl": impl, "dtype": dtype, "shape": shape, "D": d, "kv_mib": kv_bytes / 2**20, "fwd_ms": None,
+                   "gbps": None, "vs_cudnn": None, "vs_copy": None, "splits": "", "config": "", "error": ""}
+            try:
+                row["fwd_ms"] = time_fn(fn, lib)
+                row["gbps"] = kv_bytes / row["fwd_ms"] / 1e6
+                row["vs_copy"] = row["gbps"] / copy
+                if impl == "cupyflash":
+                    plan = plan_for(q, k, v)
+                    row["splits"], row["config"] = str(plan.splits), str(plan.config)
+            except Exception as e:
+                row["error"] = _error_text(e)
+                print(f"error: {impl} {shape} D={d}: {type(e).__name__}: {e}", flush=True)
+            group.append(row)
+        cudnn = next((r["gbps"] for r in group if r["impl"] == "torch-cudnn" and r["gbps"]), None)
+        for row in group:
+            if cudnn and row["gbps"]:
+                row["vs_cudnn"] = row["gbps"] / cudnn
+            _print_row(row, DECODE_COLUMNS)
+        rows += group
+        del q, k, v, calls, tensors
+        free_memory()
+    bars = []
+    for r in rows:
+        if r["impl"] != "cupyflash" or r["gbps"] is None:
+            continue
+        checks = [] if r["vs_cudnn"] is None else [f"{r['vs_cudnn']:.2f}x cuDNN (bar >= {DECODE_PEER_BAR}): "
+                                                   f"{'met' if r['vs_cudnn'] >= DECODE_PEER_BAR else 'missed'}"]
+        if r["kv_mib"] * 2**20 >= DECODE_COPY_MIN:
+            checks.append(f"{r['vs_copy']:.2f}x copy (bar >= {DECODE_COPY_BAR}): "
+                          f"{'met' if r['vs_copy'] >= DECODE_COPY_BAR else 'missed'}")
+        bars.append(f"- {r['dtype']} D={r['D']} {r['shape']}: " + "; ".join(checks))
+    body = [f"device copy bandwidth: {copy:.0f} GB/s", ""] + markdown_table(rows, DECODE_COLUMNS) + ["", "bars:"]
+    return rows, DECODE_COLUMNS, body + bars
+
+
+def _decode_inputs(batch, keys, nheads, d, dtype, with_torch):
+    """((q, k, v) as CuPy arrays, the same memory as PyTorch tensors or None): q (batch, 1, nheads, d), k and v
+    (batch, keys, nheads, d), standard normal. Made by PyTorch when its peers run (bf16 crosses DLPack that way)."""
+    import cupy
+
+    if not with_torch:
+        qkv = tuple(cupy.random.standard_normal((batch, s, nheads, d), dtype=cupy.float32).astype(_cupy_dtype(dtype))
+                    for s in (1, keys, keys))
+        return qkv, None
+    import torch
+
+    tensors = tuple(torch.randn(batch, s, nheads, d, device="cuda", dtype=getattr(torch, dtype))
+                    for s in (1, keys, keys))
+    return tuple(cupy.from_dlpack(t) for t in tensors), tensors
+
+
+def _sdpa_decode(backend, q, k, v):
+    """SDPA on one backend over (B, S, H, D) tensors, viewed as (B, H, S, D)."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+
+    def call():
+        with sdpa_kernel(getattr(SDPBackend, backend)), torch.no_grad():
+            return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+    return call
+
+
 # --- --bias -----------------------------------------------------------------------------------------------
 
 BIAS_SEQLENS = (1024, 2048, 4096, 8192)
@@ -937,6 +1050,10 @@ def build_parser():
                       help=f"packed variable-length forward ({TOKENS} tokens, lengths uniform in "
                            f"[1, {VARLEN_MAX_LEN}]) against the dense batch of the mean length; uses --headdim, "
                            "--dtype (default bfloat16), --causal")
+    mode.add_argument("--decode", action="store_true",
+                      help="decode-shaped forward: one query against 8k-128k keys, batch 1-64, 8-32 heads; K/V "
+                           "read bandwidth beside SDPA's flash and cuDNN backends and the device's copy bandwidth "
+                           "(needs PyTorch); uses --headdim (default 128), --dtype (default bfloat16), --impls")
     mode.add_argument("--bias", action="store_true",
                       help="additive bias (pair and key shapes, seqlen 1k-8k), forward and backward, beside "
                            "plain cupyflash and SDPA with the bias as attn_mask; uses --headdim, --dtype (default "
@@ -953,7 +1070,7 @@ def build_parser():
                       help="no benchmark: draw TFLOP/s against seqlen from a CSV that the default mode wrote "
                            "(--csv), one PNG per dtype and direction (needs matplotlib); no GPU needed")
     p.add_argument("--out", metavar="DIR", help="--plot: where the PNGs go (default: the CSV's folder)")
-    p.add_argument("--headdim", type=int, nargs="+", default=[64, 128], help="default mode and --variants")
+    p.add_argument("--headdim", type=int, nargs="+", help="default: 64 128 (--decode: 128)")
     p.add_argument("--seqlen", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384],
                    help="default mode only")
     p.add_argument("--dtype", nargs="+", choices=["float16", "bfloat16"],
@@ -973,8 +1090,11 @@ def parse_args(argv=None):
     args = build_parser().parse_args(argv)
     if args.quick:
         args.headdim, args.seqlen = [128], [2048, 8192]
+    if args.headdim is None:
+        args.headdim = [128] if args.decode else [64, 128]
     if args.dtype is None:
         args.dtype = (["bfloat16"] if args.variants or args.overhead or args.varlen or args.bias or args.mask
+                      or args.decode
                       else ["float32"] if args.fp32 else ["float16", "bfloat16"])
     args.causals = {"both": [False, True], "true": [True], "false": [False]}[args.causal]
     if args.no_bwd:  # the bwd-only rows would be empty
@@ -1026,12 +1146,14 @@ def main(argv=None):
         return []
     require_gpu("cupyflash bench")
     note = (OVERHEAD_NOTE if args.overhead else VARIANT_FLOP_NOTE if args.variants else VARLEN_NOTE if args.varlen
-            else BIAS_NOTE if args.bias else MASK_NOTE if args.mask else _fp32().NOTE if args.fp32 else FLOP_NOTE)
+            else BIAS_NOTE if args.bias else MASK_NOTE if args.mask else _fp32().NOTE if args.fp32
+            else DECODE_NOTE if args.decode else FLOP_NOTE)
     head = header_lines(note)
     print("\n".join(head), flush=True)
     _check_support(args)
     run = (run_overhead if args.overhead else run_variants if args.variants else run_varlen if args.varlen
-           else run_bias if args.bias else run_mask if args.mask else _fp32().run if args.fp32 else run_default)
+           else run_bias if args.bias else run_mask if args.mask else _fp32().run if args.fp32
+           else run_decode if args.decode else run_default)
     rows, columns, body = run(args)
     report = head + [""] + body
     print("\n" + "\n".join(report), flush=True)

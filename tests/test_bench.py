@@ -19,7 +19,7 @@ def test_default_mode_arguments_are_unchanged():
     assert args.impls == bench.ALL_IMPLS
 
 
-@pytest.mark.parametrize("flag", ["--variants", "--overhead"])
+@pytest.mark.parametrize("flag", ["--variants", "--overhead", "--decode"])
 def test_new_modes_default_to_bf16(flag):
     args = bench.parse_args([flag])
     assert getattr(args, flag[2:])
@@ -32,6 +32,14 @@ def test_variants_takes_the_shared_options():
     assert (args.dtype, args.headdim, args.causals) == (["float16"], [128], [True])
     assert args.impls == ["cupyflash", "torch-cudnn"] and args.no_bwd and args.markdown == "v.md"
     assert bench.parse_args(["--variants", "--quick"]).headdim == [128]
+
+
+def test_decode_defaults_to_head_dim_128_and_takes_a_given_one():
+    assert bench.parse_args(["--decode"]).headdim == [128]
+    assert bench.parse_args(["--decode", "--headdim", "64", "128"]).headdim == [64, 128]
+    # the decode shapes: one query, 8-32 heads, 8k-128k keys, batch 1-64
+    assert {b for b, _, _ in bench.DECODE_SHAPES} == {1, 4, 16, 64}
+    assert all(8 <= h <= 32 and 8192 <= n <= 131072 for _, h, n in bench.DECODE_SHAPES)
 
 
 def test_overhead_with_outputs():
@@ -279,6 +287,38 @@ def test_default_mode_end_to_end(fake_gpu, tmp_path):
     assert bench.FLOP_NOTE in text and "speedup of cupyflash (TFLOP/s ratio):" in text
     assert "- bfloat16 D=128 causal=False seqlen=2048: fwd 1.50x vs torch-flash; bwd 0.75x vs torch-flash, " \
            "1.00x vs cupyflash-det" in text
+
+
+def test_decode_mode_end_to_end(fake_gpu, monkeypatch, tmp_path):
+    import types
+
+    import cupyflash.forward
+
+    kv_bytes = []
+
+    def inputs(batch, keys, nheads, d, dtype, with_torch):
+        kv = types.SimpleNamespace(size=batch * keys * nheads * d, itemsize=2)
+        kv_bytes.append(2 * kv.size * kv.itemsize)
+        return (None, kv, kv), ("q", "k", "v")
+
+    # cupyflash reads at 2400 GB/s, cuDNN at 3000 (K+V bytes / time), the copy runs at 3000
+    speed = {"cupy": 2400e6, "torch": 3000e6}
+    monkeypatch.setattr(bench, "_decode_inputs", inputs)
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda: 3000.0)
+    monkeypatch.setattr(bench, "_sdpa_decode", lambda backend, *t: backend)
+    monkeypatch.setattr(bench, "time_fn", lambda fn, lib="cupy": kv_bytes[-1] / speed[lib])
+    monkeypatch.setattr(cupyflash.forward, "plan_for", lambda q, k, v: types.SimpleNamespace(splits=16, config="c"))
+    md = tmp_path / "dec.md"
+    rows = bench.main(["--decode", "--impls", "cupyflash", "torch-cudnn", "--markdown", str(md)])
+    assert len(rows) == 2 * len(bench.DECODE_SHAPES)
+    ours = [r for r in rows if r["impl"] == "cupyflash"]
+    assert all(r["gbps"] == pytest.approx(2400) and r["vs_cudnn"] == pytest.approx(0.8) and r["splits"] == "16"
+               for r in ours)
+    text = md.read_text()
+    assert "device copy bandwidth: 3000 GB/s" in text
+    assert "- bfloat16 D=128 1 x 8 x 131072: 0.80x cuDNN (bar >= 0.9): missed; 0.80x copy (bar >= 0.7): met" in text
+    # 1 x 32 x 8192 x 128 x 2 bytes x 2 = 128 MiB; every shape here reads at least 64 MB
+    assert text.count("x copy (bar >= 0.7)") == len(bench.DECODE_SHAPES)
 
 
 # --- --varlen ---------------------------------------------------------------------------------------------

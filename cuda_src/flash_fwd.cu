@@ -39,7 +39,7 @@ template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
           typename Core = WarpMma, typename Loads = AllWarpsLoad,
           int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>()>
-__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const __grid_constant__ AttnParams p) {
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Maps maps) {
     // Warps that compute (all, or all but a producer warpgroup's) and the threads that copy tiles (all, or the
     // producer's).
     constexpr int MATH_WARPS = WARPS - Loads::PRODUCER_WARPS;
@@ -173,11 +173,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
                     L::template reserve<STAGES>(bars, KEYS, t);
                     const u32 keys_landed =
                         L::template expect<STAGES>(bars, KEYS, t, KVTile::BYTES + (t == 0 ? QTile::BYTES : 0));
-                    if (t == 0) tma_load_tile<QTile>(sQ_addr, p.tma_q, m0, head, batch, keys_landed);
-                    tma_load_tile<KVTile>(sK_addr + t % STAGES * KVTile::BYTES, p.tma_k, n0, kv_head, batch,
+                    if (t == 0) tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch, keys_landed);
+                    tma_load_tile<KVTile>(sK_addr + t % STAGES * KVTile::BYTES, maps.k, n0, kv_head, batch,
                                           keys_landed);
                     L::template reserve<STAGES>(bars, VALUES, t);
-                    tma_load_tile<KVTile>(sV_addr + t % STAGES * KVTile::BYTES, p.tma_v, n0, kv_head, batch,
+                    tma_load_tile<KVTile>(sV_addr + t % STAGES * KVTile::BYTES, maps.v, n0, kv_head, batch,
                                           L::template expect<STAGES>(bars, VALUES, t, KVTile::BYTES));
                 }
                 return;
@@ -335,5 +335,5 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const
 }  // namespace cf
 
 #ifndef CUPYFLASH_RUNTIME  // a standalone build (nvcc -Xptxas -v) gets the default instance to report on
-template __global__ void cf::flash_fwd_kernel<>(const cf::AttnParams);
+template __global__ void cf::flash_fwd_kernel<>(const cf::AttnParams, const cf::NoTensorMaps);
 #endif

@@ -9,12 +9,6 @@ struct Strides {  // in elements; the head dim is contiguous
     i64 batch, seq, head;
 };
 
-// A tensor map for bulk tensor copies (TMA): cuTensorMapEncodeTiled's opaque 128 bytes, 64-byte aligned. Kernels
-// read it in place, through the address of their __grid_constant__ parameter.
-struct alignas(64) TensorMap {
-    unsigned long long bits[16];
-};
-
 struct AttnParams {
     // Device pointers first, then the dropout state: Python refreshes all of them per call with one write.
     // q, k, v, out, dout, dq, dk, dv hold the kernel's element type (mma_sm80.cuh elems<Elem> reads them).
@@ -74,10 +68,21 @@ struct AttnParams {
     int mask_key_step;          // the mask's bias_key_step
     unsigned dropout_threshold;  // Dropout: a pair is kept iff its Philox word is below this
     float dropout_scale;        // Dropout: 2^32 / dropout_threshold, what kept probabilities are multiplied by
-
-    // ProducerWarpgroup<_, true> (pipeline.cuh): q, k and v as (head dim, rows, heads, batch) tensors in boxes of 64
-    // columns x one tile's rows (cupyflash/_tma.py); their addresses are refreshed with the pointers.
-    TensorMap tma_q, tma_k, tma_v;
 };
+
+// A tensor map for bulk tensor copies (TMA): cuTensorMapEncodeTiled's opaque 128 bytes, 64-byte aligned. Kernels
+// read it in place, through the address of their __grid_constant__ parameter.
+struct alignas(64) TensorMap {
+    unsigned long long bits[16];
+};
+
+// The forward kernel's second argument, which its Loads policy chooses (pipeline.cuh): the tensor maps of q, k and
+// v for bulk copies, as (head dim, rows, heads, batch) tensors in boxes of 64 columns x one tile's rows
+// (cupyflash/_tma.py), or nothing. A struct of its own: 64-byte alignment in AttnParams changed the register
+// allocation of other kernels (two dQ kernels spilled).
+struct TensorMaps {
+    TensorMap q, k, v;
+};
+struct NoTensorMaps {};
 
 }  // namespace cf

@@ -61,7 +61,11 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, int
         tma_load_4d(dst + panel * Tile::PANEL_BYTES, map, panel * Tile::PANEL_COLS, row0, head, batch, bar);
 }
 
+template <bool TMA> struct MapsOf { using type = NoTensorMaps; };
+template <> struct MapsOf<true> { using type = TensorMaps; };
+
 struct AllWarpsLoad {
+    using Maps = NoTensorMaps;  // the forward kernel's second argument (params.cuh)
     static constexpr bool SPECIALIZED = false;
     static constexpr int PRODUCER_WARPS = 0;
     template <int STAGES>
@@ -78,6 +82,7 @@ struct AllWarpsLoad {
 template <bool OVERLAP_ = true, bool TMA_ = false, int PRODUCER_REGS = 40>
 struct ProducerWarpgroup {
     static constexpr bool SPECIALIZED = true, OVERLAP = OVERLAP_, TMA = TMA_;
+    using Maps = typename MapsOf<TMA>::type;  // the forward kernel's second argument (params.cuh)
     static constexpr int PRODUCER_WARPS = 4;
     static constexpr int KEYS = 0, VALUES = 1, OPERANDS = 2;
     template <int STAGES>

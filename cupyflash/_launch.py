@@ -10,6 +10,8 @@ import math
 import threading
 from collections import OrderedDict
 
+import numpy as np
+
 
 from ._params import Params, division_magic
 from ._validate import _MAX_GRID_YZ, ArraySpec, needs_aligned_copy
@@ -202,9 +204,11 @@ class Launch:
     with a single cuLaunchKernel. (CuPy's generic launch path inspects and packs its arguments on every call,
     several microseconds a launch on the H100 machine; this path does nothing per call but the launch.)"""
 
-    __slots__ = ("function", "grid", "threads", "smem", "_handle", "_params", "_launch")
+    __slots__ = ("function", "grid", "threads", "smem", "_handle", "_params", "_argv", "_launch")
 
-    def __init__(self, function, device_id: int, grid, threads: int, smem: int, params: Params):
+    def __init__(self, function, device_id: int, grid, threads: int, smem: int, params: Params, second=None):
+        """``second``: a kernel's second argument (the forward's tensor maps, a host array), or None for the
+        kernels that take the params alone."""
         import cupy
         from cupy_backends.cuda.api import driver
 
@@ -213,7 +217,11 @@ class Launch:
         self.threads, self.smem = threads, smem
         with cupy.cuda.Device(device_id):  # the RawKernel's CUfunction for that device
             self._handle = function.kernel.ptr
+        self._argv = None
         self._params = params.kernel_params
+        if second is not None:  # kernelParams: the params struct's address, then the second argument's
+            self._argv = np.array([params.array.ctypes.data, second.ctypes.data], np.uint64), second
+            self._params = self._argv[0].ctypes.data
         self._launch = driver.launchKernel
 
     def __call__(self, stream_ptr: int) -> None:

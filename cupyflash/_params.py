@@ -12,11 +12,7 @@ import threading
 import numpy as np
 
 _C_TYPES = {"ptr": np.uint64, "u64": np.uint64, "i64": np.int64, "int": np.int32, "u32": np.uint32,
-            "float": np.float32, "tmap": (np.uint64, (16,))}
-#: Tensor maps (params.cuh TensorMap) are 128 bytes, 64-byte aligned: in the struct, and in host memory, where the
-#: driver writes them in place (cupyflash/_tma.py).
-TENSOR_MAPS = ("tma_q", "tma_k", "tma_v")
-_MAP_ALIGN = 64
+            "float": np.float32}
 #: (batch, seq, head) strides
 STRIDED = ("q", "k", "v", "o", "do", "dq", "dk", "dv", "bias", "dbias", "mask_tiles_q", "mask_tiles_k",
            "mask")
@@ -44,26 +40,10 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("mask_key_step", "int"),
     ("dropout_threshold", "u32"),
     ("dropout_scale", "float"),
-    *((name, "tmap") for name in TENSOR_MAPS),
 )
 
-
-def _struct_dtype(fields) -> np.dtype:
-    """C layout: each member at its natural alignment (NumPy's align=True), tensor maps at multiples of 64, the
-    size a multiple of the largest alignment. Field names flatten the nested Strides ("q_str.seq" -> "q_str_seq")."""
-    names, formats, offsets, end, align = [], [], [], 0, 1
-    for name, ctype in fields:
-        dt = np.dtype(_C_TYPES[ctype])
-        a = _MAP_ALIGN if ctype == "tmap" else dt.alignment
-        end = -(-end // a) * a
-        names.append(name.replace(".", "_"))
-        formats.append(dt)
-        offsets.append(end)
-        end, align = end + dt.itemsize, max(align, a)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": -(-end // align) * align})
-
-
-PARAMS_DTYPE = _struct_dtype(FIELDS)
+# Field names with the nested Strides members flattened ("q_str.seq" -> "q_str_seq").
+PARAMS_DTYPE = np.dtype([(name.replace(".", "_"), _C_TYPES[ctype]) for name, ctype in FIELDS], align=True)
 
 
 class Params:
@@ -72,10 +52,7 @@ class Params:
     __slots__ = ("array", "kernel_params", "lock", "_bytes", "_argv")
 
     def __init__(self):
-        # 64-byte aligned in host memory too, for the tensor maps the driver writes in place
-        raw = np.zeros(PARAMS_DTYPE.itemsize + _MAP_ALIGN, np.uint8)
-        start = -raw.ctypes.data % _MAP_ALIGN
-        self.array = raw[start:start + PARAMS_DTYPE.itemsize].view(PARAMS_DTYPE)
+        self.array = np.zeros(1, PARAMS_DTYPE)
         # cuLaunchKernel's kernelParams: an array of one pointer, to this struct. The driver copies the argument
         # bytes when the launch is issued, so the struct may be rewritten for the next call right after.
         self._argv = np.array([self.array.ctypes.data], np.uint64)
@@ -92,10 +69,6 @@ class Params:
         for axis, stride in zip(("batch", "seq", "head"), strides_bytes[:3]):
             self.array[0][f"{tensor}_str_{axis}"] = stride // itemsize
 
-    def address_of(self, field: str) -> int:
-        """Host address of a field (a tensor map, which the driver writes in place)."""
-        return self.array.ctypes.data + PARAMS_DTYPE.fields[field][1]
-
     def set_per_call(self, values):
         """All PER_CALL fields at once, in order: the POINTERS (0 for the ones a kernel does not use), then the
         dropout seed and offset (0 without dropout)."""
@@ -109,3 +82,31 @@ def division_magic(d: int) -> int:
     """cuda_src/coords.cuh division_magic: floor((2^64 - 1) / d) + 1, wrapped to 64 bits (d = 1 is special-cased
     by the kernels)."""
     return ((2**64 - 1) // d + 1) % 2**64
+
+
+class TensorMapArgs:
+    """The forward kernel's second argument (params.cuh TensorMaps): the tensor maps of q, k and v, 128 bytes each,
+    in 64-byte aligned host memory, where the driver writes them in place (cupyflash/_tma.py). ``NO_MAPS`` stands
+    for the NoTensorMaps argument of the kernels that copy without them."""
+
+    ARRAYS = ("q", "k", "v")
+    MAP_BYTES = 128
+
+    __slots__ = ("array",)
+
+    def __init__(self):
+        raw = np.zeros(len(self.ARRAYS) * self.MAP_BYTES + 64, np.uint8)
+        start = -raw.ctypes.data % 64
+        self.array = raw[start:start + len(self.ARRAYS) * self.MAP_BYTES]
+
+    @property
+    def address(self) -> int:
+        return self.array.ctypes.data
+
+    def address_of(self, name: str) -> int:
+        """Host address of one array's map."""
+        return self.address + self.ARRAYS.index(name) * self.MAP_BYTES
+
+
+#: The (empty) second argument of forward kernels without tensor maps: the driver copies none of its bytes.
+NO_MAPS = np.zeros(64, np.uint8)

@@ -9,7 +9,7 @@ from ._bias import readable
 from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._types import Array, Window
 from ._device import device_limits
-from ._params import TENSOR_MAPS
+from ._params import NO_MAPS, TensorMapArgs
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import as_cuda_array, describe, spec_of
@@ -54,11 +54,12 @@ class ForwardPlan:
         self.params.set_strides("o", _launch.contiguous_strides(self.kernel_out_shape, itemsize), itemsize)
         if self.packed:  # blockIdx.z is the sequence; its rows start at cu_seqlens, not at a batch stride
             self.params.set(q_str_batch=0, k_str_batch=0, v_str_batch=0, o_str_batch=0)
-        # Tensor maps (the config's bulk copies): encoded here at a stand-in address, pointed at each call's arrays
-        # in run(); `mapped`: the addresses they point at now.
-        self.maps = ()
+        # Tensor maps (the config's bulk copies; the kernel's second argument): encoded here at a stand-in address,
+        # pointed at each call's arrays in run(); `mapped`: the addresses they point at now.
+        self.maps, self.map_args = (), None
         if config.tma:
-            self.maps = tuple(self.params.address_of(name) for name in TENSOR_MAPS)
+            self.map_args = TensorMapArgs()
+            self.maps = tuple(map(self.map_args.address_of, TensorMapArgs.ARRAYS))
             for dest, (shape, strides), rows in zip(self.maps, geometry, (config.block_m, config.block_n,
                                                                           config.block_n)):
                 _tma.encode(dest, problem.variant.dtype, _STAND_IN_ADDRESS, shape, strides, rows)
@@ -69,7 +70,8 @@ class ForwardPlan:
             family = FAMILIES_BY_NAME[config.family]  # the table's choice, or a forced config's family
             self.kernel = Launch(_kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device),
                                  problem.device, _launch.query_grid(problem, config.block_m, self.splits),
-                                 config.warps * 32, family.smem_bytes("fwd", config, kd, problem.variant), self.params)
+                                 config.warps * 32, family.smem_bytes("fwd", config, kd, problem.variant), self.params,
+                                 NO_MAPS if self.map_args is None else self.map_args.array)
             if self.splits > 1:  # the merge of the splits' partials: one warp per (batch, head, query row)
                 rows = problem.batch * problem.nheads * problem.seqlen_q
                 self.partial_rows = self.splits * rows

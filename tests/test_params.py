@@ -10,7 +10,7 @@ import pytest
 from conftest import require_nvrtc
 from cupyflash import _nvrtc
 from cupyflash._kernels import load_source
-from cupyflash._params import FIELDS, PARAMS_DTYPE, PER_CALL, POINTERS, TENSOR_MAPS, Params
+from cupyflash._params import FIELDS, PARAMS_DTYPE, PER_CALL, POINTERS, Params, TensorMapArgs
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +30,24 @@ def test_field_offset_agrees(cuda_layout, name):
 
 def test_every_cuda_member_is_mirrored(cuda_layout):
     """A member added to params.cuh alone grows the struct past the last mirrored field."""
-    last = max(cuda_layout[1], key=cuda_layout[1].get)
-    end = cuda_layout[1][last] + PARAMS_DTYPE.fields[last.replace(".", "_")][0].itemsize
-    assert cuda_layout[0] - end < 64  # the struct's tail padding (its alignment is the tensor maps' 64)
+    last = max(cuda_layout[1].values())
+    assert cuda_layout[0] - last <= 8  # the last field and the struct's tail padding
+
+
+def test_tensor_maps_argument_agrees():
+    """The forward's second argument: three 128-byte maps back to back (each 64-byte aligned in the struct)."""
+    require_nvrtc("the params layout check")
+    size, offsets = _nvrtc.struct_layout(load_source("params.cuh"), "cf::TensorMaps", list(TensorMapArgs.ARRAYS))
+    assert size == len(TensorMapArgs.ARRAYS) * TensorMapArgs.MAP_BYTES
+    assert offsets == {name: i * TensorMapArgs.MAP_BYTES for i, name in enumerate(TensorMapArgs.ARRAYS)}
 
 
 def test_tensor_maps_are_64_byte_aligned_in_host_memory():
     """The driver writes tensor maps in place (cupyflash/_tma.py), and requires 64-byte aligned ones."""
     for _ in range(8):
-        params = Params()
-        assert all(params.address_of(name) % 64 == 0 for name in TENSOR_MAPS)
-        assert params.array.ctypes.data % 64 == 0 and params.array.dtype == PARAMS_DTYPE
+        maps = TensorMapArgs()
+        assert all(maps.address_of(name) % 64 == 0 for name in TensorMapArgs.ARRAYS)
+        assert maps.array.nbytes == 384 and maps.address_of("v") == maps.address + 256
 
 
 def test_the_probe_sees_a_moved_field():

@@ -39,7 +39,8 @@ template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
           typename Core = WarpMma, typename Loads = AllWarpsLoad,
           int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>()>
-__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Maps maps) {
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Maps maps) {
     // Warps that compute (all, or all but a producer warpgroup's) and the threads that copy tiles (all, or the
     // producer's).
     constexpr int MATH_WARPS = WARPS - Loads::PRODUCER_WARPS;

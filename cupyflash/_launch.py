@@ -12,7 +12,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-
 from ._params import Params, division_magic
 from ._validate import _MAX_GRID_YZ, ArraySpec, needs_aligned_copy
 from ._bias import bias_fields

@@ -108,5 +108,5 @@ class TensorMapArgs:
         return self.address + self.ARRAYS.index(name) * self.MAP_BYTES
 
 
-#: The (empty) second argument of forward kernels without tensor maps: the driver copies none of its bytes.
+#: The second argument of forward kernels without tensor maps (an empty struct: the driver reads one byte of it).
 NO_MAPS = np.zeros(64, np.uint8)

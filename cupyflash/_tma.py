@@ -1,4 +1,5 @@
-"""Tensor maps for the forward's bulk tensor copies (TMA, compute capability 9.0), written into the params struct.
+"""Tensor maps for the forward's bulk tensor copies (TMA, compute capability 9.0): the forward kernel's second
+argument (cuda_src/params.cuh TensorMaps, cupyflash._params.TensorMapArgs).
 
 A (batch, rows, heads, head_dim) array is described to the copy engine as a 4-D tensor, head dim innermost, read in
 boxes of 64 columns x one tile's rows with the 128-byte swizzle: exactly one panel of a SwizzledTile
@@ -14,7 +15,6 @@ import ctypes
 _DATA_TYPES = {"float16": 6, "bfloat16": 9}
 _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_128B, _OOB_FILL_ZEROS = 0, 3, 2, 0
 PANEL_COLS = 64  # elements of a 128-byte swizzled row (SwizzledTile::PANEL_COLS)
-MAP_BYTES = 128
 
 _calls = None
 

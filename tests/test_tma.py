@@ -35,3 +35,63 @@ def test_an_extent_one_dims_stride_is_replaced_by_a_usable_one(extent_one):
 
 def test_moving_strides_that_are_not_16_byte_multiples_are_refused():
     assert not _tma.usable((2, 50, 3, 64), (50 * 3 * 64 * 2, 3 * 64 * 2 + 8, 64 * 2, 2))
+
+
+class _FakeDriver:
+    """Stands in for the two driver calls: records each call's arguments as plain values, returns `result`."""
+
+    def __init__(self, result=0):
+        self.result, self.calls = result, []
+
+    def encode(self, dest, dtype, rank, address, dims, strides, box, element_strides, interleave, swizzle, l2, oob):
+        self.calls.append(dict(dest=dest, dtype=dtype, rank=rank, address=address, dims=tuple(dims[:rank]),
+                               strides=tuple(strides[:rank - 1]), box=tuple(box[:rank]),
+                               element_strides=tuple(element_strides[:rank]), interleave=interleave,
+                               swizzle=swizzle, l2=l2, oob=oob))
+        return self.result
+
+    def replace(self, dest, address):
+        self.calls.append(dict(dest=dest, address=address))
+        return self.result
+
+
+@pytest.fixture
+def fake_driver(monkeypatch):
+    fake = _FakeDriver()
+    monkeypatch.setattr(_tma, "_calls", (fake.encode, fake.replace))
+    return fake
+
+
+def test_encode_describes_one_swizzled_panel_of_a_tile(fake_driver):
+    shape = (2, 300, 4, 120)  # head dim 120: the second panel's last 8 columns lie past the array (zeros)
+    _tma.encode(4096, "bfloat16", 256, shape, contiguous_strides(shape, 2), 128)
+    (call,) = fake_driver.calls
+    assert call["dtype"] == 9 and call["rank"] == 4 and call["dest"] == 4096 and call["address"] == 256
+    assert call["dims"] == (120, 300, 4, 2) and call["strides"] == (4 * 120 * 2, 120 * 2, 300 * 4 * 120 * 2)
+    assert call["box"] == (64, 128, 1, 1) and call["element_strides"] == (1, 1, 1, 1)
+    assert (call["interleave"], call["swizzle"], call["oob"]) == (0, 3, 0)  # none, 128-byte, zeros past the ends
+    _tma.encode(4096, "float16", 256, shape, contiguous_strides(shape, 2), 80)
+    assert fake_driver.calls[-1]["dtype"] == 6 and fake_driver.calls[-1]["box"] == (64, 80, 1, 1)
+
+
+def test_driver_errors_raise_with_what_was_asked(monkeypatch):
+    fake = _FakeDriver(result=1)  # CUDA_ERROR_INVALID_VALUE
+    monkeypatch.setattr(_tma, "_calls", (fake.encode, fake.replace))
+    with pytest.raises(RuntimeError, match=r"cuTensorMapEncodeTiled failed \(CUresult 1\).*shape \(1, 8, 2, 64\)"):
+        _tma.encode(4096, "float16", 256, (1, 8, 2, 64), contiguous_strides((1, 8, 2, 64), 2), 64)
+    with pytest.raises(RuntimeError, match="cuTensorMapReplaceAddress failed"):
+        _tma.replace_address(4096, 0x1000)
+
+
+def test_a_plan_re_points_only_the_maps_whose_arrays_moved(monkeypatch):
+    from cupyflash.forward import ForwardPlan
+
+    replaced = []
+    monkeypatch.setattr(_tma, "replace_address", lambda dest, address: replaced.append((dest, address)))
+    plan = ForwardPlan.__new__(ForwardPlan)  # only the map bookkeeping: no GPU
+    plan.maps, plan.mapped = (100, 228, 356), (None, None, None)
+    plan._point_maps((0x1000, 0x2000, 0x3000))
+    assert replaced == [(100, 0x1000), (228, 0x2000), (356, 0x3000)]
+    plan._point_maps((0x1000, 0x2000, 0x3000))  # the same arrays: nothing to do
+    plan._point_maps((0x1000, 0x5000, 0x3000))  # k moved
+    assert replaced[3:] == [(228, 0x5000)] and plan.mapped == (0x1000, 0x5000, 0x3000)

@@ -1,6 +1,7 @@
 """The forward pass: flash-attn's signature, validation into a Problem, a cached launch plan, the launch."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 from . import _dropout, _kernels, _launch, _tma
@@ -34,7 +35,8 @@ class ForwardPlan:
         # the arrays as the kernel reads them, (shape, byte strides): bulk tensor copies need their geometry
         geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec, v_spec),
                                                                                    self.staging)]
-        if config.tma and (problem.variant.rows == "packed" or not all(_tma.usable(*g) for g in geometry)):
+        self.map_args = _tensor_maps(problem, config, geometry) if config.tma else None
+        if config.tma and self.map_args is None:
             config = replace(config, tma=False)  # the same tile, copied by cp.async
         self.config = config
         self.any_staging = any(s.copy for s in self.staging)
@@ -54,15 +56,9 @@ class ForwardPlan:
         self.params.set_strides("o", _launch.contiguous_strides(self.kernel_out_shape, itemsize), itemsize)
         if self.packed:  # blockIdx.z is the sequence; its rows start at cu_seqlens, not at a batch stride
             self.params.set(q_str_batch=0, k_str_batch=0, v_str_batch=0, o_str_batch=0)
-        # Tensor maps (the config's bulk copies; the kernel's second argument): encoded here at a stand-in address,
-        # pointed at each call's arrays in run(); `mapped`: the addresses they point at now.
-        self.maps, self.map_args = (), None
-        if config.tma:
-            self.map_args = TensorMapArgs()
-            self.maps = tuple(map(self.map_args.address_of, TensorMapArgs.ARRAYS))
-            for dest, (shape, strides), rows in zip(self.maps, geometry, (config.block_m, config.block_n,
-                                                                          config.block_n)):
-                _tma.encode(dest, problem.variant.dtype, _STAND_IN_ADDRESS, shape, strides, rows)
+        # The tensor maps (the kernel's second argument) are pointed at each call's arrays in run(); `mapped`: the
+        # addresses they point at now.
+        self.maps = () if self.map_args is None else tuple(map(self.map_args.address_of, TensorMapArgs.ARRAYS))
         self.mapped = (None,) * len(self.maps)
         self.launches = not problem.empty
         if self.launches:
@@ -131,6 +127,25 @@ class ForwardPlan:
 
 
 _STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed before its first launch
+
+
+def _tensor_maps(problem, config, geometry):
+    """q's, k's and v's tensor maps for the config's bulk copies, encoded at a stand-in address (``geometry``: each
+    array's (shape, byte strides) as the kernel reads it); None where the copy engine cannot take the problem: packed
+    rows (a box at an entry's end would read the next entry's), or an array the driver refuses (warned: the plan
+    copies by cp.async instead, a little slower)."""
+    if problem.variant.rows == "packed" or not all(_tma.usable(*g) for g in geometry):
+        return None
+    maps = TensorMapArgs()
+    try:
+        for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry,
+                                                (config.block_m, config.block_n, config.block_n)):
+            _tma.encode(maps.address_of(name), problem.variant.dtype, _STAND_IN_ADDRESS, shape, strides, rows)
+    except RuntimeError as e:
+        warnings.warn(f"cupyflash: bulk tensor copies unavailable for this call, copying by cp.async: {e}",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    return maps
 
 
 def split_count(problem, config, num_splits: int = 0) -> int:

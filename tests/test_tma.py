@@ -95,3 +95,27 @@ def test_a_plan_re_points_only_the_maps_whose_arrays_moved(monkeypatch):
     plan._point_maps((0x1000, 0x2000, 0x3000))  # the same arrays: nothing to do
     plan._point_maps((0x1000, 0x5000, 0x3000))  # k moved
     assert replaced[3:] == [(228, 0x5000)] and plan.mapped == (0x1000, 0x5000, 0x3000)
+
+
+def test_a_plan_takes_maps_only_where_the_copy_engine_can(monkeypatch):
+    import types
+
+    from cupyflash.forward import _tensor_maps
+
+    def problem(rows):
+        return types.SimpleNamespace(variant=types.SimpleNamespace(rows=rows, dtype="bfloat16"))
+
+    config = types.SimpleNamespace(block_m=128, block_n=96)
+    shape = (2, 300, 4, 128)
+    geometry = [(shape, contiguous_strides(shape, 2))] * 3
+    fake = _FakeDriver()
+    monkeypatch.setattr(_tma, "_calls", (fake.encode, fake.replace))
+    maps = _tensor_maps(problem("dense"), config, geometry)
+    assert [c["box"][1] for c in fake.calls] == [128, 96, 96]  # Q's box a query tile, K's and V's a key tile
+    assert [c["dest"] for c in fake.calls] == [maps.address_of(name) for name in ("q", "k", "v")]
+    assert _tensor_maps(problem("packed"), config, geometry) is None  # boxes would cross into the next entry
+    bad = [(shape, (1, 2, 3, 2))] * 3  # strides the engine cannot take
+    assert _tensor_maps(problem("dense"), config, bad) is None
+    fake.result = 1  # the driver refuses: a warning, and the plan copies by cp.async
+    with pytest.warns(RuntimeWarning, match="copying by cp.async.*CUresult 1"):
+        assert _tensor_maps(problem("dense"), config, geometry) is None

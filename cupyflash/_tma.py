@@ -39,7 +39,7 @@ def _driver():
 def map_geometry(shape, strides_bytes):
     """(dims, strides) of a (batch, rows, heads, head_dim) array for cuTensorMapEncodeTiled: dims innermost first
     (head_dim, rows, heads, batch), byte strides of the outer three. An extent-1 dimension's stride is never used;
-    it is given one the driver accepts (a multiple of 16 past the rest of the array)."""
+    it is given one the driver accepts (a multiple of 16 past the rest of the array). 16-bit elements."""
     batch, rows, heads, dim = shape
     dims = (dim, rows, heads, batch)
     strides = [strides_bytes[1], strides_bytes[2], strides_bytes[0]]
@@ -50,7 +50,8 @@ def map_geometry(shape, strides_bytes):
 
 def usable(shape, strides_bytes) -> bool:
     """Whether the copy engine can read the array: byte strides multiples of 16 below 2^40, extents below 2^32
-    (the kernels' 16-byte copies already need the first; the address's 16-byte alignment is checked per call)."""
+    (the kernels' 16-byte copies already need the first; an address off 16 bytes is a different plan key, whose
+    array is staged into a fresh one)."""
     dims, strides = map_geometry(shape, strides_bytes)
     return all(0 < s < 2**40 and s % 16 == 0 for s in strides) and all(0 < n < 2**32 for n in dims)
 

@@ -116,7 +116,6 @@ class ForwardPlan:
             out = _launch.copy_rows(self.copy_rows, out, cupy.empty(self.out_shape, out.dtype))
         return out, lse
 
-
     def _point_maps(self, addresses):
         """The tensor maps at this call's q, k, v (each re-pointed only when its array moved); params.lock held."""
         if addresses != self.mapped:

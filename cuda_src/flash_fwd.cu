@@ -34,13 +34,40 @@ __host__ __device__ constexpr int fwd_smem_bytes() {
            STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>() + Loads::template barrier_bytes<STAGES>();
 }
 
-template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
-          int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
-          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
-          typename Core = WarpMma, typename Loads = AllWarpsLoad,
-          int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>()>
-__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Maps maps) {
+// Where the forward's tiles and barriers sit in dynamic shared memory, from the Q tile's aligned start (sQ).
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core>
+struct FwdSmem {
+    using S = typename Mma<Elem>::Storage;
+    using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
+    using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
+    static constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
+    static constexpr u32 KEYS = QTile::BYTES;                          // STAGES K tiles
+    static constexpr u32 VALUES = KEYS + STAGES * KVTile::BYTES;        // STAGES V tiles
+    static constexpr u32 BIASES = VALUES + STAGES * KVTile::BYTES;      // STAGES bias tiles
+    static constexpr u32 BARRIERS = BIASES + STAGES * BIAS_BYTES;       // the pipeline's barriers
+    // The Q tile (later reused to stage O on its way out), aligned up as the core's tiles need (the dynamic base is
+    // 16-aligned).
+    static __device__ __forceinline__ S* q() {
+        extern __shared__ uint4 smem_raw[];
+        return reinterpret_cast<S*>(smem_raw) +
+               (Core::SMEM_ALIGN ? (Core::SMEM_ALIGN - smem_addr(smem_raw) % Core::SMEM_ALIGN) % Core::SMEM_ALIGN
+                                 : 0) / sizeof(S);
+    }
+};
+
+// What the threads of a block do with one query tile: everything (every warp copies and computes), or, with a
+// producer warpgroup, one role of the two.
+enum FwdRole : int { ALL_WARPS, PRODUCER, CONSUMERS };
+
+// One query tile of one (batch, head), `work` (QueryBlock: the block's grid position; a persistent block's
+// current WorkItem). A persistent block's producer and consumers count alike, so that ring slots and barrier phases
+// carry on from tile to tile: step0, the key-tile steps its pipeline took before this tile; q_loads, the Q tiles
+// copied before this one; tile_no, the tiles it took before this one. Returns this tile's key-tile steps.
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int WARPS, int STAGES, int MIN_BLOCKS, typename Mask,
+          typename Score, typename Bias, typename Rows, typename Drop, typename Split, typename Core, typename Loads,
+          int SMEM_BYTES, FwdRole ROLE, typename Work>
+__device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Loads::Maps& maps, const Work& work,
+                                        int step0, int q_loads, int tile_no) {
     // Warps that compute (all, or all but a producer warpgroup's) and the threads that copy tiles (all, or the
     // producer's).
     constexpr int MATH_WARPS = WARPS - Loads::PRODUCER_WARPS;
@@ -58,33 +85,28 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
                   "a producer warpgroup: wgmma, one block an SM, stages filled by copies only (pipeline.cuh)");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     static_assert(!(Split::ON && Rows::PACKED), "split keys with packed rows");
-    using S = typename Mma<Elem>::Storage;
-    using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
-    using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
-
-    extern __shared__ uint4 smem_raw[];
-    // later reused to stage O on its way out; aligned up as the core's tiles need (the dynamic base is 16-aligned)
-    S* sQ = reinterpret_cast<S*>(smem_raw) +
-            (Core::SMEM_ALIGN ? (Core::SMEM_ALIGN - smem_addr(smem_raw) % Core::SMEM_ALIGN) % Core::SMEM_ALIGN : 0) /
-                sizeof(S);
+    using Smem = FwdSmem<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>;
+    using S = typename Smem::S;
+    using QTile = typename Smem::QTile;
+    using KVTile = typename Smem::KVTile;
+    S* sQ = Smem::q();
     const u32 sQ_addr = smem_addr(sQ);
-    const u32 sK_addr = sQ_addr + QTile::BYTES;    // STAGES K tiles, then STAGES V tiles
-    const u32 sV_addr = sK_addr + STAGES * KVTile::BYTES;
-    const u32 sBias_addr = sV_addr + STAGES * KVTile::BYTES;  // STAGES bias tiles
-    constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
-    const u32 bars = sBias_addr + STAGES * BIAS_BYTES;  // the pipeline's barriers
+    const u32 sK_addr = sQ_addr + Smem::KEYS;
+    const u32 sV_addr = sQ_addr + Smem::VALUES;
+    const u32 sBias_addr = sQ_addr + Smem::BIASES;
+    constexpr int BIAS_BYTES = Smem::BIAS_BYTES;
+    const u32 bars = sQ_addr + Smem::BARRIERS;
 
     const int lane = threadIdx.x % 32;
     const int warp = static_cast<int>(threadIdx.x / 32) - Loads::PRODUCER_WARPS;  // among the warps that compute
     // Blocks further down carry more work under a causal mask; launching them first evens out the tail.
-    using Block = QueryBlock<Bias::ADDS>;
-    const Split split(p, Block::tile());
-    const int m_block = Mask::MASKS ? split.query_tiles(Block::tiles()) - 1 - split.query_tile(Block::tile())
-                                    : split.query_tile(Block::tile());
-    const int head = Block::head(), batch = Block::batch();
+    const Split split(p, work.tile());
+    const int m_block = Mask::MASKS ? split.query_tiles(work.tiles()) - 1 - split.query_tile(work.tile())
+                                    : split.query_tile(work.tile());
+    const int head = work.head(), batch = work.batch();
     const Seq seq = Rows::of(p, batch);
     const int m0 = m_block * BLOCK_M;
-    if (Rows::PACKED && m0 >= seq.seqlen_q) return;  // packed batches: the grid covers the longest entry
+    if (Rows::PACKED && m0 >= seq.seqlen_q) return 0;  // packed batches: the grid covers the longest entry
     const S* k_bh = elems<Elem>(p.k) + row_offset(p.k_str, batch, kv_head_of(p, head), seq.k0);
     const S* v_bh = elems<Elem>(p.v) + row_offset(p.v_str, batch, kv_head_of(p, head), seq.k0);
     const int warp_row0 = warp * ROWS_PER_WARP;
@@ -108,15 +130,16 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
     auto key_tile = [&](int t, int entry) { return Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t; };
     // A producer's copy loops stay rolled (two passes at a time): it runs on few registers.
     constexpr int COPY_UNROLL = Loads::SPECIALIZED ? 2 : TileCopy<KVTile, COPY_THREADS>::PASSES;
+    // (Step t of this tile is step step0 + t of the block's pipeline: its ring slot.)
     auto load_keys = [&](int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
-        load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sK_addr + t % STAGES * KVTile::BYTES,
+        load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sK_addr + (step0 + t) % STAGES * KVTile::BYTES,
                                                            k_bh + n0 * p.k_str.seq, p.k_str.seq, seqlen_k - n0,
                                                            p.head_dim);
     };
     auto load_values = [&](int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
-        load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sV_addr + t % STAGES * KVTile::BYTES,
+        load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sV_addr + (step0 + t) % STAGES * KVTile::BYTES,
                                                            v_bh + n0 * p.v_str.seq, p.v_str.seq, seqlen_k - n0,
                                                            p.head_dim);
     };
@@ -161,96 +184,105 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
         static_assert(!Bias::ON && !Drop::ON, "a producer's stages hold K and V only; dropout spills the overlap");
         using L = Loads;
         constexpr int KEYS = L::KEYS, VALUES = L::VALUES;
-        L::template init<STAGES, MATH_WARPS>(bars);
-        __syncthreads();
-        if (warp < 0) {  // the producer warpgroup: copies only
-            L::as_producer();
-            if constexpr (L::TMA) {  // one thread issues every bulk copy; Q lands with the first key tile
+        // Step t of this tile is step step0 + t of the block's pipeline: its ring slot and barrier phase.
+        auto sK_of = [&](int t) { return sK_addr + (step0 + t) % STAGES * KVTile::BYTES; };
+        auto sV_of = [&](int t) { return sV_addr + (step0 + t) % STAGES * KVTile::BYTES; };
+        if constexpr (ROLE == PRODUCER) {  // copies only
+            // Q: with the first key tile; a persistent block's, once the consumers have stored the previous tile's
+            // output from sQ, on barriers of its own (so that the first key tiles can come in before). Without a
+            // key tile nothing waits for Q, and the consumers stage their (zero) output in sQ at once: Q must not
+            // be copied then.
+            if constexpr (L::TMA) {  // one thread issues every bulk copy
                 static_assert(!Rows::PACKED, "bulk copies of packed rows would read the next entry's rows");
-                if (threadIdx.x != 0) return;
                 const int kv_head = kv_head_of(p, head);
                 for (int t = 0; t < n_tiles; ++t) {
                     const int n0 = key_tile(t, 0) * BLOCK_N;
-                    L::template reserve<STAGES>(bars, KEYS, t);
-                    const u32 keys_landed =
-                        L::template expect<STAGES>(bars, KEYS, t, KVTile::BYTES + (t == 0 ? QTile::BYTES : 0));
-                    if (t == 0) tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch, keys_landed);
-                    tma_load_tile<KVTile>(sK_addr + t % STAGES * KVTile::BYTES, maps.k, n0, kv_head, batch,
-                                          keys_landed);
-                    L::template reserve<STAGES>(bars, VALUES, t);
-                    tma_load_tile<KVTile>(sV_addr + t % STAGES * KVTile::BYTES, maps.v, n0, kv_head, batch,
-                                          L::template expect<STAGES>(bars, VALUES, t, KVTile::BYTES));
+                    L::template reserve<STAGES>(bars, KEYS, step0 + t);
+                    const bool q_too = t == 0 && !L::PERSISTENT;
+                    const u32 keys_landed = L::template expect<STAGES>(bars, KEYS, step0 + t,
+                                                                       KVTile::BYTES + (q_too ? QTile::BYTES : 0));
+                    if (q_too) tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch, keys_landed);
+                    tma_load_tile<KVTile>(sK_of(t), maps.k, n0, kv_head, batch, keys_landed);
+                    if (L::PERSISTENT && t == 0) {
+                        L::template reserve_q<STAGES>(bars, tile_no);
+                        tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch,
+                                             L::template expect_q<STAGES>(bars, QTile::BYTES));
+                    }
+                    L::template reserve<STAGES>(bars, VALUES, step0 + t);
+                    tma_load_tile<KVTile>(sV_of(t), maps.v, n0, kv_head, batch,
+                                          L::template expect<STAGES>(bars, VALUES, step0 + t, KVTile::BYTES));
                 }
-                return;
+                return n_tiles;
             }
             for (int t = 0; t < n_tiles; ++t) {
-                L::template reserve<STAGES>(bars, KEYS, t);
-                // Q lands with the first key tile. Without a key tile nothing waits for it, and the consumers
-                // stage their (zero) output in sQ at once: Q must not be copied then.
-                if (t == 0) load_q();
+                L::template reserve<STAGES>(bars, KEYS, step0 + t);
+                if (t == 0 && !L::PERSISTENT) load_q();
                 load_keys(t, 0);
-                L::template publish<STAGES>(bars, KEYS, t);
-                L::template reserve<STAGES>(bars, VALUES, t);
+                L::template publish<STAGES>(bars, KEYS, step0 + t);
+                if (L::PERSISTENT && t == 0) {
+                    L::template reserve_q<STAGES>(bars, tile_no);
+                    load_q();
+                    L::template publish_q<STAGES>(bars);
+                }
+                L::template reserve<STAGES>(bars, VALUES, step0 + t);
                 load_values(t, 0);
-                L::template publish<STAGES>(bars, VALUES, t);
+                L::template publish<STAGES>(bars, VALUES, step0 + t);
             }
-            cp_async_wait<0>();  // leave with no copy in flight
-            return;
+            return n_tiles;
         }
-        L::template as_consumer<WARPS>();
+        // Consumers. A persistent block's Q tile has barriers of its own.
+        if (L::PERSISTENT && n_tiles > 0) L::template acquire_q<STAGES>(bars, q_loads);
 
         // Step t's scores, once S_t = Q K_t^T has landed in s: K_t's slot goes back to the producer, s becomes P_t
         // (m_i, l_i updated); returns whether O must be rescaled (by alpha) before P_t V_t joins it.
         float alpha[M_TILES][2];
         auto scores_to_p = [&](float (&s)[M_TILES][N_TILES][4], int t) {
             fence_fragment(s[0]);
-            L::template release<STAGES>(bars, KEYS, t, lane);
+            L::template release<STAGES>(bars, KEYS, step0 + t, lane);
             to_logits(s, t, 0);
             return softmax.step(s, alpha, p.scale_log2);
         };
-        auto sK_of = [&](int t) { return sK_addr + t % STAGES * KVTile::BYTES; };
-        auto sV_of = [&](int t) { return sV_addr + t % STAGES * KVTile::BYTES; };
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
         if constexpr (!L::OVERLAP) {  // each product waited for in place; the two warpgroups overlap each other
             for (int t = 0; t < n_tiles; ++t) {
                 float s[M_TILES][N_TILES][4];
-                L::template acquire<STAGES>(bars, KEYS, t);
+                L::template acquire<STAGES>(bars, KEYS, step0 + t);
                 Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
                 if (scores_to_p(s, t)) softmax.rescale(acc, alpha);
                 accum_to_a_frags<Elem>(pf, s);
-                L::template acquire<STAGES>(bars, VALUES, t);
+                L::template acquire<STAGES>(bars, VALUES, step0 + t);
                 Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t), lane);
-                L::template release<STAGES>(bars, VALUES, t, lane);
+                L::template release<STAGES>(bars, VALUES, step0 + t, lane);
             }
         }
         // The first step, peeled so that every product issued in the loop below is waited for on every path
         // (ptxas serializes the products when a path could leave one in flight: C7514).
         if (L::OVERLAP && n_tiles > 0) {
             float s[M_TILES][N_TILES][4];
-            L::template acquire<STAGES>(bars, KEYS, 0);
+            L::template acquire<STAGES>(bars, KEYS, step0);
             Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
             scores_to_p(s, 0);  // O is still 0: nothing to rescale
             accum_to_a_frags<Elem>(pf, s);
         }
         for (int t = 1; L::OVERLAP && t < n_tiles; ++t) {
             float s[M_TILES][N_TILES][4];
-            L::template acquire<STAGES>(bars, KEYS, t);
+            L::template acquire<STAGES>(bars, KEYS, step0 + t);
             Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
-            L::template acquire<STAGES>(bars, VALUES, t - 1);
+            L::template acquire<STAGES>(bars, VALUES, step0 + t - 1);
             Core::template issue_pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t - 1));
             Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
             const bool rescales = scores_to_p(s, t);
             Core::template wait<0>();
             fence_fragment(acc[0]);
             fence_fragment(pf);
-            L::template release<STAGES>(bars, VALUES, t - 1, lane);
+            L::template release<STAGES>(bars, VALUES, step0 + t - 1, lane);
             if (rescales) softmax.rescale(acc, alpha);
             accum_to_a_frags<Elem>(pf, s);
         }
         if (L::OVERLAP && n_tiles > 0) {  // O += P_last V_last
-            L::template acquire<STAGES>(bars, VALUES, n_tiles - 1);
+            L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);
             Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(n_tiles - 1), lane);
-            L::template release<STAGES>(bars, VALUES, n_tiles - 1, lane);
+            L::template release<STAGES>(bars, VALUES, step0 + n_tiles - 1, lane);
         }
     } else {
         load_q();
@@ -314,7 +346,7 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
             #pragma unroll
             for (int r = 0; r < 2; ++r) row_scale[mt][r] = softmax.inv_l(mt, r) * drop.scale();
         write_split_partials(p, split, batch, head, m0 + warp_row0, acc, row_scale, softmax, lane);
-        return;
+        return n_tiles;
     }
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
@@ -331,6 +363,81 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
     store_tile<QTile, MATH_THREADS, WARPS * 32 - MATH_THREADS>(
         elems<Elem>(p.out) + row_offset(p.o_str, batch, head, seq.q0 + m0), sQ, p.o_str.seq, seq.seqlen_q - m0,
         p.head_dim);
+    return n_tiles;
+}
+
+// A persistent block's query tiles: the grid's blocks take the (query tile, head, batch) work items in turn, query
+// tiles fastest (a head's K and V stay in L2 while its tiles run), block b the items b, b + gridDim.x, ...
+struct WorkItem {
+    int tile_, tiles_, head_, batch_;
+    __device__ __forceinline__ WorkItem(const AttnParams& p, int tiles, int item)
+        : tile_(item % tiles), tiles_(tiles), head_(item / tiles % p.nheads), batch_(item / tiles / p.nheads) {}
+    __device__ __forceinline__ int tile() const { return tile_; }
+    __device__ __forceinline__ int tiles() const { return tiles_; }
+    __device__ __forceinline__ int head() const { return head_; }
+    __device__ __forceinline__ int batch() const { return batch_; }
+};
+
+template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
+          int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
+          typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
+          typename Core = WarpMma, typename Loads = AllWarpsLoad,
+          int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>()>
+__global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Maps maps) {
+#define CF_FWD_TILE(ROLE) fwd_tile<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, MIN_BLOCKS, Mask, Score, Bias, \
+                                   Rows, Drop, Split, Core, Loads, SMEM_BYTES, ROLE>
+    using Block = QueryBlock<Bias::ADDS>;
+    if constexpr (!Loads::SPECIALIZED) {
+        CF_FWD_TILE(ALL_WARPS)(p, maps, Block{}, 0, 0, 0);
+    } else {
+        // A producer warpgroup and consumer warpgroups (pipeline.cuh): the barriers are set up once, then each
+        // role takes the block's query tiles: the one of its grid position, or (persistent) every work item of
+        // this block in turn, counting the pipeline's steps and Q tiles alike on both sides.
+        using L = Loads;
+        constexpr int MATH_WARPS = WARPS - L::PRODUCER_WARPS;
+        using Smem = FwdSmem<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>;
+        const u32 bars = smem_addr(Smem::q()) + Smem::BARRIERS;
+        L::template init<STAGES, MATH_WARPS>(bars);
+        __syncthreads();
+        const bool producer = threadIdx.x < L::PRODUCER_WARPS * 32;
+        if constexpr (!L::PERSISTENT) {
+            if (producer) {
+                L::as_producer();
+                if (L::TMA && threadIdx.x != 0) return;  // one thread issues the bulk copies
+                CF_FWD_TILE(PRODUCER)(p, maps, Block{}, 0, 0, 0);
+                if constexpr (!L::TMA) cp_async_wait<0>();  // leave with no copy in flight
+                return;
+            }
+            L::template as_consumer<WARPS>();
+            CF_FWD_TILE(CONSUMERS)(p, maps, Block{}, 0, 0, 0);
+        } else {
+            static_assert(!Rows::PACKED && !Bias::ADDS, "persistent blocks: dense batches' (tile, head, batch) order");
+            const int tiles = (p.seqlen_q + BLOCK_M - 1) / BLOCK_M * p.num_splits;  // the grid's x extent unpersisted
+            const int items = tiles * p.nheads * p.batch;
+            int steps = 0, q_loads = 0;
+            if (producer) {
+                L::as_producer();
+                if (L::TMA && threadIdx.x != 0) return;
+                for (int item = blockIdx.x, n = 0; item < items; item += gridDim.x, ++n) {
+                    const int taken = CF_FWD_TILE(PRODUCER)(p, maps, WorkItem(p, tiles, item), steps, q_loads, n);
+                    steps += taken;
+                    q_loads += taken > 0;
+                }
+                if constexpr (!L::TMA) cp_async_wait<0>();
+                return;
+            }
+            L::template as_consumer<WARPS>();
+            const int lane = threadIdx.x % 32;
+            for (int item = blockIdx.x, n = 0; item < items; item += gridDim.x, ++n) {
+                const int taken = CF_FWD_TILE(CONSUMERS)(p, maps, WorkItem(p, tiles, item), steps, q_loads, n);
+                steps += taken;
+                q_loads += taken > 0;
+                L::template free_q<STAGES>(bars, lane);  // this warp has stored its output from sQ
+            }
+        }
+    }
+#undef CF_FWD_TILE
 }
 
 }  // namespace cf

@@ -80,14 +80,19 @@ struct AllWarpsLoad {
 // has read it, while the values of the same step are still in use by O += P V. OVERLAP: the consumers overlap their
 // softmax with their own products (cuda_src/flash_fwd.cu).
 // TMA: one producer thread issues bulk tensor copies (params.cuh's tensor maps) instead of 128 threads' cp.async.
-template <bool OVERLAP_ = true, bool TMA_ = false, int PRODUCER_REGS = 40>
+// PERSISTENT: the block takes one query tile after another (flash_fwd.cu WorkItem); its Q tile then has a `full` and
+// an `empty` barrier of its own, so that the next tile's keys come in while the consumers store the last output
+// from sQ.
+template <bool OVERLAP_ = true, bool TMA_ = false, bool PERSISTENT_ = false, int PRODUCER_REGS = 40>
 struct ProducerWarpgroup {
-    static constexpr bool SPECIALIZED = true, OVERLAP = OVERLAP_, TMA = TMA_;
+    static constexpr bool SPECIALIZED = true, OVERLAP = OVERLAP_, TMA = TMA_, PERSISTENT = PERSISTENT_;
     using Maps = typename MapsOf<TMA>::type;  // the forward kernel's second argument (params.cuh)
     static constexpr int PRODUCER_WARPS = 4;
     static constexpr int KEYS = 0, VALUES = 1, OPERANDS = 2;
     template <int STAGES>
-    __host__ __device__ static constexpr int barrier_bytes() { return 2 * OPERANDS * 8 * STAGES; }  // full, empty
+    __host__ __device__ static constexpr int barrier_bytes() {  // full, empty; Q's two
+        return 2 * OPERANDS * 8 * STAGES + (PERSISTENT ? 16 : 0);
+    }
 
     // WARPS warps start with the launch bound's share of the 64K registers (rounded down to a multiple of 8, at
     // most 255); the producer warpgroup gives up all but PRODUCER_REGS, shared among the consumer warpgroups.
@@ -117,6 +122,10 @@ struct ProducerWarpgroup {
     static __device__ __forceinline__ u32 empty(u32 bars, int operand, int stage) {
         return bars + 8 * ((OPERANDS + operand) * STAGES + stage);
     }
+    template <int STAGES>
+    static __device__ __forceinline__ u32 q_full(u32 bars) { return bars + 8 * 2 * OPERANDS * STAGES; }
+    template <int STAGES>
+    static __device__ __forceinline__ u32 q_empty(u32 bars) { return q_full<STAGES>(bars) + 8; }
 
     // One thread sets the barriers up before the block splits into roles (the caller's __syncthreads follows).
     // full: one arrival per producer thread when its copies have landed (with TMA: the issuing thread's, and the
@@ -129,6 +138,10 @@ struct ProducerWarpgroup {
                     mbarrier_init(full<STAGES>(bars, operand, s), TMA ? 1 : PRODUCER_WARPS * 32);
                     mbarrier_init(empty<STAGES>(bars, operand, s), CONSUMER_WARPS);
                 }
+            if (PERSISTENT) {
+                mbarrier_init(q_full<STAGES>(bars), TMA ? 1 : PRODUCER_WARPS * 32);
+                mbarrier_init(q_empty<STAGES>(bars), CONSUMER_WARPS);
+            }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
     }
@@ -163,6 +176,36 @@ struct ProducerWarpgroup {
     static __device__ __forceinline__ void release(u32 bars, int operand, int t, int lane) {
         __syncwarp();
         if (lane == 0) mbarrier_arrive(empty<STAGES>(bars, operand, t % STAGES));
+    }
+    // Persistent blocks' Q tile. Producer, before copying the Q of the block's tile number `tile_no`: the consumers
+    // have stored the previous tile's output from sQ (they release sQ once a tile, copied or not, so the producer is
+    // never more than one phase behind).
+    template <int STAGES>
+    static __device__ __forceinline__ void reserve_q(u32 bars, int tile_no) {
+        if (tile_no > 0) mbarrier_wait(q_empty<STAGES>(bars), (tile_no - 1) & 1);
+    }
+    template <int STAGES>
+    static __device__ __forceinline__ u32 expect_q(u32 bars, u32 bytes) {  // TMA
+        mbarrier_arrive_expect_bytes(q_full<STAGES>(bars), bytes);
+        return q_full<STAGES>(bars);
+    }
+    template <int STAGES>
+    static __device__ __forceinline__ void publish_q(u32 bars) {  // cp.async
+        mbarrier_arrive_after_copies(q_full<STAGES>(bars));
+    }
+    // Consumer, before reading the Q tile that is the block's copy number `q_loads`.
+    template <int STAGES>
+    static __device__ __forceinline__ void acquire_q(u32 bars, int q_loads) {
+        mbarrier_wait(q_full<STAGES>(bars), q_loads & 1);
+        if constexpr (!TMA) async_proxy_fence();
+    }
+    // Consumer warp, once it has stored its share of a tile's output from sQ. Its plain stores and loads there come
+    // before the next Q's copy (through the async proxy with bulk copies): hence the proxy fence.
+    template <int STAGES>
+    static __device__ __forceinline__ void free_q(u32 bars, int lane) {
+        if constexpr (TMA) async_proxy_fence();
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(q_empty<STAGES>(bars));
     }
     // All consumer threads (the producer has left): bar.sync with a named barrier other than __syncthreads' 0.
     template <int CONSUMER_THREADS>

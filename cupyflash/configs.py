@@ -52,10 +52,14 @@ class TileConfig:
     #: forward with a producer only: it copies by bulk tensor copies (TMA, one thread) instead of cp.async; dense
     #: rows only (a packed batch's boxes would read past an entry into the next)
     tma: bool = False
+    #: forward with a producer only: one block an SM takes query tiles in turn (dense batches), instead of a block a
+    #: query tile
+    persistent: bool = False
 
     def __str__(self) -> str:
         split = f"/d{self.d_split}" if self.d_split != 1 else ""
-        producer = (f"/p{self.producer_warps}" + "o" * self.overlap + "t" * self.tma) if self.producer_warps else ""
+        producer = (f"/p{self.producer_warps}" + "o" * self.overlap + "t" * self.tma + "r" * self.persistent
+                    if self.producer_warps else "")
         return (f"{self.family}:{self.block_m}x{self.block_n}/w{self.warps}/s{self.stages}"
                 f"/b{self.blocks_per_sm}{split}{producer}")
 
@@ -127,13 +131,13 @@ def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_tf32", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
-def _w(block_m, block_n, stages=2, producer=False, overlap=False, tma=False):
+def _w(block_m, block_n, stages=2, producer=False, overlap=False, tma=False, persistent=False):
     """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps that copy and compute (at most 168 registers a
     thread with three), or (producer) those that compute and a producer warpgroup that copies (by cp.async, or by
     bulk tensor copies: tma), the consumers overlapping their softmax with their products or not (overlap); one
-    block per SM."""
+    block per SM, for one query tile or (persistent) one after another."""
     return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16 + 4 * producer, stages, 1,
-                      producer_warps=4 * producer, overlap=overlap, tma=tma)
+                      producer_warps=4 * producer, overlap=overlap, tma=tma, persistent=persistent)
 
 
 def _entry_config(entry) -> TileConfig:
@@ -172,6 +176,10 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # 351 / 431 / 433); at 128 128x128po 563 / 618 / 584 -> 625 / 694 / 640 (causal 442 / 519 / 545 -> 483 / 578 /
     # 646; 128x176pot 529 / 648 / 642); at 192 128x96p 453 / 493 / 472 -> 616 / 681 / 627 (128x64pt 591 / 640 /
     # 585); at 256 128x80p 609 / 664 / 615 -> 642 / 703 / 647, 128x64pot 697 / 745 / 736. Packed rows keep cp.async.
+    # A second probe (another machine): at 64 192x128pt (three consumers) 459 / 538 / 512, causal 331 / 430 / 481,
+    # against 128x192pot's 394 / 481 / 469, 302 / 423 / 478; at 192 128x96pot 669 / 747 / 703 against 128x96pt's
+    # 615 / 690 / 682.
+    # Persistent blocks ("r", one block an SM taking query tiles in turn) close each list, not measured yet.
     # Producer tiles avoid biases, masks and dropout (_WS_AVOID): those take the all-warps tiles after them. Three
     # warpgroups that copy and compute cap a thread at 168 registers: the combinations that spill them (picks
     # sweep, compile check) take two. Dropout takes at most 128 keys a tile (dropout.cuh KeptBits). A block-sparse
@@ -179,20 +187,28 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # tiles divide them). 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's
     # tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB, and a variant with no entry here
     # runs on mma_sm80.
-    ("wgmma_sm90", 64): (When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
+    ("wgmma_sm90", 64): (When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+                         When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
                          When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64),
-                         When(_w(128, 128, producer=True), avoid=_WS_AVOID)),
+                         When(_w(128, 128, producer=True), avoid=_WS_AVOID),
+                         When(_w(192, 128, producer=True, tma=True, persistent=True), avoid=_WS_TMA_AVOID)),
     ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                           When(_w(128, 128, producer=True, overlap=True), avoid=_WS_AVOID),
                           When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
-                          _w(128, 128), _w(128, 64), When(_w(128, 128, producer=True), avoid=_WS_AVOID)),
-    ("wgmma_sm90", 192): (When(_w(128, 96, producer=True, tma=True), avoid=_WS_TMA_AVOID),
-                          When(_w(128, 96, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64)),
+                          _w(128, 128), _w(128, 64), When(_w(128, 128, producer=True), avoid=_WS_AVOID),
+                          When(_w(128, 128, producer=True, overlap=True, tma=True, persistent=True),
+                               avoid=_WS_TMA_AVOID)),
+    ("wgmma_sm90", 192): (When(_w(128, 96, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
+                          When(_w(128, 96, producer=True), avoid=_WS_AVOID), _w(128, 96), _w(128, 64),
+                          When(_w(128, 96, producer=True, overlap=True, tma=True, persistent=True),
+                               avoid=_WS_TMA_AVOID)),
     ("wgmma_sm90", 256): (When(_w(128, 64, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                           When(_w(128, 80, producer=True), avoid=_WS_AVOID), _w(128, 64),
-                          When(_w(128, 64, producer=True, overlap=True), avoid=_WS_AVOID)),
+                          When(_w(128, 64, producer=True, overlap=True), avoid=_WS_AVOID),
+                          When(_w(128, 64, producer=True, overlap=True, tma=True, persistent=True),
+                               avoid=_WS_TMA_AVOID)),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.

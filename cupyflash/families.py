@@ -113,7 +113,8 @@ class Mma80Family:
         # every kind holds one bias tile and one mask tile (queries x keys, rows padded by 16 bytes) per stage
         bias = stages * _stage_bias_bytes(m, n, variant)
         if kind == "fwd":  # alignment, Q tile (reused for O), STAGES K and V tiles, a producer's barriers
-            barriers = 32 * stages if config.producer_warps else 0  # K's and V's full and empty mbarriers
+            # K's and V's full and empty mbarriers, and a persistent block's Q's two
+            barriers = (32 * stages + 16 * config.persistent) if config.producer_warps else 0
             return self.tile_align + tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias + barriers
         if kind == "bwd":  # K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             return (2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
@@ -140,7 +141,8 @@ class Mma80Family:
         smem = self.smem_bytes(kind, config, kernel_hdim, variant)
         rows = f"{rows}, {_DROPOUT_TYPE[variant.dropout]}"  # the kernels take the dropout policy after the rows'
         if kind == "fwd":
-            loads = (f"cf::ProducerWarpgroup<{_cpp_bool(config.overlap)}, {_cpp_bool(config.tma)}>"
+            loads = (f"cf::ProducerWarpgroup<{_cpp_bool(config.overlap)}, {_cpp_bool(config.tma)}"
+                     + (", true>" if config.persistent else ">")
                      if config.producer_warps
                      else "cf::AllWarpsLoad")
             return (f"cf::flash_fwd_kernel<{elem}, {tiles}, {policies}, {rows}, {_SPLIT_TYPE[variant.split_kv]}, "

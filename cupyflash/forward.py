@@ -1,6 +1,7 @@
 """The forward pass: flash-attn's signature, validation into a Problem, a cached launch plan, the launch."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import replace
 
@@ -38,6 +39,8 @@ class ForwardPlan:
         self.map_args = _tensor_maps(problem, config, geometry) if config.tma else None
         if config.tma and self.map_args is None:
             config = replace(config, tma=False)  # the same tile, copied by cp.async
+        if config.persistent and problem.variant.rows == "packed":
+            config = replace(config, persistent=False)  # a block a query tile of the longest entry
         self.config = config
         self.any_staging = any(s.copy for s in self.staging)
         # Packed variable-length rows run as one (1, total_q, nheads, dim) array with lse (nheads, total_q).
@@ -64,9 +67,12 @@ class ForwardPlan:
         if self.launches:
             kd = kernel_head_dim(problem.head_dim)
             family = FAMILIES_BY_NAME[config.family]  # the table's choice, or a forced config's family
+            grid = _launch.query_grid(problem, config.block_m, self.splits)
+            if config.persistent:  # as many blocks as fit the GPU at once, each taking work items in turn
+                grid = (min(math.prod(grid), device_limits(problem.device).sm_count * config.blocks_per_sm),)
             self.kernel = Launch(_kernels.get_function(family, "fwd", config, kd, problem.variant, problem.device),
-                                 problem.device, _launch.query_grid(problem, config.block_m, self.splits),
-                                 config.warps * 32, family.smem_bytes("fwd", config, kd, problem.variant), self.params,
+                                 problem.device, grid, config.warps * 32,
+                                 family.smem_bytes("fwd", config, kd, problem.variant), self.params,
                                  NO_MAPS if self.map_args is None else self.map_args.array)
             if self.splits > 1:  # the merge of the splits' partials: one warp per (batch, head, query row)
                 rows = problem.batch * problem.nheads * problem.seqlen_q

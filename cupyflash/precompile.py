@@ -1,6 +1,7 @@
 """Compile kernel instances for this machine's GPU in parallel, filling CuPy's disk cache.
 
-    python -m cupyflash.precompile [--jobs N] [--variants] [--dtypes ...] [--head-dims ...] [--bias ...] [--part K/N]
+    python -m cupyflash.precompile [--jobs N] [--variants] [--dtypes ...] [--head-dims ...] [--bias ...] [--kinds ...]
+                                   [--part K/N]
 
 Default: every tile config that fits the device, plain scores, with and without the band mask (causal, windows),
 every dtype (float32 at each precision); ``--dtypes`` and ``--head-dims`` narrow that. ``--variants`` adds every
@@ -61,6 +62,7 @@ def _compile(chunk):
 def main(argv=None):
     from ._cli import die, first_line, require_gpu
     from ._device import device_limits
+    from .families import KINDS
 
     parser = argparse.ArgumentParser(prog="python -m cupyflash.precompile", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -74,6 +76,9 @@ def main(argv=None):
     parser.add_argument("--bias", nargs="+", metavar="DTYPE",
                         help="only instances with these bias dtypes (none, float16, bfloat16, float32) or, 'bool', "
                              "a boolean mask")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, metavar="KIND",
+                        help=f"only these kernels ({', '.join(KINDS)}; default: all): e.g. fwd before a forward-only "
+                             "run, a fifth of the instances")
     parser.add_argument("--part", default="1/1", metavar="K/N",
                         help="only the K-th of N equal shares of the instances (to spread the work over commands "
                              "with a time limit; the shares of 1/N .. N/N together are all of them)")
@@ -88,6 +93,8 @@ def main(argv=None):
     instances = _instances(device_limits(0), args.variants, tuple(args.dtypes), args.dropout)
     if args.bias:
         instances = [i for i in instances if i[3].bias in args.bias or ("bool" in args.bias and i[3].bool_mask)]
+    if args.kinds:
+        instances = [i for i in instances if i[0] in args.kinds]
     if args.head_dims:
         from .configs import kernel_head_dim
 

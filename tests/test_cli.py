@@ -92,3 +92,37 @@ def test_selftest_passes():
     status, out, err = cli("selftest", timeout=1800)
     assert status == 0, out + err
     assert "FAIL" not in out and "checks passed" in out
+
+
+@without_gpu
+def test_precompile_kinds_narrows_the_instances(monkeypatch, capsys):
+    """--kinds fwd hands the workers forward instances only, all of them (the default: every kind)."""
+    from cupyflash import DeviceLimits, _cli, _device, precompile
+
+    h100 = DeviceLimits(90, smem_per_block_optin=232448, smem_per_sm=233472, sm_count=132, name="H100")
+    monkeypatch.setattr(_cli, "require_gpu", lambda prog: None)
+    monkeypatch.setattr(_device, "device_limits", lambda device: h100)
+    handed = {}
+
+    class Pool:  # in-process stand-in for the spawned workers: records what each run would compile
+        def __init__(self, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, fn, chunks):
+            handed.setdefault("runs", []).append([i for chunk in chunks for i in chunk])
+            return [len(chunk) for chunk in chunks]
+
+    monkeypatch.setattr(precompile, "ProcessPoolExecutor", Pool)
+    precompile.main(["--jobs", "3", "--dtypes", "bfloat16", "--kinds", "fwd"])
+    precompile.main(["--jobs", "3", "--dtypes", "bfloat16"])
+    only_fwd, every = handed["runs"]
+    assert only_fwd and {i[0] for i in only_fwd} == {"fwd"}
+    assert sorted(map(str, only_fwd)) == sorted(str(i) for i in every if i[0] == "fwd")
+    assert {i[0] for i in every} == {"fwd", "bwd", "bwd_dq"}
+    assert "kernel instances ready" in capsys.readouterr().out

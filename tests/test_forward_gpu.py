@@ -126,6 +126,31 @@ def test_tensor_maps_follow_each_calls_arrays(kd, config):
     assert plan_for(q0, k0, v0, causal=True, config=config) is plan
 
 
+PERSISTENT_CANDIDATES = [(kd, c) for kd, c in CANDIDATES if c.persistent]
+# (batch, query tiles, key rows in block_n units, nheads, nheads_k, causal, num_splits): more (query tile, head,
+# batch) items than an H100 has SMs (132), so that each persistent block takes several in turn; causal with fewer
+# keys than queries gives the first tiles no key at all (no Q copy, a zero output) between tiles that have some.
+_PERSISTENT_CASES = {"many-tiles": (3, 7, 2.5, 8, 8, False, 1), "tiles-without-keys": (3, 7, 2.2, 8, 4, True, 1),
+                     "split-gqa": (2, 5, 6.3, 16, 2, True, 2)}
+
+
+@pytest.mark.parametrize("kd,config", PERSISTENT_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in PERSISTENT_CANDIDATES])
+@pytest.mark.parametrize("case", list(_PERSISTENT_CASES))
+def test_persistent_blocks_take_tile_after_tile(kd, config, case):
+    # Persistent blocks (pipeline.cuh ProducerWarpgroup<_, _, true>): ring slots, barrier phases and the Q tile's
+    # barriers carry on from one work item to the next.
+    from gpu_helpers import make_problem
+
+    batch, q_tiles, keys, nheads, nheads_k, causal, splits = _PERSISTENT_CASES[case]
+    seqlen_q, seqlen_k = q_tiles * config.block_m - 3, int(keys * config.block_n)
+    assert batch * nheads * q_tiles * splits > 132
+    dtype = DTYPES[kd // 64 % 2]
+    (q, k, v, _), (q64, k64, v64, _) = make_problem(kd + q_tiles, batch, seqlen_q, seqlen_k, nheads, nheads_k, kd - 8,
+                                                    dtype)
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, config=config, num_splits=splits)
+    check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(kd - 8), causal, dtype)
+
+
 @pytest.mark.parametrize("seqlen_q,seqlen_k", [(300, 50), (1025, 17), (64, 1), (1, 1)])
 def test_causal_rows_without_keys_are_zero(seqlen_q, seqlen_k):
     import cupy

@@ -62,12 +62,12 @@ enum FwdRole : int { ALL_WARPS, PRODUCER, CONSUMERS };
 // One query tile of one (batch, head), `work` (QueryBlock: the block's grid position; a persistent block's
 // current WorkItem). A persistent block's producer and consumers count alike, so that ring slots and barrier phases
 // carry on from tile to tile: step0, the key-tile steps its pipeline took before this tile; q_loads, the Q tiles
-// copied before this one; tile_no, the tiles it took before this one. Returns this tile's key-tile steps.
+// copied before this one. Returns this tile's key-tile steps.
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int WARPS, int STAGES, int MIN_BLOCKS, typename Mask,
           typename Score, typename Bias, typename Rows, typename Drop, typename Split, typename Core, typename Loads,
           int SMEM_BYTES, FwdRole ROLE, typename Work>
 __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Loads::Maps& maps, const Work& work,
-                                        int step0, int q_loads, int tile_no) {
+                                        int step0, int q_loads) {
     // Warps that compute (all, or all but a producer warpgroup's) and the threads that copy tiles (all, or the
     // producer's).
     constexpr int MATH_WARPS = WARPS - Loads::PRODUCER_WARPS;
@@ -204,7 +204,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                     if (q_too) tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch, keys_landed);
                     tma_load_tile<KVTile>(sK_of(t), maps.k, n0, kv_head, batch, keys_landed);
                     if (L::PERSISTENT && t == 0) {
-                        L::template reserve_q<STAGES>(bars, tile_no);
+                        L::template reserve_q<STAGES>(bars, q_loads);
                         tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch,
                                              L::template expect_q<STAGES>(bars, QTile::BYTES));
                     }
@@ -220,7 +220,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 load_keys(t, 0);
                 L::template publish<STAGES>(bars, KEYS, step0 + t);
                 if (L::PERSISTENT && t == 0) {
-                    L::template reserve_q<STAGES>(bars, tile_no);
+                    L::template reserve_q<STAGES>(bars, q_loads);
                     load_q();
                     L::template publish_q<STAGES>(bars);
                 }
@@ -231,7 +231,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             return n_tiles;
         }
         // Consumers. A persistent block's Q tile has barriers of its own.
-        if (L::PERSISTENT && n_tiles > 0) L::template acquire_q<STAGES>(bars, q_loads);
+        if (L::PERSISTENT && n_tiles > 0) {  // sQ goes back to the producer only now (pipeline.cuh reserve_q)
+            L::template free_q<STAGES>(bars, lane);
+            L::template acquire_q<STAGES>(bars, q_loads);
+        }
 
         // Step t's scores, once S_t = Q K_t^T has landed in s: K_t's slot goes back to the producer, s becomes P_t
         // (m_i, l_i updated); returns whether O must be rescaled (by alpha) before P_t V_t joins it.
@@ -389,7 +392,7 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
                                    Rows, Drop, Split, Core, Loads, SMEM_BYTES, ROLE>
     using Block = QueryBlock<Bias::ADDS>;
     if constexpr (!Loads::SPECIALIZED) {
-        CF_FWD_TILE(ALL_WARPS)(p, maps, Block{}, 0, 0, 0);
+        CF_FWD_TILE(ALL_WARPS)(p, maps, Block{}, 0, 0);
     } else {
         // A producer warpgroup and consumer warpgroups (pipeline.cuh): the barriers are set up once, then each
         // role takes the block's query tiles: the one of its grid position, or (persistent) every work item of
@@ -405,12 +408,12 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
             if (producer) {
                 L::as_producer();
                 if (L::TMA && threadIdx.x != 0) return;  // one thread issues the bulk copies
-                CF_FWD_TILE(PRODUCER)(p, maps, Block{}, 0, 0, 0);
+                CF_FWD_TILE(PRODUCER)(p, maps, Block{}, 0, 0);
                 if constexpr (!L::TMA) cp_async_wait<0>();  // leave with no copy in flight
                 return;
             }
             L::template as_consumer<WARPS>();
-            CF_FWD_TILE(CONSUMERS)(p, maps, Block{}, 0, 0, 0);
+            CF_FWD_TILE(CONSUMERS)(p, maps, Block{}, 0, 0);
         } else {
             static_assert(!Rows::PACKED && !Bias::ADDS, "persistent blocks: dense batches' (tile, head, batch) order");
             const int tiles = (p.seqlen_q + BLOCK_M - 1) / BLOCK_M * p.num_splits;  // the grid's x extent unpersisted
@@ -419,8 +422,8 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
             if (producer) {
                 L::as_producer();
                 if (L::TMA && threadIdx.x != 0) return;
-                for (int item = blockIdx.x, n = 0; item < items; item += gridDim.x, ++n) {
-                    const int taken = CF_FWD_TILE(PRODUCER)(p, maps, WorkItem(p, tiles, item), steps, q_loads, n);
+                for (int item = blockIdx.x; item < items; item += gridDim.x) {
+                    const int taken = CF_FWD_TILE(PRODUCER)(p, maps, WorkItem(p, tiles, item), steps, q_loads);
                     steps += taken;
                     q_loads += taken > 0;
                 }
@@ -428,12 +431,10 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
                 return;
             }
             L::template as_consumer<WARPS>();
-            const int lane = threadIdx.x % 32;
-            for (int item = blockIdx.x, n = 0; item < items; item += gridDim.x, ++n) {
-                const int taken = CF_FWD_TILE(CONSUMERS)(p, maps, WorkItem(p, tiles, item), steps, q_loads, n);
+            for (int item = blockIdx.x; item < items; item += gridDim.x) {
+                const int taken = CF_FWD_TILE(CONSUMERS)(p, maps, WorkItem(p, tiles, item), steps, q_loads);
                 steps += taken;
                 q_loads += taken > 0;
-                L::template free_q<STAGES>(bars, lane);  // this warp has stored its output from sQ
             }
         }
     }

@@ -177,12 +177,16 @@ struct ProducerWarpgroup {
         __syncwarp();
         if (lane == 0) mbarrier_arrive(empty<STAGES>(bars, operand, t % STAGES));
     }
-    // Persistent blocks' Q tile. Producer, before copying the Q of the block's tile number `tile_no`: the consumers
-    // have stored the previous tile's output from sQ (they release sQ once a tile, copied or not, so the producer is
-    // never more than one phase behind).
+    // Persistent blocks' Q tile: copy number L (the block's L-th tile that has keys) may land in sQ once every
+    // consumer warp has arrived on q_empty for the L-th time, which it does right before it waits for that copy
+    // (free_q, then acquire_q): by then it is done with everything it did in sQ before (the last Q read, the
+    // outputs of the tiles since, keyless ones included, staged and stored). One arrival per copy on both sides
+    // keeps the two at most one phase apart, so that a parity names the phase (a keyless tile between two with
+    // keys must not add a phase of its own: the producer, which skips keyless tiles, would then wait on a parity
+    // two phases old and overwrite sQ in use).
     template <int STAGES>
-    static __device__ __forceinline__ void reserve_q(u32 bars, int tile_no) {
-        if (tile_no > 0) mbarrier_wait(q_empty<STAGES>(bars), (tile_no - 1) & 1);
+    static __device__ __forceinline__ void reserve_q(u32 bars, int q_loads) {  // producer, before copy q_loads
+        mbarrier_wait(q_empty<STAGES>(bars), q_loads & 1);
     }
     template <int STAGES>
     static __device__ __forceinline__ u32 expect_q(u32 bars, u32 bytes) {  // TMA
@@ -193,19 +197,18 @@ struct ProducerWarpgroup {
     static __device__ __forceinline__ void publish_q(u32 bars) {  // cp.async
         mbarrier_arrive_after_copies(q_full<STAGES>(bars));
     }
-    // Consumer, before reading the Q tile that is the block's copy number `q_loads`.
-    template <int STAGES>
-    static __device__ __forceinline__ void acquire_q(u32 bars, int q_loads) {
-        mbarrier_wait(q_full<STAGES>(bars), q_loads & 1);
-        if constexpr (!TMA) async_proxy_fence();
-    }
-    // Consumer warp, once it has stored its share of a tile's output from sQ. Its plain stores and loads there come
-    // before the next Q's copy (through the async proxy with bulk copies): hence the proxy fence.
+    // Consumer warp, before waiting for Q copy number q_loads: its plain loads and stores in sQ come before the
+    // copy (through the async proxy with bulk copies: hence the proxy fence).
     template <int STAGES>
     static __device__ __forceinline__ void free_q(u32 bars, int lane) {
         if constexpr (TMA) async_proxy_fence();
         __syncwarp();
         if (lane == 0) mbarrier_arrive(q_empty<STAGES>(bars));
+    }
+    template <int STAGES>
+    static __device__ __forceinline__ void acquire_q(u32 bars, int q_loads) {
+        mbarrier_wait(q_full<STAGES>(bars), q_loads & 1);
+        if constexpr (!TMA) async_proxy_fence();
     }
     // All consumer threads (the producer has left): bar.sync with a named barrier other than __syncthreads' 0.
     template <int CONSUMER_THREADS>

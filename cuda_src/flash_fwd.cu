@@ -360,6 +360,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if (lane % 4 == 0 && row < seq.seqlen_q)
                 p.lse[Rows::lse_offset(p, seq, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);
         }
+    // A persistent block's keyless tile waits for no Q copy, so nothing else orders its staging after the other
+    // warps' reads of the last tile's output in sQ.
+    if constexpr (Loads::PERSISTENT)
+        if (n_tiles == 0) Loads::template sync_consumers<MATH_THREADS>();
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
     if constexpr (Loads::SPECIALIZED) Loads::template sync_consumers<MATH_THREADS>();
     else __syncthreads();

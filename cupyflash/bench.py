@@ -704,8 +704,8 @@ DECODE_PEER_BAR = 0.9  # K/V read bandwidth over cuDNN's, at least
 DECODE_COPY_BAR = 0.7  # ... and over the device's copy bandwidth, where the cache read is at least DECODE_COPY_MIN
 DECODE_COPY_MIN = 64 * 2**20
 DECODE_COLUMNS = [
-    ("batch x heads x keys", "shape", str), ("D", "D", str), ("K+V MiB", "kv_mib", _num("%.0f")),
-    ("impl", "impl", str), ("fwd ms", "fwd_ms", _num("%.4f")), ("GB/s", "gbps", _num("%.0f")),
+    ("batch x heads x keys", "shape", str), ("D", "D", str), ("dtype", "dtype", str),
+    ("K+V MiB", "kv_mib", _num("%.0f")), ("impl", "impl", str), ("fwd ms", "fwd_ms", _num("%.4f")), ("GB/s", "gbps", _num("%.0f")),
     ("/ cuDNN", "vs_cudnn", _num("%.2f")), ("/ copy", "vs_copy", _num("%.2f")), ("splits", "splits", str),
     ("config", "config", str),
 ]

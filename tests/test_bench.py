@@ -319,6 +319,7 @@ def test_decode_mode_end_to_end(fake_gpu, monkeypatch, tmp_path):
     assert "- bfloat16 D=128 1 x 8 x 131072: 0.80x cuDNN (bar >= 0.9): missed; 0.80x copy (bar >= 0.7): met" in text
     # 1 x 32 x 8192 x 128 x 2 bytes x 2 = 128 MiB; every shape here reads at least 64 MB
     assert text.count("x copy (bar >= 0.7)") == len(bench.DECODE_SHAPES)
+    assert "| 1 x 8 x 131072 | 128 | bfloat16 | 512 | cupyflash |" in text  # rows name their dtype
 
 
 # --- --varlen ---------------------------------------------------------------------------------------------

@@ -1,10 +1,9 @@
-"""Probe for docs/wip/2026-11-27-persistent-and-leads.patch, applied (the `persistent` branch), on an H100
-(compile-checked, not GPU-run): each wgmma head dim's leading tile beside the same tile with persistent blocks ("r",
-the last entry of each list in configs.FWD_TABLE), cuDNN in the same process; bf16, 16k tokens, hidden 2048, TFLOP/s
-non-causal | causal, and the two tiles' largest difference in the output. From the checkout root, after
-`pip install --no-deps --no-build-isolation -e .` (best after the table's kernels are precompiled:
-python -m cupyflash.precompile --jobs 16 --dtypes bfloat16 --head-dims 64 128 192 256):
-    timeout 300 python docs/wip/2026-11-27-persistent-probe.py
+"""Persistent blocks against the same tile launched one block a query tile, on an H100: each wgmma head dim's
+leading tile beside the same tile with persistent blocks ("r", the last entry of each list in configs.FWD_TABLE),
+cuDNN in the same process; bf16, 16k tokens, hidden 2048, TFLOP/s non-causal | causal, and the two tiles' largest
+difference in the output. Results: 2026-11-27-h100-persistent-probe.md. From the checkout root, after
+`pip install --no-deps --no-build-isolation -e .`:
+    timeout 300 python docs/measurements/2026-11-27-h100-persistent-probe.py
 (timeout: a pipeline mistake hangs rather than fails)."""
 import dataclasses
 

@@ -178,8 +178,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # 585); at 256 128x80p 609 / 664 / 615 -> 642 / 703 / 647, 128x64pot 697 / 745 / 736. Packed rows keep cp.async.
     # A second probe (another machine): at 64 192x128pt (three consumers) 459 / 538 / 512, causal 331 / 430 / 481,
     # against 128x192pot's 394 / 481 / 469, 302 / 423 / 478; at 192 128x96pot 669 / 747 / 703 against 128x96pt's
-    # 615 / 690 / 682.
-    # Persistent blocks ("r", one block an SM taking query tiles in turn) close each list, not measured yet.
+    # 615 / 690 / 682. Leading since the fifteenth session (bench, 2k-16k / cuDNN medians: 64 1.04 / 0.96
+    # non-causal / causal, 192 1.07 / 1.09; docs/performance.md).
+    # Persistent blocks ("r", one block an SM taking query tiles in turn) close each list, for forced configs: the
+    # same tile launched one block a query tile ran faster (persistent / lead 0.89-1.05 non-causal, 0.55-0.95
+    # causal, docs/measurements/2026-11-27-h100-persistent-probe.md).
     # Producer tiles avoid biases, masks and dropout (_WS_AVOID): those take the all-warps tiles after them. Three
     # warpgroups that copy and compute cap a thread at 168 registers: the combinations that spill them (picks
     # sweep, compile check) take two. Dropout takes at most 128 keys a tile (dropout.cuh KeptBits). A block-sparse

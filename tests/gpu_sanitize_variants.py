@@ -5,8 +5,9 @@ the dispatcher picks, for compute-sanitizer:
     compute-sanitizer --tool racecheck python tests/gpu_sanitize_variants.py [--variants-only] [--head-dims 64,128]
 
 ``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed, dropout, splits (split-KV:
-forced key splits, more than the key tiles too, with the modifiers, a bias and a mask, dropout; --variants-only:
-all but tiles). ``--dtypes float32`` runs float32 inputs (the mma_tf32 family, precision "highest"; default: float16 and
+forced key splits, more than the key tiles too, with the modifiers, a bias and a mask, dropout), persistent (the
+persistent tiles on more work items than SMs, keyless items between keyed ones, with and without split keys; causal,
+first dtype); --variants-only: all but tiles. ``--dtypes float32`` runs float32 inputs (the mma_tf32 family, precision "highest"; default: float16 and
 bfloat16).
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
@@ -27,7 +28,7 @@ from cupyflash.problem import Variant
 
 limits = device_limits(0)
 rng = np.random.default_rng(0)
-SECTIONS = ("tiles", "modifiers", "biases", "masks", "packed", "dropout", "splits")
+SECTIONS = ("tiles", "modifiers", "biases", "masks", "packed", "dropout", "splits", "persistent")
 if "--only" in sys.argv:
     wanted = set(sys.argv[sys.argv.index("--only") + 1:]) & set(SECTIONS)
 else:
@@ -155,5 +156,15 @@ for kd in head_dims:
                                                              dict(bias=bias, mask=mask), dict(dropout_p=0.3))):
                 cf.flash_attn_func(q, k, k, causal=causal, num_splits=splits, **extra)
                 count += 1
+        if "persistent" in wanted and causal and dtype == dtypes[0]:
+            # persistent blocks (one an SM) taking several (query tile, head, batch) items each: fewer keys than
+            # queries leave items without keys between items with keys in some blocks (their Q barriers and the
+            # zero output's staging); then split keys with grouped heads
+            for c in (c for c in candidates("fwd", limits, kd, tile_variant) if c.persistent):
+                for batch, q_tiles, keys, nheads, nheads_k, splits in ((3, 8, 2.2, 12, 4, 1), (2, 5, 6.3, 16, 2, 2)):
+                    q, = arrays(dtype, (batch, q_tiles * c.block_m - 3, nheads, d))
+                    k, = arrays(dtype, (batch, int(keys * c.block_n), nheads_k, d))
+                    cf.flash_attn_func(q, k, k, causal=True, config=c, num_splits=splits)
+                    count += 1
         cupy.cuda.Device().synchronize()
 print(f"ran {count} variants", file=sys.stderr)

@@ -177,8 +177,8 @@ struct ProducerWarpgroup {
         __syncwarp();
         if (lane == 0) mbarrier_arrive(empty<STAGES>(bars, operand, t % STAGES));
     }
-    // Persistent blocks' Q tile: copy number L (the block's L-th tile that has keys) may land in sQ once every
-    // consumer warp has arrived on q_empty for the L-th time, which it does right before it waits for that copy
+    // Persistent blocks' Q tile: copy number L (from 0, one per tile with keys) may land in sQ once every consumer
+    // warp has arrived on q_empty L + 1 times (phase L), the last right before it waits for that copy
     // (free_q, then acquire_q): by then it is done with everything it did in sQ before (the last Q read, the
     // outputs of the tiles since, keyless ones included, staged and stored). One arrival per copy on both sides
     // keeps the two at most one phase apart, so that a parity names the phase (a keyless tile between two with

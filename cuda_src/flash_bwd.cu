@@ -272,14 +272,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // The entry of the next step to load. Each step's end finds it from the entry its load stashed, so that it is
     // live from there to the next load only, not across the products (at the largest tiles that register spills).
     int next_load = Tiles::SKIPS ? entry_after(-2) : 0;  // -2: the entry before dense step 0
-    #pragma unroll
-    for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_steps) {
-            load_step(t, next_load);
-            if constexpr (Tiles::SKIPS) next_load = entry_after(next_load);
-        }
-        cp_async_commit();
-    }
+    fill_pipeline<STAGES, Tiles::SKIPS>(n_steps, next_load, load_step, entry_after);
 
     float acc_dv[KEY_TILES][WARP_D / 8][4] = {};
     float acc_dk[KEY_TILES][WARP_D / 8][4] = {};
@@ -506,14 +499,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                     p.do_str.seq,
                                     seqlen_q - m0, head_dim);
     int first_entries = Tiles::SKIPS ? tiles.first_entry(key_tiles.x, key_tiles.y) : 0;
-    #pragma unroll
-    for (int t = 0; t < STAGES - 1; ++t) {
-        if (t < n_tiles) {
-            load_kv(t, first_entries);
-            if constexpr (Tiles::SKIPS) first_entries = after(first_entries);
-        }
-        cp_async_commit();
-    }
+    fill_pipeline<STAGES, Tiles::SKIPS>(n_tiles, first_entries, load_kv, after);
 
     // lse2 and D of this thread's rows (padding rows read as 0: their dS multiplies zero-filled K rows only).
     float row_lse2[M_TILES][2], row_delta[M_TILES][2];

@@ -289,14 +289,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         }
     } else {
         load_q();
-        #pragma unroll
-        for (int t = 0; t < STAGES - 1; ++t) {
-            if (t < n_tiles) {
-                load_kv(t, first_entry);
-                if constexpr (Tiles::SKIPS) first_entry = after(first_entry);
-            }
-            cp_async_commit();
-        }
+        fill_pipeline<STAGES, Tiles::SKIPS>(n_tiles, first_entry, load_kv, after);
 
         for (int t = 0; t < n_tiles; ++t) {
             cp_async_wait<STAGES - 2>();

@@ -101,4 +101,19 @@ __device__ __forceinline__ void load_row_values_async(u32 smem, const float* gme
     }
 }
 
+// A cp.async pipeline's prologue, where every warp copies: the first STAGES - 1 steps' copies (load(t, entry)),
+// one commit group a step, empty past n_steps, so that the loop's wait<STAGES - 2> counts alike. With SKIPS (a
+// mask's walk, mask_tiles.cuh) `entry` moves on to the next step's entry (after(entry)) after each load.
+template <int STAGES, bool SKIPS, typename Load, typename After>
+__device__ __forceinline__ void fill_pipeline(int n_steps, int& entry, const Load& load, const After& after) {
+    #pragma unroll
+    for (int t = 0; t < STAGES - 1; ++t) {
+        if (t < n_steps) {
+            load(t, entry);
+            if constexpr (SKIPS) entry = after(entry);
+        }
+        cp_async_commit();
+    }
+}
+
 }  // namespace cf

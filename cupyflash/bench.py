@@ -705,9 +705,9 @@ DECODE_COPY_BAR = 0.7  # ... and over the device's copy bandwidth, where the cac
 DECODE_COPY_MIN = 64 * 2**20
 DECODE_COLUMNS = [
     ("batch x heads x keys", "shape", str), ("D", "D", str), ("dtype", "dtype", str),
-    ("K+V MiB", "kv_mib", _num("%.0f")), ("impl", "impl", str), ("fwd ms", "fwd_ms", _num("%.4f")), ("GB/s", "gbps", _num("%.0f")),
-    ("/ cuDNN", "vs_cudnn", _num("%.2f")), ("/ copy", "vs_copy", _num("%.2f")), ("splits", "splits", str),
-    ("config", "config", str),
+    ("K+V MiB", "kv_mib", _num("%.0f")), ("impl", "impl", str), ("fwd ms", "fwd_ms", _num("%.4f")),
+    ("GB/s", "gbps", _num("%.0f")), ("/ cuDNN", "vs_cudnn", _num("%.2f")), ("/ copy", "vs_copy", _num("%.2f")),
+    ("splits", "splits", str), ("config", "config", str),
 ]
 DECODE_NOTE = ("one query (seqlen_q 1, non-causal) against seqlen_k keys, nheads K/V heads; GB/s = bytes of K and V "
                "/ median time; copy: a device-to-device copy of 1 GiB, (read + write bytes) / median time, same "

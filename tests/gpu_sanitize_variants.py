@@ -6,13 +6,14 @@ the dispatcher picks, for compute-sanitizer:
 
 ``--only SECTION ...`` runs some of the sections: tiles, modifiers, biases, masks, packed, dropout, splits (split-KV:
 forced key splits, more than the key tiles too, with the modifiers, a bias and a mask, dropout), persistent (the
-persistent tiles on more work items than SMs, keyless items between keyed ones, with and without split keys; causal,
-first dtype); --variants-only: all but tiles. ``--dtypes float32`` runs float32 inputs (the mma_tf32 family, precision "highest"; default: float16 and
-bfloat16).
+persistent tiles on more work items than SMs, keyless items after keyed ones, with and without split keys; causal,
+first dtype); --variants-only: all but tiles. ``--dtypes float32`` runs float32 inputs (the mma_tf32 family,
+precision "highest"; default: float16 and bfloat16).
 
 Seqlens straddle tile edges so partial tiles, masking and the tile skipping all run; two query heads share one
 K/V head; packed (varlen) batches run every modifier too, and additive biases of each dtype and broadcast
-(with dbias; a pair bias also shared by two batches), and boolean masks, alone and with a bias. Not a pytest module: the sanitizer wraps the whole process.
+(with dbias; a pair bias also shared by two batches), and boolean masks, alone and with a bias. Not a pytest
+module: the sanitizer wraps the whole process.
 """
 import itertools
 import sys

@@ -378,6 +378,30 @@ struct WorkItem {
     __device__ __forceinline__ int batch() const { return batch_; }
 };
 
+// The block's query tiles, one role's part of each: its grid position's tile, or (persistent) its work items b,
+// b + gridDim.x, ..., counting the pipeline's steps and Q copies alike in every role.
+template <FwdRole ROLE, typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int WARPS, int STAGES, int MIN_BLOCKS,
+          typename Mask, typename Score, typename Bias, typename Rows, typename Drop, typename Split, typename Core,
+          typename Loads, int SMEM_BYTES>
+__device__ __forceinline__ void fwd_tiles(const AttnParams& p, const typename Loads::Maps& maps) {
+#define CF_FWD_TILE fwd_tile<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, MIN_BLOCKS, Mask, Score, Bias, Rows, \
+                             Drop, Split, Core, Loads, SMEM_BYTES, ROLE>
+    if constexpr (!Loads::PERSISTENT) {
+        CF_FWD_TILE(p, maps, QueryBlock<Bias::ADDS>{}, 0, 0);
+    } else {
+        static_assert(!Rows::PACKED && !Bias::ADDS, "persistent blocks: dense batches' (tile, head, batch) order");
+        const int tiles = (p.seqlen_q + BLOCK_M - 1) / BLOCK_M * p.num_splits;  // the grid's x extent unpersisted
+        const int items = tiles * p.nheads * p.batch;
+        int steps = 0, q_loads = 0;
+        for (int item = blockIdx.x; item < items; item += gridDim.x) {
+            const int taken = CF_FWD_TILE(p, maps, WorkItem(p, tiles, item), steps, q_loads);
+            steps += taken;
+            q_loads += taken > 0;
+        }
+    }
+#undef CF_FWD_TILE
+}
+
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_N = 32, int WARPS = 4,
           int STAGES = 2, int MIN_BLOCKS = 2, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, typename Split = OneSplit,
@@ -385,57 +409,30 @@ template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 128, int BLOCK_
           int SMEM_BYTES = fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
 flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Maps maps) {
-#define CF_FWD_TILE(ROLE) fwd_tile<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, MIN_BLOCKS, Mask, Score, Bias, \
-                                   Rows, Drop, Split, Core, Loads, SMEM_BYTES, ROLE>
-    using Block = QueryBlock<Bias::ADDS>;
+#define CF_FWD_TILES(ROLE) fwd_tiles<ROLE, Elem, HEAD_DIM, BLOCK_M, BLOCK_N, WARPS, STAGES, MIN_BLOCKS, Mask, Score, \
+                                     Bias, Rows, Drop, Split, Core, Loads, SMEM_BYTES>
     if constexpr (!Loads::SPECIALIZED) {
-        CF_FWD_TILE(ALL_WARPS)(p, maps, Block{}, 0, 0);
+        CF_FWD_TILES(ALL_WARPS)(p, maps);
     } else {
         // A producer warpgroup and consumer warpgroups (pipeline.cuh): the barriers are set up once, then each
-        // role takes the block's query tiles: the one of its grid position, or (persistent) every work item of
-        // this block in turn, counting the pipeline's steps and Q tiles alike on both sides.
+        // role takes its part of the block's query tiles (fwd_tiles).
         using L = Loads;
         constexpr int MATH_WARPS = WARPS - L::PRODUCER_WARPS;
         using Smem = FwdSmem<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>;
         const u32 bars = smem_addr(Smem::q()) + Smem::BARRIERS;
         L::template init<STAGES, MATH_WARPS>(bars);
         __syncthreads();
-        const bool producer = threadIdx.x < L::PRODUCER_WARPS * 32;
-        if constexpr (!L::PERSISTENT) {
-            if (producer) {
-                L::as_producer();
-                if (L::TMA && threadIdx.x != 0) return;  // one thread issues the bulk copies
-                CF_FWD_TILE(PRODUCER)(p, maps, Block{}, 0, 0);
-                if constexpr (!L::TMA) cp_async_wait<0>();  // leave with no copy in flight
-                return;
-            }
-            L::template as_consumer<WARPS>();
-            CF_FWD_TILE(CONSUMERS)(p, maps, Block{}, 0, 0);
-        } else {
-            static_assert(!Rows::PACKED && !Bias::ADDS, "persistent blocks: dense batches' (tile, head, batch) order");
-            const int tiles = (p.seqlen_q + BLOCK_M - 1) / BLOCK_M * p.num_splits;  // the grid's x extent unpersisted
-            const int items = tiles * p.nheads * p.batch;
-            int steps = 0, q_loads = 0;
-            if (producer) {
-                L::as_producer();
-                if (L::TMA && threadIdx.x != 0) return;
-                for (int item = blockIdx.x; item < items; item += gridDim.x) {
-                    const int taken = CF_FWD_TILE(PRODUCER)(p, maps, WorkItem(p, tiles, item), steps, q_loads);
-                    steps += taken;
-                    q_loads += taken > 0;
-                }
-                if constexpr (!L::TMA) cp_async_wait<0>();
-                return;
-            }
-            L::template as_consumer<WARPS>();
-            for (int item = blockIdx.x; item < items; item += gridDim.x) {
-                const int taken = CF_FWD_TILE(CONSUMERS)(p, maps, WorkItem(p, tiles, item), steps, q_loads);
-                steps += taken;
-                q_loads += taken > 0;
-            }
+        if (threadIdx.x < L::PRODUCER_WARPS * 32) {
+            L::as_producer();
+            if (L::TMA && threadIdx.x != 0) return;  // one thread issues the bulk copies
+            CF_FWD_TILES(PRODUCER)(p, maps);
+            if constexpr (!L::TMA) cp_async_wait<0>();  // leave with no copy in flight
+            return;
         }
+        L::template as_consumer<WARPS>();
+        CF_FWD_TILES(CONSUMERS)(p, maps);
     }
-#undef CF_FWD_TILE
+#undef CF_FWD_TILES
 }
 
 }  // namespace cf

@@ -353,10 +353,6 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if (lane % 4 == 0 && row < seq.seqlen_q)
                 p.lse[Rows::lse_offset(p, seq, batch, head, row)] = softmax.lse(mt, r, p.scale_log2);
         }
-    // A persistent block's keyless tile waits for no Q copy, so nothing else orders its staging after the other
-    // warps' reads of the last tile's output in sQ.
-    if constexpr (Loads::PERSISTENT)
-        if (n_tiles == 0) Loads::template sync_consumers<MATH_THREADS>();
     stage_accum_in_smem<Elem, QTile>(sQ, warp_row0, acc, row_scale, lane);
     if constexpr (Loads::SPECIALIZED) Loads::template sync_consumers<MATH_THREADS>();
     else __syncthreads();
@@ -394,6 +390,13 @@ __device__ __forceinline__ void fwd_tiles(const AttnParams& p, const typename Lo
         const int items = tiles * p.nheads * p.batch;
         int steps = 0, q_loads = 0;
         for (int item = blockIdx.x; item < items; item += gridDim.x) {
+            // The consumers stage each tile's output in sQ and store it from there: every consumer warp is done
+            // with the last tile's before any stages the next one's. (Between two tiles with keys the Q copy
+            // orders them already, through the producer's barriers and a bulk copy, a chain that racecheck reports
+            // as hazards; a keyless tile has no Q copy at all. The Q copy holds every consumer warp back until all
+            // are done anyway, so the named barrier costs about nothing.)
+            if constexpr (ROLE == CONSUMERS)
+                if (item != blockIdx.x) Loads::template sync_consumers<(WARPS - Loads::PRODUCER_WARPS) * 32>();
             const int taken = CF_FWD_TILE(p, maps, WorkItem(p, tiles, item), steps, q_loads);
             steps += taken;
             q_loads += taken > 0;

@@ -94,10 +94,13 @@ class When:
     """A table entry that only serves some variants: it is skipped for a variant that has every feature of one
     of ``avoid``'s combinations ("softcap" skips it under softcap, "softcap+alibi+bias" only when all three are
     on; feature names in FEATURES and ARCH_FEATURES). Each combination is one the CPU compile check found spilling
-    registers at that tile, or whose tiles do not fit; the entry's comment says which."""
+    registers at that tile, or whose tiles do not fit; the entry's comment says which. ``max_seqlen_q`` (> 0): the
+    entry serves only problems of at most that many query rows (decode-shaped calls), where a tile of fewer rows
+    computes less padding; candidates() still lists it, for forced configs."""
 
     config: TileConfig
     avoid: tuple[str, ...] = ()
+    max_seqlen_q: int = 0
 
     def __post_init__(self):
         known = FEATURES.keys() | ARCH_FEATURES.keys()
@@ -148,6 +151,16 @@ def _entry_allows(entry, variant, limits=None) -> bool:
     return entry.allows(variant, limits) if isinstance(entry, When) else True
 
 
+#: select_config's seqlen_q when the problem's length is not known: entries for short query rows are passed over.
+EVERY_LENGTH = -1
+
+
+def _entry_serves_rows(entry, seqlen_q: int | None) -> bool:
+    """Whether the entry serves a problem of ``seqlen_q`` query rows (EVERY_LENGTH: every entry; None: unknown)."""
+    limit = entry.max_seqlen_q if isinstance(entry, When) else 0
+    return not limit or seqlen_q == EVERY_LENGTH or (seqlen_q is not None and seqlen_q <= limit)
+
+
 # Fallback tiles for small shared memory, appended to every head dim's list: 64x32 fits 99 KB at every head
 # dim, 16x16 fits 48 KB at every head dim. Slow, but never "no kernel".
 _SMALL = (_c(64, 32, 4), _c(16, 16, 1))
@@ -190,7 +203,13 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # tiles divide them). 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's
     # tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB, and a variant with no entry here
     # runs on mma_sm80.
-    ("wgmma_sm90", 64): (When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+    # Decode-shaped calls (at most 64 query rows): one consumer warpgroup of 64 rows and a deeper ring. The
+    # 192-row lead computes 192 rows per key tile for one query, work that outlasts the key tile's copy at head
+    # dim 64 (H100, sixteenth session, K/V bandwidth where no split is needed: 2810-3083 GB/s against the lead's
+    # 2501-2826, cuDNN 2891-3050). At head dim 128 the same tile lost to the lead (2905-3034 against 2987-3126):
+    # no decode entry there.
+    ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_AVOID, max_seqlen_q=64),
+                         When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
@@ -492,9 +511,11 @@ def fits(config: TileConfig, kernel_hdim: int, limits: DeviceLimits, *, residenc
     return blocks * (smem + RESERVED_SMEM_PER_BLOCK) <= limits.smem_per_sm
 
 
-def _table(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None, family: str | None = None):
+def _table(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None, family: str | None = None,
+           seqlen_q: int | None = EVERY_LENGTH):
     """(kernel head dim, this variant's entries of the table, best first): of the preferred family (family_for),
-    or of the named ``family`` (a forced config's) when it supports the variant (nothing otherwise)."""
+    or of the named ``family`` (a forced config's) when it supports the variant (nothing otherwise); with
+    ``seqlen_q``, those that serve problems of that many query rows."""
     kd = kernel_head_dim(head_dim)
     if family is None:
         fam = family_for(limits, variant, kind, head_dim)
@@ -503,7 +524,7 @@ def _table(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | No
         if not fam.supports(limits.compute_capability, variant or Variant("float16"), kind, kd):
             return kd, ()
     return kd, tuple(_entry_config(e) for e in TABLES[kind].get((fam.name, kd), ())
-                     if _entry_allows(e, variant, limits))
+                     if _entry_allows(e, variant, limits) and _entry_serves_rows(e, seqlen_q))
 
 
 def candidates(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant | None = None
@@ -519,13 +540,16 @@ def candidates(kind: str, limits: DeviceLimits, head_dim: int, variant: Variant 
 
 
 def select_config(kind: str, limits: DeviceLimits, head_dim: int, causal: bool = False,
-                  variant: Variant | None = None, family: str | None = None) -> TileConfig:
+                  variant: Variant | None = None, family: str | None = None,
+                  seqlen_q: int | None = None) -> TileConfig:
     """The tile configuration of kernel ``kind`` ('fwd', 'bwd', 'bwd_dq') for a problem: the first tuned table
     entry for the variant whose shared memory fits the device with the residency it was tuned for; failing that,
     the first entry (fallbacks included) that fits at all. A tuned tile at one block per SM beats a fallback.
-    ``family``: from that family's table (tests and benchmarks force each family that runs the variant)."""
+    ``family``: from that family's table (tests and benchmarks force each family that runs the variant).
+    ``seqlen_q``: the problem's query rows (the longest entry's in a packed batch), which entries for short rows
+    need (When.max_seqlen_q; None: not known, those entries are passed over)."""
     del causal  # one table serves both today; the argument keeps call sites stable when it stops doing so
-    kd, table = _table(kind, limits, head_dim, variant, family)
+    kd, table = _table(kind, limits, head_dim, variant, family, seqlen_q)
     if family is not None and not table:
         raise NoConfigFits(f"the {family} family has no {kind} kernel for head dim {head_dim} on this GPU"
                            f"{_modifiers_text(variant)}")

@@ -190,7 +190,7 @@ def _plan(q, k, v, alibi_slopes, bias, mask, key, *, dropout_p, softmax_scale, c
 
     def pick(variant):
         if config is None:
-            return select_config("fwd", limits, problem.head_dim, problem.causal, variant)
+            return select_config("fwd", limits, problem.head_dim, problem.causal, variant, seqlen_q=problem.seqlen_q)
         check_config("fwd", config, limits, problem.head_dim, variant)
         return config
 
@@ -364,4 +364,4 @@ def select_config_for(q: Array, k: Array, v: Array, causal: bool = False, family
         return plan.config
     problem = plan.problem
     return select_config("fwd", device_limits(problem.device), problem.head_dim, problem.causal, problem.variant,
-                         family)
+                         family, seqlen_q=problem.seqlen_q)

@@ -37,10 +37,13 @@ def _instances(limits, with_variants: bool, dtypes=DTYPES, dropout: bool = False
             for variant in variant_combinations(kind, dtypes, dropouts=(False, True) if dropout else (False,)):
                 if not with_variants and (variant.bias != "none" or variant.bool_mask or not variant.dropout):
                     continue  # --dropout alone: with dropout, every mask, modifier and row layout, no bias
-                try:
-                    out.add((kind, kd, select_config(kind, limits, kd, variant=variant), variant))
-                except NoConfigFits:  # the call raises that; nothing to compile
-                    pass
+                # the forward's picks for long and for decode-shaped (one query row) problems
+                for seqlen_q in (None, 1) if kind == "fwd" else (None,):
+                    try:
+                        out.add((kind, kd, select_config(kind, limits, kd, variant=variant, seqlen_q=seqlen_q),
+                                 variant))
+                    except NoConfigFits:  # the call raises that; nothing to compile
+                        pass
     return sorted(out, key=str)
 
 

@@ -169,7 +169,8 @@ def _plan(arrays, alibi_slopes, key, max_q, max_k, dropout_p, softmax_scale, cau
                               precision=precision)
     limits = device_limits(problem.device)
     if config is None:
-        config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant)
+        config = select_config("fwd", limits, problem.head_dim, problem.causal, problem.variant,
+                               seqlen_q=problem.seqlen_q)
     else:
         check_config("fwd", config, limits, problem.head_dim, problem.variant)
     q4, k4, v4 = (spec_of(x[None]) for x in arrays[:3])

@@ -109,6 +109,31 @@ def test_bulk_copy_tiles_lead_on_dense_rows_and_leave_packed_rows_to_cp_async():
             assert not config.persistent or config.tma, (family, kd, config)  # tested and measured only with TMA
 
 
+def test_decode_tiles_serve_short_query_rows_only():
+    # When.max_seqlen_q: the 64-row tile serves problems of at most 64 query rows, and only when the length is known
+    for kd in (64,):
+        decode = select_config("fwd", H100, kd, seqlen_q=1)
+        assert decode.block_m == 64 and decode.tma and decode.producer_warps == 4, (kd, decode)
+        assert select_config("fwd", H100, kd, seqlen_q=64) == decode
+        long = select_config("fwd", H100, kd, seqlen_q=65)
+        assert long.block_m > 64 and long == select_config("fwd", H100, kd)  # unknown length: the long rows' tile
+        assert decode in configs.candidates("fwd", H100, kd)  # forced configs may take it at any length
+        check_fwd_config(decode, H100, kd)
+        # packed rows and the variants the producer tiles avoid take the tiles after it
+        for variant in (Variant("bfloat16", rows="packed"), Variant("bfloat16", bias="float32")):
+            assert select_config("fwd", H100, kd, variant=variant, seqlen_q=1).block_m > 64, (kd, variant)
+    for kd in (128, 192, 256):  # no decode tile there (at 128 it lost to the lead on the H100)
+        assert select_config("fwd", H100, kd, seqlen_q=1) == select_config("fwd", H100, kd), kd
+    assert select_config("fwd", A100, 64, seqlen_q=1) == select_config("fwd", A100, 64)  # wgmma tiles only
+
+
+def test_a_row_limit_must_be_met_by_a_known_length():
+    entry = configs.When(configs._w(64, 128, producer=True), max_seqlen_q=64)
+    assert configs._entry_serves_rows(entry, 64) and configs._entry_serves_rows(entry, configs.EVERY_LENGTH)
+    assert not configs._entry_serves_rows(entry, 65) and not configs._entry_serves_rows(entry, None)
+    assert configs._entry_serves_rows(configs.When(configs._w(128, 128)), None)
+
+
 def test_every_family_that_runs_a_problem_is_a_candidate_and_may_be_forced():
     both = configs.candidates("fwd", H100, 128)
     assert {c.family for c in both} == {"wgmma_sm90", "mma_sm80"} and both[0].family == "wgmma_sm90"

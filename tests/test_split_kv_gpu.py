@@ -105,6 +105,27 @@ def test_backward_on_a_split_forward():
     check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / 8, True, "float16")
 
 
+@pytest.mark.parametrize("seqlen_q", [1, 7, 64])
+@pytest.mark.parametrize("head_dim", [56, 64, 120, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_decode_tiles_on_short_query_rows(seqlen_q, head_dim, causal):
+    # configs: at most 64 query rows take a 64-row tile on Hopper at head dims up to 64 (When.max_seqlen_q), split
+    # or not, with GQA; longer head dims keep the lead
+    from cupyflash._device import device_limits
+    from cupyflash.configs import select_config
+
+    (q, k, v, _), (q64, k64, v64, _) = make_problem(seqlen_q + head_dim, 2, seqlen_q, 3000, 8, 2, head_dim,
+                                                    DTYPES[causal])
+    plan = plan_for(q, k, v, causal=causal)
+    limits = device_limits(0)
+    assert plan.config == select_config("fwd", limits, head_dim, variant=plan.problem.variant, seqlen_q=seqlen_q)
+    if limits.compute_capability == 90:
+        assert (plan.config.block_m == 64) == (head_dim <= 64), plan.config
+    for num_splits in (0, 1, 5):
+        out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, num_splits=num_splits)
+        check_against_reference(out, lse, q64, k64, v64, 1 / math.sqrt(head_dim), causal, DTYPES[causal])
+
+
 @pytest.mark.parametrize("batch, nheads, seqlen_k, splits", [(1, 8, 131072, True), (1, 32, 8192, True),
                                                               (4, 32, 8192, False), (64, 8, 16384, False)])
 def test_decode_shapes_split_automatically(batch, nheads, seqlen_k, splits):

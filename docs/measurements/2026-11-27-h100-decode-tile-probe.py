@@ -1,8 +1,8 @@
-"""Probe for docs/wip/2026-11-27-decode-tiles.patch, applied, on an H100: K/V read bandwidth of decode-shaped
-forwards (bench.DECODE_SHAPES, one query row) on the 64-row decode tile (the dispatcher's pick with the patch)
-beside the long rows' leading tile forced, and cuDNN, in one process; bf16, head dims 64 and 128. GB/s = bytes of
-K and V / median time. From the checkout root, after `pip install --no-deps --no-build-isolation -e .`:
-    timeout 300 python docs/wip/2026-11-27-decode-probe.py"""
+"""Probe for the decode tiles (sixteenth session: run with a 64-row entry at head dims 64 and 128; 64's landed):
+K/V read bandwidth of decode-shaped forwards (bench.DECODE_SHAPES, one query row) on the dispatcher's pick beside
+the long rows' leading tile forced, and cuDNN, in one process; bf16, head dims 64 and 128. GB/s = bytes of K and V
+/ median time. From the checkout root, after `pip install --no-deps --no-build-isolation -e .`:
+    timeout 300 python docs/measurements/2026-11-27-h100-decode-tile-probe.py"""
 import torch
 import torch.nn.functional as F
 

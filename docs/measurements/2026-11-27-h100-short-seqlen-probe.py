@@ -4,7 +4,7 @@ without spills or ptxas C75xx warnings; some are not table entries, so the confi
 compiled in parallel first, each checked against float32 attention on awkward lengths, then TFLOP/s at 2k, 4k
 and 8k beside cuDNN in the same process (bf16, 16k tokens, hidden 2048). From the checkout root, after
 `pip install --no-deps --no-build-isolation -e .`:
-    timeout 500 python docs/wip/2026-11-27-short-seqlen-probe.py"""
+    timeout 500 python docs/measurements/2026-11-27-h100-short-seqlen-probe.py"""
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor

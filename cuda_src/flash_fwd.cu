@@ -245,32 +245,9 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             to_logits(s, t, 0);
             return softmax.step(s, alpha, p.scale_log2);
         };
-        // Under a mask one warpgroup's rows may see fewer of the block's key tiles: the diagonal's far end
-        // (causal: the first warpgroup's rows end BLOCK_M - 64 rows before the block's), a window's near end,
-        // rows past seqlen_q. Its steps run over [t_lo, t_hi); the others are waited for and handed back without a
-        // product (their scores would all be -inf: skipping them changes no bit), so the ring's phases move on.
-        int t_lo = 0, t_hi = n_tiles;
-        if constexpr (Mask::MASKS) {
-            constexpr int WG_ROWS = 4 * ROWS_PER_WARP;  // a warpgroup's rows: wgmma's products are warpgroup-wide
-            const int wg_m0 = m0 + warp_row0 / WG_ROWS * WG_ROWS;
-            const int2 seen = mask.template key_tiles<WG_ROWS, BLOCK_N>(wg_m0, seqlen_k);
-            t_lo = t_hi = n_tiles;
-            if (wg_m0 < seq.seqlen_q && seen.x < seen.y) {
-                t_lo = min(max(key_tiles.y - seen.y, 0), n_tiles);
-                t_hi = max(min(key_tiles.y - seen.x, n_tiles), t_lo);
-            }
-        }
-        auto pass = [&](int t) {  // (waits first, so that one warp's arrivals never run a phase ahead)
-            L::template acquire<STAGES>(bars, KEYS, step0 + t);
-            L::template release<STAGES>(bars, KEYS, step0 + t, lane);
-            L::template acquire<STAGES>(bars, VALUES, step0 + t);
-            L::template release<STAGES>(bars, VALUES, step0 + t, lane);
-        };
-        for (int t = 0; t < t_lo; ++t) pass(t);
-
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
         if constexpr (!L::OVERLAP) {  // each product waited for in place; the two warpgroups overlap each other
-            for (int t = t_lo; t < t_hi; ++t) {
+            for (int t = 0; t < n_tiles; ++t) {
                 float s[M_TILES][N_TILES][4];
                 L::template acquire<STAGES>(bars, KEYS, step0 + t);
                 Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
@@ -283,14 +260,14 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         }
         // The first step, peeled so that every product issued in the loop below is waited for on every path
         // (ptxas serializes the products when a path could leave one in flight: C7514).
-        if (L::OVERLAP && t_lo < t_hi) {
+        if (L::OVERLAP && n_tiles > 0) {
             float s[M_TILES][N_TILES][4];
-            L::template acquire<STAGES>(bars, KEYS, step0 + t_lo);
-            Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t_lo), lane);
-            scores_to_p(s, t_lo);  // O is still 0: nothing to rescale
+            L::template acquire<STAGES>(bars, KEYS, step0);
+            Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
+            scores_to_p(s, 0);  // O is still 0: nothing to rescale
             accum_to_a_frags<Elem>(pf, s);
         }
-        for (int t = t_lo + 1; L::OVERLAP && t < t_hi; ++t) {
+        for (int t = 1; L::OVERLAP && t < n_tiles; ++t) {
             float s[M_TILES][N_TILES][4];
             L::template acquire<STAGES>(bars, KEYS, step0 + t);
             Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
@@ -305,12 +282,11 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if (rescales) softmax.rescale(acc, alpha);
             accum_to_a_frags<Elem>(pf, s);
         }
-        if (L::OVERLAP && t_lo < t_hi) {  // O += P_last V_last
-            L::template acquire<STAGES>(bars, VALUES, step0 + t_hi - 1);
-            Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t_hi - 1), lane);
-            L::template release<STAGES>(bars, VALUES, step0 + t_hi - 1, lane);
+        if (L::OVERLAP && n_tiles > 0) {  // O += P_last V_last
+            L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);
+            Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(n_tiles - 1), lane);
+            L::template release<STAGES>(bars, VALUES, step0 + n_tiles - 1, lane);
         }
-        for (int t = t_hi; t < n_tiles; ++t) pass(t);
     } else {
         load_q();
         fill_pipeline<STAGES, Tiles::SKIPS>(n_tiles, first_entry, load_kv, after);

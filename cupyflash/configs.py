@@ -201,19 +201,25 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # sweep, compile check) take two. Dropout takes at most 128 keys a tile (dropout.cuh KeptBits). A block-sparse
     # mask takes tiles of 128 rows, which divide the usual power-of-two blocks (its summary is read only where
     # tiles divide them). 128x64 serves what the larger tiles' shared memory does not fit (a bias's and a mask's
-    # tiles beside them). No small-memory fallbacks: every sm_90 GPU has 227 KB, and a variant with no entry here
-    # runs on mma_sm80.
+    # tiles beside them). At 64 it also takes boolean masks read in their tiles: tiles that divide a mask's
+    # power-of-two blocks skip its empty ones (H100, bf16, forced tiles, time / plain at 2k / 8k, half of the
+    # 128x128 blocks empty: 192x192 1.56 / 1.71, 192x128 1.20 / 1.27, 128x128 0.84 / 0.83, 128x64 0.77 / 0.79; a
+    # dense random mask with no empty tile: 1.78 / 1.79 on 192x192, 1.79 / 2.02 on 128x64;
+    # docs/measurements/2026-11-27-h100-mask-tile-probe.py). No small-memory fallbacks: every sm_90 GPU has 227 KB,
+    # and a variant with no entry here runs on mma_sm80.
     # Decode-shaped calls (at most 64 query rows): one consumer warpgroup of 64 rows and a deeper ring. The
     # 192-row lead computes 192 rows per key tile for one query, work that outlasts the key tile's copy at head
     # dim 64 (H100, sixteenth session, K/V bandwidth where no split is needed: 2810-3083 GB/s against the lead's
     # 2501-2826, cuDNN 2891-3050). At head dim 128 the same tile lost to the lead (2905-3034 against 2987-3126):
     # no decode entry there.
-    ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_AVOID, max_seqlen_q=64),
+    ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_AVOID,
+                              max_seqlen_q=64),
                          When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),
-                         When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask")),
-                         When(_w(192, 128), avoid=("dropout", "block_mask")), _w(128, 128), _w(128, 64),
+                         When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask", "mask")),
+                         When(_w(192, 128), avoid=("dropout", "block_mask", "mask")),
+                         When(_w(128, 128), avoid=("mask",)), _w(128, 64),
                          When(_w(128, 128, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 128, producer=True, tma=True, persistent=True), avoid=_WS_TMA_AVOID)),
     ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),

@@ -111,17 +111,17 @@ def test_bulk_copy_tiles_lead_on_dense_rows_and_leave_packed_rows_to_cp_async():
 
 def test_decode_tiles_serve_short_query_rows_only():
     # When.max_seqlen_q: the 64-row tile serves problems of at most 64 query rows, and only when the length is known
-    for kd in (64,):
-        decode = select_config("fwd", H100, kd, seqlen_q=1)
-        assert decode.block_m == 64 and decode.tma and decode.producer_warps == 4, (kd, decode)
-        assert select_config("fwd", H100, kd, seqlen_q=64) == decode
-        long = select_config("fwd", H100, kd, seqlen_q=65)
-        assert long.block_m > 64 and long == select_config("fwd", H100, kd)  # unknown length: the long rows' tile
-        assert decode in configs.candidates("fwd", H100, kd)  # forced configs may take it at any length
-        check_fwd_config(decode, H100, kd)
-        # packed rows and the variants the producer tiles avoid take the tiles after it
-        for variant in (Variant("bfloat16", rows="packed"), Variant("bfloat16", bias="float32")):
-            assert select_config("fwd", H100, kd, variant=variant, seqlen_q=1).block_m > 64, (kd, variant)
+    kd = 64
+    decode = select_config("fwd", H100, kd, seqlen_q=1)
+    assert decode.block_m == 64 and decode.tma and decode.producer_warps == 4, (kd, decode)
+    assert select_config("fwd", H100, kd, seqlen_q=64) == decode
+    long = select_config("fwd", H100, kd, seqlen_q=65)
+    assert long.block_m > 64 and long == select_config("fwd", H100, kd)  # unknown length: the long rows' tile
+    assert decode in configs.candidates("fwd", H100, kd)  # forced configs may take it at any length
+    check_fwd_config(decode, H100, kd)
+    # packed rows and the variants the producer tiles avoid take the tiles after it
+    for variant in (Variant("bfloat16", rows="packed"), Variant("bfloat16", bias="float32")):
+        assert select_config("fwd", H100, kd, variant=variant, seqlen_q=1).block_m > 64, (kd, variant)
     for kd in (128, 192, 256):  # no decode tile there (at 128 it lost to the lead on the H100)
         assert select_config("fwd", H100, kd, seqlen_q=1) == select_config("fwd", H100, kd), kd
     assert select_config("fwd", A100, 64, seqlen_q=1) == select_config("fwd", A100, 64)  # wgmma tiles only

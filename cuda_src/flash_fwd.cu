@@ -173,7 +173,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
                                                                 warp_row0, 0, lane, p, entry);
         apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
-        mask_fragment<BLOCK_M, BLOCK_N>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
+        mask_fragment<BLOCK_M, BLOCK_N, false, Core::WARPGROUPS>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
     };
 
     if constexpr (Loads::SPECIALIZED) {

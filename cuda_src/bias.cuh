@@ -30,7 +30,7 @@ struct NoBiasGrad {
 // ADDS: the policy adds bias values (not only a mask's hiding): the forward and dQ grids take batches fastest
 // (coords.cuh QueryBlock).
 struct NoBias {
-    static constexpr bool ON = false, GRAD = false, ADDS = false;
+    static constexpr bool ON = false, GRAD = false, ADDS = false, CUTS = false;
     using Tiles = AllTiles;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = NoBiasGrad;
@@ -275,7 +275,7 @@ template <typename T, bool GRAD_ = false, typename Hidden_ = TileBias<mask8>>
 struct MaskedBias {
     using Values = TileBias<T, GRAD_>;
     using Hidden = Hidden_;
-    static constexpr bool ON = true, GRAD = GRAD_, ADDS = true;
+    static constexpr bool ON = true, GRAD = GRAD_, ADDS = true, CUTS = Hidden::CUTS;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = typename Values::template Grad<KEY_TILES, QUERY_TILES>;
     using Tiles = typename Hidden::Tiles;

@@ -81,7 +81,9 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>(),
                   "Python's smem formula");
     static_assert(!Core::WARPGROUPS || (ROWS_PER_WARP == 16 && WARPS % 4 == 0), "warpgroups of 4 warps x 16 rows");
-    static_assert(!Loads::SPECIALIZED || (Core::WARPGROUPS && MIN_BLOCKS == 1 && !Bias::ON),
+    // A block mask (bias.cuh BlockMask) adds nothing to a stage but its walk entries.
+    constexpr bool WALK_ONLY = Bias::ON && !Bias::ADDS && !Bias::CUTS;
+    static_assert(!Loads::SPECIALIZED || (Core::WARPGROUPS && MIN_BLOCKS == 1 && (!Bias::ON || WALK_ONLY)),
                   "a producer warpgroup: wgmma, one block an SM, stages filled by copies only (pipeline.cuh)");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     static_assert(!(Split::ON && Rows::PACKED), "split keys with packed rows");
@@ -181,7 +183,13 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         // products: step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}, waits for S_t only, computes P_t while
         // the second product runs, then waits for it and rescales O. K_t's slot is released once S_t is in
         // registers, V_{t-1}'s once O has it.
-        static_assert(!Bias::ON && !Drop::ON, "a producer's stages hold K and V only; dropout spills the overlap");
+        static_assert((!Bias::ON || (WALK_ONLY && Loads::TMA)) && !Drop::ON,
+                      "a producer's stages hold K and V only (with bulk copies, also a block mask's walk entry: its "
+                      "one thread's stores are released by its arrival); dropout spills the overlap");
+        // A block mask's walk: the producer's thread finds step t's key tile, stashes its entry in the stage's
+        // bias slot before the arrival that publishes the key tile, and the consumers read it once they have
+        // acquired that tile (before releasing it: the slot's next entry waits for that release).
+        auto stash_of = [&](int t) { return sBias_addr + (step0 + t) % STAGES * BIAS_BYTES; };
         using L = Loads;
         constexpr int KEYS = L::KEYS, VALUES = L::VALUES;
         // Step t of this tile is step step0 + t of the block's pipeline: its ring slot and barrier phase.
@@ -195,9 +203,11 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if constexpr (L::TMA) {  // one thread issues every bulk copy
                 static_assert(!Rows::PACKED, "bulk copies of packed rows would read the next entry's rows");
                 const int kv_head = kv_head_of(p, head);
+                int entry = first_entry;
                 for (int t = 0; t < n_tiles; ++t) {
-                    const int n0 = key_tile(t, 0) * BLOCK_N;
+                    const int n0 = key_tile(t, entry) * BLOCK_N;
                     L::template reserve<STAGES>(bars, KEYS, step0 + t);
+                    if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(stash_of(t), entry);
                     const bool q_too = t == 0 && !L::PERSISTENT;
                     const u32 keys_landed = L::template expect<STAGES>(bars, KEYS, step0 + t,
                                                                        KVTile::BYTES + (q_too ? QTile::BYTES : 0));
@@ -211,6 +221,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                     L::template reserve<STAGES>(bars, VALUES, step0 + t);
                     tma_load_tile<KVTile>(sV_of(t), maps.v, n0, kv_head, batch,
                                           L::template expect<STAGES>(bars, VALUES, step0 + t, KVTile::BYTES));
+                    if constexpr (Tiles::SKIPS) entry = after(entry);
                 }
                 return n_tiles;
             }
@@ -239,19 +250,25 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         // Step t's scores, once S_t = Q K_t^T has landed in s: K_t's slot goes back to the producer, s becomes P_t
         // (m_i, l_i updated); returns whether O must be rescaled (by alpha) before P_t V_t joins it.
         float alpha[M_TILES][2];
-        auto scores_to_p = [&](float (&s)[M_TILES][N_TILES][4], int t) {
+        auto scores_to_p = [&](float (&s)[M_TILES][N_TILES][4], int t, int entry) {
             fence_fragment(s[0]);
             L::template release<STAGES>(bars, KEYS, step0 + t, lane);
-            to_logits(s, t, 0);
+            to_logits(s, t, entry);
             return softmax.step(s, alpha, p.scale_log2);
+        };
+        // Step t's walk entry (a block mask's), read once its key tile is acquired.
+        auto entry_of = [&](int t) {
+            if constexpr (Tiles::SKIPS) return Bias::template stashed<BLOCK_N, 0>(stash_of(t));
+            else return 0;
         };
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
         if constexpr (!L::OVERLAP) {  // each product waited for in place; the two warpgroups overlap each other
             for (int t = 0; t < n_tiles; ++t) {
                 float s[M_TILES][N_TILES][4];
                 L::template acquire<STAGES>(bars, KEYS, step0 + t);
+                const int entry = entry_of(t);
                 Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
-                if (scores_to_p(s, t)) softmax.rescale(acc, alpha);
+                if (scores_to_p(s, t, entry)) softmax.rescale(acc, alpha);
                 accum_to_a_frags<Elem>(pf, s);
                 L::template acquire<STAGES>(bars, VALUES, step0 + t);
                 Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t), lane);
@@ -263,18 +280,20 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         if (L::OVERLAP && n_tiles > 0) {
             float s[M_TILES][N_TILES][4];
             L::template acquire<STAGES>(bars, KEYS, step0);
+            const int entry = entry_of(0);
             Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
-            scores_to_p(s, 0);  // O is still 0: nothing to rescale
+            scores_to_p(s, 0, entry);  // O is still 0: nothing to rescale
             accum_to_a_frags<Elem>(pf, s);
         }
         for (int t = 1; L::OVERLAP && t < n_tiles; ++t) {
             float s[M_TILES][N_TILES][4];
             L::template acquire<STAGES>(bars, KEYS, step0 + t);
+            const int entry = entry_of(t);
             Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
             L::template acquire<STAGES>(bars, VALUES, step0 + t - 1);
             Core::template issue_pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t - 1));
             Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
-            const bool rescales = scores_to_p(s, t);
+            const bool rescales = scores_to_p(s, t, entry);
             Core::template wait<0>();
             fence_fragment(acc[0]);
             fence_fragment(pf);

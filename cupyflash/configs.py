@@ -173,6 +173,9 @@ _WS_AVOID = ("bias", "mask", "block_mask", "dropout")
 # Bulk tensor copies take dense rows (the box of a packed batch's last tile would read the next entry's rows):
 # packed rows take the cp.async producer after them.
 _WS_TMA_AVOID = _WS_AVOID + ("packed",)
+# With bulk copies the producer's one thread also walks a block-sparse mask's tile summary (a stage's walk entry
+# rides beside its key tile, cuda_src/flash_fwd.cu): tiles that divide the mask's blocks take those.
+_WS_TMA_BLOCKS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "block_mask")
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
@@ -216,13 +219,14 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                               max_seqlen_q=64),
                          When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
+                         When(_w(128, 128, producer=True, tma=True), avoid=_WS_TMA_BLOCKS_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask", "mask")),
                          When(_w(192, 128), avoid=("dropout", "block_mask", "mask")),
                          When(_w(128, 128), avoid=("mask",)), _w(128, 64),
                          When(_w(128, 128, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 128, producer=True, tma=True, persistent=True), avoid=_WS_TMA_AVOID)),
-    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
+    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True, tma=True), avoid=_WS_TMA_BLOCKS_AVOID),
                           When(_w(128, 128, producer=True, overlap=True), avoid=_WS_AVOID),
                           When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
                           _w(128, 128), _w(128, 64), When(_w(128, 128, producer=True), avoid=_WS_AVOID),

@@ -127,6 +127,21 @@ def test_decode_tiles_serve_short_query_rows_only():
     assert select_config("fwd", A100, 64, seqlen_q=1) == select_config("fwd", A100, 64)  # wgmma tiles only
 
 
+def test_block_masks_take_the_bulk_copy_producer_tiles_at_64_and_128():
+    # a block-sparse mask's walk rides with the key tiles of the bulk-copy producer: 128x128 tiles, which divide
+    # the usual power-of-two blocks; a bias beside it, a mask read in its tiles and plain attention keep their picks
+    for kd in (64, 128):
+        for extra in ({}, dict(mask="band", softcap=True, alibi=True)):
+            config = select_config("fwd", H100, kd, variant=Variant("bfloat16", bool_mask=True, mask_blocks=True,
+                                                                     **extra))
+            assert config.producer_warps and config.tma and (config.block_m, config.block_n) == (128, 128), config
+            assert not config.persistent
+        for variant in (Variant("bfloat16", bool_mask=True, mask_blocks=True, bias="float32"),
+                        Variant("bfloat16", bool_mask=True)):
+            assert not select_config("fwd", H100, kd, variant=variant).producer_warps, (kd, variant)
+    assert select_config("fwd", H100, 64).block_m == 192  # plain attention keeps its lead
+
+
 def test_a_row_limit_must_be_met_by_a_known_length():
     entry = configs.When(configs._w(64, 128, producer=True), max_seqlen_q=64)
     assert configs._entry_serves_rows(entry, 64) and configs._entry_serves_rows(entry, configs.EVERY_LENGTH)

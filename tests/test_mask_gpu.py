@@ -215,3 +215,31 @@ def test_uniform_blocks_on_the_gpu_match_numpy():
         mask, _ = make_mask(rng, (2, 3, 500, 700), (False, True, False, False), "broadcast_view", 0.5, block,
                             uniform=True)
         assert uniform_blocks(mask) == uniform_blocks(cupy.asnumpy(mask), np)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal, softcap", [(False, 0.0), (True, 0.0), (True, 15.0)])
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(300, 517), (1025, 1025)])
+def test_block_masks_on_the_producer_tiles(head_dim, causal, softcap, seqlen_q, seqlen_k):
+    # a block-sparse mask of 128 x 128 blocks: on Hopper at head dims 64 and 128 the forward walks its summary on
+    # the bulk-copy producer tiles (the walk entries ride with the key tiles), and matches float64 (GQA 2:1, rows
+    # that see no block, the last tile partial); the backward reads the same summary
+    from cupyflash._device import device_limits
+    from cupyflash.forward import plan_for
+
+    full = (2, 4, seqlen_q, seqlen_k)
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(head_dim + seqlen_q, 2, seqlen_q, seqlen_k, 4, 2,
+                                                            head_dim, "bfloat16")
+    mask, ref = make_mask(np.random.default_rng(seqlen_k), full, (False, True, False, False), "contiguous", 0.5,
+                          128, uniform=True)
+    prepared = cf.prepare_mask(mask)
+    plan = plan_for(q, k, v, causal=causal, softcap=softcap, mask=prepared)
+    assert plan.problem.variant.mask_blocks
+    if device_limits(0).compute_capability == 90:
+        assert plan.config.producer_warps and plan.config.tma, plan.config
+    out, lse = cf.flash_attn_func(q, k, v, causal=causal, softcap=softcap, return_lse=True, mask=prepared)
+    scale = 1 / math.sqrt(head_dim)
+    check_against_reference(out, lse, q64, k64, v64, scale, causal, "bfloat16", mask=ref, softcap=softcap)
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, softcap=softcap, mask=prepared)
+    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, "bfloat16", mask=ref,
+                                  softcap=softcap, out=out)

@@ -85,6 +85,16 @@ def make_mask(rng, full, broadcast, layout, density, blocks=None, uniform=False)
     return dev, ref
 
 
+def runs_wgmma():
+    """Whether the forward runs on the wgmma family here: a compute capability 9.0 device, the family not disabled
+    (CUPYFLASH_DISABLE_FAMILIES=wgmma_sm90 runs the forward suites on mma_sm80, where Hopper's tile picks don't
+    apply but every numerical check does)."""
+    from cupyflash._device import device_limits
+    from cupyflash.families import FAMILIES, WGMMA_SM90
+
+    return device_limits(0).compute_capability == 90 and WGMMA_SM90 in FAMILIES
+
+
 def backward_mode(mode):
     """flash_attn_backward's keywords for a test's backward mode: "default" (the dispatcher's choice),
     "deterministic" or "atomic" (dQ by atomics)."""

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import requires_gpu
 from cupyflash._accuracy import check_against_reference, check_grads_against_reference, to_float64
-from gpu_helpers import BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode, make_mask, make_problem
+from gpu_helpers import (BIAS_HEAD_DIMS, BIAS_SEQLENS, BIAS_SIDES, LAYOUTS, backward_mode, make_mask, make_problem,
+                         runs_wgmma)
 
 import cupyflash as cf
 from cupyflash.problem import Variant
@@ -33,7 +34,7 @@ def run_mask(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dtype,
         return
     kw = backward_mode(mode)
     grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=causal, mask=mask, **variant, **kw)
-    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, mask=ref, **variant)
+    check_grads_against_reference(grads, dout64, q64, k64, v64, scale, causal, dtype, mask=ref, out=out, **variant)
 
 
 seqlens, head_dims, sides = BIAS_SEQLENS, BIAS_HEAD_DIMS, BIAS_SIDES
@@ -224,7 +225,6 @@ def test_block_masks_on_the_producer_tiles(head_dim, causal, softcap, seqlen_q, 
     # a block-sparse mask of 128 x 128 blocks: on Hopper at head dims 64 and 128 the forward walks its summary on
     # the bulk-copy producer tiles (the walk entries ride with the key tiles), and matches float64 (GQA 2:1, rows
     # that see no block, the last tile partial); the backward reads the same summary
-    from cupyflash._device import device_limits
     from cupyflash.forward import plan_for
 
     full = (2, 4, seqlen_q, seqlen_k)
@@ -235,7 +235,7 @@ def test_block_masks_on_the_producer_tiles(head_dim, causal, softcap, seqlen_q, 
     prepared = cf.prepare_mask(mask)
     plan = plan_for(q, k, v, causal=causal, softcap=softcap, mask=prepared)
     assert plan.problem.variant.mask_blocks
-    if device_limits(0).compute_capability == 90:
+    if runs_wgmma():
         assert plan.config.producer_warps and plan.config.tma, plan.config
     out, lse = cf.flash_attn_func(q, k, v, causal=causal, softcap=softcap, return_lse=True, mask=prepared)
     scale = 1 / math.sqrt(head_dim)

@@ -49,7 +49,7 @@ def run_backward(seed, batch, seqlen_q, seqlen_k, nheads, nheads_k, head_dim, dt
     for g, x in zip(grads, (q, k, v)):
         assert g.shape == x.shape and g.dtype == x.dtype
     return check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(head_dim), causal, dtype,
-                                         **variant)
+                                         out=out, **variant)  # D from out, as the kernels take it
 
 
 seqlens = st.one_of(st.sampled_from(AWKWARD_SEQLENS), st.integers(1, 300))

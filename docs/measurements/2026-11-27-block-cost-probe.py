@@ -6,7 +6,8 @@ setup, Q and first K latency, output store) and c (cost a key tile), for the dis
 table has one, the same tile with persistent blocks. Expected from the sixteenth session's tables (a model, not a
 measurement): X about 5 us at head dim 64 (192x128), about a fifth of a 2k causal block. From the checkout root,
 after `pip install --no-deps --no-build-isolation -e .`:
-    timeout 300 python docs/wip/2026-11-27-block-cost-probe.py"""
+    timeout 300 python docs/measurements/2026-11-27-block-cost-probe.py
+Result (H100, seventeenth session): docs/measurements/2026-11-27-h100-s17-fwd-ab.md, last section."""
 import dataclasses
 
 import numpy as np

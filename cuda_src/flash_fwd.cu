@@ -83,8 +83,9 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     static_assert(!Core::WARPGROUPS || (ROWS_PER_WARP == 16 && WARPS % 4 == 0), "warpgroups of 4 warps x 16 rows");
     // A block mask (bias.cuh BlockMask) adds nothing to a stage but its walk entries.
     constexpr bool WALK_ONLY = Bias::ON && !Bias::ADDS && !Bias::CUTS;
-    static_assert(!Loads::SPECIALIZED || (Core::WARPGROUPS && MIN_BLOCKS == 1 && (!Bias::ON || WALK_ONLY)),
-                  "a producer warpgroup: wgmma, one block an SM, stages filled by copies only (pipeline.cuh)");
+    static_assert(!Loads::SPECIALIZED || (Core::WARPGROUPS && MIN_BLOCKS <= 2 && (!Bias::ON || WALK_ONLY)),
+                  "a producer warpgroup: wgmma, one or two blocks an SM (each block's registers its own: "
+                  "pipeline.cuh consumer_regs), stages filled by copies only");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     static_assert(!(Split::ON && Rows::PACKED), "split keys with packed rows");
     using Smem = FwdSmem<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>;
@@ -459,7 +460,7 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
             if constexpr (!L::TMA) cp_async_wait<0>();  // leave with no copy in flight
             return;
         }
-        L::template as_consumer<WARPS>();
+        L::template as_consumer<WARPS, MIN_BLOCKS>();
         CF_FWD_TILES(CONSUMERS)(p, maps);
     }
 #undef CF_FWD_TILES

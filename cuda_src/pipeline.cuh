@@ -94,23 +94,25 @@ struct ProducerWarpgroup {
         return 2 * OPERANDS * 8 * STAGES + (PERSISTENT ? 16 : 0);
     }
 
-    // WARPS warps start with the launch bound's share of the 64K registers (rounded down to a multiple of 8, at
-    // most 255); the producer warpgroup gives up all but PRODUCER_REGS, shared among the consumer warpgroups.
-    template <int WARPS>
+    // WARPS warps start with the launch bound's share of the 64K registers (BLOCKS blocks an SM; rounded down to a
+    // multiple of 8, at most 255); the producer warpgroup gives up all but PRODUCER_REGS, shared among the consumer
+    // warpgroups of its block (setmaxnreg moves registers within a block).
+    template <int WARPS, int BLOCKS = 1>
     __host__ __device__ static constexpr int entry_regs() {
-        return (65536 / (WARPS * 32) > 255 ? 255 : 65536 / (WARPS * 32)) / 8 * 8;
+        return (65536 / (BLOCKS * WARPS * 32) > 255 ? 255 : 65536 / (BLOCKS * WARPS * 32)) / 8 * 8;
     }
-    template <int WARPS>
+    template <int WARPS, int BLOCKS = 1>
     __host__ __device__ static constexpr int consumer_regs() {
-        constexpr int share = ((WARPS / 4) * entry_regs<WARPS>() - PRODUCER_REGS) / (WARPS / 4 - 1) / 8 * 8;
+        constexpr int share =
+            ((WARPS / 4) * entry_regs<WARPS, BLOCKS>() - PRODUCER_REGS) / (WARPS / 4 - 1) / 8 * 8;
         return share > 240 ? 240 : share;
     }
     static __device__ __forceinline__ void as_producer() {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(PRODUCER_REGS));
     }
-    template <int WARPS>
+    template <int WARPS, int BLOCKS = 1>
     static __device__ __forceinline__ void as_consumer() {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(consumer_regs<WARPS>()));
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(consumer_regs<WARPS, BLOCKS>()));
     }
 
     // Barrier words after the tiles: full[operand][stage], then empty[operand][stage].

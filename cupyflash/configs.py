@@ -134,12 +134,13 @@ def _t(block_m, block_n, warps, stages=2, blocks_per_sm=1, d_split=1):
     return TileConfig("mma_tf32", block_m, block_n, warps, stages, blocks_per_sm, d_split)
 
 
-def _w(block_m, block_n, stages=2, producer=False, overlap=False, tma=False, persistent=False):
+def _w(block_m, block_n, stages=2, producer=False, overlap=False, tma=False, persistent=False, blocks_per_sm=1):
     """A wgmma_sm90 forward tile: block_m / 64 warpgroups of 4 warps that copy and compute (at most 168 registers a
     thread with three), or (producer) those that compute and a producer warpgroup that copies (by cp.async, or by
     bulk tensor copies: tma), the consumers overlapping their softmax with their products or not (overlap); one
-    block per SM, for one query tile or (persistent) one after another."""
-    return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16 + 4 * producer, stages, 1,
+    block per SM (or, a producer's small tiles, blocks_per_sm = 2: one block's start and end overlap the other's
+    products), for one query tile or (persistent) one after another."""
+    return TileConfig("wgmma_sm90", block_m, block_n, block_m // 16 + 4 * producer, stages, blocks_per_sm,
                       producer_warps=4 * producer, overlap=overlap, tma=tma, persistent=persistent)
 
 

@@ -2,6 +2,7 @@
 # The GPU steps left by the seventeenth session, each within one device command of 10 minutes:
 #   bash docs/wip/gpu-steps.sh rerun   # on main: the 25 test cases whose tests were fixed after the whole-suite run
 #                                      # (issue 10's last open check), then the head-dim-64 causal forward beside cuDNN
+#   bash docs/wip/gpu-steps.sh probe   # on main: two-blocks-an-SM producer tiles against the lead (about 5 min)
 #   git apply docs/wip/2026-11-27-bulk-bias.patch
 #   bash docs/wip/gpu-steps.sh bias    # patched: bias suites, sanitizer biases section, bench --bias
 # Logs under $OUT (at most 8 files come back from the device: the rest are packed).
@@ -29,6 +30,8 @@ case ${1:-} in
     timeout 150 python -m cupyflash.bench --impls cupyflash torch-cudnn --headdim 64 --seqlen 2048 4096 8192 16384 \
       --no-bwd --dtype bfloat16 float16 --causal true --markdown "$OUT/fwd-d64-causal.md" >"$OUT/fwd.log" 2>&1
     grep "vs torch-cudnn" "$OUT/fwd.log" ;;
+  probe)
+    timeout 540 python docs/wip/2026-11-27-two-blocks-probe.py 2>&1 | tee "$OUT/two-blocks-probe.log" ;;
   bias)
     python -m cupyflash.precompile --jobs 16 --variants --dtypes float16 bfloat16 --bias float16 bfloat16 \
       --kinds fwd --head-dims 64 128 2>&1 | tail -n 1
@@ -42,7 +45,7 @@ case ${1:-} in
     done
     timeout 200 python -m cupyflash.bench --bias --markdown "$OUT/bias.md" >"$OUT/bias.log" 2>&1
     grep "^- " "$OUT/bias.log" ;;
-  *) echo "usage: bash docs/wip/gpu-steps.sh rerun|bias"; exit 2 ;;
+  *) echo "usage: bash docs/wip/gpu-steps.sh rerun|probe|bias"; exit 2 ;;
 esac
 tar czf /tmp/wip-logs.tgz -C "$OUT" . && find "$OUT" -type f ! -name '*.md' ! -name '*.csv' -delete
 mv /tmp/wip-logs.tgz "$OUT/"

@@ -29,7 +29,11 @@ case ${1:-} in
     timeout 60 $pytest tests/test_split_kv_gpu.py::test_decode_tiles_on_short_query_rows 2>&1 | tail -n 1
     timeout 150 python -m cupyflash.bench --impls cupyflash torch-cudnn --headdim 64 --seqlen 2048 4096 8192 16384 \
       --no-bwd --dtype bfloat16 float16 --causal true --markdown "$OUT/fwd-d64-causal.md" >"$OUT/fwd.log" 2>&1
-    grep "vs torch-cudnn" "$OUT/fwd.log" ;;
+    grep "vs torch-cudnn" "$OUT/fwd.log"
+    # issue 8's varlen bar (>= 0.9x dense) was last measured when the dense forward ran on mma_sm80: packed rows
+    # take the cp.async producer, dense ones the bulk copies since
+    timeout 120 python -m cupyflash.bench --varlen --markdown "$OUT/varlen.md" >"$OUT/varlen.log" 2>&1
+    tail -n 12 "$OUT/varlen.log" ;;
   probe)
     timeout 540 python docs/wip/2026-11-27-two-blocks-probe.py 2>&1 | tee "$OUT/two-blocks-probe.log" ;;
   bias)

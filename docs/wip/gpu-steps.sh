@@ -5,6 +5,8 @@
 #   bash docs/wip/gpu-steps.sh probe   # on main: two-blocks-an-SM producer tiles against the lead (about 5 min)
 #   git apply docs/wip/2026-11-27-bulk-bias.patch
 #   bash docs/wip/gpu-steps.sh bias    # patched: bias suites, sanitizer biases section, bench --bias
+#   git apply docs/wip/2026-11-27-varlen-bulk-copies.patch   # (made on top of the bias patch)
+#   bash docs/wip/gpu-steps.sh varlen  # patched: varlen and forward suites, sanitizer packed section, bench --varlen
 # Logs under $OUT (at most 8 files come back from the device: the rest are packed).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,7 +51,19 @@ case ${1:-} in
     done
     timeout 200 python -m cupyflash.bench --bias --markdown "$OUT/bias.md" >"$OUT/bias.log" 2>&1
     grep "^- " "$OUT/bias.log" ;;
-  *) echo "usage: bash docs/wip/gpu-steps.sh rerun|probe|bias"; exit 2 ;;
+  varlen)
+    python -m cupyflash.precompile --jobs 16 --variants --dtypes float16 bfloat16 --kinds fwd 2>&1 | tail -n 1
+    timeout 300 $pytest --maxfail=10 tests/test_varlen_gpu.py tests/test_forward_gpu.py tests/test_variants_gpu.py \
+      >"$OUT/pytest-varlen.log" 2>&1
+    echo "pytest rc $?"; tail -n 4 "$OUT/pytest-varlen.log"
+    for tool in memcheck racecheck synccheck; do
+      timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 9 python tests/gpu_sanitize_variants.py \
+        --variants-only --only packed --head-dims 64,128 >"$OUT/sanitize-$tool.log" 2>&1
+      echo "$tool $?: $(grep -E 'SUMMARY|ran [0-9]+' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
+    done
+    timeout 120 python -m cupyflash.bench --varlen --markdown "$OUT/varlen.md" >"$OUT/varlen.log" 2>&1
+    tail -n 12 "$OUT/varlen.log" ;;
+  *) echo "usage: bash docs/wip/gpu-steps.sh rerun|probe|bias|varlen"; exit 2 ;;
 esac
 tar czf /tmp/wip-logs.tgz -C "$OUT" . && find "$OUT" -type f ! -name '*.md' ! -name '*.csv' -delete
 mv /tmp/wip-logs.tgz "$OUT/"

@@ -23,7 +23,9 @@ case ${1:-} in
      False))") 2>&1 | tail -n 2
     # the two tests that asserted Hopper tile picks with the wgmma family disabled (24 cases), on mma_sm80
     CUPYFLASH_DISABLE_FAMILIES=wgmma_sm90 python -m cupyflash.precompile --jobs 16 --variants \
-      --dtypes float16 bfloat16 --kinds fwd --head-dims 56 64 120 128 2>&1 | tail -n 1
+      --dtypes float16 bfloat16 --kinds fwd --bias none --head-dims 56 64 120 128 2>&1 | tail -n 1
+    CUPYFLASH_DISABLE_FAMILIES=wgmma_sm90 python -m cupyflash.precompile --jobs 16 --variants \
+      --dtypes bfloat16 --bias bool --head-dims 64 128 2>&1 | tail -n 1
     CUPYFLASH_DISABLE_FAMILIES=wgmma_sm90 timeout 300 $pytest \
       "tests/test_split_kv_gpu.py::test_decode_tiles_on_short_query_rows" \
       "tests/test_mask_gpu.py::test_block_masks_on_the_producer_tiles" >"$OUT/pytest-rerun.log" 2>&1

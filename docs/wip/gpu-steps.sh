@@ -16,6 +16,13 @@ python -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log"
   { cat "$OUT/install.log"; exit 1; }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 pytest="python -m pytest -q -rs -p no:cacheprovider"
+sanitize() {  # the three tools on one section of tests/gpu_sanitize_variants.py, head dims 64 and 128
+  for tool in memcheck racecheck synccheck; do
+    timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 9 python tests/gpu_sanitize_variants.py \
+      --variants-only --only "$1" --head-dims 64,128 >"$OUT/sanitize-$1-$tool.log" 2>&1
+    echo "$1 $tool $?: $(grep -E 'SUMMARY|ran [0-9]+' "$OUT/sanitize-$1-$tool.log" | tr '\n' ' ')"
+  done
+}
 case ${1:-} in
   rerun)
     # the hypothesis case (1 query, 2 keys, head dim 104, fp16) that failed by D's rounding, now with D from out
@@ -46,11 +53,7 @@ case ${1:-} in
     timeout 330 $pytest --maxfail=10 tests/test_bias_gpu.py tests/test_mask_bias_gpu.py tests/test_configs.py \
       >"$OUT/pytest-bias.log" 2>&1
     echo "pytest rc $?"; tail -n 4 "$OUT/pytest-bias.log"
-    for tool in memcheck racecheck synccheck; do
-      timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 9 python tests/gpu_sanitize_variants.py \
-        --variants-only --only biases --head-dims 64,128 >"$OUT/sanitize-$tool.log" 2>&1
-      echo "$tool $?: $(grep -E 'SUMMARY|ran [0-9]+' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
-    done
+    sanitize biases
     timeout 200 python -m cupyflash.bench --bias --markdown "$OUT/bias.md" >"$OUT/bias.log" 2>&1
     grep "^- " "$OUT/bias.log" ;;
   varlen)
@@ -58,11 +61,7 @@ case ${1:-} in
     timeout 300 $pytest --maxfail=10 tests/test_varlen_gpu.py tests/test_forward_gpu.py tests/test_variants_gpu.py \
       >"$OUT/pytest-varlen.log" 2>&1
     echo "pytest rc $?"; tail -n 4 "$OUT/pytest-varlen.log"
-    for tool in memcheck racecheck synccheck; do
-      timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 9 python tests/gpu_sanitize_variants.py \
-        --variants-only --only packed --head-dims 64,128 >"$OUT/sanitize-$tool.log" 2>&1
-      echo "$tool $?: $(grep -E 'SUMMARY|ran [0-9]+' "$OUT/sanitize-$tool.log" | tr '\n' ' ')"
-    done
+    sanitize packed
     timeout 120 python -m cupyflash.bench --varlen --markdown "$OUT/varlen.md" >"$OUT/varlen.log" 2>&1
     tail -n 12 "$OUT/varlen.log" ;;
   *) echo "usage: bash docs/wip/gpu-steps.sh rerun|probe|bias|varlen"; exit 2 ;;

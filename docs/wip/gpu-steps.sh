@@ -7,6 +7,8 @@
 #   bash docs/wip/gpu-steps.sh bias    # patched: bias suites, sanitizer biases section, bench --bias
 #   git apply docs/wip/2026-11-27-varlen-bulk-copies.patch   # (made on top of the bias patch)
 #   bash docs/wip/gpu-steps.sh varlen  # patched: varlen and forward suites, sanitizer packed section, bench --varlen
+#   git apply docs/wip/2026-11-27-masks-on-bulk-copies.patch # (on top of both)
+#   bash docs/wip/gpu-steps.sh masks   # patched: mask suites, sanitizer masks section, bench --mask
 # Logs under $OUT (at most 8 files come back from the device: the rest are packed).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -64,7 +66,15 @@ case ${1:-} in
     sanitize packed
     timeout 120 python -m cupyflash.bench --varlen --markdown "$OUT/varlen.md" >"$OUT/varlen.log" 2>&1
     tail -n 12 "$OUT/varlen.log" ;;
-  *) echo "usage: bash docs/wip/gpu-steps.sh rerun|probe|bias|varlen"; exit 2 ;;
+  masks)
+    python -m cupyflash.precompile --jobs 16 --variants --dtypes float16 bfloat16 --bias bool --kinds fwd \
+      --head-dims 64 128 2>&1 | tail -n 1
+    timeout 300 $pytest --maxfail=10 tests/test_mask_gpu.py tests/test_mask_bias_gpu.py >"$OUT/pytest-masks.log" 2>&1
+    echo "pytest rc $?"; tail -n 4 "$OUT/pytest-masks.log"
+    sanitize masks
+    timeout 180 python -m cupyflash.bench --mask --markdown "$OUT/mask.md" >"$OUT/mask.log" 2>&1
+    grep "^- " "$OUT/mask.log" ;;
+  *) echo "usage: bash docs/wip/gpu-steps.sh rerun|probe|bias|varlen|masks"; exit 2 ;;
 esac
 tar czf /tmp/wip-logs.tgz -C "$OUT" . && find "$OUT" -type f ! -name '*.md' ! -name '*.csv' -delete
 mv /tmp/wip-logs.tgz "$OUT/"

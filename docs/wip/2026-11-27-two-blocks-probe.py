@@ -30,5 +30,22 @@ CASES = [(64, _w(192, 128, **P)), (64, _w(64, 128, **P, blocks_per_sm=2)), (64, 
          (64, _w(64, 192, **P, blocks_per_sm=2)), (64, _w(64, 64, stages=3, **P, blocks_per_sm=2)),
          (128, _w(128, 128, **O)), (128, _w(64, 64, **P, blocks_per_sm=2)), (128, _w(64, 64, **O, blocks_per_sm=2))]
 
+
+
+def report_occupancy():
+    """Blocks an SM the driver runs each case at (two-block tiles must show 2), from the kernels main() compiled."""
+    from cupy_backends.cuda.api import driver
+
+    from cupyflash import _kernels, families
+    from cupyflash.problem import Variant
+
+    for kd, cfg in CASES:
+        fn = _kernels.get_function(families.WGMMA_SM90, "fwd", cfg, kd, Variant("bfloat16"), 0)
+        smem = families.WGMMA_SM90.smem_bytes("fwd", cfg, kd, Variant("bfloat16"))
+        blocks = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, cfg.warps * 32, smem)
+        print(f"d{kd} {cfg}: {blocks} block(s) an SM ({smem} bytes of shared memory)", flush=True)
+
+
 if __name__ == "__main__":
     probe.main(CASES, seqlens=(2048, 4096, 8192, 16384))
+    report_occupancy()

@@ -28,9 +28,9 @@ struct NoBiasGrad {
 };
 
 // ADDS: the policy adds bias values (not only a mask's hiding): the forward and dQ grids take batches fastest
-// (coords.cuh QueryBlock).
+// (coords.cuh QueryBlock). BULK: its tiles come by bulk tensor copies from a producer thread (bulk_bias.cuh).
 struct NoBias {
-    static constexpr bool ON = false, GRAD = false, ADDS = false, CUTS = false;
+    static constexpr bool ON = false, GRAD = false, ADDS = false, CUTS = false, BULK = false;
     using Tiles = AllTiles;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = NoBiasGrad;
@@ -91,13 +91,39 @@ template <> struct BiasValue<mask8> {
     }
 };
 
+// s += bias * unit for a forward fragment (rows are queries) of 16-bit bias values in shared memory: ldmatrix hands
+// each lane exactly its accumulator pairs, four 8x8 matrices (rows +8 for odd ones, columns +8 for the upper two)
+// per instruction instead of one pair per load. address(row, col): where the 8 values of that fragment-relative row
+// start, col a multiple of 8 (the tile's layout: padded rows, or bulk_bias.cuh's swizzled panels).
+template <typename T, int ROW_TILES, int COL_TILES, typename Address>
+__device__ __forceinline__ void add_bias_x4(float (&s)[ROW_TILES][COL_TILES][4], float unit, int lane,
+                                            const Address& address) {
+    static_assert(COL_TILES % 2 == 0, "pairs of n8 tiles");
+    const int lane_row = (lane & 7) + ((lane >> 3) & 1) * 8, lane_col = (lane >> 4) * 8;
+    auto add = [&](float& x, float& y, float2 b) {
+        x += b.x * unit;
+        y += b.y * unit;
+    };
+    #pragma unroll
+    for (int mt = 0; mt < ROW_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < COL_TILES; nt += 2) {
+            u32 v[4];
+            ldmatrix_x4(v, address(16 * mt + lane_row, 8 * nt + lane_col));
+            add(s[mt][nt][0], s[mt][nt][1], Mma<T>::unpack(v[0]));
+            add(s[mt][nt][2], s[mt][nt][3], Mma<T>::unpack(v[1]));
+            add(s[mt][nt + 1][0], s[mt][nt + 1][1], Mma<T>::unpack(v[2]));
+            add(s[mt][nt + 1][2], s[mt][nt + 1][3], Mma<T>::unpack(v[3]));
+        }
+}
+
 // GRAD_: the dK/dV kernel also writes the bias's gradient (BiasGrad).
 //
 // The kernels pass every call a step's walk entry (mask_tiles.cuh; 1 without a summary): a mask's tile is loaded
 // and applied only where the mask cuts the tile (entry & 1), a bias's in every tile visited.
 template <typename T, bool GRAD_ = false>
 struct TileBias {
-    static constexpr bool ON = true, GRAD = GRAD_, CUTS = true;
+    static constexpr bool ON = true, GRAD = GRAD_, CUTS = true, BULK = false;
     static constexpr bool ADDS = !TilesOf<T>::type::SKIPS;  // a bias; a mask8 tile (its summary skips) only hides
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = typename Pick<GRAD, BiasGrad<KEY_TILES, QUERY_TILES>, NoBiasGrad>::type;
@@ -218,23 +244,12 @@ struct TileBias {
             }
         };
         if constexpr (ADD && !ROWS_ARE_KEYS && BYTES == 2 && COL_TILES % 2 == 0) {
-            // The forward's 16-bit values: ldmatrix hands each lane exactly its accumulator pairs, four 8x8 matrices
-            // (rows +8 for odd ones, columns +8 for the upper two) per instruction instead of one pair per load.
-            // Row addresses are 16-byte aligned: rows are whole chunks apart, columns 8 elements. (The dQ kernel,
-            // which starts S from the bias, keeps the pairwise loads: with ldmatrix its 128 x 32 tile at head dim
-            // 128 spills on sm_90.)
-            const int lane_row = (lane & 7) + ((lane >> 3) & 1) * 8, lane_col = (lane >> 4) * 8;
-            #pragma unroll
-            for (int mt = 0; mt < ROW_TILES; ++mt)
-                #pragma unroll
-                for (int nt = 0; nt < COL_TILES; nt += 2) {
-                    u32 v[4];
-                    ldmatrix_x4(v, tile + ((row0 + 16 * mt + lane_row) * at + col0 + 8 * nt + lane_col) * BYTES);
-                    set(s[mt][nt][0], s[mt][nt][1], Mma<T>::unpack(v[0]));
-                    set(s[mt][nt][2], s[mt][nt][3], Mma<T>::unpack(v[1]));
-                    set(s[mt][nt + 1][0], s[mt][nt + 1][1], Mma<T>::unpack(v[2]));
-                    set(s[mt][nt + 1][2], s[mt][nt + 1][3], Mma<T>::unpack(v[3]));
-                }
+            // The forward's 16-bit values by ldmatrix (add_bias_x4). Row addresses are 16-byte aligned: rows are
+            // whole chunks apart, columns 8 elements. (The dQ kernel, which starts S from the bias, keeps the pairwise
+            // loads: with ldmatrix its 128 x 32 tile at head dim 128 spills on sm_90.)
+            add_bias_x4<T>(s, unit, lane, [&](int row, int col) {
+                return tile + ((row0 + row) * at + col0 + col) * BYTES;
+            });
             return;
         }
         for_each_pair(s, row0, col0, lane, [&](float& x, float& y, int row, int col) {
@@ -248,7 +263,7 @@ struct TileBias {
 // summary says which tiles to visit and nothing else of it is read, so a stage holds only the two walk entries
 // (stash) and the loop is the plain one plus the walk.
 struct BlockMask {
-    static constexpr bool ON = true, GRAD = false, CUTS = false, ADDS = false;
+    static constexpr bool ON = true, GRAD = false, CUTS = false, ADDS = false, BULK = false;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = NoBiasGrad;
     using Tiles = SummarizedTiles;
@@ -275,7 +290,7 @@ template <typename T, bool GRAD_ = false, typename Hidden_ = TileBias<mask8>>
 struct MaskedBias {
     using Values = TileBias<T, GRAD_>;
     using Hidden = Hidden_;
-    static constexpr bool ON = true, GRAD = GRAD_, ADDS = true, CUTS = Hidden::CUTS;
+    static constexpr bool ON = true, GRAD = GRAD_, ADDS = true, CUTS = Hidden::CUTS, BULK = false;
     template <int KEY_TILES, int QUERY_TILES>
     using Grad = typename Values::template Grad<KEY_TILES, QUERY_TILES>;
     using Tiles = typename Hidden::Tiles;

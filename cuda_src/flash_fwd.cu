@@ -19,6 +19,7 @@
 #include "dropout.cuh"
 #include "split_kv.cuh"
 #include "pipeline.cuh"
+#include "bulk_bias.cuh"
 
 namespace cf {
 
@@ -83,9 +84,12 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     static_assert(!Core::WARPGROUPS || (ROWS_PER_WARP == 16 && WARPS % 4 == 0), "warpgroups of 4 warps x 16 rows");
     // A block mask (bias.cuh BlockMask) adds nothing to a stage but its walk entries.
     constexpr bool WALK_ONLY = Bias::ON && !Bias::ADDS && !Bias::CUTS;
-    static_assert(!Loads::SPECIALIZED || (Core::WARPGROUPS && MIN_BLOCKS <= 2 && (!Bias::ON || WALK_ONLY)),
+    static_assert(!Loads::SPECIALIZED ||
+                      (Core::WARPGROUPS && MIN_BLOCKS <= 2 && (!Bias::ON || WALK_ONLY || Bias::BULK)),
                   "a producer warpgroup: wgmma, one or two blocks an SM (each block's registers its own: "
                   "pipeline.cuh consumer_regs), stages filled by copies only");
+    static_assert(!Bias::BULK || (Loads::SPECIALIZED && Loads::TMA && !Loads::PERSISTENT),
+                  "a bias by bulk copies comes from the producer's thread (bulk_bias.cuh)");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     static_assert(!(Split::ON && Rows::PACKED), "split keys with packed rows");
     using Smem = FwdSmem<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>;
@@ -173,7 +177,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     auto to_logits = [&](float (&s)[M_TILES][N_TILES][4], int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
         if constexpr (Bias::ON)
-            Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
+            Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (step0 + t) % STAGES * BIAS_BYTES,
                                                                 warp_row0, 0, lane, p, entry);
         apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
         mask_fragment<BLOCK_M, BLOCK_N, false, Core::WARPGROUPS>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
@@ -184,9 +188,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         // products: step t issues S_t = Q K_t^T and O += P_{t-1} V_{t-1}, waits for S_t only, computes P_t while
         // the second product runs, then waits for it and rescales O. K_t's slot is released once S_t is in
         // registers, V_{t-1}'s once O has it.
-        static_assert((!Bias::ON || (WALK_ONLY && Loads::TMA)) && !Drop::ON,
+        static_assert((!Bias::ON || ((WALK_ONLY || Bias::BULK) && Loads::TMA)) && !Drop::ON,
                       "a producer's stages hold K and V only (with bulk copies, also a block mask's walk entry: its "
-                      "one thread's stores are released by its arrival); dropout spills the overlap");
+                      "one thread's stores are released by its arrival; or a bias's tile, copied with the keys); "
+                      "dropout spills the overlap");
         // A block mask's walk: the producer's thread finds step t's key tile, stashes its entry in the stage's
         // bias slot before the arrival that publishes the key tile, and the consumers read it once they have
         // acquired that tile (before releasing it: the slot's next entry waits for that release).
@@ -210,10 +215,14 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                     L::template reserve<STAGES>(bars, KEYS, step0 + t);
                     if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(stash_of(t), entry);
                     const bool q_too = t == 0 && !L::PERSISTENT;
-                    const u32 keys_landed = L::template expect<STAGES>(bars, KEYS, step0 + t,
-                                                                       KVTile::BYTES + (q_too ? QTile::BYTES : 0));
+                    u32 bytes = KVTile::BYTES + (q_too ? QTile::BYTES : 0);
+                    if constexpr (Bias::BULK) bytes += Bias::template copy_bytes<BLOCK_M, BLOCK_N>(p);
+                    const u32 keys_landed = L::template expect<STAGES>(bars, KEYS, step0 + t, bytes);
                     if (q_too) tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch, keys_landed);
                     tma_load_tile<KVTile>(sK_of(t), maps.k, n0, kv_head, batch, keys_landed);
+                    if constexpr (Bias::BULK)  // the bias's tile rides on the key tile's barrier
+                        Bias::template copy<BLOCK_M, BLOCK_N>(stash_of(t), maps.bias, p, batch, head, m0, n0,
+                                                              keys_landed);
                     if (L::PERSISTENT && t == 0) {
                         L::template reserve_q<STAGES>(bars, q_loads);
                         tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch,
@@ -243,18 +252,23 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             return n_tiles;
         }
         // Consumers. A persistent block's Q tile has barriers of its own.
+        if constexpr (Bias::BULK)
+            Bias::template prepare_rows<M_TILES, STAGES>(p, sBias_addr, BIAS_BYTES, batch, head, m0, warp_row0,
+                                                         seq.seqlen_q, lane);
         if (L::PERSISTENT && n_tiles > 0) {  // sQ goes back to the producer only now (pipeline.cuh reserve_q)
             L::template free_q<STAGES>(bars, lane);
             L::template acquire_q<STAGES>(bars, q_loads);
         }
 
-        // Step t's scores, once S_t = Q K_t^T has landed in s: K_t's slot goes back to the producer, s becomes P_t
-        // (m_i, l_i updated); returns whether O must be rescaled (by alpha) before P_t V_t joins it.
+        // Step t's scores, once S_t = Q K_t^T has landed in s: K_t's slot goes back to the producer (once a bias's
+        // tile in it has been added), s becomes P_t (m_i, l_i updated); returns whether O must be rescaled (by
+        // alpha) before P_t V_t joins it.
         float alpha[M_TILES][2];
         auto scores_to_p = [&](float (&s)[M_TILES][N_TILES][4], int t, int entry) {
             fence_fragment(s[0]);
-            L::template release<STAGES>(bars, KEYS, step0 + t, lane);
+            if constexpr (!Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
             to_logits(s, t, entry);
+            if constexpr (Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
             return softmax.step(s, alpha, p.scale_log2);
         };
         // Step t's walk entry (a block mask's), read once its key tile is acquired.

@@ -82,6 +82,7 @@ struct alignas(64) TensorMap {
 // allocation of other kernels (two dQ kernels spilled).
 struct TensorMaps {
     TensorMap q, k, v;
+    TensorMap bias;  // an additive 16-bit bias's (bulk_bias.cuh), keys innermost; unused without one
 };
 struct NoTensorMaps {};
 

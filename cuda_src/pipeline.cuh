@@ -67,7 +67,7 @@ template <> struct MapsOf<true> { using type = TensorMaps; };
 
 struct AllWarpsLoad {
     using Maps = NoTensorMaps;  // the forward kernel's second argument (params.cuh)
-    static constexpr bool SPECIALIZED = false, PERSISTENT = false;
+    static constexpr bool SPECIALIZED = false, TMA = false, PERSISTENT = false;
     static constexpr int PRODUCER_WARPS = 0;
     template <int STAGES>
     __host__ __device__ static constexpr int barrier_bytes() { return 0; }

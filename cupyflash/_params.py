@@ -85,11 +85,12 @@ def division_magic(d: int) -> int:
 
 
 class TensorMapArgs:
-    """The forward kernel's second argument (params.cuh TensorMaps): the tensor maps of q, k and v, 128 bytes each,
+    """The forward kernel's second argument (params.cuh TensorMaps): the tensor maps of q, k, v and an additive bias
+    (unused without one: cuda_src/bulk_bias.cuh), 128 bytes each,
     in 64-byte aligned host memory, where the driver writes them in place (cupyflash/_tma.py). ``NO_MAPS`` stands
     for the NoTensorMaps argument of the kernels that copy without them."""
 
-    ARRAYS = ("q", "k", "v")
+    ARRAYS = ("q", "k", "v", "bias")
     MAP_BYTES = 128
 
     __slots__ = ("array",)

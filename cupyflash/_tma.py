@@ -58,7 +58,8 @@ def usable(shape, strides_bytes) -> bool:
 
 def encode(dest: int, dtype: str, address: int, shape, strides_bytes, box_rows: int) -> None:
     """Writes the tensor map of a (batch, rows, heads, head_dim) array at ``address`` to ``dest`` (64-byte aligned
-    host memory, 128 bytes): boxes of 64 columns x ``box_rows`` rows, 128-byte swizzled."""
+    host memory, 128 bytes): boxes of 64 columns x ``box_rows`` rows, 128-byte swizzled. An additive bias is read
+    as (batch, queries, heads, keys) (bias_geometry)."""
     dims, strides = map_geometry(shape, strides_bytes)
     encode_tiled, _ = _driver()
     result = encode_tiled(
@@ -68,6 +69,18 @@ def encode(dest: int, dtype: str, address: int, shape, strides_bytes, box_rows: 
     if result:
         raise RuntimeError(f"cuTensorMapEncodeTiled failed (CUresult {result}) for a {dtype} array of shape "
                            f"{tuple(shape)}, byte strides {tuple(strides_bytes)}, box {PANEL_COLS} x {box_rows}")
+
+
+def bias_geometry(layout, seqlen_k: int):
+    """(shape, byte strides, box rows) of an additive bias as ``encode`` takes it (cuda_src/bulk_bias.cuh): a
+    (batch, queries, heads, keys) array of its own dims (1 where broadcast), keys contiguous; boxes of one query
+    row where it is broadcast over queries, else None (the tile's rows); None for a bias broadcast over keys, which
+    the kernels read without a copy."""
+    batch, heads, queries, keys = layout.dims
+    if keys == 1:
+        return None
+    sb, sh, sq, _ = (st * layout.itemsize for st in layout.strides)
+    return (batch, queries, heads, seqlen_k), (sb, sq, sh), (1 if queries == 1 else None)
 
 
 def replace_address(dest: int, address: int) -> None:

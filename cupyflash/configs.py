@@ -177,6 +177,14 @@ _WS_TMA_AVOID = _WS_AVOID + ("packed",)
 # With bulk copies the producer's one thread also walks a block-sparse mask's tile summary (a stage's walk entry
 # rides beside its key tile, cuda_src/flash_fwd.cu): tiles that divide the mask's blocks take those.
 _WS_TMA_BLOCKS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "block_mask")
+# Bulk copies also bring a 16-bit additive bias's tiles, counted with the key tiles (cuda_src/bulk_bias.cuh), on the
+# tiles whose stages fit a bias tile beside theirs in 227 KB and whose consumers hold its values without spilling
+# (sm_90a compile check of every bias pick): at 64 128x128 (the 192-row lead spills 8-100 bytes with a bias,
+# 128x192 300-550) and the decode tile, at 128 the lead (225 KB; 128x128 without overlap where the lead spills:
+# the band mask with softcap, 4-16 bytes). A float32 bias (twice the bytes), a bias with a boolean mask, and
+# persistent tiles keep the all-warps tiles.
+_WS_TMA_BIAS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "bias") + ("fp32_bias", "bias+block_mask")
+_WS_TMA_BIAS_BLOCKS_AVOID = tuple(f for f in _WS_TMA_BIAS_AVOID if f != "block_mask")
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the
 #: leading entry; later entries are what the dispatcher falls back to when shared memory is smaller.
@@ -216,18 +224,20 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # dim 64 (H100, sixteenth session, K/V bandwidth where no split is needed: 2810-3083 GB/s against the lead's
     # 2501-2826, cuDNN 2891-3050). At head dim 128 the same tile lost to the lead (2905-3034 against 2987-3126):
     # no decode entry there.
-    ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_AVOID,
+    ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_BIAS_AVOID,
                               max_seqlen_q=64),
                          When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
-                         When(_w(128, 128, producer=True, tma=True), avoid=_WS_TMA_BLOCKS_AVOID),
+                         When(_w(128, 128, producer=True, tma=True), avoid=_WS_TMA_BIAS_BLOCKS_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 192), avoid=("dropout", "packed", "softcap", "block_mask", "mask")),
                          When(_w(192, 128), avoid=("dropout", "block_mask", "mask")),
                          When(_w(128, 128), avoid=("mask",)), _w(128, 64),
                          When(_w(128, 128, producer=True), avoid=_WS_AVOID),
                          When(_w(192, 128, producer=True, tma=True, persistent=True), avoid=_WS_TMA_AVOID)),
-    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True, tma=True), avoid=_WS_TMA_BLOCKS_AVOID),
+    ("wgmma_sm90", 128): (When(_w(128, 128, producer=True, overlap=True, tma=True),
+                               avoid=_WS_TMA_BIAS_BLOCKS_AVOID + ("band+softcap+bias",)),
+                          When(_w(128, 128, producer=True, tma=True), avoid=_WS_TMA_BIAS_AVOID),
                           When(_w(128, 128, producer=True, overlap=True), avoid=_WS_AVOID),
                           When(_w(192, 128), avoid=("softcap+alibi+packed", "dropout", "block_mask")),
                           _w(128, 128), _w(128, 64), When(_w(128, 128, producer=True), avoid=_WS_AVOID),

@@ -60,6 +60,13 @@ def _bias_policy(variant: Variant, grad: bool) -> str:
 _BLOCK_MASK_BYTES = 16  # cuda_src/bias.cuh BlockMask::tile_bytes: a stage's two walk entries
 
 
+def bulk_bias(config, variant: Variant | None) -> bool:
+    """Whether the forward's additive bias comes by bulk tensor copies (cuda_src/bulk_bias.cuh SwizzledBias): a
+    16-bit bias without a boolean mask, on a tile whose producer issues bulk copies."""
+    return (variant is not None and config is not None and bool(config.tma) and variant.bias in ("float16", "bfloat16")
+            and not variant.bool_mask)
+
+
 def _stage_bias_bytes(rows: int, cols: int, variant: Variant | None) -> int:
     """The bias and mask tiles of one pipeline stage (MaskedBias holds both)."""
     if variant is None:
@@ -110,8 +117,10 @@ class Mma80Family:
         m, n, stages = config.block_m, config.block_n, config.stages
 
         tile = self._tile_bytes
-        # every kind holds one bias tile and one mask tile (queries x keys, rows padded by 16 bytes) per stage
-        bias = stages * _stage_bias_bytes(m, n, variant)
+        # every kind holds one bias tile and one mask tile (queries x keys, rows padded by 16 bytes) per stage; a
+        # bias by bulk copies, swizzled and unpadded (SwizzledBias)
+        bulk = kind == "fwd" and bulk_bias(config, variant)
+        bias = stages * (m * n * 2 if bulk else _stage_bias_bytes(m, n, variant))
         if kind == "fwd":  # alignment, Q tile (reused for O), STAGES K and V tiles, a producer's barriers
             # K's and V's full and empty mbarriers, and a persistent block's Q's two
             barriers = (32 * stages + 16 * config.persistent) if config.producer_warps else 0
@@ -132,6 +141,8 @@ class Mma80Family:
         if kind in HELPER_KINDS:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"
         bias = _bias_policy(variant, kind == "bwd" and variant.dbias)  # only the dK/dV kernel computes dbias
+        if kind == "fwd" and bulk_bias(config, variant):
+            bias = f"cf::SwizzledBias<{_BIAS_ELEM[variant.bias]}>"
         # float32 at precision "highest" takes the softcap's tanh from the math library (score_mod.cuh)
         exact = ", true" if variant.softcap and variant.precision == "highest" else ""
         policies = (f"{_MASK_TYPE[variant.mask]}, "

@@ -15,9 +15,9 @@ from ._params import NO_MAPS, TensorMapArgs
 from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import as_cuda_array, describe, spec_of
-from .configs import (SPLIT_MAX, TileConfig, check_config, family_for, forward_splits, kernel_head_dim,
-                      select_config)
-from .families import BY_NAME as FAMILIES_BY_NAME
+from .configs import (SPLIT_MAX, TileConfig, candidates, check_config, family_for, forward_splits,
+                      kernel_head_dim, select_config)
+from .families import BY_NAME as FAMILIES_BY_NAME, bulk_bias
 
 _PLANS = PlanCache()
 
@@ -36,9 +36,11 @@ class ForwardPlan:
         # the arrays as the kernel reads them, (shape, byte strides): bulk tensor copies need their geometry
         geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec, v_spec),
                                                                                    self.staging)]
-        self.map_args = _tensor_maps(problem, config, geometry) if config.tma else None
+        self.map_args, self.map_names = _tensor_maps(problem, config, geometry) if config.tma else (None, ())
         if config.tma and self.map_args is None:
-            config = replace(config, tma=False)  # the same tile, copied by cp.async
+            # the same tile copied by cp.async; a bias (which only bulk copies bring to a producer's tiles): a tile
+            # whose warps all copy
+            config = _without_producer(problem) if bulk_bias(config, problem.variant) else replace(config, tma=False)
         if config.persistent and problem.variant.rows == "packed":
             config = replace(config, persistent=False)  # a block a query tile of the longest entry
         self.config = config
@@ -61,7 +63,7 @@ class ForwardPlan:
             self.params.set(q_str_batch=0, k_str_batch=0, v_str_batch=0, o_str_batch=0)
         # The tensor maps (the kernel's second argument) are pointed at each call's arrays in run(); `mapped`: the
         # addresses they point at now.
-        self.maps = () if self.map_args is None else tuple(map(self.map_args.address_of, TensorMapArgs.ARRAYS))
+        self.maps = () if self.map_args is None else tuple(map(self.map_args.address_of, self.map_names))
         self.mapped = (None,) * len(self.maps)
         self.launches = not problem.empty
         if self.launches:
@@ -108,7 +110,7 @@ class ForwardPlan:
                 lse_partial = o_partial + 4 * self.partial_rows * self.problem.padded_head_dim
             with params.lock:
                 if self.maps:
-                    self._point_maps((q.data.ptr, k.data.ptr, v.data.ptr))
+                    self._point_maps((q.data.ptr, k.data.ptr, v.data.ptr, _launch.ptr(bias))[:len(self.maps)])
                 params.set_per_call((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
                                      _launch.ptr(bias), 0, _launch.ptr(tiles), 0, _launch.ptr(mask), o_partial,
@@ -123,7 +125,8 @@ class ForwardPlan:
         return out, lse
 
     def _point_maps(self, addresses):
-        """The tensor maps at this call's q, k, v (each re-pointed only when its array moved); params.lock held."""
+        """The tensor maps at this call's q, k, v (and bias) (each re-pointed only when its array moved); params.lock
+        held."""
         if addresses != self.mapped:
             for dest, address, old in zip(self.maps, addresses, self.mapped):
                 if address != old:
@@ -135,22 +138,37 @@ _STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed befo
 
 
 def _tensor_maps(problem, config, geometry):
-    """q's, k's and v's tensor maps for the config's bulk copies, encoded at a stand-in address (``geometry``: each
-    array's (shape, byte strides) as the kernel reads it); None where the copy engine cannot take the problem: packed
-    rows (a box at an entry's end would read the next entry's), or an array the driver refuses (warned: the plan
-    copies by cp.async instead, a little slower)."""
-    if problem.variant.rows == "packed" or not all(_tma.usable(*g) for g in geometry):
-        return None
+    """(maps, names): q's, k's and v's tensor maps for the config's bulk copies, and an additive bias's where it
+    comes by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, which the kernel reads without a copy),
+    encoded at a stand-in address (``geometry``: each array's (shape, byte strides) as the kernel reads it);
+    (None, ()) where the copy engine cannot take the problem: packed rows (a box at an entry's end would read the
+    next entry's), or an array the driver refuses (warned: the plan copies by cp.async instead, a little
+    slower)."""
+    arrays = [(name, problem.variant.dtype, shape, strides, rows)  # q, k, v
+              for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry,
+                                                      (config.block_m, config.block_n, config.block_n))]
+    bias = _tma.bias_geometry(problem.bias, problem.seqlen_k) if bulk_bias(config, problem.variant) else None
+    if bias is not None:
+        shape, strides, rows = bias
+        arrays.append(("bias", problem.variant.bias, shape, strides, rows or config.block_m))
+    if problem.variant.rows == "packed" or not all(_tma.usable(a[2], a[3]) for a in arrays):
+        return None, ()
     maps = TensorMapArgs()
     try:
-        for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry,
-                                                (config.block_m, config.block_n, config.block_n)):
-            _tma.encode(maps.address_of(name), problem.variant.dtype, _STAND_IN_ADDRESS, shape, strides, rows)
+        for name, dtype, shape, strides, rows in arrays:
+            _tma.encode(maps.address_of(name), dtype, _STAND_IN_ADDRESS, shape, strides, rows)
     except RuntimeError as e:
         warnings.warn(f"cupyflash: bulk tensor copies unavailable for this call, copying by cp.async: {e}",
                       RuntimeWarning, stacklevel=2)
-        return None
-    return maps
+        return None, ()
+    return maps, tuple(a[0] for a in arrays)
+
+
+def _without_producer(problem):
+    """The first forward tile of the problem's family whose warps all copy (a bias's tiles by cp.async), for a bias
+    whose bulk copies the driver refused."""
+    limits = device_limits(problem.device)
+    return next(c for c in candidates("fwd", limits, problem.head_dim, problem.variant) if not c.producer_warps)
 
 
 def split_count(problem, config, num_splits: int = 0) -> int:

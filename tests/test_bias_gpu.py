@@ -77,6 +77,38 @@ def test_long_sequences(bias_dtype, broadcast, mode):
     run_bias(7, 2, 1025, 1100, 4, 2, 128, "bfloat16", bias_dtype, broadcast, "contiguous", causal=True, mode=mode)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("broadcast, layout", [((False,) * 4, "contiguous"), ((True, False, False, False), "contiguous"),
+                                               ((True, True, True, False), "broadcast_view"),
+                                               ((False, True, False, False), "squeezed"),
+                                               ((False, False, False, True), "contiguous"),
+                                               ((True, False, False, False), "unaligned")],
+                         ids=["full", "pair", "key_bias", "head_shared", "row_bias", "pair_copied"])
+@pytest.mark.parametrize("seqlen_q, seqlen_k, variant", [(300, 517, {}), (1025, 1025, {"causal": True}),
+                                                         (97, 1030, {"causal": True, "softcap": 15.0, "alibi": True}),
+                                                         (1, 3000, {})],
+                         ids=["plain", "causal", "modifiers", "decode"])
+def test_bias_on_the_producer_tiles(head_dim, broadcast, layout, seqlen_q, seqlen_k, variant):
+    # on Hopper at head dims 64 and 128 a 16-bit bias comes by bulk copies with the key tiles (bulk_bias.cuh): every
+    # broadcast pattern (one row copied for a bias broadcast over queries, none for one broadcast over keys), a
+    # copied bias (unaligned), GQA 2:1, awkward lengths, modifiers, a decode-shaped call; forward against float64,
+    # the backward (unchanged) after it
+    import cupy
+    from cupyflash.forward import plan_for
+    from gpu_helpers import runs_wgmma
+
+    variant = dict(variant)
+    if variant.pop("alibi", False):
+        variant["alibi_slopes"] = cupy.asarray(np.linspace(0.02, 0.25, 4, dtype=np.float32))
+    (q, k, v, _), _ = make_problem(0, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "bfloat16")
+    bias, _ = make_bias(np.random.default_rng(1), (2, 4, seqlen_q, seqlen_k), broadcast, "bfloat16", layout)
+    config = plan_for(q, k, v, bias=bias, **variant).config
+    if runs_wgmma():
+        assert config.producer_warps and config.tma, config
+    run_bias(head_dim + seqlen_q, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "bfloat16", "bfloat16", broadcast, layout,
+             hidden=0.1, mode="default", **variant)
+
+
 def _tiles(kind, **variant):
     if GPU_SKIP_REASON:
         return []

@@ -142,6 +142,32 @@ def test_block_masks_take_the_bulk_copy_producer_tiles_at_64_and_128():
     assert select_config("fwd", H100, 64).block_m == 192  # plain attention keeps its lead
 
 
+def test_16_bit_biases_take_the_bulk_copy_producer_tiles_at_64_and_128():
+    # a 16-bit additive bias's tiles ride with the key tiles of the bulk-copy producer (bulk_bias.cuh), in the
+    # kernel's SwizzledBias policy and its unpadded smem; a float32 bias, a bias with a boolean mask and head dims
+    # whose stages do not fit a bias tile keep the all-warps tiles
+    from cupyflash.families import BY_NAME, bulk_bias
+
+    for kd in (64, 128):
+        for extra in ({}, dict(mask="band", softcap=True, alibi=True), dict(bias="float16")):
+            variant = Variant("float16", **{"bias": "bfloat16", **extra})
+            for seqlen_q in (None, 1):
+                config = select_config("fwd", H100, kd, variant=variant, seqlen_q=seqlen_q)
+                assert config.producer_warps and config.tma and not config.persistent, config
+                assert bulk_bias(config, variant)
+                name = BY_NAME[config.family].kernel_name("fwd", config, kd, variant)
+                assert f"cf::SwizzledBias<{'cf::bf16' if variant.bias == 'bfloat16' else 'cf::f16'}>" in name
+                tiles = BY_NAME[config.family].smem_bytes("fwd", config, kd, None)
+                assert configs.smem_bytes("fwd", config, kd, variant) == tiles + 2 * config.block_m * config.block_n \
+                    * config.stages
+        for variant in (Variant("bfloat16", bias="float32"), Variant("bfloat16", bias="bfloat16", bool_mask=True),
+                        Variant("bfloat16", bias="bfloat16", bool_mask=True, mask_blocks=True)):
+            config = select_config("fwd", H100, kd, variant=variant)
+            assert not config.producer_warps and not bulk_bias(config, variant), (kd, variant)
+    for kd in (192, 256):
+        assert not select_config("fwd", H100, kd, variant=Variant("bfloat16", bias="bfloat16")).producer_warps
+
+
 def test_a_row_limit_must_be_met_by_a_known_length():
     entry = configs.When(configs._w(64, 128, producer=True), max_seqlen_q=64)
     assert configs._entry_serves_rows(entry, 64) and configs._entry_serves_rows(entry, configs.EVERY_LENGTH)

@@ -47,7 +47,8 @@ def test_tensor_maps_are_64_byte_aligned_in_host_memory():
     for _ in range(8):
         maps = TensorMapArgs()
         assert all(maps.address_of(name) % 64 == 0 for name in TensorMapArgs.ARRAYS)
-        assert maps.array.nbytes == 384 and maps.address_of("v") == maps.address + 256
+        assert maps.array.nbytes == 512 and maps.address_of("v") == maps.address + 256
+        assert maps.address_of("bias") == maps.address + 384
 
 
 def test_the_probe_sees_a_moved_field():

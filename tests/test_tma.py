@@ -4,6 +4,7 @@ import pytest
 
 from cupyflash import _tma
 from cupyflash._launch import contiguous_strides
+from cupyflash.problem import BiasLayout
 
 
 def test_dims_go_innermost_first_with_byte_strides():
@@ -102,20 +103,39 @@ def test_a_plan_takes_maps_only_where_the_copy_engine_can(monkeypatch):
 
     from cupyflash.forward import _tensor_maps
 
-    def problem(rows):
-        return types.SimpleNamespace(variant=types.SimpleNamespace(rows=rows, dtype="bfloat16"))
+    def problem(rows, bias=None):
+        variant = types.SimpleNamespace(rows=rows, dtype="bfloat16", bias="none" if bias is None else bias.dtype,
+                                        bool_mask=False)
+        return types.SimpleNamespace(variant=variant, bias=bias, seqlen_k=517)
 
-    config = types.SimpleNamespace(block_m=128, block_n=96)
+    config = types.SimpleNamespace(block_m=128, block_n=96, tma=True)
     shape = (2, 300, 4, 128)
     geometry = [(shape, contiguous_strides(shape, 2))] * 3
     fake = _FakeDriver()
     monkeypatch.setattr(_tma, "_calls", (fake.encode, fake.replace))
-    maps = _tensor_maps(problem("dense"), config, geometry)
+    maps, names = _tensor_maps(problem("dense"), config, geometry)
+    assert names == ("q", "k", "v")
     assert [c["box"][1] for c in fake.calls] == [128, 96, 96]  # Q's box a query tile, K's and V's a key tile
     assert [c["dest"] for c in fake.calls] == [maps.address_of(name) for name in ("q", "k", "v")]
-    assert _tensor_maps(problem("packed"), config, geometry) is None  # boxes would cross into the next entry
+    assert _tensor_maps(problem("packed"), config, geometry) == (None, ())  # boxes would cross into the next entry
     bad = [(shape, (1, 2, 3, 2))] * 3  # strides the engine cannot take
-    assert _tensor_maps(problem("dense"), config, bad) is None
+    assert _tensor_maps(problem("dense"), config, bad) == (None, ())
+    # a 16-bit bias (bulk_bias.cuh): (batch, queries, heads, keys), keys innermost, its own extents (1 where
+    # broadcast, read at coordinate 0), boxes of a query tile's rows or (broadcast over queries) of one row; none
+    # for a bias broadcast over keys
+    pair = BiasLayout("bfloat16", 2, (1, 4, 300, 517), (0, 300 * 520, 520, 1))
+    fake.calls.clear()
+    maps, names = _tensor_maps(problem("dense", pair), config, geometry)
+    assert names == ("q", "k", "v", "bias") and fake.calls[3]["dest"] == maps.address_of("bias")
+    assert fake.calls[3]["dims"] == (517, 300, 4, 1) and fake.calls[3]["box"][:2] == (64, 128)
+    assert fake.calls[3]["strides"][:2] == (520 * 2, 300 * 520 * 2)
+    key = BiasLayout("float16", 2, (2, 1, 1, 517), (520, 0, 0, 1))
+    fake.calls.clear()
+    assert _tensor_maps(problem("dense", key), config, geometry)[1][3:] == ("bias",)
+    assert fake.calls[3]["dims"] == (517, 1, 1, 2) and fake.calls[3]["box"][:2] == (64, 1)
+    assert fake.calls[3]["dtype"] == 6  # float16
+    row = BiasLayout("bfloat16", 2, (2, 4, 300, 1), (1200, 300, 1, 0))
+    assert _tensor_maps(problem("dense", row), config, geometry)[1] == ("q", "k", "v")
     fake.result = 1  # the driver refuses: a warning, and the plan copies by cp.async
     with pytest.warns(RuntimeWarning, match="copying by cp.async.*CUresult 1"):
-        assert _tensor_maps(problem("dense"), config, geometry) is None
+        assert _tensor_maps(problem("dense"), config, geometry) == (None, ())

@@ -93,7 +93,7 @@ struct SwizzledBias {
         });
     }
 
-    // The all-warps loop's hooks, never instantiated with this policy (flash_fwd.cu: a producer's only).
+    // The all-warps loop's copy hook: compiled with every forward kernel, never run with this policy (a producer's).
     template <int ROWS, int COLS, int THREADS>
     static __device__ __forceinline__ void load_tile(u32, const AttnParams&, int, int, int, int, int, int, int) {}
 };

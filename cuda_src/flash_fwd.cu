@@ -207,7 +207,11 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             // key tile nothing waits for Q, and the consumers stage their (zero) output in sQ at once: Q must not
             // be copied then.
             if constexpr (L::TMA) {  // one thread issues every bulk copy
-                static_assert(!Rows::PACKED, "bulk copies of packed rows would read the next entry's rows");
+                // Packed rows: the maps describe one (1, total, heads, dim) array, where an entry's rows start at
+                // seq.q0 and seq.k0; a box at the entry's end reads the next entry's first rows (zeros past the
+                // array): query rows past the entry are computed and never stored, keys past it are hidden
+                // (mask_fragment) and their values zeroed before use (the consumers' values_landed).
+                const int q_row = seq.q0 + m0, k_row = seq.k0, map_batch = Rows::PACKED ? 0 : batch;
                 const int kv_head = kv_head_of(p, head);
                 int entry = first_entry;
                 for (int t = 0; t < n_tiles; ++t) {
@@ -218,18 +222,18 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                     u32 bytes = KVTile::BYTES + (q_too ? QTile::BYTES : 0);
                     if constexpr (Bias::BULK) bytes += Bias::template copy_bytes<BLOCK_M, BLOCK_N>(p);
                     const u32 keys_landed = L::template expect<STAGES>(bars, KEYS, step0 + t, bytes);
-                    if (q_too) tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch, keys_landed);
-                    tma_load_tile<KVTile>(sK_of(t), maps.k, n0, kv_head, batch, keys_landed);
+                    if (q_too) tma_load_tile<QTile>(sQ_addr, maps.q, q_row, head, map_batch, keys_landed);
+                    tma_load_tile<KVTile>(sK_of(t), maps.k, k_row + n0, kv_head, map_batch, keys_landed);
                     if constexpr (Bias::BULK)  // the bias's tile rides on the key tile's barrier
                         Bias::template copy<BLOCK_M, BLOCK_N>(stash_of(t), maps.bias, p, batch, head, m0, n0,
                                                               keys_landed);
                     if (L::PERSISTENT && t == 0) {
                         L::template reserve_q<STAGES>(bars, q_loads);
-                        tma_load_tile<QTile>(sQ_addr, maps.q, m0, head, batch,
+                        tma_load_tile<QTile>(sQ_addr, maps.q, q_row, head, map_batch,
                                              L::template expect_q<STAGES>(bars, QTile::BYTES));
                     }
                     L::template reserve<STAGES>(bars, VALUES, step0 + t);
-                    tma_load_tile<KVTile>(sV_of(t), maps.v, n0, kv_head, batch,
+                    tma_load_tile<KVTile>(sV_of(t), maps.v, k_row + n0, kv_head, map_batch,
                                           L::template expect<STAGES>(bars, VALUES, step0 + t, KVTile::BYTES));
                     if constexpr (Tiles::SKIPS) entry = after(entry);
                 }
@@ -271,6 +275,19 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if constexpr (Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
             return softmax.step(s, alpha, p.scale_log2);
         };
+        // Step t's values, once acquired. Packed rows by bulk copies: the entry's last key tile (its first step)
+        // holds the next entry's first rows past its end, whose probabilities are 0 but whose values need not be
+        // finite (0 x inf is NaN): every consumer thread zeroes a share of them, and the tensor cores' proxy sees
+        // the zeros before any warpgroup's product reads the tile.
+        auto values_landed = [&](int t) {
+            if constexpr (Rows::PACKED && L::TMA) {
+                const int valid = seqlen_k - key_tile(0, 0) * BLOCK_N;
+                if (t != 0 || valid >= BLOCK_N) return;
+                zero_rows_from<KVTile, MATH_THREADS>(sV_of(0), valid, threadIdx.x - L::PRODUCER_WARPS * 32);
+                async_proxy_fence();
+                L::template sync_consumers<MATH_THREADS>();
+            }
+        };
         // Step t's walk entry (a block mask's), read once its key tile is acquired.
         auto entry_of = [&](int t) {
             if constexpr (Tiles::SKIPS) return Bias::template stashed<BLOCK_N, 0>(stash_of(t));
@@ -286,6 +303,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 if (scores_to_p(s, t, entry)) softmax.rescale(acc, alpha);
                 accum_to_a_frags<Elem>(pf, s);
                 L::template acquire<STAGES>(bars, VALUES, step0 + t);
+                values_landed(t);
                 Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t), lane);
                 L::template release<STAGES>(bars, VALUES, step0 + t, lane);
             }
@@ -306,6 +324,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             const int entry = entry_of(t);
             Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
             L::template acquire<STAGES>(bars, VALUES, step0 + t - 1);
+            values_landed(t - 1);
             Core::template issue_pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t - 1));
             Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
             const bool rescales = scores_to_p(s, t, entry);
@@ -318,6 +337,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         }
         if (L::OVERLAP && n_tiles > 0) {  // O += P_last V_last
             L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);
+            values_landed(n_tiles - 1);
             Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(n_tiles - 1), lane);
             L::template release<STAGES>(bars, VALUES, step0 + n_tiles - 1, lane);
         }

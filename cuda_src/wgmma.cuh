@@ -32,6 +32,17 @@ struct SwizzledTile {
     static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / 2; }
 };
 
+// Zeroes rows [first_row, ROW_COUNT) of a SwizzledTile, every column: in each panel those rows are one run of
+// bytes (the swizzle permutes chunks within a row). `thread` of THREADS threads, each storing 16-byte chunks.
+template <typename Tile, int THREADS>
+__device__ __forceinline__ void zero_rows_from(u32 tile, int first_row, int thread) {
+    const int chunks_per_panel = (Tile::ROW_COUNT - first_row) * 8;
+    for (int i = thread; i < chunks_per_panel * (Tile::BYTES / Tile::PANEL_BYTES); i += THREADS)
+        asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n"
+                     :: "r"(tile + i / chunks_per_panel * Tile::PANEL_BYTES + first_row * 128 +
+                            i % chunks_per_panel * 16), "r"(0) : "memory");
+}
+
 // ---- matrix descriptors (PTX ISA, "Matrix Descriptor Format"): start address, leading and stride byte offsets
 // (all >> 4), 128-byte swizzle in bits 62-63. Tiles are 1024-byte aligned, so the base offset field is 0.
 __device__ __forceinline__ u64 desc_field(u32 bytes) { return static_cast<u64>((bytes & 0x3FFFF) >> 4); }

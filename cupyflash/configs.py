@@ -49,8 +49,7 @@ class TileConfig:
     producer_warps: int = 0
     #: forward with a producer only: each consumer warpgroup overlaps its softmax with its own products
     overlap: bool = False
-    #: forward with a producer only: it copies by bulk tensor copies (TMA, one thread) instead of cp.async; dense
-    #: rows only (a packed batch's boxes would read past an entry into the next)
+    #: forward with a producer only: it copies by bulk tensor copies (TMA, one thread) instead of cp.async
     tma: bool = False
     #: forward with a producer only: one block an SM takes query tiles in turn (dense batches), instead of a block a
     #: query tile
@@ -171,9 +170,9 @@ _TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 # A producer warpgroup (cuda_src/pipeline.cuh) copies K and V only: a bias's or mask's tiles take plain stores,
 # which its barriers do not publish, and dropout spills the overlapped consumers at 128 x 128 (compile check).
 _WS_AVOID = ("bias", "mask", "block_mask", "dropout")
-# Bulk tensor copies take dense rows (the box of a packed batch's last tile would read the next entry's rows):
-# packed rows take the cp.async producer after them.
-_WS_TMA_AVOID = _WS_AVOID + ("packed",)
+# Bulk tensor copies take dense and packed rows (a box at an entry's end reads the next entry's first rows: the
+# kernel hides those keys and zeroes their values, cuda_src/flash_fwd.cu values_landed).
+_WS_TMA_AVOID = _WS_AVOID
 # With bulk copies the producer's one thread also walks a block-sparse mask's tile summary (a stage's walk entry
 # rides beside its key tile, cuda_src/flash_fwd.cu): tiles that divide the mask's blocks take those.
 _WS_TMA_BLOCKS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "block_mask")

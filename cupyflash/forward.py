@@ -140,10 +140,10 @@ _STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed befo
 def _tensor_maps(problem, config, geometry):
     """(maps, names): q's, k's and v's tensor maps for the config's bulk copies, and an additive bias's where it
     comes by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, which the kernel reads without a copy),
-    encoded at a stand-in address (``geometry``: each array's (shape, byte strides) as the kernel reads it);
-    (None, ()) where the copy engine cannot take the problem: packed rows (a box at an entry's end would read the
-    next entry's), or an array the driver refuses (warned: the plan copies by cp.async instead, a little
-    slower)."""
+    encoded at a stand-in address (``geometry``: each array's (shape, byte strides) as the kernel reads it: packed
+    rows as one (1, total, heads, dim) array, whose entries the kernel reads at their offsets); (None, ()) where the
+    copy engine cannot take an array or the driver refuses it (warned: the plan copies by cp.async instead, a
+    little slower)."""
     arrays = [(name, problem.variant.dtype, shape, strides, rows)  # q, k, v
               for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry,
                                                       (config.block_m, config.block_n, config.block_n))]
@@ -151,7 +151,7 @@ def _tensor_maps(problem, config, geometry):
     if bias is not None:
         shape, strides, rows = bias
         arrays.append(("bias", problem.variant.bias, shape, strides, rows or config.block_m))
-    if problem.variant.rows == "packed" or not all(_tma.usable(a[2], a[3]) for a in arrays):
+    if not all(_tma.usable(a[2], a[3]) for a in arrays):
         return None, ()
     maps = TensorMapArgs()
     try:

@@ -95,13 +95,15 @@ def test_h100_forward_prefers_wgmma_where_it_has_tiles():
     assert select_fwd_config(DeviceLimits(100, 232448, 233472, 148), 128).family == "mma_sm80"
 
 
-def test_bulk_copy_tiles_lead_on_dense_rows_and_leave_packed_rows_to_cp_async():
-    # TMA tiles (cupyflash/_tma.py) need a producer warpgroup, and packed rows take the same tile copied by cp.async
+def test_bulk_copy_tiles_lead_on_dense_and_packed_rows():
+    # TMA tiles (cupyflash/_tma.py) need a producer warpgroup; packed rows take the same tile as dense ones (the
+    # kernel reads each entry at its offset and zeroes the values its last box reads past the entry's end)
     for kd in (64, 128, 192, 256):
         dense = select_fwd_config(H100, kd)
         assert dense.tma and dense.producer_warps == 4, (kd, dense)
-        packed = select_config("fwd", H100, kd, False, Variant("bfloat16", rows="packed"))
-        assert not packed.tma and packed.producer_warps == 4, (kd, packed)
+        for mask in ("none", "band"):
+            packed = select_config("fwd", H100, kd, False, Variant("bfloat16", mask, rows="packed"))
+            assert packed == select_config("fwd", H100, kd, False, Variant("bfloat16", mask)), (kd, packed)
     for (family, kd), entries in configs.FWD_TABLE.items():
         for entry in entries:
             config = configs._entry_config(entry)
@@ -119,9 +121,9 @@ def test_decode_tiles_serve_short_query_rows_only():
     assert long.block_m > 64 and long == select_config("fwd", H100, kd)  # unknown length: the long rows' tile
     assert decode in configs.candidates("fwd", H100, kd)  # forced configs may take it at any length
     check_fwd_config(decode, H100, kd)
-    # packed rows and the variants the producer tiles avoid take the tiles after it
-    for variant in (Variant("bfloat16", rows="packed"), Variant("bfloat16", bias="float32")):
-        assert select_config("fwd", H100, kd, variant=variant, seqlen_q=1).block_m > 64, (kd, variant)
+    # the variants the producer tiles avoid take the tiles after it
+    assert select_config("fwd", H100, kd, variant=Variant("bfloat16", rows="packed"), seqlen_q=1) == decode
+    assert select_config("fwd", H100, kd, variant=Variant("bfloat16", bias="float32"), seqlen_q=1).block_m > 64
     for kd in (128, 192, 256):  # no decode tile there (at 128 it lost to the lead on the H100)
         assert select_config("fwd", H100, kd, seqlen_q=1) == select_config("fwd", H100, kd), kd
     assert select_config("fwd", A100, 64, seqlen_q=1) == select_config("fwd", A100, 64)  # wgmma tiles only

@@ -117,7 +117,10 @@ def test_a_plan_takes_maps_only_where_the_copy_engine_can(monkeypatch):
     assert names == ("q", "k", "v")
     assert [c["box"][1] for c in fake.calls] == [128, 96, 96]  # Q's box a query tile, K's and V's a key tile
     assert [c["dest"] for c in fake.calls] == [maps.address_of(name) for name in ("q", "k", "v")]
-    assert _tensor_maps(problem("packed"), config, geometry) == (None, ())  # boxes would cross into the next entry
+    fake.calls.clear()  # packed rows: one (1, total, heads, dim) array, each entry read at its offset
+    packed = [((1, 3000, 4, 128), contiguous_strides((1, 3000, 4, 128), 2))] * 3
+    assert _tensor_maps(problem("packed"), config, packed)[1] == ("q", "k", "v")
+    assert [c["dims"] for c in fake.calls] == [(128, 3000, 4, 1)] * 3
     bad = [(shape, (1, 2, 3, 2))] * 3  # strides the engine cannot take
     assert _tensor_maps(problem("dense"), config, bad) == (None, ())
     # a 16-bit bias (bulk_bias.cuh): (batch, queries, heads, keys), keys innermost, its own extents (1 where

@@ -116,6 +116,35 @@ def test_long_and_short_sequences_together(dtype, causal, mode):
     run_varlen(1, [1025, 1, 0, 300, 17], [1025, 7, 33, 0, 4097], 8, 2, 128, dtype, causal, mode=mode)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128, 192, 256])
+@pytest.mark.parametrize("causal", [False, True])
+def test_an_entry_never_sees_its_neighbours_values(head_dim, causal):
+    # bulk copies read a box past an entry's end into the next entry's first rows (cuda_src/flash_fwd.cu
+    # values_landed): those keys are hidden and their values zeroed, so inf and NaN in the next entry's values (and
+    # keys) reach no other entry; lengths off every tile size, the last entry ending inside the array
+    import cupy
+
+    lens = [97, 130, 1, 300]
+    rng = np.random.default_rng(head_dim)
+    q, q64 = random_array(rng, (sum(lens), 2, head_dim), "bfloat16")
+    k, k64 = random_array(rng, (sum(lens), 2, head_dim), "bfloat16")
+    v, v64 = random_array(rng, (sum(lens), 2, head_dim), "bfloat16")
+    starts = np.cumsum([0] + lens)
+    inf, nan = cupy.uint16(0x7F80), cupy.uint16(0x7FC0)  # bfloat16 bits
+    for i in (1, 3):  # the entries after 0 and 2 begin with non-finite values and keys
+        first = int(starts[i])
+        v.view(cupy.uint16)[first:first + 3] = inf
+        v.view(cupy.uint16)[first + 3:first + 5] = nan
+        k.view(cupy.uint16)[first + 1] = nan
+    cu = offsets(lens)
+    out, lse = cf.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=causal, return_lse=True)
+    for i in (0, 2):
+        q0, q1 = int(starts[i]), int(starts[i + 1])
+        errors = forward_errors(out[None, q0:q1], lse[None, :, q0:q1], q64[None, q0:q1], k64[None, q0:q1],
+                                v64[None, q0:q1], 1 / math.sqrt(head_dim), causal, "bfloat16")
+        assert_within_bounds([errors], "bfloat16")
+
+
 def test_varlen_vjp_and_given_gradient_buffers():
     import cupy
 

@@ -220,13 +220,13 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                     if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(stash_of(t), entry);
                     const bool q_too = t == 0 && !L::PERSISTENT;
                     u32 bytes = KVTile::BYTES + (q_too ? QTile::BYTES : 0);
-                    if constexpr (Bias::BULK) bytes += Bias::template copy_bytes<BLOCK_M, BLOCK_N>(p);
+                    if constexpr (Bias::BULK) bytes += Bias::template copy_bytes<BLOCK_M, BLOCK_N>(p, entry);
                     const u32 keys_landed = L::template expect<STAGES>(bars, KEYS, step0 + t, bytes);
                     if (q_too) tma_load_tile<QTile>(sQ_addr, maps.q, q_row, head, map_batch, keys_landed);
                     tma_load_tile<KVTile>(sK_of(t), maps.k, k_row + n0, kv_head, map_batch, keys_landed);
-                    if constexpr (Bias::BULK)  // the bias's tile rides on the key tile's barrier
+                    if constexpr (Bias::BULK)  // the bias's (mask's) tile rides on the key tile's barrier
                         Bias::template copy<BLOCK_M, BLOCK_N>(stash_of(t), maps.bias, p, batch, head, m0, n0,
-                                                              keys_landed);
+                                                              keys_landed, entry);
                     if (L::PERSISTENT && t == 0) {
                         L::template reserve_q<STAGES>(bars, q_loads);
                         tma_load_tile<QTile>(sQ_addr, maps.q, q_row, head, map_batch,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import ctypes
 
 #: CUtensorMapDataType
-_DATA_TYPES = {"float16": 6, "bfloat16": 9}
+_DATA_TYPES = {"float16": 6, "bfloat16": 9, "bool": 0}  # bool: a mask's bytes, read as uint8
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "bool": 1}
 _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_128B, _OOB_FILL_ZEROS = 0, 3, 2, 0
 PANEL_COLS = 64  # elements of a 128-byte swizzled row (SwizzledTile::PANEL_COLS)
 
@@ -36,46 +37,47 @@ def _driver():
     return _calls
 
 
-def map_geometry(shape, strides_bytes):
+def map_geometry(shape, strides_bytes, itemsize: int = 2):
     """(dims, strides) of a (batch, rows, heads, head_dim) array for cuTensorMapEncodeTiled: dims innermost first
     (head_dim, rows, heads, batch), byte strides of the outer three. An extent-1 dimension's stride is never used;
-    it is given one the driver accepts (a multiple of 16 past the rest of the array). 16-bit elements."""
+    it is given one the driver accepts (a multiple of 16 past the rest of the array)."""
     batch, rows, heads, dim = shape
     dims = (dim, rows, heads, batch)
     strides = [strides_bytes[1], strides_bytes[2], strides_bytes[0]]
-    span = max([dim * 2] + [s * n for s, n in zip(strides, dims[1:]) if n > 1])
+    span = max([dim * itemsize] + [s * n for s, n in zip(strides, dims[1:]) if n > 1])
     strides = [s if n > 1 else -(-span // 16) * 16 for s, n in zip(strides, dims[1:])]
     return dims, tuple(strides)
 
 
-def usable(shape, strides_bytes) -> bool:
+def usable(shape, strides_bytes, itemsize: int = 2) -> bool:
     """Whether the copy engine can read the array: byte strides multiples of 16 below 2^40, extents below 2^32
     (the kernels' 16-byte copies already need the first; an address off 16 bytes is a different plan key, whose
     array is staged into a fresh one)."""
-    dims, strides = map_geometry(shape, strides_bytes)
+    dims, strides = map_geometry(shape, strides_bytes, itemsize)
     return all(0 < s < 2**40 and s % 16 == 0 for s in strides) and all(0 < n < 2**32 for n in dims)
 
 
 def encode(dest: int, dtype: str, address: int, shape, strides_bytes, box_rows: int) -> None:
     """Writes the tensor map of a (batch, rows, heads, head_dim) array at ``address`` to ``dest`` (64-byte aligned
-    host memory, 128 bytes): boxes of 64 columns x ``box_rows`` rows, 128-byte swizzled. An additive bias is read
-    as (batch, queries, heads, keys) (bias_geometry)."""
-    dims, strides = map_geometry(shape, strides_bytes)
+    host memory, 128 bytes): boxes of one 128-byte row (64 16-bit columns, 128 mask bytes) x ``box_rows`` rows,
+    128-byte swizzled. An additive bias or a mask is read as (batch, queries, heads, keys) (bias_geometry)."""
+    dims, strides = map_geometry(shape, strides_bytes, ITEMSIZE[dtype])
+    cols = 128 // ITEMSIZE[dtype]
     encode_tiled, _ = _driver()
     result = encode_tiled(
         dest, _DATA_TYPES[dtype], 4, address, (ctypes.c_uint64 * 4)(*dims), (ctypes.c_uint64 * 3)(*strides),
-        (ctypes.c_uint32 * 4)(PANEL_COLS, box_rows, 1, 1), (ctypes.c_uint32 * 4)(1, 1, 1, 1), _INTERLEAVE_NONE,
+        (ctypes.c_uint32 * 4)(cols, box_rows, 1, 1), (ctypes.c_uint32 * 4)(1, 1, 1, 1), _INTERLEAVE_NONE,
         _SWIZZLE_128B, _L2_PROMOTION_128B, _OOB_FILL_ZEROS)
     if result:
         raise RuntimeError(f"cuTensorMapEncodeTiled failed (CUresult {result}) for a {dtype} array of shape "
-                           f"{tuple(shape)}, byte strides {tuple(strides_bytes)}, box {PANEL_COLS} x {box_rows}")
+                           f"{tuple(shape)}, byte strides {tuple(strides_bytes)}, box {cols} x {box_rows}")
 
 
 def bias_geometry(layout, seqlen_k: int):
-    """(shape, byte strides, box rows) of an additive bias as ``encode`` takes it (cuda_src/bulk_bias.cuh): a
-    (batch, queries, heads, keys) array of its own dims (1 where broadcast), keys contiguous; boxes of one query
-    row where it is broadcast over queries, else None (the tile's rows); None for a bias broadcast over keys, which
-    the kernels read without a copy."""
+    """(shape, byte strides, box rows) of an additive bias or a boolean mask as ``encode`` takes it
+    (cuda_src/bulk_bias.cuh): a (batch, queries, heads, keys) array of its own dims (1 where broadcast), keys
+    contiguous; boxes of one query row where it is broadcast over queries, else None (the tile's rows); None for one
+    broadcast over keys, which the kernels read without a copy."""
     batch, heads, queries, keys = layout.dims
     if keys == 1:
         return None

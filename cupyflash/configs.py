@@ -180,9 +180,11 @@ _WS_TMA_BLOCKS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "block_mask")
 # tiles whose stages fit a bias tile beside theirs in 227 KB and whose consumers hold its values without spilling
 # (sm_90a compile check of every bias pick): at 64 128x128 (the 192-row lead spills 8-100 bytes with a bias,
 # 128x192 300-550) and the decode tile, at 128 the lead (225 KB; 128x128 without overlap where the lead spills:
-# the band mask with softcap, 4-16 bytes). A float32 bias (twice the bytes), a bias with a boolean mask, and
-# persistent tiles keep the all-warps tiles.
-_WS_TMA_BIAS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "bias") + ("fp32_bias", "bias+block_mask")
+# the band mask with softcap, 4-16 bytes). A boolean mask read in the tiles it cuts comes the same way (a byte a
+# pair, 128-key panels: these tiles), its tile summary walked by the producer's thread. A float32 bias (twice the
+# bytes), a bias with a boolean mask, and persistent tiles keep the all-warps tiles.
+_WS_TMA_BIAS_AVOID = (tuple(f for f in _WS_TMA_AVOID if f not in ("bias", "mask"))
+                      + ("fp32_bias", "bias+mask", "bias+block_mask"))
 _WS_TMA_BIAS_BLOCKS_AVOID = tuple(f for f in _WS_TMA_BIAS_AVOID if f != "block_mask")
 
 #: Forward candidates per kernel head dim, best first. Comments give the measurement or reason behind the

@@ -61,10 +61,14 @@ _BLOCK_MASK_BYTES = 16  # cuda_src/bias.cuh BlockMask::tile_bytes: a stage's two
 
 
 def bulk_bias(config, variant: Variant | None) -> bool:
-    """Whether the forward's additive bias comes by bulk tensor copies (cuda_src/bulk_bias.cuh SwizzledBias): a
-    16-bit bias without a boolean mask, on a tile whose producer issues bulk copies."""
-    return (variant is not None and config is not None and bool(config.tma) and variant.bias in ("float16", "bfloat16")
-            and not variant.bool_mask)
+    """Whether the forward's additive bias or boolean mask comes by bulk tensor copies (cuda_src/bulk_bias.cuh
+    SwizzledBias), on a tile whose producer issues them: a 16-bit bias without a mask, or a mask read in the tiles
+    it cuts (not block-sparse) without a bias, on tiles of whole 128-key panels."""
+    if variant is None or config is None or not config.tma:
+        return False
+    if variant.bool_mask:
+        return variant.bias == "none" and not variant.mask_blocks and config.block_n % 128 == 0
+    return variant.bias in ("float16", "bfloat16")
 
 
 def _stage_bias_bytes(rows: int, cols: int, variant: Variant | None) -> int:
@@ -118,9 +122,10 @@ class Mma80Family:
 
         tile = self._tile_bytes
         # every kind holds one bias tile and one mask tile (queries x keys, rows padded by 16 bytes) per stage; a
-        # bias by bulk copies, swizzled and unpadded (SwizzledBias)
+        # bias or mask by bulk copies, swizzled and unpadded (SwizzledBias; a mask's tile after its walk entries')
         bulk = kind == "fwd" and bulk_bias(config, variant)
-        bias = stages * (m * n * 2 if bulk else _stage_bias_bytes(m, n, variant))
+        bias = stages * ((1024 + m * n if variant.bool_mask else m * n * 2) if bulk
+                         else _stage_bias_bytes(m, n, variant))
         if kind == "fwd":  # alignment, Q tile (reused for O), STAGES K and V tiles, a producer's barriers
             # K's and V's full and empty mbarriers, and a persistent block's Q's two
             barriers = (32 * stages + 16 * config.persistent) if config.producer_warps else 0
@@ -142,7 +147,7 @@ class Mma80Family:
             return f"cf::flash_{kind}_kernel<{elem}, {rows}>"
         bias = _bias_policy(variant, kind == "bwd" and variant.dbias)  # only the dK/dV kernel computes dbias
         if kind == "fwd" and bulk_bias(config, variant):
-            bias = f"cf::SwizzledBias<{_BIAS_ELEM[variant.bias]}>"
+            bias = f"cf::SwizzledBias<{'cf::mask8' if variant.bool_mask else _BIAS_ELEM[variant.bias]}>"
         # float32 at precision "highest" takes the softcap's tanh from the math library (score_mod.cuh)
         exact = ", true" if variant.softcap and variant.precision == "highest" else ""
         policies = (f"{_MASK_TYPE[variant.mask]}, "

@@ -110,7 +110,8 @@ class ForwardPlan:
                 lse_partial = o_partial + 4 * self.partial_rows * self.problem.padded_head_dim
             with params.lock:
                 if self.maps:
-                    self._point_maps((q.data.ptr, k.data.ptr, v.data.ptr, _launch.ptr(bias))[:len(self.maps)])
+                    self._point_maps((q.data.ptr, k.data.ptr, v.data.ptr,
+                                      _launch.ptr(bias if bias is not None else mask))[:len(self.maps)])
                 params.set_per_call((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr, 0, 0, 0, 0,
                                      0, 0, 0, _launch.ptr(alibi_slopes), 0, *map(_launch.ptr, cu_seqlens),
                                      _launch.ptr(bias), 0, _launch.ptr(tiles), 0, _launch.ptr(mask), o_partial,
@@ -138,8 +139,8 @@ _STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed befo
 
 
 def _tensor_maps(problem, config, geometry):
-    """(maps, names): q's, k's and v's tensor maps for the config's bulk copies, and an additive bias's where it
-    comes by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, which the kernel reads without a copy),
+    """(maps, names): q's, k's and v's tensor maps for the config's bulk copies, and an additive bias's or a boolean
+    mask's where it comes by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, read without a copy),
     encoded at a stand-in address (``geometry``: each array's (shape, byte strides) as the kernel reads it: packed
     rows as one (1, total, heads, dim) array, whose entries the kernel reads at their offsets); (None, ()) where the
     copy engine cannot take an array or the driver refuses it (warned: the plan copies by cp.async instead, a
@@ -147,11 +148,13 @@ def _tensor_maps(problem, config, geometry):
     arrays = [(name, problem.variant.dtype, shape, strides, rows)  # q, k, v
               for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry,
                                                       (config.block_m, config.block_n, config.block_n))]
-    bias = _tma.bias_geometry(problem.bias, problem.seqlen_k) if bulk_bias(config, problem.variant) else None
+    # the fourth map: an additive bias's, or a boolean mask's (never both: bulk_bias)
+    layout = problem.bias if problem.bias is not None else problem.mask
+    bias = _tma.bias_geometry(layout, problem.seqlen_k) if bulk_bias(config, problem.variant) else None
     if bias is not None:
         shape, strides, rows = bias
-        arrays.append(("bias", problem.variant.bias, shape, strides, rows or config.block_m))
-    if not all(_tma.usable(a[2], a[3]) for a in arrays):
+        arrays.append(("bias", layout.dtype, shape, strides, rows or config.block_m))
+    if not all(_tma.usable(a[2], a[3], _tma.ITEMSIZE[a[1]]) for a in arrays):
         return None, ()
     maps = TensorMapArgs()
     try:

@@ -138,9 +138,8 @@ def test_block_masks_take_the_bulk_copy_producer_tiles_at_64_and_128():
                                                                      **extra))
             assert config.producer_warps and config.tma and (config.block_m, config.block_n) == (128, 128), config
             assert not config.persistent
-        for variant in (Variant("bfloat16", bool_mask=True, mask_blocks=True, bias="float32"),
-                        Variant("bfloat16", bool_mask=True)):
-            assert not select_config("fwd", H100, kd, variant=variant).producer_warps, (kd, variant)
+        variant = Variant("bfloat16", bool_mask=True, mask_blocks=True, bias="float32")
+        assert not select_config("fwd", H100, kd, variant=variant).producer_warps, (kd, variant)
     assert select_config("fwd", H100, 64).block_m == 192  # plain attention keeps its lead
 
 
@@ -168,6 +167,29 @@ def test_16_bit_biases_take_the_bulk_copy_producer_tiles_at_64_and_128():
             assert not config.producer_warps and not bulk_bias(config, variant), (kd, variant)
     for kd in (192, 256):
         assert not select_config("fwd", H100, kd, variant=Variant("bfloat16", bias="bfloat16")).producer_warps
+
+
+def test_masks_read_in_their_tiles_take_the_bulk_copy_producer_tiles_at_64_and_128():
+    # a boolean mask read in the tiles it cuts comes with the key tiles too (bulk_bias.cuh SwizzledBias<mask8>):
+    # tiles of whole 128-key panels, the walk entries in a 1024-byte header a stage; with a bias beside it, not
+    from cupyflash.families import BY_NAME, bulk_bias
+
+    for kd in (64, 128):
+        for extra in ({}, dict(mask="band", softcap=True, alibi=True)):
+            variant = Variant("float16", bool_mask=True, **extra)
+            for seqlen_q in (None, 1):
+                config = select_config("fwd", H100, kd, variant=variant, seqlen_q=seqlen_q)
+                assert config.producer_warps and config.tma and config.block_n == 128, config
+                assert bulk_bias(config, variant)
+                assert "cf::SwizzledBias<cf::mask8>" in BY_NAME[config.family].kernel_name("fwd", config, kd, variant)
+                tiles = BY_NAME[config.family].smem_bytes("fwd", config, kd, None)
+                assert configs.smem_bytes("fwd", config, kd, variant) == tiles + config.stages * (
+                    1024 + config.block_m * config.block_n)
+        assert not bulk_bias(select_config("fwd", H100, kd, variant=Variant("bfloat16", bool_mask=True,
+                                                                              bias="float16")),
+                             Variant("bfloat16", bool_mask=True, bias="float16"))
+    for kd in (192, 256):
+        assert not select_config("fwd", H100, kd, variant=Variant("bfloat16", bool_mask=True)).producer_warps
 
 
 def test_a_row_limit_must_be_met_by_a_known_length():
@@ -466,7 +488,7 @@ def test_the_bias_policy_and_its_tiles(variant, policy):
 
     from cupyflash.families import MMA_SM80
 
-    cfg = configs.select_config("fwd", H100, 64, variant=variant)
+    cfg = configs.select_config("fwd", H100, 64, variant=variant, family="mma_sm80")  # (bulk copies: their own test)
     assert f", {policy}, cf::DenseRows, " in MMA_SM80.kernel_name("fwd", cfg, 64, variant)
     # only the dK/dV kernel computes dbias, and only a bias has one
     if variant.bias != "none":

@@ -219,6 +219,29 @@ def test_uniform_blocks_on_the_gpu_match_numpy():
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("broadcast, layout", [((False,) * 4, "contiguous"), ((False, True, True, False), "contiguous"),
+                                               ((False, True, False, False), "unaligned"),
+                                               ((False, False, False, True), "contiguous")],
+                         ids=["full", "key_padding", "pair_copied", "row_mask"])
+@pytest.mark.parametrize("seqlen_q, seqlen_k, variant", [(300, 517, {}), (1025, 1030, {"causal": True}),
+                                                         (97, 700, {"causal": True, "softcap": 15.0}),
+                                                         (1, 3000, {})], ids=["plain", "causal", "softcap", "decode"])
+def test_masks_read_in_their_tiles_on_the_producer_tiles(head_dim, broadcast, layout, seqlen_q, seqlen_k, variant):
+    # on Hopper at head dims 64 and 128 a boolean mask read in the tiles it cuts comes by bulk copies with the key
+    # tiles (bulk_bias.cuh SwizzledBias<mask8>): 128-blocks of every kind (hidden, shown, random), a key-padding
+    # mask (one row copied), a copied mask, one constant along the keys (no copy); GQA 2:1; forward and backward
+    from cupyflash.forward import plan_for
+
+    (q, k, v, _), _ = make_problem(0, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "bfloat16")
+    mask, _ = make_mask(np.random.default_rng(1), (2, 4, seqlen_q, seqlen_k), broadcast, layout, 0.6, 128)
+    config = plan_for(q, k, v, mask=mask, **variant).config
+    if runs_wgmma():
+        assert config.producer_warps and config.tma, config
+    run_mask(head_dim + seqlen_q, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "bfloat16", broadcast, layout, 0.6,
+             mode="default", blocks=128, **variant)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("causal, softcap", [(False, 0.0), (True, 0.0), (True, 15.0)])
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(300, 517), (1025, 1025)])
 def test_block_masks_on_the_producer_tiles(head_dim, causal, softcap, seqlen_q, seqlen_k):

@@ -103,10 +103,12 @@ def test_a_plan_takes_maps_only_where_the_copy_engine_can(monkeypatch):
 
     from cupyflash.forward import _tensor_maps
 
-    def problem(rows, bias=None):
-        variant = types.SimpleNamespace(rows=rows, dtype="bfloat16", bias="none" if bias is None else bias.dtype,
-                                        bool_mask=False)
-        return types.SimpleNamespace(variant=variant, bias=bias, seqlen_k=517)
+    def problem(rows, bias=None):  # bias: a BiasLayout, additive or (dtype "bool") a mask read in its tiles
+        mask = bias is not None and bias.dtype == "bool"
+        variant = types.SimpleNamespace(rows=rows, dtype="bfloat16", bool_mask=mask, mask_blocks=False,
+                                        bias="none" if bias is None or mask else bias.dtype)
+        return types.SimpleNamespace(variant=variant, bias=None if mask else bias, mask=bias if mask else None,
+                                     seqlen_k=517)
 
     config = types.SimpleNamespace(block_m=128, block_n=96, tma=True)
     shape = (2, 300, 4, 128)
@@ -137,6 +139,14 @@ def test_a_plan_takes_maps_only_where_the_copy_engine_can(monkeypatch):
     assert _tensor_maps(problem("dense", key), config, geometry)[1][3:] == ("bias",)
     assert fake.calls[3]["dims"] == (517, 1, 1, 2) and fake.calls[3]["box"][:2] == (64, 1)
     assert fake.calls[3]["dtype"] == 6  # float16
+    mask = BiasLayout("bool", 1, (2, 1, 1, 517), (528, 0, 0, 1))  # a key-padding mask: bytes, 128-key boxes
+    fake.calls.clear()
+    assert _tensor_maps(problem("dense", mask), config, geometry)[1] == ("q", "k", "v")  # 96-key tiles: no panel
+    config128 = types.SimpleNamespace(block_m=128, block_n=128, tma=True)
+    fake.calls.clear()
+    assert _tensor_maps(problem("dense", mask), config128, geometry)[1][3:] == ("bias",)
+    assert fake.calls[3]["dims"] == (517, 1, 1, 2) and fake.calls[3]["box"][:2] == (128, 1)
+    assert fake.calls[3]["dtype"] == 0 and fake.calls[3]["strides"][2] == 528  # uint8
     row = BiasLayout("bfloat16", 2, (2, 4, 300, 1), (1200, 300, 1, 0))
     assert _tensor_maps(problem("dense", row), config, geometry)[1] == ("q", "k", "v")
     fake.result = 1  # the driver refuses: a warning, and the plan copies by cp.async

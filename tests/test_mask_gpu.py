@@ -165,7 +165,8 @@ def test_block_sparse_masks_match_float64(seed, batch, seqlen_q, seqlen_k, nhead
                                           broadcast, causal, softcap, block, mode, with_bias):
     """A prepared mask of wholly visible and wholly hidden blocks: kernels whose tiles divide its uniform blocks
     read only its tile summary (BlockMask), the others read it where it cuts their tiles; both match float64, with
-    a bias too. Blocks of 128 hold every tile, so the forward must take the block-mask kernel there."""
+    a bias too. Blocks of 128 hold every tile whose keys divide 128, so the forward must take the block-mask kernel
+    there."""
     from gpu_helpers import make_bias
 
     from cupyflash.forward import plan_for
@@ -183,7 +184,7 @@ def test_block_sparse_masks_match_float64(seed, batch, seqlen_q, seqlen_k, nhead
         else (None, None)
     variant = dict(causal=causal, softcap=softcap, bias=bias)
     plan = plan_for(q, k, v, mask=prepared, **variant)
-    if block == 128:
+    if block == 128 and 128 % plan.config.block_n == 0:  # head dim 192's tiles of 96 keys cut them
         assert plan.problem.variant.mask_blocks, plan.config
     out, lse = cf.flash_attn_func(q, k, v, return_lse=True, mask=prepared, **variant)
     scale = 1 / math.sqrt(head_dim)

@@ -42,7 +42,7 @@ def report_occupancy():
     for kd, cfg in CASES:
         fn = _kernels.get_function(families.WGMMA_SM90, "fwd", cfg, kd, Variant("bfloat16"), 0)
         smem = families.WGMMA_SM90.smem_bytes("fwd", cfg, kd, Variant("bfloat16"))
-        blocks = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.ptr, cfg.warps * 32, smem)
+        blocks = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, cfg.warps * 32, smem)
         print(f"d{kd} {cfg}: {blocks} block(s) an SM ({smem} bytes of shared memory)", flush=True)
 
 

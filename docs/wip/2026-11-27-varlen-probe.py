@@ -30,7 +30,7 @@ def main():
     import numpy as np
 
     import cupyflash as cf
-    from cupyflash.bench import time_fn, useful_flops, varlen_lengths
+    from cupyflash.bench import make_inputs, time_fn, useful_flops, varlen_lengths
     from cupyflash.configs import select_config
     from cupyflash._device import device_limits
 
@@ -52,16 +52,14 @@ def main():
     for kd in (64, 128):
         H = 2048 // kd
         for causal in (False, True):
-            dense = [cp.random.standard_normal((len(real), mean, H, kd), dtype=cp.float32).astype(cp.bfloat16)
-                     for _ in range(3)]
+            dense = make_inputs(len(real), mean, H, kd, "bfloat16")
             ms = time_fn(lambda: cf.flash_attn_func(*dense, causal=causal))
             base = useful_flops(equal, H, kd, causal) / ms / 1e9
             print(f"d{kd} causal={causal} dense {len(real)}x{mean}: {ms:.3f} ms {base:.0f} TFLOP/s "
                   f"{forward.plan_for(*dense, causal=causal).config}", flush=True)
             for name, lengths in (("real", real), ("equal", equal)):
                 total = sum(lengths)
-                qkv = [cp.random.standard_normal((total, H, kd), dtype=cp.float32).astype(cp.bfloat16)
-                       for _ in range(3)]
+                qkv = [x[0] for x in make_inputs(1, total, H, kd, "bfloat16")]
                 cu = cp.asarray(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
                 for label, cfg in (("pick", None), ("cp.async", CPASYNC[kd])):
                     fn = lambda: cf.flash_attn_varlen_func(*qkv, cu, cu, max(lengths), max(lengths), causal=causal,

@@ -57,11 +57,23 @@ struct DenseRows {
     }
 };
 
+// The offsets are read as they are when the kernel runs. The host checks an offsets array on its first use
+// (cupyflash/_offsets.py), without waiting for the GPU on later calls; an array rewritten since then may hold
+// anything. So every block clamps its entry into the packed tensors and below the max_seqlens (bad offsets never
+// reach past them) and, where that changed anything, sets p.status, which the next call raises.
 struct PackedRows {
     static constexpr bool PACKED = true;
     static __device__ __forceinline__ Seq of(const AttnParams& p, int batch) {
-        const int q0 = p.cu_seqlens_q[batch], k0 = p.cu_seqlens_k[batch];
-        return {q0, k0, p.cu_seqlens_q[batch + 1] - q0, p.cu_seqlens_k[batch + 1] - k0, true};
+        const int q0 = p.cu_seqlens_q[batch], q1 = p.cu_seqlens_q[batch + 1];
+        const int k0 = p.cu_seqlens_k[batch], k1 = p.cu_seqlens_k[batch + 1];
+        const int row_q = min(max(q0, 0), p.total_q), row_k = min(max(k0, 0), p.total_k);
+        const int len_q = min(min(max(q1, row_q), p.total_q) - row_q, p.seqlen_q);
+        const int len_k = min(min(max(k1, row_k), p.total_k) - row_k, p.seqlen_k);
+        const bool first_starts = batch > 0 || (q0 == 0 && k0 == 0);
+        const bool last_ends = batch + 1 < p.batch || (q1 == p.total_q && k1 == p.total_k);
+        if (row_q != q0 || row_k != k0 || len_q != q1 - q0 || len_k != k1 - k0 || !first_starts || !last_ends)
+            *p.status = 1;  // host memory, read by the next call (a plain store: any block's 1 will do)
+        return {row_q, row_k, len_q, len_k, true};
     }
     static __device__ __forceinline__ i64 lse_offset(const AttnParams& p, const Seq& seq, int, int head, int row) {
         return static_cast<i64>(head) * p.total_q + seq.q0 + row;

@@ -45,10 +45,12 @@ struct AttnParams {
     Strides mask_str;           // mask: as bias_str
     i64 alibi_batch_stride;     // 0 when one slope vector serves every batch
     unsigned long long heads_per_kv_magic;  // coords.cuh division_magic(heads_per_kv), computed by Python
+    int* status;                // PackedRows: set to 1 by a block whose offsets needed clamping (host memory)
 
     int batch, nheads, nheads_k, heads_per_kv, seqlen_q, seqlen_k, head_dim;
     int row_pitch;
     int total_q;                // PackedRows: rows of q (lse is (nheads, total_q))
+    int total_k;                //   ... and of k, v
     // dK/dV kernel: the query heads sharing a K/V head are spread over kv_splits blocks, heads_per_split each.
     int kv_splits, heads_per_split;
     // BandMask: key j is visible to query i iff -window_left <= j - i - (seqlen_k - seqlen_q) <= window_right.

@@ -12,6 +12,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import _offsets
 from ._params import Params, division_magic
 from ._validate import _MAX_GRID_YZ, ArraySpec, needs_aligned_copy
 from ._bias import bias_fields
@@ -162,10 +163,13 @@ def static_params(problem: Problem) -> Params:
     params.set(batch=problem.batch, nheads=problem.nheads, nheads_k=problem.nheads_k,
                heads_per_kv=problem.heads_per_kv, heads_per_kv_magic=division_magic(problem.heads_per_kv),
                kv_splits=1, heads_per_split=problem.heads_per_kv, total_q=problem.total_q,
+               total_k=problem.total_k,
                seqlen_q=problem.seqlen_q, seqlen_k=problem.seqlen_k,
                head_dim=problem.padded_head_dim, row_pitch=row_pitch(problem), window_left=left,
                window_right=right, alibi_batch_stride=problem.alibi_batch_stride, **score_constants(problem),
                **bias_fields(problem.bias), **bias_fields(problem.mask, "mask"))
+    if problem.variant.rows == "packed":  # where blocks report offsets they had to clamp
+        params.set(status=_offsets.status_pointer(problem.device))
     if problem.dropout_p:
         params.set(dropout_threshold=keep_threshold(problem.dropout_p), dropout_scale=keep_scale(problem.dropout_p))
     return params

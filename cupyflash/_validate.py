@@ -350,4 +350,5 @@ def describe_varlen(q: ArraySpec, k: ArraySpec, v: ArraySpec, cu_q: ArraySpec, c
                       alibi=alibi_slopes is not None, rows="packed", precision=dense.variant.precision,
                       dropout=dense.variant.dropout)
     return dataclasses.replace(dense, batch=batch, seqlen_q=shape.seqlen_q, seqlen_k=shape.seqlen_k, window=window,
-                               alibi_batch_stride=alibi_stride, variant=variant, total_q=q.shape[0])
+                               alibi_batch_stride=alibi_stride, variant=variant, total_q=q.shape[0],
+                               total_k=k.shape[0])

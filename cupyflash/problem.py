@@ -106,6 +106,7 @@ class Problem:
     alibi_batch_stride: int  # elements between batches of alibi_slopes; 0 for one shared (nheads,) vector
     variant: Variant
     total_q: int = 0        # packed rows: rows of q (seqlen_q and seqlen_k are then the longest entry's)
+    total_k: int = 0        # ... and of k, v
     bias: BiasLayout | None = None  # how the kernels read the additive bias, if any
     mask: BiasLayout | None = None  # ... and the boolean mask
     dropout_p: float = 0.0  # the probability of dropping each attention probability (variant.dropout: > 0)

@@ -6,12 +6,12 @@ work follows the real lengths. The offsets are also read back once per call to c
 """
 from __future__ import annotations
 
-from . import _dropout, backward
+from . import _dropout, _offsets, backward
 from . import _interop
 from ._device import device_limits
 from ._launch import PlanCache
 from ._types import Array, Grads, Vjp, Window
-from ._validate import as_cuda_array, check_cu_seqlens_values, check_dropout, describe_varlen, spec_of
+from ._validate import as_cuda_array, check_dropout, describe_varlen, spec_of
 from .configs import TileConfig, check_config, select_config
 from .forward import ForwardPlan, _call_key, _on_device
 
@@ -63,18 +63,12 @@ def flash_attn_varlen_func(q: Array, k: Array, v: Array, cu_seqlens_q: Array, cu
                                                  alibi_slopes, dropout_p, softmax_scale, causal, window_size,
                                                  softcap, config, precision)
     problem = plan.problem
-    _check_offsets(cu_q, cu_k, q.shape[0], k.shape[0], problem)
+    _offsets.check(cu_q, cu_k, problem)
     dropout = _dropout.resolve(problem.dropout_p, rng_state, generator)
     out, lse = _on_device(problem.device, plan.run, q[None], k[None], v[None], alibi, (cu_q, cu_k), None, None,
                           dropout)
     out = out[0]
     return (out, lse) if return_lse else out
-
-
-def _check_offsets(cu_q, cu_k, total_q, total_k, problem):
-    offsets_q, offsets_k = (x.get().tolist() for x in (cu_q, cu_k))
-    check_cu_seqlens_values("cu_seqlens_q", offsets_q, total_q, problem.seqlen_q)
-    check_cu_seqlens_values("cu_seqlens_k", offsets_k, total_k, problem.seqlen_k)
 
 
 def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: Array, lse: Array,
@@ -117,7 +111,7 @@ def flash_attn_varlen_backward(dout: Array, q: Array, k: Array, v: Array, out: A
                                   atomic_dq=atomic_dq, config=config, dq_config=dq_config, kv_splits=kv_splits)
         _BACKWARD_PLANS.put(key, plan)
     dout, q, k, v, out, lse, cu_q, cu_k = arrays
-    _check_offsets(cu_q, cu_k, q.shape[0], k.shape[0], plan.problem)
+    _offsets.check(cu_q, cu_k, plan.problem)
     dropout = _dropout.resolve(plan.problem.dropout_p, rng_state, backward=True)
     grads = _on_device(plan.problem.device, plan.run, tuple(x[None] for x in (q, k, v, dout, out)) + (lse,),
                        alibi_slopes, {n: None if g is None else g[None] for n, g in given.items()}, (cu_q, cu_k),

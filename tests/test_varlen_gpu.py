@@ -164,6 +164,51 @@ def test_varlen_vjp_and_given_gradient_buffers():
         assert bool(cupy.array_equal(a.view(cupy.uint16), b.view(cupy.uint16)))
 
 
+def test_offsets_rewritten_after_their_check_are_clamped_and_raised_by_the_next_call():
+    """An offsets array is read back and checked on its first use only (cupyflash/_offsets.py): values written
+    into it later reach the kernels unchecked. Valid ones are used as they are; invalid ones are clamped into the
+    packed tensors (run under compute-sanitizer memcheck too: .ci/gpu sanitize-offsets), and the next call
+    raises."""
+    import cupy
+
+    from cupyflash import _offsets
+
+    rng = np.random.default_rng(5)
+    q, _ = random_array(rng, (40, 2, 64), "bfloat16")
+    k, _ = random_array(rng, (50, 2, 64), "bfloat16")
+    cu_q, cu_k = offsets([15, 25]), offsets([20, 30])
+    _offsets.forget_checked()
+    first = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 25, 30)
+    cu_q[:] = offsets([25, 15])  # valid, other lengths: the kernels read them as they are
+    cu_k[:] = offsets([30, 20])
+    again = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 25, 30)
+    fresh = cf.flash_attn_varlen_func(q, k, k, offsets([25, 15]), offsets([30, 20]), 25, 30)
+    assert bool(cupy.array_equal(again.view(cupy.uint16), fresh.view(cupy.uint16)))
+    assert not bool(cupy.array_equal(again.view(cupy.uint16), first.view(cupy.uint16)))
+    cupy.cuda.Device().synchronize()
+    for bad_q, bad_k in (([0, 30, 60], [0, 30, 50]), ([0, 30, 20], [0, 30, 50]), ([3, 20, 40], [0, 30, 50]),
+                         ([0, 10, 40], [0, 40, 50]), ([0, 20, 35], [0, 30, 50]), ([-7, 20, 40], [0, 30, 50])):
+        cu_q[:] = cupy.asarray(bad_q, cupy.int32)  # past total_q, decreasing, not from 0, longer than
+        cu_k[:] = cupy.asarray(bad_k, cupy.int32)  # max_seqlen_k, not to total_q, negative
+        got = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 25, 30)
+        cupy.cuda.Device().synchronize()
+        with pytest.raises(ValueError, match="earlier flash_attn_varlen call"):
+            cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 25, 30)
+        assert got.shape == (40, 2, 64)
+        # the raise forgot every checked array: this array's next use is checked again, before any launch
+        with pytest.raises(ValueError, match="cu_seqlens_[qk]"):
+            cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 25, 30)
+        cu_q[:], cu_k[:] = offsets([15, 25]), offsets([20, 30])
+        cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 25, 30)  # checked again, and passes
+    # the backward guards itself the same way
+    out, lse = cf.flash_attn_varlen_func(q, k, k, cu_q, cu_k, 25, 30, return_lse=True)
+    cu_q[:] = cupy.asarray([0, 30, 20], cupy.int32)
+    cf.flash_attn_varlen_backward(out, q, k, k, out, lse, cu_q, cu_k, 25, 30)
+    cupy.cuda.Device().synchronize()
+    with pytest.raises(ValueError, match="earlier flash_attn_varlen call"):
+        cf.flash_attn_varlen_backward(out, q, k, k, out, lse, cu_q, cu_k, 25, 30)
+
+
 def test_offsets_are_checked_before_any_launch_and_a_cached_plan_sees_new_offsets():
     import cupy
 

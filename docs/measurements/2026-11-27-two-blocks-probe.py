@@ -10,7 +10,7 @@ copies its own K and V: twice the L2 -> shared memory traffic of a 128-row tile)
 entries), compiled in parallel first, each checked against float32 attention on awkward lengths, then TFLOP/s at
 2k-16k beside the lead and cuDNN in the same process (bf16, 16k tokens, hidden 2048). From the checkout root,
 after `pip install --no-deps --no-build-isolation -e .`:
-    timeout 540 python docs/wip/2026-11-27-two-blocks-probe.py"""
+    timeout 540 python docs/measurements/2026-11-27-two-blocks-probe.py"""
 import importlib.util
 import pathlib
 import sys

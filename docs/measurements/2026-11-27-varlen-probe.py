@@ -5,7 +5,7 @@ cost), so something costs packed rows more than their tiles. Times, in one proce
 dense 11 x 1489 (flash_attn_func); packed, the bench's lengths; packed, 11 equal lengths of 1489 (the dense batch
 packed: isolates the packed kernel's own cost from the lengths); each packed case also on the cp.async producer
 tile that packed rows took before (forced). Prints each plan's config and grid. From the checkout root:
-    timeout 300 python docs/wip/2026-11-27-varlen-probe.py"""
+    timeout 300 python docs/measurements/2026-11-27-varlen-probe.py"""
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor

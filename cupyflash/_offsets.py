@@ -26,7 +26,8 @@ _status: dict[int, tuple] = {}  # device -> (pinned memory, its int32 view, the 
 
 
 def status_pointer(device: int) -> int:
-    """The device address of ``device``'s status word (pinned host memory, mapped: UVA gives one address)."""
+    """The device address of ``device``'s status word (pinned host memory: with unified addressing, which every
+    64-bit platform CUDA 12 supports, the host's address)."""
     return _status_word(device)[2]
 
 
@@ -42,7 +43,7 @@ def _status_word(device: int):
                 memory = cupy.cuda.alloc_pinned_memory(4)
                 view = numpy.frombuffer(memory, numpy.int32, 1)
                 view[0] = 0
-                word = _status[device] = (memory, view, cupy.cuda.runtime.hostGetDevicePointer(memory.ptr, 0))
+                word = _status[device] = (memory, view, memory.ptr)  # UVA: the kernels' address too
     return word
 
 

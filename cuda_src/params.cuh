@@ -50,7 +50,6 @@ struct AttnParams {
     int batch, nheads, nheads_k, heads_per_kv, seqlen_q, seqlen_k, head_dim;
     int row_pitch;
     int total_q;                // PackedRows: rows of q (lse is (nheads, total_q))
-    int total_k;                //   ... and of k, v
     // dK/dV kernel: the query heads sharing a K/V head are spread over kv_splits blocks, heads_per_split each.
     int kv_splits, heads_per_split;
     // BandMask: key j is visible to query i iff -window_left <= j - i - (seqlen_k - seqlen_q) <= window_right.
@@ -70,6 +69,7 @@ struct AttnParams {
     int mask_key_step;          // the mask's bias_key_step
     unsigned dropout_threshold;  // Dropout: a pair is kept iff its Philox word is below this
     float dropout_scale;        // Dropout: 2^32 / dropout_threshold, what kept probabilities are multiplied by
+    int total_k;                // PackedRows: rows of k and v (last: the fields before keep their offsets)
 };
 
 // A tensor map for bulk tensor copies (TMA): cuTensorMapEncodeTiled's opaque 128 bytes, 64-byte aligned. Kernels

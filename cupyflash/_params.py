@@ -34,13 +34,14 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("heads_per_kv_magic", "u64"),
     ("status", "ptr"),
     *((name, "int") for name in ("batch", "nheads", "nheads_k", "heads_per_kv", "seqlen_q", "seqlen_k", "head_dim",
-                                 "row_pitch", "total_q", "total_k", "kv_splits", "heads_per_split", "window_left",
+                                 "row_pitch", "total_q", "kv_splits", "heads_per_split", "window_left",
                                  "window_right", "bias_key_step", "dbias_sums", "num_splits")),
     *((name, "float") for name in ("scale_log2", "softmax_scale", "softcap", "softcap_scale", "alibi_unit",
                                    "bias_unit")),
     ("mask_key_step", "int"),
     ("dropout_threshold", "u32"),
     ("dropout_scale", "float"),
+    ("total_k", "int"),
 )
 
 # Field names with the nested Strides members flattened ("q_str.seq" -> "q_str_seq").

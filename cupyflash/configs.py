@@ -171,7 +171,7 @@ _TF32_SMALL, _TF32_WIDE_SMALL = (_t(16, 16, 1),), (_t(32, 16, 2),)
 # which its barriers do not publish, and dropout spills the overlapped consumers at 128 x 128 (compile check).
 _WS_AVOID = ("bias", "mask", "block_mask", "dropout")
 # Bulk tensor copies take dense and packed rows (a box at an entry's end reads the next entry's first rows: the
-# kernel hides those keys and zeroes their values, cuda_src/flash_fwd.cu values_landed).
+# kernel hides those keys and zeroes their values, cuda_src/flash_fwd.cu: the producer's thread).
 _WS_TMA_AVOID = _WS_AVOID
 # With bulk copies the producer's one thread also walks a block-sparse mask's tile summary (a stage's walk entry
 # rides beside its key tile, cuda_src/flash_fwd.cu): tiles that divide the mask's blocks take those.

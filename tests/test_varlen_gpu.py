@@ -119,9 +119,9 @@ def test_long_and_short_sequences_together(dtype, causal, mode):
 @pytest.mark.parametrize("head_dim", [64, 128, 192, 256])
 @pytest.mark.parametrize("causal", [False, True])
 def test_an_entry_never_sees_its_neighbours_values(head_dim, causal):
-    # bulk copies read a box past an entry's end into the next entry's first rows (cuda_src/flash_fwd.cu
-    # values_landed): those keys are hidden and their values zeroed, so inf and NaN in the next entry's values (and
-    # keys) reach no other entry; lengths off every tile size, the last entry ending inside the array
+    # bulk copies read a box past an entry's end into the next entry's first rows (cuda_src/flash_fwd.cu, the
+    # producer's TMA branch): those keys are hidden and their values zeroed, so inf and NaN in the next entry's
+    # values (and keys) reach no other entry; lengths off every tile size, the last entry ending inside the array
     import cupy
 
     lens = [97, 130, 1, 300]

@@ -210,25 +210,16 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 // Packed rows: the maps describe one (1, total, heads, dim) array, where an entry's rows start at
                 // seq.q0 and seq.k0; a box at the entry's end reads the next entry's first rows (zeros past the
                 // array): query rows past the entry are computed and never stored, keys past it are hidden
-                // (mask_fragment), and their values, whose probabilities are 0 but which need not be finite (0 x
-                // inf is NaN), are zeroed before any product reads them. That tile is step 0's (tiles go last
-                // first): its values come in on the keys' barrier, and once they have landed this thread zeroes
-                // those rows and publishes the values itself, after issuing step 1's copies. (Zeroed by the
-                // consumers, it took a barrier of every consumer warp: the packed forward ran 23% longer than the
-                // dense one on the same work at head dim 64, H100.)
+                // (mask_fragment) and their values zeroed before use (the consumers, before their first product).
                 const int q_row = seq.q0 + m0, k_row = seq.k0, map_batch = Rows::PACKED ? 0 : batch;
                 const int kv_head = kv_head_of(p, head);
-                const int valid_rows = seqlen_k - key_tile(0, first_entry) * BLOCK_N;  // of step 0's tile
-                const bool fix_values = Rows::PACKED && valid_rows < BLOCK_N;
-                static_assert(!Rows::PACKED || (!L::PERSISTENT && !Tiles::SKIPS), "packed rows: step0 is 0");
                 int entry = first_entry;
                 for (int t = 0; t < n_tiles; ++t) {
                     const int n0 = key_tile(t, entry) * BLOCK_N;
                     L::template reserve<STAGES>(bars, KEYS, step0 + t);
                     if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(stash_of(t), entry);
                     const bool q_too = t == 0 && !L::PERSISTENT;
-                    const bool values_too = fix_values && t == 0;
-                    u32 bytes = KVTile::BYTES + (q_too ? QTile::BYTES : 0) + (values_too ? KVTile::BYTES : 0);
+                    u32 bytes = KVTile::BYTES + (q_too ? QTile::BYTES : 0);
                     if constexpr (Bias::BULK) bytes += Bias::template copy_bytes<BLOCK_M, BLOCK_N>(p, entry);
                     const u32 keys_landed = L::template expect<STAGES>(bars, KEYS, step0 + t, bytes);
                     if (q_too) tma_load_tile<QTile>(sQ_addr, maps.q, q_row, head, map_batch, keys_landed);
@@ -243,15 +234,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                     }
                     L::template reserve<STAGES>(bars, VALUES, step0 + t);
                     tma_load_tile<KVTile>(sV_of(t), maps.v, k_row + n0, kv_head, map_batch,
-                                          values_too ? keys_landed
-                                                     : L::template expect<STAGES>(bars, VALUES, step0 + t,
-                                                                                  KVTile::BYTES));
-                    if (fix_values && t == min(1, n_tiles - 1)) {  // before step 2 waits for step 0's values
-                        mbarrier_wait(L::template full<STAGES>(bars, KEYS, 0), 0);
-                        zero_rows_from<KVTile, 1>(sV_of(0), valid_rows, 0);
-                        async_proxy_fence();  // the zeros before the products' (async proxy) reads
-                        mbarrier_arrive(L::template full<STAGES>(bars, VALUES, 0));  // step 0's values, count 1
-                    }
+                                          L::template expect<STAGES>(bars, VALUES, step0 + t, KVTile::BYTES));
                     if constexpr (Tiles::SKIPS) entry = after(entry);
                 }
                 return n_tiles;
@@ -292,6 +275,21 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if constexpr (Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
             return softmax.step(s, alpha, p.scale_log2);
         };
+        // Packed rows by bulk copies: the entry's last key tile (the first step) holds the next entry's first rows
+        // past its end, whose probabilities are 0 but whose values need not be finite (0 x inf is NaN). Every
+        // consumer thread zeroes a share of them, and the tensor cores' proxy sees the zeros before any product
+        // reads the tile. Done before the first product, where the consumer warps wait together for Q anyway:
+        // at the first step's P V, the barrier held every warpgroup until the last had its first scores, and
+        // the packed forward ran 23% longer than the dense one on the same work at head dim 64 (H100).
+        if constexpr (Rows::PACKED && L::TMA) {
+            const int valid = seqlen_k - key_tile(0, 0) * BLOCK_N;
+            if (n_tiles > 0 && valid < BLOCK_N) {  // block-uniform
+                L::template acquire<STAGES>(bars, VALUES, step0);  // (waited for again at the product: at once)
+                zero_rows_from<KVTile, MATH_THREADS>(sV_of(0), valid, threadIdx.x - L::PRODUCER_WARPS * 32);
+                async_proxy_fence();
+                L::template sync_consumers<MATH_THREADS>();
+            }
+        }
         // Step t's walk entry (a block mask's), read once its key tile is acquired.
         auto entry_of = [&](int t) {
             if constexpr (Tiles::SKIPS) return Bias::template stashed<BLOCK_N, 0>(stash_of(t));

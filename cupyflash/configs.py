@@ -278,9 +278,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                        _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.
-    # (A float32 bias with a block-sparse mask spills 128x32 on sm_80 only.)
+    # (A float32 bias with a block-sparse mask spills 128x32 on sm_80 only, and so does the band mask with softcap,
+    # ALiBi, packed rows and dropout: 4 bytes since the kernels clamp packed offsets, compile check.)
     ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2),
-                             avoid=_HEAVY + ("fp32_bias+mask", "sm80+fp32_bias+block_mask")),
+                             avoid=_HEAVY + ("fp32_bias+mask", "sm80+fp32_bias+block_mask",
+                                             "sm80+band+softcap+alibi+packed+dropout")),
                         _c(64, 64, 4, blocks_per_sm=2), _c(128, 64, 8)) + _SMALL,
     # 128x64/8 warps and 64x64/4 warps within 5% of each other at 160; 128x64/8 ahead by 10-25% above.
     ("mma_sm80", 160): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,

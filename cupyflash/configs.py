@@ -278,11 +278,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                        _c(128, 32, 4, blocks_per_sm=2)) + _SMALL,
     # 128x32/4 warps ahead of 64x64 and 128x64/8 warps by 10-30%; 128x64/4 warps (FA2's choice) spills when
     # causal on sm_90 and measured no faster (323 vs 316 at 2k, 335 vs 346 at 4k), so it is left out.
-    # (A float32 bias with a block-sparse mask spills 128x32 on sm_80 only, and so does the band mask with softcap,
-    # ALiBi, packed rows and dropout: 4 bytes since the kernels clamp packed offsets, compile check.)
+    # (A float32 bias with a block-sparse mask spills 128x32 on sm_80 only, and so does the band mask with packed
+    # rows and dropout: 4 bytes since the kernels clamp packed offsets, python -m cupyflash._nvrtc --picks.)
     ("mma_sm80", 128): (When(_c(128, 32, 4, blocks_per_sm=2),
                              avoid=_HEAVY + ("fp32_bias+mask", "sm80+fp32_bias+block_mask",
-                                             "sm80+band+softcap+alibi+packed+dropout")),
+                                             "sm80+band+packed+dropout")),
                         _c(64, 64, 4, blocks_per_sm=2), _c(128, 64, 8)) + _SMALL,
     # 128x64/8 warps and 64x64/4 warps within 5% of each other at 160; 128x64/8 ahead by 10-25% above.
     ("mma_sm80", 160): (_c(128, 64, 8), _c(64, 64, 4)) + _SMALL,
@@ -366,7 +366,10 @@ _BWD_DQ_SMALL = (_c(16, 16, 1),)
 BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     ("mma_sm80", 32): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=_HEAVY), _c(64, 64, 4, blocks_per_sm=2))
     + _BWD_DQ_SMALL,
-    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2), avoid=("softcap", "sm80+dropout") + _BIASED),
+    # (The band mask with ALiBi and packed rows spills 128x64 on sm_80 by 8 bytes since the kernels clamp packed
+    # offsets: python -m cupyflash._nvrtc --picks.)
+    ("mma_sm80", 64): (When(_c(128, 64, 4, blocks_per_sm=2),
+                            avoid=("softcap", "sm80+dropout", "sm80+band+alibi+packed") + _BIASED),
                        _c(64, 64, 4, blocks_per_sm=2)) + _BWD_DQ_SMALL,
     # The band mask with a bias and softcap or ALiBi spills 128x32 on sm_80 (picks sweep): those run 64x64, on the
     # H100 too (made general when the CI compile set compiled the H100's picks for sm_80; each arch compiles its

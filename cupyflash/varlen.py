@@ -2,7 +2,8 @@
 
 Sequence i of a call is rows cu_seqlens_q[i]:cu_seqlens_q[i + 1] of q and cu_seqlens_k[i]:cu_seqlens_k[i + 1] of
 k and v; the kernels read the offsets on the GPU, one block row per sequence (cuda_src/coords.cuh PackedRows), so
-work follows the real lengths. The offsets are also read back once per call to check them before any launch.
+work follows the real lengths. An offsets array is read back and checked on its first use; later calls trust
+the kernels' own clamps and report (cupyflash/_offsets.py).
 """
 from __future__ import annotations
 

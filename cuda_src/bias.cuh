@@ -100,7 +100,15 @@ __device__ __forceinline__ void add_bias_x4(float (&s)[ROW_TILES][COL_TILES][4],
                                             const Address& address) {
     static_assert(COL_TILES % 2 == 0, "pairs of n8 tiles");
     const int lane_row = (lane & 7) + ((lane >> 3) & 1) * 8, lane_col = (lane >> 4) * 8;
-    auto add = [&](float& x, float& y, float2 b) {
+    auto add = [&](float& x, float& y, u32 v) {
+        float2 b;
+        if constexpr (Mma<T>::IS_BF16) {  // widened by cvt, not by shifts (Mma<bf16>::unpack): the same values,
+            // but ptxas then held the wgmma head-dim-64 lead's bias without spilling (40-88 bytes before)
+            asm("{ .reg .b16 l, h; mov.b32 {l, h}, %2; cvt.f32.bf16 %0, l; cvt.f32.bf16 %1, h; }\n"
+                : "=f"(b.x), "=f"(b.y) : "r"(v));
+        } else {
+            b = Mma<T>::unpack(v);
+        }
         x += b.x * unit;
         y += b.y * unit;
     };
@@ -110,10 +118,10 @@ __device__ __forceinline__ void add_bias_x4(float (&s)[ROW_TILES][COL_TILES][4],
         for (int nt = 0; nt < COL_TILES; nt += 2) {
             u32 v[4];
             ldmatrix_x4(v, address(16 * mt + lane_row, 8 * nt + lane_col));
-            add(s[mt][nt][0], s[mt][nt][1], Mma<T>::unpack(v[0]));
-            add(s[mt][nt][2], s[mt][nt][3], Mma<T>::unpack(v[1]));
-            add(s[mt][nt + 1][0], s[mt][nt + 1][1], Mma<T>::unpack(v[2]));
-            add(s[mt][nt + 1][2], s[mt][nt + 1][3], Mma<T>::unpack(v[3]));
+            add(s[mt][nt][0], s[mt][nt][1], v[0]);
+            add(s[mt][nt][2], s[mt][nt][3], v[1]);
+            add(s[mt][nt + 1][0], s[mt][nt + 1][1], v[2]);
+            add(s[mt][nt + 1][2], s[mt][nt + 1][3], v[3]);
         }
 }
 

@@ -178,10 +178,11 @@ _WS_TMA_AVOID = _WS_AVOID
 _WS_TMA_BLOCKS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "block_mask")
 # Bulk copies also bring a 16-bit additive bias's tiles, counted with the key tiles (cuda_src/bulk_bias.cuh), on the
 # tiles whose stages fit a bias tile beside theirs in 227 KB and whose consumers hold its values without spilling
-# (sm_90a compile check of every bias pick): at 64 128x128 (the 192-row lead spills 8-100 bytes with a bias,
-# 128x192 300-550) and the decode tile, at 128 the lead (225 KB; 128x128 without overlap where the lead spills:
-# the band mask with softcap, 4-16 bytes). A boolean mask read in the tiles it cuts comes the same way (a byte a
-# pair, 128-key panels: these tiles), its tile summary walked by the producer's thread. A float32 bias (twice the
+# (sm_90a compile check of every bias pick): at 64 the lead (187 KB; it spilled 40-88 bytes with a bf16 bias until
+# add_bias_x4 widened bf16 by cvt, bias.cuh) and the decode tile, at 128 the lead (225 KB; 128x128 without overlap
+# where the lead spills: the band mask with softcap, 4-16 bytes). A boolean mask read in the tiles it cuts comes
+# the same way on 128-key tiles (a byte a pair, 128-key panels: 128x128 at 64, the lead at 128), its tile summary
+# walked by the producer's thread. A float32 bias (twice the
 # bytes), a bias with a boolean mask, and persistent tiles keep the all-warps tiles.
 _WS_TMA_BIAS_AVOID = (tuple(f for f in _WS_TMA_AVOID if f not in ("bias", "mask"))
                       + ("fp32_bias", "bias+mask", "bias+block_mask"))
@@ -227,7 +228,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # no decode entry there.
     ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_BIAS_AVOID,
                               max_seqlen_q=64),
-                         When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_AVOID),
+                         When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_BIAS_AVOID + ("mask",)),
                          When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 128, producer=True, tma=True), avoid=_WS_TMA_BIAS_BLOCKS_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),

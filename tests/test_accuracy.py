@@ -73,3 +73,22 @@ def test_lse_of_a_row_without_keys_must_be_minus_inf():
 def test_to_float64_reads_bfloat16_bits():
     x = np.array([1.5, -2.25, 3e38], dtype=ml_dtypes.bfloat16)
     assert to_float64(x).tolist() == [float(v) for v in x.astype(np.float32)]
+
+
+def test_float32_gradients_may_carry_the_saved_lse_rounding_only_where_lse_is_large():
+    # One key, ALiBi pulling the far queries' logits (and lse) down to about -330: P is 1 exactly, but a backward
+    # recomputing it from a float32 lse errs by up to a few |lse| 2^-24, relative (the H100's fp32 kernels: 8.9e-4
+    # in dv here). Without ALiBi, |lse| is a few units and the same relative error fails.
+    from cupyflash._accuracy import check_grads_against_reference
+
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((1, n, 1, 33)) for n in (1025, 1, 1, 1025))
+    scale, slopes = 33**-0.5, np.array([0.32211122])
+    for alibi, passes in ((slopes, True), (None, False)):
+        grads = attention_backward_reference(dout, q, k, v, scale, xp=np, alibi_slopes=alibi)
+        off = (grads[0], grads[1], grads[2] * (1 + 2e-5 * np.sign(dout.sum(axis=1, keepdims=True))))
+        if passes:
+            check_grads_against_reference(off, dout, q, k, v, scale, False, "float32", alibi_slopes=alibi)
+        else:
+            with pytest.raises(AccuracyError, match="dv error"):
+                check_grads_against_reference(off, dout, q, k, v, scale, False, "float32", alibi_slopes=alibi)

@@ -95,20 +95,27 @@ template <> struct BiasValue<mask8> {
 // each lane exactly its accumulator pairs, four 8x8 matrices (rows +8 for odd ones, columns +8 for the upper two)
 // per instruction instead of one pair per load. address(row, col): where the 8 values of that fragment-relative row
 // start, col a multiple of 8 (the tile's layout: padded rows, or bulk_bias.cuh's swizzled panels).
+// Two 16-bit bias values as floats. bf16 is widened by cvt, not by shifts (Mma<bf16>::unpack): the same values, but
+// ptxas then held the wgmma head-dim-64 lead's bias without spilling (40-88 bytes before).
+template <typename T>
+__device__ __forceinline__ float2 widen_bias_pair(u32 v) {
+    if constexpr (Mma<T>::IS_BF16) {
+        float2 b;
+        asm("{ .reg .b16 l, h; mov.b32 {l, h}, %2; cvt.f32.bf16 %0, l; cvt.f32.bf16 %1, h; }\n"
+            : "=f"(b.x), "=f"(b.y) : "r"(v));
+        return b;
+    } else {
+        return Mma<T>::unpack(v);
+    }
+}
+
 template <typename T, int ROW_TILES, int COL_TILES, typename Address>
 __device__ __forceinline__ void add_bias_x4(float (&s)[ROW_TILES][COL_TILES][4], float unit, int lane,
                                             const Address& address) {
     static_assert(COL_TILES % 2 == 0, "pairs of n8 tiles");
     const int lane_row = (lane & 7) + ((lane >> 3) & 1) * 8, lane_col = (lane >> 4) * 8;
     auto add = [&](float& x, float& y, u32 v) {
-        float2 b;
-        if constexpr (Mma<T>::IS_BF16) {  // widened by cvt, not by shifts (Mma<bf16>::unpack): the same values,
-            // but ptxas then held the wgmma head-dim-64 lead's bias without spilling (40-88 bytes before)
-            asm("{ .reg .b16 l, h; mov.b32 {l, h}, %2; cvt.f32.bf16 %0, l; cvt.f32.bf16 %1, h; }\n"
-                : "=f"(b.x), "=f"(b.y) : "r"(v));
-        } else {
-            b = Mma<T>::unpack(v);
-        }
+        const float2 b = widen_bias_pair<T>(v);
         x += b.x * unit;
         y += b.y * unit;
     };
@@ -123,6 +130,32 @@ __device__ __forceinline__ void add_bias_x4(float (&s)[ROW_TILES][COL_TILES][4],
             add(s[mt][nt + 1][0], s[mt][nt + 1][1], v[2]);
             add(s[mt][nt + 1][2], s[mt][nt + 1][3], v[3]);
         }
+}
+
+// s += bias * unit where one row of 16-bit values serves every query (a bias broadcast over queries, e.g. a key
+// bias (B, 1, 1, Sk)): each ldmatrix hands a lane the column pairs of four n8 tiles (its eight row addresses all
+// name the one row), widened once and added to every row of the fragment, instead of once per row as
+// add_bias_x4 would. row_col(col): where the 8 values at fragment-relative column col start, col a multiple of 8.
+template <typename T, int ROW_TILES, int COL_TILES, typename Address>
+__device__ __forceinline__ void add_bias_row_x4(float (&s)[ROW_TILES][COL_TILES][4], float unit, int lane,
+                                                const Address& row_col) {
+    static_assert(COL_TILES % 4 == 0, "quads of n8 tiles");
+    #pragma unroll
+    for (int nt = 0; nt < COL_TILES; nt += 4) {
+        u32 v[4];
+        ldmatrix_x4(v, row_col(8 * (nt + lane / 8)));
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const float2 b = widen_bias_pair<T>(v[i]);
+            #pragma unroll
+            for (int mt = 0; mt < ROW_TILES; ++mt)
+                #pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    s[mt][nt + i][2 * r] += b.x * unit;
+                    s[mt][nt + i][2 * r + 1] += b.y * unit;
+                }
+        }
+    }
 }
 
 // GRAD_: the dK/dV kernel also writes the bias's gradient (BiasGrad).

@@ -125,9 +125,19 @@ struct SwizzledBias {
                 x = two & 0xffu ? x : neg_inf();
                 y = two >> 8 ? y : neg_inf();
             });
+        } else if (!by_query) {  // the one row copied: each value widened once for all of the warp's rows
+            if constexpr (COL_TILES % 4 == 0) {
+                add_bias_row_x4<T>(s, unit, lane, [&](int col) {
+                    return tile + byte_offset<ROWS_OF_TILE>(0, (col0 + col) * BYTES);
+                });
+            } else {
+                add_bias_x4<T>(s, unit, lane, [&](int, int col) {
+                    return tile + byte_offset<ROWS_OF_TILE>(0, (col0 + col) * BYTES);
+                });
+            }
         } else {
             add_bias_x4<T>(s, unit, lane, [&](int row, int col) {
-                return tile + byte_offset<ROWS_OF_TILE>(by_query ? row0 + row : 0, (col0 + col) * BYTES);
+                return tile + byte_offset<ROWS_OF_TILE>(row0 + row, (col0 + col) * BYTES);
             });
         }
     }

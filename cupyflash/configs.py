@@ -228,7 +228,9 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # no decode entry there.
     ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_BIAS_AVOID,
                               max_seqlen_q=64),
-                         When(_w(192, 128, producer=True, tma=True), avoid=_WS_TMA_BIAS_AVOID + ("mask",)),
+                         # 16-bit biases on the lead, but not with softcap (8-20 bytes of spill, sm_90a)
+                         When(_w(192, 128, producer=True, tma=True),
+                              avoid=_WS_TMA_BIAS_AVOID + ("mask", "softcap+bias")),
                          When(_w(128, 192, producer=True, overlap=True, tma=True), avoid=_WS_TMA_AVOID),
                          When(_w(128, 128, producer=True, tma=True), avoid=_WS_TMA_BIAS_BLOCKS_AVOID),
                          When(_w(128, 192, producer=True), avoid=_WS_AVOID),

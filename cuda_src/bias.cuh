@@ -100,10 +100,9 @@ template <> struct BiasValue<mask8> {
 template <typename T>
 __device__ __forceinline__ float2 widen_bias_pair(u32 v) {
     if constexpr (Mma<T>::IS_BF16) {
-        float2 b;
-        asm("{ .reg .b16 l, h; mov.b32 {l, h}, %2; cvt.f32.bf16 %0, l; cvt.f32.bf16 %1, h; }\n"
-            : "=f"(b.x), "=f"(b.y) : "r"(v));
-        return b;
+        u32 lo, hi;
+        asm("{ shl.b32 %0, %2, 16; and.b32 %1, %2, 0xffff0000; }\n" : "=r"(lo), "=r"(hi) : "r"(v));
+        return make_float2(__uint_as_float(lo), __uint_as_float(hi));
     } else {
         return Mma<T>::unpack(v);
     }

@@ -1,0 +1,72 @@
+"""Probe for the next session: why a key bias's copies cost more than a pair bias's at 8k (nineteenth session's
+bias-cost probe, `noadd`: the consumers skip the add, the copies stay: key bias 0.80-0.91x plain at 8k against the
+pair bias's 0.88-0.91x, though a key bias copies one row of 256 bytes a tile and the pair bias 48 KB). Hypothesis:
+every block of a batch copies the same 256 bytes of L2 at about the same time (the blocks walk the key tiles in
+step), and the copies queue at one L2 slice. Experiments (kernel source edited before compiling; timing only):
+base (the tree); noadd (as the bias-cost probe); spread (noadd, and each block copies its key row from one of 8
+key offsets chosen by its query tile: the same bytes a block, spread over 8 places); nocopy (neither copy nor add).
+Expected if the hypothesis holds: spread within 3% of nocopy at 8k, noadd 10-20% behind them; if spread stays
+with noadd, the cost is in the copy's issue or its barrier, not in L2.
+From the checkout root: python docs/wip/2026-11-28-key-bias-probe.py"""
+import os
+import subprocess
+import sys
+
+EXPERIMENTS = ("base", "noadd", "spread", "nocopy")
+SHAPES = ((64, 2048), (64, 8192), (128, 8192))
+
+
+def patched(text, exp):
+    if "struct SwizzledBias" not in text:
+        return text
+    if exp in ("noadd", "spread", "nocopy"):
+        old = "if (MASK && !(entry & 1)) return;  // the mask shows the whole tile\n        const float unit"
+        assert old in text
+        text = text.replace(old, "if (!MASK) return;\n        const float unit")
+    if exp == "spread":
+        old = "tma_load_4d(dst + HEADER + panel * ROWS * 128, map, k0 + panel * PANEL_COLS,"
+        assert old in text
+        text = text.replace(old, "tma_load_4d(dst + HEADER + panel * ROWS * 128, map, (str.seq != 0 ? k0 : (k0 + 128 * "
+                                 "static_cast<int>(blockIdx.y % 8)) % p.seqlen_k) + panel * PANEL_COLS,")
+    if exp == "nocopy":
+        for old in ("if ((MASK && !(entry & 1)) || Fields::key_step(p) == 0) return 0u;",
+                    "if ((MASK && !(entry & 1)) || Fields::key_step(p) == 0) return;"):
+            assert old in text
+            text = text.replace(old, old.replace("(MASK && !(entry & 1))", "!MASK"))
+    return text
+
+
+def child(exp, timing):
+    import cupy
+
+    from cupyflash import _kernels
+
+    original = _kernels.load_source
+    _kernels.load_source = lambda name: patched(original(name), exp)
+    import cupyflash as cf
+    from cupyflash.bench import HIDDEN, TOKENS, make_inputs, time_fn
+
+    for d, s in SHAPES:
+        batch, nheads = TOKENS // s, HIDDEN // d
+        q, k, v = make_inputs(batch, s, nheads, d, "bfloat16")
+        key = cupy.random.standard_normal((batch, 1, 1, s), dtype=cupy.float32).astype(q.dtype)
+        if not timing:
+            cf.flash_attn_func(q, k, v, bias=key)
+            continue
+        plain = time_fn(lambda: cf.flash_attn_func(q, k, v))
+        t = time_fn(lambda: cf.flash_attn_func(q, k, v, bias=key))
+        print(f"{exp:7s} d{d} S={s}: plain {plain * 1e3:7.1f} us, key {t * 1e3:7.1f} us ({plain / t:.3f}x plain)",
+              flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        child(sys.argv[1], sys.argv[2] == "time")
+    else:
+        env = dict(os.environ, CUPY_CACHE_DIR=os.environ.get("CUPY_CACHE_DIR", ".cupy_cache"))
+        run = lambda e, mode: subprocess.Popen([sys.executable, __file__, e, mode], env=env)  # noqa: E731
+        for p in [run(e, "compile") for e in EXPERIMENTS]:
+            p.wait()
+        for _ in range(3):  # three rounds, one process at a time (the 8k cells moved 12% between two rounds)
+            for e in EXPERIMENTS:
+                run(e, "time").wait()

@@ -3,8 +3,11 @@ bias-cost probe, `noadd`: the consumers skip the add, the copies stay: key bias 
 pair bias's 0.88-0.91x, though a key bias copies one row of 256 bytes a tile and the pair bias 48 KB). Hypothesis:
 every block of a batch copies the same 256 bytes of L2 at about the same time (the blocks walk the key tiles in
 step), and the copies queue at one L2 slice. Experiments (kernel source edited before compiling; timing only):
-base (the tree); noadd (as the bias-cost probe); spread (noadd, and each block copies its key row from one of 8
+base (the tree); oldadd (the key row's adds as `s += b * unit`, before the wip patch's fmaf: for an fp16 key bias
+ptxas then shares an FMUL and adds with FADD); noadd (as the bias-cost probe); spread (noadd, and each block copies its key row from one of 8
 key offsets chosen by its query tile: the same bytes a block, spread over 8 places); nocopy (neither copy nor add).
+Run it on the tree with the wip patch applied (oldadd edits the patch's lines). Each experiment times a bf16 and an
+fp16 key bias (bf16 inputs). Expected: oldadd's fp16 key bias 3-6% behind base's, its bf16 one level with base's.
 Expected if the hypothesis holds: spread within 3% of nocopy at 8k, noadd 10-20% behind them; if spread stays
 with noadd, the cost is in the copy's issue or its barrier, not in L2.
 From the checkout root: python docs/wip/2026-11-28-key-bias-probe.py"""
@@ -12,13 +15,19 @@ import os
 import subprocess
 import sys
 
-EXPERIMENTS = ("base", "noadd", "spread", "nocopy")
+EXPERIMENTS = ("base", "oldadd", "noadd", "spread", "nocopy")
 SHAPES = ((64, 2048), (64, 8192), (128, 8192))
 
 
 def patched(text, exp):
     if "struct SwizzledBias" not in text:
         return text
+    if exp == "oldadd":
+        for half in ("x", "y"):
+            i = "2 * r" if half == "x" else "2 * r + 1"
+            old = f"s[mt][nt + i][{i}] = fmaf(b.{half}, unit, s[mt][nt + i][{i}]);"
+            assert old in text
+            text = text.replace(old, f"s[mt][nt + i][{i}] += b.{half} * unit;")
     if exp in ("noadd", "spread", "nocopy"):
         old = "if (MASK && !(entry & 1)) return;  // the mask shows the whole tile\n        const float unit"
         assert old in text
@@ -49,14 +58,18 @@ def child(exp, timing):
     for d, s in SHAPES:
         batch, nheads = TOKENS // s, HIDDEN // d
         q, k, v = make_inputs(batch, s, nheads, d, "bfloat16")
-        key = cupy.random.standard_normal((batch, 1, 1, s), dtype=cupy.float32).astype(q.dtype)
+        key = cupy.random.standard_normal((batch, 1, 1, s), dtype=cupy.float32)
+        keys = {"bf16": key.astype(q.dtype), "fp16": key.astype(cupy.float16)}
         if not timing:
-            cf.flash_attn_func(q, k, v, bias=key)
+            for b in keys.values():
+                cf.flash_attn_func(q, k, v, bias=b)
             continue
         plain = time_fn(lambda: cf.flash_attn_func(q, k, v))
-        t = time_fn(lambda: cf.flash_attn_func(q, k, v, bias=key))
-        print(f"{exp:7s} d{d} S={s}: plain {plain * 1e3:7.1f} us, key {t * 1e3:7.1f} us ({plain / t:.3f}x plain)",
-              flush=True)
+        line = f"{exp:7s} d{d} S={s}: plain {plain * 1e3:7.1f} us"
+        for name, b in keys.items():
+            t = time_fn(lambda: cf.flash_attn_func(q, k, v, bias=b))
+            line += f", {name} key {t * 1e3:7.1f} us ({plain / t:.3f}x plain)"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

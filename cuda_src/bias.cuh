@@ -91,12 +91,9 @@ template <> struct BiasValue<mask8> {
     }
 };
 
-// s += bias * unit for a forward fragment (rows are queries) of 16-bit bias values in shared memory: ldmatrix hands
-// each lane exactly its accumulator pairs, four 8x8 matrices (rows +8 for odd ones, columns +8 for the upper two)
-// per instruction instead of one pair per load. address(row, col): where the 8 values of that fragment-relative row
-// start, col a multiple of 8 (the tile's layout: padded rows, or bulk_bias.cuh's swizzled panels).
-// Two 16-bit bias values as floats. bf16 is widened by cvt, not by shifts (Mma<bf16>::unpack): the same values, but
-// ptxas then held the wgmma head-dim-64 lead's bias without spilling (40-88 bytes before).
+// Two 16-bit bias values as floats. bf16 by one shl and one and, in inline PTX: the same values as Mma<bf16>::unpack,
+// whose C++ shifts ptxas scheduled into 40-88 bytes of spill on the wgmma head-dim-64 lead, and one instruction
+// fewer a pair than cvt.f32.bf16, whose high half became a PRMT and a shift in SASS.
 template <typename T>
 __device__ __forceinline__ float2 widen_bias_pair(u32 v) {
     if constexpr (Mma<T>::IS_BF16) {
@@ -108,6 +105,10 @@ __device__ __forceinline__ float2 widen_bias_pair(u32 v) {
     }
 }
 
+// s += bias * unit for a forward fragment (rows are queries) of 16-bit bias values in shared memory: ldmatrix hands
+// each lane exactly its accumulator pairs, four 8x8 matrices (rows +8 for odd ones, columns +8 for the upper two)
+// per instruction instead of one pair per load. address(row, col): where the 8 values of that fragment-relative row
+// start, col a multiple of 8 (the tile's layout: padded rows, or bulk_bias.cuh's swizzled panels).
 template <typename T, int ROW_TILES, int COL_TILES, typename Address>
 __device__ __forceinline__ void add_bias_x4(float (&s)[ROW_TILES][COL_TILES][4], float unit, int lane,
                                             const Address& address) {

@@ -9,14 +9,13 @@ Expected: noadd near plain if the bias is ALU-bound (64) and the copies hide; no
 base faster than oldkey for the key bias by a quarter of its cost (half the conversions), the pair bias unchanged.
 From the checkout root: python docs/measurements/2026-11-27-bias-cost-probe.py"""
 import os
-import subprocess
 import sys
 
 EXPERIMENTS = ("base", "oldkey", "noadd", "nocopy")
 SHAPES = ((64, 2048), (64, 8192), (128, 2048), (128, 8192))
 
 
-def patched(name, text, exp):
+def patched(text, exp):
     if "struct SwizzledBias" not in text:
         return text
     if exp == "oldkey":
@@ -41,10 +40,6 @@ def patched(name, text, exp):
 def child(exp, timing):
     import cupy
 
-    from cupyflash import _kernels
-
-    original = _kernels.load_source
-    _kernels.load_source = lambda name: patched(name, original(name), exp)
     import cupyflash as cf
     from cupyflash.bench import HIDDEN, TOKENS, make_inputs, time_fn
 
@@ -67,13 +62,7 @@ def child(exp, timing):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        child(sys.argv[1], sys.argv[2] == "time")
-    else:
-        env = dict(os.environ, CUPY_CACHE_DIR=os.environ.get("CUPY_CACHE_DIR", ".cupy_cache"))
-        run = lambda e, mode: subprocess.Popen([sys.executable, __file__, e, mode], env=env)  # noqa: E731
-        for p in [run(e, "compile") for e in EXPERIMENTS]:  # in parallel (CuPy's disk cache keeps the binaries)
-            p.wait()
-        for _ in range(2):  # two rounds, one process at a time
-            for e in EXPERIMENTS:
-                run(e, "time").wait()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from source_probe import run
+
+    run(__file__, EXPERIMENTS, patched, child)

@@ -9,7 +9,6 @@ barrier costs ~1-2 us a block, nozero recovers a third to a half of the gap; the
 From the checkout root: python docs/measurements/2026-11-27-packed-cost-probe.py"""
 import os
 import re
-import subprocess
 import sys
 
 EXPERIMENTS = ("base", "nozero", "noload", "both")
@@ -34,10 +33,6 @@ def child(exp, timing):
     import numpy as np
     import cupy as cp
 
-    from cupyflash import _kernels
-
-    original = _kernels.load_source
-    _kernels.load_source = lambda name: patched(original(name), exp)
     import cupyflash as cf
     from cupyflash.bench import make_inputs, time_fn, varlen_lengths
 
@@ -59,13 +54,7 @@ def child(exp, timing):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        child(sys.argv[1], sys.argv[2] == "time")
-    else:
-        env = dict(os.environ, CUPY_CACHE_DIR=os.environ.get("CUPY_CACHE_DIR", ".cupy_cache"))
-        run = lambda e, mode: subprocess.Popen([sys.executable, __file__, e, mode], env=env)  # noqa: E731
-        for p in [run(e, "compile") for e in EXPERIMENTS]:  # in parallel (CuPy's disk cache keeps the binaries)
-            p.wait()
-        for _ in range(2):  # two rounds, one process at a time
-            for e in EXPERIMENTS:
-                run(e, "time").wait()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from source_probe import run
+
+    run(__file__, EXPERIMENTS, patched, child)

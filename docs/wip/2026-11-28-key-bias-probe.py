@@ -4,19 +4,30 @@ pair bias's 0.88-0.91x, though a key bias copies one row of 256 bytes a tile and
 every block of a batch copies the same 256 bytes of L2 at about the same time (the blocks walk the key tiles in
 step), and the copies queue at one L2 slice. Experiments (kernel source edited before compiling; timing only):
 base (the tree); oldadd (the key row's adds as `s += b * unit`, before the wip patch's fmaf: for an fp16 key bias
-ptxas then shares an FMUL and adds with FADD); noadd (as the bias-cost probe); spread (noadd, and each block copies its key row from one of 8
-key offsets chosen by its query tile: the same bytes a block, spread over 8 places); nocopy (neither copy nor add).
+ptxas then shares an FMUL and adds with FADD); noadd (as the bias-cost probe); spread (noadd, and each block copies
+its key row from one of 8 key offsets chosen by its query tile: the same bytes a block, spread over 8 places);
+nocopy (neither copy nor add).
 Run it on the tree with the wip patch applied (oldadd edits the patch's lines). Each experiment times a bf16 and an
 fp16 key bias (bf16 inputs). Expected: oldadd's fp16 key bias 3-6% behind base's, its bf16 one level with base's.
 Expected if the hypothesis holds: spread within 3% of nocopy at 8k, noadd 10-20% behind them; if spread stays
 with noadd, the cost is in the copy's issue or its barrier, not in L2.
 From the checkout root: python docs/wip/2026-11-28-key-bias-probe.py"""
+import importlib.util
 import os
-import subprocess
 import sys
 
+MEASUREMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "measurements")
 EXPERIMENTS = ("base", "oldadd", "noadd", "spread", "nocopy")
 SHAPES = ((64, 2048), (64, 8192), (128, 8192))
+
+
+def _bias_cost_probe():
+    """The nineteenth session's bias-cost probe, whose noadd and nocopy edits these are."""
+    spec = importlib.util.spec_from_file_location("bias_cost_probe",
+                                                  os.path.join(MEASUREMENTS, "2026-11-27-bias-cost-probe.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def patched(text, exp):
@@ -29,29 +40,20 @@ def patched(text, exp):
             assert old in text
             text = text.replace(old, f"s[mt][nt + i][{i}] += b.{half} * unit;")
     if exp in ("noadd", "spread", "nocopy"):
-        old = "if (MASK && !(entry & 1)) return;  // the mask shows the whole tile\n        const float unit"
-        assert old in text
-        text = text.replace(old, "if (!MASK) return;\n        const float unit")
+        text = _bias_cost_probe().patched(text, "noadd")
     if exp == "spread":
         old = "tma_load_4d(dst + HEADER + panel * ROWS * 128, map, k0 + panel * PANEL_COLS,"
         assert old in text
         text = text.replace(old, "tma_load_4d(dst + HEADER + panel * ROWS * 128, map, (str.seq != 0 ? k0 : (k0 + 128 * "
                                  "static_cast<int>(blockIdx.y % 8)) % p.seqlen_k) + panel * PANEL_COLS,")
     if exp == "nocopy":
-        for old in ("if ((MASK && !(entry & 1)) || Fields::key_step(p) == 0) return 0u;",
-                    "if ((MASK && !(entry & 1)) || Fields::key_step(p) == 0) return;"):
-            assert old in text
-            text = text.replace(old, old.replace("(MASK && !(entry & 1))", "!MASK"))
+        text = _bias_cost_probe().patched(text, "nocopy")
     return text
 
 
 def child(exp, timing):
     import cupy
 
-    from cupyflash import _kernels
-
-    original = _kernels.load_source
-    _kernels.load_source = lambda name: patched(original(name), exp)
     import cupyflash as cf
     from cupyflash.bench import HIDDEN, TOKENS, make_inputs, time_fn
 
@@ -73,13 +75,7 @@ def child(exp, timing):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        child(sys.argv[1], sys.argv[2] == "time")
-    else:
-        env = dict(os.environ, CUPY_CACHE_DIR=os.environ.get("CUPY_CACHE_DIR", ".cupy_cache"))
-        run = lambda e, mode: subprocess.Popen([sys.executable, __file__, e, mode], env=env)  # noqa: E731
-        for p in [run(e, "compile") for e in EXPERIMENTS]:
-            p.wait()
-        for _ in range(3):  # three rounds, one process at a time (the 8k cells moved 12% between two rounds)
-            for e in EXPERIMENTS:
-                run(e, "time").wait()
+    sys.path.insert(0, MEASUREMENTS)
+    from source_probe import run
+
+    run(__file__, EXPERIMENTS, patched, child, rounds=3)  # the 8k cells moved 12% between two rounds

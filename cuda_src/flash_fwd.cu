@@ -120,6 +120,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     const int seqlen_k = seq.seqlen_k;
     const Mask mask(p, seq);
     const Score score(p, seq, batch, head);
+    // Warpgroup tiles with a second MUFU operation a score (softcap's tanh) are MUFU-bound at head dim 64 (two
+    // operations of 8 cycles a warp against ~9 instructions issued a score): part of the softmax's exponentials
+    // move to the FMA pipe (online_softmax.cuh exp2_fma). The mma.sync tiles issue more a score and keep MUFU.
+    constexpr int EXP2_FMA_EIGHTHS = Core::WARPGROUPS && Score::MUFU_OPS > 0 ? 3 : 0;
     const Drop drop(p, batch, head);
 
     // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
@@ -174,12 +178,13 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     softmax.init();
     // logits = Score(S + bias) where the mask shows them, -inf elsewhere (padding keys too, so that they never
     // enter the softmax sum).
+    float logit_offset[M_TILES][2];  // logits = s + logit_offset along each row (score_mod.cuh apply_score_mod_rows)
     auto to_logits = [&](float (&s)[M_TILES][N_TILES][4], int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
         if constexpr (Bias::ON)
             Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (step0 + t) % STAGES * BIAS_BYTES,
                                                                 warp_row0, 0, lane, p, entry);
-        apply_score_mod<false, Bias::ON>(score, s, m0 + warp_row0, n0, lane);
+        apply_score_mod_rows<Bias::ON>(score, s, m0 + warp_row0, n0, lane, logit_offset);
         mask_fragment<BLOCK_M, BLOCK_N, false, Core::WARPGROUPS>(mask, s, m0 + warp_row0, n0, lane, m0, n0, seqlen_k);
     };
 
@@ -273,7 +278,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if constexpr (!Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
             to_logits(s, t, entry);
             if constexpr (Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
-            return softmax.step(s, alpha, p.scale_log2);
+            return softmax.template step<EXP2_FMA_EIGHTHS, Score::ROW_OFFSETS>(s, alpha, p.scale_log2, logit_offset);
         };
         // Packed rows by bulk copies: the entry's last key tile (the first step) holds the next entry's first rows
         // past its end, whose probabilities are 0 but whose values need not be finite (0 x inf is NaN). Every
@@ -369,7 +374,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
 
             // m_i, l_i, acc <- online softmax step; s now holds P. Dropout zeroes dropped entries after l_i has
             // summed them all; kept ones are divided by the keep probability with 1 / l_i at the end.
-            softmax.update(s, acc, p.scale_log2);
+            softmax.template update<Score::ROW_OFFSETS>(s, acc, p.scale_log2, logit_offset);
             drop_fragment(kept, s);
 
             // acc += P V

@@ -24,6 +24,10 @@ __device__ __forceinline__ float tanh_approx(float x) {
 template <bool SOFTCAP = false, bool ALIBI = false, bool EXACT_TANH = false>
 struct ScoreMod {
     static constexpr bool IDENTITY = !SOFTCAP && !ALIBI;
+    static constexpr int MUFU_OPS = SOFTCAP && !EXACT_TANH;  // per score, beside the softmax's ex2 (tanh.approx)
+    // Query-row tiles wholly on one side of the diagonal take ALiBi as a term a key and an offset a row, which the
+    // softmax adds to its row max (apply_score_mod_rows below, online_softmax.cuh step).
+    static constexpr bool ROW_OFFSETS = ALIBI;
     float cap, cap_inv, cap_scale;  // softcap
     float alibi_slope;     // -slope * unit of this (batch, head): a non-positive multiplier of the distance
     int off;
@@ -41,11 +45,16 @@ struct ScoreMod {
 
     // HIDDEN_IN: s may be -inf (a -inf bias), which must stay -inf through the cap rather than become -cap.
     template <bool HIDDEN_IN = false>
-    __device__ __forceinline__ float logit(float s, float query_minus_key) const {
+    __device__ __forceinline__ float capped(float s) const {
         if constexpr (SOFTCAP) {
             const float x = s * cap_scale;
             s = HIDDEN_IN && s == neg_inf() ? s : cap * (EXACT_TANH ? tanhf(x) : tanh_approx(x));
         }
+        return s;
+    }
+    template <bool HIDDEN_IN = false>
+    __device__ __forceinline__ float logit(float s, float query_minus_key) const {
+        s = capped<HIDDEN_IN>(s);
         if constexpr (ALIBI) s += alibi(query_minus_key);
         return s;
     }
@@ -81,6 +90,38 @@ __device__ __forceinline__ void apply_score_mod(const Score& score, float (&s)[R
             x = score.template logit<HIDDEN_IN>(x, first + static_cast<float>(dr - dc));
         });
     }
+}
+
+// apply_score_mod for query rows (the forward), with ALiBi taken apart where it is linear: on a tile whose keys all
+// lie on one side of every query row the warp holds (all but the one or two tiles a row block has on the
+// diagonal), slope * |i + off - j| = side * slope * (i + off - col0 - 2 (lane % 4)) - side * slope * dc, with dc
+// the element's constant column in the thread's fragment. The second term is one FFMA by an immediate a score; the
+// first, constant along the thread's part of a row, goes to `offset` (logit = s + offset), which the softmax adds
+// to the row max and subtracts in its exponent's constant instead (two instructions a score in the general form:
+// the distance, then its FFMA). Tiles across the diagonal, and scores without ALiBi, get offset 0.
+template <bool HIDDEN_IN = false, typename Score, int ROW_TILES, int COL_TILES>
+__device__ __forceinline__ void apply_score_mod_rows(const Score& score, float (&s)[ROW_TILES][COL_TILES][4],
+                                                     int row0, int col0, int lane, float (&offset)[ROW_TILES][2]) {
+    #pragma unroll
+    for (int mt = 0; mt < ROW_TILES; ++mt) offset[mt][0] = offset[mt][1] = 0.f;
+    if constexpr (Score::ROW_OFFSETS) {
+        const int first = row0 + score.off - col0;  // i + off - j of the warp's first row and the tile's first key
+        const int side = first - (8 * COL_TILES - 1) >= 0 ? 1 : first + 16 * ROW_TILES - 1 <= 0 ? -1 : 0;
+        if (side != 0) {  // warp-uniform
+            const float slope = static_cast<float>(side) * score.alibi_slope, step = -slope;
+            for_each_element_offset(s, [&](float& x, int, int dc) {
+                x = score.template capped<HIDDEN_IN>(x);
+                if (dc != 0) x = fmaf(step, static_cast<float>(dc), x);
+            });
+            const int distance = first + lane / 4 - 2 * (lane % 4);
+            #pragma unroll
+            for (int mt = 0; mt < ROW_TILES; ++mt)
+                #pragma unroll
+                for (int r = 0; r < 2; ++r) offset[mt][r] = slope * static_cast<float>(distance + 16 * mt + 8 * r);
+            return;
+        }
+    }
+    apply_score_mod<false, HIDDEN_IN>(score, s, row0, col0, lane);
 }
 
 }  // namespace cf

@@ -120,10 +120,6 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     const int seqlen_k = seq.seqlen_k;
     const Mask mask(p, seq);
     const Score score(p, seq, batch, head);
-    // Warpgroup tiles with a second MUFU operation a score (softcap's tanh) are MUFU-bound at head dim 64 (two
-    // operations of 8 cycles a warp against ~9 instructions issued a score): part of the softmax's exponentials
-    // move to the FMA pipe (online_softmax.cuh exp2_fma). The mma.sync tiles issue more a score and keep MUFU.
-    constexpr int EXP2_FMA_EIGHTHS = Core::WARPGROUPS && Score::MUFU_OPS > 0 ? 3 : 0;
     const Drop drop(p, batch, head);
 
     // Key tiles [first, end) hold every key these rows see; they are visited last-first, so the tiles that need
@@ -278,7 +274,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             if constexpr (!Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
             to_logits(s, t, entry);
             if constexpr (Bias::BULK) L::template release<STAGES>(bars, KEYS, step0 + t, lane);
-            return softmax.template step<EXP2_FMA_EIGHTHS, Score::ROW_OFFSETS>(s, alpha, p.scale_log2, logit_offset);
+            return softmax.template step<Score::ROW_OFFSETS>(s, alpha, p.scale_log2, logit_offset);
         };
         // Packed rows by bulk copies: the entry's last key tile (the first step) holds the next entry's first rows
         // past its end, whose probabilities are 0 but whose values need not be finite (0 x inf is NaN). Every

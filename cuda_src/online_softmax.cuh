@@ -6,29 +6,6 @@
 
 namespace cf {
 
-// 2^x on the FMA pipe (no MUFU): x = j + f with j = floor(x) and f in [0, 1); 2^f by a degree-4 polynomial with
-// p(0) = 1 (relative error 3.0e-6, float32 Horner on [0, 1)); 2^j added to p's exponent field as an integer. The
-// rounding add puts j in t's low mantissa bits (1.5 * 2^23 + j), and (t << 23) + bits(p) carries it into the
-// exponent field. x is clamped to -127 first: -inf (a hidden score) gives 2^-127 * p, whose exponent field is 0,
-// a denormal that the -ftz arithmetic downstream reads as 0 (row sums, so a row that sees no key keeps l_i = 0).
-// Cost: 9 instructions (FMNMX, 3 FADD, 4 FFMA, LEA) where ex2.approx takes one MUFU slot of 8 cycles a warp.
-__device__ __forceinline__ float exp2_fma(float x) {
-    constexpr float ROUND = 12582912.f;  // 1.5 * 2^23: adding it leaves floor(x) in the low mantissa bits
-    x = fmaxf(x, -127.f);
-    float t;
-    asm("add.rm.ftz.f32 %0, %1, %2;" : "=f"(t) : "f"(x), "f"(ROUND));
-    const float f = x - (t - ROUND);
-    const float poly = fmaf(fmaf(fmaf(fmaf(0.013426427f, f, 0.052242886f), f, 0.24128002f), f, 0.69304484f), f, 1.f);
-    return __int_as_float(__float_as_int(poly) + (__float_as_int(t) << 23));
-}
-
-// Which of a row's exponentials step<FMA_EIGHTHS>() computes on the FMA pipe: FMA_EIGHTHS of every 8 consecutive
-// elements of a thread's row (spread out, so that the two pipes interleave).
-template <int FMA_EIGHTHS>
-__device__ __forceinline__ constexpr bool exp2_on_fma(int element) {
-    return (element * FMA_EIGHTHS) % 8 < FMA_EIGHTHS;
-}
-
 template <int M_TILES>
 struct OnlineSoftmax {
     float m_i[M_TILES][2];  // running (near-)max of raw scores, per row this thread holds (lane/4, lane/4 + 8)
@@ -54,17 +31,16 @@ struct OnlineSoftmax {
     __device__ __forceinline__ void update(float (&s)[M_TILES][N_TILES][4], float (&acc)[M_TILES][D_TILES][4],
                                            float scale_log2, const float (&offset)[M_TILES][2]) {
         float alpha[M_TILES][2];
-        if (step<0, OFFSETS>(s, alpha, scale_log2, offset)) rescale(acc, alpha);
+        if (step<OFFSETS>(s, alpha, scale_log2, offset)) rescale(acc, alpha);
     }
 
     // update() in two parts, for a caller whose acc is still being written by a product when the scores arrive:
     // step() moves m_i, scales l_i, turns s into p and returns whether acc must be multiplied by alpha, which
-    // rescale() does once acc may be touched. (alpha is written only when step() returns true.) FMA_EIGHTHS of the
-    // exponentials go to the FMA pipe (exp2_fma) where MUFU is the limit: a second MUFU operation a score
-    // (softcap's tanh) on warpgroup tiles, whose products leave issue slots free. OFFSETS: the logits are
-    // s + offset[mt][r], a constant along each row the thread holds (score_mod.cuh apply_score_mod_rows), added to
-    // the row's max and taken out of its exponent's constant rather than added to every score.
-    template <int FMA_EIGHTHS = 0, bool OFFSETS = false, int N_TILES>
+    // rescale() does once acc may be touched. (alpha is written only when step() returns true.) OFFSETS: the
+    // logits are s + offset[mt][r], a constant along each row the thread holds (score_mod.cuh
+    // apply_score_mod_rows), added to the row's max and taken out of its exponent's constant rather than added to
+    // every score.
+    template <bool OFFSETS = false, int N_TILES>
     __device__ __forceinline__ bool step(float (&s)[M_TILES][N_TILES][4], float (&alpha)[M_TILES][2],
                                          float scale_log2, const float (&offset)[M_TILES][2]) {
         float tile_max[M_TILES][2];
@@ -108,8 +84,7 @@ struct OnlineSoftmax {
                     #pragma unroll
                     for (int c = 0; c < 2; ++c) {
                         float& x = s[mt][nt][2 * r + c];
-                        x = exp2_on_fma<FMA_EIGHTHS>(2 * nt + c) ? exp2_fma(x * scale_log2 - m_scaled)
-                                                                      : fast_exp2(x * scale_log2 - m_scaled);
+                        x = fast_exp2(x * scale_log2 - m_scaled);
                         row_sum += x;
                     }
                 l_i[mt][r] += row_sum;

@@ -24,7 +24,6 @@ __device__ __forceinline__ float tanh_approx(float x) {
 template <bool SOFTCAP = false, bool ALIBI = false, bool EXACT_TANH = false>
 struct ScoreMod {
     static constexpr bool IDENTITY = !SOFTCAP && !ALIBI;
-    static constexpr int MUFU_OPS = SOFTCAP && !EXACT_TANH;  // per score, beside the softmax's ex2 (tanh.approx)
     // Query-row tiles wholly on one side of the diagonal take ALiBi as a term a key and an offset a row, which the
     // softmax adds to its row max (apply_score_mod_rows below, online_softmax.cuh step).
     static constexpr bool ROW_OFFSETS = ALIBI;

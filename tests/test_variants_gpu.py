@@ -257,3 +257,18 @@ def test_repeat_calls_reuse_the_plan_and_see_new_data():
     big, big64 = random_array(np.random.default_rng(20), (1, 100, 2, 72), "bfloat16")
     out, lse = cf.flash_attn_func(big[..., 4:68], k, v, causal=True, return_lse=True)
     check_against_reference(out, lse, big64[..., 4:68], k64, v64, 1 / 8, True, "bfloat16")
+
+
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(300, 2500), (2500, 300), (2048, 2048)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alibi_far_from_the_diagonal(seqlen_q, seqlen_k, dtype):
+    # Key tiles wholly on one side of a warp's rows take ALiBi as a key term and a row offset (score_mod.cuh
+    # apply_score_mod_rows): offsets up to slope * 2500 here, queries that see only distant keys (2500 x 300: the
+    # first 2200 rows are at least 1 key away from any, most of them hundreds), slopes from 2^-8 to 1
+    import cupy
+
+    slopes = cupy.asarray([1.0, 0.5, 2.0**-4, 2.0**-8], dtype=cupy.float32)
+    for causal in (False, True):
+        run_forward(12, 1, seqlen_q, seqlen_k, 4, 2, 64, dtype, causal, alibi_slopes=slopes)
+    run_forward(13, 1, seqlen_q, seqlen_k, 4, 4, 128, dtype, False, alibi_slopes=slopes, softcap=30.0)
+    run_backward(14, 1, seqlen_q, seqlen_k, 4, 2, 64, dtype, False, alibi_slopes=slopes)

@@ -11,7 +11,8 @@ the kernel source edited:
   (score_mod.cuh apply_score_mod_rows: an FFMA by the key's constant column, a row's term added to its max).
   Expected: +4-7% (ALiBi / plain 0.86 -> 0.90-0.93 at 64). Experiment "old": the general form everywhere and every
   exponential on MUFU (the tree before both changes); the eK experiments all take the new ALiBi form.
-From the checkout root: python docs/measurements/2026-11-27-score-mod-probe.py"""
+Each experiment's first-round results (batch 0's out and lse) are compared with old's at the end: the new forms
+change only roundings. From the checkout root: python docs/measurements/2026-11-27-score-mod-probe.py"""
 import os
 import sys
 
@@ -39,8 +40,32 @@ def variants():
         yield Variant("bfloat16", mask, alibi=True)
 
 
+SAVED = "/tmp/score-mod-probe"
+
+
+def compare():
+    """Each experiment's first-round outputs (batch 0) against the "old" experiment's: the largest |difference| of
+    out (over the largest |out|) and of lse, and whether any is NaN."""
+    import glob
+
+    import numpy
+
+    for path in sorted(glob.glob(f"{SAVED}/old-*.npz")):
+        old = numpy.load(path)
+        for other in sorted(glob.glob(path.replace("/old-", "/e*-"))):
+            new = numpy.load(other)
+            d_out = numpy.abs(new["out"] - old["out"]).max() / numpy.abs(old["out"]).max()
+            finite = numpy.isfinite(old["lse"])
+            d_lse = numpy.abs(new["lse"][finite] - old["lse"][finite]).max()
+            same_inf = numpy.array_equal(finite, numpy.isfinite(new["lse"]))
+            nan = numpy.isnan(new["out"]).any() or numpy.isnan(new["lse"]).any()
+            print(f"{os.path.basename(other)[:-4]:40s} vs old: out {d_out:.2e} (of max |out|), lse {d_lse:.2e}, "
+                  f"same -inf rows {same_inf}, NaN {nan}", flush=True)
+
+
 def child(exp, timing):
     import cupy
+    import numpy
 
     import cupyflash as cf
     from cupyflash.bench import HIDDEN, TOKENS, make_inputs, time_fn
@@ -55,7 +80,7 @@ def child(exp, timing):
 
         instances = [[("fwd", d, select_config("fwd", BIG_GPU, d, variant=v), v)]
                      for d in sorted({d for d, _ in SHAPES}) for v in variants()]
-        with ProcessPoolExecutor(len(instances), mp_context=multiprocessing.get_context("fork")) as pool:
+        with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
             list(pool.map(_compile, instances))
         return
     for d, s in SHAPES:
@@ -63,6 +88,11 @@ def child(exp, timing):
         q, k, v = make_inputs(batch, s, nheads, d, "bfloat16")
         slopes = cupy.asarray([2.0 ** (-8.0 * (h + 1) / nheads) for h in range(nheads)], dtype=cupy.float32)
         for causal in (False, True):
+            for name, kw in (("softcap", dict(softcap=SOFTCAP)), ("alibi", dict(alibi_slopes=slopes))):
+                path = f"{SAVED}/{exp}-{name}-d{d}-s{s}-{causal}.npz"
+                if not os.path.exists(path):  # the first round keeps its results, compared across experiments below
+                    out, lse = cf.flash_attn_func(q, k, v, causal=causal, return_lse=True, **kw)
+                    numpy.savez(path, out=out[:1].astype(cupy.float32).get(), lse=lse[:1].get())
             plain = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal))
             capped = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, softcap=SOFTCAP))
             alibi = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, alibi_slopes=slopes))
@@ -76,4 +106,8 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from source_probe import run
 
+    if len(sys.argv) == 1:
+        os.makedirs(SAVED, exist_ok=True)
     run(__file__, EXPERIMENTS, patched, child)
+    if len(sys.argv) == 1:
+        compare()

@@ -1,0 +1,67 @@
+"""Probe: which wgmma tile serves softcap and ALiBi best (twentieth session). The forward picks the plain lead for
+both (head dim 64: 192x128 with a producer warpgroup and bulk copies, three consumer warpgroups taking turns; 128:
+128x128 with two consumers that overlap softmax and products). Softcap doubles the softmax's MUFU work and ran
+0.58-0.73x plain at 64 and 0.69-0.80x at 128 on those tiles (bar 0.9); a tile whose consumers overlap their own
+softmax with their products (the "o" tiles) might hide more of it. Times every wgmma candidate of the variant,
+forced (config=), against plain on the lead, bf16, 16k tokens.
+From the checkout root: python docs/measurements/2026-11-27-score-mod-tile-probe.py"""
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+SHAPES = ((64, 2048), (64, 8192), (128, 2048), (128, 8192))
+SOFTCAP = 30.0
+
+
+def kinds():
+    from cupyflash.problem import Variant
+
+    for mask in ("none", "band"):
+        yield "softcap", Variant("bfloat16", mask, softcap=True)
+        yield "ALiBi", Variant("bfloat16", mask, alibi=True)
+
+
+def tiles(d, variant):
+    from cupyflash._nvrtc import BIG_GPU
+    from cupyflash.configs import candidates
+
+    return [c for c in candidates("fwd", BIG_GPU, d, variant)
+            if c.family == "wgmma_sm90" and not c.persistent and c.block_m >= 128]
+
+
+def compile_all():
+    from cupyflash.precompile import _compile
+
+    work = [[("fwd", d, c, v)] for d in sorted({d for d, _ in SHAPES}) for _, v in kinds() for c in tiles(d, v)]
+    with ProcessPoolExecutor(16, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_compile, work))
+
+
+def main():
+    import cupy
+
+    import cupyflash as cf
+    from cupyflash.bench import HIDDEN, TOKENS, make_inputs, time_fn
+
+    for d, s in SHAPES:
+        batch, nheads = TOKENS // s, HIDDEN // d
+        q, k, v = make_inputs(batch, s, nheads, d, "bfloat16")
+        slopes = cupy.asarray([2.0 ** (-8.0 * (h + 1) / nheads) for h in range(nheads)], dtype=cupy.float32)
+        for name, variant in kinds():
+            causal = variant.mask == "band"
+            kw = dict(softcap=SOFTCAP) if name == "softcap" else dict(alibi_slopes=slopes)
+            plain = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal))
+            line = f"d{d} S={s:5d} causal={causal!s:5} {name:7s} plain {plain * 1e3:7.1f} us:"
+            for c in tiles(d, variant):
+                t = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, config=c, **kw))
+                line += f"  {c.block_m}x{c.block_n}{str(c).split('/p4')[1] if '/p4' in str(c) else ''} {plain / t:.3f}"
+            print(line, flush=True)
+        del q, k, v
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+if __name__ == "__main__":
+    if "--compile" in sys.argv:
+        compile_all()
+    else:
+        main()

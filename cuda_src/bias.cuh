@@ -150,9 +150,10 @@ __device__ __forceinline__ void add_bias_row_x4(float (&s)[ROW_TILES][COL_TILES]
             #pragma unroll
             for (int mt = 0; mt < ROW_TILES; ++mt)
                 #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    s[mt][nt + i][2 * r] += b.x * unit;
-                    s[mt][nt + i][2 * r + 1] += b.y * unit;
+                for (int r = 0; r < 2; ++r) {  // fmaf: one FFMA a score (ptxas made fp16's b * unit a shared
+                    // FMUL and then an FADD a score)
+                    s[mt][nt + i][2 * r] = fmaf(b.x, unit, s[mt][nt + i][2 * r]);
+                    s[mt][nt + i][2 * r + 1] = fmaf(b.y, unit, s[mt][nt + i][2 * r + 1]);
                 }
         }
     }
@@ -288,6 +289,12 @@ struct TileBias {
             // The forward's 16-bit values by ldmatrix (add_bias_x4). Row addresses are 16-byte aligned: rows are
             // whole chunks apart, columns 8 elements. (The dQ kernel, which starts S from the bias, keeps the pairwise
             // loads: with ldmatrix its 128 x 32 tile at head dim 128 spills on sm_90.)
+            if constexpr (COL_TILES % 4 == 0) {
+                if (at == 0) {  // one row serves every query: each value widened once for all of the warp's rows
+                    add_bias_row_x4<T>(s, unit, lane, [&](int col) { return tile + (col0 + col) * BYTES; });
+                    return;
+                }
+            }
             add_bias_x4<T>(s, unit, lane, [&](int row, int col) {
                 return tile + ((row0 + row) * at + col0 + col) * BYTES;
             });

@@ -11,8 +11,12 @@ the kernel source edited:
   (score_mod.cuh apply_score_mod_rows: an FFMA by the key's constant column, a row's term added to its max).
   Expected: +4-7% (ALiBi / plain 0.86 -> 0.90-0.93 at 64). Experiment "old": the general form everywhere and every
   exponential on MUFU (the tree before both changes); the eK experiments all take the new ALiBi form.
-Each experiment's first-round results (batch 0's out and lse) are compared with old's at the end: the new forms
-change only roundings. From the checkout root: python docs/measurements/2026-11-27-score-mod-probe.py"""
+Measured (one H100, `2026-11-27-h100-s20-score-mod-probe.md`): every FMA split slower than none (softcap /
+plain at 64: 0.59-0.73 with none, 0.57-0.69 with 3/8 or 4/8; at 128: 0.69-0.80 against 0.64-0.73), so exp2_fma
+was taken out again and the eK edits no longer apply; ALiBi's form: no change at 64 (0.83-0.90 against
+0.86-0.89), +5-20% at 128 (0.71-0.87 -> 0.84-0.94), kept. Each experiment's first-round results (batch 0's out and
+lse) are compared with old's at the end: the new forms change only roundings.
+From the checkout root: python docs/measurements/2026-11-27-score-mod-probe.py"""
 import os
 import sys
 
@@ -85,6 +89,7 @@ def child(exp, timing):
         return
     for d, s in SHAPES:
         batch, nheads = TOKENS // s, HIDDEN // d
+        cupy.random.seed(d + s)  # the same inputs in every experiment's process (compared at the end)
         q, k, v = make_inputs(batch, s, nheads, d, "bfloat16")
         slopes = cupy.asarray([2.0 ** (-8.0 * (h + 1) / nheads) for h in range(nheads)], dtype=cupy.float32)
         for causal in (False, True):
@@ -96,8 +101,9 @@ def child(exp, timing):
             plain = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal))
             capped = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, softcap=SOFTCAP))
             alibi = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, alibi_slopes=slopes))
-            print(f"{exp:4s} d{d} S={s:5d} causal={causal!s:5}: plain {plain * 1e3:7.1f} us, softcap {capped * 1e3:7.1f} us"
-                  f" ({plain / capped:.3f}x plain), ALiBi {alibi * 1e3:7.1f} us ({plain / alibi:.3f}x plain)", flush=True)
+            print(f"{exp:4s} d{d} S={s:5d} causal={causal!s:5}: plain {plain * 1e3:7.1f} us, "
+                  f"softcap {capped * 1e3:7.1f} us ({plain / capped:.3f}x plain), "
+                  f"ALiBi {alibi * 1e3:7.1f} us ({plain / alibi:.3f}x plain)", flush=True)
         del q, k, v
         cupy.get_default_memory_pool().free_all_blocks()
 

@@ -4,6 +4,10 @@ both (head dim 64: 192x128 with a producer warpgroup and bulk copies, three cons
 0.58-0.73x plain at 64 and 0.69-0.80x at 128 on those tiles (bar 0.9); a tile whose consumers overlap their own
 softmax with their products (the "o" tiles) might hide more of it. Times every wgmma candidate of the variant,
 forced (config=), against plain on the lead, bf16, 16k tokens.
+Measured (one H100, `2026-11-27-h100-s20-score-mod-tile-probe.md`): softcap gains on no tile (at 64 the lead
+0.65-0.73, the others 0.44-0.73 but 128x128 without a producer at 2k causal, 0.78, and 0.44-0.64 in its other
+cells; at 128 the lead 0.73-0.80, the others 0.47-0.75); ALiBi's best tile changes from cell to cell, up to 0.09
+above the lead (the lead 0.86-0.89 at 64, 0.72-0.93 at 128).
 From the checkout root: python docs/measurements/2026-11-27-score-mod-tile-probe.py"""
 import multiprocessing
 import sys

@@ -1,4 +1,4 @@
-"""Probe for the next session: why a key bias's copies cost more than a pair bias's at 8k (nineteenth session's
+"""Probe: why a key bias's copies cost more than a pair bias's at 8k (nineteenth session's
 bias-cost probe, `noadd`: the consumers skip the add, the copies stay: key bias 0.80-0.91x plain at 8k against the
 pair bias's 0.88-0.91x, though a key bias copies one row of 256 bytes a tile and the pair bias 48 KB). Hypothesis:
 every block of a batch copies the same 256 bytes of L2 at about the same time (the blocks walk the key tiles in
@@ -11,7 +11,12 @@ Run it on the tree with the wip patch applied (oldadd edits the patch's lines). 
 fp16 key bias (bf16 inputs). Expected: oldadd's fp16 key bias 3-6% behind base's, its bf16 one level with base's.
 Expected if the hypothesis holds: spread within 3% of nocopy at 8k, noadd 10-20% behind them; if spread stays
 with noadd, the cost is in the copy's issue or its barrier, not in L2.
-From the checkout root: python docs/wip/2026-11-28-key-bias-probe.py"""
+Measured (twentieth session, GPU 1 of a 4-H100 host beside other runs, three rounds;
+`2026-11-27-h100-s20-key-bias-probe.md`): the fmaf as expected at 2k (fp16 key bias at 64 0.88-0.90 against oldadd's
+0.85; bf16 unchanged), within the rounds' spread at 8k; the hypothesis fails: spread is no faster than noadd
+(64, 8k: 0.89-0.96 against 0.93-0.95), and nocopy, with neither copy nor add, still runs 0.90-0.99x plain at 8k: the
+key bias's 8k cost is not its copies' L2 traffic.
+From the checkout root: python docs/measurements/2026-11-28-key-bias-probe.py"""
 import importlib.util
 import os
 import sys

@@ -5,7 +5,9 @@
     for warp w);
 (2) whether floats read as TF32 are rounded or truncated: x = 1 + 2^-11 + 2^-12 (0.75 of TF32's last place above
     1) times 1, from shared memory (A and B) and from registers (A): 1 + 2^-10 if rounded, 1 if truncated.
-Prints both. Compile-checked without a GPU: python docs/wip/2026-11-28-tf32-wgmma-probe.py --compile-only"""
+Prints both. Compile-checked without a GPU: python docs/measurements/2026-11-28-tf32-wgmma-probe.py --compile-only
+Measured (H100, twentieth session; `2026-11-27-h100-s20-tf32-wgmma-probe.md`): (1) the mma.sync layout exactly (0 of
+512 entries differ); (2) truncated, from shared memory and from registers."""
 import sys
 
 from cupyflash._kernels import load_source

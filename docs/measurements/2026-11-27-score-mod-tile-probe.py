@@ -9,9 +9,8 @@ Measured (one H100, `2026-11-27-h100-s20-score-mod-tile-probe.md`): softcap gain
 cells; at 128 the lead 0.73-0.80, the others 0.47-0.75); ALiBi's best tile changes from cell to cell, up to 0.09
 above the lead (the lead 0.86-0.89 at 64, 0.72-0.93 at 128).
 From the checkout root: python docs/measurements/2026-11-27-score-mod-tile-probe.py"""
-import multiprocessing
+import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 SHAPES = ((64, 2048), (64, 8192), (128, 2048), (128, 8192))
 SOFTCAP = 30.0
@@ -33,24 +32,15 @@ def tiles(d, variant):
             if c.family == "wgmma_sm90" and not c.persistent and c.block_m >= 128]
 
 
-def compile_all():
-    from cupyflash.precompile import _compile
-
-    work = [[("fwd", d, c, v)] for d in sorted({d for d, _ in SHAPES}) for _, v in kinds() for c in tiles(d, v)]
-    with ProcessPoolExecutor(16, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_compile, work))
+def work():
+    return [("fwd", d, c, v) for d in sorted({d for d, _ in SHAPES}) for _, v in kinds() for c in tiles(d, v)]
 
 
 def main():
-    import cupy
-
     import cupyflash as cf
-    from cupyflash.bench import HIDDEN, TOKENS, make_inputs, time_fn
+    from cupyflash.bench import time_fn
 
-    for d, s in SHAPES:
-        batch, nheads = TOKENS // s, HIDDEN // d
-        q, k, v = make_inputs(batch, s, nheads, d, "bfloat16")
-        slopes = cupy.asarray([2.0 ** (-8.0 * (h + 1) / nheads) for h in range(nheads)], dtype=cupy.float32)
+    for d, s, q, k, v, slopes in inputs(SHAPES):
         for name, variant in kinds():
             causal = variant.mask == "band"
             kw = dict(softcap=SOFTCAP) if name == "softcap" else dict(alibi_slopes=slopes)
@@ -60,12 +50,10 @@ def main():
                 t = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, config=c, **kw))
                 line += f"  {c.block_m}x{c.block_n}{str(c).split('/p4')[1] if '/p4' in str(c) else ''} {plain / t:.3f}"
             print(line, flush=True)
-        del q, k, v
-        cupy.get_default_memory_pool().free_all_blocks()
 
 
 if __name__ == "__main__":
-    if "--compile" in sys.argv:
-        compile_all()
-    else:
-        main()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from forced_probe import cli, inputs
+
+    cli(work, main)

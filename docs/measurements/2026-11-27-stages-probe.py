@@ -11,9 +11,8 @@ Measured (one H100, `2026-11-27-h100-s20-stages-probe.md`, two rounds): nothing 
 (64), 0.74-1.02 (128); the consumers do not wait on the ring.
 From the checkout root: python docs/measurements/2026-11-27-stages-probe.py [--compile]"""
 import dataclasses
-import multiprocessing
+import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 
 SHAPES = ((64, 2048), (64, 8192), (128, 2048), (128, 8192))
 STAGES = {64: (2, 3, 4), 128: (2, 3)}
@@ -36,27 +35,18 @@ def configs(d, variant):
     return [dataclasses.replace(lead, stages=s) for s in STAGES[d]]
 
 
-def compile_all():
-    from cupyflash.precompile import _compile
-
-    work = [[("fwd", d, c, v)] for d in STAGES for _, v in variants() for c in configs(d, v)]
-    with ProcessPoolExecutor(16, mp_context=multiprocessing.get_context("spawn")) as pool:
-        list(pool.map(_compile, work))
+def work():
+    return [("fwd", d, c, v) for d in STAGES for _, v in variants() for c in configs(d, v)]
 
 
 def main():
-    import cupy
-
     import cupyflash as cf
     from cupyflash import forward
-    from cupyflash.bench import HIDDEN, TOKENS, make_inputs, time_fn
+    from cupyflash.bench import time_fn
 
     forward.check_config = lambda *args, **kw: None  # the probe's configs are not table entries
     for rnd in (1, 2):
-        for d, s in SHAPES:
-            batch, nheads = TOKENS // s, HIDDEN // d
-            q, k, v = make_inputs(batch, s, nheads, d, "bfloat16")
-            slopes = cupy.asarray([2.0 ** (-8.0 * (h + 1) / nheads) for h in range(nheads)], dtype=cupy.float32)
+        for d, s, q, k, v, slopes in inputs(SHAPES):
             for causal in (False, True):
                 plain = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal))
                 line = f"round {rnd} d{d} S={s:5d} causal={causal!s:5} plain lead {plain * 1e3:7.1f} us, / plain:"
@@ -68,12 +58,10 @@ def main():
                         t = time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, config=c, **kw))
                         line += f" {name} s{c.stages} {plain / t:.3f}"
                 print(line, flush=True)
-            del q, k, v
-            cupy.get_default_memory_pool().free_all_blocks()
 
 
 if __name__ == "__main__":
-    if "--compile" in sys.argv:
-        compile_all()
-    else:
-        main()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from forced_probe import cli, inputs
+
+    cli(work, main)

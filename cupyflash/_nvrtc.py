@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from ._kernels import load_source
-from .configs import DeviceLimits, NoConfigFits, all_variants, select_config
+from .configs import DeviceLimits, NoConfigFits, all_variants, row_lengths, select_config
 from .families import ALL_FAMILIES, BY_NAME, HELPER_KINDS, KINDS, MMA_SM80
 from .problem import Variant, precisions_of
 
@@ -274,7 +274,8 @@ ARCH_GPUS = {"sm_90": BIG_GPU, "sm_90a": BIG_GPU,
 
 def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"), dropouts=(False,)):
     """Every variant combination (mask, softcap, ALiBi, row layout, bias dtype with and without dbias, boolean
-    mask) on the tile the dispatcher picks for it on ``arch``'s largest GPU, every kind and head dim. Register use
+    mask) on the tile the dispatcher picks for it on ``arch``'s largest GPU, every kind and head dim, for long
+    rows and each row limit of the table (configs.row_lengths). Register use
     is not monotonic in the variants, so this finds spills the covering sets miss (it found a float32 bias with a
     mask spilling where a heavier variant does not); about 20 minutes per arch on 2 cores. ``dropouts``: (True,)
     sweeps the same combinations with dropout."""
@@ -283,9 +284,10 @@ def picks(arch: str, dtypes=("bfloat16",), biases=("none", "bfloat16", "float32"
 
     limits, out = ARCH_GPUS[arch], set()
     for kind, kd in itertools.product(KINDS, KERNEL_HEAD_DIMS):
-        for variant in variant_combinations(kind, dtypes, biases, dropouts):
+        for variant, seqlen_q in itertools.product(variant_combinations(kind, dtypes, biases, dropouts),
+                                                   row_lengths(kind)):
             try:
-                config = select_config(kind, limits, kd, variant=variant)
+                config = select_config(kind, limits, kd, variant=variant, seqlen_q=seqlen_q)
             except NoConfigFits:  # the call raises that: nothing to compile
                 continue
             fam = BY_NAME[config.family]

@@ -228,6 +228,17 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # no decode entry there.
     ("wgmma_sm90", 64): (When(_w(64, 128, stages=4, producer=True, tma=True), avoid=_WS_TMA_BIAS_AVOID,
                               max_seqlen_q=64),
+                         # Short rows (at most 2048 query rows): 64x128 with overlapped consumers at two blocks an
+                         # SM, where a block has few key tiles to visit and its fixed cost (start, Q, output) is a
+                         # large share; the other block's products run meanwhile. H100, bf16, 16k tokens, against
+                         # the lead (twentieth session, 2026-11-27-mask-overlap-probe.py; the eighteenth's
+                         # two-blocks probe): non-causal 1k 1.13-1.18x its speed, 2k 1.00-1.01; causal 2k 1.06;
+                         # block-sparse masks with half of the 128x128 blocks empty 0.55-0.57x plain at 1k,
+                         # 0.60-0.61 at 2k (on 128x128: 0.65-0.67). Biases, masks read in their tiles, softcap and
+                         # ALiBi keep their tiles (not measured on this one).
+                         When(_w(64, 128, producer=True, overlap=True, tma=True, blocks_per_sm=2),
+                              avoid=_WS_TMA_BIAS_BLOCKS_AVOID + ("bias", "mask", "softcap", "alibi"),
+                              max_seqlen_q=2048),
                          # 16-bit biases on the lead, but not with softcap (8-20 bytes of spill, sm_90a)
                          When(_w(192, 128, producer=True, tma=True),
                               avoid=_WS_TMA_BIAS_AVOID + ("mask", "softcap+bias")),
@@ -473,6 +484,14 @@ def kv_splits(limits: DeviceLimits, blocks: int, heads_per_kv: int, query_tiles:
 
 
 TABLES = {"fwd": FWD_TABLE, "bwd": BWD_TABLE, "bwd_dq": BWD_DQ_TABLE}
+
+
+def row_lengths(kind: str) -> tuple:
+    """The query-row counts whose picks cover every entry of ``kind``'s table: None (a long or unknown length) and
+    each entry's When.max_seqlen_q (precompile and the compile check build the picks of each)."""
+    limits = {e.max_seqlen_q for entries in TABLES[kind].values() for e in entries
+              if isinstance(e, When) and e.max_seqlen_q}
+    return (None, *sorted(limits))
 # Per kind, the entries that exist only so small-memory GPUs get a kernel at all.
 _FALLBACKS = {"fwd": set(_SMALL + _TF32_SMALL + _TF32_WIDE_SMALL),
               "bwd": set(_BWD_MID + _BWD_SMALL + _TF32_BWD_SMALL),

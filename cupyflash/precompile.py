@@ -23,7 +23,7 @@ DTYPES = ("float16", "bfloat16", "float32")
 
 
 def _instances(limits, with_variants: bool, dtypes=DTYPES, dropout: bool = False):
-    from .configs import KERNEL_HEAD_DIMS, NoConfigFits, candidates, select_config
+    from .configs import KERNEL_HEAD_DIMS, NoConfigFits, candidates, row_lengths, select_config
     from .families import KINDS
     from .problem import MASKS, Variant, precisions_of, variant_combinations
 
@@ -37,8 +37,8 @@ def _instances(limits, with_variants: bool, dtypes=DTYPES, dropout: bool = False
             for variant in variant_combinations(kind, dtypes, dropouts=(False, True) if dropout else (False,)):
                 if not with_variants and (variant.bias != "none" or variant.bool_mask or not variant.dropout):
                     continue  # --dropout alone: with dropout, every mask, modifier and row layout, no bias
-                # the forward's picks for long and for decode-shaped (one query row) problems
-                for seqlen_q in (None, 1) if kind == "fwd" else (None,):
+                # the picks for long problems and for each row limit of the table (decode-shaped, short rows)
+                for seqlen_q in row_lengths(kind):
                     try:
                         out.add((kind, kd, select_config(kind, limits, kd, variant=variant, seqlen_q=seqlen_q),
                                  variant))

@@ -117,7 +117,8 @@ def test_decode_tiles_serve_short_query_rows_only():
     decode = select_config("fwd", H100, kd, seqlen_q=1)
     assert decode.block_m == 64 and decode.tma and decode.producer_warps == 4, (kd, decode)
     assert select_config("fwd", H100, kd, seqlen_q=64) == decode
-    long = select_config("fwd", H100, kd, seqlen_q=65)
+    assert select_config("fwd", H100, kd, seqlen_q=65) != decode  # the short rows' tile from 65 rows
+    long = select_config("fwd", H100, kd, seqlen_q=2049)
     assert long.block_m > 64 and long == select_config("fwd", H100, kd)  # unknown length: the long rows' tile
     assert decode in configs.candidates("fwd", H100, kd)  # forced configs may take it at any length
     check_fwd_config(decode, H100, kd)
@@ -127,6 +128,27 @@ def test_decode_tiles_serve_short_query_rows_only():
     for kd in (128, 192, 256):  # no decode tile there (at 128 it lost to the lead on the H100)
         assert select_config("fwd", H100, kd, seqlen_q=1) == select_config("fwd", H100, kd), kd
     assert select_config("fwd", A100, 64, seqlen_q=1) == select_config("fwd", A100, 64)  # wgmma tiles only
+
+
+def test_short_rows_at_64_take_two_blocks_an_sm():
+    # at most 2048 query rows (and more than 64): 64x128 with overlapped consumers, two blocks an SM, for plain
+    # attention, band masks, packed rows and block-sparse masks; biases, masks read in their tiles, softcap and
+    # ALiBi keep their long-row tiles; unknown lengths take the long rows' tiles
+    short = select_config("fwd", H100, 64, seqlen_q=2048)
+    assert (short.block_m, short.block_n, short.blocks_per_sm, short.overlap, short.tma) == (64, 128, 2, True, True)
+    assert select_config("fwd", H100, 64, seqlen_q=65) == short
+    assert select_config("fwd", H100, 64, seqlen_q=2049) == select_config("fwd", H100, 64)
+    check_fwd_config(short, H100, 64)
+    for variant in (Variant("bfloat16", "band"), Variant("float16", rows="packed"),
+                    Variant("bfloat16", bool_mask=True, mask_blocks=True)):
+        assert select_config("fwd", H100, 64, variant=variant, seqlen_q=1024) == short, variant
+    for variant in (Variant("bfloat16", softcap=True), Variant("bfloat16", alibi=True),
+                    Variant("bfloat16", bias="bfloat16"), Variant("bfloat16", bool_mask=True)):
+        assert select_config("fwd", H100, 64, variant=variant, seqlen_q=1024) == select_config(
+            "fwd", H100, 64, variant=variant), variant
+    assert configs.row_lengths("fwd") == (None, 64, 2048) and configs.row_lengths("bwd") == (None,)
+    for kd in (128, 192, 256):
+        assert select_config("fwd", H100, kd, seqlen_q=1024) == select_config("fwd", H100, kd), kd
 
 
 def test_block_masks_take_the_bulk_copy_producer_tiles_at_64_and_128():

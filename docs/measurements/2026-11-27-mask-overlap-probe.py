@@ -8,6 +8,11 @@ under the other block's work, which matters where a block has few tiles to visit
 masked call gains what the tile gains, the bar met at 2k-8k. Forces 128x128 with and without overlap and 64x128 at
 two blocks an SM with and without (none but the first is a table entry for block masks at 64: the probe skips
 check_config), bf16, 16k tokens, two rounds.
+Measured (one H100, `2026-11-27-h100-s20-mask-tile-probe.md`): overlap slows 128x128 (unmasked 0.72-0.92x the lead's
+speed against 0.81-0.94; half blocks 0.67-0.71x plain against 0.58-0.67); 64x128 at two blocks an SM runs plain
+1.09-1.18x the lead's speed at 1k, 0.97-1.01 at 2k, 0.85-0.98 at 4k-8k, and half blocks at 0.55-0.58x plain (1k),
+0.60-0.61 (2k). The 64x128 tile became the head-dim-64 entry for at most 2048 query rows (plain, band, packed); block
+masks stay on 128x128: racecheck reported a hazard in the 64x128 kernels that walk them.
 From the checkout root: python docs/measurements/2026-11-27-mask-overlap-probe.py"""
 import dataclasses
 import os

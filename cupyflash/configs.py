@@ -238,7 +238,7 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                          # 0.60-0.61 at 2k, against 128x128's 0.65-0.67), but racecheck reports a hazard in both
                          # 64x128 kernels that walk a block mask (with overlap and without; H100, cause not found).
                          When(_w(64, 128, producer=True, overlap=True, tma=True, blocks_per_sm=2),
-                              avoid=_WS_TMA_AVOID + ("bias", "mask", "softcap", "alibi"), max_seqlen_q=2048),
+                              avoid=_WS_TMA_AVOID + ("softcap", "alibi"), max_seqlen_q=2048),
                          # 16-bit biases on the lead, but not with softcap (8-20 bytes of spill, sm_90a)
                          When(_w(192, 128, producer=True, tma=True),
                               avoid=_WS_TMA_BIAS_AVOID + ("mask", "softcap+bias")),

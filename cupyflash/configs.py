@@ -179,11 +179,11 @@ _WS_TMA_BLOCKS_AVOID = tuple(f for f in _WS_TMA_AVOID if f != "block_mask")
 # Bulk copies also bring a 16-bit additive bias's tiles, counted with the key tiles (cuda_src/bulk_bias.cuh), on the
 # tiles whose stages fit a bias tile beside theirs in 227 KB and whose consumers hold its values without spilling
 # (sm_90a compile check of every bias pick): at 64 the lead (187 KB; not with softcap, which spills it: 128x128
-# then; bias.cuh widen_bias_pair keeps the others free of spills) and the decode tile, at 128 the lead (225 KB; 128x128 without overlap
-# where the lead spills: the band mask with softcap, 4-16 bytes). A boolean mask read in the tiles it cuts comes
-# the same way on 128-key tiles (a byte a pair, 128-key panels: 128x128 at 64, the lead at 128), its tile summary
-# walked by the producer's thread. A float32 bias (twice the
-# bytes), a bias with a boolean mask, and persistent tiles keep the all-warps tiles.
+# then; bias.cuh widen_bias_pair keeps the others free of spills) and the decode tile, at 128 the lead (225 KB;
+# 128x128 without overlap where the lead spills: the band mask with softcap, 4-16 bytes). A boolean mask read in
+# the tiles it cuts comes the same way on 128-key tiles (a byte a pair, 128-key panels: 128x128 at 64, the lead at
+# 128), its tile summary walked by the producer's thread. A float32 bias (twice the bytes), a bias with a boolean
+# mask, and persistent tiles keep the all-warps tiles.
 _WS_TMA_BIAS_AVOID = (tuple(f for f in _WS_TMA_AVOID if f not in ("bias", "mask"))
                       + ("fp32_bias", "bias+mask", "bias+block_mask"))
 _WS_TMA_BIAS_BLOCKS_AVOID = tuple(f for f in _WS_TMA_BIAS_AVOID if f != "block_mask")

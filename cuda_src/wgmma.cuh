@@ -10,26 +10,28 @@ namespace cf {
 
 using u64 = unsigned long long;
 
-// A ROWS x COLS tile of 16-bit elements stored as panels of 64 columns (128 bytes a row), each panel's rows
-// consecutive and its 16-byte chunks XOR-swizzled with row % 8: the layout wgmma reads with the 128-byte swizzle,
-// free of bank conflicts for the row-wise copies that fill it. Same interface as SmemTile (smem_tile.cuh), so the
-// copies that fill and drain a tile serve both.
+// A ROWS x COLS tile of 16-bit (or 32-bit) elements stored as panels of 64 (32) columns, 128 bytes a row, each
+// panel's rows consecutive and its 16-byte chunks XOR-swizzled with row % 8: the layout wgmma reads with the
+// 128-byte swizzle, free of bank conflicts for the row-wise copies that fill it. Same interface as SmemTile
+// (smem_tile.cuh), so the copies that fill and drain a tile serve both.
 template <int ROWS, int COLS, typename T = u16>
 struct SwizzledTile {
-    static_assert(sizeof(T) == 2 && COLS % 64 == 0 && ROWS % 8 == 0, "128-byte panels of 8-row groups");
+    static constexpr int ELEM = sizeof(T);
+    static_assert((ELEM == 2 || ELEM == 4) && COLS % (128 / ELEM) == 0 && ROWS % 8 == 0,
+                  "128-byte panels of 8-row groups");
     using Storage = T;
     static constexpr int ROW_COUNT = ROWS;
-    static constexpr int CHUNK = 8;                         // elements per 16-byte chunk
+    static constexpr int CHUNK = 16 / ELEM;                 // elements per 16-byte chunk
     static constexpr int CHUNKS_PER_ROW = COLS / CHUNK;
-    static constexpr int PANEL_COLS = 64;
+    static constexpr int PANEL_COLS = 128 / ELEM;
     static constexpr int PANEL_BYTES = ROWS * 128;          // a multiple of 1024: panels stay 1024-byte aligned
-    static constexpr int BYTES = ROWS * COLS * 2;
+    static constexpr int BYTES = ROWS * COLS * ELEM;
     static __device__ __forceinline__ u32 byte_offset(int row, int col) {
         const int chunk = (col % PANEL_COLS) / CHUNK;
         return static_cast<u32>(col / PANEL_COLS * PANEL_BYTES + row * 128 + ((chunk ^ (row % 8)) * 16) +
-                                (col % CHUNK) * 2);
+                                (col % CHUNK) * ELEM);
     }
-    static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / 2; }
+    static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / ELEM; }
 };
 
 // Zeroes rows [first_row, ROW_COUNT) of a SwizzledTile, every column: in each panel those rows are one run of

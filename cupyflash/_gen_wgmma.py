@@ -72,8 +72,45 @@ def _op(n: int) -> str:
     return "\n".join(lines)
 
 
+_TF32_HEAD = """\
+// WgmmaTf32Op<N>: the same for float32 operands read as TF32 (m64nNk8: A 64 x 8, B 8 x N). TF32 wgmma takes no
+// transpose immediates: both shared-memory operands are K-major (S = Q K^T as above; O += P V reads V^T). The
+// tensor cores truncate a float's low 13 bits, so operands are rounded to TF32 (cvt.rna) before they get here.
+//   ss: A and B from shared memory;  rs: A from registers (the mma.sync m16n8k8 TF32 A fragment, verified on the
+//   H100: docs/measurements/2026-11-28-tf32-wgmma-probe.py), B from shared memory
+template <int N> struct WgmmaTf32Op;
+"""
+
+
+def _tf32_op(n: int) -> str:
+    acc = n // 2
+    lines = [f"template <> struct WgmmaTf32Op<{n}> {{"]
+    for form in ("ss", "rs"):
+        if form == "ss":
+            sig = (f"    static __device__ __forceinline__ void ss(float (&d)[{n // 8}][4], unsigned long long a, "
+                   "unsigned long long b, int scale_d) {")
+            operands, scale = f"%{acc}, %{acc + 1}", acc + 2
+            inputs = '"l"(a), "l"(b), "r"(scale_d)'
+        else:
+            sig = (f"    static __device__ __forceinline__ void rs(float (&d)[{n // 8}][4], const unsigned (&a)[4], "
+                   "unsigned long long b, int scale_d) {")
+            operands, scale = "{" + _regs(acc, 4) + "}" + f", %{acc + 4}", acc + 5
+            inputs = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d)'
+        lines.append(sig)
+        lines.append(f'        asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{scale}, 0;\\n"')
+        lines.append(f'                     "wgmma.mma_async.sync.aligned.m64n{n}k8.f32.tf32.tf32 "')
+        lines.append(f'                     "{{{_regs(0, acc)}}}, "')
+        lines.append(f'                     "{operands}, p, 1, 1;\\n}}\\n"')
+        lines.append(f"                     : {_accumulators(n)}")
+        lines.append(f"                     : {inputs});")
+        lines.append("    }")
+    lines.append("};")
+    return "\n".join(lines)
+
+
 def header() -> str:
-    return _HEAD + "\n" + "\n\n".join(_op(n) for n in WIDTHS) + "\n\n}  // namespace cf\n"
+    return (_HEAD + "\n" + "\n\n".join(_op(n) for n in WIDTHS) + "\n\n" + _TF32_HEAD + "\n"
+            + "\n\n".join(_tf32_op(n) for n in WIDTHS) + "\n\n}  // namespace cf\n")
 
 
 def path() -> Path:

@@ -69,8 +69,6 @@ struct MaskFields {
 };
 
 template <int KEY_TILES, int QUERY_TILES> struct BiasGrad;
-template <bool C, typename A, typename B> struct Pick { using type = A; };
-template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
 
 // A boolean mask as a bias: one byte per pair, nonzero = visible (bias 0), zero = hidden (bias -inf). Its tile
 // summary lets the kernels skip tiles it hides wholly and read it only where it crosses a tile (mask_tiles.cuh).

@@ -41,6 +41,9 @@ struct FwdSmem {
     using S = typename Mma<Elem>::Storage;
     using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
     using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
+    // V as the core reads it: KVTile, or (float32 on wgmma) V^T, head dim x keys: the same bytes.
+    using VTile = typename Pick<Core::template TRANSPOSED_V<Elem>, typename Core::template Tile<HEAD_DIM, BLOCK_N, S>,
+                                KVTile>::type;
     static constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
     static constexpr u32 KEYS = QTile::BYTES;                          // STAGES K tiles
     static constexpr u32 VALUES = KEYS + STAGES * KVTile::BYTES;        // STAGES V tiles
@@ -96,6 +99,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     using S = typename Smem::S;
     using QTile = typename Smem::QTile;
     using KVTile = typename Smem::KVTile;
+    using VTile = typename Smem::VTile;
+    constexpr bool TRANSPOSED_V = Core::template TRANSPOSED_V<Elem>;
+    static_assert(!TRANSPOSED_V || (Loads::TMA && !Rows::PACKED && !Bias::ON && !Drop::ON),
+                  "V^T (float32 on wgmma) comes by bulk copies of dense rows, without a bias, mask or dropout");
     S* sQ = Smem::q();
     const u32 sQ_addr = smem_addr(sQ);
     const u32 sK_addr = sQ_addr + Smem::KEYS;
@@ -234,8 +241,11 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                                              L::template expect_q<STAGES>(bars, QTile::BYTES));
                     }
                     L::template reserve<STAGES>(bars, VALUES, step0 + t);
-                    tma_load_tile<KVTile>(sV_of(t), maps.v, k_row + n0, kv_head, map_batch,
-                                          L::template expect<STAGES>(bars, VALUES, step0 + t, KVTile::BYTES));
+                    const u32 values_landed = L::template expect<STAGES>(bars, VALUES, step0 + t, VTile::BYTES);
+                    if constexpr (TRANSPOSED_V)  // V^T: its columns are the keys
+                        tma_load_tile_cols<VTile>(sV_of(t), maps.v, n0, kv_head, map_batch, values_landed);
+                    else
+                        tma_load_tile<KVTile>(sV_of(t), maps.v, k_row + n0, kv_head, map_batch, values_landed);
                     if constexpr (Tiles::SKIPS) entry = after(entry);
                 }
                 return n_tiles;
@@ -297,6 +307,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             else return 0;
         };
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
+        auto to_p_frags = [&](float (&s)[M_TILES][N_TILES][4]) {
+            accum_to_a_frags<Elem>(pf, s);
+            if constexpr (TRANSPOSED_V) round_to_tf32(pf);  // float32 on wgmma: rounded, as mma_tf32's operands
+        };
         if constexpr (!L::OVERLAP) {  // each product waited for in place; the two warpgroups overlap each other
             for (int t = 0; t < n_tiles; ++t) {
                 float s[M_TILES][N_TILES][4];
@@ -304,9 +318,9 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 const int entry = entry_of(t);
                 Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
                 if (scores_to_p(s, t, entry)) softmax.rescale(acc, alpha);
-                accum_to_a_frags<Elem>(pf, s);
+                to_p_frags(s);
                 L::template acquire<STAGES>(bars, VALUES, step0 + t);
-                Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t), lane);
+                Core::template pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(t), lane);
                 L::template release<STAGES>(bars, VALUES, step0 + t, lane);
             }
         }
@@ -318,7 +332,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             const int entry = entry_of(0);
             Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
             scores_to_p(s, 0, entry);  // O is still 0: nothing to rescale
-            accum_to_a_frags<Elem>(pf, s);
+            to_p_frags(s);
         }
         for (int t = 1; L::OVERLAP && t < n_tiles; ++t) {
             float s[M_TILES][N_TILES][4];
@@ -326,7 +340,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             const int entry = entry_of(t);
             Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
             L::template acquire<STAGES>(bars, VALUES, step0 + t - 1);
-            Core::template issue_pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(t - 1));
+            Core::template issue_pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(t - 1));
             Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
             const bool rescales = scores_to_p(s, t, entry);
             Core::template wait<0>();
@@ -334,11 +348,11 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             fence_fragment(pf);
             L::template release<STAGES>(bars, VALUES, step0 + t - 1, lane);
             if (rescales) softmax.rescale(acc, alpha);
-            accum_to_a_frags<Elem>(pf, s);
+            to_p_frags(s);
         }
         if (L::OVERLAP && n_tiles > 0) {  // O += P_last V_last
             L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);
-            Core::template pv<Elem, BLOCK_N, KVTile>(acc, pf, sV_of(n_tiles - 1), lane);
+            Core::template pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(n_tiles - 1), lane);
             L::template release<STAGES>(bars, VALUES, step0 + n_tiles - 1, lane);
         }
     } else {

@@ -7,6 +7,10 @@ namespace cf {
 
 using u16 = unsigned short;
 using u32 = unsigned int;
+
+// A if CONDITION, else B (std::conditional, which NVRTC's headers do not bring).
+template <bool CONDITION, typename A, typename B> struct Pick { using type = A; };
+template <typename A, typename B> struct Pick<false, A, B> { using type = B; };
 using i64 = long long;
 
 struct f16 {};

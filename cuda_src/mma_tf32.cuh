@@ -22,6 +22,18 @@ __device__ __forceinline__ u32 to_tf32(float x) {
     return r;
 }
 
+// A fragments rounded to TF32 in place: wgmma reads a float's top bits as they are (it truncates; mma.sync's
+// operands are rounded by Mma<tf32>::operand instead).
+template <int M_TILES, int K_STEPS>
+__device__ __forceinline__ void round_to_tf32(u32 (&a)[M_TILES][K_STEPS][4]) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int k = 0; k < K_STEPS; ++k)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) a[mt][k][e] = to_tf32(__uint_as_float(a[mt][k][e]));
+}
+
 // D += A(16x8, row) * B(8x8, col), operands already TF32.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "

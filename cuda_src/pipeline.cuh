@@ -62,6 +62,17 @@ __device__ __forceinline__ void tma_load_tile(u32 dst, const TensorMap& map, int
         tma_load_4d(dst + panel * Tile::PANEL_BYTES, map, panel * Tile::PANEL_COLS, row0, head, batch, bar);
 }
 
+// A V^T tile (wgmma.cuh TRANSPOSED_V: rows the head dim, columns keys col0..) of (head, batch): one box of
+// Tile::PANEL_COLS keys x every row a panel, the map's rows being the head dim (V^T staged as (batch, head dim,
+// heads, keys)).
+template <typename Tile>
+__device__ __forceinline__ void tma_load_tile_cols(u32 dst, const TensorMap& map, int col0, int head, int batch,
+                                                   u32 bar) {
+    #pragma unroll
+    for (int panel = 0; panel < Tile::BYTES / Tile::PANEL_BYTES; ++panel)
+        tma_load_4d(dst + panel * Tile::PANEL_BYTES, map, col0 + panel * Tile::PANEL_COLS, 0, head, batch, bar);
+}
+
 template <bool TMA> struct MapsOf { using type = NoTensorMaps; };
 template <> struct MapsOf<true> { using type = TensorMaps; };
 

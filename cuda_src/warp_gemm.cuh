@@ -184,6 +184,8 @@ struct WarpMma {
     template <int ROWS, int COLS, typename T> using Tile = SmemTile<ROWS, COLS, T>;
     static constexpr bool WARPGROUPS = false;
     static constexpr int SMEM_ALIGN = 0;  // 16 bytes, as any dynamic shared memory
+    template <typename Elem>
+    static constexpr bool TRANSPOSED_V = false;  // V as it comes, keys x head dim (wgmma.cuh: TF32 transposes it)
     static __device__ __forceinline__ void tiles_landed() {}
 
     // s += A B^T over k < K: rows row0.. of sA, every row of sB, both stored k-major (S = Q K^T).

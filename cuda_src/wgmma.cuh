@@ -4,11 +4,23 @@
 // see the same fragments whichever core computed them (WarpMma in warp_gemm.cuh is the mma.sync core).
 #pragma once
 #include "mma_sm80.cuh"
+#include "mma_tf32.cuh"
 #include "wgmma_ops.cuh"
 
 namespace cf {
 
 using u64 = unsigned long long;
+
+// The wgmma instructions of an element type: 16-bit (k16) or float32 read as TF32 (k8, wgmma_ops.cuh). TF32
+// products read no N-major operand, so their V comes transposed (WarpgroupMma::TRANSPOSED_V).
+template <typename Elem, int N> struct WgmmaFor {
+    using Op = WgmmaOp<Elem, N>;
+    static constexpr bool TRANSPOSED_V = false;
+};
+template <int N> struct WgmmaFor<tf32, N> {
+    using Op = WgmmaTf32Op<N>;
+    static constexpr bool TRANSPOSED_V = true;
+};
 
 // A ROWS x COLS tile of 16-bit (or 32-bit) elements stored as panels of 64 (32) columns, 128 bytes a row, each
 // panel's rows consecutive and its 16-byte chunks XOR-swizzled with row % 8: the layout wgmma reads with the
@@ -99,19 +111,26 @@ struct WarpgroupMma {
     template <int N>
     static __device__ __forceinline__ void wait() { wgmma_wait<N>(); }
 
+    // float32 (TF32) products read no N-major operand, so V comes transposed: V^T, head dim x keys, stored k-major,
+    // its keys within each group of 8 in the order P's registers hold them (0 2 4 6 1 3 5 7: warp_gemm.cuh
+    // accum_to_a_frags pairs them), written so by the caller's staging. 16-bit V is keys x head dim (N-major).
+    template <typename Elem>
+    static constexpr bool TRANSPOSED_V = WgmmaFor<Elem, 8>::TRANSPOSED_V;
+
     // s = A B^T over k < K: A = this warpgroup's 64 rows of sA (the warp's first row is row0), B = every row of sB,
-    // both stored k-major (S = Q K^T).
+    // both stored k-major (S = Q K^T). A k step is 32 bytes of a row (16 16-bit elements or 8 floats).
     template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void issue_qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB) {
-        static_assert(M_TILES == 1 && K % 64 == 0, "a warp owns 16 rows; whole 64-column panels");
+        static_assert(M_TILES == 1 && K % ATile::PANEL_COLS == 0, "a warp owns 16 rows; whole 128-byte panels");
+        constexpr int K_STEP = Mma<Elem>::K_STEP, PANEL = ATile::PANEL_COLS;
         const u32 a_rows = sA + (row0 / 64 * 64) * 128;
         fence_fragment(s[0]);
         wgmma_fence();
         #pragma unroll
-        for (int k0 = 0; k0 < K; k0 += 16) {
-            const u32 col = (k0 % 64) * 2;  // byte offset of k0 within its panel
-            WgmmaOp<Elem, N_TILES * 8>::ss(s[0], kmajor_desc(a_rows + k0 / 64 * ATile::PANEL_BYTES + col),
-                                           kmajor_desc(sB + k0 / 64 * BTile::PANEL_BYTES + col), k0 > 0);
+        for (int k0 = 0; k0 < K; k0 += K_STEP) {
+            const u32 col = (k0 % PANEL) * ATile::ELEM;  // byte offset of k0 within its panel
+            WgmmaFor<Elem, N_TILES * 8>::Op::ss(s[0], kmajor_desc(a_rows + k0 / PANEL * ATile::PANEL_BYTES + col),
+                                                kmajor_desc(sB + k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
         }
         wgmma_commit();
     }
@@ -124,20 +143,31 @@ struct WarpgroupMma {
 
     // acc += P V: P in registers as m16n8k16 A fragments (accum_to_a_frags), V = the first K rows of sB, stored
     // one row per k (N-major).
+    // float32: P's registers rounded to TF32 by the caller (round_a_frags), V^T k-major.
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void issue_pv(float (&acc)[M_TILES][N_TILES][4],
-                                                    const u32 (&a)[M_TILES][K / 16][4], u32 sB) {
+                                                    const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB) {
         static_assert(M_TILES == 1, "a warp owns 16 rows");
+        constexpr int K_STEP = Mma<Elem>::K_STEP;
         fence_fragment(acc[0]);
         wgmma_fence();
         #pragma unroll
-        for (int kk = 0; kk < K / 16; ++kk)
-            WgmmaOp<Elem, N_TILES * 8>::rs(acc[0], a[0][kk], nmajor_desc(sB + kk * 16 * 128, BTile::PANEL_BYTES), 1);
+        for (int kk = 0; kk < K / K_STEP; ++kk) {
+            if constexpr (TRANSPOSED_V<Elem>) {
+                const int k0 = kk * K_STEP;
+                WgmmaFor<Elem, N_TILES * 8>::Op::rs(
+                    acc[0], a[0][kk],
+                    kmajor_desc(sB + k0 / BTile::PANEL_COLS * BTile::PANEL_BYTES + (k0 % BTile::PANEL_COLS) * 4), 1);
+            } else {
+                WgmmaFor<Elem, N_TILES * 8>::Op::rs(acc[0], a[0][kk],
+                                                    nmajor_desc(sB + kk * 16 * 128, BTile::PANEL_BYTES), 1);
+            }
+        }
         wgmma_commit();
     }
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
-    static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4], const u32 (&a)[M_TILES][K / 16][4],
-                                              u32 sB, int) {
+    static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4],
+                                              const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB, int) {
         issue_pv<Elem, K, BTile>(acc, a, sB);
         wgmma_wait<0>();
         fence_fragment(acc[0]);

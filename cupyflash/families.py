@@ -194,10 +194,30 @@ class Wgmma90Family(Mma80Family):
         return rows * cols * self.itemsize  # swizzled, unpadded (wgmma.cuh SwizzledTile)
 
 
+@dataclass(frozen=True)
+class WgmmaTf32Family(Wgmma90Family):
+    """float32 at precision "tf32" on warpgroup tensor cores (TF32 wgmma, k8; sm_90a): the wgmma forward on 32-bit
+    tiles (32-column panels). TF32 wgmma reads no N-major operand, so V is staged transposed (V^T, its keys in P's
+    register order) and Q, K and V rounded to TF32 before the kernel (the tensor cores truncate). Dense rows, plain
+    and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32. Not yet run on a GPU (docs/wip)."""
+
+    name: str = "wgmma_tf32"
+    dtypes: tuple = ("float32",)
+    itemsize: int = 4
+    summary: str = "FlashAttention forward on warpgroup tensor cores, float32 as TF32 (wgmma k8, sm_90a; one pass)"
+    kernel_head_dims: tuple | None = (64, 128)
+
+    def supports(self, compute_capability, variant, kind=None, kernel_hdim=None):
+        return (super().supports(compute_capability, variant, kind, kernel_hdim) and variant.precision == "tf32"
+                and variant.rows == "dense" and variant.bias == "none" and not variant.bool_mask
+                and not variant.dropout and not variant.split_kv)
+
+
 MMA_SM80 = Mma80Family()
 MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4,
                         "the same kernels on TF32 tensor cores, float32 (m16n8k8, one or three passes)")
 WGMMA_SM90 = Wgmma90Family()
+WGMMA_TF32 = WgmmaTf32Family()
 
 ALL_FAMILIES = (WGMMA_SM90, MMA_SM80, MMA_TF32)
 BY_NAME = {f.name: f for f in ALL_FAMILIES}

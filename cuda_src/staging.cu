@@ -26,4 +26,51 @@ __global__ void __launch_bounds__(128) flash_copy_rows_kernel(const typename Mma
     for (int c = threadIdx.x % 32; c < dst_dim; c += 32) out[c] = c < src_dim ? in[c] : S(0);
 }
 
+// The float32 operands of the wgmma forward at precision "tf32" (wgmma.cuh TRANSPOSED_V), staged before it: the
+// tensor cores read a float's top bits as they are, so each value is rounded to TF32 here (mma_tf32's operands are
+// rounded as they load). Q and K: as flash_copy_rows_kernel, each value rounded. V: transposed into V^T, (batch,
+// head, dim, key) with keys_padded keys a row (a multiple of 8, zeros past seqlen), the keys of each group of 8 in
+// the order P's registers hold them (0 2 4 6 1 3 5 7; warp_gemm.cuh accum_to_a_frags). A block moves a tile of 32
+// keys x 32 columns of one (batch, head) through shared memory, read along the head dim and written along the keys.
+template <typename Elem = tf32>
+__global__ void __launch_bounds__(128) flash_round_tf32_kernel(const float* src, float* dst, i64 rows, int seqlen,
+                                                               int nheads, i64 src_batch, i64 src_seq,
+                                                               i64 src_head, i64 dst_batch, i64 dst_seq,
+                                                               i64 dst_head, int src_dim, int dst_dim) {
+    const i64 row = static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32;  // (batch * seqlen + seq) * nheads + head
+    if (row >= rows) return;
+    const int head = row % nheads;
+    const i64 batch_seq = row / nheads;
+    const int seq = batch_seq % seqlen;
+    const i64 batch = batch_seq / seqlen;
+    const float* in = src + batch * src_batch + seq * src_seq + head * src_head;
+    float* out = dst + batch * dst_batch + seq * dst_seq + head * dst_head;
+    for (int c = threadIdx.x % 32; c < dst_dim; c += 32)
+        out[c] = c < src_dim ? __uint_as_float(to_tf32(in[c])) : 0.f;
+}
+
+// grid: (keys_padded / 32, ceil(dst_dim / 32), batch * nheads); keys_padded a multiple of 32; V^T contiguous,
+// (batch, nheads, dst_dim, keys_padded).
+template <typename Elem = tf32>
+__global__ void __launch_bounds__(128) flash_transpose_values_kernel(const float* src, float* dst, int seqlen,
+                                                                     int nheads, i64 src_batch, i64 src_seq,
+                                                                     i64 src_head, int src_dim, int dst_dim,
+                                                                     int keys_padded) {
+    __shared__ float tile[32][33];  // [key][column], a column of padding against bank conflicts
+    const int key0 = blockIdx.x * 32, col0 = blockIdx.y * 32;
+    const int head = blockIdx.z % nheads, batch = blockIdx.z / nheads;
+    const float* in = src + batch * src_batch + head * src_head;
+    for (int i = threadIdx.x; i < 32 * 32; i += 128) {  // along the head dim
+        const int key = key0 + i / 32, col = col0 + i % 32;
+        tile[i / 32][i % 32] = key < seqlen && col < src_dim ? __uint_as_float(to_tf32(in[key * src_seq + col])) : 0.f;
+    }
+    __syncthreads();
+    float* out = dst + ((static_cast<i64>(batch) * nheads + head) * dst_dim + col0) * keys_padded + key0;
+    for (int i = threadIdx.x; i < 32 * 32; i += 128) {  // along the keys: position p holds key 8 (p / 8) + order
+        const int col = i / 32, p = i % 32, q = p % 8;
+        if (col0 + col < dst_dim)
+            out[static_cast<i64>(col) * keys_padded + p] = tile[p - q + (q < 4 ? 2 * q : 2 * (q - 4) + 1)][col];
+    }
+}
+
 }  // namespace cf

@@ -156,6 +156,50 @@ class Staging:
         return copy_rows(self.pad, x, cupy.empty(x.shape[:3] + (self.padded_dim,), x.dtype))
 
 
+class Tf32Staging:
+    """A float32 input of the wgmma forward at precision "tf32" (cuda_src/staging.cu): rounded to TF32 into a fresh
+    contiguous (batch, seq, heads, padded dim) buffer (Q, K: ``round_tf32``), or (``transpose``: V) written as V^T,
+    (batch, heads, padded dim, keys) with the keys padded to a multiple of 32 (``transpose_values``).
+    ``map_geometry``: (shape, byte strides) of the staged array as the tensor map reads it, (batch, rows, heads, the
+    contiguous dim): V^T's rows are the head dim, its columns the keys."""
+
+    __slots__ = ("copy", "padded_dim", "kernel_strides", "kernel", "transpose", "keys_padded", "map_geometry")
+
+    def __init__(self, spec: ArraySpec, padded_dim: int, kernel, transpose: bool = False):
+        batch, seqlen, heads = spec.shape[:3]
+        self.copy, self.padded_dim, self.kernel, self.transpose = True, padded_dim, kernel, transpose
+        # strides of a (batch, seq, heads, dim) array in the params (the kernel reads V^T through its map only)
+        self.kernel_strides = contiguous_strides((batch, seqlen, heads, padded_dim), 4)
+        self.keys_padded = -(-seqlen // 32) * 32
+        if transpose:
+            shape = (batch, padded_dim, heads, self.keys_padded)
+            self.map_geometry = (shape, (heads * padded_dim * self.keys_padded * 4, self.keys_padded * 4,
+                                         padded_dim * self.keys_padded * 4))
+        else:
+            self.map_geometry = ((batch, seqlen, heads, padded_dim), self.kernel_strides)
+
+    def stage(self, x):
+        import cupy
+        import numpy as np
+
+        batch, seqlen, heads, dim = x.shape
+        s = tuple(np.int64(n // 4) for n in x.strides[:3])
+        if self.transpose:
+            out = cupy.empty((batch, heads, self.padded_dim, self.keys_padded), cupy.float32)
+            if out.size:
+                self.kernel((self.keys_padded // 32, -(-self.padded_dim // 32), batch * heads), (128,),
+                            (x, out, np.int32(seqlen), np.int32(heads), *s, np.int32(dim),
+                             np.int32(self.padded_dim), np.int32(self.keys_padded)))
+            return out
+        out = cupy.empty((batch, seqlen, heads, self.padded_dim), cupy.float32)
+        rows = batch * seqlen * heads
+        if rows:
+            d = tuple(np.int64(n // 4) for n in out.strides[:3])
+            self.kernel(((rows + 3) // 4,), (128,), (x, out, np.int64(rows), np.int32(seqlen), np.int32(heads), *s,
+                                                     *d, np.int32(dim), np.int32(self.padded_dim)))
+        return out
+
+
 def static_params(problem: Problem) -> Params:
     """The params fields that depend only on the problem (not on pointers or strides)."""
     params = Params()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from ._kernels import load_source
 from .configs import DeviceLimits, NoConfigFits, all_variants, row_lengths, select_config
-from .families import ALL_FAMILIES, BY_NAME, HELPER_KINDS, KINDS, MMA_SM80
+from .families import ALL_FAMILIES, BY_NAME, HELPER_KINDS, KINDS, MMA_SM80, TF32_STAGING_KINDS
 from .problem import Variant, precisions_of
 
 
@@ -261,7 +261,8 @@ def kernel_instances(full: bool = False, arch: str = "sm_90"):
     heavier one does not."""
     out = [inst for kind in KINDS for inst in _kernel_instances(kind, full, ARCH_GPUS[arch], arch)]
     out += [(fam.sources[kind], fam.kernel_name(kind, None, 0, Variant(dtype, rows=rows, precision=p)))
-            for fam in ALL_FAMILIES if arch in fam.archs for kind in HELPER_KINDS if kind in fam.kinds
+            for fam in ALL_FAMILIES if arch in fam.archs for kind in HELPER_KINDS + TF32_STAGING_KINDS
+            if kind in fam.kinds
             for dtype in fam.dtypes for p in precisions_of(dtype) for rows in ("dense", "packed")]
     return list(dict.fromkeys(out))  # copy_rows has no row layout: one instance per dtype
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import ctypes
 
 #: CUtensorMapDataType
-_DATA_TYPES = {"float16": 6, "bfloat16": 9, "bool": 0}  # bool: a mask's bytes, read as uint8
-ITEMSIZE = {"float16": 2, "bfloat16": 2, "bool": 1}
+_DATA_TYPES = {"float16": 6, "bfloat16": 9, "float32": 7, "bool": 0}  # bool: a mask's bytes, read as uint8
+ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "bool": 1}
 _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_128B, _OOB_FILL_ZEROS = 0, 3, 2, 0
 PANEL_COLS = 64  # elements of a 128-byte swizzled row (SwizzledTile::PANEL_COLS)
 
@@ -59,8 +59,8 @@ def usable(shape, strides_bytes, itemsize: int = 2) -> bool:
 
 def encode(dest: int, dtype: str, address: int, shape, strides_bytes, box_rows: int) -> None:
     """Writes the tensor map of a (batch, rows, heads, head_dim) array at ``address`` to ``dest`` (64-byte aligned
-    host memory, 128 bytes): boxes of one 128-byte row (64 16-bit columns, 128 mask bytes) x ``box_rows`` rows,
-    128-byte swizzled. An additive bias or a mask is read as (batch, queries, heads, keys) (bias_geometry)."""
+    host memory, 128 bytes): boxes of one 128-byte row (64 16-bit columns, 32 floats, 128 mask bytes) x ``box_rows``
+    rows, 128-byte swizzled. An additive bias or a mask is read as (batch, queries, heads, keys) (bias_geometry)."""
     dims, strides = map_geometry(shape, strides_bytes, ITEMSIZE[dtype])
     cols = 128 // ITEMSIZE[dtype]
     encode_tiled, _ = _driver()

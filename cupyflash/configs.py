@@ -7,7 +7,7 @@ the number it is given. Table entries may carry a condition on the variant (:cla
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .families import BY_NAME as FAMILIES_BY_NAME, FAMILIES
 from .problem import Variant
@@ -143,6 +143,12 @@ def _w(block_m, block_n, stages=2, producer=False, overlap=False, tma=False, per
                       producer_warps=4 * producer, overlap=overlap, tma=tma, persistent=persistent)
 
 
+def _wt(block_m, block_n, overlap=False):
+    """A wgmma_tf32 forward tile (float32 read as TF32): a producer warpgroup with bulk copies and block_m / 64
+    consumer warpgroups, as _w's."""
+    return replace(_w(block_m, block_n, producer=True, overlap=overlap, tma=True), family="wgmma_tf32")
+
+
 def _entry_config(entry) -> TileConfig:
     return entry.config if isinstance(entry, When) else entry
 
@@ -267,6 +273,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                           When(_w(128, 64, producer=True, overlap=True), avoid=_WS_AVOID),
                           When(_w(128, 64, producer=True, overlap=True, tma=True, persistent=True),
                                avoid=_WS_TMA_AVOID)),
+    # float32 at precision "tf32" on TF32 wgmma (the operands staged: rounded, V transposed; cupyflash/_launch.py
+    # Tf32Staging): 32-bit tiles take twice the shared memory, 128x128 at 64 (160 KB), 128x64 at 128 (193 KB). Not
+    # measured yet (the overlapped consumers second, for the tuner).
+    ("wgmma_tf32", 64): (_wt(128, 128), _wt(128, 128, overlap=True)),
+    ("wgmma_tf32", 128): (_wt(128, 64), _wt(128, 64, overlap=True)),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.

@@ -15,7 +15,10 @@ KINDS = ("fwd", "bwd", "bwd_dq")  # forward; backward dK/dV (+ atomic dQ); backw
 #: Kernels without tiles: one warp per row, a boolean mask's tile summary, and dbias's sum over broadcast dims.
 HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_rows", "mask_tiles", "dbias_sum",
                 "split_combine")
-_NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum", "split_combine")  # helper kernels without a row-layout policy
+_NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum", "split_combine",  # helper kernels without a row-layout policy
+            "round_tf32", "transpose_values")
+#: The float32 wgmma forward's operand staging (cuda_src/staging.cu): Q and K rounded to TF32, V transposed.
+TF32_STAGING_KINDS = ("round_tf32", "transpose_values")
 
 #: The kernels' element type (cuda_src/mma_sm80.cuh, mma_tf32.cuh) by (dtype, precision): float32 inputs run on TF32
 #: tensor cores, in three passes ("highest") or one ("tf32").
@@ -198,14 +201,16 @@ class Wgmma90Family(Mma80Family):
 class WgmmaTf32Family(Wgmma90Family):
     """float32 at precision "tf32" on warpgroup tensor cores (TF32 wgmma, k8; sm_90a): the wgmma forward on 32-bit
     tiles (32-column panels). TF32 wgmma reads no N-major operand, so V is staged transposed (V^T, its keys in P's
-    register order) and Q, K and V rounded to TF32 before the kernel (the tensor cores truncate). Dense rows, plain
-    and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32. Not yet run on a GPU (docs/wip)."""
+    register order) and Q, K and V rounded to TF32 before the kernel (the tensor cores truncate; cupyflash/_launch.py
+    Tf32Staging). Dense rows, plain and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
 
     name: str = "wgmma_tf32"
     dtypes: tuple = ("float32",)
     itemsize: int = 4
     summary: str = "FlashAttention forward on warpgroup tensor cores, float32 as TF32 (wgmma k8, sm_90a; one pass)"
+    kinds: tuple = ("fwd",) + TF32_STAGING_KINDS
     kernel_head_dims: tuple | None = (64, 128)
+    sources = {"fwd": "flash_fwd.cu", "round_tf32": "staging.cu", "transpose_values": "staging.cu"}
 
     def supports(self, compute_capability, variant, kind=None, kernel_hdim=None):
         return (super().supports(compute_capability, variant, kind, kernel_hdim) and variant.precision == "tf32"
@@ -219,7 +224,7 @@ MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4,
 WGMMA_SM90 = Wgmma90Family()
 WGMMA_TF32 = WgmmaTf32Family()
 
-ALL_FAMILIES = (WGMMA_SM90, MMA_SM80, MMA_TF32)
+ALL_FAMILIES = (WGMMA_SM90, WGMMA_TF32, MMA_SM80, MMA_TF32)
 BY_NAME = {f.name: f for f in ALL_FAMILIES}
 
 

@@ -12,12 +12,12 @@ from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._types import Array, Window
 from ._device import device_limits
 from ._params import NO_MAPS, TensorMapArgs
-from ._launch import (Launch, PlanCache, Staging, array_key, current_stream_ptr, empty, scalar_key,
+from ._launch import (Launch, PlanCache, Staging, Tf32Staging, array_key, current_stream_ptr, empty, scalar_key,
                       static_params)
 from ._validate import as_cuda_array, describe, spec_of
 from .configs import (SPLIT_MAX, TileConfig, candidates, check_config, family_for, forward_splits,
                       kernel_head_dim, select_config)
-from .families import BY_NAME as FAMILIES_BY_NAME, bulk_bias
+from .families import BY_NAME as FAMILIES_BY_NAME, TF32_STAGING_KINDS, WGMMA_TF32, bulk_bias
 
 _PLANS = PlanCache()
 
@@ -32,11 +32,25 @@ class ForwardPlan:
         self.problem = problem
         pd = problem.padded_head_dim
         self.copy_rows = _launch.row_copy_kernel(problem)  # head dims that are not a multiple of 8
-        self.staging = tuple(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec, v_spec))
-        # the arrays as the kernel reads them, (shape, byte strides): bulk tensor copies need their geometry
-        geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec, v_spec),
-                                                                                   self.staging)]
-        self.map_args, self.map_names = _tensor_maps(problem, config, geometry) if config.tma else (None, ())
+        if config.family == WGMMA_TF32.name:  # float32 operands rounded to TF32, V transposed (wgmma.cuh)
+            round_rows, transpose = (_kernels.get_function(WGMMA_TF32, kind, None, 0, problem.variant, problem.device)
+                                     for kind in TF32_STAGING_KINDS)
+            self.staging = (Tf32Staging(q_spec, pd, round_rows), Tf32Staging(k_spec, pd, round_rows),
+                            Tf32Staging(v_spec, pd, transpose, transpose=True))
+            geometry = [st.map_geometry for st in self.staging]
+            box_rows = (config.block_m, config.block_n, kernel_head_dim(problem.head_dim))  # V^T: the head dim
+        else:
+            self.staging = tuple(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec, v_spec))
+            # the arrays as the kernel reads them, (shape, byte strides): bulk tensor copies need their geometry
+            geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec, v_spec),
+                                                                                       self.staging)]
+            box_rows = (config.block_m, config.block_n, config.block_n)
+        self.map_args, self.map_names = (_tensor_maps(problem, config, geometry, box_rows) if config.tma
+                                         else (None, ()))
+        if config.family == WGMMA_TF32.name and self.map_args is None:
+            raise RuntimeError("cupyflash: the float32 wgmma forward needs bulk tensor copies, which the driver "
+                               "refused for this call; pass config= an mma_tf32 tile (select_config(..., "
+                               "family='mma_tf32'))")
         if config.tma and self.map_args is None:
             # the same tile copied by cp.async; a bias (which only bulk copies bring to a producer's tiles): a tile
             # whose warps all copy
@@ -138,16 +152,15 @@ class ForwardPlan:
 _STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed before its first launch
 
 
-def _tensor_maps(problem, config, geometry):
-    """(maps, names): q's, k's and v's tensor maps for the config's bulk copies, and an additive bias's or a boolean
-    mask's where it comes by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, read without a copy),
+def _tensor_maps(problem, config, geometry, box_rows):
+    """(maps, names): q's, k's and v's tensor maps for the config's bulk copies (boxes of ``box_rows`` rows each),
+    and an additive bias's or a boolean mask's where it comes by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, read without a copy),
     encoded at a stand-in address (``geometry``: each array's (shape, byte strides) as the kernel reads it: packed
     rows as one (1, total, heads, dim) array, whose entries the kernel reads at their offsets); (None, ()) where the
     copy engine cannot take an array or the driver refuses it (warned: the plan copies by cp.async instead, a
     little slower)."""
     arrays = [(name, problem.variant.dtype, shape, strides, rows)  # q, k, v
-              for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry,
-                                                      (config.block_m, config.block_n, config.block_n))]
+              for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry, box_rows)]
     # the fourth map: an additive bias's, or a boolean mask's (never both: bulk_bias)
     layout = problem.bias if problem.bias is not None else problem.mask
     bias = _tma.bias_geometry(layout, problem.seqlen_k) if bulk_bias(config, problem.variant) else None
@@ -180,6 +193,11 @@ def split_count(problem, config, num_splits: int = 0) -> int:
     if num_splits > 1 and (problem.variant.rows != "dense" or problem.variant.mask_blocks):
         raise ValueError(f"num_splits={num_splits}: split keys take dense batches without a prepared block-sparse "
                          f"mask; pass num_splits=0 (automatic) or 1")
+    if config.family == WGMMA_TF32.name:  # its kernels take no split (families.WgmmaTf32Family)
+        if num_splits > 1:
+            raise ValueError(f"num_splits={num_splits}: the float32 wgmma forward ({config}) does not split keys; "
+                             f"pass num_splits=0 or 1, or config= an mma_tf32 tile")
+        return 1
     if num_splits:
         return num_splits
     if problem.variant.rows != "dense" or problem.variant.mask_blocks or problem.empty:

@@ -51,12 +51,16 @@ def _compile(chunk):
     from . import _kernels
     from ._device import device_limits
     from .configs import family_for
-    from .families import BY_NAME, HELPER_KINDS
+    from .families import BY_NAME, HELPER_KINDS, TF32_STAGING_KINDS
 
     limits = device_limits(0)
     for kind, kd, config, variant in chunk:
+        family = BY_NAME[config.family]
         for atomic in ((True, False) if kind == "bwd" else (False,)):
-            _kernels.get_function(BY_NAME[config.family], kind, config, kd, variant, 0, atomic)
+            _kernels.get_function(family, kind, config, kd, variant, 0, atomic)
+        for staging in TF32_STAGING_KINDS if kind == "fwd" else ():  # the float32 wgmma forward's operands
+            if staging in family.kinds:
+                _kernels.get_function(family, staging, None, 0, variant, 0)
         for helper in HELPER_KINDS:
             _kernels.get_function(family_for(limits, variant), helper, None, 0, variant, 0)
     return len(chunk)

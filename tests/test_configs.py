@@ -95,6 +95,25 @@ def test_h100_forward_prefers_wgmma_where_it_has_tiles():
     assert select_fwd_config(DeviceLimits(100, 232448, 233472, 148), 128).family == "mma_sm80"
 
 
+def test_float32_tf32_takes_the_wgmma_tf32_tiles_on_the_h100():
+    # precision "tf32" at head dims 64 and 128 (and the dims padded to them): TF32 wgmma with a producer and bulk
+    # copies; "highest", biases, masks, dropout, packed rows and other head dims stay on mma_tf32; not on the A100
+    for hd, kd in ((64, 64), (40, 64), (100, 128), (128, 128)):
+        config = select_config("fwd", H100, hd, variant=Variant("float32", "band", precision="tf32", softcap=True))
+        assert config.family == "wgmma_tf32" and config.tma and config.producer_warps == 4, (hd, config)
+        configs.check_config("fwd", config, H100, kd, Variant("float32", "band", precision="tf32", softcap=True))
+    for variant in (Variant("float32", precision="highest"), Variant("float32", precision="tf32", bias="float32"),
+                    Variant("float32", precision="tf32", bool_mask=True), Variant("float32", precision="tf32",
+                                                                                  dropout=True),
+                    Variant("float32", precision="tf32", rows="packed")):
+        assert select_config("fwd", H100, 64, variant=variant).family == "mma_tf32", variant
+    tf32 = Variant("float32", precision="tf32")
+    assert select_config("fwd", H100, 32, variant=tf32).family == "mma_tf32"
+    assert select_config("fwd", H100, 192, variant=tf32).family == "mma_tf32"
+    assert select_config("fwd", A100, 64, variant=tf32).family == "mma_tf32"
+    assert family_for(H100, tf32).name == "mma_tf32"  # the backward and the helpers
+
+
 def test_bulk_copy_tiles_lead_on_dense_and_packed_rows():
     # TMA tiles (cupyflash/_tma.py) need a producer warpgroup; packed rows take the same tile as dense ones (the
     # kernel reads each entry at its offset and zeroes the values its last box reads past the entry's end)
@@ -107,7 +126,7 @@ def test_bulk_copy_tiles_lead_on_dense_and_packed_rows():
     for (family, kd), entries in configs.FWD_TABLE.items():
         for entry in entries:
             config = configs._entry_config(entry)
-            assert not config.tma or (family == "wgmma_sm90" and config.producer_warps), (family, kd, config)
+            assert not config.tma or (family.startswith("wgmma_") and config.producer_warps), (family, kd, config)
             assert not config.persistent or config.tma, (family, kd, config)  # tested and measured only with TMA
 
 
@@ -587,7 +606,8 @@ def test_float32_takes_its_own_family_and_tiles():
             for precision in ("highest", "tf32"):
                 variant = Variant("float32", precision=precision)
                 config = configs.select_config(kind, H100, kd, variant=variant)
-                assert config.family == "mma_tf32"
+                wgmma = kind == "fwd" and precision == "tf32" and kd in (64, 128)  # TF32 wgmma's forward
+                assert config.family == ("wgmma_tf32" if wgmma else "mma_tf32"), (kind, kd, precision, config)
                 assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
     # the measured exception: the single-pass backward at head dim 64 runs 32x64 (docs/performance.md)
     assert configs.select_config("bwd", H100, 64, variant=Variant("float32", precision="tf32")).block_m == 32
@@ -623,7 +643,7 @@ def test_families_can_be_disabled_by_name():
     from cupyflash import families
 
     assert families.enabled(disabled="") == families.ALL_FAMILIES
-    assert [f.name for f in families.enabled(disabled="wgmma_sm90")] == ["mma_sm80", "mma_tf32"]
-    assert [f.name for f in families.enabled(disabled=" wgmma_sm90 , mma_tf32")] == ["mma_sm80"]
+    assert [f.name for f in families.enabled(disabled="wgmma_sm90")] == ["wgmma_tf32", "mma_sm80", "mma_tf32"]
+    assert [f.name for f in families.enabled(disabled=" wgmma_sm90 , wgmma_tf32, mma_tf32")] == ["mma_sm80"]
     with pytest.raises(ValueError, match="unknown kernel families.*wgmma"):
         families.enabled(disabled="wgmma")

@@ -301,10 +301,19 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 L::template sync_consumers<MATH_THREADS>();
             }
         }
-        // Step t's walk entry (a block mask's), read once its key tile is acquired.
+        // Step t's walk entry (a block mask's), read once its key tile is acquired, by lane 0 for its warp: the
+        // lane that releases the slot (release: __syncwarp, then lane 0 arrives) is then the one that read it, so
+        // its arrival alone orders the read before the producer's next stash there. (Read by every lane, the
+        // order held through __syncwarp, which compute-sanitizer's racecheck does not follow: it reported the
+        // other lanes' reads against the next stash wherever a block mask's walk reused a slot.)
         auto entry_of = [&](int t) {
-            if constexpr (Tiles::SKIPS) return Bias::template stashed<BLOCK_N, 0>(stash_of(t));
-            else return 0;
+            if constexpr (Tiles::SKIPS) {
+                int entry = 0;
+                if (lane == 0) entry = Bias::template stashed<BLOCK_N, 0>(stash_of(t));
+                return __shfl_sync(0xffffffffu, entry, 0);
+            } else {
+                return 0;
+            }
         };
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
         auto to_p_frags = [&](float (&s)[M_TILES][N_TILES][4]) {

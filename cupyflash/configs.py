@@ -239,12 +239,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                          # large share; the other block's products run meanwhile. H100, bf16, 16k tokens, against
                          # the lead (twentieth session, 2026-11-27-mask-overlap-probe.py; the eighteenth's
                          # two-blocks probe): non-causal 1k 1.13-1.18x its speed, 2k 1.00-1.01; causal 2k 1.06.
-                         # Biases, masks, softcap and ALiBi keep their tiles (not measured on this one). Block-sparse
-                         # masks ran faster on it too (half of the 128x128 blocks empty: 0.55-0.57x plain at 1k,
-                         # 0.60-0.61 at 2k, against 128x128's 0.65-0.67), but racecheck reports a hazard in both
-                         # 64x128 kernels that walk a block mask (with overlap and without; H100, cause not found).
+                         # Biases, masks read in their tiles, softcap and ALiBi keep their tiles (not measured on
+                         # this one). Block-sparse masks run faster on it too (half of the 128x128 blocks empty:
+                         # 0.55-0.57x plain at 1k, 0.60-0.61 at 2k, against 128x128's 0.65-0.67).
                          When(_w(64, 128, producer=True, overlap=True, tma=True, blocks_per_sm=2),
-                              avoid=_WS_TMA_AVOID + ("softcap", "alibi"), max_seqlen_q=2048),
+                              avoid=_WS_TMA_BLOCKS_AVOID + ("softcap", "alibi"), max_seqlen_q=2048),
                          # 16-bit biases on the lead, but not with softcap (8-20 bytes of spill, sm_90a)
                          When(_w(192, 128, producer=True, tma=True),
                               avoid=_WS_TMA_BIAS_AVOID + ("mask", "softcap+bias")),

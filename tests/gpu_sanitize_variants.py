@@ -112,12 +112,13 @@ for kd in head_dims:
                 run(d, dtype, 203, 190, dict(causal=causal, mask=prepared, bias=bias))
                 count += 3
             # a block-sparse mask (128 x 128 blocks wholly hidden or shown: the kernels read only its summary), alone
-            # and with a pair bias
-            sparse = rng.integers(0, 2, (1, 2, 2, 2)).astype(bool).repeat(128, axis=2).repeat(128, axis=3)
-            sparse = cf.prepare_mask(cupy.asarray(sparse[..., :203, :190]))
-            pair_bias = cupy.asarray(rng.standard_normal((1, 2, 203, 190)).astype(np.float32))
+            # and with a pair bias; six key tiles, so that a walk of more tiles than the ring's stages reuses the
+            # slots of its stashed entries
+            sparse = rng.integers(0, 2, (1, 2, 2, 6)).astype(bool).repeat(128, axis=2).repeat(128, axis=3)
+            sparse = cf.prepare_mask(cupy.asarray(sparse[..., :203, :700]))
+            pair_bias = cupy.asarray(rng.standard_normal((1, 2, 203, 700)).astype(np.float32))
             for extra in ({}, {"bias": pair_bias}):
-                run(d, dtype, 203, 190, dict(causal=causal, mask=sparse, **extra))
+                run(d, dtype, 203, 700, dict(causal=causal, mask=sparse, **extra))
                 count += 3
         if "packed" in wanted:
             # packed batches: an empty sequence, a length-1 one and ones straddling tile edges, every modifier

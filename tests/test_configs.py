@@ -151,18 +151,20 @@ def test_decode_tiles_serve_short_query_rows_only():
 
 def test_short_rows_at_64_take_two_blocks_an_sm():
     # at most 2048 query rows (and more than 64): 64x128 with overlapped consumers, two blocks an SM, for plain
-    # attention, band masks and packed rows; biases, masks (block-sparse or read in their tiles), softcap and ALiBi
-    # keep their long-row tiles; unknown lengths take the long rows' tiles
+    # attention, band masks, packed rows and block-sparse masks (64 rows divide their blocks); biases, masks read in
+    # their tiles, softcap and ALiBi keep their long-row tiles; unknown lengths take the long rows' tiles
     short = select_config("fwd", H100, 64, seqlen_q=2048)
     assert (short.block_m, short.block_n, short.blocks_per_sm, short.overlap, short.tma) == (64, 128, 2, True, True)
     assert select_config("fwd", H100, 64, seqlen_q=65) == short
     assert select_config("fwd", H100, 64, seqlen_q=2049) == select_config("fwd", H100, 64)
     check_fwd_config(short, H100, 64)
-    for variant in (Variant("bfloat16", "band"), Variant("float16", rows="packed")):
+    for variant in (Variant("bfloat16", "band"), Variant("float16", rows="packed"),
+                    Variant("bfloat16", bool_mask=True, mask_blocks=True),
+                    Variant("bfloat16", "band", bool_mask=True, mask_blocks=True)):
         assert select_config("fwd", H100, 64, variant=variant, seqlen_q=1024) == short, variant
     for variant in (Variant("bfloat16", softcap=True), Variant("bfloat16", alibi=True),
                     Variant("bfloat16", bias="bfloat16"), Variant("bfloat16", bool_mask=True),
-                    Variant("bfloat16", bool_mask=True, mask_blocks=True)):
+                    Variant("bfloat16", bool_mask=True, mask_blocks=True, softcap=True)):
         assert select_config("fwd", H100, 64, variant=variant, seqlen_q=1024) == select_config(
             "fwd", H100, 64, variant=variant), variant
     assert configs.row_lengths("fwd") == (None, 64, 2048) and configs.row_lengths("bwd") == (None,)

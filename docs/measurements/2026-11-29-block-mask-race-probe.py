@@ -6,6 +6,14 @@ table kept block masks off those tiles until it was understood. This forces a ti
 the mask's 128-key blocks empty, so that a walk visits more key tiles than the ring has stages; the kernels are
 compiled with -lineinfo, so the report names source lines. Run under the sanitizer from the checkout root:
     compute-sanitizer --tool racecheck --print-limit 4 python docs/measurements/2026-11-29-block-mask-race-probe.py 64
+Found (twenty-first session, H100, `2026-11-29-h100-s21-sanitizer.md`): on the tree before the fix the 128x128 tile
+reports the same hazard on these inputs; the sanitizer's mask section had only walked two key tiles (190 keys),
+never more than the ring's two stages, so no slot was reused there. The read was every consumer lane's of the stashed
+entry (`lds_u32` in `stashed`), the write the producer's next stash in the same slot; the order between them went
+through `__syncwarp` and lane 0's arrival on the slot's empty barrier, and racecheck carries only the arriving lane's
+own reads across an arrival. Fix: lane 0 reads the entry and shuffles it to its warp (`flash_fwd.cu entry_of`).
+After it: 0 hazards on both tiles, and the sanitizer's mask section (now 700 keys: six key tiles) clean under
+memcheck and racecheck at head dims 64 and 128.
 """
 import dataclasses
 import math

@@ -351,8 +351,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         } else if (m0 == (query_tiles.y - 1) * BLOCK_M) {  // the head's last query tile
             dbias.flush(p, batch, head, key0, seqlen_k, key_group, warp % D_SPLIT, lane);
         }
-        stage_accum_in_smem<Elem, PTile>(sP + warp_query0, warp_key0, s, lane);
-        stage_accum_in_smem<Elem, PTile>(sdS + warp_query0, warp_key0, dp, lane);
+        stage_operands_in_smem<Elem, PTile>(sP + warp_query0, warp_key0, s, lane);
+        stage_operands_in_smem<Elem, PTile>(sdS + warp_query0, warp_key0, dp, lane);
         __syncthreads();  // P^T and dS^T complete
 
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)

@@ -316,10 +316,6 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             }
         };
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
-        auto to_p_frags = [&](float (&s)[M_TILES][N_TILES][4]) {
-            accum_to_a_frags<Elem>(pf, s);
-            if constexpr (TRANSPOSED_V) round_to_tf32(pf);  // float32 on wgmma: rounded, as mma_tf32's operands
-        };
         if constexpr (!L::OVERLAP) {  // each product waited for in place; the two warpgroups overlap each other
             for (int t = 0; t < n_tiles; ++t) {
                 float s[M_TILES][N_TILES][4];
@@ -327,7 +323,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 const int entry = entry_of(t);
                 Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
                 if (scores_to_p(s, t, entry)) softmax.rescale(acc, alpha);
-                to_p_frags(s);
+                accum_to_a_frags<Elem>(pf, s);
                 L::template acquire<STAGES>(bars, VALUES, step0 + t);
                 Core::template pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(t), lane);
                 L::template release<STAGES>(bars, VALUES, step0 + t, lane);
@@ -341,7 +337,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             const int entry = entry_of(0);
             Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
             scores_to_p(s, 0, entry);  // O is still 0: nothing to rescale
-            to_p_frags(s);
+            accum_to_a_frags<Elem>(pf, s);
         }
         for (int t = 1; L::OVERLAP && t < n_tiles; ++t) {
             float s[M_TILES][N_TILES][4];
@@ -357,7 +353,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             fence_fragment(pf);
             L::template release<STAGES>(bars, VALUES, step0 + t - 1, lane);
             if (rescales) softmax.rescale(acc, alpha);
-            to_p_frags(s);
+            accum_to_a_frags<Elem>(pf, s);
         }
         if (L::OVERLAP && n_tiles > 0) {  // O += P_last V_last
             L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);

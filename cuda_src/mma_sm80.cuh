@@ -74,6 +74,8 @@ struct Mma16 {
     static constexpr bool IS_BF16 = false;        // which wgmma instruction (wgmma_ops.cuh)
     struct Operand { u32 r[4]; };
     static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) { return {{r[0], r[1], r[2], r[3]}}; }
+    // A computed operand (P, dS) before it is packed: 16-bit packing rounds it.
+    static __device__ __forceinline__ float operand_value(float x) { return x; }
     // d += a b, b being n-tile `half` (0 or 1) of a B pair (load_b_pair_*)
     static __device__ __forceinline__ void run(float (&d)[4], const Operand& a, const Operand& b, int half) {
         Mma<Elem>::run(d, a.r, b.r[2 * half], b.r[2 * half + 1]);

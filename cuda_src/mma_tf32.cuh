@@ -22,18 +22,6 @@ __device__ __forceinline__ u32 to_tf32(float x) {
     return r;
 }
 
-// A fragments rounded to TF32 in place: wgmma reads a float's top bits as they are (it truncates; mma.sync's
-// operands are rounded by Mma<tf32>::operand instead).
-template <int M_TILES, int K_STEPS>
-__device__ __forceinline__ void round_to_tf32(u32 (&a)[M_TILES][K_STEPS][4]) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int k = 0; k < K_STEPS; ++k)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) a[mt][k][e] = to_tf32(__uint_as_float(a[mt][k][e]));
-}
-
 // D += A(16x8, row) * B(8x8, col), operands already TF32.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "
@@ -47,6 +35,8 @@ struct Mma32 {
     using Storage = float;
     static constexpr int K_STEP = 8;
     static constexpr bool SUM_PER_TILE = false;
+    // A computed operand (P, dS) as the products take it: f32x3 splits it as it loads, so it stays a float.
+    static __device__ __forceinline__ float operand_value(float x) { return x; }
     static __device__ __forceinline__ void store_pair(Storage* at, float x, float y) {
         *reinterpret_cast<float2*>(at) = make_float2(x, y);
     }
@@ -60,14 +50,16 @@ struct Mma32 {
     }
 };
 
+// One TF32 pass. The tensor cores read a float's top 19 bits as they are (they truncate), so every operand reaches
+// them rounded already, none at a fragment load: the inputs are staged rounded before the kernels (Q, K, V, dO:
+// cupyflash/_launch.py Tf32Staging), and P and dS are rounded where they are computed (operand_value:
+// accum_to_a_frags, stage_operands_in_smem). Rounding at each fragment load cost two instructions a value, some
+// values loaded by every warp and for two products: four to five instructions a product in the backward kernels
+// (sm_90 SASS, head dim 128), more than anything else they issue.
 template <> struct Mma<tf32> : Mma32 {
     struct Operand { u32 r[4]; };
-    static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) {
-        Operand o;
-        #pragma unroll
-        for (int i = 0; i < 4; ++i) o.r[i] = to_tf32(__uint_as_float(r[i]));
-        return o;
-    }
+    static __device__ __forceinline__ float operand_value(float x) { return __uint_as_float(to_tf32(x)); }
+    static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) { return {{r[0], r[1], r[2], r[3]}}; }
     static __device__ __forceinline__ void run(float (&d)[4], const Operand& a, const Operand& b, int half) {
         mma_tf32(d, a.r, b.r[2 * half], b.r[2 * half + 1]);
     }

@@ -220,10 +220,10 @@ __device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES * 8 /
         } else {
             #pragma unroll
             for (int kk = 0; kk < N_TILES; ++kk) {
-                a[mt][kk][0] = __float_as_uint(c[mt][kk][0]);
-                a[mt][kk][1] = __float_as_uint(c[mt][kk][2]);
-                a[mt][kk][2] = __float_as_uint(c[mt][kk][1]);
-                a[mt][kk][3] = __float_as_uint(c[mt][kk][3]);
+                a[mt][kk][0] = __float_as_uint(Mma<Elem>::operand_value(c[mt][kk][0]));
+                a[mt][kk][1] = __float_as_uint(Mma<Elem>::operand_value(c[mt][kk][2]));
+                a[mt][kk][2] = __float_as_uint(Mma<Elem>::operand_value(c[mt][kk][1]));
+                a[mt][kk][3] = __float_as_uint(Mma<Elem>::operand_value(c[mt][kk][3]));
             }
         }
     }
@@ -256,11 +256,28 @@ __device__ __forceinline__ void stage_accum_in_smem(typename Tile::Storage* tile
     stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [&](int mt, int r) { return row_scale[mt][r]; }, lane);
 }
 
-// Unscaled (dV; P^T and dS^T on their way to the other warps).
+// Unscaled (dV).
 template <typename Elem, typename Tile, int M_TILES, int N_TILES>
 __device__ __forceinline__ void stage_accum_in_smem(typename Tile::Storage* tile, int row0,
                                                     const float (&acc)[M_TILES][N_TILES][4], int lane) {
     stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [](int, int) { return 1.f; }, lane);
+}
+
+// A computed operand (P^T, dS^T) on its way to the other warps' products, as those take it (Mma::operand_value).
+template <typename Elem, typename Tile, int M_TILES, int N_TILES>
+__device__ __forceinline__ void stage_operands_in_smem(typename Tile::Storage* tile, int row0,
+                                                       const float (&acc)[M_TILES][N_TILES][4], int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = row0 + 16 * mt + lane / 4 + 8 * r;
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                Mma<Elem>::store_pair(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4)),
+                                      Mma<Elem>::operand_value(acc[mt][nt][2 * r]),
+                                      Mma<Elem>::operand_value(acc[mt][nt][2 * r + 1]));
+        }
 }
 
 }  // namespace cf

@@ -132,6 +132,22 @@ def row_copy_kernel(problem: Problem):
     return _kernels.get_function(family, "copy_rows", None, 0, problem.variant, problem.device)
 
 
+def tf32_rounding_kernel(problem: Problem, family):
+    """``family``'s ``round_tf32`` kernel where its kernels take float32 operands rounded to TF32 before them
+    (precision "tf32": the tensor cores truncate, cuda_src/mma_tf32.cuh), else None."""
+    if problem.variant.precision != "tf32":
+        return None
+    from . import _kernels
+
+    return _kernels.get_function(family, "round_tf32", None, 0, problem.variant, problem.device)
+
+
+def operand_staging(spec: ArraySpec, padded_dim: int, pad=None, rounding=None):
+    """How an input the products read reaches the kernels: rounded to TF32 into a fresh buffer (``rounding``, from
+    tf32_rounding_kernel), or as any input (Staging)."""
+    return Tf32Staging(spec, padded_dim, rounding) if rounding is not None else Staging(spec, padded_dim, pad)
+
+
 class Staging:
     """How one (batch, seq, heads, head_dim) input reaches the kernels: in place, or copied into a fresh contiguous
     buffer (misaligned for 16-byte copies, or a head dim that is not a multiple of 8: zero-padded to one by the
@@ -157,8 +173,9 @@ class Staging:
 
 
 class Tf32Staging:
-    """A float32 input of the wgmma forward at precision "tf32" (cuda_src/staging.cu): rounded to TF32 into a fresh
-    contiguous (batch, seq, heads, padded dim) buffer (Q, K: ``round_tf32``), or (``transpose``: V) written as V^T,
+    """A float32 operand at precision "tf32" (cuda_src/staging.cu): rounded to TF32 into a fresh contiguous
+    (batch, seq, heads, padded dim) buffer (``round_tf32``: Q, K, V and dO of the mma_tf32 kernels, Q and K of the
+    wgmma forward), or (``transpose``: V of the wgmma forward) written as V^T,
     (batch, heads, padded dim, keys) with the keys padded to a multiple of 32 (``transpose_values``).
     ``map_geometry``: (shape, byte strides) of the staged array as the tensor map reads it, (batch, rows, heads, the
     contiguous dim): V^T's rows are the head dim, its columns the keys."""

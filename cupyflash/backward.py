@@ -30,7 +30,10 @@ class BackwardPlan:
         pd = p.padded_head_dim
         q_spec, k_spec, v_spec, dout_spec, out_spec = specs
         self.copy_rows = _launch.row_copy_kernel(p)  # head dims that are not a multiple of 8
-        self.staging = tuple(Staging(s, pd, self.copy_rows) for s in specs)  # q, k, v, dout, out
+        # q, k, v, dout: the products' operands (float32 at "tf32": rounded, mma_tf32.cuh Mma<tf32>); out
+        rounding = _launch.tf32_rounding_kernel(p, family_for(device_limits(p.device), p.variant))
+        self.staging = (tuple(_launch.operand_staging(s, pd, self.copy_rows, rounding) for s in specs[:4])
+                        + (Staging(out_spec, pd, self.copy_rows),))
         itemsize = q_spec.itemsize
         self.grad_shapes = {"dq": q_spec.shape, "dk": k_spec.shape, "dv": v_spec.shape}
         # Gradients go straight into the caller's buffers when the kernels can write them; else into fresh ones.

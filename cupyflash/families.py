@@ -17,7 +17,8 @@ HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_row
                 "split_combine")
 _NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum", "split_combine",  # helper kernels without a row-layout policy
             "round_tf32", "transpose_values")
-#: The float32 wgmma forward's operand staging (cuda_src/staging.cu): Q and K rounded to TF32, V transposed.
+#: float32 operand staging at precision "tf32" (cuda_src/staging.cu): rounded to TF32 (every TF32 family's kernels
+#: take their operands rounded), and V transposed (the wgmma forward's).
 TF32_STAGING_KINDS = ("round_tf32", "transpose_values")
 
 #: The kernels' element type (cuda_src/mma_sm80.cuh, mma_tf32.cuh) by (dtype, precision): float32 inputs run on TF32
@@ -101,7 +102,7 @@ class Mma80Family:
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "bwd_dq": "flash_bwd.cu",
                "bwd_preprocess": "flash_bwd.cu", "bwd_convert_dq": "flash_bwd.cu", "bwd_reduce_dkdv": "flash_bwd.cu",
                "copy_rows": "staging.cu", "mask_tiles": "mask_tiles.cu", "dbias_sum": "dbias_sum.cu",
-               "split_combine": "split_combine.cu"}
+               "split_combine": "split_combine.cu", "round_tf32": "staging.cu", "transpose_values": "staging.cu"}
     # -ftz=true: CuPy adds it at run time; the CPU compile check must see the same options.
     compile_options = ("-std=c++17", "-DCUPYFLASH_RUNTIME=1", "-ftz=true")
     tile_align = 0  # bytes the forward reserves to align its tiles (WarpgroupMma::SMEM_ALIGN)
@@ -219,8 +220,10 @@ class WgmmaTf32Family(Wgmma90Family):
 
 
 MMA_SM80 = Mma80Family()
+# At precision "tf32" its kernels take operands rounded before them (round_tf32 stages Q, K, V and dO).
 MMA_TF32 = Mma80Family("mma_tf32", ("float32",), 4,
-                        "the same kernels on TF32 tensor cores, float32 (m16n8k8, one or three passes)")
+                        "the same kernels on TF32 tensor cores, float32 (m16n8k8, one or three passes)",
+                        kinds=KINDS + HELPER_KINDS + ("round_tf32",))
 WGMMA_SM90 = Wgmma90Family()
 WGMMA_TF32 = WgmmaTf32Family()
 

@@ -12,8 +12,8 @@ from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._types import Array, Window
 from ._device import device_limits
 from ._params import NO_MAPS, TensorMapArgs
-from ._launch import (Launch, PlanCache, Staging, Tf32Staging, array_key, current_stream_ptr, empty, scalar_key,
-                      static_params)
+from ._launch import (Launch, PlanCache, Tf32Staging, array_key, current_stream_ptr, empty, operand_staging,
+                      scalar_key, static_params)
 from ._validate import as_cuda_array, describe, spec_of
 from .configs import (SPLIT_MAX, TileConfig, candidates, check_config, family_for, forward_splits,
                       kernel_head_dim, select_config)
@@ -39,8 +39,9 @@ class ForwardPlan:
                             Tf32Staging(v_spec, pd, transpose, transpose=True))
             geometry = [st.map_geometry for st in self.staging]
             box_rows = (config.block_m, config.block_n, kernel_head_dim(problem.head_dim))  # V^T: the head dim
-        else:
-            self.staging = tuple(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec, v_spec))
+        else:  # float32 at "tf32": Q, K and V rounded (mma_tf32.cuh Mma<tf32>)
+            rounding = _launch.tf32_rounding_kernel(problem, FAMILIES_BY_NAME[config.family])
+            self.staging = tuple(operand_staging(s, pd, self.copy_rows, rounding) for s in (q_spec, k_spec, v_spec))
             # the arrays as the kernel reads them, (shape, byte strides): bulk tensor copies need their geometry
             geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec, v_spec),
                                                                                        self.staging)]

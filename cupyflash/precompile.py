@@ -58,7 +58,7 @@ def _compile(chunk):
         family = BY_NAME[config.family]
         for atomic in ((True, False) if kind == "bwd" else (False,)):
             _kernels.get_function(family, kind, config, kd, variant, 0, atomic)
-        for staging in TF32_STAGING_KINDS if kind == "fwd" else ():  # the float32 wgmma forward's operands
+        for staging in TF32_STAGING_KINDS if variant.precision == "tf32" else ():  # float32 operands rounded
             if staging in family.kinds:
                 _kernels.get_function(family, staging, None, 0, variant, 0)
         for helper in HELPER_KINDS:

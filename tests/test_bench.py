@@ -163,6 +163,18 @@ def test_ratios_and_bars():
     assert "ALiBi" in lines[2] and "0.80x" in lines[2] and lines[2].endswith("missed")
 
 
+def test_float32_bars_ask_highest_for_speed_and_accuracy_and_tf32_for_speed():
+    from cupyflash import bench_fp32
+
+    def row(impl, vs_sdpa, err):
+        return dict(impl=impl, D=128, seqlen=4096, vs_sdpa=vs_sdpa, out_err=err, dq_err=err)
+
+    sdpa = row("torch-sdpa", 1.0, 3e-7)
+    lines = bench_fp32.bar_lines([row("cupyflash", 2.1, 2e-7), row("cupyflash-tf32", 3.1, 1e-4), sdpa,
+                                  row("cupyflash", 2.1, 5e-7), row("cupyflash-tf32", 2.9, 1e-4)])
+    assert [line.endswith("meets the bar") for line in lines] == [True, True, False, False], lines
+
+
 # --- tables ---------------------------------------------------------------------------------------------------
 
 def cells(line):

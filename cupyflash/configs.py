@@ -431,7 +431,7 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 #: at 256; the separate kernel led only at 192 (190 vs 179) and tied at 96 and 160.
 BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {
     **{("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS},
-    **{("mma_tf32", kd): True for kd in KERNEL_HEAD_DIMS},  # float32: not measured yet
+    **{("mma_tf32", kd): True for kd in KERNEL_HEAD_DIMS},  # float32: ATOMIC_DQ_MIN_PAIRS
 }
 
 #: Split-KV (cuda_src/split_kv.cuh): a forward whose grid leaves at least half the GPU's block slots idle spreads
@@ -455,18 +455,21 @@ def forward_splits(limits: DeviceLimits, blocks: int, key_tiles: int, blocks_per
 
 
 #: Below this many visible (query, key) pairs per head, the separate dQ kernel is used even where the table says
-#: atomic. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash cupyflash-det,
-#: 2026-11-25): atomic was 4-8% slower at seqlen 512 and causal 1024-2048, within 1% at non-causal 1024 and causal
-#: 2048, 3-14% faster from non-causal 2048 and causal 4096 up.
-ATOMIC_DQ_MIN_PAIRS = 2048 * 2048
+#: atomic, by family. H100, bf16 and fp16, head dims 64 and 128 (python -m cupyflash.bench --impls cupyflash
+#: cupyflash-det, 2026-11-25): atomic was 4-8% slower at seqlen 512 and causal 1024-2048, within 1% at non-causal
+#: 1024 and causal 2048, 3-14% faster from non-causal 2048 and causal 4096 up. float32, where the dQ kernel's
+#: recomputed products (S and dP: three of its seven) cost more against the atomics' traffic: atomic faster at every
+#: size measured, from 1024 x 1024 causal (H100, head dims 64 and 128, seqlen 1k-2k, causal and not: "tf32" 1.04-1.15x,
+#: "highest" 1.13-1.47x; docs/measurements/2026-11-29-fp32-atomic-dq-probe.py); smaller sizes not measured.
+ATOMIC_DQ_MIN_PAIRS = {"mma_sm80": 2048 * 2048, "mma_tf32": 1024 * 1024 // 2}
 
 
 def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool,
                   variant: Variant | None = None) -> bool:
     """The default dQ strategy of a non-deterministic backward: atomics for large problems where the table says so."""
     pairs = seqlen_q * seqlen_k // (2 if causal else 1)
-    return (BWD_ATOMIC_DQ[(family_for(limits, variant, "bwd", head_dim).name, kernel_head_dim(head_dim))]
-            and pairs >= ATOMIC_DQ_MIN_PAIRS)
+    family = family_for(limits, variant, "bwd", head_dim).name
+    return BWD_ATOMIC_DQ[(family, kernel_head_dim(head_dim))] and pairs >= ATOMIC_DQ_MIN_PAIRS[family]
 
 
 #: Backward with grouped-query attention: one dK/dV block per (key tile, K/V head) walks all the group's query

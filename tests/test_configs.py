@@ -395,6 +395,15 @@ def test_atomic_dq_only_for_large_problems(seqlen_q, seqlen_k, causal, expected)
     assert configs.use_atomic_dq(H100, 128, seqlen_q, seqlen_k, causal) is expected
 
 
+def test_float32_takes_atomic_dq_from_smaller_problems():
+    # the dQ kernel's recomputed products cost more in float32: atomics from 1024 x 1024 causal pairs
+    for precision in ("tf32", "highest"):
+        variant = Variant("float32", precision=precision)
+        assert configs.use_atomic_dq(H100, 128, 1024, 1024, True, variant) is True
+        assert configs.use_atomic_dq(H100, 64, 512, 512, False, variant) is False
+    assert configs.use_atomic_dq(H100, 128, 1024, 1024, True) is False  # 16-bit: from 2048 x 2048
+
+
 def test_atomic_dq_follows_the_table_per_head_dim(monkeypatch):
     assert configs.use_atomic_dq(H100, 192, 8192, 8192, False) is False  # the separate kernel measured faster
     monkeypatch.setitem(configs.BWD_ATOMIC_DQ, ("mma_sm80", 128), False)

@@ -8,6 +8,11 @@ precisions; median of CUDA-event times, the two interleaved in one process; the 
 in dQ (they differ in summation order only).
 Expectation (twenty-first session): at 1k, atomics 1.1-1.3x faster for both precisions (the products saved against
 the atomics' traffic); if so, float32 takes atomics at every size.
+Measured (one H100, `2026-11-29-h100-s21-fp32-atomic-dq-probe.md`): atomics faster in every case, "tf32" 1.04-1.15x
+(64: 1.04-1.08, 128: 1.11-1.15), "highest" 1.13-1.47x (the more so at 128 and without a mask); dQ differs by
+2e-6-5e-6 ("tf32") and 1e-7-4e-7 ("highest"). Float32 now takes atomics from 1024 x 512 pairs
+(`configs.ATOMIC_DQ_MIN_PAIRS`); `bench --fp32 --seqlen 1024` after it (`2026-11-29-h100-s21-fp32-1k-atomic-dq.md`):
+"tf32" backward 80.4 -> 84.7 TFLOP/s at 64, 71.9 -> 81.4 at 128; "highest" 30.2 -> 38.2 and 24.2 -> 35.2.
 Run: ``python docs/measurements/2026-11-29-fp32-atomic-dq-probe.py --compile`` then without ``--compile``."""
 import os
 import sys

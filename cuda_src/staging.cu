@@ -8,45 +8,48 @@
 
 namespace cf {
 
+// This warp's (batch, seq, head) row of src into dst, columns [0, dst_dim): value(x) where src has the column, 0
+// past src_dim. One warp a row, the lanes on consecutive columns.
+template <typename T, typename Value>
+__device__ __forceinline__ void copy_warp_row(const T* src, T* dst, i64 rows, int seqlen, int nheads, i64 src_batch,
+                                              i64 src_seq, i64 src_head, i64 dst_batch, i64 dst_seq, i64 dst_head,
+                                              int src_dim, int dst_dim, Value value) {
+    const i64 row = static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32;  // (batch * seqlen + seq) * nheads + head
+    if (row >= rows) return;
+    const int head = row % nheads;
+    const i64 batch_seq = row / nheads;
+    const int seq = batch_seq % seqlen;
+    const i64 batch = batch_seq / seqlen;
+    const T* in = src + batch * src_batch + seq * src_seq + head * src_head;
+    T* out = dst + batch * dst_batch + seq * dst_seq + head * dst_head;
+    for (int c = threadIdx.x % 32; c < dst_dim; c += 32) out[c] = c < src_dim ? value(in[c]) : T(0);
+}
+
 template <typename Elem = f16>
 __global__ void __launch_bounds__(128) flash_copy_rows_kernel(const typename Mma<Elem>::Storage* src,
                                                               typename Mma<Elem>::Storage* dst, i64 rows, int seqlen,
                                                               int nheads, i64 src_batch, i64 src_seq, i64 src_head,
                                                               i64 dst_batch, i64 dst_seq, i64 dst_head, int src_dim,
                                                               int dst_dim) {
-    const i64 row = static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32;  // (batch * seqlen + seq) * nheads + head
-    if (row >= rows) return;
-    const int head = row % nheads;
-    const i64 batch_seq = row / nheads;
-    const int seq = batch_seq % seqlen;
-    const i64 batch = batch_seq / seqlen;
     using S = typename Mma<Elem>::Storage;
-    const S* in = src + batch * src_batch + seq * src_seq + head * src_head;
-    S* out = dst + batch * dst_batch + seq * dst_seq + head * dst_head;
-    for (int c = threadIdx.x % 32; c < dst_dim; c += 32) out[c] = c < src_dim ? in[c] : S(0);
+    copy_warp_row(src, dst, rows, seqlen, nheads, src_batch, src_seq, src_head, dst_batch, dst_seq, dst_head, src_dim,
+                  dst_dim, [](S x) { return x; });
 }
 
-// The float32 operands of the wgmma forward at precision "tf32" (wgmma.cuh TRANSPOSED_V), staged before it: the
-// tensor cores read a float's top bits as they are, so each value is rounded to TF32 here (mma_tf32's operands are
-// rounded as they load). Q and K: as flash_copy_rows_kernel, each value rounded. V: transposed into V^T, (batch,
-// head, dim, key) with keys_padded keys a row (a multiple of 8, zeros past seqlen), the keys of each group of 8 in
-// the order P's registers hold them (0 2 4 6 1 3 5 7; warp_gemm.cuh accum_to_a_frags). A block moves a tile of 32
-// keys x 32 columns of one (batch, head) through shared memory, read along the head dim and written along the keys.
+// float32 operands at precision "tf32" (mma_tf32.cuh Mma<tf32>), staged before the kernels: the tensor cores read a
+// float's top bits as they are, so each value is rounded to TF32 here, once (Q, K, V, dO of the mma_tf32 kernels, Q
+// and K of the wgmma forward): as flash_copy_rows_kernel, each value rounded. V of the wgmma forward
+// (wgmma.cuh TRANSPOSED_V): transposed into V^T, (batch, head, dim, key) with keys_padded keys a row (a multiple of
+// 8, zeros past seqlen), the keys of each group of 8 in the order P's registers hold them (0 2 4 6 1 3 5 7;
+// warp_gemm.cuh accum_to_a_frags). A block moves a tile of 32 keys x 32 columns of one (batch, head) through shared
+// memory, read along the head dim and written along the keys.
 template <typename Elem = tf32>
 __global__ void __launch_bounds__(128) flash_round_tf32_kernel(const float* src, float* dst, i64 rows, int seqlen,
                                                                int nheads, i64 src_batch, i64 src_seq,
                                                                i64 src_head, i64 dst_batch, i64 dst_seq,
                                                                i64 dst_head, int src_dim, int dst_dim) {
-    const i64 row = static_cast<i64>(blockIdx.x) * 4 + threadIdx.x / 32;  // (batch * seqlen + seq) * nheads + head
-    if (row >= rows) return;
-    const int head = row % nheads;
-    const i64 batch_seq = row / nheads;
-    const int seq = batch_seq % seqlen;
-    const i64 batch = batch_seq / seqlen;
-    const float* in = src + batch * src_batch + seq * src_seq + head * src_head;
-    float* out = dst + batch * dst_batch + seq * dst_seq + head * dst_head;
-    for (int c = threadIdx.x % 32; c < dst_dim; c += 32)
-        out[c] = c < src_dim ? __uint_as_float(to_tf32(in[c])) : 0.f;
+    copy_warp_row(src, dst, rows, seqlen, nheads, src_batch, src_seq, src_head, dst_batch, dst_seq, dst_head, src_dim,
+                  dst_dim, [](float x) { return __uint_as_float(to_tf32(x)); });
 }
 
 // grid: (keys_padded / 32, ceil(dst_dim / 32), batch * nheads); keys_padded a multiple of 32; V^T contiguous,

@@ -38,25 +38,26 @@ def _accumulators(n: int) -> str:
     return (",\n" + " " * 27).join(rows)
 
 
+def _form(form: str, n: int):
+    """(signature line, the A and B operands' text, scale_d's operand number, the input constraints) of a WgmmaOp's
+    or WgmmaTf32Op's ``ss`` form (A and B from shared memory) or ``rs`` form (A from registers): operands d (the
+    accumulators), then A, B, scale_d."""
+    acc = n // 2
+    a_type = "unsigned long long a" if form == "ss" else "const unsigned (&a)[4]"
+    sig = (f"    static __device__ __forceinline__ void {form}(float (&d)[{n // 8}][4], {a_type}, "
+           "unsigned long long b, int scale_d) {")
+    if form == "ss":
+        return sig, f"%{acc}, %{acc + 1}", acc + 2, '"l"(a), "l"(b), "r"(scale_d)'
+    return (sig, "{" + _regs(acc, 4) + "}" + f", %{acc + 4}", acc + 5,
+            '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d)')
+
+
 def _op(n: int) -> str:
     acc = n // 2
     lines = [f"template <typename Elem> struct WgmmaOp<Elem, {n}> {{"]
-    # ss: operands d (acc), a-desc, b-desc, scale_d
     for form in ("ss", "rs"):
-        if form == "ss":
-            sig = (f"    static __device__ __forceinline__ void ss(float (&d)[{n // 8}][4], unsigned long long a, "
-                   "unsigned long long b, int scale_d) {")
-            a_text, rest = f"%{acc}", f"%{acc + 1}"
-            scale = acc + 2
-            tail = "p, 1, 1, 0, 0"
-            inputs = '"l"(a), "l"(b), "r"(scale_d)'
-        else:
-            sig = (f"    static __device__ __forceinline__ void rs(float (&d)[{n // 8}][4], const unsigned (&a)[4], "
-                   "unsigned long long b, int scale_d) {")
-            a_text, rest = "{" + _regs(acc, 4) + "}", f"%{acc + 4}"
-            scale = acc + 5
-            tail = "p, 1, 1, 1"
-            inputs = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d)'
+        sig, operands, scale, inputs = _form(form, n)
+        tail = "p, 1, 1, 0, 0" if form == "ss" else "p, 1, 1, 1"  # scale_d, imm-scale-a, imm-scale-b[, transposes]
         lines.append(sig)
         for i, t in enumerate(TYPES):
             cond = "if constexpr (Mma<Elem>::IS_BF16)" if i == 0 else "else"
@@ -64,7 +65,7 @@ def _op(n: int) -> str:
             lines.append(f'            asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{scale}, 0;\\n"')
             lines.append(f'                         "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{t}.{t} "')
             lines.append(f'                         "{{{_regs(0, acc)}}}, "')
-            lines.append(f'                         "{a_text}, {rest}, {tail};\\n}}\\n"')
+            lines.append(f'                         "{operands}, {tail};\\n}}\\n"')
             lines.append(f"                         : {_accumulators(n)}")
             lines.append(f"                         : {inputs});")
         lines.append("    }")
@@ -86,16 +87,7 @@ def _tf32_op(n: int) -> str:
     acc = n // 2
     lines = [f"template <> struct WgmmaTf32Op<{n}> {{"]
     for form in ("ss", "rs"):
-        if form == "ss":
-            sig = (f"    static __device__ __forceinline__ void ss(float (&d)[{n // 8}][4], unsigned long long a, "
-                   "unsigned long long b, int scale_d) {")
-            operands, scale = f"%{acc}, %{acc + 1}", acc + 2
-            inputs = '"l"(a), "l"(b), "r"(scale_d)'
-        else:
-            sig = (f"    static __device__ __forceinline__ void rs(float (&d)[{n // 8}][4], const unsigned (&a)[4], "
-                   "unsigned long long b, int scale_d) {")
-            operands, scale = "{" + _regs(acc, 4) + "}" + f", %{acc + 4}", acc + 5
-            inputs = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d)'
+        sig, operands, scale, inputs = _form(form, n)
         lines.append(sig)
         lines.append(f'        asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{scale}, 0;\\n"')
         lines.append(f'                     "wgmma.mma_async.sync.aligned.m64n{n}k8.f32.tf32.tf32 "')

@@ -191,6 +191,31 @@ def test_packed_rows(mode):
     assert float(cupy.abs(lse[live] - ref_lse[live]).max()) < tol
 
 
+@pytest.mark.parametrize("family", [None, "mma_tf32"])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_tf32_operands_reach_the_products_rounded(family, head_dim):
+    # Every input holds c = 1 + 2^-11 + 2^-12, which TF32 rounds to 1 + 2^-10 and truncates to 1 (the tensor cores
+    # truncate what they are given: mma_tf32.cuh). All scores are equal, so P = 1 (forward) and 1/64 (backward,
+    # 64 keys) exactly, and out = V's value, dV = 64 x (1/64) x dO's value, each as the products received it:
+    # 1 + 2^-10 exactly where the operands were rounded (the staging of V and dO, which Q and K share), 1 where a
+    # path handed them over unrounded. "highest" carries c itself (to 2^-22).
+    import cupy
+
+    import cupyflash as cf
+
+    c = np.float32(1 + 2.0 ** -11 + 2.0 ** -12)
+    q, k, v, dout = (cupy.full((1, 64, 2, head_dim), c, cupy.float32) for _ in range(4))
+    config = None if family is None else cf.select_config_for(q, k, v, precision="tf32", family=family)
+    out, lse = cf.flash_attn_func(q, k, v, precision="tf32", return_lse=True, config=config)
+    rounded = np.float32(1 + 2.0 ** -10)
+    assert bool((out == rounded).all()), float(cupy.abs(out - rounded).max())
+    dq, dk, dv = cf.flash_attn_backward(dout, q, k, v, out, lse, precision="tf32")
+    assert bool((dv == rounded).all()), float(cupy.abs(dv - rounded).max())
+    assert float(cupy.abs(dq).max()) == 0 and float(cupy.abs(dk).max()) == 0  # dS = P (dP - D) = 0
+    highest = cf.flash_attn_func(q, k, v)
+    assert float(cupy.abs(highest - c).max()) < 2.0 ** -20
+
+
 def test_highest_is_more_accurate_than_tf32():
     import cupy
 

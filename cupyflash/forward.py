@@ -156,10 +156,10 @@ _STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed befo
 def _tensor_maps(problem, config, geometry, box_rows=None):
     """(maps, names): q's, k's and v's tensor maps for the config's bulk copies (boxes of ``box_rows`` rows each;
     default a query tile's for Q, a key tile's for K and V), and an additive bias's or a boolean mask's where it comes
-    by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, read without a copy), encoded at a stand-in address (``geometry``: each array's (shape, byte strides) as the kernel reads it: packed
-    rows as one (1, total, heads, dim) array, whose entries the kernel reads at their offsets); (None, ()) where the
-    copy engine cannot take an array or the driver refuses it (warned: the plan copies by cp.async instead, a
-    little slower)."""
+    by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, read without a copy), encoded at a stand-in
+    address (``geometry``: each array's (shape, byte strides) as the kernel reads it: packed rows as one (1, total,
+    heads, dim) array, whose entries the kernel reads at their offsets); (None, ()) where the copy engine cannot
+    take an array or the driver refuses it (warned: the plan copies by cp.async instead, a little slower)."""
     box_rows = box_rows or (config.block_m, config.block_n, config.block_n)
     arrays = [(name, problem.variant.dtype, shape, strides, rows)  # q, k, v
               for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry, box_rows)]

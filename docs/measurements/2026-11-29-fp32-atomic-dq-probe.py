@@ -63,9 +63,9 @@ def main():
             ms = {a: sorted(t)[1] for a, t in times.items()}
             diff = float(abs(fns[True]()[0] - fns[False]()[0]).max())
             default = use_atomic_dq(device_limits(0), d, s, s, causal, Variant("float32", precision=precision))
+            strategy = "atomic" if default else "dQ kernel"
             print(f"| {precision} | {d} | {s} | {causal} | {flops / ms[True] / 1e9:.1f} | "
-                  f"{flops / ms[False] / 1e9:.1f} | {ms[False] / ms[True]:.2f} | {'atomic' if default else 'dQ kernel'} "
-                  f"| {diff:.1e} |", flush=True)
+                  f"{flops / ms[False] / 1e9:.1f} | {ms[False] / ms[True]:.2f} | {strategy} | {diff:.1e} |", flush=True)
             del q, k, v, dout, out, lse
             cupy.get_default_memory_pool().free_all_blocks()
 

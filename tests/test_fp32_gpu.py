@@ -197,8 +197,8 @@ def test_tf32_operands_reach_the_products_rounded(family, head_dim):
     # Every input holds c = 1 + 2^-11 + 2^-12, which TF32 rounds to 1 + 2^-10 and truncates to 1 (the tensor cores
     # truncate what they are given: mma_tf32.cuh). All scores are equal, so P = 1 (forward) and 1/64 (backward,
     # 64 keys) exactly, and out = V's value, dV = 64 x (1/64) x dO's value, each as the products received it:
-    # 1 + 2^-10 exactly where the operands were rounded (the staging of V and dO, which Q and K share), 1 where a
-    # path handed them over unrounded. "highest" carries c itself (to 2^-22).
+    # 1 + 2^-10 exactly where the operands were rounded, 1 where a path handed them over unrounded; Q's and K's
+    # rounding shows in lse. "highest" carries c itself (to 2^-22).
     import cupy
 
     import cupyflash as cf
@@ -209,6 +209,9 @@ def test_tf32_operands_reach_the_products_rounded(family, head_dim):
     out, lse = cf.flash_attn_func(q, k, v, precision="tf32", return_lse=True, config=config)
     rounded = np.float32(1 + 2.0 ** -10)
     assert bool((out == rounded).all()), float(cupy.abs(out - rounded).max())
+    # Q's and K's rounding shows in the scores: lse = head_dim * r^2 * scale + ln 64, r the value the products got
+    expected = {r: head_dim * r * r / math.sqrt(head_dim) + math.log(64) for r in (float(rounded), 1.0)}
+    assert float(cupy.abs(lse - expected[float(rounded)]).max()) < 1e-4, (float(lse.max()), expected)
     dq, dk, dv = cf.flash_attn_backward(dout, q, k, v, out, lse, precision="tf32")
     assert bool((dv == rounded).all()), float(cupy.abs(dv - rounded).max())
     assert float(cupy.abs(dq).max()) == 0 and float(cupy.abs(dk).max()) == 0  # dS = P (dP - D) = 0

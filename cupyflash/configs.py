@@ -417,11 +417,14 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                                if kd == 256 else ()),)
        + _BWD_DQ_SMALL for kd in (160, 192, 224, 256)},
     # float32: first choices by shared memory, not measured yet. A block-sparse mask with a bias spills 64x32 at
-    # 128 and 32x32 at 160 by a few bytes (compile check): those take the next entry.
+    # 128 and 32x32 at 160 by a few bytes (compile check): those take the next entry. So, at 256, does the band mask
+    # with softcap, ALiBi, packed rows and dropout (8 bytes on sm_90, since "tf32" operands are no longer rounded as
+    # they load; the only one of the float32 picks with softcap and ALiBi, with and without biases, sm_80 and sm_90).
     **{("mma_tf32", kd): (_t(64, 64, 4, blocks_per_sm=2), _t(64, 32, 4)) + _TF32_SMALL for kd in (32, 64)},
     **{("mma_tf32", kd): (When(_t(64, 32, 4), avoid=("bias+block_mask",)),
                           When(_t(32, 32, 2), avoid=("bias+block_mask",))) + _TF32_SMALL for kd in (96, 128)},
-    **{("mma_tf32", kd): (When(_t(32, 32, 2), avoid=("bias+block_mask",)),) + _TF32_WIDE_SMALL
+    **{("mma_tf32", kd): (When(_t(32, 32, 2), avoid=("bias+block_mask",)
+                               + (("band+softcap+alibi+packed+dropout",) if kd == 256 else ())),) + _TF32_WIDE_SMALL
        for kd in (160, 192, 224, 256)},
 }
 

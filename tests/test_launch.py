@@ -34,3 +34,23 @@ def test_dkdv_grid_takes_batches_first_with_dbias(dbias, expected):
     p = problem((1, 3, 1000, 300))
     p = dataclasses.replace(p, nheads_k=3, variant=dataclasses.replace(p.variant, dbias=dbias))
     assert key_grid(p, 128, 2) == expected  # 3 key tiles of 300 keys, 3 K/V heads x 2 splits, 2 batches
+
+
+@pytest.mark.parametrize("dtype, precision, rounds", [("float32", "tf32", True), ("float32", "highest", False),
+                                                      ("bfloat16", "", False)])
+def test_only_tf32_operands_are_staged_rounded(monkeypatch, dtype, precision, rounds):
+    # precision "tf32": the kernels take Q, K, V and dO rounded (mma_tf32.cuh Mma<tf32>), so each is copied through
+    # round_tf32 into a contiguous buffer, even where it could be read in place; other inputs are staged as any
+    from cupyflash import _kernels, _launch
+    from cupyflash._validate import ArraySpec
+
+    monkeypatch.setattr(_kernels, "get_function", lambda family, kind, *args: f"{family}:{kind}")
+    p = dataclasses.replace(problem(), variant=Variant(dtype, precision=precision))
+    kernel = _launch.tf32_rounding_kernel(p, "mma_tf32")
+    assert kernel == ("mma_tf32:round_tf32" if rounds else None)
+    itemsize = 4 if dtype == "float32" else 2
+    spec = ArraySpec((2, 1000, 3, 64), _launch.contiguous_strides((2, 1000, 3, 64), itemsize), dtype, itemsize, 0, 256)
+    staging = _launch.operand_staging(spec, 64, None, kernel)
+    assert isinstance(staging, _launch.Tf32Staging if rounds else _launch.Staging)
+    assert staging.copy is rounds  # a contiguous, aligned array is read in place unless it must be rounded
+    assert staging.kernel_strides == spec.strides

@@ -273,8 +273,10 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
                           When(_w(128, 64, producer=True, overlap=True, tma=True, persistent=True),
                                avoid=_WS_TMA_AVOID)),
     # float32 at precision "tf32" on TF32 wgmma (the operands staged: rounded, V transposed; cupyflash/_launch.py
-    # Tf32Staging): 32-bit tiles take twice the shared memory, 128x128 at 64 (160 KB), 128x64 at 128 (193 KB). Not
-    # measured yet (the overlapped consumers second, for the tuner).
+    # Tf32Staging): 32-bit tiles take twice the shared memory, 128x128 at 64 (160 KB), 128x64 at 128 (193 KB). H100,
+    # 16k tokens, against mma_tf32's forward (twenty-first session, 2026-11-29-tf32-wgmma-forward-probe.py): 1.04-1.74x
+    # its speed at 64 non-causal, 1.46-2.31x at 128, 0.81x at 64 1k causal (the staging: half of the call at 1k).
+    # The overlapped consumers come second, not measured (for the tuner).
     ("wgmma_tf32", 64): (_wt(128, 128), _wt(128, 128, overlap=True)),
     ("wgmma_tf32", 128): (_wt(128, 64), _wt(128, 64, overlap=True)),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by

@@ -39,7 +39,7 @@ class ForwardPlan:
                             Tf32Staging(v_spec, pd, transpose, transpose=True))
             geometry = [st.map_geometry for st in self.staging]
             box_rows = (config.block_m, config.block_n, kernel_head_dim(problem.head_dim))  # V^T: the head dim
-        else:  # float32 at "tf32": Q, K and V rounded (mma_tf32.cuh Mma<tf32>)
+        else:  # the inputs as they are (staged where needed), or, float32 at "tf32", rounded (mma_tf32.cuh)
             rounding = _launch.tf32_rounding_kernel(problem, FAMILIES_BY_NAME[config.family])
             self.staging = tuple(operand_staging(s, pd, self.copy_rows, rounding) for s in (q_spec, k_spec, v_spec))
             # the arrays as the kernel reads them, (shape, byte strides): bulk tensor copies need their geometry

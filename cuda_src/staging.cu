@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(128) flash_copy_rows_kernel(const typename Mma
 // float's top bits as they are, so each value is rounded to TF32 here, once (Q, K, V, dO of the mma_tf32 kernels, Q
 // and K of the wgmma forward): as flash_copy_rows_kernel, each value rounded. V of the wgmma forward
 // (wgmma.cuh TRANSPOSED_V): transposed into V^T, (batch, head, dim, key) with keys_padded keys a row (a multiple of
-// 8, zeros past seqlen), the keys of each group of 8 in the order P's registers hold them (0 2 4 6 1 3 5 7;
+// 32, zeros past seqlen), the keys of each group of 8 in the order P's registers hold them (0 2 4 6 1 3 5 7;
 // warp_gemm.cuh accum_to_a_frags). A block moves a tile of 32 keys x 32 columns of one (batch, head) through shared
 // memory, read along the head dim and written along the keys.
 template <typename Elem = tf32>

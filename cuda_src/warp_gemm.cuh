@@ -230,11 +230,14 @@ __device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES * 8 /
 }
 
 // Writes rows [row0, row0 + 16*M_TILES) of an accumulator, each row multiplied by row_scale(mt, r), into a shared
-// tile as Elem's storage (the way out to global memory goes through shared memory for 16-byte stores).
-template <typename Elem, typename Tile, int M_TILES, int N_TILES, typename RowScale>
+// tile as Elem's storage (the way out to global memory goes through shared memory for 16-byte stores). OPERAND: the
+// values are a product's operand on their way to the other warps (P^T, dS^T), stored as the products take them
+// (Mma::operand_value: float32 at "tf32" rounded).
+template <typename Elem, typename Tile, bool OPERAND = false, int M_TILES, int N_TILES, typename RowScale>
 __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage* tile, int row0,
                                                          const float (&acc)[M_TILES][N_TILES][4],
                                                          RowScale row_scale, int lane) {
+    auto value = [](float x) { return OPERAND ? Mma<Elem>::operand_value(x) : x; };
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -243,8 +246,8 @@ __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage*
             const float scale = row_scale(mt, r);
             #pragma unroll
             for (int nt = 0; nt < N_TILES; ++nt)
-                Mma<Elem>::store_pair(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4)), acc[mt][nt][2 * r] * scale,
-                                      acc[mt][nt][2 * r + 1] * scale);
+                Mma<Elem>::store_pair(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4)),
+                                      value(acc[mt][nt][2 * r] * scale), value(acc[mt][nt][2 * r + 1] * scale));
         }
 }
 
@@ -263,21 +266,11 @@ __device__ __forceinline__ void stage_accum_in_smem(typename Tile::Storage* tile
     stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [](int, int) { return 1.f; }, lane);
 }
 
-// A computed operand (P^T, dS^T) on its way to the other warps' products, as those take it (Mma::operand_value).
+// A computed operand (P^T, dS^T) on its way to the other warps' products, as those take it.
 template <typename Elem, typename Tile, int M_TILES, int N_TILES>
 __device__ __forceinline__ void stage_operands_in_smem(typename Tile::Storage* tile, int row0,
                                                        const float (&acc)[M_TILES][N_TILES][4], int lane) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const int row = row0 + 16 * mt + lane / 4 + 8 * r;
-            #pragma unroll
-            for (int nt = 0; nt < N_TILES; ++nt)
-                Mma<Elem>::store_pair(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4)),
-                                      Mma<Elem>::operand_value(acc[mt][nt][2 * r]),
-                                      Mma<Elem>::operand_value(acc[mt][nt][2 * r + 1]));
-        }
+    stage_accum_in_smem_with<Elem, Tile, true>(tile, row0, acc, [](int, int) { return 1.f; }, lane);
 }
 
 }  // namespace cf

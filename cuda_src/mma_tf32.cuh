@@ -22,6 +22,15 @@ __device__ __forceinline__ u32 to_tf32(float x) {
     return r;
 }
 
+// To nearest, ties to even: what a bulk copy through a TFLOAT32 tensor map does (H100,
+// docs/measurements/2026-11-30-tma-tf32-rounding-probe.py), for the staged inputs, which must match it bit for bit.
+// Integer arithmetic, since cvt.rn.tf32.f32 is sm_90's only; a NaN passes as it is (the carry would reach the sign).
+__device__ __forceinline__ u32 to_tf32_even(float x) {
+    const u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return u;
+    return (u + 0xfffu + ((u >> 13) & 1u)) & 0xffffe000u;
+}
+
 // D += A(16x8, row) * B(8x8, col), operands already TF32.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "

@@ -37,8 +37,10 @@ __global__ void __launch_bounds__(128) flash_copy_rows_kernel(const typename Mma
 }
 
 // float32 operands at precision "tf32" (mma_tf32.cuh Mma<tf32>), staged before the kernels: the tensor cores read a
-// float's top bits as they are, so each value is rounded to TF32 here, once (Q, K, V, dO of the mma_tf32 kernels, Q
-// and K of the wgmma forward): as flash_copy_rows_kernel, each value rounded. V of the wgmma forward
+// float's top bits as they are, so each value is rounded to TF32 here, once, to nearest with ties to even as a
+// bulk copy through a TFLOAT32 map rounds (docs/measurements/2026-11-30-tma-tf32-rounding-probe.py), so that an
+// operand gets the same bits whichever way it comes (Q, K, V, dO of the mma_tf32 kernels; Q and K of the wgmma
+// forward where they are copied anyway, its TFLOAT32 maps round them otherwise). V of the wgmma forward
 // (wgmma.cuh TRANSPOSED_V): transposed into V^T, (batch, head, dim, key) with keys_padded keys a row (a multiple of
 // 32, zeros past seqlen), the keys of each group of 8 in the order P's registers hold them (0 2 4 6 1 3 5 7;
 // warp_gemm.cuh accum_to_a_frags). A block moves a tile of 32 keys x 32 columns of one (batch, head) through shared
@@ -49,7 +51,7 @@ __global__ void __launch_bounds__(128) flash_round_tf32_kernel(const float* src,
                                                                i64 src_head, i64 dst_batch, i64 dst_seq,
                                                                i64 dst_head, int src_dim, int dst_dim) {
     copy_warp_row(src, dst, rows, seqlen, nheads, src_batch, src_seq, src_head, dst_batch, dst_seq, dst_head, src_dim,
-                  dst_dim, [](float x) { return __uint_as_float(to_tf32(x)); });
+                  dst_dim, [](float x) { return __uint_as_float(to_tf32_even(x)); });
 }
 
 // grid: (keys_padded / 32, ceil(dst_dim / 32), batch * nheads); keys_padded a multiple of 32; V^T contiguous,
@@ -65,7 +67,8 @@ __global__ void __launch_bounds__(128) flash_transpose_values_kernel(const float
     const float* in = src + batch * src_batch + head * src_head;
     for (int i = threadIdx.x; i < 32 * 32; i += 128) {  // along the head dim
         const int key = key0 + i / 32, col = col0 + i % 32;
-        tile[i / 32][i % 32] = key < seqlen && col < src_dim ? __uint_as_float(to_tf32(in[key * src_seq + col])) : 0.f;
+        const bool inside = key < seqlen && col < src_dim;
+        tile[i / 32][i % 32] = inside ? __uint_as_float(to_tf32_even(in[key * src_seq + col])) : 0.f;
     }
     __syncthreads();
     float* out = dst + ((static_cast<i64>(batch) * nheads + head) * dst_dim + col0) * keys_padded + key0;

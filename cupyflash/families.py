@@ -202,8 +202,9 @@ class Wgmma90Family(Mma80Family):
 class WgmmaTf32Family(Wgmma90Family):
     """float32 at precision "tf32" on warpgroup tensor cores (TF32 wgmma, k8; sm_90a): the wgmma forward on 32-bit
     tiles (32-column panels). TF32 wgmma reads no N-major operand, so V is staged transposed (V^T, its keys in P's
-    register order) and Q, K and V rounded to TF32 before the kernel (the tensor cores truncate; cupyflash/_launch.py
-    Tf32Staging). Dense rows, plain and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
+    register order) and rounded to TF32 before the kernel (the tensor cores truncate; cupyflash/_launch.py
+    Tf32Staging); Q and K are rounded by their bulk copies (TFLOAT32 maps), staged rounded only where they must be
+    copied anyway. Dense rows, plain and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
 
     name: str = "wgmma_tf32"
     dtypes: tuple = ("float32",)

@@ -12,8 +12,8 @@ from ._mask import PreparedMask, TileSummary, unwrap, with_block_mask
 from ._types import Array, Window
 from ._device import device_limits
 from ._params import NO_MAPS, TensorMapArgs
-from ._launch import (Launch, PlanCache, Tf32Staging, array_key, current_stream_ptr, empty, operand_staging,
-                      scalar_key, static_params)
+from ._launch import (Launch, PlanCache, Staging, Tf32Staging, array_key, current_stream_ptr, empty,
+                      operand_staging, scalar_key, static_params)
 from ._validate import as_cuda_array, describe, spec_of
 from .configs import (SPLIT_MAX, TileConfig, candidates, check_config, family_for, forward_splits,
                       kernel_head_dim, select_config)
@@ -32,13 +32,21 @@ class ForwardPlan:
         self.problem = problem
         pd = problem.padded_head_dim
         self.copy_rows = _launch.row_copy_kernel(problem)  # head dims that are not a multiple of 8
+        map_dtypes = None  # the variant's dtype for Q, K and V
         if config.family == WGMMA_TF32.name:  # float32 operands rounded to TF32, V transposed (wgmma.cuh)
             round_rows, transpose = (_kernels.get_function(WGMMA_TF32, kind, None, 0, problem.variant, problem.device)
                                      for kind in TF32_STAGING_KINDS)
-            self.staging = (Tf32Staging(q_spec, pd, round_rows), Tf32Staging(k_spec, pd, round_rows),
-                            Tf32Staging(v_spec, pd, transpose, transpose=True))
-            geometry = [st.map_geometry for st in self.staging]
+            # Q and K as they are, rounded by their bulk copies (TFLOAT32 maps); where they must be copied anyway
+            # (padding, alignment) or the copy engine cannot read them, staged rounded
+            q_k = [Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec)]
+            geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec), q_k)]
+            q_k = [Tf32Staging(spec, pd, round_rows) if st.copy or not _tma.usable(*g, 4) else st
+                   for spec, st, g in zip((q_spec, k_spec), q_k, geometry)]
+            self.staging = (*q_k, Tf32Staging(v_spec, pd, transpose, transpose=True))
+            geometry = [st.map_geometry if isinstance(st, Tf32Staging) else g
+                        for st, g in zip(self.staging, geometry + [None])]
             box_rows = (config.block_m, config.block_n, kernel_head_dim(problem.head_dim))  # V^T: the head dim
+            map_dtypes = ("tf32", "tf32", "float32")
         else:  # the inputs as they are (staged where needed), or, float32 at "tf32", rounded (mma_tf32.cuh)
             rounding = _launch.tf32_rounding_kernel(problem, FAMILIES_BY_NAME[config.family])
             self.staging = tuple(operand_staging(s, pd, self.copy_rows, rounding) for s in (q_spec, k_spec, v_spec))
@@ -46,7 +54,7 @@ class ForwardPlan:
             geometry = [(spec.shape[:3] + (pd,), st.kernel_strides) for spec, st in zip((q_spec, k_spec, v_spec),
                                                                                        self.staging)]
             box_rows = None  # a query tile's rows for Q, a key tile's for K and V
-        self.map_args, self.map_names = (_tensor_maps(problem, config, geometry, box_rows) if config.tma
+        self.map_args, self.map_names = (_tensor_maps(problem, config, geometry, box_rows, map_dtypes) if config.tma
                                          else (None, ()))
         if config.family == WGMMA_TF32.name and self.map_args is None:
             raise RuntimeError("cupyflash: the float32 wgmma forward needs bulk tensor copies, which the driver "
@@ -153,16 +161,18 @@ class ForwardPlan:
 _STAND_IN_ADDRESS = 256  # any 16-byte aligned address: a map is re-pointed before its first launch
 
 
-def _tensor_maps(problem, config, geometry, box_rows=None):
+def _tensor_maps(problem, config, geometry, box_rows=None, dtypes=None):
     """(maps, names): q's, k's and v's tensor maps for the config's bulk copies (boxes of ``box_rows`` rows each;
-    default a query tile's for Q, a key tile's for K and V), and an additive bias's or a boolean mask's where it comes
-    by them (cuda_src/bulk_bias.cuh; not one broadcast over keys, read without a copy), encoded at a stand-in
-    address (``geometry``: each array's (shape, byte strides) as the kernel reads it: packed rows as one (1, total,
-    heads, dim) array, whose entries the kernel reads at their offsets); (None, ()) where the copy engine cannot
-    take an array or the driver refuses it (warned: the plan copies by cp.async instead, a little slower)."""
+    default a query tile's for Q, a key tile's for K and V; element types ``dtypes``, default the variant's dtype),
+    and an additive bias's or a boolean mask's where it comes by them (cuda_src/bulk_bias.cuh; not one broadcast over
+    keys, read without a copy), encoded at a stand-in address (``geometry``: each array's (shape, byte strides) as
+    the kernel reads it: packed rows as one (1, total, heads, dim) array, whose entries the kernel reads at their
+    offsets); (None, ()) where the copy engine cannot take an array or the driver refuses it (warned: the plan
+    copies by cp.async instead, a little slower)."""
     box_rows = box_rows or (config.block_m, config.block_n, config.block_n)
-    arrays = [(name, problem.variant.dtype, shape, strides, rows)  # q, k, v
-              for name, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, geometry, box_rows)]
+    dtypes = dtypes or (problem.variant.dtype,) * 3
+    arrays = [(name, dtype, shape, strides, rows)  # q, k, v
+              for name, dtype, (shape, strides), rows in zip(TensorMapArgs.ARRAYS, dtypes, geometry, box_rows)]
     # the fourth map: an additive bias's, or a boolean mask's (never both: bulk_bias)
     layout = problem.bias if problem.bias is not None else problem.mask
     bias = _tma.bias_geometry(layout, problem.seqlen_k) if bulk_bias(config, problem.variant) else None

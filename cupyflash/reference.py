@@ -349,9 +349,12 @@ def round_to_dtype(x, dtype_name, xp=None):
         return _as_float(x, xp).astype(xp.float16).astype(xp.float64)
     if dtype_name == 'tf32':
         # TF32 keeps 10 of float32's 23 mantissa bits; rounded to nearest,
-        # ties away from zero, as the GPU's cvt.rna.tf32 does.
+        # ties to even, as cupyflash stages float32 inputs at precision "tf32"
+        # and as a TFLOAT32 bulk copy lands them (cuda_src/mma_tf32.cuh).
         x32 = _as_float(x, xp, 'float32')
-        bits = (x32.view(xp.uint32) + xp.uint32(0x1000)) & xp.uint32(0xFFFFE000)
+        bits = x32.view(xp.uint32)
+        odd = (bits >> xp.uint32(13)) & xp.uint32(1)
+        bits = (bits + xp.uint32(0xFFF) + odd) & xp.uint32(0xFFFFE000)
         rounded = xp.where(xp.isfinite(x32), bits.view(xp.float32), x32)
         return rounded.astype(xp.float64)
     if dtype_name != 'bfloat16':

@@ -359,6 +359,27 @@ def test_round_bfloat16_keeps_nan_and_inf():
     assert round_to_dtype(np.float32(3.4e38), 'bfloat16') == np.inf
 
 
+def test_round_tf32_to_nearest_even():
+    # The 13 dropped bits below, at and above the half, under even and odd kept mantissas, both signs; expected
+    # values chosen here from the two neighbours rather than by the bit trick under test.
+    kept = np.array([0, 1, 0x2AB, 0x3FF], np.uint32) << np.uint32(13)
+    low = np.array([0, 1, 0xFFF, 0x1000, 0x1001, 0x1FFF], np.uint32)
+    bits = (np.uint32(127 << 23) | kept[:, None] | low[None, :]).ravel()
+    bits = np.concatenate([bits, bits | np.uint32(1 << 31)])
+    want = []
+    for b in bits.tolist():
+        down, dropped = b & ~0x1FFF, b & 0x1FFF
+        up_wins = dropped > 0x1000 or (dropped == 0x1000 and (down >> 13) & 1)
+        want.append(np.uint32(down + 0x2000 if up_wins else down).view(np.float32))
+    got = round_to_dtype(bits.view(np.float32), 'tf32')
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, np.array(want, np.float64))
+    assert round_to_dtype(np.float32(1 + 2.0 ** -11), 'tf32') == 1.0  # the tie goes to the even neighbour
+    special = np.array([np.inf, -np.inf, np.nan, 3.4028235e38], np.float32)
+    got = round_to_dtype(special, 'tf32')
+    assert got[0] == np.inf and got[1] == -np.inf and np.isnan(got[2]) and got[3] == np.inf  # overflow: inf
+
+
 def test_round_float16_float32_float64():
     ulp = 2.0 ** -10
     x = np.array([1 + ulp / 2, 1 + 3 * ulp / 2, 1 + ulp / 2 + 1e-9,

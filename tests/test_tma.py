@@ -152,3 +152,20 @@ def test_a_plan_takes_maps_only_where_the_copy_engine_can(monkeypatch):
     fake.result = 1  # the driver refuses: a warning, and the plan copies by cp.async
     with pytest.warns(RuntimeWarning, match="copying by cp.async.*CUresult 1"):
         assert _tensor_maps(problem("dense"), config, geometry) == (None, ())
+
+
+def test_float32_maps_may_round_to_tf32_as_they_copy(fake_driver):
+    # the float32 wgmma forward reads Q and K through TFLOAT32 maps (the copy rounds them), V^T through a float32
+    # one (staged rounded); a float32 map's 128-byte panel holds 32 columns
+    import types
+
+    from cupyflash.forward import _tensor_maps
+
+    variant = types.SimpleNamespace(rows="dense", dtype="float32", bool_mask=False, mask_blocks=False, bias="none")
+    problem = types.SimpleNamespace(variant=variant, bias=None, mask=None, seqlen_k=517)
+    config = types.SimpleNamespace(block_m=128, block_n=64, tma=True)
+    shape = (2, 300, 4, 128)
+    geometry = [(shape, contiguous_strides(shape, 4))] * 3
+    assert _tensor_maps(problem, config, geometry, (128, 64, 128), ("tf32", "tf32", "float32"))[1] == ("q", "k", "v")
+    assert [c["dtype"] for c in fake_driver.calls] == [11, 11, 7]
+    assert [c["box"] for c in fake_driver.calls] == [(32, 128, 1, 1), (32, 64, 1, 1), (32, 128, 1, 1)]

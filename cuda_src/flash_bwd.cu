@@ -273,6 +273,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // live from there to the next load only, not across the products (at the largest tiles that register spills).
     int next_load = Tiles::SKIPS ? entry_after(-2) : 0;  // -2: the entry before dense step 0
     fill_pipeline<STAGES, Tiles::SKIPS>(n_steps, next_load, load_step, entry_after);
+    // float32 at "tf32": with atomic dQ, K and V come unrounded (cupyflash/backward.py stages Q and dO only, which
+    // every step reloads); they are rounded here, once a block. The loop's first barrier orders it before the products.
+    if constexpr (ROUNDS_OPERANDS<Elem>) {
+        cp_async_wait<STAGES - 2>();  // the first group: K, V and step 0's tiles
+        __syncthreads();
+        round_tile_to_tf32<KVTile, THREADS>(sK);
+        round_tile_to_tf32<KVTile, THREADS>(sV);
+    }
 
     float acc_dv[KEY_TILES][WARP_D / 8][4] = {};
     float acc_dk[KEY_TILES][WARP_D / 8][4] = {};

@@ -31,6 +31,24 @@ __device__ __forceinline__ u32 to_tf32_even(float x) {
     return (u + 0xfffu + ((u >> 13) & 1u)) & 0xffffe000u;
 }
 
+// Whether an element type's products take operands rounded before them (TF32: the tensor cores truncate), and the
+// rounding of a tile that landed unrounded in shared memory: in place, 16-byte chunks over THREADS threads (padding
+// chunks too: integer arithmetic, harmless on any bits). The caller orders it after the copies landed and before
+// any read, with barriers.
+template <typename Elem> inline constexpr bool ROUNDS_OPERANDS = false;
+template <> inline constexpr bool ROUNDS_OPERANDS<tf32> = true;
+
+template <typename Tile, int THREADS>
+__device__ __forceinline__ void round_tile_to_tf32(float* tile) {
+    uint4* chunks = reinterpret_cast<uint4*>(tile);
+    for (int i = threadIdx.x; i < Tile::BYTES / 16; i += THREADS) {
+        uint4 c = chunks[i];
+        c = make_uint4(to_tf32_even(__uint_as_float(c.x)), to_tf32_even(__uint_as_float(c.y)),
+                       to_tf32_even(__uint_as_float(c.z)), to_tf32_even(__uint_as_float(c.w)));
+        chunks[i] = c;
+    }
+}
+
 // D += A(16x8, row) * B(8x8, col), operands already TF32.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 "

@@ -20,6 +20,13 @@ _PLANS = PlanCache()
 _GRADS = ("dq", "dk", "dv")
 
 
+def operand_rounding(rounding, atomic_dq: bool) -> tuple:
+    """The rounding kernel that stages each of q, k, v and dout (None: staged as any input). The dK/dV kernel rounds
+    its K and V tiles itself, once a block (flash_bwd.cu): with atomic dQ no other kernel reads them, so only Q and
+    dO, which it reloads every step, are staged rounded; the dQ kernel reloads K and V every step."""
+    return tuple(None if atomic_dq and name in ("k", "v") else rounding for name in ("q", "k", "v", "dout"))
+
+
 class BackwardPlan:
     """Everything a backward call needs that depends only on its cache key."""
 
@@ -32,7 +39,8 @@ class BackwardPlan:
         self.copy_rows = _launch.row_copy_kernel(p)  # head dims that are not a multiple of 8
         # q, k, v, dout: the products' operands (float32 at "tf32": rounded, mma_tf32.cuh Mma<tf32>); out
         rounding = _launch.tf32_rounding_kernel(p, family_for(device_limits(p.device), p.variant))
-        self.staging = (tuple(_launch.operand_staging(s, pd, self.copy_rows, rounding) for s in specs[:4])
+        self.staging = (tuple(_launch.operand_staging(s, pd, self.copy_rows, r)
+                              for s, r in zip(specs[:4], operand_rounding(rounding, atomic_dq)))
                         + (Staging(out_spec, pd, self.copy_rows),))
         itemsize = q_spec.itemsize
         self.grad_shapes = {"dq": q_spec.shape, "dk": k_spec.shape, "dv": v_spec.shape}
@@ -65,7 +73,12 @@ class BackwardPlan:
         # accumulator (atomic dQ only), then the fp32 partial dK and dV of each group split (kv_splits > 1 only).
         self.rows_floats = p.batch * p.nheads * _launch.row_pitch(p)
         query_rows = p.total_q if self.packed else p.batch * p.seqlen_q
-        self.accum_floats = query_rows * p.nheads * pd if atomic_dq else 0
+        # float32 dQ adds into its own buffer where that has the accumulator's layout (contiguous rows of nheads x
+        # padded head dim; the preprocess kernel zeroes it): no accumulator and no conversion pass
+        dq_spec = grad_specs.get("dq")
+        self.accum_in_dq = atomic_dq and p.variant.dtype == "float32" and (
+            not self.direct["dq"] or dq_spec.strides == _launch.contiguous_strides(dq_spec.shape, 4))
+        self.accum_floats = query_rows * p.nheads * pd if atomic_dq and not self.accum_in_dq else 0
         self.kv_splits = kv_splits
         self.partial_floats = 2 * kv_splits * p.batch * p.seqlen_k * p.nheads_k * pd if kv_splits > 1 else 0
         self.params.set(kv_splits=kv_splits, heads_per_split=p.heads_per_kv // kv_splits)
@@ -91,7 +104,7 @@ class BackwardPlan:
                 self.mask_tiles += (TileSummary.for_kernel(p, dq_config, False, self.params),)
         if kv_splits > 1:  # one warp per (batch, key, K/V head) row
             self.reduce = launch("bwd_reduce_dkdv", (math.ceil(p.batch * p.seqlen_k * p.nheads_k / 4),))
-        if atomic_dq:
+        if atomic_dq and not self.accum_in_dq:
             self.convert = launch("bwd_convert_dq", rows_grid)
         else:
             self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
@@ -128,7 +141,7 @@ class BackwardPlan:
             dq, dk, dv = bufs
             with self.params.lock:
                 self.params.set_per_call((q.data.ptr, k.data.ptr, v.data.ptr, out.data.ptr, lse.data.ptr,
-                                          dout.data.ptr, lse2, delta, accum if self.atomic_dq else 0, dq.data.ptr,
+                                          dout.data.ptr, lse2, delta, self._accum(accum, dq), dq.data.ptr,
                                           dk.data.ptr, dv.data.ptr, _launch.ptr(alibi_slopes),
                                           partial if self.kv_splits > 1 else 0, *map(_launch.ptr, cu_seqlens),
                                           _launch.ptr(bias), _launch.ptr(dbias), _launch.ptr(tiles[1]),
@@ -152,11 +165,18 @@ class BackwardPlan:
                 results.append(user)
         return tuple(results) + extra
 
+    def _accum(self, scratch: int, dq) -> int:
+        """The fp32 dQ accumulator's address: dq itself, the scratch's, or 0 (no atomic dQ)."""
+        if not self.atomic_dq:
+            return 0
+        return dq.data.ptr if self.accum_in_dq else scratch
+
     def _launch(self, stream):
         self.pre(stream)
         if self.atomic_dq:
             self._dkdv(stream)
-            self.convert(stream)
+            if not self.accum_in_dq:
+                self.convert(stream)
             return
         # The dK/dV and dQ kernels write disjoint outputs: the dQ kernel runs on a side stream so that each one's
         # last, partly filled wave overlaps the other's work. Forked from and joined back into the caller's stream.

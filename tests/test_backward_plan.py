@@ -1,7 +1,7 @@
 """CPU checks of the backward plan's pure parts: where the dK/dV kernel writes dbias and how it is reduced."""
 import pytest
 
-from cupyflash.backward import _DBiasLayout
+from cupyflash.backward import _DBiasLayout, operand_rounding
 from cupyflash.configs import _c
 from cupyflash.problem import BiasLayout, Problem, Variant
 
@@ -66,3 +66,10 @@ def test_dbias_atomics_at_every_head_dim(head_dim):
 def test_full_biases_and_query_or_key_sums_keep_the_partial(given):
     layout = _DBiasLayout(problem(given, head_dim=128), CONFIG, True, deterministic=False)
     assert not layout.atomic and layout.sums == _DBiasLayout(problem(given), CONFIG, True).sums
+
+
+def test_with_atomic_dq_only_q_and_dout_are_staged_rounded():
+    # float32 at "tf32": the dK/dV kernel rounds K and V in shared memory; the dQ kernel would reload them unrounded
+    assert operand_rounding("round", True) == ("round", None, None, "round")
+    assert operand_rounding("round", False) == ("round",) * 4
+    assert operand_rounding(None, True) == (None,) * 4  # nothing rounds outside "tf32"

@@ -108,6 +108,26 @@ def _check_backward(q, k, v, dout, q64, k64, v64, dout64, mode, causal, **kw):
     check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(q.shape[3]), causal, mode)
 
 
+@pytest.mark.parametrize("layout", ["fresh", "given", "strided"])
+def test_atomic_dq_adds_into_the_callers_buffer_where_it_can(layout):
+    # float32 with atomic dQ adds into dq itself where it has the accumulator's layout (contiguous rows; the
+    # preprocess kernel zeroes it first, so a NaN-poisoned buffer must come back right); a strided one is written
+    # from the accumulator by the conversion kernel
+    import cupy
+
+    (q, k, v, dout), (q64, k64, v64, dout64) = make_problem(7, 2, 130, 97, 2, 2, 64, "tf32")
+    out, lse = cf.flash_attn_func(q, k, v, causal=True, return_lse=True, precision="tf32")
+    dq = None
+    if layout == "given":
+        dq = cupy.full(q.shape, cupy.nan, cupy.float32)
+    elif layout == "strided":
+        dq = cupy.full(q.shape[:3] + (2 * q.shape[3],), cupy.nan, cupy.float32)[..., :q.shape[3]]
+    grads = cf.flash_attn_backward(dout, q, k, v, out, lse, causal=True, precision="tf32", atomic_dq=True, dq=dq)
+    if dq is not None:
+        assert grads[0].data.ptr == dq.data.ptr
+    check_grads_against_reference(grads, dout64, q64, k64, v64, 1 / math.sqrt(64), True, "tf32")
+
+
 seqlens = st.one_of(st.sampled_from(AWKWARD_SEQLENS), st.integers(1, 300))
 # Head dims of two kernel head dims (64, 128; odd and full widths), so that the variants' kernels are few enough to
 # precompile (python -m cupyflash.precompile --dtypes float32 --variants --bias none --head-dims 64 128).
@@ -217,9 +237,10 @@ def test_tf32_operands_reach_the_products_rounded(family, head_dim, value, round
     # lse = head_dim * r^2 * scale + ln 64, r the value the products got
     expected = head_dim * rounded * rounded / math.sqrt(head_dim) + math.log(64)
     assert float(cupy.abs(lse - expected).max()) < 1e-4, (float(lse.max()), expected)
-    dq, dk, dv = cf.flash_attn_backward(dout, q, k, v, out, lse, precision="tf32")
-    assert float(cupy.abs(dv - rounded).max()) < 2.0 ** -16, float(cupy.abs(dv - rounded).max())
-    assert float(cupy.abs(dq).max()) < 1e-4 and float(cupy.abs(dk).max()) < 1e-4  # dS = P (dP - D) = 0
+    for atomic_dq in (False, True):  # K and V staged rounded for the dQ kernel; else rounded by the dK/dV kernel
+        dq, dk, dv = cf.flash_attn_backward(dout, q, k, v, out, lse, precision="tf32", atomic_dq=atomic_dq)
+        assert float(cupy.abs(dv - rounded).max()) < 2.0 ** -16, (atomic_dq, float(cupy.abs(dv - rounded).max()))
+        assert float(cupy.abs(dq).max()) < 1e-4 and float(cupy.abs(dk).max()) < 1e-4  # dS = P (dP - D) = 0
     highest = cf.flash_attn_func(q, k, v)
     assert float(cupy.abs(highest - c).max()) < 2.0 ** -20
 

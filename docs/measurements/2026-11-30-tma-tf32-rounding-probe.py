@@ -6,6 +6,9 @@ round-to-nearest-even (RNE), round-to-nearest ties away (RNA) and truncation (RZ
 the 13 dropped bits that decides a mode (0, 1, 0xfff, a tie 0x1000, 0x1001, 0x1fff) under even and odd kept
 mantissas, both signs, plus random floats.
 Expectation: TMA = RNE (ties to even) on every value, cvt.rna = RNA, cvt.rn = RNE.
+Measured (H100, twenty-second session, `2026-11-30-h100-s22-tma-tf32-rounding-probe.md`): TMA equals RNE on all 256
+values (and on the 48 patterns), cvt.rna differs from it on the two ties with an even kept mantissa (as RNA must),
+cvt.rn equals RNE. So cupyflash stages TF32 operands rounded to nearest even (mma_tf32.cuh to_tf32_even).
 Run: ``python docs/measurements/2026-11-30-tma-tf32-rounding-probe.py``."""
 import ctypes
 

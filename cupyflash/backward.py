@@ -104,8 +104,9 @@ class BackwardPlan:
                 self.mask_tiles += (TileSummary.for_kernel(p, dq_config, False, self.params),)
         if kv_splits > 1:  # one warp per (batch, key, K/V head) row
             self.reduce = launch("bwd_reduce_dkdv", (math.ceil(p.batch * p.seqlen_k * p.nheads_k / 4),))
-        if atomic_dq and not self.accum_in_dq:
-            self.convert = launch("bwd_convert_dq", rows_grid)
+        if atomic_dq:
+            if not self.accum_in_dq:
+                self.convert = launch("bwd_convert_dq", rows_grid)
         else:
             self.dq = launch("bwd_dq", _launch.query_grid(p, dq_config.block_m), dq_config)
             self.fork = _StreamFork(p.device)

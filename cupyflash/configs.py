@@ -339,7 +339,10 @@ _TF32_BWD_SMALL = (_t(32, 16, 2, d_split=2),)
 _BWD_96_AVOID = ("dbias", "fp32_bias+mask", "sm80+softcap+fp32_bias+block_mask", "sm80+dropout",
                  "softcap+alibi+dropout")
 _BWD_MID = (_c(32, 64, 4, d_split=2),)
-# float32 at head dims 96 and 128 (BWD_TABLE's comment)
+# The 8-warp float32 tiles of "highest" serve plain scores, the band mask, softcap and ALiBi only (compile-checked).
+_TF32_BWD_WIDE_AVOID = ("bias", "mask", "block_mask", "dropout", "packed")
+# float32 at head dims 32 and 64, 96 and 128 (BWD_TABLE's comment)
+_TF32_BWD_NARROW = (When(_t(64, 64, 4, d_split=2), avoid=("tf32",)), _t(32, 64, 4, d_split=2)) + _TF32_BWD_SMALL
 _TF32_BWD_MID = (When(_t(32, 64, 4, d_split=2), avoid=("block_mask+dbias", "softcap+alibi+packed", "highest")),
                  _t(32, 32, 4, d_split=2)) + _TF32_BWD_SMALL
 BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
@@ -374,15 +377,19 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # tokens, atomic dQ (docs/performance.md, tenth session): at 64, 64x64 39.4 TFLOP/s and 32x64 38.2 "highest",
     # 86.0 and 97.9 "tf32" (which takes 32x64); at 128, 32x64 37.0 / 82.3 ahead of 32x32 35.1 / 71.9. "highest"
     # sums dK and dV one query tile at a time (mma_tf32.cuh SUM_PER_TILE), which spills 32x64 at 128: 32x32 there.
-    **{("mma_tf32", kd): (When(_t(64, 64, 4, d_split=2), avoid=("tf32",)), _t(32, 64, 4, d_split=2))
-       + _TF32_BWD_SMALL for kd in (32, 64)},
+    # "highest" at 64 (twenty-second session, 2026-11-30-h100-s22-fp32-bwd-depth-sweep.md): 32x128 with 8 warps
+    # 40.8-42.8 TFLOP/s against 64x64's 37.9-39.7 (1k-4k); a third stage adds nothing (either tile, either
+    # precision). Compile-checked as the 128 entry below, with the same variants; at 32 the dQ product cannot split
+    # 32 columns over 8 warps in n16 pairs.
+    ("mma_tf32", 32): _TF32_BWD_NARROW,
+    ("mma_tf32", 64): (When(_t(32, 128, 8, d_split=2), avoid=("tf32",) + _TF32_BWD_WIDE_AVOID),) + _TF32_BWD_NARROW,
     ("mma_tf32", 96): _TF32_BWD_MID,
     # "highest" at 128 (twenty-second session, 2026-11-30-h100-s22-fp32-bwd-tile-sweep.md, atomic dQ, 1k-4k): 16x128
     # with 8 warps (each warp 16 key rows and the whole head dim of dK and dV) 37.3-39.1 TFLOP/s against 32x32's
     # 34.4-35.5; at "tf32" it runs 73-88 against 32x64's 77-95. Compile-checked (sm_90, no spills) with the band mask,
     # softcap and ALiBi; biases, masks, dropout and packed rows keep 32x32 (not compiled on it). Its 190 KB do not
     # fit an A100. At 96 the dQ product cannot split 96 columns over 8 warps in n16 pairs.
-    ("mma_tf32", 128): (When(_t(16, 128, 8), avoid=("tf32", "bias", "mask", "block_mask", "dropout", "packed")),)
+    ("mma_tf32", 128): (When(_t(16, 128, 8), avoid=("tf32",) + _TF32_BWD_WIDE_AVOID),)
     + _TF32_BWD_MID,
     **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},
     # At 256 every tile spills with softcap, ALiBi, a float32 bias with its gradient and a mask at once (48 bytes,

@@ -620,9 +620,16 @@ def test_float32_takes_its_own_family_and_tiles():
                 wgmma = kind == "fwd" and precision == "tf32" and kd in (64, 128)  # TF32 wgmma's forward
                 assert config.family == ("wgmma_tf32" if wgmma else "mma_tf32"), (kind, kd, precision, config)
                 assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
-    # the measured exception: the single-pass backward at head dim 64 runs 32x64 (docs/performance.md)
-    assert configs.select_config("bwd", H100, 64, variant=Variant("float32", precision="tf32")).block_m == 32
-    assert configs.select_config("bwd", H100, 64, variant=Variant("float32", precision="highest")).block_m == 64
+    # measured picks (docs/performance.md): the single-pass backward runs 32x64 at head dims 64 and 128; "highest"
+    # runs 8-warp tiles there (32x128, 16x128) with plain scores, the band mask, softcap and ALiBi, not with a bias
+    def bwd(kd, precision, **kw):
+        c = configs.select_config("bwd", H100, kd, variant=Variant("float32", precision=precision, **kw))
+        return c.block_m, c.block_n, c.warps
+
+    assert bwd(64, "tf32") == bwd(128, "tf32") == (32, 64, 4)
+    assert bwd(64, "highest") == bwd(64, "highest", mask="band", softcap=True, alibi=True) == (32, 128, 8)
+    assert bwd(128, "highest") == (16, 128, 8)
+    assert bwd(64, "highest", bias="float32") == (64, 64, 4) and bwd(128, "highest", bias="float32") == (32, 32, 4)
     assert configs.select_config("fwd", A100, 128, variant=Variant("bfloat16")).family == "mma_sm80"
 
 

@@ -15,6 +15,8 @@ most 3.0e-5 (64) and 5.9e-5 (128), 57% and 37% of them bitwise equal; the float3
 not bit for bit as cvt.rna does: a guess, not checked, is round-to-nearest-even (cvt.rna rounds ties away from zero,
 and one tie among a key's values moves every score on that key). Not adopted in this session (the forward's staging
 of Q and K would go, V^T's stays; a few percent of the call at 8k).
+Since the twenty-second session the shipped forward reads Q and K through TFLOAT32 maps (its "staged" mode here is
+then the "tf32 map" one), and 2026-11-30-tma-tf32-rounding-probe.py shows the copy rounds to nearest even.
 Run: ``python docs/measurements/2026-11-29-tma-tf32-probe.py``."""
 import os
 import subprocess

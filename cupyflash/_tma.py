@@ -12,8 +12,8 @@ from __future__ import annotations
 import ctypes
 
 #: CUtensorMapDataType
-# bool: a mask's bytes, read as uint8; tf32: float32 rounded to TF32 as the copy lands it (CU_TENSOR_MAP_DATA_TYPE_
-# TFLOAT32; H100: docs/measurements/2026-11-29-tma-tf32-probe.py)
+# bool: a mask's bytes, read as uint8; tf32: float32 rounded to TF32 (to nearest, ties to even) as the copy lands it
+# (CU_TENSOR_MAP_DATA_TYPE_TFLOAT32; H100: docs/measurements/2026-11-30-tma-tf32-rounding-probe.py)
 _DATA_TYPES = {"float16": 6, "bfloat16": 9, "float32": 7, "bool": 0, "tf32": 11}
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "bool": 1, "tf32": 4}
 _INTERLEAVE_NONE, _SWIZZLE_128B, _L2_PROMOTION_128B, _OOB_FILL_ZEROS = 0, 3, 2, 0

@@ -348,22 +348,24 @@ def round_to_dtype(x, dtype_name, xp=None):
     if dtype_name == 'float16':
         return _as_float(x, xp).astype(xp.float16).astype(xp.float64)
     if dtype_name == 'tf32':
-        # TF32 keeps 10 of float32's 23 mantissa bits; rounded to nearest,
-        # ties to even, as cupyflash stages float32 inputs at precision "tf32"
-        # and as a TFLOAT32 bulk copy lands them (cuda_src/mma_tf32.cuh).
-        x32 = _as_float(x, xp, 'float32')
-        bits = x32.view(xp.uint32)
-        odd = (bits >> xp.uint32(13)) & xp.uint32(1)
-        bits = (bits + xp.uint32(0xFFF) + odd) & xp.uint32(0xFFFFE000)
-        rounded = xp.where(xp.isfinite(x32), bits.view(xp.float32), x32)
-        return rounded.astype(xp.float64)
+        # TF32 keeps 10 of float32's 23 mantissa bits, rounded as cupyflash
+        # stages float32 inputs at precision "tf32" and as a TFLOAT32 bulk
+        # copy lands them (cuda_src/mma_tf32.cuh to_tf32_even).
+        return _round_float32_bits(x, xp, 13)
     if dtype_name != 'bfloat16':
         raise ValueError(f'unsupported dtype_name {dtype_name!r}')
-    # Bit arithmetic instead of ml_dtypes so the same code runs under cupy.
+    return _round_float32_bits(x, xp, 16)
+
+
+def _round_float32_bits(x, xp, dropped):
+    """float64 of x as float32 with its low ``dropped`` bits rounded away, to
+    nearest with ties to even (bfloat16: 16, TF32: 13). Bit arithmetic rather
+    than ml_dtypes, so the same code runs under cupy."""
     x32 = _as_float(x, xp, 'float32')
     bits = x32.view(xp.uint32)
-    lsb = (bits >> xp.uint32(16)) & xp.uint32(1)
-    bits = (bits + xp.uint32(0x7FFF) + lsb) & xp.uint32(0xFFFF0000)
+    odd = (bits >> xp.uint32(dropped)) & xp.uint32(1)
+    half = xp.uint32((1 << (dropped - 1)) - 1)
+    bits = (bits + half + odd) & xp.uint32(~((1 << dropped) - 1) & 0xFFFFFFFF)
     # A NaN with only low mantissa bits would round to inf; keep NaN/inf as is.
     rounded = xp.where(xp.isfinite(x32), bits.view(xp.float32), x32)
     return rounded.astype(xp.float64)

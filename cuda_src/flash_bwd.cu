@@ -21,6 +21,7 @@
 #include "score_mod.cuh"
 #include "smem_tile.cuh"
 #include "warp_gemm.cuh"
+#include "wgmma.cuh"
 #include "online_softmax.cuh"
 #include "dropout.cuh"
 
@@ -138,15 +139,16 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
     }
 }
 
-// Dynamic shared memory of the dK/dV kernel: K, V, P^T, dS^T (BLOCK_N x BLOCK_M), then STAGES Q tiles, STAGES dO tiles,
+// Dynamic shared memory of the dK/dV kernel: room to align the tiles as the core needs, K, V, P^T, dS^T (BLOCK_N x
+// BLOCK_M, padded rows whichever the core: mma.sync products read them), then STAGES Q tiles, STAGES dO tiles,
 // STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's
-// bwd_smem_bytes computes the same number.
-template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias>
+// smem_bytes("bwd") computes the same number.
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
-    return 2 * SmemTile<BLOCK_N, HEAD_DIM, S>::BYTES + 2 * SmemTile<BLOCK_N, BLOCK_M, S>::BYTES +
-           2 * STAGES * SmemTile<BLOCK_M, HEAD_DIM, S>::BYTES + STAGES * 2 * BLOCK_M * 4 +
-           STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
+    return Core::SMEM_ALIGN + 2 * Core::template Tile<BLOCK_N, HEAD_DIM, S>::BYTES +
+           2 * SmemTile<BLOCK_N, BLOCK_M, S>::BYTES + 2 * STAGES * Core::template Tile<BLOCK_M, HEAD_DIM, S>::BYTES +
+           STAGES * 2 * BLOCK_M * 4 + STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
 // Warps form a KEY_WARPS x D_SPLIT grid. Warp (g, j) computes S^T and dP^T for key rows [32g, 32g + 32) (BLOCK_N /
@@ -154,11 +156,15 @@ __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
 // the j-th 1/D_SPLIT of the head dim. P^T and dS^T pass between the two layouts through shared memory. Owning 32
 // key rows rather than 16 halves how often each Q and dO fragment is read from shared memory per product, which
 // is what bounds this kernel (ldmatrix bandwidth, not tensor cores).
+// Core: the core of S^T = K Q^T and dP^T = V dO^T: WarpMma, or WarpgroupMma, whose warp w owns key rows 16w..16w+15
+// and every query of the step for these two products and the elementwise work on them (the "S layout"); dK, dV and
+// dQ keep the warp grid above on mma.sync (P^T and dS^T reach them through shared memory either way), reading K, V,
+// Q and dO from the core's swizzled tiles.
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 128, int WARPS = 8,
           int STAGES = 2, int MIN_BLOCKS = 1, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, bool ATOMIC_DQ = true,
-          int D_SPLIT = 2,
-          int SMEM_BYTES = bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>()>
+          int D_SPLIT = 2, typename Core = WarpMma,
+          int SMEM_BYTES = bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     constexpr int KEY_WARPS = WARPS / D_SPLIT;
@@ -175,22 +181,33 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     static_assert(WARPS % D_SPLIT == 0 && BLOCK_N % (16 * KEY_WARPS) == 0 && STAGES >= 2, "key rows per warp");
     static_assert(WARP_QUERIES % 16 == 0 && WARP_D % 16 == 0, "queries and head dim split in n16 pairs");
     static_assert(WARPS % DQ_ROW_WARPS == 0 && DQ_COLS % 16 == 0, "dQ split over warps");
-    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias>(),
+    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>(),
                   "Python's smem formula");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
+    // (a bias is added into S^T before its product, which a wgmma's first k step would overwrite)
+    static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * WARPS && !Bias::ON && WARP_D % 32 == 0),
+                  "warpgroup products: a warp owns 16 key rows and every query of a step, without a bias; dK and dV "
+                  "columns in whole panels");
+    // The S layout: S^T, dP^T, P^T and dS^T of S_KEY_TILES m16 tiles of keys x S_QUERIES queries a warp.
+    constexpr int S_KEY_TILES = Core::WARPGROUPS ? 1 : KEY_TILES;
+    constexpr int S_QUERIES = Core::WARPGROUPS ? BLOCK_M : WARP_QUERIES;
     using S = typename Mma<Elem>::Storage;
-    using KVTile = SmemTile<BLOCK_N, HEAD_DIM, S>;
-    using QTile = SmemTile<BLOCK_M, HEAD_DIM, S>;
+    using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
+    using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
     using PTile = SmemTile<BLOCK_N, BLOCK_M, S>;  // P^T and dS^T: key rows x query columns
 
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + 2 * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
     constexpr int BIAS_OFF = ROW_OFF + STAGES * 2 * BLOCK_M * 4;
     constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
+    static_assert(!Core::SMEM_ALIGN || (P_OFF % Core::SMEM_ALIGN == 0 && Q_OFF % Core::SMEM_ALIGN == 0 &&
+                                        QTile::BYTES % Core::SMEM_ALIGN == 0), "tiles aligned as the core reads them");
     extern __shared__ uint4 smem_raw[];
-    char* smem = reinterpret_cast<char*>(smem_raw);
+    // (the dynamic base is 16-aligned: aligned up as the core's tiles need)
+    constexpr u32 ALIGN = Core::SMEM_ALIGN;
+    char* smem = reinterpret_cast<char*>(smem_raw) + (ALIGN ? (ALIGN - smem_addr(smem_raw) % ALIGN) % ALIGN : 0);
     S* sK = reinterpret_cast<S*>(smem);
-    S* sV = sK + KVTile::ELEMS;
+    S* sV = sK + KVTile::BYTES / sizeof(S);
     S* sP = reinterpret_cast<S*>(smem + P_OFF);
     S* sdS = sP + PTile::ELEMS;
     const u32 sK_addr = smem_addr(smem), sV_addr = sK_addr + KVTile::BYTES;
@@ -210,6 +227,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
     const int warp_key0 = warp / D_SPLIT * 16 * KEY_TILES;
     const int warp_query0 = warp % D_SPLIT * WARP_QUERIES, d_col0 = warp % D_SPLIT * WARP_D;
+    const int s_key0 = Core::WARPGROUPS ? 16 * warp : warp_key0, s_query0 = Core::WARPGROUPS ? 0 : warp_query0;
     const int dq_row0 = warp % DQ_ROW_WARPS * 16 * DQ_ROW_TILES, dq_col0 = warp / DQ_ROW_WARPS * DQ_COLS;
     const Mask mask(p, seq);
 
@@ -284,10 +302,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
     float acc_dv[KEY_TILES][WARP_D / 8][4] = {};
     float acc_dk[KEY_TILES][WARP_D / 8][4] = {};
-    typename Bias::template Grad<KEY_TILES, WARP_QUERIES / 8> dbias;  // nothing unless the bias's gradient is on
+    typename Bias::template Grad<S_KEY_TILES, S_QUERIES / 8> dbias;  // nothing unless the bias's gradient is on
 
     for (int t = 0; t < n_steps; ++t) {
         cp_async_wait<STAGES - 2>();
+        Core::tiles_landed();  // (wgmma reads through the async proxy what cp.async and the rounding wrote)
         __syncthreads();  // step t visible to all warps; every warp is done with the stage refilled below, and
                           // with the previous step's P^T and dS^T
         if (t + STAGES - 1 < n_steps) load_step(t + STAGES - 1, next_load);
@@ -305,19 +324,26 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const Drop drop(p, batch, head);
 
         // (the keep bits before the products, dropout.cuh; key0 and query0 after them, not live across them)
-        const auto kept = drop.template kept<true, KEY_TILES, WARP_QUERIES / 8>(n0 + warp_key0, m0 + warp_query0,
-                                                                                lane);
+        const auto kept = drop.template kept<true, S_KEY_TILES, S_QUERIES / 8>(n0 + s_key0, m0 + s_query0, lane);
         // S^T = bias^T + K Q^T and dP^T = V dO^T for this warp's keys x queries (raw scores); logits = Score(S^T)
-        float s[KEY_TILES][WARP_QUERIES / 8][4] = {};
-        float dp[KEY_TILES][WARP_QUERIES / 8][4] = {};
+        float s[S_KEY_TILES][S_QUERIES / 8][4] = {};
+        float dp[S_KEY_TILES][S_QUERIES / 8][4] = {};
         if constexpr (Bias::ON)
             Bias::template apply<true, BLOCK_M, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES,
-                                                                warp_key0, warp_query0, lane, p, entry);
-        gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(s, sK_addr, warp_key0, sQ_t,
-                                                                                  warp_query0, lane);
-        gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
-                                                                                  warp_query0, lane);
-        const int key0 = n0 + warp_key0, query0 = m0 + warp_query0;
+                                                                s_key0, s_query0, lane, p, entry);
+        if constexpr (Core::WARPGROUPS) {  // both products in flight at once
+            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(s, sK_addr, s_key0, sQ_t);
+            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(dp, sV_addr, s_key0, sdO_t);
+            Core::template wait<0>();
+            fence_fragment(s[0]);
+            fence_fragment(dp[0]);
+        } else {
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(s, sK_addr, warp_key0, sQ_t,
+                                                                                      warp_query0, lane);
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
+                                                                                      warp_query0, lane);
+        }
+        const int key0 = n0 + s_key0, query0 = m0 + s_query0;
         apply_score_mod<true, Bias::ON>(score, s, key0, query0, lane);
         // Padding keys are masked too: their zero K rows give S = 0, so P = exp2(-lse2), which overflows to inf
         // where a row's lse is below about -88, and inf times the zero K row would put NaN into dQ.
@@ -327,10 +353,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // Padding queries need no mask: their Q, dO, lse2 and delta are zero-filled, so they add nothing to dK, dV,
         // and their dQ rows are not stored.
         #pragma unroll
-        for (int kt = 0; kt < KEY_TILES; ++kt)
+        for (int kt = 0; kt < S_KEY_TILES; ++kt)
             #pragma unroll
-            for (int qt = 0; qt < WARP_QUERIES / 8; ++qt) {
-                const int col = warp_query0 + 8 * qt + 2 * (lane % 4);
+            for (int qt = 0; qt < S_QUERIES / 8; ++qt) {
+                const int col = s_query0 + 8 * qt + 2 * (lane % 4);
                 const float2 l2 = *reinterpret_cast<const float2*>(sLse2 + col);
                 const float2 dl = *reinterpret_cast<const float2*>(sDelta + col);
                 #pragma unroll
@@ -359,20 +385,26 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         } else if (m0 == (query_tiles.y - 1) * BLOCK_M) {  // the head's last query tile
             dbias.flush(p, batch, head, key0, seqlen_k, key_group, warp % D_SPLIT, lane);
         }
-        stage_operands_in_smem<Elem, PTile>(sP + warp_query0, warp_key0, s, lane);
-        stage_operands_in_smem<Elem, PTile>(sdS + warp_query0, warp_key0, dp, lane);
+        stage_operands_in_smem<Elem, PTile>(sP + s_query0, s_key0, s, lane);
+        stage_operands_in_smem<Elem, PTile>(sdS + s_query0, s_key0, dp, lane);
         __syncthreads();  // P^T and dS^T complete
 
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
         using DkDv = float[KEY_TILES][WARP_D / 8][4];
         constexpr int MAX_FLOATS = 48;  // a second accumulator beside dK and dV (warp_gemm.cuh accumulate)
+        // dO's and Q's columns from d_col0: swizzled tiles move to its panel, so that the loads' columns within a
+        // panel are constants (warp_gemm.cuh load_b_pair_kmajor)
+        const u32 cols_at = Core::WARPGROUPS ? QTile::byte_offset(0, d_col0) : 0;
+        const int cols0 = Core::WARPGROUPS ? 0 : d_col0;
         accumulate<Elem, MAX_FLOATS>(acc_dv, [&](DkDv& c) {
             gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
-                                                                                           sdO_t, d_col0, lane);
+                                                                                           sdO_t + cols_at, cols0,
+                                                                                           lane);
         });
         accumulate<Elem, MAX_FLOATS>(acc_dk, [&](DkDv& c) {
             gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sdS_addr, warp_key0,
-                                                                                           sQ_t, d_col0, lane);
+                                                                                           sQ_t + cols_at, cols0,
+                                                                                           lane);
         });
         // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array
         if constexpr (ATOMIC_DQ)
@@ -409,8 +441,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     float scales[KEY_TILES][2];
     #pragma unroll
     for (int kt = 0; kt < KEY_TILES; ++kt) scales[kt][0] = scales[kt][1] = p.softmax_scale;
-    stage_accum_in_smem<Elem, KVTile>(sV + d_col0, warp_key0, acc_dv, lane);
-    stage_accum_in_smem<Elem, KVTile>(sK + d_col0, warp_key0, acc_dk, scales, lane);
+    // (column d_col0 as an offset of its row 0: a whole number of panels in a swizzled tile)
+    stage_accum_in_smem<Elem, KVTile>(sV + KVTile::offset(0, d_col0), warp_key0, acc_dv, lane);
+    stage_accum_in_smem<Elem, KVTile>(sK + KVTile::offset(0, d_col0), warp_key0, acc_dk, scales, lane);
     __syncthreads();
     store_tile<KVTile, THREADS>(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, Block::slot(), seq.k0 + n0), sV,
                                 p.dv_str.seq, seqlen_k - n0, head_dim);

@@ -65,6 +65,7 @@ __device__ __forceinline__ void load_a_frag_kmajor(u32 (&a)[4], u32 tile, int ro
         ldmatrix_x4_trans(a, tile + Tile::byte_offset(col0 + (lane & 7) + ((lane >> 4) & 1) * 8,
                                                       row0 + ((lane >> 3) & 1) * 8));
     } else {  // floats, k paired: a[0] (m, k), a[1] (m + 8, k), a[2] (m, k + 1), a[3] (m + 8, k + 1)
+        static_assert(!Tile::SWIZZLED, "offsets from (row, col)'s: a padded tile (dS^T)");
         const u32 at = tile + Tile::byte_offset(col0 + 2 * (lane % 4), row0 + lane / 4);
         a[0] = lds_u32(at);
         a[1] = lds_u32(at + Tile::byte_offset(0, 8));
@@ -87,11 +88,24 @@ __device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], u32 tile, int n0
         ldmatrix_x4_trans(b, tile + Tile::byte_offset(k0 + (lane & 7) + ((lane >> 3) & 1) * 8, n0 + (lane >> 4) * 8));
     } else {  // floats: b[0] (k, n), b[1] (k', n), b[2] (k, n + 8), b[3] (k', n + 8)
         constexpr int NEXT_K = PAIR_K ? 1 : 4;
-        const u32 at = tile + Tile::byte_offset(k0 + (PAIR_K ? 2 : 1) * (lane % 4), n0 + lane / 4);
-        b[0] = lds_u32(at);
-        b[1] = lds_u32(at + Tile::byte_offset(NEXT_K, 0));
-        b[2] = lds_u32(at + Tile::byte_offset(0, 8));
-        b[3] = lds_u32(at + Tile::byte_offset(NEXT_K, 8));
+        if constexpr (Tile::SWIZZLED) {
+            // k0 % 8 == 0 and n0 % 16 == 0: the lane's rows lie in one 8-row group and its columns in one panel, so
+            // the address is the group's (k0, n0: constants where the caller's are) plus a lane's offset within it,
+            // one of eight a thread, shared by every k step and every n pair of the same parity
+            const int r = (PAIR_K ? 2 : 1) * (lane % 4), c = n0 % Tile::PANEL_COLS + lane / 4;
+            const u32 at = tile + Tile::byte_offset(k0, n0 - n0 % Tile::PANEL_COLS);
+            b[0] = lds_u32(at + Tile::in_group(r, c));
+            b[1] = lds_u32(at + Tile::in_group(r + NEXT_K, c));
+            b[2] = lds_u32(at + Tile::in_group(r, c + 8));
+            b[3] = lds_u32(at + Tile::in_group(r + NEXT_K, c + 8));
+        } else {
+            const int k = k0 + (PAIR_K ? 2 : 1) * (lane % 4), n = n0 + lane / 4;
+            const u32 at = tile + Tile::byte_offset(k, n);
+            b[0] = lds_u32(at);
+            b[1] = lds_u32(at + Tile::byte_offset(NEXT_K, 0));
+            b[2] = lds_u32(at + Tile::byte_offset(0, 8));
+            b[3] = lds_u32(at + Tile::byte_offset(NEXT_K, 8));
+        }
     }
 }
 

@@ -32,6 +32,7 @@ struct SwizzledTile {
     static_assert((ELEM == 2 || ELEM == 4) && COLS % (128 / ELEM) == 0 && ROWS % 8 == 0,
                   "128-byte panels of 8-row groups");
     using Storage = T;
+    static constexpr bool SWIZZLED = true;
     static constexpr int ROW_COUNT = ROWS;
     static constexpr int CHUNK = 16 / ELEM;                 // elements per 16-byte chunk
     static constexpr int CHUNKS_PER_ROW = COLS / CHUNK;
@@ -44,6 +45,11 @@ struct SwizzledTile {
                                 (col % CHUNK) * ELEM);
     }
     static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / ELEM; }
+    // byte_offset(row0 + r, col0 + c) - byte_offset(row0, col0) for row0 % 8 == 0, col0 % PANEL_COLS == 0, r < 8,
+    // c < PANEL_COLS: the part of an address within an 8-row group of a panel
+    static __device__ __forceinline__ u32 in_group(int r, int c) {
+        return static_cast<u32>(r * 128 + (((c / CHUNK) ^ r) * 16) + (c % CHUNK) * ELEM);
+    }
 };
 
 // Zeroes rows [first_row, ROW_COUNT) of a SwizzledTile, every column: in each panel those rows are one run of
@@ -70,6 +76,12 @@ __device__ __forceinline__ u64 kmajor_desc(u32 addr) {
 // k-rows 1024 bytes apart.
 __device__ __forceinline__ u64 nmajor_desc(u32 addr, u32 panel_bytes) {
     return desc_field(addr) | (desc_field(panel_bytes) << 16) | (desc_field(1024) << 32) | SWIZZLE_128B;
+}
+
+// The descriptor of an address `bytes` past desc's: a 32-bit add to the low word (the address field, which cannot
+// carry into the leading offset above it while shared addresses stay below 256 KB), the high word kept.
+__device__ __forceinline__ u64 desc_plus(u64 desc, u32 bytes) {
+    return (desc & ~0xFFFFFFFFull) | static_cast<u32>(static_cast<u32>(desc) + (bytes >> 4));
 }
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -119,18 +131,27 @@ struct WarpgroupMma {
 
     // s = A B^T over k < K: A = this warpgroup's 64 rows of sA (the warp's first row is row0), B = every row of sB,
     // both stored k-major (S = Q K^T). A k step is 32 bytes of a row (16 16-bit elements or 8 floats).
-    template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
+    // STEP_DESC: each k step's descriptors as the first's plus the step's offset (the address field is the low 14
+    // bits, and no tile crosses 256 KB), rather than built whole at every step (which costs ~12 instructions a step:
+    // the dK/dV kernel's 32-query products issue 16 steps a product). The forward builds them whole (its SASS as
+    // measured).
+    template <typename Elem, int K, typename ATile, typename BTile, bool STEP_DESC = false, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void issue_qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB) {
         static_assert(M_TILES == 1 && K % ATile::PANEL_COLS == 0, "a warp owns 16 rows; whole 128-byte panels");
         constexpr int K_STEP = Mma<Elem>::K_STEP, PANEL = ATile::PANEL_COLS;
         const u32 a_rows = sA + (row0 / 64 * 64) * 128;
+        const u64 a_desc = kmajor_desc(a_rows), b_desc = kmajor_desc(sB);
         fence_fragment(s[0]);
         wgmma_fence();
         #pragma unroll
         for (int k0 = 0; k0 < K; k0 += K_STEP) {
             const u32 col = (k0 % PANEL) * ATile::ELEM;  // byte offset of k0 within its panel
-            WgmmaFor<Elem, N_TILES * 8>::Op::ss(s[0], kmajor_desc(a_rows + k0 / PANEL * ATile::PANEL_BYTES + col),
-                                                kmajor_desc(sB + k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
+            if constexpr (STEP_DESC)
+                WgmmaFor<Elem, N_TILES * 8>::Op::ss(s[0], desc_plus(a_desc, k0 / PANEL * ATile::PANEL_BYTES + col),
+                                                    desc_plus(b_desc, k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
+            else
+                WgmmaFor<Elem, N_TILES * 8>::Op::ss(s[0], kmajor_desc(a_rows + k0 / PANEL * ATile::PANEL_BYTES + col),
+                                                    kmajor_desc(sB + k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
         }
         wgmma_commit();
     }

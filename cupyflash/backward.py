@@ -13,7 +13,7 @@ from ._device import device_limits
 from ._launch import Launch, PlanCache, Staging, current_stream_ptr, empty, static_params
 from ._validate import (as_cuda_array, check_backward_inputs, check_dropout, check_grad_output, describe,
                         needs_aligned_copy, spec_of)
-from .configs import check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
+from .configs import FAMILIES_BY_NAME, check_config, family_for, kernel_head_dim, select_config, use_atomic_dq
 from .forward import _call_key, _on_device, flash_attn_func
 
 _PLANS = PlanCache()
@@ -82,13 +82,14 @@ class BackwardPlan:
         self.kv_splits = kv_splits
         self.partial_floats = 2 * kv_splits * p.batch * p.seqlen_k * p.nheads_k * pd if kv_splits > 1 else 0
         self.params.set(kv_splits=kv_splits, heads_per_split=p.heads_per_kv // kv_splits)
-        family = family_for(device_limits(p.device), p.variant)
+        family = family_for(device_limits(p.device), p.variant)  # the helpers' (every kind's)
         kd = kernel_head_dim(p.head_dim)
 
         def launch(kind, grid, cfg=None, atomic=False):
-            fn = _kernels.get_function(family, kind, cfg, kd, p.variant, p.device, atomic)
+            fam = family if cfg is None else FAMILIES_BY_NAME[cfg.family]  # a tile's own (wgmma_tf32's dK/dV)
+            fn = _kernels.get_function(fam, kind, cfg, kd, p.variant, p.device, atomic)
             threads = 128 if cfg is None else cfg.warps * 32
-            smem = 0 if cfg is None else family.smem_bytes(kind, cfg, kd, p.variant)
+            smem = 0 if cfg is None else fam.smem_bytes(kind, cfg, kd, p.variant)
             return Launch(fn, p.device, grid, threads, smem, self.params)
 
         if self.dbias is not None and self.dbias.summed:

@@ -149,6 +149,12 @@ def _wt(block_m, block_n, overlap=False):
     return replace(_w(block_m, block_n, producer=True, overlap=overlap, tma=True), family="wgmma_tf32")
 
 
+def _bt(block_m, block_n, warps, stages=2, d_split=2):
+    """A wgmma_tf32 dK/dV tile: block_n / 16 warps, each 16 key rows and every query of a step for S^T and dP^T,
+    then (warps / d_split) x d_split warps for dK, dV and dQ, as _t's."""
+    return replace(_t(block_m, block_n, warps, stages, d_split=d_split), family="wgmma_tf32")
+
+
 def _entry_config(entry) -> TileConfig:
     return entry.config if isinstance(entry, When) else entry
 
@@ -391,6 +397,9 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # fit an A100. At 96 the dQ product cannot split 96 columns over 8 warps in n16 pairs.
     ("mma_tf32", 128): (When(_t(16, 128, 8), avoid=("tf32",) + _TF32_BWD_WIDE_AVOID),)
     + _TF32_BWD_MID,
+    # "tf32" with S^T and dP^T on wgmma (families.py WgmmaTf32Family): a warp owns 16 key rows and every query of a
+    # step for those (one warpgroup, 64 keys); dK, dV and dQ as mma_tf32's lead 32x64/w4/d2.
+    **{("wgmma_tf32", kd): (_bt(32, 64, 4),) for kd in (64, 128)},
     **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},
     # At 256 every tile spills with softcap, ALiBi, a float32 bias with its gradient and a mask at once (48 bytes,
     # compile check: dK and dV alone take 128 registers a thread); that combination has no kernel (NoConfigFits).
@@ -452,6 +461,7 @@ BWD_DQ_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
 BWD_ATOMIC_DQ: dict[tuple[str, int], bool] = {
     **{("mma_sm80", kd): kd != 192 for kd in KERNEL_HEAD_DIMS},
     **{("mma_tf32", kd): True for kd in KERNEL_HEAD_DIMS},  # float32: ATOMIC_DQ_MIN_PAIRS
+    **{("wgmma_tf32", kd): True for kd in (64, 128)},
 }
 
 #: Split-KV (cuda_src/split_kv.cuh): a forward whose grid leaves at least half the GPU's block slots idle spreads
@@ -481,7 +491,7 @@ def forward_splits(limits: DeviceLimits, blocks: int, key_tiles: int, blocks_per
 #: recomputed products (S and dP: three of its seven) cost more against the atomics' traffic: atomic faster at every
 #: size measured, from 1024 x 1024 causal (H100, head dims 64 and 128, seqlen 1k-2k, causal and not: "tf32" 1.04-1.15x,
 #: "highest" 1.13-1.47x; docs/measurements/2026-11-29-fp32-atomic-dq-probe.py); smaller sizes not measured.
-ATOMIC_DQ_MIN_PAIRS = {"mma_sm80": 2048 * 2048, "mma_tf32": 1024 * 1024 // 2}
+ATOMIC_DQ_MIN_PAIRS = {"mma_sm80": 2048 * 2048, "mma_tf32": 1024 * 1024 // 2, "wgmma_tf32": 1024 * 1024 // 2}
 
 
 def use_atomic_dq(limits: DeviceLimits, head_dim: int, seqlen_q: int, seqlen_k: int, causal: bool,

@@ -134,9 +134,10 @@ class Mma80Family:
             # K's and V's full and empty mbarriers, and a persistent block's Q's two
             barriers = (32 * stages + 16 * config.persistent) if config.producer_warps else 0
             return self.tile_align + tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias + barriers
-        if kind == "bwd":  # K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
-            return (2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
-                    + stages * 2 * m * 4 + bias)
+        if kind == "bwd":  # alignment, K, V, P^T, dS^T (padded: mma.sync reads them), STAGES Q and dO tiles,
+            # STAGES x (lse2, delta) rows of floats
+            return (self.tile_align + 2 * tile(n, kernel_hdim) + 2 * _padded_tile_bytes(n, m, self.itemsize)
+                    + 2 * stages * tile(m, kernel_hdim) + stages * 2 * m * 4 + bias)
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
             return 2 * tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
         raise ValueError(f"unknown kernel kind {kind!r}")
@@ -169,7 +170,7 @@ class Mma80Family:
                     f"{self.core}, {loads}, {smem}>")
         if kind == "bwd":
             return (f"cf::flash_bwd_dkdv_kernel<{elem}, {tiles}, {policies}, {rows}, {_cpp_bool(atomic_dq)}, "
-                    f"{config.d_split}, {smem}>")
+                    f"{config.d_split}, {self.core}, {smem}>")
         if kind == "bwd_dq":
             return f"cf::flash_bwd_dq_kernel<{elem}, {tiles}, {policies}, {rows}, {smem}>"
         raise ValueError(f"unknown kernel kind {kind!r}")
@@ -204,15 +205,19 @@ class WgmmaTf32Family(Wgmma90Family):
     tiles (32-column panels). TF32 wgmma reads no N-major operand, so V is staged transposed (V^T, its keys in P's
     register order) and rounded to TF32 before the kernel (the tensor cores truncate; cupyflash/_launch.py
     Tf32Staging); Q and K are rounded by their bulk copies (TFLOAT32 maps), staged rounded only where they must be
-    copied anyway. Dense rows, plain and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
+    copied anyway. The backward's dK/dV kernel computes S^T = K Q^T and dP^T = V dO^T by wgmma (both operands K-major
+    as they come) and its other products on mma.sync; the dQ kernel and the helpers are mma_tf32's. Dense rows,
+    plain and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
 
     name: str = "wgmma_tf32"
     dtypes: tuple = ("float32",)
     itemsize: int = 4
-    summary: str = "FlashAttention forward on warpgroup tensor cores, float32 as TF32 (wgmma k8, sm_90a; one pass)"
-    kinds: tuple = ("fwd",) + TF32_STAGING_KINDS
+    summary: str = ("FlashAttention forward and the backward's S^T and dP^T on warpgroup tensor cores, float32 as "
+                    "TF32 (wgmma k8, sm_90a; one pass)")
+    kinds: tuple = ("fwd", "bwd") + TF32_STAGING_KINDS
     kernel_head_dims: tuple | None = (64, 128)
-    sources = {"fwd": "flash_fwd.cu", "round_tf32": "staging.cu", "transpose_values": "staging.cu"}
+    sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "round_tf32": "staging.cu",
+               "transpose_values": "staging.cu"}
 
     def supports(self, compute_capability, variant, kind=None, kernel_hdim=None):
         return (super().supports(compute_capability, variant, kind, kernel_hdim) and variant.precision == "tf32"

@@ -617,7 +617,8 @@ def test_float32_takes_its_own_family_and_tiles():
             for precision in ("highest", "tf32"):
                 variant = Variant("float32", precision=precision)
                 config = configs.select_config(kind, H100, kd, variant=variant)
-                wgmma = kind == "fwd" and precision == "tf32" and kd in (64, 128)  # TF32 wgmma's forward
+                # TF32 wgmma's forward and dK/dV kernel (the dQ kernel is mma_tf32's)
+                wgmma = kind in ("fwd", "bwd") and precision == "tf32" and kd in (64, 128)
                 assert config.family == ("wgmma_tf32" if wgmma else "mma_tf32"), (kind, kd, precision, config)
                 assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
     # measured picks (docs/performance.md): the single-pass backward runs 32x64 at head dims 64 and 128; "highest"

@@ -292,3 +292,24 @@ def test_tf32_wgmma_forward(head_dim, seqlen_q, seqlen_k, causal):
     forward(head_dim + seqlen_k, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "tf32", causal)
     forward(head_dim + seqlen_q, 1, seqlen_q, seqlen_k, 4, 4, head_dim, "tf32", causal, softcap=20.0,
             alibi_slopes=alibi("heads", 1, 4))
+
+
+@pytest.mark.parametrize("head_dim", [40, 64, 100, 128])
+@pytest.mark.parametrize("seqlen_q, seqlen_k", [(97, 1), (130, 97), (257, 300)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_tf32_wgmma_backward(head_dim, seqlen_q, seqlen_k, causal):
+    # precision "tf32" at head dims up to 128 on Hopper: the dK/dV kernel's S^T and dP^T by TF32 wgmma on swizzled
+    # tiles, its other products on mma.sync reading those tiles (families.py WgmmaTf32Family); query and key counts
+    # that cut its tiles, padded head dims, GQA, both dQ paths, a window, softcap and ALiBi
+    from cupyflash._device import device_limits
+    from cupyflash.configs import select_config
+    from cupyflash.families import FAMILIES, WGMMA_TF32
+    from cupyflash.problem import Variant
+
+    if device_limits(0).compute_capability == 90 and WGMMA_TF32 in FAMILIES:
+        picked = select_config("bwd", device_limits(0), head_dim, variant=Variant("float32", precision="tf32"))
+        assert picked.family == "wgmma_tf32", picked
+    for mode_dq in ("atomic", "deterministic"):
+        backward(head_dim + seqlen_k, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "tf32", causal, mode_dq=mode_dq)
+    backward(head_dim + seqlen_q, 1, seqlen_q, seqlen_k, 4, 4, head_dim, "tf32", causal, mode_dq="atomic",
+             window_size=(40, 0 if causal else 7), softcap=20.0, alibi_slopes=alibi("heads", 1, 4))

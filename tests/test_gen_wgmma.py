@@ -2,7 +2,7 @@
 import re
 
 from cupyflash import _gen_wgmma
-from cupyflash.configs import FWD_TABLE, _entry_config
+from cupyflash.configs import BWD_TABLE, FWD_TABLE, _entry_config
 
 
 def test_the_generated_header_is_current():
@@ -17,6 +17,17 @@ def test_every_width_the_tiles_use_is_generated():
     assert widths <= set(_gen_wgmma.WIDTHS), sorted(widths - set(_gen_wgmma.WIDTHS))
 
 
+def test_every_tf32_width_the_tiles_use_is_generated():
+    widths = set()
+    for (family, kd), entries in FWD_TABLE.items():
+        if family == "wgmma_tf32":
+            widths |= {kd} | {_entry_config(e).block_n for e in entries}
+    for (family, kd), entries in BWD_TABLE.items():
+        if family == "wgmma_tf32":  # S^T = K Q^T and dP^T = V dO^T: block_m queries wide
+            widths |= {_entry_config(e).block_m for e in entries}
+    assert widths and widths <= set(_gen_wgmma.TF32_WIDTHS), sorted(widths - set(_gen_wgmma.TF32_WIDTHS))
+
+
 def test_each_instruction_names_all_its_accumulators_once():
     text = _gen_wgmma.header()
     for n in _gen_wgmma.WIDTHS:
@@ -29,7 +40,7 @@ def test_each_instruction_names_all_its_accumulators_once():
 
 def test_each_tf32_instruction_names_all_its_accumulators_once():
     text = _gen_wgmma.header()
-    for n in _gen_wgmma.WIDTHS:
+    for n in _gen_wgmma.TF32_WIDTHS:
         ops = re.findall(rf'"wgmma\.mma_async\.sync\.aligned\.m64n{n}k8\.f32\.tf32\.tf32 "\s*"\{{([^}}]*)\}}', text)
         assert len(ops) == 2, n  # ss and rs
         for regs in ops:
@@ -69,6 +80,6 @@ def test_the_tf32_instructions_compile_for_sm_90a():
     from cupyflash import _nvrtc
     from cupyflash._kernels import load_source
 
-    names = [f"cf::tf32_products<{n}>" for n in (64, 128)]
+    names = [f"cf::tf32_products<{n}>" for n in (32, 64, 128)]
     report = _nvrtc.compile_report(load_source("wgmma.cuh") + _TF32_KERNEL, names, "sm_90a")
     assert all(r.spill_stores == 0 and r.spill_loads == 0 for r in report.values()), report

@@ -332,8 +332,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             Bias::template apply<true, BLOCK_M, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES,
                                                                 s_key0, s_query0, lane, p, entry);
         if constexpr (Core::WARPGROUPS) {  // both products in flight at once
-            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(s, sK_addr, s_key0, sQ_t);
-            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(dp, sV_addr, s_key0, sdO_t);
+            // (one warpgroup: its first row is the constant 0, which keeps the descriptors on the uniform datapath)
+            const int group_row0 = WARPS == 4 ? 0 : s_key0;
+            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(s, sK_addr, group_row0, sQ_t);
+            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(dp, sV_addr, group_row0, sdO_t);
             Core::template wait<0>();
             fence_fragment(s[0]);
             fence_fragment(dp[0]);

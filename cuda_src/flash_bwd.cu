@@ -139,15 +139,75 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
     }
 }
 
+// A warpgroup's A operands of dV^T += dO^T P (or dK^T += Q^T dS): the step's dO (Q) tile read transposed, head-dim
+// rows 64 mb + 16 (warp % 4).. of the mb-th product, its queries k-paired (a[0] and a[2] hold queries 2 (lane % 4)
+// and the next: the order PairedSwizzledTile stores P^T's and dS^T's columns in).
+template <typename QTile, int BLOCK_M, int MB>
+__device__ __forceinline__ void load_transposed_a(u32 (&a)[MB][1][BLOCK_M / 8][4], u32 tile, int warp, int lane) {
+    #pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+        #pragma unroll
+        for (int kk = 0; kk < BLOCK_M / 8; ++kk) {
+            u32 b[4];  // (k, n), (k + 1, n), (k, n + 8), (k + 1, n + 8): n the head-dim row, k the query
+            load_b_pair_kmajor<QTile, true>(b, tile, 64 * mb + 16 * (warp % 4), 8 * kk, lane);
+            a[mb][0][kk][0] = b[0], a[mb][0][kk][1] = b[2], a[mb][0][kk][2] = b[1], a[mb][0][kk][3] = b[3];
+        }
+}
+
+// The end of a dK/dV block on warpgroups: dK = scale dK^T^T and dV (or, with kv_splits > 1, the split's fp32
+// partials), from the transposed accumulators (element e of n-tile nt of product mb: head-dim row
+// 64 mb + 16 (warp % 4) + lane / 4 + 8 (e / 2), key column 64 (warp / 4) + 8 nt + 2 (lane % 4) + e % 2), staged
+// through the K and V tiles for 16-byte stores.
+template <typename Elem, typename KVTile, int THREADS, int MB, int NT>
+__device__ __forceinline__ void store_transposed_grads(const AttnParams& p, const float (&acc_dk)[MB][1][NT][4],
+                                                       const float (&acc_dv)[MB][1][NT][4],
+                                                       typename KVTile::Storage* sK, typename KVTile::Storage* sV,
+                                                       int batch, int slot, int n0, const Seq& seq, int warp,
+                                                       int lane) {
+    const int keys = seq.seqlen_k - n0, head_dim = p.head_dim;
+    float* dk_part = nullptr;  // with kv_splits > 1: this split's share of the group, unrounded, for
+    float* dv_part = nullptr;  // flash_bwd_reduce_dkdv_kernel
+    const i64 row_stride = static_cast<i64>(p.nheads_k) * p.kv_splits * head_dim;
+    if (p.kv_splits > 1) {
+        dk_part = p.dkv_partial + dkv_partial_offset(p, batch, slot, n0);
+        dv_part = dk_part + dkv_partial_size(p);
+    } else {
+        __syncthreads();  // every warp is done with K and V
+    }
+    #pragma unroll
+    for (int mb = 0; mb < MB; ++mb)
+        #pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = 64 * (warp / 4) + 8 * nt + 2 * (lane % 4) + e % 2;
+                const int col = 64 * mb + 16 * (warp % 4) + lane / 4 + 8 * (e / 2);
+                const float dk = acc_dk[mb][0][nt][e] * p.softmax_scale, dv = acc_dv[mb][0][nt][e];
+                if (dk_part == nullptr) {
+                    sK[KVTile::offset(key, col)] = dk;
+                    sV[KVTile::offset(key, col)] = dv;
+                } else if (key < keys && col < head_dim) {
+                    dk_part[key * row_stride + col] = dk;
+                    dv_part[key * row_stride + col] = dv;
+                }
+            }
+    if (dk_part != nullptr) return;
+    __syncthreads();
+    store_tile<KVTile, THREADS>(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, slot, seq.k0 + n0), sV, p.dv_str.seq,
+                                keys, head_dim);
+    store_tile<KVTile, THREADS>(elems<Elem>(p.dk) + row_offset(p.dk_str, batch, slot, seq.k0 + n0), sK, p.dk_str.seq,
+                                keys, head_dim);
+}
+
 // Dynamic shared memory of the dK/dV kernel: room to align the tiles as the core needs, K, V, P^T, dS^T (BLOCK_N x
-// BLOCK_M, padded rows whichever the core: mma.sync products read them), then STAGES Q tiles, STAGES dO tiles,
-// STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's
-// smem_bytes("bwd") computes the same number.
+// BLOCK_M), then STAGES Q tiles, STAGES dO tiles, STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias
+// tiles (none without a bias). Python's smem_bytes("bwd") computes the same number.
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
     return Core::SMEM_ALIGN + 2 * Core::template Tile<BLOCK_N, HEAD_DIM, S>::BYTES +
-           2 * SmemTile<BLOCK_N, BLOCK_M, S>::BYTES + 2 * STAGES * Core::template Tile<BLOCK_M, HEAD_DIM, S>::BYTES +
+           2 * Core::template Tile<BLOCK_N, BLOCK_M, S>::BYTES +
+           2 * STAGES * Core::template Tile<BLOCK_M, HEAD_DIM, S>::BYTES +
            STAGES * 2 * BLOCK_M * 4 + STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
@@ -156,10 +216,12 @@ __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
 // the j-th 1/D_SPLIT of the head dim. P^T and dS^T pass between the two layouts through shared memory. Owning 32
 // key rows rather than 16 halves how often each Q and dO fragment is read from shared memory per product, which
 // is what bounds this kernel (ldmatrix bandwidth, not tensor cores).
-// Core: the core of S^T = K Q^T and dP^T = V dO^T: WarpMma, or WarpgroupMma, whose warp w owns key rows 16w..16w+15
-// and every query of the step for these two products and the elementwise work on them (the "S layout"); dK, dV and
-// dQ keep the warp grid above on mma.sync (P^T and dS^T reach them through shared memory either way), reading K, V,
-// Q and dO from the core's swizzled tiles.
+// Core: WarpMma, or WarpgroupMma (float32 as TF32 on sm_90a): S^T = K Q^T and dP^T = V dO^T by warpgroups, warp w
+// owning key rows 16w..16w+15 and every query of the step for them and for the elementwise work (the "S layout"),
+// and dV^T += dO^T P, dK^T += Q^T dS by warpgroups too, transposed: a warpgroup's rows are the head dim (64 a
+// product) and its columns its 64 keys, dO^T and Q^T register operands read from the swizzled dO and Q tiles, P^T
+// and dS^T k-major B operands in shared memory (their queries in the paired order: PairedSwizzledTile). dQ stays on
+// mma.sync, reading dS^T and K from those tiles.
 template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N = 128, int WARPS = 8,
           int STAGES = 2, int MIN_BLOCKS = 1, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, bool ATOMIC_DQ = true,
@@ -185,16 +247,19 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                   "Python's smem formula");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     // (a bias is added into S^T before its product, which a wgmma's first k step would overwrite)
-    static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * WARPS && !Bias::ON && WARP_D % 32 == 0),
-                  "warpgroup products: a warp owns 16 key rows and every query of a step, without a bias; dK and dV "
-                  "columns in whole panels");
+    static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * WARPS && !Bias::ON && HEAD_DIM % 64 == 0 &&
+                                        BLOCK_M % 32 == 0 && Drop::ON == false),
+                  "warpgroup products: a warp owns 16 key rows and every query of a step, 64 head-dim rows of dK^T "
+                  "and dV^T a product; without a bias or dropout");
     // The S layout: S^T, dP^T, P^T and dS^T of S_KEY_TILES m16 tiles of keys x S_QUERIES queries a warp.
     constexpr int S_KEY_TILES = Core::WARPGROUPS ? 1 : KEY_TILES;
     constexpr int S_QUERIES = Core::WARPGROUPS ? BLOCK_M : WARP_QUERIES;
     using S = typename Mma<Elem>::Storage;
     using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
     using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
-    using PTile = SmemTile<BLOCK_N, BLOCK_M, S>;  // P^T and dS^T: key rows x query columns
+    // P^T and dS^T: key rows x query columns
+    using PTile = typename Pick<Core::WARPGROUPS, PairedSwizzledTile<BLOCK_N, BLOCK_M, S>,
+                                SmemTile<BLOCK_N, BLOCK_M, S>>::type;
 
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + 2 * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
@@ -209,7 +274,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     S* sK = reinterpret_cast<S*>(smem);
     S* sV = sK + KVTile::BYTES / sizeof(S);
     S* sP = reinterpret_cast<S*>(smem + P_OFF);
-    S* sdS = sP + PTile::ELEMS;
+    S* sdS = sP + PTile::BYTES / sizeof(S);
     const u32 sK_addr = smem_addr(smem), sV_addr = sK_addr + KVTile::BYTES;
     const u32 sP_addr = sK_addr + P_OFF, sdS_addr = sP_addr + PTile::BYTES;
     const u32 sQ_addr = sK_addr + Q_OFF, sdO_addr = sK_addr + DO_OFF, sRow_addr = sK_addr + ROW_OFF;
@@ -300,8 +365,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         round_tile_to_tf32<KVTile, THREADS>(sV);
     }
 
-    float acc_dv[KEY_TILES][WARP_D / 8][4] = {};
-    float acc_dk[KEY_TILES][WARP_D / 8][4] = {};
+    // dV and dK: a warp's KEY_TILES x WARP_D share, or on warpgroups dV^T and dK^T, HEAD_DIM / 64 products of 64
+    // head-dim rows x the warpgroup's 64 keys
+    // (both types are formed: the warpgroups' stays non-empty below head dim 64, where it is never picked)
+    constexpr int PRODUCTS = HEAD_DIM / 64 > 0 ? HEAD_DIM / 64 : 1;
+    using Grads = typename Pick<Core::WARPGROUPS, float[PRODUCTS][1][BLOCK_N / WARPS * 4 / 8][4],
+                                float[KEY_TILES][WARP_D / 8][4]>::type;
+    Grads acc_dv = {}, acc_dk = {};
     typename Bias::template Grad<S_KEY_TILES, S_QUERIES / 8> dbias;  // nothing unless the bias's gradient is on
 
     for (int t = 0; t < n_steps; ++t) {
@@ -389,25 +459,40 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         }
         stage_operands_in_smem<Elem, PTile>(sP + s_query0, s_key0, s, lane);
         stage_operands_in_smem<Elem, PTile>(sdS + s_query0, s_key0, dp, lane);
+        Core::tiles_landed();  // (wgmma reads P^T and dS^T through the async proxy)
         __syncthreads();  // P^T and dS^T complete
 
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
-        using DkDv = float[KEY_TILES][WARP_D / 8][4];
-        constexpr int MAX_FLOATS = 48;  // a second accumulator beside dK and dV (warp_gemm.cuh accumulate)
-        // dO's and Q's columns from d_col0: swizzled tiles move to its panel, so that the loads' columns within a
-        // panel are constants (warp_gemm.cuh load_b_pair_kmajor)
-        const u32 cols_at = Core::WARPGROUPS ? QTile::byte_offset(0, d_col0) : 0;
-        const int cols0 = Core::WARPGROUPS ? 0 : d_col0;
-        accumulate<Elem, MAX_FLOATS>(acc_dv, [&](DkDv& c) {
-            gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
-                                                                                           sdO_t + cols_at, cols0,
-                                                                                           lane);
-        });
-        accumulate<Elem, MAX_FLOATS>(acc_dk, [&](DkDv& c) {
-            gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sdS_addr, warp_key0,
-                                                                                           sQ_t + cols_at, cols0,
-                                                                                           lane);
-        });
+        if constexpr (Core::WARPGROUPS) {  // dV^T += dO^T P, dK^T += Q^T dS: both in flight, then waited for
+            const u32 group_keys = warp / 4 * 64 * 128;  // the warpgroup's 64 key rows of P^T and dS^T
+            u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
+            load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, warp, lane);
+            load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);
+            #pragma unroll
+            for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
+                Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dv[mb], a_do[mb], sP_addr + group_keys);
+            #pragma unroll
+            for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
+                Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dk[mb], a_q[mb], sdS_addr + group_keys);
+            Core::template wait<0>();
+            #pragma unroll
+            for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
+                fence_fragment(acc_dv[mb][0]), fence_fragment(acc_dk[mb][0]);
+                fence_fragment(a_do[mb]), fence_fragment(a_q[mb]);
+            }
+        } else {
+            using DkDv = float[KEY_TILES][WARP_D / 8][4];
+            constexpr int MAX_FLOATS = 48;  // a second accumulator beside dK and dV (warp_gemm.cuh accumulate)
+            accumulate<Elem, MAX_FLOATS>(acc_dv, [&](DkDv& c) {
+                gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
+                                                                                               sdO_t, d_col0, lane);
+            });
+            accumulate<Elem, MAX_FLOATS>(acc_dk, [&](DkDv& c) {
+                gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sdS_addr,
+                                                                                               warp_key0, sQ_t,
+                                                                                               d_col0, lane);
+            });
+        }
         // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array
         if constexpr (ATOMIC_DQ)
             accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
@@ -422,35 +507,40 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     }
 
     cp_async_wait<0>();
-    if (p.kv_splits > 1) {  // this split's share of the group, unrounded, for flash_bwd_reduce_dkdv_kernel
-        float* dk_part = p.dkv_partial + dkv_partial_offset(p, batch, Block::slot(), n0);
-        float* dv_part = dk_part + dkv_partial_size(p);
-        const i64 row_stride = static_cast<i64>(p.nheads_k) * p.kv_splits * head_dim;
-        #pragma unroll
-        for (int kt = 0; kt < KEY_TILES; ++kt)
+    if constexpr (Core::WARPGROUPS) {
+        store_transposed_grads<Elem, KVTile, THREADS>(p, acc_dk, acc_dv, sK, sV, batch, Block::slot(), n0, seq,
+                                                      warp, lane);
+    } else {
+        if (p.kv_splits > 1) {  // this split's share of the group, unrounded, for flash_bwd_reduce_dkdv_kernel
+            float* dk_part = p.dkv_partial + dkv_partial_offset(p, batch, Block::slot(), n0);
+            float* dv_part = dk_part + dkv_partial_size(p);
+            const i64 row_stride = static_cast<i64>(p.nheads_k) * p.kv_splits * head_dim;
             #pragma unroll
-            for (int nt = 0; nt < WARP_D / 8; ++nt) {
-                const int row0 = warp_key0 + 16 * kt, col0 = d_col0 + 8 * nt;
-                store_fragment(dk_part, row_stride, acc_dk[kt][nt], row0, col0, seqlen_k - n0, head_dim,
-                               p.softmax_scale, lane);
-                store_fragment(dv_part, row_stride, acc_dv[kt][nt], row0, col0, seqlen_k - n0, head_dim, 1.f, lane);
-            }
-        return;
+            for (int kt = 0; kt < KEY_TILES; ++kt)
+                #pragma unroll
+                for (int nt = 0; nt < WARP_D / 8; ++nt) {
+                    const int row0 = warp_key0 + 16 * kt, col0 = d_col0 + 8 * nt;
+                    store_fragment(dk_part, row_stride, acc_dk[kt][nt], row0, col0, seqlen_k - n0, head_dim,
+                                   p.softmax_scale, lane);
+                    store_fragment(dv_part, row_stride, acc_dv[kt][nt], row0, col0, seqlen_k - n0, head_dim, 1.f,
+                                   lane);
+                }
+            return;
+        }
+        // dK = scale * acc_dk, dV = acc_dv, staged through the K and V tiles for 16-byte stores. Unsplit: the slot is
+        // the K/V head.
+        __syncthreads();
+        float scales[KEY_TILES][2];
+        #pragma unroll
+        for (int kt = 0; kt < KEY_TILES; ++kt) scales[kt][0] = scales[kt][1] = p.softmax_scale;
+        stage_accum_in_smem<Elem, KVTile>(sV + d_col0, warp_key0, acc_dv, lane);
+        stage_accum_in_smem<Elem, KVTile>(sK + d_col0, warp_key0, acc_dk, scales, lane);
+        __syncthreads();
+        store_tile<KVTile, THREADS>(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, Block::slot(), seq.k0 + n0), sV,
+                                    p.dv_str.seq, seqlen_k - n0, head_dim);
+        store_tile<KVTile, THREADS>(elems<Elem>(p.dk) + row_offset(p.dk_str, batch, Block::slot(), seq.k0 + n0), sK,
+                                    p.dk_str.seq, seqlen_k - n0, head_dim);
     }
-    // dK = scale * acc_dk, dV = acc_dv, staged through the K and V tiles for 16-byte stores. Unsplit: the slot is the
-    // K/V head.
-    __syncthreads();
-    float scales[KEY_TILES][2];
-    #pragma unroll
-    for (int kt = 0; kt < KEY_TILES; ++kt) scales[kt][0] = scales[kt][1] = p.softmax_scale;
-    // (column d_col0 as an offset of its row 0: a whole number of panels in a swizzled tile)
-    stage_accum_in_smem<Elem, KVTile>(sV + KVTile::offset(0, d_col0), warp_key0, acc_dv, lane);
-    stage_accum_in_smem<Elem, KVTile>(sK + KVTile::offset(0, d_col0), warp_key0, acc_dk, scales, lane);
-    __syncthreads();
-    store_tile<KVTile, THREADS>(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, Block::slot(), seq.k0 + n0), sV,
-                                p.dv_str.seq, seqlen_k - n0, head_dim);
-    store_tile<KVTile, THREADS>(elems<Elem>(p.dk) + row_offset(p.dk_str, batch, Block::slot(), seq.k0 + n0), sK,
-                                p.dk_str.seq, seqlen_k - n0, head_dim);
 }
 
 // Dynamic shared memory of the dQ kernel: Q and dO tiles plus STAGES K and V tiles and STAGES bias tiles.

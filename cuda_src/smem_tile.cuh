@@ -13,6 +13,7 @@ struct SmemTile {
     static_assert(HEAD_DIM % 16 == 0, "head dim tile must be a multiple of 16");
     using Storage = T;
     static constexpr bool SWIZZLED = false;                // offsets linear in row and column
+    static constexpr bool PAIRED = false;                  // columns stored in order (wgmma.cuh PairedSwizzledTile)
     static constexpr int ROW_COUNT = ROWS;
     static constexpr int CHUNK = 16 / sizeof(T);           // elements per 16-byte chunk
     static constexpr int STRIDE = HEAD_DIM + CHUNK;        // elements per padded row

@@ -65,12 +65,19 @@ __device__ __forceinline__ void load_a_frag_kmajor(u32 (&a)[4], u32 tile, int ro
         ldmatrix_x4_trans(a, tile + Tile::byte_offset(col0 + (lane & 7) + ((lane >> 4) & 1) * 8,
                                                       row0 + ((lane >> 3) & 1) * 8));
     } else {  // floats, k paired: a[0] (m, k), a[1] (m + 8, k), a[2] (m, k + 1), a[3] (m + 8, k + 1)
-        static_assert(!Tile::SWIZZLED, "offsets from (row, col)'s: a padded tile (dS^T)");
-        const u32 at = tile + Tile::byte_offset(col0 + 2 * (lane % 4), row0 + lane / 4);
-        a[0] = lds_u32(at);
-        a[1] = lds_u32(at + Tile::byte_offset(0, 8));
-        a[2] = lds_u32(at + Tile::byte_offset(1, 0));
-        a[3] = lds_u32(at + Tile::byte_offset(1, 8));
+        if constexpr (Tile::SWIZZLED) {  // each address whole (row0 % 16 == 0: m and m + 8 in one panel)
+            const int k = col0 + 2 * (lane % 4), m = row0 + lane / 4;
+            a[0] = lds_u32(tile + Tile::byte_offset(k, m));
+            a[1] = lds_u32(tile + Tile::byte_offset(k, m + 8));
+            a[2] = lds_u32(tile + Tile::byte_offset(k + 1, m));
+            a[3] = lds_u32(tile + Tile::byte_offset(k + 1, m + 8));
+        } else {
+            const u32 at = tile + Tile::byte_offset(col0 + 2 * (lane % 4), row0 + lane / 4);
+            a[0] = lds_u32(at);
+            a[1] = lds_u32(at + Tile::byte_offset(0, 8));
+            a[2] = lds_u32(at + Tile::byte_offset(1, 0));
+            a[3] = lds_u32(at + Tile::byte_offset(1, 8));
+        }
     }
 }
 
@@ -259,9 +266,16 @@ __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage*
             const int row = row0 + 16 * mt + lane / 4 + 8 * r;
             const float scale = row_scale(mt, r);
             #pragma unroll
-            for (int nt = 0; nt < N_TILES; ++nt)
-                Mma<Elem>::store_pair(tile + Tile::offset(row, 8 * nt + 2 * (lane % 4)),
-                                      value(acc[mt][nt][2 * r] * scale), value(acc[mt][nt][2 * r + 1] * scale));
+            for (int nt = 0; nt < N_TILES; ++nt) {
+                const int col = 8 * nt + 2 * (lane % 4);
+                if constexpr (Tile::PAIRED) {  // the two columns 4 apart
+                    tile[Tile::offset(row, col)] = value(acc[mt][nt][2 * r] * scale);
+                    tile[Tile::offset(row, col + 1)] = value(acc[mt][nt][2 * r + 1] * scale);
+                } else {
+                    Mma<Elem>::store_pair(tile + Tile::offset(row, col), value(acc[mt][nt][2 * r] * scale),
+                                          value(acc[mt][nt][2 * r + 1] * scale));
+                }
+            }
         }
 }
 

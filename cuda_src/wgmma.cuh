@@ -33,6 +33,7 @@ struct SwizzledTile {
                   "128-byte panels of 8-row groups");
     using Storage = T;
     static constexpr bool SWIZZLED = true;
+    static constexpr bool PAIRED = false;
     static constexpr int ROW_COUNT = ROWS;
     static constexpr int CHUNK = 16 / ELEM;                 // elements per 16-byte chunk
     static constexpr int CHUNKS_PER_ROW = COLS / CHUNK;
@@ -50,6 +51,23 @@ struct SwizzledTile {
     static __device__ __forceinline__ u32 in_group(int r, int c) {
         return static_cast<u32>(r * 128 + (((c / CHUNK) ^ r) * 16) + (c % CHUNK) * ELEM);
     }
+};
+
+// A SwizzledTile whose columns are stored, within each 8, in the order 0 2 4 6 1 3 5 7 (column 2i at i, 2i + 1 at
+// i + 4): the k order in which a float A operand is read in pairs (warp_gemm.cuh load_b_pair_kmajor, PAIR_K), so that
+// a TF32 wgmma of such an A with this tile as its k-major B sums matching k (the dK/dV kernel's P^T and dS^T).
+// Offsets take the column's own index.
+template <int ROWS, int COLS, typename T = float>
+struct PairedSwizzledTile : SwizzledTile<ROWS, COLS, T> {
+    using Base = SwizzledTile<ROWS, COLS, T>;
+    static constexpr bool PAIRED = true;
+    static __device__ __forceinline__ int stored_col(int col) {
+        return (col & ~7) | ((col & 1) << 2) | ((col & 7) >> 1);
+    }
+    static __device__ __forceinline__ u32 byte_offset(int row, int col) {
+        return Base::byte_offset(row, stored_col(col));
+    }
+    static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / Base::ELEM; }
 };
 
 // Zeroes rows [first_row, ROW_COUNT) of a SwizzledTile, every column: in each panel those rows are one run of

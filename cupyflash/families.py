@@ -134,10 +134,9 @@ class Mma80Family:
             # K's and V's full and empty mbarriers, and a persistent block's Q's two
             barriers = (32 * stages + 16 * config.persistent) if config.producer_warps else 0
             return self.tile_align + tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias + barriers
-        if kind == "bwd":  # alignment, K, V, P^T, dS^T (padded: mma.sync reads them), STAGES Q and dO tiles,
-            # STAGES x (lse2, delta) rows of floats
-            return (self.tile_align + 2 * tile(n, kernel_hdim) + 2 * _padded_tile_bytes(n, m, self.itemsize)
-                    + 2 * stages * tile(m, kernel_hdim) + stages * 2 * m * 4 + bias)
+        if kind == "bwd":  # alignment, K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
+            return (self.tile_align + 2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
+                    + stages * 2 * m * 4 + bias)
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
             return 2 * tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
         raise ValueError(f"unknown kernel kind {kind!r}")

@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     // (a bias is added into S^T before its product, which a wgmma's first k step would overwrite)
     static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * WARPS && !Bias::ON && HEAD_DIM % 64 == 0 &&
-                                        BLOCK_M % 32 == 0 && Drop::ON == false),
+                                        BLOCK_M % 32 == 0 && !Drop::ON),
                   "warpgroup products: a warp owns 16 key rows and every query of a step, 64 head-dim rows of dK^T "
                   "and dV^T a product; without a bias or dropout");
     // The S layout: S^T, dP^T, P^T and dS^T of S_KEY_TILES m16 tiles of keys x S_QUERIES queries a warp.
@@ -464,7 +464,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
         if constexpr (Core::WARPGROUPS) {  // dV^T += dO^T P, dK^T += Q^T dS: both in flight, then waited for
-            const u32 group_keys = warp / 4 * 64 * 128;  // the warpgroup's 64 key rows of P^T and dS^T
+            const u32 group_keys = PTile::byte_offset(warp / 4 * 64, 0);  // the warpgroup's 64 key rows of P^T, dS^T
             u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
             load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, warp, lane);
             load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);

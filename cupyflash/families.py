@@ -205,14 +205,15 @@ class WgmmaTf32Family(Wgmma90Family):
     register order) and rounded to TF32 before the kernel (the tensor cores truncate; cupyflash/_launch.py
     Tf32Staging); Q and K are rounded by their bulk copies (TFLOAT32 maps), staged rounded only where they must be
     copied anyway. The backward's dK/dV kernel computes S^T = K Q^T and dP^T = V dO^T by wgmma (both operands K-major
-    as they come) and its other products on mma.sync; the dQ kernel and the helpers are mma_tf32's. Dense rows,
+    as they come), and dV^T += dO^T P, dK^T += Q^T dS (dO^T and Q^T register operands read from shared memory, P^T
+    and dS^T K-major in it); dQ stays on mma.sync, and the dQ kernel and the helpers are mma_tf32's. Dense rows,
     plain and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
 
     name: str = "wgmma_tf32"
     dtypes: tuple = ("float32",)
     itemsize: int = 4
-    summary: str = ("FlashAttention forward and the backward's S^T and dP^T on warpgroup tensor cores, float32 as "
-                    "TF32 (wgmma k8, sm_90a; one pass)")
+    summary: str = ("FlashAttention forward and four of the backward's five products on warpgroup tensor cores, "
+                    "float32 as TF32 (wgmma k8, sm_90a; one pass)")
     kinds: tuple = ("fwd", "bwd") + TF32_STAGING_KINDS
     kernel_head_dims: tuple | None = (64, 128)
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "round_tf32": "staging.cu",

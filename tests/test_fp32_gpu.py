@@ -298,9 +298,9 @@ def test_tf32_wgmma_forward(head_dim, seqlen_q, seqlen_k, causal):
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(97, 1), (130, 97), (257, 300)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_tf32_wgmma_backward(head_dim, seqlen_q, seqlen_k, causal):
-    # precision "tf32" at head dims up to 128 on Hopper: the dK/dV kernel's S^T and dP^T by TF32 wgmma on swizzled
-    # tiles, its other products on mma.sync reading those tiles (families.py WgmmaTf32Family); query and key counts
-    # that cut its tiles, padded head dims, GQA, both dQ paths, a window, softcap and ALiBi
+    # precision "tf32" at head dims up to 128 on Hopper: the dK/dV kernel's S^T, dP^T, dV^T and dK^T by TF32 wgmma on
+    # swizzled tiles, dQ on mma.sync reading them (families.py WgmmaTf32Family); query and key counts that cut its
+    # tiles, padded head dims, GQA (with group splits: partial dK, dV), both dQ paths, a window, softcap and ALiBi
     from cupyflash._device import device_limits
     from cupyflash.configs import select_config
     from cupyflash.families import FAMILIES, WGMMA_TF32

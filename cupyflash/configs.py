@@ -397,9 +397,13 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # fit an A100. At 96 the dQ product cannot split 96 columns over 8 warps in n16 pairs.
     ("mma_tf32", 128): (When(_t(16, 128, 8), avoid=("tf32",) + _TF32_BWD_WIDE_AVOID),)
     + _TF32_BWD_MID,
-    # "tf32" with S^T and dP^T on wgmma (families.py WgmmaTf32Family): a warp owns 16 key rows and every query of a
-    # step for those (one warpgroup, 64 keys); dK, dV and dQ as mma_tf32's lead 32x64/w4/d2.
-    **{("wgmma_tf32", kd): (_bt(32, 64, 4),) for kd in (64, 128)},
+    # "tf32" on wgmma (families.py WgmmaTf32Family): a warp owns 16 key rows and every query of a step for S^T and
+    # dP^T, a warpgroup 64 keys of dK^T and dV^T. H100, backward TFLOP/s at 1k / 2k / 4k (twenty-third session,
+    # docs/measurements/2026-12-01-h100-s23-tf32-bwd-probe-*.md): at 64, 32x64/w4 106 / 120 / 125, 64x64/w4
+    # 102 / 119 / 127, 32x128/w8 102 / 116 / 121; at 128, 32x128/w8 (two warpgroups, 226 KB) 120 / 138 / 154 against
+    # 32x64/w4's 96 / 110 / 119.
+    ("wgmma_tf32", 64): (_bt(32, 64, 4),),
+    ("wgmma_tf32", 128): (_bt(32, 128, 8), _bt(32, 64, 4)),
     **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},
     # At 256 every tile spills with softcap, ALiBi, a float32 bias with its gradient and a mask at once (48 bytes,
     # compile check: dK and dV alone take 128 registers a thread); that combination has no kernel (NoConfigFits).

@@ -247,10 +247,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                   "Python's smem formula");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     // (a bias is added into S^T before its product, which a wgmma's first k step would overwrite)
-    static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * WARPS && !Bias::ON && HEAD_DIM % 64 == 0 &&
+    static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * WARPS && D_SPLIT == 1 && !Bias::ON && HEAD_DIM % 64 == 0 &&
                                         BLOCK_M % 32 == 0 && !Drop::ON),
                   "warpgroup products: a warp owns 16 key rows and every query of a step, 64 head-dim rows of dK^T "
-                  "and dV^T a product; without a bias or dropout");
+                  "and dV^T a product (no head-dim split); without a bias or dropout");
     // The S layout: S^T, dP^T, P^T and dS^T of S_KEY_TILES m16 tiles of keys x S_QUERIES queries a warp.
     constexpr int S_KEY_TILES = Core::WARPGROUPS ? 1 : KEY_TILES;
     constexpr int S_QUERIES = Core::WARPGROUPS ? BLOCK_M : WARP_QUERIES;

@@ -149,10 +149,10 @@ def _wt(block_m, block_n, overlap=False):
     return replace(_w(block_m, block_n, producer=True, overlap=overlap, tma=True), family="wgmma_tf32")
 
 
-def _bt(block_m, block_n, warps, stages=2, d_split=2):
-    """A wgmma_tf32 dK/dV tile: block_n / 16 warps, each 16 key rows and every query of a step for S^T and dP^T,
-    then (warps / d_split) x d_split warps for dK, dV and dQ, as _t's."""
-    return replace(_t(block_m, block_n, warps, stages, d_split=d_split), family="wgmma_tf32")
+def _bt(block_m, block_n, warps, stages=2):
+    """A wgmma_tf32 dK/dV tile: block_n / 16 warps, each 16 key rows and every query of a step for S^T and dP^T, a
+    warpgroup 64 keys of dK^T and dV^T (no head-dim split of the warp grid: d_split 1)."""
+    return replace(_t(block_m, block_n, warps, stages), family="wgmma_tf32")
 
 
 def _entry_config(entry) -> TileConfig:

@@ -380,8 +380,9 @@ def test_dkdv_configs_satisfy_the_kernels_warp_grid(kd, config):
     assert config.warps % config.d_split == 0 and config.block_n % (16 * key_warps) == 0
     assert (config.block_m // config.d_split) % 16 == 0 and config.block_m % config.d_split == 0
     assert (kd // config.d_split) % 16 == 0
-    if config.family == "wgmma_tf32":  # S^T and dP^T by warpgroups: 16 key rows a warp; dK, dV in whole panels
-        assert config.block_n == 16 * config.warps and (kd // config.d_split) % 32 == 0
+    if config.family == "wgmma_tf32":  # warpgroups: 16 key rows a warp; dK^T, dV^T in 64-row products, unsplit
+        assert config.block_n == 16 * config.warps and config.d_split == 1 and kd % 64 == 0
+        assert config.block_m % 32 == 0
 
 
 def test_h100_backward_head_dim_128_uses_32_key_rows_per_warp():

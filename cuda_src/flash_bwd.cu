@@ -205,9 +205,10 @@ __device__ __forceinline__ void store_transposed_grads(const AttnParams& p, cons
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
-    return Core::SMEM_ALIGN + 2 * Core::template Tile<BLOCK_N, HEAD_DIM, S>::BYTES +
-           2 * Core::template Tile<BLOCK_N, BLOCK_M, S>::BYTES +
-           2 * STAGES * Core::template Tile<BLOCK_M, HEAD_DIM, S>::BYTES +
+    using C = Core;  // (operand tiles: f32x3's split in two on warpgroups)
+    return Core::SMEM_ALIGN + 2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, HEAD_DIM, S>>::BYTES +
+           2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, BLOCK_M, S>>::BYTES +
+           2 * STAGES * C::template Operands<Elem, typename C::template Tile<BLOCK_M, HEAD_DIM, S>>::BYTES +
            STAGES * 2 * BLOCK_M * 4 + STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
 
@@ -255,11 +256,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     constexpr int S_KEY_TILES = Core::WARPGROUPS ? 1 : KEY_TILES;
     constexpr int S_QUERIES = Core::WARPGROUPS ? BLOCK_M : WARP_QUERIES;
     using S = typename Mma<Elem>::Storage;
-    using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
-    using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
+    // (f32x3 on warpgroups: every operand tile in two parts, hi and lo, split where it is written: mma_tf32.cuh
+    // SplitTile; the products take three passes, dQ's mma.sync reads the parts rather than splitting fragments)
+    using KVTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_N, HEAD_DIM, S>>;
+    using QTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_M, HEAD_DIM, S>>;
     // P^T and dS^T: key rows x query columns
-    using PTile = typename Pick<Core::WARPGROUPS, PairedSwizzledTile<BLOCK_N, BLOCK_M, S>,
-                                SmemTile<BLOCK_N, BLOCK_M, S>>::type;
+    using PTile = typename Core::template Operands<Elem, typename Pick<Core::WARPGROUPS,
+                                                                      PairedSwizzledTile<BLOCK_N, BLOCK_M, S>,
+                                                                      SmemTile<BLOCK_N, BLOCK_M, S>>::type>;
 
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + 2 * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
@@ -363,6 +367,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         __syncthreads();
         round_tile_to_tf32<KVTile, THREADS>(sK);
         round_tile_to_tf32<KVTile, THREADS>(sV);
+    } else if constexpr (KVTile::SPLIT) {  // f32x3 on warpgroups: K and V split, once a block, likewise
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        split_tile_tf32<KVTile, THREADS>(sK);
+        split_tile_tf32<KVTile, THREADS>(sV);
     }
 
     // dV and dK: a warp's KEY_TILES x WARP_D share, or on warpgroups dV^T and dK^T, HEAD_DIM / 64 products of 64
@@ -388,6 +397,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
+        if constexpr (QTile::SPLIT) {  // the step's Q and dO split as they landed (K and V were, before the loop)
+            split_tile_tf32<QTile, THREADS>(reinterpret_cast<float*>(smem + Q_OFF + stage * QTile::BYTES));
+            split_tile_tf32<QTile, THREADS>(reinterpret_cast<float*>(smem + DO_OFF + stage * QTile::BYTES));
+            Core::tiles_landed();
+            __syncthreads();
+        }
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
@@ -468,17 +483,46 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
             load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, warp, lane);
             load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);
-            #pragma unroll
-            for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
-                Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dv[mb], a_do[mb], sP_addr + group_keys);
-            #pragma unroll
-            for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
-                Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dk[mb], a_q[mb], sdS_addr + group_keys);
-            Core::template wait<0>();
-            #pragma unroll
-            for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
-                fence_fragment(acc_dv[mb][0]), fence_fragment(acc_dk[mb][0]);
-                fence_fragment(a_do[mb]), fence_fragment(a_q[mb]);
+            if constexpr (PTile::SPLIT) {  // f32x3: three passes a product, each step's sum fresh, then added
+                u32 lo_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], lo_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
+                load_transposed_a<QTile, BLOCK_M>(lo_do, sdO_t + QTile::LO, warp, lane);
+                load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, warp, lane);
+                Grads step_dv, step_dk;
+                #pragma unroll
+                for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
+                    Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dv[mb], a_do[mb], lo_do[mb],
+                                                                        sP_addr + group_keys);
+                #pragma unroll
+                for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
+                    Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dk[mb], a_q[mb], lo_q[mb],
+                                                                        sdS_addr + group_keys);
+                Core::template wait<0>();
+                #pragma unroll
+                for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
+                    fence_fragment(step_dv[mb][0]), fence_fragment(step_dk[mb][0]);
+                    fence_fragment(a_do[mb]), fence_fragment(a_q[mb]), fence_fragment(lo_do[mb]);
+                    fence_fragment(lo_q[mb]);
+                    #pragma unroll
+                    for (int nt = 0; nt < BLOCK_N / WARPS * 4 / 8; ++nt)
+                        #pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            acc_dv[mb][0][nt][e] += step_dv[mb][0][nt][e];
+                            acc_dk[mb][0][nt][e] += step_dk[mb][0][nt][e];
+                        }
+                }
+            } else {
+                #pragma unroll
+                for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
+                    Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dv[mb], a_do[mb], sP_addr + group_keys);
+                #pragma unroll
+                for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
+                    Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dk[mb], a_q[mb], sdS_addr + group_keys);
+                Core::template wait<0>();
+                #pragma unroll
+                for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
+                    fence_fragment(acc_dv[mb][0]), fence_fragment(acc_dk[mb][0]);
+                    fence_fragment(a_do[mb]), fence_fragment(a_q[mb]);
+                }
             }
         } else {
             using DkDv = float[KEY_TILES][WARP_D / 8][4];

@@ -37,6 +37,9 @@ __device__ __forceinline__ u32 to_tf32_even(float x) {
 // any read, with barriers.
 template <typename Elem> inline constexpr bool ROUNDS_OPERANDS = false;
 template <> inline constexpr bool ROUNDS_OPERANDS<tf32> = true;
+// Whether products that read shared operands as they are (wgmma) take them split (SplitTile): f32x3's three passes.
+template <typename Elem> inline constexpr bool SPLITS_OPERANDS = false;
+template <> inline constexpr bool SPLITS_OPERANDS<f32x3> = true;
 
 template <typename Tile, int THREADS>
 __device__ __forceinline__ void round_tile_to_tf32(float* tile) {
@@ -46,6 +49,40 @@ __device__ __forceinline__ void round_tile_to_tf32(float* tile) {
         c = make_uint4(to_tf32_even(__uint_as_float(c.x)), to_tf32_even(__uint_as_float(c.y)),
                        to_tf32_even(__uint_as_float(c.z)), to_tf32_even(__uint_as_float(c.w)));
         chunks[i] = c;
+    }
+}
+
+// x = hi + lo as f32x3 splits it: hi = tf32(x), lo = tf32(x - hi) (hi's 13 low bits are 0, measured on the H100, so
+// hi is exact as a float and x - hi is exact too).
+__device__ __forceinline__ void split_tf32(float x, u32& hi, u32& lo) {
+    hi = to_tf32(x);
+    lo = to_tf32(x - __uint_as_float(hi));
+}
+
+// A tile stored in two parts, for f32x3 products that read their operands from shared memory as they are
+// (warpgroup products, wgmma.cuh): hi = tf32(x) where the tile is, lo = tf32(x - hi) LO bytes after it, laid out
+// alike. The split is made once, where a value is written (split_tile_tf32, stage_accum_in_smem_with), rather than at
+// each fragment load (Mma<f32x3>::operand). BYTES is both parts'.
+template <typename Tile>
+struct SplitTile : Tile {
+    static constexpr bool SPLIT = true;
+    static constexpr int LO = Tile::BYTES;
+    static constexpr int BYTES = 2 * Tile::BYTES;
+};
+
+// Splits a SplitTile whose hi part holds the values as they landed (fp32): hi in place, lo beside it. 16-byte chunks
+// over THREADS threads; the caller orders it after the copies landed and before any read, with barriers.
+template <typename Tile, int THREADS>
+__device__ __forceinline__ void split_tile_tf32(float* tile) {
+    static_assert(Tile::SPLIT, "a tile with a lo part");
+    uint4* hi = reinterpret_cast<uint4*>(tile);
+    uint4* lo = reinterpret_cast<uint4*>(tile + Tile::LO / 4);
+    for (int i = threadIdx.x; i < Tile::LO / 16; i += THREADS) {
+        const float4 x = reinterpret_cast<const float4*>(hi)[i];
+        uint4 h, l;
+        split_tf32(x.x, h.x, l.x), split_tf32(x.y, h.y, l.y), split_tf32(x.z, h.z, l.z), split_tf32(x.w, h.w, l.w);
+        hi[i] = h;
+        lo[i] = l;
     }
 }
 
@@ -104,12 +141,12 @@ template <> struct Mma<f32x3> : Mma32 {
     static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) {
         Operand o;
         #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float x = __uint_as_float(r[i]);
-            o.hi[i] = to_tf32(x);  // its 13 low bits are 0 (measured on the H100), so hi is exact as a float
-            o.lo[i] = to_tf32(x - __uint_as_float(o.hi[i]));
-        }
+        for (int i = 0; i < 4; ++i) split_tf32(__uint_as_float(r[i]), o.hi[i], o.lo[i]);
         return o;
+    }
+    // From a SplitTile's two parts, loaded alike: split already.
+    static __device__ __forceinline__ Operand operand(const u32 (&hi)[4], const u32 (&lo)[4]) {
+        return {{hi[0], hi[1], hi[2], hi[3]}, {lo[0], lo[1], lo[2], lo[3]}};
     }
     // The small terms first, so they are not lost against the large one.
     static __device__ __forceinline__ void run(float (&d)[4], const Operand& a, const Operand& b, int half) {

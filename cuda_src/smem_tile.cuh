@@ -14,6 +14,8 @@ struct SmemTile {
     using Storage = T;
     static constexpr bool SWIZZLED = false;                // offsets linear in row and column
     static constexpr bool PAIRED = false;                  // columns stored in order (wgmma.cuh PairedSwizzledTile)
+    static constexpr bool SPLIT = false;                   // one part (mma_tf32.cuh SplitTile)
+    static constexpr int LO = 0;
     static constexpr int ROW_COUNT = ROWS;
     static constexpr int CHUNK = 16 / sizeof(T);           // elements per 16-byte chunk
     static constexpr int STRIDE = HEAD_DIM + CHUNK;        // elements per padded row

@@ -130,19 +130,38 @@ __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4]
     #pragma unroll
     for (int k0 = 0; k0 < K; k0 += Op::K_STEP) {
         typename Op::Operand a[M_TILES];
+        auto load_a = [&](u32 (&r)[4], u32 tile, int mt) {
+            if constexpr (A_KMAJOR) load_a_frag_kmajor<ATile>(r, tile, a_m0 + 16 * mt, k0, lane);
+            else load_a_frag<ATile>(r, tile, a_m0 + 16 * mt, k0, lane);
+        };
+        auto load_b = [&](u32 (&r)[4], u32 tile, int np) {
+            if constexpr (B_KMAJOR) load_b_pair_kmajor<BTile, A_KMAJOR>(r, tile, b_n0 + 16 * np, k0, lane);
+            else load_b_pair_nmajor<BTile>(r, tile, b_n0 + 16 * np, k0, lane);
+        };
         #pragma unroll
         for (int mt = 0; mt < M_TILES; ++mt) {
             u32 r[4];
-            if constexpr (A_KMAJOR) load_a_frag_kmajor<ATile>(r, sA, a_m0 + 16 * mt, k0, lane);
-            else load_a_frag<ATile>(r, sA, a_m0 + 16 * mt, k0, lane);
-            a[mt] = Op::operand(r);
+            load_a(r, sA, mt);
+            if constexpr (ATile::SPLIT) {  // (mma_tf32.cuh SplitTile: the lo part loads alike)
+                u32 lo[4];
+                load_a(lo, sA + ATile::LO, mt);
+                a[mt] = Op::operand(r, lo);
+            } else {
+                a[mt] = Op::operand(r);
+            }
         }
         #pragma unroll
         for (int np = 0; np < N_TILES / 2; ++np) {
             u32 r[4];
-            if constexpr (B_KMAJOR) load_b_pair_kmajor<BTile, A_KMAJOR>(r, sB, b_n0 + 16 * np, k0, lane);
-            else load_b_pair_nmajor<BTile>(r, sB, b_n0 + 16 * np, k0, lane);
-            const typename Op::Operand b = Op::operand(r);
+            load_b(r, sB, np);
+            typename Op::Operand b;
+            if constexpr (BTile::SPLIT) {
+                u32 lo[4];
+                load_b(lo, sB + BTile::LO, np);
+                b = Op::operand(r, lo);
+            } else {
+                b = Op::operand(r);
+            }
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
                 Op::run(acc[mt][2 * np], a[mt], b, 0);
@@ -205,6 +224,8 @@ struct WarpMma {
     template <int ROWS, int COLS, typename T> using Tile = SmemTile<ROWS, COLS, T>;
     static constexpr bool WARPGROUPS = false;
     static constexpr int SMEM_ALIGN = 0;  // 16 bytes, as any dynamic shared memory
+    template <typename Elem, typename Tile>
+    using Operands = Tile;  // operands as stored (f32x3 splits them at each fragment load: Mma<f32x3>::operand)
     template <typename Elem>
     static constexpr bool TRANSPOSED_V = false;  // V as it comes, keys x head dim (wgmma.cuh: TF32 transposes it)
     static __device__ __forceinline__ void tiles_landed() {}
@@ -259,6 +280,17 @@ __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage*
                                                          const float (&acc)[M_TILES][N_TILES][4],
                                                          RowScale row_scale, int lane) {
     auto value = [](float x) { return OPERAND ? Mma<Elem>::operand_value(x) : x; };
+    auto put = [&](int at, float x) {  // a split tile's hi and lo parts (mma_tf32.cuh SplitTile)
+        if constexpr (Tile::SPLIT) {
+            u32 hi, lo;
+            split_tf32(x, hi, lo);
+            tile[at] = __uint_as_float(hi);
+            tile[at + Tile::LO / 4] = __uint_as_float(lo);
+        } else {
+            tile[at] = value(x);
+        }
+    };
+    static_assert(!Tile::SPLIT || Tile::PAIRED, "split tiles are the warpgroups' paired ones");
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll
@@ -269,8 +301,8 @@ __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage*
             for (int nt = 0; nt < N_TILES; ++nt) {
                 const int col = 8 * nt + 2 * (lane % 4);
                 if constexpr (Tile::PAIRED) {  // the two columns 4 apart
-                    tile[Tile::offset(row, col)] = value(acc[mt][nt][2 * r] * scale);
-                    tile[Tile::offset(row, col + 1)] = value(acc[mt][nt][2 * r + 1] * scale);
+                    put(Tile::offset(row, col), acc[mt][nt][2 * r] * scale);
+                    put(Tile::offset(row, col + 1), acc[mt][nt][2 * r + 1] * scale);
                 } else {
                     Mma<Elem>::store_pair(tile + Tile::offset(row, col), value(acc[mt][nt][2 * r] * scale),
                                           value(acc[mt][nt][2 * r + 1] * scale));

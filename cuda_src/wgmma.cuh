@@ -21,6 +21,7 @@ template <int N> struct WgmmaFor<tf32, N> {
     using Op = WgmmaTf32Op<N>;
     static constexpr bool TRANSPOSED_V = true;
 };
+template <int N> struct WgmmaFor<f32x3, N> : WgmmaFor<tf32, N> {};  // three TF32 passes a product (SplitTile)
 
 // A ROWS x COLS tile of 16-bit (or 32-bit) elements stored as panels of 64 (32) columns, 128 bytes a row, each
 // panel's rows consecutive and its 16-byte chunks XOR-swizzled with row % 8: the layout wgmma reads with the
@@ -34,6 +35,8 @@ struct SwizzledTile {
     using Storage = T;
     static constexpr bool SWIZZLED = true;
     static constexpr bool PAIRED = false;
+    static constexpr bool SPLIT = false;  // one part (mma_tf32.cuh SplitTile)
+    static constexpr int LO = 0;
     static constexpr int ROW_COUNT = ROWS;
     static constexpr int CHUNK = 16 / ELEM;                 // elements per 16-byte chunk
     static constexpr int CHUNKS_PER_ROW = COLS / CHUNK;
@@ -134,6 +137,9 @@ struct WarpgroupMma {
     template <int ROWS, int COLS, typename T> using Tile = SwizzledTile<ROWS, COLS, T>;
     static constexpr bool WARPGROUPS = true;  // a warp owns 16 rows, four warps one product
     static constexpr int SMEM_ALIGN = 1024;   // swizzled tiles start 1024-byte aligned: the dynamic base is rounded up
+    // A shared operand tile of Elem's products: f32x3's split in two (SplitTile: wgmma reads it as it is stored).
+    template <typename Elem, typename Tile>
+    using Operands = typename Pick<SPLITS_OPERANDS<Elem>, SplitTile<Tile>, Tile>::type;
 
     // cp.async fills tiles through the generic proxy; wgmma reads them through the async proxy.
     static __device__ __forceinline__ void tiles_landed() { async_proxy_fence(); }
@@ -148,7 +154,8 @@ struct WarpgroupMma {
     static constexpr bool TRANSPOSED_V = WgmmaFor<Elem, 8>::TRANSPOSED_V;
 
     // s = A B^T over k < K: A = this warpgroup's 64 rows of sA (the warp's first row is row0), B = every row of sB,
-    // both stored k-major (S = Q K^T). A k step is 32 bytes of a row (16 16-bit elements or 8 floats).
+    // both stored k-major (S = Q K^T). A k step is 32 bytes of a row (16 16-bit elements or 8 floats). Split tiles
+    // (f32x3): three passes, lo hi + hi lo + hi hi, the small terms first (as Mma<f32x3>::run).
     // STEP_DESC: each k step's descriptors as the first's plus the step's offset (the address field is the low 14
     // bits, and no tile crosses 256 KB), rather than built whole at every step (which costs ~12 instructions a step:
     // the dK/dV kernel's 32-query products issue 16 steps a product). The forward builds them whole (its SASS as
@@ -156,20 +163,27 @@ struct WarpgroupMma {
     template <typename Elem, int K, typename ATile, typename BTile, bool STEP_DESC = false, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void issue_qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB) {
         static_assert(M_TILES == 1 && K % ATile::PANEL_COLS == 0, "a warp owns 16 rows; whole 128-byte panels");
-        constexpr int K_STEP = Mma<Elem>::K_STEP, PANEL = ATile::PANEL_COLS;
+        static_assert(ATile::SPLIT == BTile::SPLIT && (!ATile::SPLIT || STEP_DESC), "both operands split or neither");
+        constexpr int K_STEP = Mma<Elem>::K_STEP, PANEL = ATile::PANEL_COLS, PASSES = ATile::SPLIT ? 3 : 1;
         const u32 a_rows = sA + (row0 / 64 * 64) * 128;
         const u64 a_desc = kmajor_desc(a_rows), b_desc = kmajor_desc(sB);
         fence_fragment(s[0]);
         wgmma_fence();
         #pragma unroll
-        for (int k0 = 0; k0 < K; k0 += K_STEP) {
-            const u32 col = (k0 % PANEL) * ATile::ELEM;  // byte offset of k0 within its panel
-            if constexpr (STEP_DESC)
-                WgmmaFor<Elem, N_TILES * 8>::Op::ss(s[0], desc_plus(a_desc, k0 / PANEL * ATile::PANEL_BYTES + col),
-                                                    desc_plus(b_desc, k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
-            else
-                WgmmaFor<Elem, N_TILES * 8>::Op::ss(s[0], kmajor_desc(a_rows + k0 / PANEL * ATile::PANEL_BYTES + col),
-                                                    kmajor_desc(sB + k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
+        for (int pass = 0; pass < PASSES; ++pass) {
+            const u32 a_part = pass == 0 ? ATile::LO : 0, b_part = pass == 1 ? BTile::LO : 0;  // (0 unsplit)
+            #pragma unroll
+            for (int k0 = 0; k0 < K; k0 += K_STEP) {
+                const u32 col = (k0 % PANEL) * ATile::ELEM;  // byte offset of k0 within its panel
+                if constexpr (STEP_DESC)
+                    WgmmaFor<Elem, N_TILES * 8>::Op::ss(
+                        s[0], desc_plus(a_desc, a_part + k0 / PANEL * ATile::PANEL_BYTES + col),
+                        desc_plus(b_desc, b_part + k0 / PANEL * BTile::PANEL_BYTES + col), pass > 0 || k0 > 0);
+                else
+                    WgmmaFor<Elem, N_TILES * 8>::Op::ss(
+                        s[0], kmajor_desc(a_rows + k0 / PANEL * ATile::PANEL_BYTES + col),
+                        kmajor_desc(sB + k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
+            }
         }
         wgmma_commit();
     }
@@ -186,23 +200,46 @@ struct WarpgroupMma {
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void issue_pv(float (&acc)[M_TILES][N_TILES][4],
                                                     const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB) {
-        static_assert(M_TILES == 1, "a warp owns 16 rows");
-        constexpr int K_STEP = Mma<Elem>::K_STEP;
         fence_fragment(acc[0]);
         wgmma_fence();
+        pv_steps<Elem, K, BTile>(acc, a, sB, 1);
+        wgmma_commit();
+    }
+    // The same for a split B (SplitTile, f32x3) and A split alike (hi, lo): lo hi + hi lo + hi hi. FRESH: acc's old
+    // value ignored (a step's own sum, which the caller adds to the running one: Mma<f32x3>::SUM_PER_TILE says why).
+    template <typename Elem, int K, typename BTile, bool FRESH, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void issue_pv(float (&acc)[M_TILES][N_TILES][4],
+                                                    const u32 (&hi)[M_TILES][K / Mma<Elem>::K_STEP][4],
+                                                    const u32 (&lo)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB) {
+        static_assert(BTile::SPLIT, "a split B");
+        fence_fragment(acc[0]);
+        wgmma_fence();
+        pv_steps<Elem, K, BTile>(acc, lo, sB, FRESH ? 0 : 1);
+        pv_steps<Elem, K, BTile>(acc, hi, sB + BTile::LO, 1);
+        pv_steps<Elem, K, BTile>(acc, hi, sB, 1);
+        wgmma_commit();
+    }
+    // The k steps of acc += A B (issue_pv), the first adding to acc's old value or (scale_first 0) not.
+    template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void pv_steps(float (&acc)[M_TILES][N_TILES][4],
+                                                    const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB,
+                                                    int scale_first) {
+        static_assert(M_TILES == 1, "a warp owns 16 rows");
+        constexpr int K_STEP = Mma<Elem>::K_STEP;
         #pragma unroll
         for (int kk = 0; kk < K / K_STEP; ++kk) {
+            const int scale_d = kk > 0 ? 1 : scale_first;
             if constexpr (TRANSPOSED_V<Elem>) {
                 const int k0 = kk * K_STEP;
                 WgmmaFor<Elem, N_TILES * 8>::Op::rs(
                     acc[0], a[0][kk],
-                    kmajor_desc(sB + k0 / BTile::PANEL_COLS * BTile::PANEL_BYTES + (k0 % BTile::PANEL_COLS) * 4), 1);
+                    kmajor_desc(sB + k0 / BTile::PANEL_COLS * BTile::PANEL_BYTES + (k0 % BTile::PANEL_COLS) * 4),
+                    scale_d);
             } else {
                 WgmmaFor<Elem, N_TILES * 8>::Op::rs(acc[0], a[0][kk],
-                                                    nmajor_desc(sB + kk * 16 * 128, BTile::PANEL_BYTES), 1);
+                                                    nmajor_desc(sB + kk * 16 * 128, BTile::PANEL_BYTES), scale_d);
             }
         }
-        wgmma_commit();
     }
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4],

@@ -120,6 +120,11 @@ class Mma80Family:
     def _tile_bytes(self, rows, cols):
         return _padded_tile_bytes(rows, cols, self.itemsize)
 
+    def operand_parts(self, variant: Variant | None) -> int:
+        """The parts each shared operand tile of the dK/dV kernel is stored in: 1, or 2 where float32 at "highest"
+        runs on warpgroup products (hi and lo, cuda_src/mma_tf32.cuh SplitTile)."""
+        return 1
+
     # ---- shared memory per kernel kind, mirroring each kernel's layout
     def smem_bytes(self, kind: str, config, kernel_hdim: int, variant: Variant | None = None) -> int:
         m, n, stages = config.block_m, config.block_n, config.stages
@@ -135,8 +140,9 @@ class Mma80Family:
             barriers = (32 * stages + 16 * config.persistent) if config.producer_warps else 0
             return self.tile_align + tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias + barriers
         if kind == "bwd":  # alignment, K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
-            return (self.tile_align + 2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
-                    + stages * 2 * m * 4 + bias)
+            parts = self.operand_parts(variant)
+            operands = 2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
+            return self.tile_align + parts * operands + stages * 2 * m * 4 + bias
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
             return 2 * tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
         raise ValueError(f"unknown kernel kind {kind!r}")
@@ -220,9 +226,13 @@ class WgmmaTf32Family(Wgmma90Family):
                "transpose_values": "staging.cu"}
 
     def supports(self, compute_capability, variant, kind=None, kernel_hdim=None):
-        return (super().supports(compute_capability, variant, kind, kernel_hdim) and variant.precision == "tf32"
+        return (super().supports(compute_capability, variant, kind, kernel_hdim)
+                and (variant.precision == "tf32" or (variant.precision == "highest" and kind == "bwd"))
                 and variant.rows == "dense" and variant.bias == "none" and not variant.bool_mask
                 and not variant.dropout and not variant.split_kv)
+
+    def operand_parts(self, variant):
+        return 2 if variant is not None and variant.precision == "highest" else 1
 
 
 MMA_SM80 = Mma80Family()

@@ -620,18 +620,21 @@ def test_float32_takes_its_own_family_and_tiles():
             for precision in ("highest", "tf32"):
                 variant = Variant("float32", precision=precision)
                 config = configs.select_config(kind, H100, kd, variant=variant)
-                # TF32 wgmma's forward and dK/dV kernel (the dQ kernel is mma_tf32's)
-                wgmma = kind in ("fwd", "bwd") and precision == "tf32" and kd in (64, 128)
+                # TF32 wgmma's forward and dK/dV kernel (the dQ kernel is mma_tf32's); "highest" its dK/dV kernel at
+                # head dim 64, whose split operand tiles fit shared memory there only
+                wgmma = (kind in ("fwd", "bwd") and precision == "tf32" and kd in (64, 128)
+                         or kind == "bwd" and precision == "highest" and kd == 64)
                 assert config.family == ("wgmma_tf32" if wgmma else "mma_tf32"), (kind, kd, precision, config)
                 assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
-    # measured picks (docs/performance.md): the single-pass backward runs 32x64 at head dims 64 and 128; "highest"
-    # runs 8-warp tiles there (32x128, 16x128) with plain scores, the band mask, softcap and ALiBi, not with a bias
+    # measured picks (docs/performance.md): the single-pass backward runs 32x64 at head dim 64 and 32x128 at 128;
+    # "highest" runs wgmma's 32x64 at 64 and mma_tf32's 8-warp 16x128 at 128 with plain scores, the band mask,
+    # softcap and ALiBi, not with a bias
     def bwd(kd, precision, **kw):
         c = configs.select_config("bwd", H100, kd, variant=Variant("float32", precision=precision, **kw))
         return c.block_m, c.block_n, c.warps
 
     assert bwd(64, "tf32") == (32, 64, 4) and bwd(128, "tf32") == (32, 128, 8)  # wgmma_tf32 on the H100
-    assert bwd(64, "highest") == bwd(64, "highest", mask="band", softcap=True, alibi=True) == (32, 128, 8)
+    assert bwd(64, "highest") == bwd(64, "highest", mask="band", softcap=True, alibi=True) == (32, 64, 4)
     assert bwd(128, "highest") == (16, 128, 8)
     assert bwd(64, "highest", bias="float32") == (64, 64, 4) and bwd(128, "highest", bias="float32") == (32, 32, 4)
     assert configs.select_config("fwd", A100, 128, variant=Variant("bfloat16")).family == "mma_sm80"

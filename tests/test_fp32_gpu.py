@@ -294,22 +294,27 @@ def test_tf32_wgmma_forward(head_dim, seqlen_q, seqlen_k, causal):
             alibi_slopes=alibi("heads", 1, 4))
 
 
-@pytest.mark.parametrize("head_dim", [40, 64, 100, 128])
+# "highest" (mode float32) splits every shared operand in two (hi and lo tiles): twice the shared memory, which
+# fits head dim 64's tile only; larger head dims run mma_tf32 (test_every_head_dim).
+@pytest.mark.parametrize("mode, head_dim", [("tf32", 40), ("tf32", 64), ("tf32", 100), ("tf32", 128),
+                                            ("float32", 40), ("float32", 64)])
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(97, 1), (130, 97), (257, 300)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_tf32_wgmma_backward(head_dim, seqlen_q, seqlen_k, causal):
-    # precision "tf32" at head dims up to 128 on Hopper: the dK/dV kernel's S^T, dP^T, dV^T and dK^T by TF32 wgmma on
-    # swizzled tiles, dQ on mma.sync reading them (families.py WgmmaTf32Family); query and key counts that cut its
-    # tiles, padded head dims, GQA (with group splits: partial dK, dV), both dQ paths, a window, softcap and ALiBi
+def test_tf32_wgmma_backward(mode, head_dim, seqlen_q, seqlen_k, causal):
+    # float32 at head dims up to 128 ("tf32") or 64 ("highest": three passes a product) on Hopper: the dK/dV kernel's
+    # S^T, dP^T, dV^T and dK^T by TF32 wgmma on swizzled tiles, dQ on mma.sync reading them (families.py
+    # WgmmaTf32Family); query and key counts that cut its tiles, padded head dims, GQA (with group splits: partial
+    # dK, dV), both dQ paths, a window, softcap and ALiBi
     from cupyflash._device import device_limits
     from cupyflash.configs import select_config
     from cupyflash.families import FAMILIES, WGMMA_TF32
     from cupyflash.problem import Variant
 
     if device_limits(0).compute_capability == 90 and WGMMA_TF32 in FAMILIES:
-        picked = select_config("bwd", device_limits(0), head_dim, variant=Variant("float32", precision="tf32"))
+        variant = Variant("float32", precision=PRECISION[mode])
+        picked = select_config("bwd", device_limits(0), head_dim, variant=variant)
         assert picked.family == "wgmma_tf32", picked
     for mode_dq in ("atomic", "deterministic"):
-        backward(head_dim + seqlen_k, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "tf32", causal, mode_dq=mode_dq)
-    backward(head_dim + seqlen_q, 1, seqlen_q, seqlen_k, 4, 4, head_dim, "tf32", causal, mode_dq="atomic",
+        backward(head_dim + seqlen_k, 2, seqlen_q, seqlen_k, 4, 2, head_dim, mode, causal, mode_dq=mode_dq)
+    backward(head_dim + seqlen_q, 1, seqlen_q, seqlen_k, 4, 4, head_dim, mode, causal, mode_dq="atomic",
              window_size=(40, 0 if causal else 7), softcap=20.0, alibi_slopes=alibi("heads", 1, 4))

@@ -367,11 +367,21 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         __syncthreads();
         round_tile_to_tf32<KVTile, THREADS>(sK);
         round_tile_to_tf32<KVTile, THREADS>(sV);
-    } else if constexpr (KVTile::SPLIT) {  // f32x3 on warpgroups: K and V split, once a block, likewise
-        cp_async_wait<STAGES - 2>();
-        __syncthreads();
-        split_tile_tf32<KVTile, THREADS>(sK);
-        split_tile_tf32<KVTile, THREADS>(sV);
+    }
+    // f32x3 on warpgroups: K and V split once a block, and each step's Q and dO once they landed, by the threads that
+    // copied them (split_copied_tile): step t + 1's at the end of step t, so that the loop's first barrier orders
+    // them before the products.
+    auto split_step = [&](int t) {
+        if constexpr (QTile::SPLIT) {
+            split_copied_tile<QTile, THREADS>(reinterpret_cast<float*>(smem + Q_OFF + t % STAGES * QTile::BYTES));
+            split_copied_tile<QTile, THREADS>(reinterpret_cast<float*>(smem + DO_OFF + t % STAGES * QTile::BYTES));
+        }
+    };
+    if constexpr (KVTile::SPLIT) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of the first group: K, V and step 0's tiles
+        split_copied_tile<KVTile, THREADS>(sK);
+        split_copied_tile<KVTile, THREADS>(sV);
+        if (n_steps > 0) split_step(0);
     }
 
     // dV and dK: a warp's KEY_TILES x WARP_D share, or on warpgroups dV^T and dK^T, HEAD_DIM / 64 products of 64
@@ -397,12 +407,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
-        if constexpr (QTile::SPLIT) {  // the step's Q and dO split as they landed (K and V were, before the loop)
-            split_tile_tf32<QTile, THREADS>(reinterpret_cast<float*>(smem + Q_OFF + stage * QTile::BYTES));
-            split_tile_tf32<QTile, THREADS>(reinterpret_cast<float*>(smem + DO_OFF + stage * QTile::BYTES));
-            Core::tiles_landed();
-            __syncthreads();
-        }
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
@@ -477,21 +481,30 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         Core::tiles_landed();  // (wgmma reads P^T and dS^T through the async proxy)
         __syncthreads();  // P^T and dS^T complete
 
+        // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array
+        auto add_dq = [&] {
+            if constexpr (ATOMIC_DQ)
+                accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
+                    p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0),
+                    static_cast<i64>(p.nheads) * head_dim, sdS_addr, sK_addr, dq_row0, dq_col0, seqlen_q - m0,
+                    head_dim, p.softmax_scale, lane);
+        };
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
         if constexpr (Core::WARPGROUPS) {  // dV^T += dO^T P, dK^T += Q^T dS: both in flight, then waited for
             const u32 group_keys = PTile::byte_offset(warp / 4 * 64, 0);  // the warpgroup's 64 key rows of P^T, dS^T
             u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
             load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, warp, lane);
-            load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);
             if constexpr (PTile::SPLIT) {  // f32x3: three passes a product, each step's sum fresh, then added
                 u32 lo_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], lo_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
                 load_transposed_a<QTile, BLOCK_M>(lo_do, sdO_t + QTile::LO, warp, lane);
-                load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, warp, lane);
                 Grads step_dv, step_dk;
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
                     Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dv[mb], a_do[mb], lo_do[mb],
                                                                         sP_addr + group_keys);
+                add_dq();  // on mma.sync while dV's product runs (both read shared tiles only)
+                load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);
+                load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, warp, lane);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
                     Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dk[mb], a_q[mb], lo_q[mb],
@@ -511,6 +524,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                         }
                 }
             } else {
+                load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
                     Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dv[mb], a_do[mb], sP_addr + group_keys);
@@ -537,12 +551,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                                                d_col0, lane);
             });
         }
-        // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array
-        if constexpr (ATOMIC_DQ)
-            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
-                p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0), static_cast<i64>(p.nheads) * head_dim,
-                sdS_addr,
-                sK_addr, dq_row0, dq_col0, seqlen_q - m0, head_dim, p.softmax_scale, lane);
+        if constexpr (!PTile::SPLIT) add_dq();
+        if constexpr (QTile::SPLIT)
+            if (t + 1 < n_steps) {
+                cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
+                split_step(t + 1);
+            }
         // The next entry, from the one stashed by this step's load (visible since the __syncthreads above).
         if constexpr (Tiles::SKIPS)
             if (t + STAGES - 1 < n_steps)

@@ -10,6 +10,7 @@
 // A is 4 registers (16x8) and a B pair 4 (two 8x8 n-tiles), as for the 16-bit products.
 #pragma once
 #include "mma_sm80.cuh"
+#include "smem_tile.cuh"
 
 namespace cf {
 
@@ -59,10 +60,20 @@ __device__ __forceinline__ void split_tf32(float x, u32& hi, u32& lo) {
     lo = to_tf32(x - __uint_as_float(hi));
 }
 
+// The same split for values stored split (SplitTile), in three instructions rather than nine: hi rounded to nearest,
+// ties away, by an integer add to the magnitude's 13 low bits (cvt.rna's rounding without its guard for non-finite
+// values), and lo = x - hi left for the tensor cores to truncate (|lo| <= 2^-12 |x|, so that errs by at most
+// 2^-23 |x|). NaN and inf give a non-finite hi + lo (as they would any product), and so does |x| within 2^-12 of
+// FLT_MAX.
+__device__ __forceinline__ void split_tf32_stored(float x, u32& hi, u32& lo) {
+    hi = (__float_as_uint(x) + 0x1000u) & 0xffffe000u;
+    lo = __float_as_uint(x - __uint_as_float(hi));
+}
+
 // A tile stored in two parts, for f32x3 products that read their operands from shared memory as they are
-// (warpgroup products, wgmma.cuh): hi = tf32(x) where the tile is, lo = tf32(x - hi) LO bytes after it, laid out
-// alike. The split is made once, where a value is written (split_tile_tf32, stage_accum_in_smem_with), rather than at
-// each fragment load (Mma<f32x3>::operand). BYTES is both parts'.
+// (warpgroup products, wgmma.cuh): hi = tf32(x) where the tile is, lo = x - hi LO bytes after it, laid out alike.
+// The split is made once, where a value lands or is written (split_copied_tile, stage_accum_in_smem_with), by
+// split_tf32_stored, rather than at each fragment load (Mma<f32x3>::operand). BYTES is both parts'.
 template <typename Tile>
 struct SplitTile : Tile {
     static constexpr bool SPLIT = true;
@@ -70,19 +81,26 @@ struct SplitTile : Tile {
     static constexpr int BYTES = 2 * Tile::BYTES;
 };
 
-// Splits a SplitTile whose hi part holds the values as they landed (fp32): hi in place, lo beside it. 16-byte chunks
-// over THREADS threads; the caller orders it after the copies landed and before any read, with barriers.
+// Splits a SplitTile whose hi part holds the values as load_tile_async<Tile, THREADS> landed them (fp32): hi in
+// place, lo beside it, each thread the 16-byte chunks it copied itself, so that its own wait for its copies is all
+// the ordering it needs before (the products that read the tile still wait for a barrier).
 template <typename Tile, int THREADS>
-__device__ __forceinline__ void split_tile_tf32(float* tile) {
+__device__ __forceinline__ void split_copied_tile(float* tile) {
     static_assert(Tile::SPLIT, "a tile with a lo part");
-    uint4* hi = reinterpret_cast<uint4*>(tile);
-    uint4* lo = reinterpret_cast<uint4*>(tile + Tile::LO / 4);
-    for (int i = threadIdx.x; i < Tile::LO / 16; i += THREADS) {
-        const float4 x = reinterpret_cast<const float4*>(hi)[i];
-        uint4 h, l;
-        split_tf32(x.x, h.x, l.x), split_tf32(x.y, h.y, l.y), split_tf32(x.z, h.z, l.z), split_tf32(x.w, h.w, l.w);
-        hi[i] = h;
-        lo[i] = l;
+    using C = TileCopy<Tile, THREADS>;
+    if (!C::active()) return;
+    const int col = C::col();
+    #pragma unroll
+    for (int pass = 0, r = C::row(); pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS) {
+        if (C::row_in_tile(r)) {
+            float* at = tile + Tile::offset(r, col);
+            const float4 x = *reinterpret_cast<const float4*>(at);
+            uint4 h, l;
+            split_tf32_stored(x.x, h.x, l.x), split_tf32_stored(x.y, h.y, l.y);
+            split_tf32_stored(x.z, h.z, l.z), split_tf32_stored(x.w, h.w, l.w);
+            *reinterpret_cast<uint4*>(at) = h;
+            *reinterpret_cast<uint4*>(at + Tile::LO / 4) = l;
+        }
     }
 }
 

@@ -283,7 +283,7 @@ __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage*
     auto put = [&](int at, float x) {  // a split tile's hi and lo parts (mma_tf32.cuh SplitTile)
         if constexpr (Tile::SPLIT) {
             u32 hi, lo;
-            split_tf32(x, hi, lo);
+            split_tf32_stored(x, hi, lo);
             tile[at] = __uint_as_float(hi);
             tile[at + Tile::LO / 4] = __uint_as_float(lo);
         } else {

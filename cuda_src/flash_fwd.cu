@@ -30,8 +30,9 @@ template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typ
           typename Loads>
 __host__ __device__ constexpr int fwd_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
-    return Core::SMEM_ALIGN + Core::template Tile<BLOCK_M, HEAD_DIM, S>::BYTES +
-           2 * STAGES * Core::template Tile<BLOCK_N, HEAD_DIM, S>::BYTES +
+    using C = Core;  // (operand tiles: f32x3's split in two on warpgroups)
+    return Core::SMEM_ALIGN + C::template Operands<Elem, typename C::template Tile<BLOCK_M, HEAD_DIM, S>>::BYTES +
+           2 * STAGES * C::template Operands<Elem, typename C::template Tile<BLOCK_N, HEAD_DIM, S>>::BYTES +
            STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>() + Loads::template barrier_bytes<STAGES>();
 }
 
@@ -39,11 +40,13 @@ __host__ __device__ constexpr int fwd_smem_bytes() {
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core>
 struct FwdSmem {
     using S = typename Mma<Elem>::Storage;
-    using QTile = typename Core::template Tile<BLOCK_M, HEAD_DIM, S>;
-    using KVTile = typename Core::template Tile<BLOCK_N, HEAD_DIM, S>;
+    // (f32x3 on warpgroups: every operand tile in two parts, hi and lo: mma_tf32.cuh SplitTile)
+    template <int ROWS, int COLS>
+    using Operands = typename Core::template Operands<Elem, typename Core::template Tile<ROWS, COLS, S>>;
+    using QTile = Operands<BLOCK_M, HEAD_DIM>;
+    using KVTile = Operands<BLOCK_N, HEAD_DIM>;
     // V as the core reads it: KVTile, or (float32 on wgmma) V^T, head dim x keys: the same bytes.
-    using VTile = typename Pick<Core::template TRANSPOSED_V<Elem>, typename Core::template Tile<HEAD_DIM, BLOCK_N, S>,
-                                KVTile>::type;
+    using VTile = typename Pick<Core::template TRANSPOSED_V<Elem>, Operands<HEAD_DIM, BLOCK_N>, KVTile>::type;
     static constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
     static constexpr u32 KEYS = QTile::BYTES;                          // STAGES K tiles
     static constexpr u32 VALUES = KEYS + STAGES * KVTile::BYTES;        // STAGES V tiles
@@ -101,8 +104,12 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     using KVTile = typename Smem::KVTile;
     using VTile = typename Smem::VTile;
     constexpr bool TRANSPOSED_V = Core::template TRANSPOSED_V<Elem>;
-    static_assert(!TRANSPOSED_V || (Loads::TMA && !Rows::PACKED && !Bias::ON && !Drop::ON),
+    static_assert(!TRANSPOSED_V || ((Loads::TMA || KVTile::SPLIT) && !Rows::PACKED && !Bias::ON && !Drop::ON),
                   "V^T (float32 on wgmma) comes by bulk copies of dense rows, without a bias, mask or dropout");
+    // f32x3 on warpgroups: the producer's threads split what they copied (cp.async, not bulk copies, so that each
+    // thread's own wait covers its part); each product waited for in place (P V's step sum in a fresh accumulator).
+    static_assert(!KVTile::SPLIT || (Loads::SPECIALIZED && !Loads::TMA && !Loads::OVERLAP && !Loads::PERSISTENT),
+                  "split operands: a producer warpgroup's cp.async, products waited for in place");
     S* sQ = Smem::q();
     const u32 sQ_addr = smem_addr(sQ);
     const u32 sK_addr = sQ_addr + Smem::KEYS;
@@ -153,9 +160,17 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     };
     auto load_values = [&](int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
-        load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sV_addr + (step0 + t) % STAGES * KVTile::BYTES,
-                                                           v_bh + n0 * p.v_str.seq, p.v_str.seq, seqlen_k - n0,
-                                                           p.head_dim);
+        if constexpr (TRANSPOSED_V) {  // V^T staged (batch, K/V heads, head dim, keys padded to 32): rows of keys
+            const int keys = (p.seqlen_k + 31) / 32 * 32;
+            const S* vt = elems<Elem>(p.v) +
+                          (static_cast<i64>(batch) * p.nheads_k + kv_head_of(p, head)) * p.head_dim * keys;
+            load_tile_async<VTile, COPY_THREADS, COPY_UNROLL>(sV_addr + (step0 + t) % STAGES * KVTile::BYTES,
+                                                              vt + n0, keys, p.head_dim, keys - n0);
+        } else {
+            load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sV_addr + (step0 + t) % STAGES * KVTile::BYTES,
+                                                               v_bh + n0 * p.v_str.seq, p.v_str.seq, seqlen_k - n0,
+                                                               p.head_dim);
+        }
     };
     auto load_kv = [&](int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N, stage = t % STAGES;
@@ -254,6 +269,21 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 L::template reserve<STAGES>(bars, KEYS, step0 + t);
                 if (t == 0 && !L::PERSISTENT) load_q();
                 load_keys(t, 0);
+                if constexpr (KVTile::SPLIT) {  // each thread splits what it copied once it landed, then arrives
+                    auto at = [&](u32 addr) { return reinterpret_cast<float*>(sQ) + (addr - sQ_addr) / 4; };
+                    cp_async_commit();
+                    L::template reserve<STAGES>(bars, VALUES, step0 + t);
+                    load_values(t, 0);
+                    cp_async_commit();
+                    cp_async_wait<1>();  // Q and K_t
+                    if (t == 0) split_copied_tile<QTile, COPY_THREADS, 2>(at(sQ_addr));
+                    split_copied_tile<KVTile, COPY_THREADS, 2>(at(sK_of(t)));
+                    L::template publish_stored<STAGES>(bars, KEYS, step0 + t);
+                    cp_async_wait<0>();
+                    split_copied_tile<VTile, COPY_THREADS, 2>(at(sV_of(t)));
+                    L::template publish_stored<STAGES>(bars, VALUES, step0 + t);
+                    continue;
+                }
                 L::template publish<STAGES>(bars, KEYS, step0 + t);
                 if (L::PERSISTENT && t == 0) {
                     L::template reserve_q<STAGES>(bars, q_loads);
@@ -325,40 +355,44 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 if (scores_to_p(s, t, entry)) softmax.rescale(acc, alpha);
                 accum_to_a_frags<Elem>(pf, s);
                 L::template acquire<STAGES>(bars, VALUES, step0 + t);
-                Core::template pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(t), lane);
+                accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
+                    Core::template pv<Elem, BLOCK_N, VTile>(c, pf, sV_of(t), lane);
+                });
                 L::template release<STAGES>(bars, VALUES, step0 + t, lane);
             }
         }
-        // The first step, peeled so that every product issued in the loop below is waited for on every path
-        // (ptxas serializes the products when a path could leave one in flight: C7514).
-        if (L::OVERLAP && n_tiles > 0) {
-            float s[M_TILES][N_TILES][4];
-            L::template acquire<STAGES>(bars, KEYS, step0);
-            const int entry = entry_of(0);
-            Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
-            scores_to_p(s, 0, entry);  // O is still 0: nothing to rescale
-            accum_to_a_frags<Elem>(pf, s);
-        }
-        for (int t = 1; L::OVERLAP && t < n_tiles; ++t) {
-            float s[M_TILES][N_TILES][4];
-            L::template acquire<STAGES>(bars, KEYS, step0 + t);
-            const int entry = entry_of(t);
-            Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
-            L::template acquire<STAGES>(bars, VALUES, step0 + t - 1);
-            Core::template issue_pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(t - 1));
-            Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
-            const bool rescales = scores_to_p(s, t, entry);
-            Core::template wait<0>();
-            fence_fragment(acc[0]);
-            fence_fragment(pf);
-            L::template release<STAGES>(bars, VALUES, step0 + t - 1, lane);
-            if (rescales) softmax.rescale(acc, alpha);
-            accum_to_a_frags<Elem>(pf, s);
-        }
-        if (L::OVERLAP && n_tiles > 0) {  // O += P_last V_last
-            L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);
-            Core::template pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(n_tiles - 1), lane);
-            L::template release<STAGES>(bars, VALUES, step0 + n_tiles - 1, lane);
+        if constexpr (L::OVERLAP) {
+            // The first step, peeled so that every product issued in the loop below is waited for on every path
+            // (ptxas serializes the products when a path could leave one in flight: C7514).
+            if (n_tiles > 0) {
+                float s[M_TILES][N_TILES][4];
+                L::template acquire<STAGES>(bars, KEYS, step0);
+                const int entry = entry_of(0);
+                Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
+                scores_to_p(s, 0, entry);  // O is still 0: nothing to rescale
+                accum_to_a_frags<Elem>(pf, s);
+            }
+            for (int t = 1; t < n_tiles; ++t) {
+                float s[M_TILES][N_TILES][4];
+                L::template acquire<STAGES>(bars, KEYS, step0 + t);
+                const int entry = entry_of(t);
+                Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
+                L::template acquire<STAGES>(bars, VALUES, step0 + t - 1);
+                Core::template issue_pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(t - 1));
+                Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
+                const bool rescales = scores_to_p(s, t, entry);
+                Core::template wait<0>();
+                fence_fragment(acc[0]);
+                fence_fragment(pf);
+                L::template release<STAGES>(bars, VALUES, step0 + t - 1, lane);
+                if (rescales) softmax.rescale(acc, alpha);
+                accum_to_a_frags<Elem>(pf, s);
+            }
+            if (n_tiles > 0) {  // O += P_last V_last
+                L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);
+                Core::template pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(n_tiles - 1), lane);
+                L::template release<STAGES>(bars, VALUES, step0 + n_tiles - 1, lane);
+            }
         }
     } else {
         load_q();

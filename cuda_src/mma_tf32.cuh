@@ -84,13 +84,14 @@ struct SplitTile : Tile {
 // Splits a SplitTile whose hi part holds the values as load_tile_async<Tile, THREADS> landed them (fp32): hi in
 // place, lo beside it, each thread the 16-byte chunks it copied itself, so that its own wait for its copies is all
 // the ordering it needs before (the products that read the tile still wait for a barrier).
-template <typename Tile, int THREADS>
+// UNROLL: passes unrolled (a producer's few registers: two).
+template <typename Tile, int THREADS, int UNROLL = TileCopy<Tile, THREADS>::PASSES>
 __device__ __forceinline__ void split_copied_tile(float* tile) {
     static_assert(Tile::SPLIT, "a tile with a lo part");
     using C = TileCopy<Tile, THREADS>;
     if (!C::active()) return;
     const int col = C::col();
-    #pragma unroll
+    #pragma unroll UNROLL
     for (int pass = 0, r = C::row(); pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS) {
         if (C::row_in_tile(r)) {
             float* at = tile + Tile::offset(r, col);

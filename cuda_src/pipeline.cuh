@@ -78,7 +78,7 @@ template <> struct MapsOf<true> { using type = TensorMaps; };
 
 struct AllWarpsLoad {
     using Maps = NoTensorMaps;  // the forward kernel's second argument (params.cuh)
-    static constexpr bool SPECIALIZED = false, TMA = false, PERSISTENT = false;
+    static constexpr bool SPECIALIZED = false, OVERLAP = false, TMA = false, PERSISTENT = false;
     static constexpr int PRODUCER_WARPS = 0;
     template <int STAGES>
     __host__ __device__ static constexpr int barrier_bytes() { return 0; }
@@ -168,6 +168,12 @@ struct ProducerWarpgroup {
     template <int STAGES>
     static __device__ __forceinline__ void publish(u32 bars, int operand, int t) {
         mbarrier_arrive_after_copies(full<STAGES>(bars, operand, t % STAGES));
+    }
+    // Producer thread, once its own copies of step t have landed and it has written over them (f32x3's operands
+    // split where they landed, mma_tf32.cuh split_copied_tile): a plain arrival, which releases its stores.
+    template <int STAGES>
+    static __device__ __forceinline__ void publish_stored(u32 bars, int operand, int t) {
+        mbarrier_arrive(full<STAGES>(bars, operand, t % STAGES));
     }
     // TMA producer, before issuing step t's bulk copies: their byte count, announced with its arrival. Returns the
     // barrier the copies count on.

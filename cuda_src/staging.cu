@@ -42,7 +42,8 @@ __global__ void __launch_bounds__(128) flash_copy_rows_kernel(const typename Mma
 // operand gets the same bits whichever way it comes (Q, K, V, dO of the mma_tf32 kernels; Q and K of the wgmma
 // forward where they are copied anyway, its TFLOAT32 maps round them otherwise). V of the wgmma forward
 // (wgmma.cuh TRANSPOSED_V): transposed into V^T, (batch, head, dim, key) with keys_padded keys a row (a multiple of
-// 32, zeros past seqlen), the keys of each group of 8 in the order P's registers hold them (0 2 4 6 1 3 5 7;
+// 32, zeros past seqlen; rounded at "tf32", as they are at "highest", whose kernel splits them), the keys of each
+// group of 8 in the order P's registers hold them (0 2 4 6 1 3 5 7;
 // warp_gemm.cuh accum_to_a_frags). A block moves a tile of 32 keys x 32 columns of one (batch, head) through shared
 // memory, read along the head dim and written along the keys.
 template <typename Elem = tf32>
@@ -68,7 +69,9 @@ __global__ void __launch_bounds__(128) flash_transpose_values_kernel(const float
     for (int i = threadIdx.x; i < 32 * 32; i += 128) {  // along the head dim
         const int key = key0 + i / 32, col = col0 + i % 32;
         const bool inside = key < seqlen && col < src_dim;
-        tile[i / 32][i % 32] = inside ? __uint_as_float(to_tf32_even(in[key * src_seq + col])) : 0.f;
+        const float x = inside ? in[key * src_seq + col] : 0.f;
+        // (f32x3: as it is, split in the kernel)
+        tile[i / 32][i % 32] = !ROUNDS_OPERANDS<Elem> ? x : inside ? __uint_as_float(to_tf32_even(x)) : 0.f;
     }
     __syncthreads();
     float* out = dst + ((static_cast<i64>(batch) * nheads + head) * dst_dim + col0) * keys_padded + key0;

@@ -280,8 +280,8 @@ __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage*
                                                          const float (&acc)[M_TILES][N_TILES][4],
                                                          RowScale row_scale, int lane) {
     auto value = [](float x) { return OPERAND ? Mma<Elem>::operand_value(x) : x; };
-    auto put = [&](int at, float x) {  // a split tile's hi and lo parts (mma_tf32.cuh SplitTile)
-        if constexpr (Tile::SPLIT) {
+    auto put = [&](int at, float x) {  // an operand's hi and lo parts in a split tile (mma_tf32.cuh SplitTile)
+        if constexpr (OPERAND && Tile::SPLIT) {
             u32 hi, lo;
             split_tf32_stored(x, hi, lo);
             tile[at] = __uint_as_float(hi);
@@ -290,7 +290,7 @@ __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage*
             tile[at] = value(x);
         }
     };
-    static_assert(!Tile::SPLIT || Tile::PAIRED, "split tiles are the warpgroups' paired ones");
+    static_assert(!(OPERAND && Tile::SPLIT) || Tile::PAIRED, "split operands are the warpgroups' paired tiles");
     #pragma unroll
     for (int mt = 0; mt < M_TILES; ++mt)
         #pragma unroll

@@ -163,7 +163,7 @@ struct WarpgroupMma {
     template <typename Elem, int K, typename ATile, typename BTile, bool STEP_DESC = false, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void issue_qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB) {
         static_assert(M_TILES == 1 && K % ATile::PANEL_COLS == 0, "a warp owns 16 rows; whole 128-byte panels");
-        static_assert(ATile::SPLIT == BTile::SPLIT && (!ATile::SPLIT || STEP_DESC), "both operands split or neither");
+        static_assert(ATile::SPLIT == BTile::SPLIT, "both operands split or neither");
         constexpr int K_STEP = Mma<Elem>::K_STEP, PANEL = ATile::PANEL_COLS, PASSES = ATile::SPLIT ? 3 : 1;
         const u32 a_rows = sA + (row0 / 64 * 64) * 128;
         const u64 a_desc = kmajor_desc(a_rows), b_desc = kmajor_desc(sB);
@@ -181,8 +181,8 @@ struct WarpgroupMma {
                         desc_plus(b_desc, b_part + k0 / PANEL * BTile::PANEL_BYTES + col), pass > 0 || k0 > 0);
                 else
                     WgmmaFor<Elem, N_TILES * 8>::Op::ss(
-                        s[0], kmajor_desc(a_rows + k0 / PANEL * ATile::PANEL_BYTES + col),
-                        kmajor_desc(sB + k0 / PANEL * BTile::PANEL_BYTES + col), k0 > 0);
+                        s[0], kmajor_desc(a_rows + a_part + k0 / PANEL * ATile::PANEL_BYTES + col),
+                        kmajor_desc(sB + b_part + k0 / PANEL * BTile::PANEL_BYTES + col), pass > 0 || k0 > 0);
             }
         }
         wgmma_commit();
@@ -200,6 +200,7 @@ struct WarpgroupMma {
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void issue_pv(float (&acc)[M_TILES][N_TILES][4],
                                                     const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB) {
+        static_assert(!BTile::SPLIT, "a split B takes A's hi and lo parts (pv splits P's registers)");
         fence_fragment(acc[0]);
         wgmma_fence();
         pv_steps<Elem, K, BTile>(acc, a, sB, 1);
@@ -241,11 +242,24 @@ struct WarpgroupMma {
             }
         }
     }
+    // A split B (f32x3: the forward's V^T): P's floats split in registers first, three passes.
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4],
                                               const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB, int) {
-        issue_pv<Elem, K, BTile>(acc, a, sB);
-        wgmma_wait<0>();
+        if constexpr (BTile::SPLIT) {
+            u32 hi[M_TILES][K / Mma<Elem>::K_STEP][4], lo[M_TILES][K / Mma<Elem>::K_STEP][4];
+            #pragma unroll
+            for (int kk = 0; kk < K / Mma<Elem>::K_STEP; ++kk)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    split_tf32_stored(__uint_as_float(a[0][kk][e]), hi[0][kk][e], lo[0][kk][e]);
+            issue_pv<Elem, K, BTile, false>(acc, hi, lo, sB);
+            wgmma_wait<0>();
+            fence_fragment(hi), fence_fragment(lo);
+        } else {
+            issue_pv<Elem, K, BTile>(acc, a, sB);
+            wgmma_wait<0>();
+        }
         fence_fragment(acc[0]);
     }
 };

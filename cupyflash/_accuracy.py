@@ -22,6 +22,11 @@ ERROR_FLOOR = {"float16": 1e-4, "bfloat16": 1e-3, "float32": 4e-6, "tf32": 1e-3}
 # ALiBi alike, 450 gradients each).
 ROUNDING = {"float16": 2.0**-11, "bfloat16": 2.0**-8, "float32": 2.0**-24, "tf32": 2.0**-11}
 LSE_FLOOR = 1e-4
+# Precision "tf32" takes the softcap's tanh from tanh.approx.f32 (relative error up to 2^-10.987, PTX ISA), which the
+# naive TF32 arithmetic does not model: a logit softcap * tanh(.) is off by up to softcap x that, and so is the lse
+# (a weighted mean of the logits), and P's weights by twice that relative (seen on the H100: 1 query seeing 5 keys,
+# softcap 5, lse off by 4.2e-4 where the naive TF32 arithmetic errs 1.2e-4). "highest" takes tanhf (a few ulp).
+TANH_APPROX = 2.0**-10.987
 # The backward recomputes P = exp(logit - lse) from the float32 lse the forward saved (flash-attn's contract), and a
 # float32 lse of magnitude |lse| is itself off by up to half a unit in its last place, |lse| 2^-24, after the
 # forward's and the backward's unit changes (log2 <-> natural) a few such units: P's relative error, and so each
@@ -113,6 +118,8 @@ def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
     # The kernel rounds P before normalising it, the naive computation after: on outputs of a few elements the
     # naive error can happen to be far below one rounding (seen on the H100: 2 queries, head dim 1, bf16).
     floor = ERROR_FLOOR[dtype] + ROUNDING[dtype] * (float(xp.abs(ref_out).max()) if got.size else 0.0)
+    tanh_slack = TANH_APPROX * float(variant.get("softcap") or 0.0) if dtype == "tf32" else 0.0
+    floor += 2 * tanh_slack * (float(xp.abs(v64).max()) if v64.size else 0.0)
     if lse is not None:
         lse = lse.astype(xp.float64)
         empty = xp.isneginf(ref_lse)
@@ -123,7 +130,8 @@ def forward_errors(out, lse, q64, k64, v64, scale, causal, dtype, **variant):
             lerr = float(xp.abs(lse[live] - ref_lse[live]).max())
             lbase = float(xp.abs(lowp_lse[live] - ref_lse[live]).max())
             factor = NAIVE_FACTOR[dtype]
-            _check(lerr <= factor * lbase + LSE_FLOOR, f"lse error {lerr:.3g} > {factor} x naive {lbase:.3g} + floor")
+            _check(lerr <= factor * lbase + LSE_FLOOR + tanh_slack,
+                   f"lse error {lerr:.3g} > {factor} x naive {lbase:.3g} + floor")
     return {"out": (err, base, floor)}
 
 

@@ -149,6 +149,12 @@ def _wt(block_m, block_n, overlap=False):
     return replace(_w(block_m, block_n, producer=True, overlap=overlap, tma=True), family="wgmma_tf32")
 
 
+def _wh(block_m, block_n):
+    """A wgmma_tf32 forward tile for float32 at "highest": a producer warpgroup whose threads copy by cp.async and
+    split what they copied in hi and lo parts (flash_fwd.cu), block_m / 64 consumer warpgroups."""
+    return replace(_w(block_m, block_n, producer=True), family="wgmma_tf32")
+
+
 def _bt(block_m, block_n, warps, stages=2):
     """A wgmma_tf32 dK/dV tile: block_n / 16 warps, each 16 key rows and every query of a step for S^T and dP^T, a
     warpgroup 64 keys of dK^T and dV^T (no head-dim split of the warp grid: d_split 1)."""
@@ -283,8 +289,11 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # 16k tokens, against mma_tf32's forward (twenty-first session, 2026-11-29-tf32-wgmma-forward-probe.py): 1.04-1.74x
     # its speed at 64 non-causal, 1.46-2.31x at 128, 0.81x at 64 1k causal (the staging: half of the call at 1k).
     # The overlapped consumers come second, not measured (for the tuner).
-    ("wgmma_tf32", 64): (_wt(128, 128), _wt(128, 128, overlap=True)),
-    ("wgmma_tf32", 128): (_wt(128, 64), _wt(128, 64, overlap=True)),
+    # "highest" (three passes a product on split tiles: twice the shared memory) at head dim 64 only, on 64-key tiles.
+    ("wgmma_tf32", 64): (When(_wt(128, 128), avoid=("highest",)),
+                         When(_wt(128, 128, overlap=True), avoid=("highest",)), When(_wh(128, 64), avoid=("tf32",))),
+    ("wgmma_tf32", 128): (When(_wt(128, 64), avoid=("highest",)),
+                          When(_wt(128, 64, overlap=True), avoid=("highest",))),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.

@@ -121,8 +121,8 @@ class Mma80Family:
         return _padded_tile_bytes(rows, cols, self.itemsize)
 
     def operand_parts(self, variant: Variant | None) -> int:
-        """The parts each shared operand tile of the dK/dV kernel is stored in: 1, or 2 where float32 at "highest"
-        runs on warpgroup products (hi and lo, cuda_src/mma_tf32.cuh SplitTile)."""
+        """The parts each shared operand tile of the forward and dK/dV kernels is stored in: 1, or 2 where float32
+        at "highest" runs on warpgroup products (hi and lo, cuda_src/mma_tf32.cuh SplitTile)."""
         return 1
 
     # ---- shared memory per kernel kind, mirroring each kernel's layout
@@ -138,7 +138,9 @@ class Mma80Family:
         if kind == "fwd":  # alignment, Q tile (reused for O), STAGES K and V tiles, a producer's barriers
             # K's and V's full and empty mbarriers, and a persistent block's Q's two
             barriers = (32 * stages + 16 * config.persistent) if config.producer_warps else 0
-            return self.tile_align + tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias + barriers
+            parts = self.operand_parts(variant)
+            return (self.tile_align + parts * (tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim)) + bias
+                    + barriers)
         if kind == "bwd":  # alignment, K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             parts = self.operand_parts(variant)
             operands = 2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
@@ -227,7 +229,7 @@ class WgmmaTf32Family(Wgmma90Family):
 
     def supports(self, compute_capability, variant, kind=None, kernel_hdim=None):
         return (super().supports(compute_capability, variant, kind, kernel_hdim)
-                and (variant.precision == "tf32" or (variant.precision == "highest" and kind == "bwd"))
+                and variant.precision in ("tf32", "highest")
                 and variant.rows == "dense" and variant.bias == "none" and not variant.bool_mask
                 and not variant.dropout and not variant.split_kv)
 

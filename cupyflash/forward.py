@@ -33,7 +33,14 @@ class ForwardPlan:
         pd = problem.padded_head_dim
         self.copy_rows = _launch.row_copy_kernel(problem)  # head dims that are not a multiple of 8
         map_dtypes = None  # the variant's dtype for Q, K and V
-        if config.family == WGMMA_TF32.name:  # float32 operands rounded to TF32, V transposed (wgmma.cuh)
+        if config.family == WGMMA_TF32.name and not config.tma:
+            # "highest": Q and K as they are (the producer's threads split what they copy), V transposed unrounded
+            transpose = _kernels.get_function(WGMMA_TF32, "transpose_values", None, 0, problem.variant,
+                                              problem.device)
+            self.staging = (*(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec)),
+                            Tf32Staging(v_spec, pd, transpose, transpose=True))
+            geometry = box_rows = None
+        elif config.family == WGMMA_TF32.name:  # float32 operands rounded to TF32, V transposed (wgmma.cuh)
             round_rows, transpose = (_kernels.get_function(WGMMA_TF32, kind, None, 0, problem.variant, problem.device)
                                      for kind in TF32_STAGING_KINDS)
             # Q and K as they are, rounded by their bulk copies (TFLOAT32 maps); where they must be copied anyway
@@ -56,7 +63,7 @@ class ForwardPlan:
             box_rows = None  # a query tile's rows for Q, a key tile's for K and V
         self.map_args, self.map_names = (_tensor_maps(problem, config, geometry, box_rows, map_dtypes) if config.tma
                                          else (None, ()))
-        if config.family == WGMMA_TF32.name and self.map_args is None:
+        if config.family == WGMMA_TF32.name and config.tma and self.map_args is None:
             raise RuntimeError("cupyflash: the float32 wgmma forward needs bulk tensor copies, which the driver "
                                "refused for this call; pass config= an mma_tf32 tile (select_config(..., "
                                "family='mma_tf32'))")

@@ -92,3 +92,21 @@ def test_float32_gradients_may_carry_the_saved_lse_rounding_only_where_lse_is_la
         else:
             with pytest.raises(AccuracyError, match="dv error"):
                 check_grads_against_reference(off, dout, q, k, v, scale, False, "float32", alibi_slopes=alibi)
+
+
+@pytest.mark.parametrize("tanh_error, passes", [(2.0**-10.987, True), (2.0**-8, False)])
+def test_tf32_softcap_allows_tanh_approx_error_only(tanh_error, passes):
+    # precision "tf32" computes the softcap's tanh by tanh.approx.f32 (relative error up to 2^-10.987): an lse that
+    # far off is accepted, one 8x that is not (1 query seeing 5 keys, as the H100 run that found it)
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.standard_normal((1, n, 2, 64)).astype(np.float32) for n in (1, 293, 293))
+    cap = 5.0
+    out, lse = attention_reference(*map(to_float64, (q, k, v)), None, False, window_size=(4, -1), softcap=cap)
+    lse = lse + cap * tanh_error  # every logit off by as much, in the same direction: the lse moves with them
+    check = lambda: check_against_reference(out.astype(np.float32), lse.astype(np.float32), *map(to_float64, (q, k, v)),
+                                            1 / 8, False, "tf32", window_size=(4, -1), softcap=cap)
+    if passes:
+        check()
+    else:
+        with pytest.raises(AccuracyError, match="lse error"):
+            check()

@@ -274,30 +274,34 @@ def test_precision_errors_before_launch():
     assert bool((dq == 7).all())
 
 
-@pytest.mark.parametrize("head_dim", [40, 64, 100, 128])
+# "highest" (mode float32) splits every shared operand in two (hi and lo tiles): twice the shared memory, which
+# fits head dim 64's tiles only; larger head dims run mma_tf32 (test_every_head_dim).
+WGMMA_HEAD_DIMS = [("tf32", 40), ("tf32", 64), ("tf32", 100), ("tf32", 128), ("float32", 40), ("float32", 64)]
+
+
+@pytest.mark.parametrize("mode, head_dim", WGMMA_HEAD_DIMS)
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(97, 1), (130, 97), (257, 300)])
 @pytest.mark.parametrize("causal", [False, True])
-def test_tf32_wgmma_forward(head_dim, seqlen_q, seqlen_k, causal):
-    # precision "tf32" at head dims up to 128 on Hopper: TF32 wgmma on staged operands (Q and K rounded, V
-    # transposed with its keys in P's register order and padded to 32; cupyflash/_launch.py Tf32Staging): key
-    # counts that are not a multiple of 8 or 32, head dims padded to the kernel's, GQA, softcap and ALiBi
+def test_tf32_wgmma_forward(mode, head_dim, seqlen_q, seqlen_k, causal):
+    # float32 at head dims up to 128 ("tf32") or 64 ("highest") on Hopper: TF32 wgmma on staged operands ("tf32": Q
+    # and K rounded, by their bulk copies or staged; "highest": Q and K as they are, split by the producer's threads
+    # that copy them), V transposed with its keys in P's register order and padded to 32
+    # (cupyflash/_launch.py Tf32Staging): key counts that are not a multiple of 8 or 32, head dims padded to the
+    # kernel's, GQA, softcap and ALiBi
     from cupyflash._device import device_limits
     from cupyflash.families import FAMILIES, WGMMA_TF32
     from cupyflash.forward import plan_for
 
-    (q, k, v, _), _ = make_problem(0, 1, seqlen_q, seqlen_k, 4, 2, head_dim, "tf32")
-    plan = plan_for(q, k, v, causal=causal, precision="tf32")
+    (q, k, v, _), _ = make_problem(0, 1, seqlen_q, seqlen_k, 4, 2, head_dim, mode)
+    plan = plan_for(q, k, v, causal=causal, precision=PRECISION[mode])
     if device_limits(0).compute_capability == 90 and WGMMA_TF32 in FAMILIES:
         assert plan.config.family == "wgmma_tf32", plan.config
-    forward(head_dim + seqlen_k, 2, seqlen_q, seqlen_k, 4, 2, head_dim, "tf32", causal)
-    forward(head_dim + seqlen_q, 1, seqlen_q, seqlen_k, 4, 4, head_dim, "tf32", causal, softcap=20.0,
+    forward(head_dim + seqlen_k, 2, seqlen_q, seqlen_k, 4, 2, head_dim, mode, causal)
+    forward(head_dim + seqlen_q, 1, seqlen_q, seqlen_k, 4, 4, head_dim, mode, causal, softcap=20.0,
             alibi_slopes=alibi("heads", 1, 4))
 
 
-# "highest" (mode float32) splits every shared operand in two (hi and lo tiles): twice the shared memory, which
-# fits head dim 64's tile only; larger head dims run mma_tf32 (test_every_head_dim).
-@pytest.mark.parametrize("mode, head_dim", [("tf32", 40), ("tf32", 64), ("tf32", 100), ("tf32", 128),
-                                            ("float32", 40), ("float32", 64)])
+@pytest.mark.parametrize("mode, head_dim", WGMMA_HEAD_DIMS)
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(97, 1), (130, 97), (257, 300)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_tf32_wgmma_backward(mode, head_dim, seqlen_q, seqlen_k, causal):

@@ -369,8 +369,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         round_tile_to_tf32<KVTile, THREADS>(sV);
     }
     // f32x3 on warpgroups: K and V split once a block, and each step's Q and dO once they landed, by the threads that
-    // copied them (split_copied_tile): step t + 1's at the end of step t, so that the loop's first barrier orders
-    // them before the products.
+    // copied them (split_copied_tile): step t + 1's during step t's last product, so that the loop's first barrier
+    // orders them before the products that read them.
     auto split_step = [&](int t) {
         if constexpr (QTile::SPLIT) {
             split_copied_tile<QTile, THREADS>(reinterpret_cast<float*>(smem + Q_OFF + t % STAGES * QTile::BYTES));
@@ -509,6 +509,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
                     Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dk[mb], a_q[mb], lo_q[mb],
                                                                         sdS_addr + group_keys);
+                if (t + 1 < n_steps) {  // the next step's Q and dO split while dK's product runs (another stage)
+                    cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
+                    split_step(t + 1);
+                }
                 Core::template wait<0>();
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
@@ -552,11 +556,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             });
         }
         if constexpr (!PTile::SPLIT) add_dq();
-        if constexpr (QTile::SPLIT)
-            if (t + 1 < n_steps) {
-                cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
-                split_step(t + 1);
-            }
         // The next entry, from the one stashed by this step's load (visible since the __syncthreads above).
         if constexpr (Tiles::SKIPS)
             if (t + STAGES - 1 < n_steps)

@@ -289,11 +289,13 @@ FWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # 16k tokens, against mma_tf32's forward (twenty-first session, 2026-11-29-tf32-wgmma-forward-probe.py): 1.04-1.74x
     # its speed at 64 non-causal, 1.46-2.31x at 128, 0.81x at 64 1k causal (the staging: half of the call at 1k).
     # The overlapped consumers come second, not measured (for the tuner).
-    # "highest" (three passes a product on split tiles: twice the shared memory) at head dim 64 only, on 64-key tiles.
+    # "highest" (three passes a product on split tiles: twice the shared memory): 128x64 at 64, 64x32 (one consumer
+    # warpgroup) at 128, whose Q tile in two parts takes 64 KB. H100, 16k tokens, 1k / 4k: 79-92 TFLOP/s at 64
+    # (mma_tf32 56-59), 54-61 at 128 (mma_tf32 42 in the same session's bench).
     ("wgmma_tf32", 64): (When(_wt(128, 128), avoid=("highest",)),
                          When(_wt(128, 128, overlap=True), avoid=("highest",)), When(_wh(128, 64), avoid=("tf32",))),
     ("wgmma_tf32", 128): (When(_wt(128, 64), avoid=("highest",)),
-                          When(_wt(128, 64, overlap=True), avoid=("highest",))),
+                          When(_wt(128, 64, overlap=True), avoid=("highest",)), When(_wh(64, 32), avoid=("tf32",))),
     # H100, bf16, 16k tokens, seqlen 4096 (python -m cupyflash.tune, 2026-11-25): 128x128 ahead of 128x64 by
     # 1-10% at head dims 32 and 64.
     # At head dim 64, 128x128 spills with softcap and the band mask (compile check): softcap runs 128x64.

@@ -97,16 +97,15 @@ def test_h100_forward_prefers_wgmma_where_it_has_tiles():
 
 def test_float32_tf32_takes_the_wgmma_tf32_tiles_on_the_h100():
     # precision "tf32" at head dims 64 and 128 (and the dims padded to them): TF32 wgmma with a producer and bulk
-    # copies; "highest" at 64 with a producer's cp.async (its threads split what they copy), at 128 on mma_tf32;
+    # copies; "highest" with a producer's cp.async (its threads split what they copy), one consumer warpgroup at 128;
     # biases, masks, dropout, packed rows and other head dims stay on mma_tf32; not on the A100
     for hd, kd in ((64, 64), (40, 64), (100, 128), (128, 128)):
         config = select_config("fwd", H100, hd, variant=Variant("float32", "band", precision="tf32", softcap=True))
         assert config.family == "wgmma_tf32" and config.tma and config.producer_warps == 4, (hd, config)
         configs.check_config("fwd", config, H100, kd, Variant("float32", "band", precision="tf32", softcap=True))
-    for hd in (40, 64):
+    for hd in (40, 64, 100, 128):
         config = select_config("fwd", H100, hd, variant=Variant("float32", "band", precision="highest", alibi=True))
         assert config.family == "wgmma_tf32" and not config.tma and config.producer_warps == 4, (hd, config)
-    assert select_config("fwd", H100, 128, variant=Variant("float32", precision="highest")).family == "mma_tf32"
     for variant in (Variant("float32", precision="highest", bias="float32"),
                     Variant("float32", precision="tf32", bias="float32"),
                     Variant("float32", precision="tf32", bool_mask=True), Variant("float32", precision="tf32",
@@ -626,9 +625,10 @@ def test_float32_takes_its_own_family_and_tiles():
             for precision in ("highest", "tf32"):
                 variant = Variant("float32", precision=precision)
                 config = configs.select_config(kind, H100, kd, variant=variant)
-                # TF32 wgmma's forward and dK/dV kernel (the dQ kernel is mma_tf32's), at "highest" at head dim 64,
-                # where their split operand tiles fit shared memory
-                wgmma = kind in ("fwd", "bwd") and kd in ((64, 128) if precision == "tf32" else (64,))
+                # TF32 wgmma's forward and dK/dV kernel (the dQ kernel is mma_tf32's); at "highest" the dK/dV kernel
+                # at head dim 64 only, where its split operand tiles fit shared memory
+                wgmma = (kind == "fwd" and kd in (64, 128)
+                         or kind == "bwd" and kd in ((64, 128) if precision == "tf32" else (64,)))
                 assert config.family == ("wgmma_tf32" if wgmma else "mma_tf32"), (kind, kd, precision, config)
                 assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
     # measured picks (docs/performance.md): the single-pass backward runs 32x64 at head dim 64 and 32x128 at 128;

@@ -275,15 +275,16 @@ def test_precision_errors_before_launch():
 
 
 # "highest" (mode float32) splits every shared operand in two (hi and lo tiles): twice the shared memory, which
-# fits head dim 64's tiles only; larger head dims run mma_tf32 (test_every_head_dim).
+# fits the forward's tiles at both head dims (one consumer warpgroup at 128) and the dK/dV kernel's at 64 only.
 WGMMA_HEAD_DIMS = [("tf32", 40), ("tf32", 64), ("tf32", 100), ("tf32", 128), ("float32", 40), ("float32", 64)]
+WGMMA_FWD_HEAD_DIMS = WGMMA_HEAD_DIMS + [("float32", 100), ("float32", 128)]
 
 
-@pytest.mark.parametrize("mode, head_dim", WGMMA_HEAD_DIMS)
+@pytest.mark.parametrize("mode, head_dim", WGMMA_FWD_HEAD_DIMS)
 @pytest.mark.parametrize("seqlen_q, seqlen_k", [(97, 1), (130, 97), (257, 300)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_tf32_wgmma_forward(mode, head_dim, seqlen_q, seqlen_k, causal):
-    # float32 at head dims up to 128 ("tf32") or 64 ("highest") on Hopper: TF32 wgmma on staged operands ("tf32": Q
+    # float32 at head dims up to 128 on Hopper: TF32 wgmma on staged operands ("tf32": Q
     # and K rounded, by their bulk copies or staged; "highest": Q and K as they are, split by the producer's threads
     # that copy them), V transposed with its keys in P's register order and padded to 32
     # (cupyflash/_launch.py Tf32Staging): key counts that are not a multiple of 8 or 32, head dims padded to the

@@ -173,10 +173,10 @@ class Staging:
 
 
 class Tf32Staging:
-    """A float32 operand at precision "tf32" (cuda_src/staging.cu): rounded to TF32 into a fresh contiguous
-    (batch, seq, heads, padded dim) buffer (``round_tf32``: Q, K, V and dO of the mma_tf32 kernels; Q and K of the
-    wgmma forward where they must be copied anyway, its TFLOAT32 maps rounding them otherwise), or (``transpose``:
-    V of the wgmma forward) written as V^T,
+    """A float32 operand of the TF32 kernels (cuda_src/staging.cu): at precision "tf32" rounded to TF32 into a fresh
+    contiguous (batch, seq, heads, padded dim) buffer (``round_tf32``: Q, K, V and dO of the mma_tf32 kernels; Q and
+    K of the wgmma forward where they must be copied anyway, its TFLOAT32 maps rounding them otherwise), or
+    (``transpose``: V of the wgmma forward; rounded at "tf32", as it is at "highest") written as V^T,
     (batch, heads, padded dim, keys) with the keys padded to a multiple of 32 (``transpose_values``).
     ``map_geometry``: (shape, byte strides) of the staged array as the tensor map reads it, (batch, rows, heads, the
     contiguous dim): V^T's rows are the head dim, its columns the keys."""

@@ -17,8 +17,8 @@ HELPER_KINDS = ("bwd_preprocess", "bwd_convert_dq", "bwd_reduce_dkdv", "copy_row
                 "split_combine")
 _NO_ROWS = ("copy_rows", "mask_tiles", "dbias_sum", "split_combine",  # helper kernels without a row-layout policy
             "round_tf32", "transpose_values")
-#: float32 operand staging at precision "tf32" (cuda_src/staging.cu): rounded to TF32 (every TF32 family's kernels
-#: take their operands rounded), and V transposed (the wgmma forward's).
+#: float32 operand staging (cuda_src/staging.cu): at precision "tf32" rounded to TF32 (every TF32 family's kernels
+#: take their operands rounded), and V transposed (the wgmma forward's, at either precision).
 TF32_STAGING_KINDS = ("round_tf32", "transpose_values")
 
 #: The kernels' element type (cuda_src/mma_sm80.cuh, mma_tf32.cuh) by (dtype, precision): float32 inputs run on TF32
@@ -208,20 +208,23 @@ class Wgmma90Family(Mma80Family):
 
 @dataclass(frozen=True)
 class WgmmaTf32Family(Wgmma90Family):
-    """float32 at precision "tf32" on warpgroup tensor cores (TF32 wgmma, k8; sm_90a): the wgmma forward on 32-bit
-    tiles (32-column panels). TF32 wgmma reads no N-major operand, so V is staged transposed (V^T, its keys in P's
+    """float32 on warpgroup tensor cores (TF32 wgmma, k8; sm_90a): the wgmma forward on 32-bit tiles (32-column
+    panels). TF32 wgmma reads no N-major operand, so V is staged transposed (V^T, its keys in P's
     register order) and rounded to TF32 before the kernel (the tensor cores truncate; cupyflash/_launch.py
     Tf32Staging); Q and K are rounded by their bulk copies (TFLOAT32 maps), staged rounded only where they must be
     copied anyway. The backward's dK/dV kernel computes S^T = K Q^T and dP^T = V dO^T by wgmma (both operands K-major
     as they come), and dV^T += dO^T P, dK^T += Q^T dS (dO^T and Q^T register operands read from shared memory, P^T
-    and dS^T K-major in it); dQ stays on mma.sync, and the dQ kernel and the helpers are mma_tf32's. Dense rows,
-    plain and band masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
+    and dS^T K-major in it); dQ stays on mma.sync, and the dQ kernel and the helpers are mma_tf32's. At "highest"
+    every shared operand tile holds two parts (hi and lo: cuda_src/mma_tf32.cuh SplitTile), split by the threads
+    that copy or write it, and each product takes three passes: the forward's producer copies by cp.async and V^T is
+    staged unrounded; twice the shared memory, so the dK/dV kernel fits head dim 64 only. Dense rows, plain and band
+    masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
 
     name: str = "wgmma_tf32"
     dtypes: tuple = ("float32",)
     itemsize: int = 4
     summary: str = ("FlashAttention forward and four of the backward's five products on warpgroup tensor cores, "
-                    "float32 as TF32 (wgmma k8, sm_90a; one pass)")
+                    "float32 as TF32 (wgmma k8, sm_90a; one pass at \"tf32\", three on split tiles at \"highest\")")
     kinds: tuple = ("fwd", "bwd") + TF32_STAGING_KINDS
     kernel_head_dims: tuple | None = (64, 128)
     sources = {"fwd": "flash_fwd.cu", "bwd": "flash_bwd.cu", "round_tf32": "staging.cu",

@@ -33,8 +33,9 @@ class ForwardPlan:
         pd = problem.padded_head_dim
         self.copy_rows = _launch.row_copy_kernel(problem)  # head dims that are not a multiple of 8
         map_dtypes = None  # the variant's dtype for Q, K and V
-        if config.family == WGMMA_TF32.name and not config.tma:
-            # "highest": Q and K as they are (the producer's threads split what they copy), V transposed unrounded
+        if config.family == WGMMA_TF32.name and problem.variant.precision == "highest":
+            # Q and K as they are (its tiles' producer threads copy them by cp.async and split what they copied), V
+            # transposed unrounded (the table gives "highest" no bulk-copy tile: configs.FWD_TABLE)
             transpose = _kernels.get_function(WGMMA_TF32, "transpose_values", None, 0, problem.variant,
                                               problem.device)
             self.staging = (*(Staging(s, pd, self.copy_rows) for s in (q_spec, k_spec)),

@@ -157,8 +157,9 @@ __device__ __forceinline__ void load_transposed_a(u32 (&a)[MB][1][BLOCK_M / 8][4
 // The end of a dK/dV block on warpgroups: dK = scale dK^T^T and dV (or, with kv_splits > 1, the split's fp32
 // partials), from the transposed accumulators (element e of n-tile nt of product mb: head-dim row
 // 64 mb + 16 (warp % 4) + lane / 4 + 8 (e / 2), key column 64 (warp / 4) + 8 nt + 2 (lane % 4) + e % 2), staged
-// through the K and V tiles for 16-byte stores.
-template <typename Elem, typename KVTile, int THREADS, int MB, int NT>
+// through the K and V tiles for 16-byte stores. Warps before FIRST_WARP (a helper warpgroup) hold no gradients and
+// only store; warp numbers above count from FIRST_WARP.
+template <typename Elem, typename KVTile, int THREADS, int FIRST_WARP = 0, int MB, int NT>
 __device__ __forceinline__ void store_transposed_grads(const AttnParams& p, const float (&acc_dk)[MB][1][NT][4],
                                                        const float (&acc_dv)[MB][1][NT][4],
                                                        typename KVTile::Storage* sK, typename KVTile::Storage* sV,
@@ -174,10 +175,11 @@ __device__ __forceinline__ void store_transposed_grads(const AttnParams& p, cons
     } else {
         __syncthreads();  // every warp is done with K and V
     }
+    warp -= FIRST_WARP;
     #pragma unroll
     for (int mb = 0; mb < MB; ++mb)
         #pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT && (FIRST_WARP == 0 || warp >= 0); ++nt)
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int key = 64 * (warp / 4) + 8 * nt + 2 * (lane % 4) + e % 2;
@@ -200,14 +202,17 @@ __device__ __forceinline__ void store_transposed_grads(const AttnParams& p, cons
 }
 
 // Dynamic shared memory of the dK/dV kernel: room to align the tiles as the core needs, K, V, P^T, dS^T (BLOCK_N x
-// BLOCK_M), then STAGES Q tiles, STAGES dO tiles, STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias
-// tiles (none without a bias). Python's smem_bytes("bwd") computes the same number.
-template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma>
+// BLOCK_M; with a helper warpgroup two dS^T, of alternate steps), then STAGES Q tiles, STAGES dO tiles, STAGES x 2
+// rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's smem_bytes("bwd")
+// computes the same number.
+template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma,
+          int WARPS = 0>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
     using C = Core;  // (operand tiles: f32x3's split in two on warpgroups)
+    constexpr int P_TILES = Core::WARPGROUPS && WARPS * 16 == BLOCK_N + 64 ? 3 : 2;  // a helper's second dS^T
     return Core::SMEM_ALIGN + 2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, HEAD_DIM, S>>::BYTES +
-           2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, BLOCK_M, S>>::BYTES +
+           P_TILES * C::template Operands<Elem, typename C::template Tile<BLOCK_N, BLOCK_M, S>>::BYTES +
            2 * STAGES * C::template Operands<Elem, typename C::template Tile<BLOCK_M, HEAD_DIM, S>>::BYTES +
            STAGES * 2 * BLOCK_M * 4 + STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
@@ -227,28 +232,35 @@ template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N
           int STAGES = 2, int MIN_BLOCKS = 1, typename Mask = NoMask, typename Score = ScoreMod<>,
           typename Bias = NoBias, typename Rows = DenseRows, typename Drop = NoDropout, bool ATOMIC_DQ = true,
           int D_SPLIT = 2, typename Core = WarpMma,
-          int SMEM_BYTES = bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>()>
+          int SMEM_BYTES = bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, WARPS>()>
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
-    constexpr int KEY_WARPS = WARPS / D_SPLIT;
+    // HELPER (warpgroups, one more than the key rows take): warpgroup 0 copies and splits the steps' tiles and adds
+    // dQ (of the step before, from a second dS^T tile) while the others compute S^T, dP^T, P^T, dS^T, dV^T and dK^T.
+    constexpr bool HELPER = Core::WARPGROUPS && WARPS * 16 == BLOCK_N + 64;
+    static_assert(!HELPER || !Bias::Tiles::SKIPS, "a helper walks no mask: it loads steps without their walk entries");
+    constexpr int MATH_WARPS = HELPER ? WARPS - 4 : WARPS;  // the warps that own key rows
+    constexpr int COPY_THREADS = HELPER ? 128 : THREADS;    // the threads that copy (and split) tiles
+    constexpr int DQ_WARPS = HELPER ? 4 : WARPS;            // the warps that compute dQ
+    constexpr int KEY_WARPS = MATH_WARPS / D_SPLIT;
     constexpr int KEY_TILES = BLOCK_N / KEY_WARPS / 16;   // m16 tiles of key rows per warp
     constexpr int WARP_QUERIES = BLOCK_M / D_SPLIT;        // S^T columns per warp
     constexpr int WARP_D = HEAD_DIM / D_SPLIT;             // dK/dV columns per warp
     // dQ = dS K (BLOCK_M x HEAD_DIM) over the same warps: DQ_ROW_TILES m16 tiles of queries each (two where the
     // split allows: fewer K fragment reads), the head dim split over the warps that share a row range.
-    constexpr bool DQ_PAIRS = BLOCK_M % 32 == 0 && BLOCK_M / 32 <= WARPS && WARPS % (BLOCK_M / 32) == 0 &&
-                              HEAD_DIM / (WARPS / (BLOCK_M / 32)) % 16 == 0;
+    constexpr bool DQ_PAIRS = BLOCK_M % 32 == 0 && BLOCK_M / 32 <= DQ_WARPS && DQ_WARPS % (BLOCK_M / 32) == 0 &&
+                              HEAD_DIM / (DQ_WARPS / (BLOCK_M / 32)) % 16 == 0;
     constexpr int DQ_ROW_TILES = DQ_PAIRS ? 2 : 1;
     constexpr int DQ_ROW_WARPS = BLOCK_M / (16 * DQ_ROW_TILES);
-    constexpr int DQ_COLS = HEAD_DIM / (WARPS / DQ_ROW_WARPS);
-    static_assert(WARPS % D_SPLIT == 0 && BLOCK_N % (16 * KEY_WARPS) == 0 && STAGES >= 2, "key rows per warp");
+    constexpr int DQ_COLS = HEAD_DIM / (DQ_WARPS / DQ_ROW_WARPS);
+    static_assert(MATH_WARPS % D_SPLIT == 0 && BLOCK_N % (16 * KEY_WARPS) == 0 && STAGES >= 2, "key rows per warp");
     static_assert(WARP_QUERIES % 16 == 0 && WARP_D % 16 == 0, "queries and head dim split in n16 pairs");
-    static_assert(WARPS % DQ_ROW_WARPS == 0 && DQ_COLS % 16 == 0, "dQ split over warps");
-    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core>(),
+    static_assert(DQ_WARPS % DQ_ROW_WARPS == 0 && DQ_COLS % 16 == 0, "dQ split over warps");
+    static_assert(SMEM_BYTES == bwd_dkdv_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, WARPS>(),
                   "Python's smem formula");
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     // (a bias is added into S^T before its product, which a wgmma's first k step would overwrite)
-    static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * WARPS && D_SPLIT == 1 && !Bias::ON && HEAD_DIM % 64 == 0 &&
+    static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * MATH_WARPS && D_SPLIT == 1 && !Bias::ON && HEAD_DIM % 64 == 0 &&
                                         BLOCK_M % 32 == 0 && !Drop::ON),
                   "warpgroup products: a warp owns 16 key rows and every query of a step, 64 head-dim rows of dK^T "
                   "and dV^T a product (no head-dim split); without a bias or dropout");
@@ -265,7 +277,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                       PairedSwizzledTile<BLOCK_N, BLOCK_M, S>,
                                                                       SmemTile<BLOCK_N, BLOCK_M, S>>::type>;
 
-    constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + 2 * PTile::BYTES;
+    constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + (HELPER ? 3 : 2) * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
     constexpr int BIAS_OFF = ROW_OFF + STAGES * 2 * BLOCK_M * 4;
     constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
@@ -285,6 +297,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const float* sRow = reinterpret_cast<const float*>(smem + ROW_OFF);
 
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int mwarp = HELPER ? warp - 4 : warp;  // among the warps that own key rows (negative: the helper's)
     // Block::slot() = kv_head * kv_splits + split (kv_head itself without splits): the split's query heads start at
     // slot * heads_per_split. Block's fields are re-read from the grid position rather than held across the loop
     // (registers). With dbias, batches are the grid's fastest dimension (KeyBlock, coords.cuh).
@@ -294,9 +307,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     const Seq seq = Rows::of(p, batch);
     if (Rows::PACKED && n0 >= seq.seqlen_k) return;  // packed rows: the grid covers the longest entry
     const int seqlen_q = seq.seqlen_q, seqlen_k = seq.seqlen_k, head_dim = p.head_dim;
-    const int warp_key0 = warp / D_SPLIT * 16 * KEY_TILES;
+    const int warp_key0 = mwarp / D_SPLIT * 16 * KEY_TILES;
     const int warp_query0 = warp % D_SPLIT * WARP_QUERIES, d_col0 = warp % D_SPLIT * WARP_D;
-    const int s_key0 = Core::WARPGROUPS ? 16 * warp : warp_key0, s_query0 = Core::WARPGROUPS ? 0 : warp_query0;
+    const int s_key0 = Core::WARPGROUPS ? 16 * mwarp : warp_key0, s_query0 = Core::WARPGROUPS ? 0 : warp_query0;
     const int dq_row0 = warp % DQ_ROW_WARPS * 16 * DQ_ROW_TILES, dq_col0 = warp / DQ_ROW_WARPS * DQ_COLS;
     const Mask mask(p, seq);
 
@@ -335,27 +348,29 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     auto load_step = [&](int t, int entry) {
         const int s = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(s), m0 = step_tile(s) * BLOCK_M;
-        load_tile_async<QTile, THREADS>(sQ_addr + stage * QTile::BYTES,
-                                        elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0), p.q_str.seq,
-                                        seqlen_q - m0, head_dim);
-        load_tile_async<QTile, THREADS>(sdO_addr + stage * QTile::BYTES,
-                                        elems<Elem>(p.dout) + row_offset(p.do_str, batch, head, seq.q0 + m0),
-                                        p.do_str.seq,
-                                        seqlen_q - m0, head_dim);
+        load_tile_async<QTile, COPY_THREADS>(sQ_addr + stage * QTile::BYTES,
+                                             elems<Elem>(p.q) + row_offset(p.q_str, batch, head, seq.q0 + m0),
+                                             p.q_str.seq, seqlen_q - m0, head_dim);
+        load_tile_async<QTile, COPY_THREADS>(sdO_addr + stage * QTile::BYTES,
+                                             elems<Elem>(p.dout) + row_offset(p.do_str, batch, head, seq.q0 + m0),
+                                             p.do_str.seq, seqlen_q - m0, head_dim);
         const i64 rows = row_values_offset(p, batch, head) + m0;
-        load_row_values_async<BLOCK_M, THREADS>(sRow_addr + stage * 2 * BLOCK_M * 4, p.lse2 + rows, seqlen_q - m0);
-        load_row_values_async<BLOCK_M, THREADS>(sRow_addr + (stage * 2 + 1) * BLOCK_M * 4, p.delta + rows,
-                                                seqlen_q - m0);
+        load_row_values_async<BLOCK_M, COPY_THREADS>(sRow_addr + stage * 2 * BLOCK_M * 4, p.lse2 + rows,
+                                                     seqlen_q - m0);
+        load_row_values_async<BLOCK_M, COPY_THREADS>(sRow_addr + (stage * 2 + 1) * BLOCK_M * 4, p.delta + rows,
+                                                     seqlen_q - m0);
         if constexpr (Bias::ON)
             Bias::template load_tile<BLOCK_M, BLOCK_N, THREADS>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, p, batch,
                                                                 head, m0, n0, seqlen_q - m0, seqlen_k - n0, entry);
         if constexpr (Tiles::SKIPS) Bias::template stash<BLOCK_N, 0>(sK_addr + BIAS_OFF + stage * BIAS_BYTES, entry);
     };
 
-    load_tile_async<KVTile, THREADS>(sK_addr, elems<Elem>(p.k) + row_offset(p.k_str, batch, kv_head, seq.k0 + n0),
-                                     p.k_str.seq, seqlen_k - n0, head_dim);
-    load_tile_async<KVTile, THREADS>(sV_addr, elems<Elem>(p.v) + row_offset(p.v_str, batch, kv_head, seq.k0 + n0),
-                                     p.v_str.seq, seqlen_k - n0, head_dim);
+    load_tile_async<KVTile, COPY_THREADS>(sK_addr,
+                                          elems<Elem>(p.k) + row_offset(p.k_str, batch, kv_head, seq.k0 + n0),
+                                          p.k_str.seq, seqlen_k - n0, head_dim);
+    load_tile_async<KVTile, COPY_THREADS>(sV_addr,
+                                          elems<Elem>(p.v) + row_offset(p.v_str, batch, kv_head, seq.k0 + n0),
+                                          p.v_str.seq, seqlen_k - n0, head_dim);
     // The entry of the next step to load. Each step's end finds it from the entry its load stashed, so that it is
     // live from there to the next load only, not across the products (at the largest tiles that register spills).
     int next_load = Tiles::SKIPS ? entry_after(-2) : 0;  // -2: the entry before dense step 0
@@ -373,14 +388,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // orders them before the products that read them.
     auto split_step = [&](int t) {
         if constexpr (QTile::SPLIT) {
-            split_copied_tile<QTile, THREADS>(reinterpret_cast<float*>(smem + Q_OFF + t % STAGES * QTile::BYTES));
-            split_copied_tile<QTile, THREADS>(reinterpret_cast<float*>(smem + DO_OFF + t % STAGES * QTile::BYTES));
+            split_copied_tile<QTile, COPY_THREADS>(reinterpret_cast<float*>(smem + Q_OFF + t % STAGES * QTile::BYTES));
+            split_copied_tile<QTile, COPY_THREADS>(reinterpret_cast<float*>(smem + DO_OFF + t % STAGES * QTile::BYTES));
         }
     };
     if constexpr (KVTile::SPLIT) {
         cp_async_wait<STAGES - 2>();  // this thread's copies of the first group: K, V and step 0's tiles
-        split_copied_tile<KVTile, THREADS>(sK);
-        split_copied_tile<KVTile, THREADS>(sV);
+        split_copied_tile<KVTile, COPY_THREADS>(sK);
+        split_copied_tile<KVTile, COPY_THREADS>(sV);
         if (n_steps > 0) split_step(0);
     }
 
@@ -388,10 +403,19 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // head-dim rows x the warpgroup's 64 keys
     // (both types are formed: the warpgroups' stays non-empty below head dim 64, where it is never picked)
     constexpr int PRODUCTS = HEAD_DIM / 64 > 0 ? HEAD_DIM / 64 : 1;
-    using Grads = typename Pick<Core::WARPGROUPS, float[PRODUCTS][1][BLOCK_N / WARPS * 4 / 8][4],
+    using Grads = typename Pick<Core::WARPGROUPS, float[PRODUCTS][1][BLOCK_N / MATH_WARPS * 4 / 8][4],
                                 float[KEY_TILES][WARP_D / 8][4]>::type;
     Grads acc_dv = {}, acc_dk = {};
     typename Bias::template Grad<S_KEY_TILES, S_QUERIES / 8> dbias;  // nothing unless the bias's gradient is on
+
+    // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array: the step of
+    // (head, m0), its dS^T in the tile at ds
+    auto add_dq = [&](int head, int m0, u32 ds) {
+        if constexpr (ATOMIC_DQ)
+            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
+                p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0), static_cast<i64>(p.nheads) * head_dim,
+                ds, sK_addr, dq_row0, dq_col0, seqlen_q - m0, head_dim, p.softmax_scale, lane);
+    };
 
     for (int t = 0; t < n_steps; ++t) {
         cp_async_wait<STAGES - 2>();
@@ -407,6 +431,26 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
+        const int ds_tile = HELPER ? t % 2 : 0;  // (a helper adds dQ from the other while this one is written)
+        const u32 sdS_t = sdS_addr + ds_tile * PTile::BYTES;
+        if constexpr (HELPER) {
+            // The helper: the step before's dQ while the others compute S^T, dP^T, P^T and dS^T, then, past the
+            // barrier where those are complete, the next step's Q and dO split as they land while the others run
+            // dV^T and dK^T. (Every warp meets both of the step's barriers: with the P^T/dS^T barrier named for the
+            // math warps alone, compute-sanitizer's racecheck reported WAR hazards between their reads of a stage
+            // and the helper's copies into it two steps later, across the full barrier that orders them; with both
+            // barriers block-wide, none. docs/performance.md, twenty-fifth session.)
+            if (mwarp < 0) {
+                if (t > 0)
+                    add_dq(step_head(t - 1), step_tile(t - 1) * BLOCK_M, sdS_addr + (1 - ds_tile) * PTile::BYTES);
+                __syncthreads();  // the math warps' P^T and dS^T barrier
+                if (t + 1 < n_steps) {
+                    cp_async_wait<STAGES - 2>();
+                    split_step(t + 1);
+                }
+                continue;
+            }
+        }
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
@@ -422,7 +466,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                 s_key0, s_query0, lane, p, entry);
         if constexpr (Core::WARPGROUPS) {  // both products in flight at once
             // (one warpgroup: its first row is the constant 0, which keeps the descriptors on the uniform datapath)
-            const int group_row0 = WARPS == 4 ? 0 : s_key0;
+            const int group_row0 = MATH_WARPS == 4 ? 0 : s_key0;
             Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(s, sK_addr, group_row0, sQ_t);
             Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(dp, sV_addr, group_row0, sdO_t);
             Core::template wait<0>();
@@ -477,39 +521,31 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             dbias.flush(p, batch, head, key0, seqlen_k, key_group, warp % D_SPLIT, lane);
         }
         stage_operands_in_smem<Elem, PTile>(sP + s_query0, s_key0, s, lane);
-        stage_operands_in_smem<Elem, PTile>(sdS + s_query0, s_key0, dp, lane);
+        stage_operands_in_smem<Elem, PTile>(sdS + ds_tile * (PTile::BYTES / sizeof(S)) + s_query0, s_key0, dp, lane);
         Core::tiles_landed();  // (wgmma reads P^T and dS^T through the async proxy)
-        __syncthreads();  // P^T and dS^T complete
+        __syncthreads();  // P^T and dS^T complete (a helper meets this barrier after its dQ, below)
 
-        // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array
-        auto add_dq = [&] {
-            if constexpr (ATOMIC_DQ)
-                accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
-                    p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0),
-                    static_cast<i64>(p.nheads) * head_dim, sdS_addr, sK_addr, dq_row0, dq_col0, seqlen_q - m0,
-                    head_dim, p.softmax_scale, lane);
-        };
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
         if constexpr (Core::WARPGROUPS) {  // dV^T += dO^T P, dK^T += Q^T dS: both in flight, then waited for
-            const u32 group_keys = PTile::byte_offset(warp / 4 * 64, 0);  // the warpgroup's 64 key rows of P^T, dS^T
+            const u32 group_keys = PTile::byte_offset(mwarp / 4 * 64, 0);  // the warpgroup's 64 key rows of P^T, dS^T
             u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
-            load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, warp, lane);
+            load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, mwarp, lane);
             if constexpr (PTile::SPLIT) {  // f32x3: three passes a product, each step's sum fresh, then added
                 u32 lo_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], lo_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
-                load_transposed_a<QTile, BLOCK_M>(lo_do, sdO_t + QTile::LO, warp, lane);
+                load_transposed_a<QTile, BLOCK_M>(lo_do, sdO_t + QTile::LO, mwarp, lane);
                 Grads step_dv, step_dk;
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
                     Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dv[mb], a_do[mb], lo_do[mb],
                                                                         sP_addr + group_keys);
-                add_dq();  // on mma.sync while dV's product runs (both read shared tiles only)
-                load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);
-                load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, warp, lane);
+                if constexpr (!HELPER) add_dq(head, m0, sdS_t);  // on mma.sync while dV's product runs
+                load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane);
+                load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, mwarp, lane);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
                     Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dk[mb], a_q[mb], lo_q[mb],
-                                                                        sdS_addr + group_keys);
-                if (t + 1 < n_steps) {  // the next step's Q and dO split while dK's product runs (another stage)
+                                                                        sdS_t + group_keys);
+                if (!HELPER && t + 1 < n_steps) {  // the next step's Q and dO split while dK's product runs
                     cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
                     split_step(t + 1);
                 }
@@ -520,7 +556,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                     fence_fragment(a_do[mb]), fence_fragment(a_q[mb]), fence_fragment(lo_do[mb]);
                     fence_fragment(lo_q[mb]);
                     #pragma unroll
-                    for (int nt = 0; nt < BLOCK_N / WARPS * 4 / 8; ++nt)
+                    for (int nt = 0; nt < BLOCK_N / MATH_WARPS * 4 / 8; ++nt)
                         #pragma unroll
                         for (int e = 0; e < 4; ++e) {
                             acc_dv[mb][0][nt][e] += step_dv[mb][0][nt][e];
@@ -528,13 +564,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                         }
                 }
             } else {
-                load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, warp, lane);
+                load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
                     Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dv[mb], a_do[mb], sP_addr + group_keys);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
-                    Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dk[mb], a_q[mb], sdS_addr + group_keys);
+                    Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dk[mb], a_q[mb], sdS_t + group_keys);
                 Core::template wait<0>();
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
@@ -555,7 +591,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                                                d_col0, lane);
             });
         }
-        if constexpr (!PTile::SPLIT) add_dq();
+        if constexpr (!PTile::SPLIT && !HELPER) add_dq(head, m0, sdS_t);
         // The next entry, from the one stashed by this step's load (visible since the __syncthreads above).
         if constexpr (Tiles::SKIPS)
             if (t + STAGES - 1 < n_steps)
@@ -565,8 +601,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
     cp_async_wait<0>();
     if constexpr (Core::WARPGROUPS) {
-        store_transposed_grads<Elem, KVTile, THREADS>(p, acc_dk, acc_dv, sK, sV, batch, Block::slot(), n0, seq,
-                                                      warp, lane);
+        if constexpr (HELPER) {  // the last step's dQ, once its dS^T is complete
+            __syncthreads();
+            if (mwarp < 0 && n_steps > 0)
+                add_dq(step_head(n_steps - 1), step_tile(n_steps - 1) * BLOCK_M,
+                       sdS_addr + (n_steps - 1) % 2 * PTile::BYTES);
+        }
+        store_transposed_grads<Elem, KVTile, THREADS, WARPS - MATH_WARPS>(p, acc_dk, acc_dv, sK, sV, batch,
+                                                                          Block::slot(), n0, seq, warp, lane);
     } else {
         if (p.kv_splits > 1) {  // this split's share of the group, unrounded, for flash_bwd_reduce_dkdv_kernel
             float* dk_part = p.dkv_partial + dkv_partial_offset(p, batch, Block::slot(), n0);

@@ -157,7 +157,8 @@ def _wh(block_m, block_n):
 
 def _bt(block_m, block_n, warps, stages=2):
     """A wgmma_tf32 dK/dV tile: block_n / 16 warps, each 16 key rows and every query of a step for S^T and dP^T, a
-    warpgroup 64 keys of dK^T and dV^T (no head-dim split of the warp grid: d_split 1)."""
+    warpgroup 64 keys of dK^T and dV^T (no head-dim split of the warp grid: d_split 1); or with four warps more, a
+    helper warpgroup that copies and splits the steps' tiles and adds dQ meanwhile (flash_bwd.cu HELPER)."""
     return replace(_t(block_m, block_n, warps, stages), family="wgmma_tf32")
 
 
@@ -413,7 +414,8 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # docs/measurements/2026-12-01-h100-s23-tf32-bwd-probe-*.md): at 64, 32x64/w4 106 / 120 / 125, 64x64/w4
     # 102 / 119 / 127, 32x128/w8 102 / 116 / 121; at 128, 32x128/w8 (two warpgroups, 226 KB) 120 / 138 / 154 against
     # 32x64/w4's 96 / 110 / 119.
-    ("wgmma_tf32", 64): (_bt(32, 64, 4),),
+    # "highest" at 64 with a helper warpgroup (four warps more: the step's loads, splits and dQ beside the products).
+    ("wgmma_tf32", 64): (When(_bt(32, 64, 8), avoid=("tf32",)), _bt(32, 64, 4)),
     ("wgmma_tf32", 128): (_bt(32, 128, 8), _bt(32, 64, 4)),
     **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},
     # At 256 every tile spills with softcap, ALiBi, a float32 bias with its gradient and a mask at once (48 bytes,

@@ -120,6 +120,11 @@ class Mma80Family:
     def _tile_bytes(self, rows, cols):
         return _padded_tile_bytes(rows, cols, self.itemsize)
 
+    def helper_warpgroup(self, config) -> bool:
+        """Whether the dK/dV kernel of ``config`` has a helper warpgroup (one more than its key rows take: it copies
+        and splits the steps' tiles and adds dQ while the others compute; cuda_src/flash_bwd.cu HELPER)."""
+        return self.core == "cf::WarpgroupMma" and config.warps * 16 == config.block_n + 64
+
     def operand_parts(self, variant: Variant | None) -> int:
         """The parts each shared operand tile of the forward and dK/dV kernels is stored in: 1, or 2 where float32
         at "highest" runs on warpgroup products (hi and lo, cuda_src/mma_tf32.cuh SplitTile)."""
@@ -143,7 +148,8 @@ class Mma80Family:
                     + barriers)
         if kind == "bwd":  # alignment, K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             parts = self.operand_parts(variant)
-            operands = 2 * tile(n, kernel_hdim) + 2 * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
+            p_tiles = 3 if self.helper_warpgroup(config) else 2  # a helper's second dS^T
+            operands = 2 * tile(n, kernel_hdim) + p_tiles * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
             return self.tile_align + parts * operands + stages * 2 * m * 4 + bias
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
             return 2 * tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias

@@ -381,12 +381,16 @@ def test_every_backward_kind_has_a_fitting_config(kind, limits, head_dim):
                          ids=lambda x: str(x))
 def test_dkdv_configs_satisfy_the_kernels_warp_grid(kd, config):
     """The static_asserts of flash_bwd_dkdv_kernel, restated: a config that breaks one would fail to compile."""
-    key_warps = config.warps // config.d_split
-    assert config.warps % config.d_split == 0 and config.block_n % (16 * key_warps) == 0
+    from cupyflash.families import BY_NAME
+
+    # the warps that own key rows: all, or all but a helper warpgroup (wgmma_tf32, one warpgroup more than the keys)
+    math_warps = config.warps - 4 * BY_NAME[config.family].helper_warpgroup(config)
+    key_warps = math_warps // config.d_split
+    assert math_warps % config.d_split == 0 and config.block_n % (16 * key_warps) == 0
     assert (config.block_m // config.d_split) % 16 == 0 and config.block_m % config.d_split == 0
     assert (kd // config.d_split) % 16 == 0
     if config.family == "wgmma_tf32":  # warpgroups: 16 key rows a warp; dK^T, dV^T in 64-row products, unsplit
-        assert config.block_n == 16 * config.warps and config.d_split == 1 and kd % 64 == 0
+        assert config.block_n == 16 * math_warps and config.d_split == 1 and kd % 64 == 0
         assert config.block_m % 32 == 0
 
 
@@ -632,14 +636,14 @@ def test_float32_takes_its_own_family_and_tiles():
                 assert config.family == ("wgmma_tf32" if wgmma else "mma_tf32"), (kind, kd, precision, config)
                 assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
     # measured picks (docs/performance.md): the single-pass backward runs 32x64 at head dim 64 and 32x128 at 128;
-    # "highest" runs wgmma's 32x64 at 64 and mma_tf32's 8-warp 16x128 at 128 with plain scores, the band mask,
-    # softcap and ALiBi, not with a bias
+    # "highest" runs wgmma's 32x64 with a helper warpgroup at 64 and mma_tf32's 8-warp 16x128 at 128 with plain
+    # scores, the band mask, softcap and ALiBi, not with a bias
     def bwd(kd, precision, **kw):
         c = configs.select_config("bwd", H100, kd, variant=Variant("float32", precision=precision, **kw))
         return c.block_m, c.block_n, c.warps
 
     assert bwd(64, "tf32") == (32, 64, 4) and bwd(128, "tf32") == (32, 128, 8)  # wgmma_tf32 on the H100
-    assert bwd(64, "highest") == bwd(64, "highest", mask="band", softcap=True, alibi=True) == (32, 64, 4)
+    assert bwd(64, "highest") == bwd(64, "highest", mask="band", softcap=True, alibi=True) == (32, 64, 8)
     assert bwd(128, "highest") == (16, 128, 8)
     assert bwd(64, "highest", bias="float32") == (64, 64, 4) and bwd(128, "highest", bias="float32") == (32, 32, 4)
     assert configs.select_config("fwd", A100, 128, variant=Variant("bfloat16")).family == "mma_sm80"

@@ -579,16 +579,19 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 }
             }
         } else {
-            using DkDv = float[KEY_TILES][WARP_D / 8][4];
-            constexpr int MAX_FLOATS = 48;  // a second accumulator beside dK and dV (warp_gemm.cuh accumulate)
-            accumulate<Elem, MAX_FLOATS>(acc_dv, [&](DkDv& c) {
-                gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
-                                                                                               sdO_t, d_col0, lane);
+            // (float32 at "highest": each step's sum fresh, in slices of CHUNK n-tiles where a second accumulator of
+            // all of them beside dK and dV would not fit: warp_gemm.cuh accumulate)
+            constexpr int MAX_FLOATS = 48, CHUNK = column_chunk<Elem, MAX_FLOATS, KEY_TILES, WARP_D / 8, HEAD_DIM>();
+            using Slice = float[KEY_TILES][CHUNK][4];
+            accumulate<Elem, MAX_FLOATS, CHUNK>(acc_dv, [&](Slice& c, int nt0) {
+                gemm_smem_smem<Elem, KEY_TILES, CHUNK, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
+                                                                                          sdO_t, d_col0 + 8 * nt0,
+                                                                                          lane);
             });
-            accumulate<Elem, MAX_FLOATS>(acc_dk, [&](DkDv& c) {
-                gemm_smem_smem<Elem, KEY_TILES, WARP_D / 8, BLOCK_M, PTile, QTile, false, true>(c, sdS_addr,
-                                                                                               warp_key0, sQ_t,
-                                                                                               d_col0, lane);
+            accumulate<Elem, MAX_FLOATS, CHUNK>(acc_dk, [&](Slice& c, int nt0) {
+                gemm_smem_smem<Elem, KEY_TILES, CHUNK, BLOCK_M, PTile, QTile, false, true>(c, sdS_addr, warp_key0,
+                                                                                          sQ_t, d_col0 + 8 * nt0,
+                                                                                          lane);
             });
         }
         if constexpr (!PTile::SPLIT && !HELPER) add_dq(head, m0, sdS_t);
@@ -793,8 +796,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         // dQ += dS K (K stored key-major: B of this product is k-major)
         u32 ds_frag[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
-        accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
-            gemm_regs_smem_nn<Elem, M_TILES, D_TILES, BLOCK_N, KVTile>(c, ds_frag, sK_t, lane);
+        constexpr int MAX_FLOATS = 96, CHUNK = column_chunk<Elem, MAX_FLOATS, M_TILES, D_TILES, HEAD_DIM>();
+        accumulate<Elem, MAX_FLOATS, CHUNK>(acc, [&](float (&c)[M_TILES][CHUNK][4], int nt0) {
+            gemm_regs_smem_nn<Elem, M_TILES, CHUNK, BLOCK_N, KVTile>(c, ds_frag, sK_t, lane, 8 * nt0);
         });
     }
 

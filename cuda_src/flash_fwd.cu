@@ -84,6 +84,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     constexpr int M_TILES = ROWS_PER_WARP / 16;
     constexpr int N_TILES = BLOCK_N / 8;
     constexpr int D_TILES = HEAD_DIM / 8;
+    // O += P V: float32 at "highest" sums each key tile's product fresh, in slices of PV_CHUNK n-tiles where all of
+    // them would not fit a second accumulator (warp_gemm.cuh accumulate); a warpgroup product takes its whole width.
+    constexpr int PV_FLOATS = 96;
+    constexpr int PV_CHUNK = Core::WARPGROUPS ? D_TILES : column_chunk<Elem, PV_FLOATS, M_TILES, D_TILES, HEAD_DIM>();
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
     static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>(),
                   "Python's smem formula");
@@ -355,8 +359,8 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 if (scores_to_p(s, t, entry)) softmax.rescale(acc, alpha);
                 accum_to_a_frags<Elem>(pf, s);
                 L::template acquire<STAGES>(bars, VALUES, step0 + t);
-                accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
-                    Core::template pv<Elem, BLOCK_N, VTile>(c, pf, sV_of(t), lane);
+                accumulate<Elem, PV_FLOATS, PV_CHUNK>(acc, [&](float (&c)[M_TILES][PV_CHUNK][4], int nt0) {
+                    Core::template pv<Elem, BLOCK_N, VTile>(c, pf, sV_of(t), lane, nt0);
                 });
                 L::template release<STAGES>(bars, VALUES, step0 + t, lane);
             }
@@ -429,8 +433,8 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             // acc += P V
             u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
             accum_to_a_frags<Elem>(pf, s);
-            accumulate<Elem>(acc, [&](float (&c)[M_TILES][D_TILES][4]) {
-                Core::template pv<Elem, BLOCK_N, KVTile>(c, pf, sV_addr + t % STAGES * KVTile::BYTES, lane);
+            accumulate<Elem, PV_FLOATS, PV_CHUNK>(acc, [&](float (&c)[M_TILES][PV_CHUNK][4], int nt0) {
+                Core::template pv<Elem, BLOCK_N, KVTile>(c, pf, sV_addr + t % STAGES * KVTile::BYTES, lane, nt0);
             });
         }
     }

@@ -153,8 +153,10 @@ template <> struct Mma<f32x3> : Mma32 {
     // one tile at a time in a fresh accumulator and added to the running one with FADD: the tensor cores' truncating
     // additions then span one tile's k (32-128) rather than thousands (warp_gemm.cuh accumulate). Measured on the
     // H100 (forward, head dims 64 and 128, seqlen 1k-4k): errors 4.2-5.9e-6 before, 0.4-1.2e-6 after, beside
-    // naive float32 CuPy's 0.4-0.6e-6 (docs/performance.md, eleventh session). Not at head dims 224 and 256, where
-    // the second accumulator would spill.
+    // naive float32 CuPy's 0.4-0.6e-6 (docs/performance.md, eleventh session). Where a second accumulator of the
+    // whole width would spill, in two column slices (the dK/dV kernel's 16x128 tile at head dim 128: dK and dV 8-20x
+    // plain float32's error summed in place, 1.5-3.9x in slices; twenty-fifth session); not above head dim 192,
+    // where even those spill.
     static constexpr bool SUM_PER_TILE = true;
     struct Operand { u32 hi[4], lo[4]; };
     static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) {

@@ -171,32 +171,56 @@ __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4]
     }
 }
 
+// Above head dim 192 the kernels keep their sums in place: there even half-width second accumulators spilled
+// (twenty-fifth session's sweep of the float32 picks: the dK/dV kernel at 256, the forward and dQ kernels at 224
+// and 256, on sm_80 and sm_90).
+constexpr int SLICED_HEAD_DIM_MAX = 192;
+
+// The n-tiles a fresh accumulator of accumulate() below takes at once: all N_TILES where M_TILES x N_TILES floats a
+// thread fit MAX_FLOATS, else half of them where those fit (the product is then made in two column slices, each
+// summed fresh and added, each reading its A operand); N_TILES where products add into acc directly (no
+// SUM_PER_TILE), or where half do not fit either (then the sums are made in place), or above
+// SLICED_HEAD_DIM_MAX.
+template <typename Elem, int MAX_FLOATS, int M_TILES, int N_TILES, int HEAD_DIM>
+__host__ __device__ constexpr int column_chunk() {
+    if (!Mma<Elem>::SUM_PER_TILE || M_TILES * N_TILES * 4 <= MAX_FLOATS || HEAD_DIM > SLICED_HEAD_DIM_MAX)
+        return N_TILES;
+    if (N_TILES % 4 == 0 && M_TILES * N_TILES * 2 <= MAX_FLOATS) return N_TILES / 2;
+    return N_TILES;
+}
+
 // acc += product(...): the product written into acc directly, or with Mma<Elem>::SUM_PER_TILE summed in a fresh
-// accumulator first and added with FADD (mma_tf32.cuh says why). product(c) adds its result into c. A second
-// accumulator larger than MAX_FLOATS a thread spills (compile check): those sum in place. 96 fits the forward and
-// dQ kernels up to head dim 192; the dK/dV kernel, which holds dK and dV, fits 48 (head dims up to 192 there).
-template <typename Elem, int MAX_FLOATS = 96, int M_TILES, int N_TILES, typename Product>
+// accumulator first and added with FADD (mma_tf32.cuh says why), CHUNK n-tiles at a time (column_chunk).
+// product(c, nt0) adds the product's n-tiles nt0 .. nt0 + CHUNK - 1 into c. A second accumulator larger than
+// MAX_FLOATS a thread spills (compile check): 96 fits the forward and dQ kernels, 48 the dK/dV kernel, which holds
+// dK and dV; products twice as wide are summed in two slices of columns.
+template <typename Elem, int MAX_FLOATS, int CHUNK, int M_TILES, int N_TILES, typename Product>
 __device__ __forceinline__ void accumulate(float (&acc)[M_TILES][N_TILES][4], Product product) {
-    if constexpr (Mma<Elem>::SUM_PER_TILE && M_TILES * N_TILES * 4 <= MAX_FLOATS) {
-        float tile[M_TILES][N_TILES][4] = {};
-        product(tile);
+    static_assert(N_TILES % CHUNK == 0, "whole slices of columns");
+    if constexpr (Mma<Elem>::SUM_PER_TILE && M_TILES * CHUNK * 4 <= MAX_FLOATS) {
         #pragma unroll
-        for (int mt = 0; mt < M_TILES; ++mt)
+        for (int nt0 = 0; nt0 < N_TILES; nt0 += CHUNK) {
+            float tile[M_TILES][CHUNK][4] = {};
+            product(tile, nt0);
             #pragma unroll
-            for (int nt = 0; nt < N_TILES; ++nt)
+            for (int mt = 0; mt < M_TILES; ++mt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) acc[mt][nt][e] += tile[mt][nt][e];
+                for (int nt = 0; nt < CHUNK; ++nt)
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) acc[mt][nt0 + nt][e] += tile[mt][nt][e];
+        }
     } else {
-        product(acc);
+        static_assert(CHUNK == N_TILES, "in place: one product over every column");
+        product(acc, 0);
     }
 }
 
-// acc += A B with A held in registers as fragments from accum_to_a_frags (one per k step of K) and B = the first K
-// rows of sB, stored k-major (O += P V).
+// acc += A B with A held in registers as fragments from accum_to_a_frags (one per k step of K) and B = columns
+// [b_n0, b_n0 + 8*N_TILES) of the first K rows of sB, stored k-major (O += P V).
 template <typename Elem, int M_TILES, int N_TILES, int K, typename BTile>
 __device__ __forceinline__ void gemm_regs_smem_nn(float (&acc)[M_TILES][N_TILES][4],
                                                   const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB,
-                                                  int lane) {
+                                                  int lane, int b_n0 = 0) {
     using Op = Mma<Elem>;
     static_assert(N_TILES % 2 == 0, "fragment pairs");
     #pragma unroll
@@ -207,7 +231,7 @@ __device__ __forceinline__ void gemm_regs_smem_nn(float (&acc)[M_TILES][N_TILES]
         #pragma unroll
         for (int np = 0; np < N_TILES / 2; ++np) {
             u32 r[4];
-            load_b_pair_kmajor<BTile, true>(r, sB, 16 * np, Op::K_STEP * kk, lane);
+            load_b_pair_kmajor<BTile, true>(r, sB, b_n0 + 16 * np, Op::K_STEP * kk, lane);
             const typename Op::Operand b = Op::operand(r);
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
@@ -235,11 +259,12 @@ struct WarpMma {
     static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int lane) {
         gemm_smem_smem<Elem, M_TILES, N_TILES, K, ATile, BTile>(s, sA, row0, sB, 0, lane);
     }
-    // acc += P V: P in registers (accum_to_a_frags), V = the first K rows of sB.
+    // acc += P V: P in registers (accum_to_a_frags), V = the first K rows of sB, from n-tile nt0 on.
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4],
-                                              const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB, int lane) {
-        gemm_regs_smem_nn<Elem, M_TILES, N_TILES, K, BTile>(acc, a, sB, lane);
+                                              const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB, int lane,
+                                              int nt0 = 0) {
+        gemm_regs_smem_nn<Elem, M_TILES, N_TILES, K, BTile>(acc, a, sB, lane, 8 * nt0);
     }
 };
 

@@ -242,10 +242,12 @@ struct WarpgroupMma {
             }
         }
     }
-    // A split B (f32x3: the forward's V^T): P's floats split in registers first, three passes.
+    // A split B (f32x3: the forward's V^T): P's floats split in registers first, three passes. Every column at once
+    // (a warpgroup product's whole width: callers give no column slices, accumulate's CHUNK being all n-tiles).
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void pv(float (&acc)[M_TILES][N_TILES][4],
-                                              const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB, int) {
+                                              const u32 (&a)[M_TILES][K / Mma<Elem>::K_STEP][4], u32 sB, int,
+                                              int = 0) {
         if constexpr (BTile::SPLIT) {
             u32 hi[M_TILES][K / Mma<Elem>::K_STEP][4], lo[M_TILES][K / Mma<Elem>::K_STEP][4];
             #pragma unroll

@@ -205,12 +205,16 @@ __device__ __forceinline__ void store_transposed_grads(const AttnParams& p, cons
 // BLOCK_M; with a helper warpgroup two dS^T, of alternate steps), then STAGES Q tiles, STAGES dO tiles, STAGES x 2
 // rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's smem_bytes("bwd")
 // computes the same number.
+template <typename Core>
+__host__ __device__ constexpr bool has_helper_warpgroup(int warps, int block_n) {  // (flash_bwd_dkdv_kernel HELPER)
+    return Core::WARPGROUPS && warps * 16 == block_n + 64;
+}
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma,
           int WARPS = 0>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
     using C = Core;  // (operand tiles: f32x3's split in two on warpgroups)
-    constexpr int P_TILES = Core::WARPGROUPS && WARPS * 16 == BLOCK_N + 64 ? 3 : 2;  // a helper's second dS^T
+    constexpr int P_TILES = has_helper_warpgroup<Core>(WARPS, BLOCK_N) ? 3 : 2;  // a helper's second dS^T
     return Core::SMEM_ALIGN + 2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, HEAD_DIM, S>>::BYTES +
            P_TILES * C::template Operands<Elem, typename C::template Tile<BLOCK_N, BLOCK_M, S>>::BYTES +
            2 * STAGES * C::template Operands<Elem, typename C::template Tile<BLOCK_M, HEAD_DIM, S>>::BYTES +
@@ -237,7 +241,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     constexpr int THREADS = WARPS * 32;
     // HELPER (warpgroups, one more than the key rows take): warpgroup 0 copies and splits the steps' tiles and adds
     // dQ (of the step before, from a second dS^T tile) while the others compute S^T, dP^T, P^T, dS^T, dV^T and dK^T.
-    constexpr bool HELPER = Core::WARPGROUPS && WARPS * 16 == BLOCK_N + 64;
+    constexpr bool HELPER = has_helper_warpgroup<Core>(WARPS, BLOCK_N);
     static_assert(!HELPER || !Bias::Tiles::SKIPS, "a helper walks no mask: it loads steps without their walk entries");
     constexpr int MATH_WARPS = HELPER ? WARPS - 4 : WARPS;  // the warps that own key rows
     constexpr int COPY_THREADS = HELPER ? 128 : THREADS;    // the threads that copy (and split) tiles

@@ -143,13 +143,14 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
 // rows 64 mb + 16 (warp % 4).. of the mb-th product, its queries k-paired (a[0] and a[2] hold queries 2 (lane % 4)
 // and the next: the order PairedSwizzledTile stores P^T's and dS^T's columns in).
 template <typename QTile, int BLOCK_M, int MB>
-__device__ __forceinline__ void load_transposed_a(u32 (&a)[MB][1][BLOCK_M / 8][4], u32 tile, int warp, int lane) {
+__device__ __forceinline__ void load_transposed_a(u32 (&a)[MB][1][BLOCK_M / 8][4], u32 tile, int warp, int lane,
+                                                  int mb0 = 0) {  // (products mb0 .. mb0 + MB - 1)
     #pragma unroll
     for (int mb = 0; mb < MB; ++mb)
         #pragma unroll
         for (int kk = 0; kk < BLOCK_M / 8; ++kk) {
             u32 b[4];  // (k, n), (k + 1, n), (k, n + 8), (k + 1, n + 8): n the head-dim row, k the query
-            load_b_pair_kmajor<QTile, true>(b, tile, 64 * mb + 16 * (warp % 4), 8 * kk, lane);
+            load_b_pair_kmajor<QTile, true>(b, tile, 64 * (mb0 + mb) + 16 * (warp % 4), 8 * kk, lane);
             a[mb][0][kk][0] = b[0], a[mb][0][kk][1] = b[2], a[mb][0][kk][2] = b[1], a[mb][0][kk][3] = b[3];
         }
 }
@@ -209,14 +210,22 @@ template <typename Core>
 __host__ __device__ constexpr bool has_helper_warpgroup(int warps, int block_n) {  // (flash_bwd_dkdv_kernel HELPER)
     return Core::WARPGROUPS && warps * 16 == block_n + 64;
 }
+// The query columns of the P^T and dS^T tiles: a step's queries, or on warpgroups at least a 128-byte row of them
+// (32 floats: the swizzled tiles' panel), of which a 16-query step fills the first half.
+template <typename Core, typename S>
+__host__ __device__ constexpr int p_tile_cols(int block_m) {
+    return Core::WARPGROUPS && block_m * static_cast<int>(sizeof(S)) < 128 ? 128 / static_cast<int>(sizeof(S))
+                                                                            : block_m;
+}
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma,
           int WARPS = 0>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
     using C = Core;  // (operand tiles: f32x3's split in two on warpgroups)
     constexpr int P_TILES = has_helper_warpgroup<Core>(WARPS, BLOCK_N) ? 3 : 2;  // a helper's second dS^T
+    constexpr int P_COLS = p_tile_cols<Core, S>(BLOCK_M);
     return Core::SMEM_ALIGN + 2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, HEAD_DIM, S>>::BYTES +
-           P_TILES * C::template Operands<Elem, typename C::template Tile<BLOCK_N, BLOCK_M, S>>::BYTES +
+           P_TILES * C::template Operands<Elem, typename C::template Tile<BLOCK_N, P_COLS, S>>::BYTES +
            2 * STAGES * C::template Operands<Elem, typename C::template Tile<BLOCK_M, HEAD_DIM, S>>::BYTES +
            STAGES * 2 * BLOCK_M * 4 + STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
@@ -265,7 +274,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     static_assert(!(Bias::ON && Rows::PACKED), "bias with packed rows");
     // (a bias is added into S^T before its product, which a wgmma's first k step would overwrite)
     static_assert(!Core::WARPGROUPS || (BLOCK_N == 16 * MATH_WARPS && D_SPLIT == 1 && !Bias::ON && HEAD_DIM % 64 == 0 &&
-                                        BLOCK_M % 32 == 0 && !Drop::ON),
+                                        BLOCK_M % 16 == 0 && !Drop::ON),
                   "warpgroup products: a warp owns 16 key rows and every query of a step, 64 head-dim rows of dK^T "
                   "and dV^T a product (no head-dim split); without a bias or dropout");
     // The S layout: S^T, dP^T, P^T and dS^T of S_KEY_TILES m16 tiles of keys x S_QUERIES queries a warp.
@@ -276,9 +285,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // SplitTile; the products take three passes, dQ's mma.sync reads the parts rather than splitting fragments)
     using KVTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_N, HEAD_DIM, S>>;
     using QTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_M, HEAD_DIM, S>>;
-    // P^T and dS^T: key rows x query columns
+    // P^T and dS^T: key rows x query columns (on warpgroups at least 32: p_tile_cols)
+    constexpr int P_COLS = p_tile_cols<Core, S>(BLOCK_M);
     using PTile = typename Core::template Operands<Elem, typename Pick<Core::WARPGROUPS,
-                                                                      PairedSwizzledTile<BLOCK_N, BLOCK_M, S>,
+                                                                      PairedSwizzledTile<BLOCK_N, P_COLS, S>,
                                                                       SmemTile<BLOCK_N, BLOCK_M, S>>::type>;
 
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + (HELPER ? 3 : 2) * PTile::BYTES;
@@ -532,42 +542,78 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // dV += P^T dO, dK += dS^T Q (the scale on dK is applied once, at the end)
         if constexpr (Core::WARPGROUPS) {  // dV^T += dO^T P, dK^T += Q^T dS: both in flight, then waited for
             const u32 group_keys = PTile::byte_offset(mwarp / 4 * 64, 0);  // the warpgroup's 64 key rows of P^T, dS^T
-            u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
-            load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, mwarp, lane);
-            if constexpr (PTile::SPLIT) {  // f32x3: three passes a product, each step's sum fresh, then added
-                u32 lo_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], lo_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
-                load_transposed_a<QTile, BLOCK_M>(lo_do, sdO_t + QTile::LO, mwarp, lane);
-                Grads step_dv, step_dk;
-                #pragma unroll
-                for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
-                    Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dv[mb], a_do[mb], lo_do[mb],
-                                                                        sP_addr + group_keys);
-                if constexpr (!HELPER) add_dq(head, m0, sdS_t);  // on mma.sync while dV's product runs
-                load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane);
-                load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, mwarp, lane);
-                #pragma unroll
-                for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
-                    Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dk[mb], a_q[mb], lo_q[mb],
-                                                                        sdS_t + group_keys);
-                if (!HELPER && t + 1 < n_steps) {  // the next step's Q and dO split while dK's product runs
-                    cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
-                    split_step(t + 1);
-                }
-                Core::template wait<0>();
+            if constexpr (PTile::SPLIT) {
+                // f32x3: three passes a product, each step's sum fresh, then added; one 64-row product of the head
+                // dim at a time (at head dim 128 both at once, step sums and operands, would not fit registers)
+                constexpr int NT = BLOCK_N / MATH_WARPS * 4 / 8;
+                // SERIAL (two products, head dim 128: registers): dQ first, then dV^T's and dK^T's step sums one
+                // after the other; else both in flight, dQ on mma.sync under dV's
+                constexpr bool SERIAL = HEAD_DIM / 64 > 1;
+                // (SERIAL: each product in two halves of the warpgroup's 64 keys, a fresh sum of half the registers)
+                auto serial_product = [&](float (&acc)[1][NT][4], u32 (&hi)[1][BLOCK_M / 8][4],
+                                          u32 (&lo)[1][BLOCK_M / 8][4], u32 sB) {
+                    #pragma unroll
+                    for (int half = 0; half < 2; ++half) {
+                        float step[1][NT / 2][4];
+                        Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step, hi, lo,
+                                                                            sB + PTile::byte_offset(32 * half, 0));
+                        Core::template wait<0>();
+                        fence_fragment(step[0]);
+                        #pragma unroll
+                        for (int nt = 0; nt < NT / 2; ++nt)
+                            #pragma unroll
+                            for (int e = 0; e < 4; ++e) acc[0][NT / 2 * half + nt][e] += step[0][nt][e];
+                    }
+                    fence_fragment(hi), fence_fragment(lo);
+                };
+                if (!HELPER && SERIAL) add_dq(head, m0, sdS_t);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
-                    fence_fragment(step_dv[mb][0]), fence_fragment(step_dk[mb][0]);
-                    fence_fragment(a_do[mb]), fence_fragment(a_q[mb]), fence_fragment(lo_do[mb]);
-                    fence_fragment(lo_q[mb]);
-                    #pragma unroll
-                    for (int nt = 0; nt < BLOCK_N / MATH_WARPS * 4 / 8; ++nt)
-                        #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            acc_dv[mb][0][nt][e] += step_dv[mb][0][nt][e];
-                            acc_dk[mb][0][nt][e] += step_dk[mb][0][nt][e];
+                    u32 a_do[1][1][BLOCK_M / 8][4], lo_do[1][1][BLOCK_M / 8][4];
+                    u32 a_q[1][1][BLOCK_M / 8][4], lo_q[1][1][BLOCK_M / 8][4];
+                    load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, mwarp, lane, mb);
+                    load_transposed_a<QTile, BLOCK_M>(lo_do, sdO_t + QTile::LO, mwarp, lane, mb);
+                    if constexpr (SERIAL) {
+                        serial_product(acc_dv[mb], a_do[0], lo_do[0], sP_addr + group_keys);
+                        load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane, mb);
+                        load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, mwarp, lane, mb);
+                        serial_product(acc_dk[mb], a_q[0], lo_q[0], sdS_t + group_keys);
+                        if (!HELPER && mb == HEAD_DIM / 64 - 1 && t + 1 < n_steps) {  // the next step's Q and dO
+                            cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
+                            split_step(t + 1);
                         }
+                        continue;
+                    }
+                    float step_dv[1][NT][4], step_dk[1][NT][4];
+                    Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dv, a_do[0], lo_do[0],
+                                                                        sP_addr + group_keys);
+                    if (!HELPER && mb == 0) add_dq(head, m0, sdS_t);  // on mma.sync while dV's product runs
+                    load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane, mb);
+                    load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, mwarp, lane, mb);
+                    Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dk, a_q[0], lo_q[0],
+                                                                        sdS_t + group_keys);
+                    // the next step's Q and dO split while the last dK product runs (another stage)
+                    if (!HELPER && mb == HEAD_DIM / 64 - 1 && t + 1 < n_steps) {
+                        cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
+                        split_step(t + 1);
+                    }
+                    Core::template wait<0>();
+                    {
+                        fence_fragment(step_dv[0]), fence_fragment(step_dk[0]);
+                        fence_fragment(a_do[0]), fence_fragment(a_q[0]), fence_fragment(lo_do[0]);
+                        fence_fragment(lo_q[0]);
+                        #pragma unroll
+                        for (int nt = 0; nt < NT; ++nt)
+                            #pragma unroll
+                            for (int e = 0; e < 4; ++e) {
+                                acc_dv[mb][0][nt][e] += step_dv[0][nt][e];
+                                acc_dk[mb][0][nt][e] += step_dk[0][nt][e];
+                            }
+                    }
                 }
             } else {
+                u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];
+                load_transposed_a<QTile, BLOCK_M>(a_do, sdO_t, mwarp, lane);
                 load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)

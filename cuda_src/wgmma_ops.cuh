@@ -555,6 +555,25 @@ template <typename Elem> struct WgmmaOp<Elem, 256> {
 //   H100: docs/measurements/2026-11-28-tf32-wgmma-probe.py), B from shared memory
 template <int N> struct WgmmaTf32Op;
 
+template <> struct WgmmaTf32Op<16> {
+    static __device__ __forceinline__ void ss(float (&d)[2][4], unsigned long long a, unsigned long long b, int scale_d) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k8.f32.tf32.tf32 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+                     "%8, %9, p, 1, 1;\n}\n"
+                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+                     : "l"(a), "l"(b), "r"(scale_d));
+    }
+    static __device__ __forceinline__ void rs(float (&d)[2][4], const unsigned (&a)[4], unsigned long long b, int scale_d) {
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+                     "wgmma.mma_async.sync.aligned.m64n16k8.f32.tf32.tf32 "
+                     "{%0, %1, %2, %3, %4, %5, %6, %7}, "
+                     "{%8, %9, %10, %11}, %12, p, 1, 1;\n}\n"
+                     : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(scale_d));
+    }
+};
+
 template <> struct WgmmaTf32Op<32> {
     static __device__ __forceinline__ void ss(float (&d)[4][4], unsigned long long a, unsigned long long b, int scale_d) {
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 #: Widths generated: the key tiles of S = Q K^T (BLOCK_N) and the head dims of O += P V.
 WIDTHS = (64, 80, 96, 128, 160, 176, 192, 256)
-#: TF32 widths: the forward's, and 32 (the queries of a backward step: S^T = K Q^T and dP^T = V dO^T, whose head-dim-
-#: 128 tiles fit shared memory at 32 queries a step only).
-TF32_WIDTHS = (32,) + WIDTHS
+#: TF32 widths: the forward's, and 32 and 16 (the queries of a backward step: S^T = K Q^T and dP^T = V dO^T, whose
+#: head-dim-128 tiles fit shared memory at 32 queries a step, or at 16 with "highest"'s split tiles).
+TF32_WIDTHS = (16, 32) + WIDTHS
 TYPES = ("bf16", "f16")  # the first under `if constexpr (Mma<Elem>::IS_BF16)`, the second under `else`
 
 _HEAD = """\

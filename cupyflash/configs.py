@@ -416,7 +416,9 @@ BWD_TABLE: dict[tuple[str, int], tuple[TileConfig, ...]] = {
     # 32x64/w4's 96 / 110 / 119.
     # "highest" at 64 with a helper warpgroup (four warps more: the step's loads, splits and dQ beside the products).
     ("wgmma_tf32", 64): (When(_bt(32, 64, 8), avoid=("tf32",)), _bt(32, 64, 4)),
-    ("wgmma_tf32", 128): (_bt(32, 128, 8), _bt(32, 64, 4)),
+    # "highest" at 128: split tiles fit at 16 queries a step (226 KB), one warpgroup; H100, twenty-fifth session
+    # (2026-11-27-highest-bwd-128-probe.py): 1.09-1.20x mma_tf32's 16x128/w8 at 1k-4k, dK and dV errors 2-3x lower.
+    ("wgmma_tf32", 128): (_bt(32, 128, 8), _bt(32, 64, 4), When(_bt(16, 64, 4), avoid=("tf32",))),
     **{("mma_tf32", kd): (_t(32, 32, 4, d_split=2),) + _TF32_BWD_SMALL for kd in (160, 192, 224)},
     # At 256 every tile spills with softcap, ALiBi, a float32 bias with its gradient and a mask at once (48 bytes,
     # compile check: dK and dV alone take 128 registers a thread); that combination has no kernel (NoConfigFits).

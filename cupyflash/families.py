@@ -125,6 +125,11 @@ class Mma80Family:
         and splits the steps' tiles and adds dQ while the others compute; cuda_src/flash_bwd.cu HELPER)."""
         return self.core == "cf::WarpgroupMma" and config.warps * 16 == config.block_n + 64
 
+    def p_tile_cols(self, block_m: int) -> int:
+        """The query columns of the dK/dV kernel's P^T and dS^T tiles: the step's queries, or on warpgroups at least
+        a 128-byte swizzled row of them (cuda_src/flash_bwd.cu p_tile_cols)."""
+        return max(block_m, 128 // self.itemsize) if self.core == "cf::WarpgroupMma" else block_m
+
     def operand_parts(self, variant: Variant | None) -> int:
         """The parts each shared operand tile of the forward and dK/dV kernels is stored in: 1, or 2 where float32
         at "highest" runs on warpgroup products (hi and lo, cuda_src/mma_tf32.cuh SplitTile)."""
@@ -149,7 +154,8 @@ class Mma80Family:
         if kind == "bwd":  # alignment, K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             parts = self.operand_parts(variant)
             p_tiles = 3 if self.helper_warpgroup(config) else 2  # a helper's second dS^T
-            operands = 2 * tile(n, kernel_hdim) + p_tiles * tile(n, m) + 2 * stages * tile(m, kernel_hdim)
+            operands = (2 * tile(n, kernel_hdim) + p_tiles * tile(n, self.p_tile_cols(m))
+                        + 2 * stages * tile(m, kernel_hdim))
             return self.tile_align + parts * operands + stages * 2 * m * 4 + bias
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles
             return 2 * tile(m, kernel_hdim) + 2 * stages * tile(n, kernel_hdim) + bias
@@ -223,8 +229,9 @@ class WgmmaTf32Family(Wgmma90Family):
     and dS^T K-major in it); dQ stays on mma.sync, and the dQ kernel and the helpers are mma_tf32's. At "highest"
     every shared operand tile holds two parts (hi and lo: cuda_src/mma_tf32.cuh SplitTile), split by the threads
     that copy or write it, and each product takes three passes: the forward's producer copies by cp.async and V^T is
-    staged unrounded; twice the shared memory, so the dK/dV kernel fits head dim 64 only. Dense rows, plain and band
-    masks, softcap, ALiBi and GQA; the rest runs on mma_tf32."""
+    staged unrounded; twice the shared memory, so the dK/dV kernel takes 16 queries a step at head dim 128 (P^T and
+    dS^T in 32-column tiles half filled). Dense rows, plain and band masks, softcap, ALiBi and GQA; the rest runs on
+    mma_tf32."""
 
     name: str = "wgmma_tf32"
     dtypes: tuple = ("float32",)

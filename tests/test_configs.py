@@ -391,7 +391,7 @@ def test_dkdv_configs_satisfy_the_kernels_warp_grid(kd, config):
     assert (kd // config.d_split) % 16 == 0
     if config.family == "wgmma_tf32":  # warpgroups: 16 key rows a warp; dK^T, dV^T in 64-row products, unsplit
         assert config.block_n == 16 * math_warps and config.d_split == 1 and kd % 64 == 0
-        assert config.block_m % 32 == 0
+        assert config.block_m % 16 == 0
 
 
 def test_h100_backward_head_dim_128_uses_32_key_rows_per_warp():
@@ -629,22 +629,21 @@ def test_float32_takes_its_own_family_and_tiles():
             for precision in ("highest", "tf32"):
                 variant = Variant("float32", precision=precision)
                 config = configs.select_config(kind, H100, kd, variant=variant)
-                # TF32 wgmma's forward and dK/dV kernel (the dQ kernel is mma_tf32's); at "highest" the dK/dV kernel
-                # at head dim 64 only, where its split operand tiles fit shared memory
-                wgmma = (kind == "fwd" and kd in (64, 128)
-                         or kind == "bwd" and kd in ((64, 128) if precision == "tf32" else (64,)))
+                # TF32 wgmma's forward and dK/dV kernel at head dims 64 and 128 (the dQ kernel is mma_tf32's; at
+                # "highest" the dK/dV kernel's split operand tiles fit at 128 with 16 queries a step)
+                wgmma = kind in ("fwd", "bwd") and kd in (64, 128)
                 assert config.family == ("wgmma_tf32" if wgmma else "mma_tf32"), (kind, kd, precision, config)
                 assert configs.fits(config, kd, H100, residency=False, kind=kind, variant=variant)
     # measured picks (docs/performance.md): the single-pass backward runs 32x64 at head dim 64 and 32x128 at 128;
-    # "highest" runs wgmma's 32x64 with a helper warpgroup at 64 and mma_tf32's 8-warp 16x128 at 128 with plain
-    # scores, the band mask, softcap and ALiBi, not with a bias
+    # "highest" runs wgmma's 32x64 with a helper warpgroup at 64 and 16x64 with 4 warps at 128 with plain scores, the
+    # band mask, softcap and ALiBi, not with a bias
     def bwd(kd, precision, **kw):
         c = configs.select_config("bwd", H100, kd, variant=Variant("float32", precision=precision, **kw))
         return c.block_m, c.block_n, c.warps
 
     assert bwd(64, "tf32") == (32, 64, 4) and bwd(128, "tf32") == (32, 128, 8)  # wgmma_tf32 on the H100
     assert bwd(64, "highest") == bwd(64, "highest", mask="band", softcap=True, alibi=True) == (32, 64, 8)
-    assert bwd(128, "highest") == (16, 128, 8)
+    assert bwd(128, "highest") == bwd(128, "highest", mask="band", softcap=True, alibi=True) == (16, 64, 4)
     assert bwd(64, "highest", bias="float32") == (64, 64, 4) and bwd(128, "highest", bias="float32") == (32, 32, 4)
     assert configs.select_config("fwd", A100, 128, variant=Variant("bfloat16")).family == "mma_sm80"
 

@@ -274,10 +274,12 @@ def test_precision_errors_before_launch():
     assert bool((dq == 7).all())
 
 
-# "highest" (mode float32) splits every shared operand in two (hi and lo tiles): twice the shared memory, which
-# fits the forward's tiles at both head dims (one consumer warpgroup at 128) and the dK/dV kernel's at 64 only.
-WGMMA_HEAD_DIMS = [("tf32", 40), ("tf32", 64), ("tf32", 100), ("tf32", 128), ("float32", 40), ("float32", 64)]
-WGMMA_FWD_HEAD_DIMS = WGMMA_HEAD_DIMS + [("float32", 100), ("float32", 128)]
+# "highest" (mode float32) splits every shared operand in two (hi and lo tiles): twice the shared memory, which fits
+# the forward's tiles at both head dims (one consumer warpgroup at 128) and the dK/dV kernel's (16 queries a step at
+# 128).
+WGMMA_HEAD_DIMS = [("tf32", 40), ("tf32", 64), ("tf32", 100), ("tf32", 128), ("float32", 40), ("float32", 64),
+                   ("float32", 100), ("float32", 128)]
+WGMMA_FWD_HEAD_DIMS = WGMMA_HEAD_DIMS
 
 
 @pytest.mark.parametrize("mode, head_dim", WGMMA_FWD_HEAD_DIMS)
@@ -326,11 +328,11 @@ def test_tf32_wgmma_backward(mode, head_dim, seqlen_q, seqlen_k, causal):
 
 
 # The multiple of plain float32's error "highest" keeps to where its sums are longest (out over the keys, dK and dV
-# over the queries), by head dim: issue 9's 2x where the products run on TF32 wgmma (the forward at 64 and 128, the
-# dK/dV kernel at 64); 4x for mma_tf32's dK/dV kernel at 128, which sums each step's product fresh in two column
-# slices of its accumulator but stays above 2x (H100, twenty-fifth session: 1.5-3.9x at 1k-4k, 2.3x here; 8-20x
-# while it summed in place). Above head dim 192 the kernels sum in place (a second accumulator spills there).
-LONG_SUM_FACTOR = {64: {"out": 2, "dk": 2, "dv": 2}, 128: {"out": 2, "dk": 4, "dv": 4}}
+# over the queries), by head dim: issue 9's 2x, where the products run on TF32 wgmma (the forward and the dK/dV
+# kernel at 64 and 128; mma_tf32's 16x128 dK/dV tile, the pick at 128 before, erred 1.5-3.9x with its step sums in
+# column slices and 8-20x while it summed in place; H100, twenty-fifth session). Above head dim 192 the mma_tf32
+# kernels sum in place (a second accumulator spills there).
+LONG_SUM_FACTOR = {64: {"out": 2, "dk": 2, "dv": 2}, 128: {"out": 2, "dk": 2, "dv": 2}}
 
 
 @pytest.mark.parametrize("head_dim", sorted(LONG_SUM_FACTOR))
@@ -340,7 +342,7 @@ def test_highest_sums_long_sequences_near_plain_float32(head_dim):
     itself ~10x plain float32's error there). The tensor cores' additions into a float32 accumulator are less exact
     than FFMA's, so each tile's product is summed fresh and added (warp_gemm.cuh accumulate); mma_tf32's 16x128
     dK/dV tile at head dim 128 added into its long-lived accumulator (twenty-second to twenty-fourth sessions) and
-    erred 8-20x plain float32, which the suite's bounds let pass."""
+    erred 8-20x plain float32, which the suite's bounds let pass (it now runs on wgmma: test_configs)."""
     import cupy
 
     from cupyflash.reference import (attention_backward_naive_lowp, attention_backward_reference,

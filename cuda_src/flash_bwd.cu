@@ -544,12 +544,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             const u32 group_keys = PTile::byte_offset(mwarp / 4 * 64, 0);  // the warpgroup's 64 key rows of P^T, dS^T
             if constexpr (PTile::SPLIT) {
                 // f32x3: three passes a product, each step's sum fresh, then added; one 64-row product of the head
-                // dim at a time (at head dim 128 both at once, step sums and operands, would not fit registers)
+                // dim at a time. Head dim 64: dV^T's and dK^T's in flight together, dQ on mma.sync under dV's.
+                // SERIAL (head dim 128, where both products' step sums and operands beside dK^T and dV^T spilled):
+                // dQ first, then each product in turn, in two halves of the warpgroup's 64 keys (half the registers
+                // for its fresh sum).
                 constexpr int NT = BLOCK_N / MATH_WARPS * 4 / 8;
-                // SERIAL (two products, head dim 128: registers): dQ first, then dV^T's and dK^T's step sums one
-                // after the other; else both in flight, dQ on mma.sync under dV's
                 constexpr bool SERIAL = HEAD_DIM / 64 > 1;
-                // (SERIAL: each product in two halves of the warpgroup's 64 keys, a fresh sum of half the registers)
                 auto serial_product = [&](float (&acc)[1][NT][4], u32 (&hi)[1][BLOCK_M / 8][4],
                                           u32 (&lo)[1][BLOCK_M / 8][4], u32 sB) {
                     #pragma unroll
@@ -598,18 +598,16 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                         split_step(t + 1);
                     }
                     Core::template wait<0>();
-                    {
-                        fence_fragment(step_dv[0]), fence_fragment(step_dk[0]);
-                        fence_fragment(a_do[0]), fence_fragment(a_q[0]), fence_fragment(lo_do[0]);
-                        fence_fragment(lo_q[0]);
+                    fence_fragment(step_dv[0]), fence_fragment(step_dk[0]);
+                    fence_fragment(a_do[0]), fence_fragment(a_q[0]), fence_fragment(lo_do[0]);
+                    fence_fragment(lo_q[0]);
+                    #pragma unroll
+                    for (int nt = 0; nt < NT; ++nt)
                         #pragma unroll
-                        for (int nt = 0; nt < NT; ++nt)
-                            #pragma unroll
-                            for (int e = 0; e < 4; ++e) {
-                                acc_dv[mb][0][nt][e] += step_dv[0][nt][e];
-                                acc_dk[mb][0][nt][e] += step_dk[0][nt][e];
-                            }
-                    }
+                        for (int e = 0; e < 4; ++e) {
+                            acc_dv[mb][0][nt][e] += step_dv[0][nt][e];
+                            acc_dk[mb][0][nt][e] += step_dk[0][nt][e];
+                        }
                 }
             } else {
                 u32 a_do[HEAD_DIM / 64][1][BLOCK_M / 8][4], a_q[HEAD_DIM / 64][1][BLOCK_M / 8][4];

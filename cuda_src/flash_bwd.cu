@@ -115,21 +115,62 @@ __global__ void __launch_bounds__(128) flash_bwd_reduce_dkdv_kernel(const AttnPa
     Mma<Elem>::store8(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, kv_head, seq.k0 + key) + lane * 8, dv_lo, dv_hi);
 }
 
+// The head-dim columns accumulate_dq_atomic below adds at a time: 32 or 16, so that a small accumulator lives next to
+// dK and dV.
+template <int COLS>
+__host__ __device__ constexpr int dq_chunk() { return COLS % 32 == 0 ? 32 : 16; }
+
+// K's operands of dQ = dS K read from K's tile at each step: operand(chunk, c0, k0, np) is gemm_smem_a's B operand
+// for head-dim columns c0 + 16 np.. (c0 the chunk's first) over the keys from k0.
+template <typename Elem, typename KVTile>
+struct TileKOperands {
+    u32 sK;
+    int lane;
+    __device__ __forceinline__ typename Mma<Elem>::Operand operator()(int, int c0, int k0, int np) const {
+        return load_b_operand<Elem, KVTile, true, true>(sK, c0 + 16 * np, k0, lane);
+    }
+};
+
+// The same operands held in registers for a warp's COLS columns from col0 and every key of the block, loaded once:
+// K is the block's at every step. A helper warpgroup's dQ then reads only dS^T from shared memory each step (64
+// registers at head dim 64; K's fragments were a third of its loads, and the helper's part of a step, dQ and the
+// next step's splits, outlasted the products: twenty-sixth session's profile).
+template <typename Elem, int COLS, int BLOCK_N, typename KVTile>
+struct HeldKOperands {
+    static constexpr int CHUNK = dq_chunk<COLS>(), K_STEP = Mma<Elem>::K_STEP;
+    typename Mma<Elem>::Operand b[COLS / CHUNK][BLOCK_N / K_STEP][CHUNK / 16];
+
+    __device__ __forceinline__ void load(u32 sK, int col0, int lane) {
+        #pragma unroll
+        for (int chunk = 0; chunk < COLS / CHUNK; ++chunk)
+            #pragma unroll
+            for (int ks = 0; ks < BLOCK_N / K_STEP; ++ks)
+                #pragma unroll
+                for (int np = 0; np < CHUNK / 16; ++np)
+                    b[chunk][ks][np] = TileKOperands<Elem, KVTile>{sK, lane}(chunk, col0 + chunk * CHUNK, ks * K_STEP,
+                                                                             np);
+    }
+    __device__ __forceinline__ typename Mma<Elem>::Operand operator()(int chunk, int, int k0, int np) const {
+        return b[chunk][k0 / K_STEP][np];
+    }
+};
+
 // dQ[rows] += scale * dS K for one warp's share of this step's dQ: query rows [row0, row0 + 16*ROW_TILES), head-dim
-// columns [col0, col0 + COLS), from dS^T (key rows x query columns) and K in shared memory, added into the fp32
-// buffer dq (rows row_stride apart) 32 (or 16) columns at a time so that a small accumulator lives next to dK and
-// dV.
-template <typename Elem, int ROW_TILES, int COLS, int BLOCK_N, typename DSTile, typename KVTile>
-__device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, u32 sdS, u32 sK, int row0,
-                                                     int col0, int rows_valid, int head_dim, float scale,
+// columns [col0, col0 + COLS), from dS^T (key rows x query columns) in shared memory and K's operands from
+// k_operands (TileKOperands or HeldKOperands), added into the fp32 buffer dq (rows row_stride apart) dq_chunk
+// columns at a time.
+template <typename Elem, int ROW_TILES, int COLS, int BLOCK_N, typename DSTile, typename KOperands>
+__device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, u32 sdS, const KOperands& k_operands,
+                                                     int row0, int col0, int rows_valid, int head_dim, float scale,
                                                      int lane) {
-    constexpr int CHUNK = COLS % 32 == 0 ? 32 : 16;
+    constexpr int CHUNK = dq_chunk<COLS>();
     #pragma unroll
     for (int c0 = col0; c0 < col0 + COLS; c0 += CHUNK) {
         if (c0 >= head_dim) break;  // zero-padded head-dim columns: nothing to add
         float c[ROW_TILES][CHUNK / 8][4] = {};
-        gemm_smem_smem<Elem, ROW_TILES, CHUNK / 8, BLOCK_N, DSTile, KVTile, true, true>(c, sdS, row0, sK, c0,
-                                                                                         lane);
+        gemm_smem_a<Elem, ROW_TILES, CHUNK / 8, BLOCK_N, DSTile, true>(c, sdS, row0, lane, [&](int k0, int np) {
+            return k_operands((c0 - col0) / CHUNK, c0, k0, np);
+        });
         #pragma unroll
         for (int mt = 0; mt < ROW_TILES; ++mt)
             #pragma unroll
@@ -423,21 +464,67 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     typename Bias::template Grad<S_KEY_TILES, S_QUERIES / 8> dbias;  // nothing unless the bias's gradient is on
 
     // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array: the step of
-    // (head, m0), its dS^T in the tile at ds
+    // (head, m0), its dS^T in the tile at ds, K's operands read from its tile (add_dq) or held (add_dq_held)
+    // (two lambdas: NVRTC takes no generic ones)
+    using HeldK = HeldKOperands<Elem, DQ_COLS, BLOCK_N, KVTile>;
+    auto dq_rows = [&](int head, int m0) { return p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0); };
     auto add_dq = [&](int head, int m0, u32 ds) {
         if constexpr (ATOMIC_DQ)
-            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
-                p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0), static_cast<i64>(p.nheads) * head_dim,
-                ds, sK_addr, dq_row0, dq_col0, seqlen_q - m0, head_dim, p.softmax_scale, lane);
+            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile>(
+                dq_rows(head, m0), static_cast<i64>(p.nheads) * head_dim, ds,
+                TileKOperands<Elem, KVTile>{sK_addr, lane}, dq_row0, dq_col0, seqlen_q - m0, head_dim,
+                p.softmax_scale, lane);
+    };
+    auto add_dq_held = [&](int head, int m0, u32 ds, const HeldK& held) {
+        if constexpr (ATOMIC_DQ)
+            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile>(
+                dq_rows(head, m0), static_cast<i64>(p.nheads) * head_dim, ds, held, dq_row0, dq_col0, seqlen_q - m0,
+                head_dim, p.softmax_scale, lane);
     };
 
-    for (int t = 0; t < n_steps; ++t) {
+    // Step t's start, for every warp.
+    auto begin_step = [&](int t) {
         cp_async_wait<STAGES - 2>();
         Core::tiles_landed();  // (wgmma reads through the async proxy what cp.async and the rounding wrote)
         __syncthreads();  // step t visible to all warps; every warp is done with the stage refilled below, and
                           // with the previous step's P^T and dS^T
         if (t + STAGES - 1 < n_steps) load_step(t + STAGES - 1, next_load);
         cp_async_commit();
+    };
+    if constexpr (HELPER) {
+        // The helper's walk: the step before's dQ while the others compute S^T, dP^T, P^T and dS^T, then, past the
+        // barrier where those are complete, the next step's Q and dO split as they land while the others run dV^T
+        // and dK^T. (Every warp meets both of the step's barriers: with the P^T/dS^T barrier named for the math
+        // warps alone, compute-sanitizer's racecheck reported WAR hazards between their reads of a stage and the
+        // helper's copies into it two steps later, across the full barrier that orders them; with both barriers
+        // block-wide, none. docs/performance.md, twenty-fifth session.) Its own loop, so that the K operands it
+        // holds are live in it alone, not across the math warps' products.
+        if (mwarp < 0) {
+            HeldK held_k;
+            for (int t = 0; t < n_steps; ++t) {
+                begin_step(t);
+                if (t == 0) {
+                    if constexpr (ATOMIC_DQ) held_k.load(sK_addr, dq_col0, lane);  // split before the barrier
+                } else {
+                    add_dq_held(step_head(t - 1), step_tile(t - 1) * BLOCK_M, sdS_addr + (1 - t % 2) * PTile::BYTES,
+                                held_k);
+                }
+                __syncthreads();  // the math warps' P^T and dS^T barrier
+                if (t + 1 < n_steps) {
+                    cp_async_wait<STAGES - 2>();
+                    split_step(t + 1);
+                }
+            }
+            cp_async_wait<0>();
+            __syncthreads();  // the last step's dS^T complete
+            if (n_steps > 0)
+                add_dq_held(step_head(n_steps - 1), step_tile(n_steps - 1) * BLOCK_M,
+                            sdS_addr + (n_steps - 1) % 2 * PTile::BYTES, held_k);
+        }
+    }
+    const bool math_walk = !HELPER || mwarp >= 0;  // (the helper walked its own loop above)
+    for (int t = 0; math_walk && t < n_steps; ++t) {
+        begin_step(t);
         int entry = 1;  // 2 * dense step + partial (a mask's walk)
         if constexpr (Tiles::SKIPS)
             entry = Bias::template stashed<BLOCK_N, 0>(sK_addr + BIAS_OFF + t % STAGES * BIAS_BYTES);
@@ -447,24 +534,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
         const int ds_tile = HELPER ? t % 2 : 0;  // (a helper adds dQ from the other while this one is written)
         const u32 sdS_t = sdS_addr + ds_tile * PTile::BYTES;
-        if constexpr (HELPER) {
-            // The helper: the step before's dQ while the others compute S^T, dP^T, P^T and dS^T, then, past the
-            // barrier where those are complete, the next step's Q and dO split as they land while the others run
-            // dV^T and dK^T. (Every warp meets both of the step's barriers: with the P^T/dS^T barrier named for the
-            // math warps alone, compute-sanitizer's racecheck reported WAR hazards between their reads of a stage
-            // and the helper's copies into it two steps later, across the full barrier that orders them; with both
-            // barriers block-wide, none. docs/performance.md, twenty-fifth session.)
-            if (mwarp < 0) {
-                if (t > 0)
-                    add_dq(step_head(t - 1), step_tile(t - 1) * BLOCK_M, sdS_addr + (1 - ds_tile) * PTile::BYTES);
-                __syncthreads();  // the math warps' P^T and dS^T barrier
-                if (t + 1 < n_steps) {
-                    cp_async_wait<STAGES - 2>();
-                    split_step(t + 1);
-                }
-                continue;
-            }
-        }
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
@@ -652,12 +721,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
 
     cp_async_wait<0>();
     if constexpr (Core::WARPGROUPS) {
-        if constexpr (HELPER) {  // the last step's dQ, once its dS^T is complete
-            __syncthreads();
-            if (mwarp < 0 && n_steps > 0)
-                add_dq(step_head(n_steps - 1), step_tile(n_steps - 1) * BLOCK_M,
-                       sdS_addr + (n_steps - 1) % 2 * PTile::BYTES);
-        }
+        if (HELPER && mwarp >= 0) __syncthreads();  // the helper's last dQ barrier (its walk above)
         store_transposed_grads<Elem, KVTile, THREADS, WARPS - MATH_WARPS>(p, acc_dk, acc_dv, sK, sV, batch,
                                                                           Block::slot(), n0, seq, warp, lane);
     } else {

@@ -107,6 +107,9 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     using QTile = typename Smem::QTile;
     using KVTile = typename Smem::KVTile;
     using VTile = typename Smem::VTile;
+    // Q_HELD: float32 "highest" on warpgroups at head dims up to 64 holds its Q tile's two parts in registers (64 at
+    // head dim 64), so that S = Q K^T reads only K from shared memory (WarpgroupMma::qk_held).
+    constexpr bool Q_HELD = Core::WARPGROUPS && QTile::SPLIT && !Loads::OVERLAP && HEAD_DIM <= 64;
     constexpr bool TRANSPOSED_V = Core::template TRANSPOSED_V<Elem>;
     static_assert(!TRANSPOSED_V || ((Loads::TMA || KVTile::SPLIT) && !Rows::PACKED && !Bias::ON && !Drop::ON),
                   "V^T (float32 on wgmma) comes by bulk copies of dense rows, without a bias, mask or dropout");
@@ -351,11 +354,17 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         };
         u32 pf[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];  // P, the register operand of O += P V
         if constexpr (!L::OVERLAP) {  // each product waited for in place; the two warpgroups overlap each other
+            u32 q_hi[1][Q_HELD ? HEAD_DIM / 8 : 1][4], q_lo[1][Q_HELD ? HEAD_DIM / 8 : 1][4];  // (Q_HELD)
             for (int t = 0; t < n_tiles; ++t) {
                 float s[M_TILES][N_TILES][4];
                 L::template acquire<STAGES>(bars, KEYS, step0 + t);
                 const int entry = entry_of(t);
-                Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
+                if constexpr (Q_HELD) {
+                    if (t == 0) load_held_rows<QTile, HEAD_DIM>(q_hi, q_lo, sQ_addr, warp_row0, lane);  // split by now
+                    Core::template qk_held<Elem, HEAD_DIM, KVTile>(s, q_hi, q_lo, sK_of(t));
+                } else {
+                    Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t), lane);
+                }
                 if (scores_to_p(s, t, entry)) softmax.rescale(acc, alpha);
                 accum_to_a_frags<Elem>(pf, s);
                 L::template acquire<STAGES>(bars, VALUES, step0 + t);

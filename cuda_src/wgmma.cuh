@@ -130,6 +130,23 @@ __device__ __forceinline__ void fence_fragment(u32 (&a)[M_TILES][K_STEPS][4]) {
             for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(a[mt][k][e]) :: "memory");
 }
 
+// A warp's 16 rows (from row0) of a split k-major tile, every k step of K, both parts in registers: the A operand of
+// WarpgroupMma::qk_held, in mma.sync's m16n8k8 TF32 layout, which TF32 wgmma takes from registers (a[0] (g, t),
+// a[1] (g + 8, t), a[2] (g, t + 4), a[3] (g + 8, t + 4) of the k step; g = lane / 4, t = lane % 4).
+template <typename Tile, int K>
+__device__ __forceinline__ void load_held_rows(u32 (&hi)[1][K / 8][4], u32 (&lo)[1][K / 8][4], u32 tile, int row0,
+                                               int lane) {
+    static_assert(Tile::SPLIT && Tile::ELEM == 4, "a split float tile");
+    #pragma unroll
+    for (int kk = 0; kk < K / 8; ++kk)
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const u32 at = tile + Tile::byte_offset(row0 + lane / 4 + 8 * (e % 2), 8 * kk + lane % 4 + 4 * (e / 2));
+            hi[0][kk][e] = lds_u32(at);
+            lo[0][kk][e] = lds_u32(at + Tile::LO);
+        }
+}
+
 // The wgmma core. qk and pv issue a product and wait for it in place; issue_qk and issue_pv only issue (one commit
 // group each), and wait<N>() returns once at most N of this warpgroup's groups are in flight: until then nothing
 // may touch the product's accumulator or its register operand (P), which the caller pins with fence_fragment.
@@ -190,6 +207,33 @@ struct WarpgroupMma {
     template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int) {
         issue_qk<Elem, K, ATile, BTile>(s, sA, row0, sB);
+        wgmma_wait<0>();
+        fence_fragment(s[0]);
+    }
+
+    // qk with A held in registers (load_held_rows, f32x3's two parts; three passes as issue_qk's, B split): the
+    // forward's Q at head dim 64, which it holds for its whole walk, so that its products read only K from shared
+    // memory (a k step from both operands there reads 128 bytes a cycle of a TF32 m64n64k8's, all the bandwidth).
+    template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void qk_held(float (&s)[M_TILES][N_TILES][4], const u32 (&hi)[1][K / 8][4],
+                                                   const u32 (&lo)[1][K / 8][4], u32 sB) {
+        static_assert(M_TILES == 1 && BTile::SPLIT && Mma<Elem>::K_STEP == 8, "f32x3: a warp owns 16 rows");
+        constexpr int PANEL = BTile::PANEL_COLS;
+        fence_fragment(s[0]);
+        wgmma_fence();
+        #pragma unroll
+        for (int pass = 0; pass < 3; ++pass) {  // lo hi + hi lo + hi hi, the small terms first
+            const u32 b_part = pass == 1 ? BTile::LO : 0;
+            #pragma unroll
+            for (int kk = 0; kk < K / 8; ++kk) {
+                const int k0 = 8 * kk;
+                WgmmaFor<Elem, N_TILES * 8>::Op::rs(
+                    s[0], pass == 0 ? lo[0][kk] : hi[0][kk],
+                    kmajor_desc(sB + b_part + k0 / PANEL * BTile::PANEL_BYTES + (k0 % PANEL) * BTile::ELEM),
+                    pass > 0 || kk > 0);
+            }
+        }
+        wgmma_commit();
         wgmma_wait<0>();
         fence_fragment(s[0]);
     }

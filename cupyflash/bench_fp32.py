@@ -17,16 +17,18 @@ COLUMNS = [
     ("out error", "out_err", bench._num("%.2e")), ("dQ error", "dq_err", bench._num("%.2e")),
 ]
 NOTE = (bench.FLOP_NOTE + "; errors: max |x - float64 reference| on batch 1, 2 heads, same seqlen and D, inputs "
-        "standard normal; cupyflash: precision='highest', cupyflash-tf32: precision='tf32'")
+        "standard normal, the same for every impl; cupyflash: precision='highest', cupyflash-tf32: precision='tf32'")
 
 
 def errors(impl, d, s):
-    """(out error, dQ error) of ``impl`` against the float64 reference on a (1, s, 2, d) problem."""
+    """(out error, dQ error) of ``impl`` against the float64 reference on a (1, s, 2, d) problem, the same inputs for
+    every impl at (d, s) (a generator seeded by them), so that the errors compared come from one draw."""
     import cupy
 
     from .reference import attention_backward_reference, attention_reference
 
-    q, k, v, dout = (cupy.random.standard_normal((1, s, 2, d), dtype=cupy.float32) for _ in range(4))
+    rng = cupy.random.default_rng(100003 * d + s)
+    q, k, v, dout = (rng.standard_normal((1, s, 2, d), dtype=cupy.float32) for _ in range(4))
     as64 = [x.astype(cupy.float64) for x in (q, k, v, dout)]
     ref_out, _ = attention_reference(*as64[:3], xp=cupy)
     ref_dq = attention_backward_reference(as64[3], *as64[:3], xp=cupy)[0]

@@ -1,7 +1,7 @@
 """float32 "highest" dK/dV at head dim 64 with a helper warpgroup: two Q/dO stages (the pick) against three (215 KB;
 the helper then waits for copies issued a step earlier instead of the ones it just issued), forced, interleaved
 rounds, median (twenty-fifth session). Expected: +0-3% (the helper's dQ already covers most of its copies' latency).
-From the checkout root: python docs/wip/2026-11-27-highest-helper-stages-probe.py (prepared, not run)"""
+From the checkout root: python docs/measurements/2026-11-27-highest-helper-stages-probe.py"""
 import cupy
 import numpy as np
 

@@ -115,62 +115,21 @@ __global__ void __launch_bounds__(128) flash_bwd_reduce_dkdv_kernel(const AttnPa
     Mma<Elem>::store8(elems<Elem>(p.dv) + row_offset(p.dv_str, batch, kv_head, seq.k0 + key) + lane * 8, dv_lo, dv_hi);
 }
 
-// The head-dim columns accumulate_dq_atomic below adds at a time: 32 or 16, so that a small accumulator lives next to
-// dK and dV.
-template <int COLS>
-__host__ __device__ constexpr int dq_chunk() { return COLS % 32 == 0 ? 32 : 16; }
-
-// K's operands of dQ = dS K read from K's tile at each step: operand(chunk, c0, k0, np) is gemm_smem_a's B operand
-// for head-dim columns c0 + 16 np.. (c0 the chunk's first) over the keys from k0.
-template <typename Elem, typename KVTile>
-struct TileKOperands {
-    u32 sK;
-    int lane;
-    __device__ __forceinline__ typename Mma<Elem>::Operand operator()(int, int c0, int k0, int np) const {
-        return load_b_operand<Elem, KVTile, true, true>(sK, c0 + 16 * np, k0, lane);
-    }
-};
-
-// The same operands held in registers for a warp's COLS columns from col0 and every key of the block, loaded once:
-// K is the block's at every step. A helper warpgroup's dQ then reads only dS^T from shared memory each step (64
-// registers at head dim 64; K's fragments were a third of its loads, and the helper's part of a step, dQ and the
-// next step's splits, outlasted the products: twenty-sixth session's profile).
-template <typename Elem, int COLS, int BLOCK_N, typename KVTile>
-struct HeldKOperands {
-    static constexpr int CHUNK = dq_chunk<COLS>(), K_STEP = Mma<Elem>::K_STEP;
-    typename Mma<Elem>::Operand b[COLS / CHUNK][BLOCK_N / K_STEP][CHUNK / 16];
-
-    __device__ __forceinline__ void load(u32 sK, int col0, int lane) {
-        #pragma unroll
-        for (int chunk = 0; chunk < COLS / CHUNK; ++chunk)
-            #pragma unroll
-            for (int ks = 0; ks < BLOCK_N / K_STEP; ++ks)
-                #pragma unroll
-                for (int np = 0; np < CHUNK / 16; ++np)
-                    b[chunk][ks][np] = TileKOperands<Elem, KVTile>{sK, lane}(chunk, col0 + chunk * CHUNK, ks * K_STEP,
-                                                                             np);
-    }
-    __device__ __forceinline__ typename Mma<Elem>::Operand operator()(int chunk, int, int k0, int np) const {
-        return b[chunk][k0 / K_STEP][np];
-    }
-};
-
 // dQ[rows] += scale * dS K for one warp's share of this step's dQ: query rows [row0, row0 + 16*ROW_TILES), head-dim
-// columns [col0, col0 + COLS), from dS^T (key rows x query columns) in shared memory and K's operands from
-// k_operands (TileKOperands or HeldKOperands), added into the fp32 buffer dq (rows row_stride apart) dq_chunk
-// columns at a time.
-template <typename Elem, int ROW_TILES, int COLS, int BLOCK_N, typename DSTile, typename KOperands>
-__device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, u32 sdS, const KOperands& k_operands,
-                                                     int row0, int col0, int rows_valid, int head_dim, float scale,
+// columns [col0, col0 + COLS), from dS^T (key rows x query columns) and K in shared memory, added into the fp32
+// buffer dq (rows row_stride apart) 32 (or 16) columns at a time so that a small accumulator lives next to dK and
+// dV.
+template <typename Elem, int ROW_TILES, int COLS, int BLOCK_N, typename DSTile, typename KVTile>
+__device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, u32 sdS, u32 sK, int row0,
+                                                     int col0, int rows_valid, int head_dim, float scale,
                                                      int lane) {
-    constexpr int CHUNK = dq_chunk<COLS>();
+    constexpr int CHUNK = COLS % 32 == 0 ? 32 : 16;
     #pragma unroll
     for (int c0 = col0; c0 < col0 + COLS; c0 += CHUNK) {
         if (c0 >= head_dim) break;  // zero-padded head-dim columns: nothing to add
         float c[ROW_TILES][CHUNK / 8][4] = {};
-        gemm_smem_a<Elem, ROW_TILES, CHUNK / 8, BLOCK_N, DSTile, true>(c, sdS, row0, lane, [&](int k0, int np) {
-            return k_operands((c0 - col0) / CHUNK, c0, k0, np);
-        });
+        gemm_smem_smem<Elem, ROW_TILES, CHUNK / 8, BLOCK_N, DSTile, KVTile, true, true>(c, sdS, row0, sK, c0,
+                                                                                         lane);
         #pragma unroll
         for (int mt = 0; mt < ROW_TILES; ++mt)
             #pragma unroll
@@ -179,6 +138,36 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
                                     scale, lane);
     }
 }
+
+// A helper warpgroup's dQ on wgmma (head dim 64): dQ^T = K^T dS^T, 64 head-dim rows x the step's queries, with K^T's
+// two parts held in registers for the block's walk (A, k = keys: load_held_rows of the K tile, transposed) and the
+// step's dS as a queries x keys tile (B, k-major), written beside dS^T by the math warps. On mma.sync (dQ = dS K
+// from dS^T and K in shared memory) the helper's dQ outlasted the math warps' first products: they waited ~30% of
+// a step at its barrier, and its operand loads were a quarter of the block's shared-memory traffic (twenty-sixth
+// session's profile, docs/measurements/2026-11-27-h100-s26-profile.md).
+template <typename Elem, int BLOCK_M, int BLOCK_N>
+struct HelperDq {
+    u32 kt_hi[1][BLOCK_N / 8][4], kt_lo[1][BLOCK_N / 8][4];  // this warp's 16 head-dim rows of K^T, every key
+
+    template <typename KVTile>
+    __device__ __forceinline__ void hold_keys(u32 sK, int warp, int lane) {
+        load_held_rows<KVTile, BLOCK_N, true>(kt_hi, kt_lo, sK, 16 * (warp % 4), lane);
+    }
+    // dq[query][col] += scale dQ^T[col][query] of the step whose dS tile is at sDs (rows_valid queries)
+    template <typename DsTile>
+    __device__ __forceinline__ void add(float* dq, i64 row_stride, u32 sDs, int rows_valid, int head_dim,
+                                        float scale, int warp, int lane) const {
+        float c[1][BLOCK_M / 8][4];
+        WarpgroupMma::qk_held<Elem, BLOCK_N, DsTile>(c, kt_hi, kt_lo, sDs);
+        #pragma unroll
+        for (int nt = 0; nt < BLOCK_M / 8; ++nt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int col = 16 * (warp % 4) + lane / 4 + 8 * (e / 2), query = 8 * nt + 2 * (lane % 4) + e % 2;
+                if (query < rows_valid && col < head_dim) atomicAdd(dq + query * row_stride + col, c[0][nt][e] * scale);
+            }
+    }
+};
 
 // A warpgroup's A operands of dV^T += dO^T P (or dK^T += Q^T dS): the step's dO (Q) tile read transposed, head-dim
 // rows 64 mb + 16 (warp % 4).. of the mb-th product, its queries k-paired (a[0] and a[2] hold queries 2 (lane % 4)
@@ -244,9 +233,9 @@ __device__ __forceinline__ void store_transposed_grads(const AttnParams& p, cons
 }
 
 // Dynamic shared memory of the dK/dV kernel: room to align the tiles as the core needs, K, V, P^T, dS^T (BLOCK_N x
-// BLOCK_M; with a helper warpgroup two dS^T, of alternate steps), then STAGES Q tiles, STAGES dO tiles, STAGES x 2
-// rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's smem_bytes("bwd")
-// computes the same number.
+// BLOCK_M; with a helper warpgroup also two dS, BLOCK_M x BLOCK_N, of alternate steps), then STAGES Q tiles, STAGES
+// dO tiles, STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's
+// smem_bytes("bwd") computes the same number.
 template <typename Core>
 __host__ __device__ constexpr bool has_helper_warpgroup(int warps, int block_n) {  // (flash_bwd_dkdv_kernel HELPER)
     return Core::WARPGROUPS && warps * 16 == block_n + 64;
@@ -263,7 +252,7 @@ template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typ
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
     using C = Core;  // (operand tiles: f32x3's split in two on warpgroups)
-    constexpr int P_TILES = has_helper_warpgroup<Core>(WARPS, BLOCK_N) ? 3 : 2;  // a helper's second dS^T
+    constexpr int P_TILES = has_helper_warpgroup<Core>(WARPS, BLOCK_N) ? 4 : 2;  // a helper's dS, two steps
     constexpr int P_COLS = p_tile_cols<Core, S>(BLOCK_M);
     return Core::SMEM_ALIGN + 2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, HEAD_DIM, S>>::BYTES +
            P_TILES * C::template Operands<Elem, typename C::template Tile<BLOCK_N, P_COLS, S>>::BYTES +
@@ -290,7 +279,7 @@ template <typename Elem = f16, int HEAD_DIM = 128, int BLOCK_M = 64, int BLOCK_N
 __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(const AttnParams p) {
     constexpr int THREADS = WARPS * 32;
     // HELPER (warpgroups, one more than the key rows take): warpgroup 0 copies and splits the steps' tiles and adds
-    // dQ (of the step before, from a second dS^T tile) while the others compute S^T, dP^T, P^T, dS^T, dV^T and dK^T.
+    // dQ (of the step before, on wgmma: HelperDq) while the others compute S^T, dP^T, P^T, dS^T, dV^T and dK^T.
     constexpr bool HELPER = has_helper_warpgroup<Core>(WARPS, BLOCK_N);
     static_assert(!HELPER || !Bias::Tiles::SKIPS, "a helper walks no mask: it loads steps without their walk entries");
     constexpr int MATH_WARPS = HELPER ? WARPS - 4 : WARPS;  // the warps that own key rows
@@ -332,7 +321,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                       PairedSwizzledTile<BLOCK_N, P_COLS, S>,
                                                                       SmemTile<BLOCK_N, BLOCK_M, S>>::type>;
 
-    constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + (HELPER ? 3 : 2) * PTile::BYTES;
+    // A helper's dS tiles (queries x keys, of alternate steps) for its dQ^T = K^T dS^T (HelperDq), after P^T and dS^T
+    using DsTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_M, BLOCK_N, S>>;
+    static_assert(!HELPER || (DsTile::BYTES == PTile::BYTES && HEAD_DIM == 64 && DsTile::SPLIT),
+                  "a helper warpgroup: head dim 64 at \"highest\" (its dQ's wgmma reads split tiles), dS as P^T's size");
+    constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + (HELPER ? 4 : 2) * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
     constexpr int BIAS_OFF = ROW_OFF + STAGES * 2 * BLOCK_M * 4;
     constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
@@ -346,8 +339,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     S* sV = sK + KVTile::BYTES / sizeof(S);
     S* sP = reinterpret_cast<S*>(smem + P_OFF);
     S* sdS = sP + PTile::BYTES / sizeof(S);
+    S* sDs = sdS + PTile::BYTES / sizeof(S);  // (a helper's)
     const u32 sK_addr = smem_addr(smem), sV_addr = sK_addr + KVTile::BYTES;
-    const u32 sP_addr = sK_addr + P_OFF, sdS_addr = sP_addr + PTile::BYTES;
+    const u32 sP_addr = sK_addr + P_OFF, sdS_addr = sP_addr + PTile::BYTES, sDs_addr = sdS_addr + PTile::BYTES;
     const u32 sQ_addr = sK_addr + Q_OFF, sdO_addr = sK_addr + DO_OFF, sRow_addr = sK_addr + ROW_OFF;
     const float* sRow = reinterpret_cast<const float*>(smem + ROW_OFF);
 
@@ -464,22 +458,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     typename Bias::template Grad<S_KEY_TILES, S_QUERIES / 8> dbias;  // nothing unless the bias's gradient is on
 
     // dQ += scale dS K into the fp32 buffer, a contiguous (batch, seqlen_q, nheads, head_dim) array: the step of
-    // (head, m0), its dS^T in the tile at ds, K's operands read from its tile (add_dq) or held (add_dq_held)
-    // (two lambdas: NVRTC takes no generic ones)
-    using HeldK = HeldKOperands<Elem, DQ_COLS, BLOCK_N, KVTile>;
-    auto dq_rows = [&](int head, int m0) { return p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0); };
+    // (head, m0), its dS^T in the tile at ds
     auto add_dq = [&](int head, int m0, u32 ds) {
         if constexpr (ATOMIC_DQ)
-            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile>(
-                dq_rows(head, m0), static_cast<i64>(p.nheads) * head_dim, ds,
-                TileKOperands<Elem, KVTile>{sK_addr, lane}, dq_row0, dq_col0, seqlen_q - m0, head_dim,
-                p.softmax_scale, lane);
-    };
-    auto add_dq_held = [&](int head, int m0, u32 ds, const HeldK& held) {
-        if constexpr (ATOMIC_DQ)
-            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile>(
-                dq_rows(head, m0), static_cast<i64>(p.nheads) * head_dim, ds, held, dq_row0, dq_col0, seqlen_q - m0,
-                head_dim, p.softmax_scale, lane);
+            accumulate_dq_atomic<Elem, DQ_ROW_TILES, DQ_COLS, BLOCK_N, PTile, KVTile>(
+                p.dq_accum + Rows::dq_accum_offset(p, seq, batch, head, m0), static_cast<i64>(p.nheads) * head_dim,
+                ds, sK_addr, dq_row0, dq_col0, seqlen_q - m0, head_dim, p.softmax_scale, lane);
     };
 
     // Step t's start, for every warp.
@@ -497,17 +481,21 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // and dK^T. (Every warp meets both of the step's barriers: with the P^T/dS^T barrier named for the math
         // warps alone, compute-sanitizer's racecheck reported WAR hazards between their reads of a stage and the
         // helper's copies into it two steps later, across the full barrier that orders them; with both barriers
-        // block-wide, none. docs/performance.md, twenty-fifth session.) Its own loop, so that the K operands it
+        // block-wide, none. docs/performance.md, twenty-fifth session.) Its own loop, so that the K^T operands it
         // holds are live in it alone, not across the math warps' products.
         if (mwarp < 0) {
-            HeldK held_k;
+            HelperDq<Elem, BLOCK_M, BLOCK_N> dq;
+            auto add_dq_of = [&](int s) {  // step s's, from its dS tile
+                const int m0 = step_tile(s) * BLOCK_M;
+                dq.template add<DsTile>(p.dq_accum + Rows::dq_accum_offset(p, seq, batch, step_head(s), m0),
+                                        static_cast<i64>(p.nheads) * head_dim, sDs_addr + s % 2 * DsTile::BYTES,
+                                        seqlen_q - m0, head_dim, p.softmax_scale, warp, lane);
+            };
             for (int t = 0; t < n_steps; ++t) {
                 begin_step(t);
-                if (t == 0) {
-                    if constexpr (ATOMIC_DQ) held_k.load(sK_addr, dq_col0, lane);  // split before the barrier
-                } else {
-                    add_dq_held(step_head(t - 1), step_tile(t - 1) * BLOCK_M, sdS_addr + (1 - t % 2) * PTile::BYTES,
-                                held_k);
+                if constexpr (ATOMIC_DQ) {
+                    if (t == 0) dq.template hold_keys<KVTile>(sK_addr, warp, lane);  // split before the barrier
+                    else add_dq_of(t - 1);
                 }
                 __syncthreads();  // the math warps' P^T and dS^T barrier
                 if (t + 1 < n_steps) {
@@ -516,10 +504,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                 }
             }
             cp_async_wait<0>();
-            __syncthreads();  // the last step's dS^T complete
-            if (n_steps > 0)
-                add_dq_held(step_head(n_steps - 1), step_tile(n_steps - 1) * BLOCK_M,
-                            sdS_addr + (n_steps - 1) % 2 * PTile::BYTES, held_k);
+            __syncthreads();  // the last step's dS complete
+            if (ATOMIC_DQ && n_steps > 0) add_dq_of(n_steps - 1);
         }
     }
     const bool math_walk = !HELPER || mwarp >= 0;  // (the helper walked its own loop above)
@@ -532,8 +518,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
-        const int ds_tile = HELPER ? t % 2 : 0;  // (a helper adds dQ from the other while this one is written)
-        const u32 sdS_t = sdS_addr + ds_tile * PTile::BYTES;
+        const u32 sdS_t = sdS_addr;
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
@@ -604,7 +589,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             dbias.flush(p, batch, head, key0, seqlen_k, key_group, warp % D_SPLIT, lane);
         }
         stage_operands_in_smem<Elem, PTile>(sP + s_query0, s_key0, s, lane);
-        stage_operands_in_smem<Elem, PTile>(sdS + ds_tile * (PTile::BYTES / sizeof(S)) + s_query0, s_key0, dp, lane);
+        stage_operands_in_smem<Elem, PTile>(sdS + s_query0, s_key0, dp, lane);
+        if constexpr (HELPER && ATOMIC_DQ)  // the helper's dS of this step (it adds the other step's meanwhile)
+            stage_operands_transposed<Elem, DsTile>(sDs + t % 2 * (DsTile::BYTES / sizeof(S)), s_key0, dp, lane);
         Core::tiles_landed();  // (wgmma reads P^T and dS^T through the async proxy)
         __syncthreads();  // P^T and dS^T complete (a helper meets this barrier after its dQ, below)
 

@@ -116,32 +116,17 @@ __device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], u32 tile, int n0
     }
 }
 
-// One B operand of gemm_smem_smem below: n-tiles n0 and n0 + 8 over the k step from k0, both parts of a split tile.
-template <typename Elem, typename BTile, bool A_KMAJOR = false, bool B_KMAJOR = false>
-__device__ __forceinline__ typename Mma<Elem>::Operand load_b_operand(u32 sB, int n0, int k0, int lane) {
-    auto load_b = [&](u32 (&r)[4], u32 tile) {
-        if constexpr (B_KMAJOR) load_b_pair_kmajor<BTile, A_KMAJOR>(r, tile, n0, k0, lane);
-        else load_b_pair_nmajor<BTile>(r, tile, n0, k0, lane);
-    };
-    u32 r[4];
-    load_b(r, sB);
-    if constexpr (BTile::SPLIT) {  // (mma_tf32.cuh SplitTile: the lo part loads alike)
-        u32 lo[4];
-        load_b(lo, sB + BTile::LO);
-        return Mma<Elem>::operand(r, lo);
-    } else {
-        return Mma<Elem>::operand(r);
-    }
-}
-
-// acc += A B over k = 0..K, A read from shared memory (rows [a_m0, a_m0 + 16*M_TILES) of the m x k operand) and B's
-// operands given by b_operand(k0, np) (n-tiles 2 np and 2 np + 1 of the k step from k0): loaded as they are needed
-// (gemm_smem_smem), or held in registers by a caller that uses the same B at every step.
-template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, bool A_KMAJOR, typename BOperand>
-__device__ __forceinline__ void gemm_smem_a(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, int lane,
-                                            BOperand b_operand) {
+// acc += A B over k = 0..K, A and B both read from shared memory: A = rows [a_m0, a_m0 + 16*M_TILES) of the
+// m x k product operand, B = columns [b_n0, b_n0 + 8*N_TILES) of the k x n operand. Each operand is stored either
+// one row per m (or n) index (S = Q K^T: Q and K are both stored that way) or one row per k index (*_KMAJOR; as dO
+// is for dV = P^T dO, and as dS^T and K are for dQ = dS K); k-major operands are transposed on load.
+template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile, bool A_KMAJOR = false,
+          bool B_KMAJOR = false>
+__device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, u32 sB,
+                                               int b_n0, int lane) {
     using Op = Mma<Elem>;
     static_assert(N_TILES % 2 == 0 && K % Op::K_STEP == 0, "fragment pairs");
+    static_assert(!A_KMAJOR || B_KMAJOR || ATile::CHUNK == 8, "float A read k-major pairs k with a k-major B");
     #pragma unroll
     for (int k0 = 0; k0 < K; k0 += Op::K_STEP) {
         typename Op::Operand a[M_TILES];
@@ -149,11 +134,15 @@ __device__ __forceinline__ void gemm_smem_a(float (&acc)[M_TILES][N_TILES][4], u
             if constexpr (A_KMAJOR) load_a_frag_kmajor<ATile>(r, tile, a_m0 + 16 * mt, k0, lane);
             else load_a_frag<ATile>(r, tile, a_m0 + 16 * mt, k0, lane);
         };
+        auto load_b = [&](u32 (&r)[4], u32 tile, int np) {
+            if constexpr (B_KMAJOR) load_b_pair_kmajor<BTile, A_KMAJOR>(r, tile, b_n0 + 16 * np, k0, lane);
+            else load_b_pair_nmajor<BTile>(r, tile, b_n0 + 16 * np, k0, lane);
+        };
         #pragma unroll
         for (int mt = 0; mt < M_TILES; ++mt) {
             u32 r[4];
             load_a(r, sA, mt);
-            if constexpr (ATile::SPLIT) {
+            if constexpr (ATile::SPLIT) {  // (mma_tf32.cuh SplitTile: the lo part loads alike)
                 u32 lo[4];
                 load_a(lo, sA + ATile::LO, mt);
                 a[mt] = Op::operand(r, lo);
@@ -163,7 +152,16 @@ __device__ __forceinline__ void gemm_smem_a(float (&acc)[M_TILES][N_TILES][4], u
         }
         #pragma unroll
         for (int np = 0; np < N_TILES / 2; ++np) {
-            const typename Op::Operand b = b_operand(k0, np);
+            u32 r[4];
+            load_b(r, sB, np);
+            typename Op::Operand b;
+            if constexpr (BTile::SPLIT) {
+                u32 lo[4];
+                load_b(lo, sB + BTile::LO, np);
+                b = Op::operand(r, lo);
+            } else {
+                b = Op::operand(r);
+            }
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
                 Op::run(acc[mt][2 * np], a[mt], b, 0);
@@ -171,20 +169,6 @@ __device__ __forceinline__ void gemm_smem_a(float (&acc)[M_TILES][N_TILES][4], u
             }
         }
     }
-}
-
-// acc += A B over k = 0..K, A and B both read from shared memory: A = rows [a_m0, a_m0 + 16*M_TILES) of the
-// m x k product operand, B = columns [b_n0, b_n0 + 8*N_TILES) of the k x n operand. Each operand is stored either
-// one row per m (or n) index (S = Q K^T: Q and K are both stored that way) or one row per k index (*_KMAJOR; as dO
-// is for dV = P^T dO, and as dS^T and K are for dQ = dS K); k-major operands are transposed on load.
-template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile, bool A_KMAJOR = false,
-          bool B_KMAJOR = false>
-__device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, u32 sB,
-                                               int b_n0, int lane) {
-    static_assert(!A_KMAJOR || B_KMAJOR || ATile::CHUNK == 8, "float A read k-major pairs k with a k-major B");
-    gemm_smem_a<Elem, M_TILES, N_TILES, K, ATile, A_KMAJOR>(acc, sA, a_m0, lane, [&](int k0, int np) {
-        return load_b_operand<Elem, BTile, A_KMAJOR, B_KMAJOR>(sB, b_n0 + 16 * np, k0, lane);
-    });
 }
 
 // Above head dim 192 the kernels keep their sums in place: there even half-width second accumulators spilled
@@ -365,6 +349,30 @@ template <typename Elem, typename Tile, int M_TILES, int N_TILES>
 __device__ __forceinline__ void stage_accum_in_smem(typename Tile::Storage* tile, int row0,
                                                     const float (&acc)[M_TILES][N_TILES][4], int lane) {
     stage_accum_in_smem_with<Elem, Tile>(tile, row0, acc, [](int, int) { return 1.f; }, lane);
+}
+
+// A computed operand stored transposed, the accumulator's (row, col) at the tile's (col, row), split where the tile
+// is: dS as queries x keys from dS^T's fragment (flash_bwd.cu HelperDq). The four queries a store's lanes write sit
+// in rows whose swizzle moves their chunks apart: no bank conflicts.
+template <typename Elem, typename Tile, int M_TILES, int N_TILES>
+__device__ __forceinline__ void stage_operands_transposed(typename Tile::Storage* tile, int row0,
+                                                          const float (&acc)[M_TILES][N_TILES][4], int lane) {
+    #pragma unroll
+    for (int mt = 0; mt < M_TILES; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < N_TILES; ++nt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int at = Tile::offset(8 * nt + 2 * (lane % 4) + e % 2, row0 + 16 * mt + lane / 4 + 8 * (e / 2));
+                if constexpr (Tile::SPLIT) {
+                    u32 hi, lo;
+                    split_tf32_stored(acc[mt][nt][e], hi, lo);
+                    tile[at] = __uint_as_float(hi);
+                    tile[at + Tile::LO / 4] = __uint_as_float(lo);
+                } else {
+                    tile[at] = Mma<Elem>::operand_value(acc[mt][nt][e]);
+                }
+            }
 }
 
 // A computed operand (P^T, dS^T) on its way to the other warps' products, as those take it.

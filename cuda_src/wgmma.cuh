@@ -132,8 +132,9 @@ __device__ __forceinline__ void fence_fragment(u32 (&a)[M_TILES][K_STEPS][4]) {
 
 // A warp's 16 rows (from row0) of a split k-major tile, every k step of K, both parts in registers: the A operand of
 // WarpgroupMma::qk_held, in mma.sync's m16n8k8 TF32 layout, which TF32 wgmma takes from registers (a[0] (g, t),
-// a[1] (g + 8, t), a[2] (g, t + 4), a[3] (g + 8, t + 4) of the k step; g = lane / 4, t = lane % 4).
-template <typename Tile, int K>
+// a[1] (g + 8, t), a[2] (g, t + 4), a[3] (g + 8, t + 4) of the k step; g = lane / 4, t = lane % 4). TRANSPOSED: the
+// rows are the tile's columns and k its rows (K^T from the K tile).
+template <typename Tile, int K, bool TRANSPOSED = false>
 __device__ __forceinline__ void load_held_rows(u32 (&hi)[1][K / 8][4], u32 (&lo)[1][K / 8][4], u32 tile, int row0,
                                                int lane) {
     static_assert(Tile::SPLIT && Tile::ELEM == 4, "a split float tile");
@@ -141,7 +142,8 @@ __device__ __forceinline__ void load_held_rows(u32 (&hi)[1][K / 8][4], u32 (&lo)
     for (int kk = 0; kk < K / 8; ++kk)
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const u32 at = tile + Tile::byte_offset(row0 + lane / 4 + 8 * (e % 2), 8 * kk + lane % 4 + 4 * (e / 2));
+            const int row = row0 + lane / 4 + 8 * (e % 2), k = 8 * kk + lane % 4 + 4 * (e / 2);
+            const u32 at = tile + (TRANSPOSED ? Tile::byte_offset(k, row) : Tile::byte_offset(row, k));
             hi[0][kk][e] = lds_u32(at);
             lo[0][kk][e] = lds_u32(at + Tile::LO);
         }

@@ -153,7 +153,7 @@ class Mma80Family:
                     + barriers)
         if kind == "bwd":  # alignment, K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             parts = self.operand_parts(variant)
-            p_tiles = 3 if self.helper_warpgroup(config) else 2  # a helper's second dS^T
+            p_tiles = 4 if self.helper_warpgroup(config) else 2  # a helper's dS (queries x keys), two steps
             operands = (2 * tile(n, kernel_hdim) + p_tiles * tile(n, self.p_tile_cols(m))
                         + 2 * stages * tile(m, kernel_hdim))
             return self.tile_align + parts * operands + stages * 2 * m * 4 + bias

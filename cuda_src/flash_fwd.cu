@@ -70,6 +70,13 @@ enum FwdRole : int { ALL_WARPS, PRODUCER, CONSUMERS };
 // current WorkItem). A persistent block's producer and consumers count alike, so that ring slots and barrier phases
 // carry on from tile to tile: step0, the key-tile steps its pipeline took before this tile; q_loads, the Q tiles
 // copied before this one. Returns this tile's key-tile steps.
+// Whether a producer warpgroup that splits float32 tiles keeps registers enough to unroll its passes.
+template <typename Loads, bool SPLIT, int WARPS, int MIN_BLOCKS>
+__host__ __device__ constexpr bool producer_unrolls() {
+    if constexpr (Loads::SPECIALIZED && SPLIT) return Loads::template producer_unrolls<WARPS, MIN_BLOCKS>();
+    else return false;
+}
+
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int WARPS, int STAGES, int MIN_BLOCKS, typename Mask,
           typename Score, typename Bias, typename Rows, typename Drop, typename Split, typename Core, typename Loads,
           int SMEM_BYTES, FwdRole ROLE, typename Work>
@@ -156,8 +163,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
 
     // Step t's copies, by the threads that copy (entry: step t's walk entry, Tiles::SKIPS).
     auto key_tile = [&](int t, int entry) { return Tiles::SKIPS ? entry >> 1 : key_tiles.y - 1 - t; };
-    // A producer's copy loops stay rolled (two passes at a time): it runs on few registers.
-    constexpr int COPY_UNROLL = Loads::SPECIALIZED ? 2 : TileCopy<KVTile, COPY_THREADS>::PASSES;
+    // A producer's copy loops stay rolled (two passes at a time): it runs on few registers, but where it splits
+    // float32 tiles beside one consumer warpgroup, which leaves it many (pipeline.cuh splitting_producer_regs).
+    constexpr bool PRODUCER_UNROLLS = producer_unrolls<Loads, KVTile::SPLIT, WARPS, MIN_BLOCKS>();
+    constexpr int COPY_UNROLL = Loads::SPECIALIZED && !PRODUCER_UNROLLS ? 2 : TileCopy<KVTile, COPY_THREADS>::PASSES;
     // (Step t of this tile is step step0 + t of the block's pipeline: its ring slot.)
     auto load_keys = [&](int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
@@ -284,10 +293,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                     cp_async_commit();
                     cp_async_wait<1>();  // Q and K_t
                     if (t == 0) split_copied_tile<QTile, COPY_THREADS, 2>(at(sQ_addr));
-                    split_copied_tile<KVTile, COPY_THREADS, 2>(at(sK_of(t)));
+                    split_copied_tile<KVTile, COPY_THREADS, COPY_UNROLL>(at(sK_of(t)));
                     L::template publish_stored<STAGES>(bars, KEYS, step0 + t);
                     cp_async_wait<0>();
-                    split_copied_tile<VTile, COPY_THREADS, 2>(at(sV_of(t)));
+                    split_copied_tile<VTile, COPY_THREADS, COPY_UNROLL>(at(sV_of(t)));
                     L::template publish_stored<STAGES>(bars, VALUES, step0 + t);
                     continue;
                 }
@@ -554,7 +563,8 @@ flash_fwd_kernel(const AttnParams p, const __grid_constant__ typename Loads::Map
         L::template init<STAGES, MATH_WARPS>(bars);
         __syncthreads();
         if (threadIdx.x < L::PRODUCER_WARPS * 32) {
-            L::as_producer();
+            if constexpr (Smem::KVTile::SPLIT) L::template as_splitting_producer<WARPS, MIN_BLOCKS>();
+            else L::as_producer();
             if (L::TMA && threadIdx.x != 0) return;  // one thread issues the bulk copies
             CF_FWD_TILES(PRODUCER)(p, maps);
             if constexpr (!L::TMA) cp_async_wait<0>();  // leave with no copy in flight

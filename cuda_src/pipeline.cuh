@@ -118,8 +118,29 @@ struct ProducerWarpgroup {
             ((WARPS / 4) * entry_regs<WARPS, BLOCKS>() - PRODUCER_REGS) / (WARPS / 4 - 1) / 8 * 8;
         return share > 240 ? 240 : share;
     }
+    // The registers a producer that splits float32 tiles keeps (mma_tf32.cuh split_copied_tile, its passes unrolled
+    // where it keeps enough: producer_unrolls): what the consumers' capped share leaves of the block's, up to theirs;
+    // PRODUCER_REGS where the consumers take the rest (three warpgroups: 40). With one consumer warpgroup (float32
+    // "highest" at head dim 128) 240: its two-pass splits of K and V^T kept the consumers waiting for keys.
+    template <int WARPS, int BLOCKS = 1>
+    __host__ __device__ static constexpr int splitting_producer_regs() {
+        constexpr int left =
+            (WARPS / 4) * entry_regs<WARPS, BLOCKS>() - (WARPS / 4 - 1) * consumer_regs<WARPS, BLOCKS>();
+        return (left > 240 ? 240 : left < PRODUCER_REGS ? PRODUCER_REGS : left) / 8 * 8;
+    }
+    template <int WARPS, int BLOCKS = 1>
+    __host__ __device__ static constexpr bool producer_unrolls() {
+        return splitting_producer_regs<WARPS, BLOCKS>() >= 128;
+    }
     static __device__ __forceinline__ void as_producer() {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(PRODUCER_REGS));
+    }
+    // (as_producer for a splitting producer: kept at entry_regs where that is all it gets)
+    template <int WARPS, int BLOCKS = 1>
+    static __device__ __forceinline__ void as_splitting_producer() {
+        constexpr int REGS = splitting_producer_regs<WARPS, BLOCKS>();
+        if constexpr (REGS < entry_regs<WARPS, BLOCKS>())
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(REGS));
     }
     template <int WARPS, int BLOCKS = 1>
     static __device__ __forceinline__ void as_consumer() {

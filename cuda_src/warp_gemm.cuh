@@ -300,20 +300,28 @@ __device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES * 8 /
 // tile as Elem's storage (the way out to global memory goes through shared memory for 16-byte stores). OPERAND: the
 // values are a product's operand on their way to the other warps (P^T, dS^T), stored as the products take them
 // (Mma::operand_value: float32 at "tf32" rounded).
+// A computed operand's value at element `at` of a tile, as the products take it: both parts where the tile is split
+// (mma_tf32.cuh SplitTile), else the element type's operand value (float32 at "tf32": rounded).
+template <typename Elem, typename Tile>
+__device__ __forceinline__ void store_operand(typename Tile::Storage* tile, int at, float x) {
+    if constexpr (Tile::SPLIT) {
+        u32 hi, lo;
+        split_tf32_stored(x, hi, lo);
+        tile[at] = __uint_as_float(hi);
+        tile[at + Tile::LO / 4] = __uint_as_float(lo);
+    } else {
+        tile[at] = Mma<Elem>::operand_value(x);
+    }
+}
+
 template <typename Elem, typename Tile, bool OPERAND = false, int M_TILES, int N_TILES, typename RowScale>
 __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage* tile, int row0,
                                                          const float (&acc)[M_TILES][N_TILES][4],
                                                          RowScale row_scale, int lane) {
     auto value = [](float x) { return OPERAND ? Mma<Elem>::operand_value(x) : x; };
-    auto put = [&](int at, float x) {  // an operand's hi and lo parts in a split tile (mma_tf32.cuh SplitTile)
-        if constexpr (OPERAND && Tile::SPLIT) {
-            u32 hi, lo;
-            split_tf32_stored(x, hi, lo);
-            tile[at] = __uint_as_float(hi);
-            tile[at + Tile::LO / 4] = __uint_as_float(lo);
-        } else {
-            tile[at] = value(x);
-        }
+    auto put = [&](int at, float x) {
+        if constexpr (OPERAND) store_operand<Elem, Tile>(tile, at, x);
+        else tile[at] = x;
     };
     static_assert(!(OPERAND && Tile::SPLIT) || Tile::PAIRED, "split operands are the warpgroups' paired tiles");
     #pragma unroll
@@ -364,14 +372,7 @@ __device__ __forceinline__ void stage_operands_transposed(typename Tile::Storage
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int at = Tile::offset(8 * nt + 2 * (lane % 4) + e % 2, row0 + 16 * mt + lane / 4 + 8 * (e / 2));
-                if constexpr (Tile::SPLIT) {
-                    u32 hi, lo;
-                    split_tf32_stored(acc[mt][nt][e], hi, lo);
-                    tile[at] = __uint_as_float(hi);
-                    tile[at + Tile::LO / 4] = __uint_as_float(lo);
-                } else {
-                    tile[at] = Mma<Elem>::operand_value(acc[mt][nt][e]);
-                }
+                store_operand<Elem, Tile>(tile, at, acc[mt][nt][e]);
             }
 }
 

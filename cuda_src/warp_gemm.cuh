@@ -364,16 +364,10 @@ __device__ __forceinline__ void stage_accum_in_smem(typename Tile::Storage* tile
 // in rows whose swizzle moves their chunks apart: no bank conflicts.
 template <typename Elem, typename Tile, int M_TILES, int N_TILES>
 __device__ __forceinline__ void stage_operands_transposed(typename Tile::Storage* tile, int row0,
-                                                          const float (&acc)[M_TILES][N_TILES][4], int lane) {
-    #pragma unroll
-    for (int mt = 0; mt < M_TILES; ++mt)
-        #pragma unroll
-        for (int nt = 0; nt < N_TILES; ++nt)
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int at = Tile::offset(8 * nt + 2 * (lane % 4) + e % 2, row0 + 16 * mt + lane / 4 + 8 * (e / 2));
-                store_operand<Elem, Tile>(tile, at, acc[mt][nt][e]);
-            }
+                                                          float (&acc)[M_TILES][N_TILES][4], int lane) {
+    for_each_element(acc, row0, 0, lane, [&](float& x, int row, int col) {
+        store_operand<Elem, Tile>(tile, Tile::offset(col, row), x);
+    });
 }
 
 // A computed operand (P^T, dS^T) on its way to the other warps' products, as those take it.

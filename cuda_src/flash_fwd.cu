@@ -66,10 +66,6 @@ struct FwdSmem {
 // producer warpgroup, one role of the two.
 enum FwdRole : int { ALL_WARPS, PRODUCER, CONSUMERS };
 
-// One query tile of one (batch, head), `work` (QueryBlock: the block's grid position; a persistent block's
-// current WorkItem). A persistent block's producer and consumers count alike, so that ring slots and barrier phases
-// carry on from tile to tile: step0, the key-tile steps its pipeline took before this tile; q_loads, the Q tiles
-// copied before this one. Returns this tile's key-tile steps.
 // Whether a producer warpgroup that splits float32 tiles keeps registers enough to unroll its passes.
 template <typename Loads, bool SPLIT, int WARPS, int MIN_BLOCKS>
 __host__ __device__ constexpr bool producer_unrolls() {
@@ -77,6 +73,10 @@ __host__ __device__ constexpr bool producer_unrolls() {
     else return false;
 }
 
+// One query tile of one (batch, head), `work` (QueryBlock: the block's grid position; a persistent block's
+// current WorkItem). A persistent block's producer and consumers count alike, so that ring slots and barrier phases
+// carry on from tile to tile: step0, the key-tile steps its pipeline took before this tile; q_loads, the Q tiles
+// copied before this one. Returns this tile's key-tile steps.
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int WARPS, int STAGES, int MIN_BLOCKS, typename Mask,
           typename Score, typename Bias, typename Rows, typename Drop, typename Split, typename Core, typename Loads,
           int SMEM_BYTES, FwdRole ROLE, typename Work>

@@ -296,10 +296,6 @@ __device__ __forceinline__ void accum_to_a_frags(u32 (&a)[M_TILES][N_TILES * 8 /
     }
 }
 
-// Writes rows [row0, row0 + 16*M_TILES) of an accumulator, each row multiplied by row_scale(mt, r), into a shared
-// tile as Elem's storage (the way out to global memory goes through shared memory for 16-byte stores). OPERAND: the
-// values are a product's operand on their way to the other warps (P^T, dS^T), stored as the products take them
-// (Mma::operand_value: float32 at "tf32" rounded).
 // A computed operand's value at element `at` of a tile, as the products take it: both parts where the tile is split
 // (mma_tf32.cuh SplitTile), else the element type's operand value (float32 at "tf32": rounded).
 template <typename Elem, typename Tile>
@@ -314,6 +310,10 @@ __device__ __forceinline__ void store_operand(typename Tile::Storage* tile, int 
     }
 }
 
+// Writes rows [row0, row0 + 16*M_TILES) of an accumulator, each row multiplied by row_scale(mt, r), into a shared
+// tile as Elem's storage (the way out to global memory goes through shared memory for 16-byte stores). OPERAND: the
+// values are a product's operand on their way to the other warps (P^T, dS^T), stored as the products take them
+// (Mma::operand_value: float32 at "tf32" rounded).
 template <typename Elem, typename Tile, bool OPERAND = false, int M_TILES, int N_TILES, typename RowScale>
 __device__ __forceinline__ void stage_accum_in_smem_with(typename Tile::Storage* tile, int row0,
                                                          const float (&acc)[M_TILES][N_TILES][4],

@@ -324,7 +324,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // A helper's dS tiles (queries x keys, of alternate steps) for its dQ^T = K^T dS^T (HelperDq), after P^T and dS^T
     using DsTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_M, BLOCK_N, S>>;
     static_assert(!HELPER || (DsTile::BYTES == PTile::BYTES && HEAD_DIM == 64 && DsTile::SPLIT),
-                  "a helper warpgroup: head dim 64 at \"highest\" (its dQ's wgmma reads split tiles), dS as P^T's size");
+                  "a helper warpgroup: head dim 64 at \"highest\" (its dQ's wgmma reads split tiles), dS as P^T's "
+                  "size");
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + (HELPER ? 4 : 2) * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
     constexpr int BIAS_OFF = ROW_OFF + STAGES * 2 * BLOCK_M * 4;
@@ -518,7 +519,6 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
-        const u32 sdS_t = sdS_addr;
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;
         const float* sDelta = sLse2 + BLOCK_M;
         const Score score(p, seq, batch, head);
@@ -622,7 +622,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                     }
                     fence_fragment(hi), fence_fragment(lo);
                 };
-                if (!HELPER && SERIAL) add_dq(head, m0, sdS_t);
+                if (!HELPER && SERIAL) add_dq(head, m0, sdS_addr);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
                     u32 a_do[1][1][BLOCK_M / 8][4], lo_do[1][1][BLOCK_M / 8][4];
@@ -633,7 +633,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                         serial_product(acc_dv[mb], a_do[0], lo_do[0], sP_addr + group_keys);
                         load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane, mb);
                         load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, mwarp, lane, mb);
-                        serial_product(acc_dk[mb], a_q[0], lo_q[0], sdS_t + group_keys);
+                        serial_product(acc_dk[mb], a_q[0], lo_q[0], sdS_addr + group_keys);
                         if (!HELPER && mb == HEAD_DIM / 64 - 1 && t + 1 < n_steps) {  // the next step's Q and dO
                             cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
                             split_step(t + 1);
@@ -643,11 +643,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                     float step_dv[1][NT][4], step_dk[1][NT][4];
                     Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dv, a_do[0], lo_do[0],
                                                                         sP_addr + group_keys);
-                    if (!HELPER && mb == 0) add_dq(head, m0, sdS_t);  // on mma.sync while dV's product runs
+                    if (!HELPER && mb == 0) add_dq(head, m0, sdS_addr);  // on mma.sync while dV's product runs
                     load_transposed_a<QTile, BLOCK_M>(a_q, sQ_t, mwarp, lane, mb);
                     load_transposed_a<QTile, BLOCK_M>(lo_q, sQ_t + QTile::LO, mwarp, lane, mb);
                     Core::template issue_pv<Elem, BLOCK_M, PTile, true>(step_dk, a_q[0], lo_q[0],
-                                                                        sdS_t + group_keys);
+                                                                        sdS_addr + group_keys);
                     // the next step's Q and dO split while the last dK product runs (another stage)
                     if (!HELPER && mb == HEAD_DIM / 64 - 1 && t + 1 < n_steps) {
                         cp_async_wait<STAGES - 2>();  // this thread's copies of step t + 1
@@ -674,7 +674,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                     Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dv[mb], a_do[mb], sP_addr + group_keys);
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb)
-                    Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dk[mb], a_q[mb], sdS_t + group_keys);
+                    Core::template issue_pv<Elem, BLOCK_M, PTile>(acc_dk[mb], a_q[mb], sdS_addr + group_keys);
                 Core::template wait<0>();
                 #pragma unroll
                 for (int mb = 0; mb < HEAD_DIM / 64; ++mb) {
@@ -698,7 +698,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
                                                                                           lane);
             });
         }
-        if constexpr (!PTile::SPLIT && !HELPER) add_dq(head, m0, sdS_t);
+        if constexpr (!PTile::SPLIT && !HELPER) add_dq(head, m0, sdS_addr);
         // The next entry, from the one stashed by this step's load (visible since the __syncthreads above).
         if constexpr (Tiles::SKIPS)
             if (t + STAGES - 1 < n_steps)

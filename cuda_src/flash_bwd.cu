@@ -145,27 +145,35 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
 // from dS^T and K in shared memory) the helper's dQ outlasted the math warps' first products: they waited ~30% of
 // a step at its barrier, and its operand loads were a quarter of the block's shared-memory traffic (twenty-sixth
 // session's profile, docs/measurements/2026-11-27-h100-s26-profile.md).
-template <typename Elem, int BLOCK_M, int BLOCK_N>
+template <typename Elem, int BLOCK_M, int BLOCK_N, int HEAD_DIM>
 struct HelperDq {
-    u32 kt_hi[1][BLOCK_N / 8][4], kt_lo[1][BLOCK_N / 8][4];  // this warp's 16 head-dim rows of K^T, every key
+    static constexpr int MB = HEAD_DIM / 64;  // 64 head-dim rows a product
+    u32 kt_hi[MB][1][BLOCK_N / 8][4], kt_lo[MB][1][BLOCK_N / 8][4];  // this warp's 16 rows of each, every key
 
     template <typename KVTile>
     __device__ __forceinline__ void hold_keys(u32 sK, int warp, int lane) {
-        load_held_rows<KVTile, BLOCK_N, true>(kt_hi, kt_lo, sK, 16 * (warp % 4), lane);
+        #pragma unroll
+        for (int mb = 0; mb < MB; ++mb)
+            load_held_rows<KVTile, BLOCK_N, true>(kt_hi[mb], kt_lo[mb], sK, 64 * mb + 16 * (warp % 4), lane);
     }
     // dq[query][col] += scale dQ^T[col][query] of the step whose dS tile is at sDs (rows_valid queries)
     template <typename DsTile>
     __device__ __forceinline__ void add(float* dq, i64 row_stride, u32 sDs, int rows_valid, int head_dim,
                                         float scale, int warp, int lane) const {
-        float c[1][BLOCK_M / 8][4];
-        WarpgroupMma::qk_held<Elem, BLOCK_N, DsTile>(c, kt_hi, kt_lo, sDs);
         #pragma unroll
-        for (int nt = 0; nt < BLOCK_M / 8; ++nt)
+        for (int mb = 0; mb < MB; ++mb) {
+            float c[1][BLOCK_M / 8][4];
+            WarpgroupMma::qk_held<Elem, BLOCK_N, DsTile>(c, kt_hi[mb], kt_lo[mb], sDs);
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int col = 16 * (warp % 4) + lane / 4 + 8 * (e / 2), query = 8 * nt + 2 * (lane % 4) + e % 2;
-                if (query < rows_valid && col < head_dim) atomicAdd(dq + query * row_stride + col, c[0][nt][e] * scale);
-            }
+            for (int nt = 0; nt < BLOCK_M / 8; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int col = 64 * mb + 16 * (warp % 4) + lane / 4 + 8 * (e / 2);
+                    const int query = 8 * nt + 2 * (lane % 4) + e % 2;
+                    if (query < rows_valid && col < head_dim)
+                        atomicAdd(dq + query * row_stride + col, c[0][nt][e] * scale);
+                }
+        }
     }
 };
 
@@ -241,21 +249,28 @@ __host__ __device__ constexpr bool has_helper_warpgroup(int warps, int block_n) 
     return Core::WARPGROUPS && warps * 16 == block_n + 64;
 }
 // The query columns of the P^T and dS^T tiles: a step's queries, or on warpgroups at least a 128-byte row of them
-// (32 floats: the swizzled tiles' panel), of which a 16-query step fills the first half.
+// (32 floats: the swizzled tiles' panel), of which a 16-query step fills the first half; with a helper warpgroup a
+// 16-float row in the 64-byte swizzle (the 16 KB the half-filled tiles left empty hold the helper's dS tiles).
 template <typename Core, typename S>
-__host__ __device__ constexpr int p_tile_cols(int block_m) {
-    return Core::WARPGROUPS && block_m * static_cast<int>(sizeof(S)) < 128 ? 128 / static_cast<int>(sizeof(S))
-                                                                            : block_m;
+__host__ __device__ constexpr int p_tile_cols(int block_m, bool helper = false) {
+    if (!Core::WARPGROUPS || block_m * static_cast<int>(sizeof(S)) >= 128) return block_m;
+    return helper && block_m * static_cast<int>(sizeof(S)) == 64 ? block_m : 128 / static_cast<int>(sizeof(S));
 }
+// The P^T and dS^T tile type (key rows x p_tile_cols query columns; warpgroups: swizzled, columns k-paired)
+template <typename Elem, typename Core, int BLOCK_M, int BLOCK_N, bool HELPER, typename S = typename Mma<Elem>::Storage,
+          int COLS = p_tile_cols<Core, S>(BLOCK_M, HELPER)>
+using PTileOf = typename Core::template Operands<
+    Elem, typename Pick<Core::WARPGROUPS, PairedSwizzledTile<BLOCK_N, COLS, S, (COLS * sizeof(S) < 128 ? 64 : 128)>,
+                        SmemTile<BLOCK_N, BLOCK_M, S>>::type>;
 template <typename Elem, int HEAD_DIM, int BLOCK_M, int BLOCK_N, int STAGES, typename Bias, typename Core = WarpMma,
           int WARPS = 0>
 __host__ __device__ constexpr int bwd_dkdv_smem_bytes() {
     using S = typename Mma<Elem>::Storage;
     using C = Core;  // (operand tiles: f32x3's split in two on warpgroups)
-    constexpr int P_TILES = has_helper_warpgroup<Core>(WARPS, BLOCK_N) ? 4 : 2;  // a helper's dS, two steps
-    constexpr int P_COLS = p_tile_cols<Core, S>(BLOCK_M);
+    constexpr bool HELPER = has_helper_warpgroup<Core>(WARPS, BLOCK_N);
+    constexpr int P_TILES = HELPER ? 4 : 2;  // a helper's dS, two steps
     return Core::SMEM_ALIGN + 2 * C::template Operands<Elem, typename C::template Tile<BLOCK_N, HEAD_DIM, S>>::BYTES +
-           P_TILES * C::template Operands<Elem, typename C::template Tile<BLOCK_N, P_COLS, S>>::BYTES +
+           P_TILES * PTileOf<Elem, Core, BLOCK_M, BLOCK_N, HELPER>::BYTES +
            2 * STAGES * C::template Operands<Elem, typename C::template Tile<BLOCK_M, HEAD_DIM, S>>::BYTES +
            STAGES * 2 * BLOCK_M * 4 + STAGES * Bias::template tile_bytes<BLOCK_M, BLOCK_N>();
 }
@@ -315,17 +330,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // SplitTile; the products take three passes, dQ's mma.sync reads the parts rather than splitting fragments)
     using KVTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_N, HEAD_DIM, S>>;
     using QTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_M, HEAD_DIM, S>>;
-    // P^T and dS^T: key rows x query columns (on warpgroups at least 32: p_tile_cols)
-    constexpr int P_COLS = p_tile_cols<Core, S>(BLOCK_M);
-    using PTile = typename Core::template Operands<Elem, typename Pick<Core::WARPGROUPS,
-                                                                      PairedSwizzledTile<BLOCK_N, P_COLS, S>,
-                                                                      SmemTile<BLOCK_N, BLOCK_M, S>>::type>;
+    // P^T and dS^T: key rows x query columns (on warpgroups at least 32, or 16 with a helper: p_tile_cols)
+    using PTile = PTileOf<Elem, Core, BLOCK_M, BLOCK_N, HELPER>;
 
     // A helper's dS tiles (queries x keys, of alternate steps) for its dQ^T = K^T dS^T (HelperDq), after P^T and dS^T
     using DsTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_M, BLOCK_N, S>>;
-    static_assert(!HELPER || (DsTile::BYTES == PTile::BYTES && HEAD_DIM == 64 && DsTile::SPLIT),
-                  "a helper warpgroup: head dim 64 at \"highest\" (its dQ's wgmma reads split tiles), dS as P^T's "
-                  "size");
+    static_assert(!HELPER || (DsTile::BYTES == PTile::BYTES && HEAD_DIM % 64 == 0 && DsTile::SPLIT),
+                  "a helper warpgroup: at \"highest\" (its dQ's wgmma reads split tiles), dS as P^T's size");
     constexpr int P_OFF = 2 * KVTile::BYTES, Q_OFF = P_OFF + (HELPER ? 4 : 2) * PTile::BYTES;
     constexpr int DO_OFF = Q_OFF + STAGES * QTile::BYTES, ROW_OFF = DO_OFF + STAGES * QTile::BYTES;
     constexpr int BIAS_OFF = ROW_OFF + STAGES * 2 * BLOCK_M * 4;
@@ -485,7 +496,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // block-wide, none. docs/performance.md, twenty-fifth session.) Its own loop, so that the K^T operands it
         // holds are live in it alone, not across the math warps' products.
         if (mwarp < 0) {
-            HelperDq<Elem, BLOCK_M, BLOCK_N> dq;
+            HelperDq<Elem, BLOCK_M, BLOCK_N, HEAD_DIM> dq;
             auto add_dq_of = [&](int s) {  // step s's, from its dS tile
                 const int m0 = step_tile(s) * BLOCK_M;
                 dq.template add<DsTile>(p.dq_accum + Rows::dq_accum_offset(p, seq, batch, step_head(s), m0),

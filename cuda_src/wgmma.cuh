@@ -26,32 +26,35 @@ template <int N> struct WgmmaFor<f32x3, N> : WgmmaFor<tf32, N> {};  // three TF3
 // A ROWS x COLS tile of 16-bit (or 32-bit) elements stored as panels of 64 (32) columns, 128 bytes a row, each
 // panel's rows consecutive and its 16-byte chunks XOR-swizzled with row % 8: the layout wgmma reads with the
 // 128-byte swizzle, free of bank conflicts for the row-wise copies that fill it. Same interface as SmemTile
-// (smem_tile.cuh), so the copies that fill and drain a tile serve both.
-template <int ROWS, int COLS, typename T = u16>
+// (smem_tile.cuh), so the copies that fill and drain a tile serve both. SWIZZLE 64: panels of 64-byte rows, chunks
+// XOR-swizzled with (row / 2) % 4, wgmma's 64-byte swizzle (a 16-float row: the head-dim-128 helper kernel's P^T).
+template <int ROWS, int COLS, typename T = u16, int SWIZZLE = 128>
 struct SwizzledTile {
     static constexpr int ELEM = sizeof(T);
-    static_assert((ELEM == 2 || ELEM == 4) && COLS % (128 / ELEM) == 0 && ROWS % 8 == 0,
-                  "128-byte panels of 8-row groups");
+    static_assert((ELEM == 2 || ELEM == 4) && (SWIZZLE == 128 || SWIZZLE == 64) && COLS % (SWIZZLE / ELEM) == 0 &&
+                  ROWS % 8 == 0, "panels of SWIZZLE-byte rows in 8-row groups");
     using Storage = T;
     static constexpr bool SWIZZLED = true;
     static constexpr bool PAIRED = false;
     static constexpr bool SPLIT = false;  // one part (mma_tf32.cuh SplitTile)
     static constexpr int LO = 0;
+    static constexpr int ROW_BYTES = SWIZZLE;
     static constexpr int ROW_COUNT = ROWS;
     static constexpr int CHUNK = 16 / ELEM;                 // elements per 16-byte chunk
     static constexpr int CHUNKS_PER_ROW = COLS / CHUNK;
-    static constexpr int PANEL_COLS = 128 / ELEM;
-    static constexpr int PANEL_BYTES = ROWS * 128;          // a multiple of 1024: panels stay 1024-byte aligned
+    static constexpr int PANEL_COLS = SWIZZLE / ELEM;
+    static constexpr int PANEL_BYTES = ROWS * SWIZZLE;      // a multiple of 1024 at 128: 1024-byte aligned panels
     static constexpr int BYTES = ROWS * COLS * ELEM;
     static __device__ __forceinline__ u32 byte_offset(int row, int col) {
-        const int chunk = (col % PANEL_COLS) / CHUNK;
-        return static_cast<u32>(col / PANEL_COLS * PANEL_BYTES + row * 128 + ((chunk ^ (row % 8)) * 16) +
+        const int chunk = (col % PANEL_COLS) / CHUNK, mix = SWIZZLE == 128 ? row % 8 : row / 2 % 4;
+        return static_cast<u32>(col / PANEL_COLS * PANEL_BYTES + row * SWIZZLE + ((chunk ^ mix) * 16) +
                                 (col % CHUNK) * ELEM);
     }
     static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / ELEM; }
     // byte_offset(row0 + r, col0 + c) - byte_offset(row0, col0) for row0 % 8 == 0, col0 % PANEL_COLS == 0, r < 8,
-    // c < PANEL_COLS: the part of an address within an 8-row group of a panel
+    // c < PANEL_COLS: the part of an address within an 8-row group of a panel (128-byte rows)
     static __device__ __forceinline__ u32 in_group(int r, int c) {
+        static_assert(SWIZZLE == 128, "128-byte rows");
         return static_cast<u32>(r * 128 + (((c / CHUNK) ^ r) * 16) + (c % CHUNK) * ELEM);
     }
 };
@@ -60,9 +63,9 @@ struct SwizzledTile {
 // i + 4): the k order in which a float A operand is read in pairs (warp_gemm.cuh load_b_pair_kmajor, PAIR_K), so that
 // a TF32 wgmma of such an A with this tile as its k-major B sums matching k (the dK/dV kernel's P^T and dS^T).
 // Offsets take the column's own index.
-template <int ROWS, int COLS, typename T = float>
-struct PairedSwizzledTile : SwizzledTile<ROWS, COLS, T> {
-    using Base = SwizzledTile<ROWS, COLS, T>;
+template <int ROWS, int COLS, typename T = float, int SWIZZLE = 128>
+struct PairedSwizzledTile : SwizzledTile<ROWS, COLS, T, SWIZZLE> {
+    using Base = SwizzledTile<ROWS, COLS, T, SWIZZLE>;
     static constexpr bool PAIRED = true;
     static __device__ __forceinline__ int stored_col(int col) {
         return (col & ~7) | ((col & 1) << 2) | ((col & 7) >> 1);
@@ -92,6 +95,12 @@ constexpr u64 SWIZZLE_128B = 1ull << 62;
 // K-major operand (rows of k: Q and K for S = Q K^T): 8-row groups 1024 bytes apart; the leading offset is unused.
 __device__ __forceinline__ u64 kmajor_desc(u32 addr) {
     return desc_field(addr) | (desc_field(16) << 16) | (desc_field(1024) << 32) | SWIZZLE_128B;
+}
+// The same for a tile of either swizzle (SwizzledTile::ROW_BYTES): 8-row groups 8 rows apart, the swizzle's mode.
+template <typename Tile>
+__device__ __forceinline__ u64 kmajor_desc_of(u32 addr) {
+    constexpr u64 MODE = Tile::ROW_BYTES == 128 ? SWIZZLE_128B : 2ull << 62;  // (64-byte swizzle: mode 2)
+    return desc_field(addr) | (desc_field(16) << 16) | (desc_field(8 * Tile::ROW_BYTES) << 32) | MODE;
 }
 // N-major operand (rows of k, n along the row: V for O = P V): 64-column panels `panel_bytes` apart, groups of 8
 // k-rows 1024 bytes apart.
@@ -280,7 +289,8 @@ struct WarpgroupMma {
                 const int k0 = kk * K_STEP;
                 WgmmaFor<Elem, N_TILES * 8>::Op::rs(
                     acc[0], a[0][kk],
-                    kmajor_desc(sB + k0 / BTile::PANEL_COLS * BTile::PANEL_BYTES + (k0 % BTile::PANEL_COLS) * 4),
+                    kmajor_desc_of<BTile>(sB + k0 / BTile::PANEL_COLS * BTile::PANEL_BYTES +
+                                          (k0 % BTile::PANEL_COLS) * 4),
                     scale_d);
             } else {
                 WgmmaFor<Elem, N_TILES * 8>::Op::rs(acc[0], a[0][kk],

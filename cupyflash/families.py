@@ -125,10 +125,13 @@ class Mma80Family:
         and splits the steps' tiles and adds dQ while the others compute; cuda_src/flash_bwd.cu HELPER)."""
         return self.core == "cf::WarpgroupMma" and config.warps * 16 == config.block_n + 64
 
-    def p_tile_cols(self, block_m: int) -> int:
+    def p_tile_cols(self, block_m: int, helper: bool = False) -> int:
         """The query columns of the dK/dV kernel's P^T and dS^T tiles: the step's queries, or on warpgroups at least
-        a 128-byte swizzled row of them (cuda_src/flash_bwd.cu p_tile_cols)."""
-        return max(block_m, 128 // self.itemsize) if self.core == "cf::WarpgroupMma" else block_m
+        a 128-byte swizzled row of them, or with a helper warpgroup a 64-byte one (cuda_src/flash_bwd.cu
+        p_tile_cols)."""
+        if self.core != "cf::WarpgroupMma" or block_m * self.itemsize >= 128:
+            return block_m
+        return block_m if helper and block_m * self.itemsize == 64 else 128 // self.itemsize
 
     def operand_parts(self, variant: Variant | None) -> int:
         """The parts each shared operand tile of the forward and dK/dV kernels is stored in: 1, or 2 where float32
@@ -153,8 +156,9 @@ class Mma80Family:
                     + barriers)
         if kind == "bwd":  # alignment, K, V, P^T, dS^T, STAGES Q and dO tiles, STAGES x (lse2, delta) rows of floats
             parts = self.operand_parts(variant)
-            p_tiles = 4 if self.helper_warpgroup(config) else 2  # a helper's dS (queries x keys), two steps
-            operands = (2 * tile(n, kernel_hdim) + p_tiles * tile(n, self.p_tile_cols(m))
+            helper = self.helper_warpgroup(config)
+            p_tiles = 4 if helper else 2  # a helper's dS (queries x keys), two steps
+            operands = (2 * tile(n, kernel_hdim) + p_tiles * tile(n, self.p_tile_cols(m, helper))
                         + 2 * stages * tile(m, kernel_hdim))
             return self.tile_align + parts * operands + stages * 2 * m * 4 + bias
         if kind == "bwd_dq":  # Q and dO tiles, STAGES K and V tiles

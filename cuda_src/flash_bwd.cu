@@ -527,7 +527,12 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         if constexpr (Tiles::SKIPS)
             entry = Bias::template stashed<BLOCK_N, 0>(sK_addr + BIAS_OFF + t % STAGES * BIAS_BYTES);
 
-        const int dense = Tiles::SKIPS ? entry >> 1 : t, stage = t % STAGES;
+        // (with a helper at head dim 128 and the band mask the stage made warp-uniform (shfl): the products'
+        // descriptors then stay on the uniform datapath rather than in registers built ahead, which spilled there;
+        // without the mask it cost 1.5-2% at 4k-8k on the H100, twenty-seventh session)
+        constexpr bool UNIFORM_STAGE = HELPER && HEAD_DIM >= 128 && Mask::MASKS;
+        const int dense = Tiles::SKIPS ? entry >> 1 : t;
+        const int stage = UNIFORM_STAGE ? __shfl_sync(0xffffffffu, t % STAGES, 0) : t % STAGES;
         const int head = step_head(dense), m0 = step_tile(dense) * BLOCK_M;
         const u32 sQ_t = sQ_addr + stage * QTile::BYTES, sdO_t = sdO_addr + stage * QTile::BYTES;
         const float* sLse2 = sRow + stage * 2 * BLOCK_M;

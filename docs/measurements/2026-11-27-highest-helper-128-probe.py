@@ -1,11 +1,9 @@
-"""float32 "highest" dK/dV at head dim 128 with a helper warpgroup (prepared in the twenty-sixth session, not run;
-apply docs/wip/2026-11-27-highest-helper-128.patch first): wgmma_tf32 16x64 with 4 warps (the pick today) against
-16x64 with 8 (warpgroup 0 adds the step before's dQ on wgmma, then copies and splits the next step's Q and dO, while
-warpgroup 1 runs the products; P^T and dS^T in the 64-byte swizzle), both forced, interleaved rounds, median, without
-the band mask (the helper entry avoids it: its picks spill); then each one's errors against float64 on both dQ paths.
-Expected: 1.2-1.5x (Nsight Compute, twenty-sixth session: the 4-warp kernel issue-bound with one warp a scheduler; the
-helper gives each scheduler a second warp and takes dQ and the splits off the math warps). From the checkout root:
-python docs/wip/2026-11-27-highest-helper-128-probe.py"""
+"""float32 "highest" dK/dV at head dim 128: wgmma_tf32 16x64 with 4 warps against 16x64 with 8 (a helper warpgroup
+adds the step before's dQ on wgmma and splits the next step's Q and dO, while warpgroup 1 runs the products; P^T and
+dS^T in the 64-byte swizzle), both forced, interleaved rounds, median, non-causal; then each one's errors against
+float64 on both dQ paths. Predicted (twenty-sixth session): 1.2-1.5x. Ran in the twenty-seventh session
+(2026-11-27-h100-s27-helper-128-probe.md). From the checkout root: python
+docs/measurements/2026-11-27-highest-helper-128-probe.py"""
 import cupy
 import numpy as np
 

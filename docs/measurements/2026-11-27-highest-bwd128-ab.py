@@ -1,4 +1,5 @@
-"""(twenty-seventh session, the A/B of 2026-11-27-h100-s27-helper-128-band.md) Median backward time, float32 "highest", head dim 128 (the pick), tree on PYTHONPATH; 16k tokens, hidden 2048."""
+"""Median backward time, float32 "highest", head dim 128 (the pick), tree on PYTHONPATH; 16k tokens, hidden 2048
+(twenty-seventh session, the A/B of 2026-11-27-h100-s27-helper-128-band.md)."""
 import sys, cupy, numpy as np
 import cupyflash as cf
 tag = sys.argv[1]

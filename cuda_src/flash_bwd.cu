@@ -142,10 +142,10 @@ __device__ __forceinline__ void accumulate_dq_atomic(float* dq, i64 row_stride, 
 // A helper warpgroup's dQ on wgmma: dQ^T = K^T dS^T, a product of 64 head-dim rows x the step's queries for each 64
 // of the head dim (one at 64, two at 128), with K^T's two parts held in registers for the walk (A, k = keys:
 // load_held_rows of the K tile, transposed; 128 registers at 128) and the step's dS as a queries x keys tile (B,
-// k-major), written beside dS^T by the math warps. On mma.sync (dQ = dS K
-// from dS^T and K in shared memory) the helper's dQ outlasted the math warps' first products: they waited ~30% of
-// a step at its barrier, and its operand loads were a quarter of the block's shared-memory traffic (twenty-sixth
-// session's profile, docs/measurements/2026-11-27-h100-s26-profile.md).
+// k-major), written beside dS^T by the math warps. On mma.sync (dQ = dS K from dS^T and K in shared memory) the
+// helper's dQ outlasted the math warps' first products: they waited ~30% of a step at its barrier, and its operand
+// loads were a quarter of the block's shared-memory traffic (twenty-sixth session's profile,
+// docs/measurements/2026-11-27-h100-s26-profile.md).
 template <typename Elem, int BLOCK_M, int BLOCK_N, int HEAD_DIM>
 struct HelperDq {
     static constexpr int MB = HEAD_DIM / 64;  // 64 head-dim rows a product

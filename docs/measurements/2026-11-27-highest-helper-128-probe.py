@@ -2,8 +2,11 @@
 adds the step before's dQ on wgmma and splits the next step's Q and dO, while warpgroup 1 runs the products; P^T and
 dS^T in the 64-byte swizzle), both forced, interleaved rounds, median, non-causal; then each one's errors against
 float64 on both dQ paths. Predicted (twenty-sixth session): 1.2-1.5x. Ran in the twenty-seventh session
-(2026-11-27-h100-s27-helper-128-probe.md). From the checkout root: python
-docs/measurements/2026-11-27-highest-helper-128-probe.py"""
+(2026-11-27-h100-s27-helper-128-probe.md; with the argument "causal", causal problems too, once the helper kernel
+served the band mask: 2026-11-27-h100-s27-helper-128-band.md). From the checkout root: python
+docs/measurements/2026-11-27-highest-helper-128-probe.py [causal]"""
+import sys
+
 import cupy
 import numpy as np
 
@@ -16,7 +19,7 @@ cands = [_bt(16, 64, 4), _bt(16, 64, 8)]
 print("| D | seqlen | causal | tile | bwd ms | TFLOP/s | speed / first |")
 print("|---|---|---|---|---|---|---|")
 for s in (1024, 2048, 4096, 8192):
-    for causal in (False,):
+    for causal in (False, True) if "causal" in sys.argv[1:] else (False,):
         b, h = 16384 // s, 2048 // D
         rng = cupy.random.default_rng(0)
         q, k, v, do = (rng.standard_normal((b, s, h, D), dtype=cupy.float32) for _ in range(4))

@@ -702,7 +702,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         } else {
             // (float32 at "highest": each step's sum fresh, in slices of CHUNK n-tiles where a second accumulator of
             // all of them beside dK and dV would not fit: warp_gemm.cuh accumulate)
-            constexpr int MAX_FLOATS = 48, CHUNK = column_chunk<Elem, MAX_FLOATS, KEY_TILES, WARP_D / 8, HEAD_DIM>();
+            // (above head dim 192 a bias beside a score modifier leaves no registers for a slice: sums in place)
+            constexpr int MAX_FLOATS = 48, WIDE = Bias::ON && !Score::IDENTITY ? 0 : WIDE_SLICE_FLOATS;
+            constexpr int CHUNK = column_chunk<Elem, MAX_FLOATS, KEY_TILES, WARP_D / 8, HEAD_DIM, WIDE>();
             using Slice = float[KEY_TILES][CHUNK][4];
             accumulate<Elem, MAX_FLOATS, CHUNK>(acc_dv, [&](Slice& c, int nt0) {
                 gemm_smem_smem<Elem, KEY_TILES, CHUNK, BLOCK_M, PTile, QTile, false, true>(c, sP_addr, warp_key0,
@@ -912,7 +914,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         // dQ += dS K (K stored key-major: B of this product is k-major)
         u32 ds_frag[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
-        constexpr int MAX_FLOATS = 96, CHUNK = column_chunk<Elem, MAX_FLOATS, M_TILES, D_TILES, HEAD_DIM>();
+        constexpr int MAX_FLOATS = 96, WIDE = Bias::ON && !Score::IDENTITY ? 0 : WIDE_SLICE_FLOATS;
+        constexpr int CHUNK = column_chunk<Elem, MAX_FLOATS, M_TILES, D_TILES, HEAD_DIM, WIDE>();
         accumulate<Elem, MAX_FLOATS, CHUNK>(acc, [&](float (&c)[M_TILES][CHUNK][4], int nt0) {
             gemm_regs_smem_nn<Elem, M_TILES, CHUNK, BLOCK_N, KVTile>(c, ds_frag, sK_t, lane, 8 * nt0);
         });

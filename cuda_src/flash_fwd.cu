@@ -94,7 +94,11 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     // O += P V: float32 at "highest" sums each key tile's product fresh, in slices of PV_CHUNK n-tiles where all of
     // them would not fit a second accumulator (warp_gemm.cuh accumulate); a warpgroup product takes its whole width.
     constexpr int PV_FLOATS = 96;
-    constexpr int PV_CHUNK = Core::WARPGROUPS ? D_TILES : column_chunk<Elem, PV_FLOATS, M_TILES, D_TILES, HEAD_DIM>();
+    // (above head dim 192 slices of 8 floats; a bias beside a score modifier leaves no registers for them, and at
+    // 224, whose 28 n-tiles slice in 2s or 4s, the sliced loop spilled on sm_80: sums in place there)
+    constexpr int PV_WIDE = (Bias::ON && !Score::IDENTITY) || HEAD_DIM == 224 ? 0 : 8;
+    constexpr int PV_CHUNK =
+        Core::WARPGROUPS ? D_TILES : column_chunk<Elem, PV_FLOATS, M_TILES, D_TILES, HEAD_DIM, PV_WIDE>();
     static_assert(ROWS_PER_WARP % 16 == 0 && BLOCK_N % 16 == 0 && STAGES >= 2, "tile shape");
     static_assert(SMEM_BYTES == fwd_smem_bytes<Elem, HEAD_DIM, BLOCK_M, BLOCK_N, STAGES, Bias, Core, Loads>(),
                   "Python's smem formula");

@@ -175,16 +175,21 @@ __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4]
 // (twenty-fifth session's sweep of the float32 picks: the dK/dV kernel at 256, the forward and dQ kernels at 224
 // and 256, on sm_80 and sm_90).
 constexpr int SLICED_HEAD_DIM_MAX = 192;
+constexpr int WIDE_SLICE_FLOATS = 16;
 
 // The n-tiles a fresh accumulator of accumulate() below takes at once: all N_TILES where M_TILES x N_TILES floats a
 // thread fit MAX_FLOATS, else half of them where those fit (the product is then made in two column slices, each
 // summed fresh and added, each reading its A operand); N_TILES where products add into acc directly (no
 // SUM_PER_TILE), or where half do not fit either (then the sums are made in place), or above
 // SLICED_HEAD_DIM_MAX.
-template <typename Elem, int MAX_FLOATS, int M_TILES, int N_TILES, int HEAD_DIM>
+template <typename Elem, int MAX_FLOATS, int M_TILES, int N_TILES, int HEAD_DIM, int WIDE_FLOATS = WIDE_SLICE_FLOATS>
 __host__ __device__ constexpr int column_chunk() {
-    if (!Mma<Elem>::SUM_PER_TILE || M_TILES * N_TILES * 4 <= MAX_FLOATS || HEAD_DIM > SLICED_HEAD_DIM_MAX)
+    if (!Mma<Elem>::SUM_PER_TILE || M_TILES * N_TILES * 4 <= MAX_FLOATS) return N_TILES;
+    if (HEAD_DIM > SLICED_HEAD_DIM_MAX) {  // narrow slices: the widest of at most WIDE_FLOATS a thread
+        for (int chunk = N_TILES / 2; chunk >= 2; --chunk)
+            if (N_TILES % chunk == 0 && chunk % 2 == 0 && M_TILES * chunk * 4 <= WIDE_FLOATS) return chunk;
         return N_TILES;
+    }
     if (N_TILES % 4 == 0 && M_TILES * N_TILES * 2 <= MAX_FLOATS) return N_TILES / 2;
     return N_TILES;
 }

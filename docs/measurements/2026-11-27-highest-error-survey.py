@@ -12,6 +12,7 @@ within 1-2x; the mma_tf32 paths, which add each product into long-lived accumula
 where the sums are long (dK, dV over the queries; out over the keys). From the checkout root:
 python docs/measurements/2026-11-27-highest-error-survey.py"""
 import itertools
+import os
 
 import cupy
 
@@ -19,7 +20,7 @@ import cupyflash as cf
 from cupyflash.reference import (attention_backward_naive_lowp, attention_backward_reference, attention_naive_lowp,
                                  attention_reference)
 
-HEAD_DIMS = (32, 64, 96, 128, 160, 256)
+HEAD_DIMS = tuple(int(d) for d in os.environ.get("HEAD_DIMS", "32 64 96 128 160 256").split())
 print("| D | S | causal | bias | forward family | out | lse | dq | dk | dv |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 worst = {}

@@ -558,10 +558,13 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             fence_fragment(s[0]);
             fence_fragment(dp[0]);
         } else {
-            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(s, sK_addr, warp_key0, sQ_t,
-                                                                                      warp_query0, lane);
-            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile>(dp, sV_addr, warp_key0, sdO_t,
-                                                                                      warp_query0, lane);
+            // (float32 at "highest" sums the small terms apart, except where a bias beside a score modifier leaves
+            // no registers for them: above head dim 192, or with dropout (warp_gemm.cuh gemm_smem_smem; picks sweep)
+            constexpr bool APART = !(Bias::ON && !Score::IDENTITY && (HEAD_DIM > 192 || Drop::ON));
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
+                s, sK_addr, warp_key0, sQ_t, warp_query0, lane);
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
+                dp, sV_addr, warp_key0, sdO_t, warp_query0, lane);
         }
         const int key0 = n0 + s_key0, query0 = m0 + s_query0;
         apply_score_mod<true, Bias::ON>(score, s, key0, query0, lane);
@@ -914,7 +917,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         // dQ += dS K (K stored key-major: B of this product is k-major)
         u32 ds_frag[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
-        constexpr int MAX_FLOATS = 96, WIDE = Bias::ON && !Score::IDENTITY ? 0 : WIDE_SLICE_FLOATS;
+        constexpr int MAX_FLOATS = 96, WIDE = Bias::ON && !Score::IDENTITY ? 0 : WIDE_SLICE_FLOATS / 2;
         constexpr int CHUNK = column_chunk<Elem, MAX_FLOATS, M_TILES, D_TILES, HEAD_DIM, WIDE>();
         accumulate<Elem, MAX_FLOATS, CHUNK>(acc, [&](float (&c)[M_TILES][CHUNK][4], int nt0) {
             gemm_regs_smem_nn<Elem, M_TILES, CHUNK, BLOCK_N, KVTile>(c, ds_frag, sK_t, lane, 8 * nt0);

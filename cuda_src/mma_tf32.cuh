@@ -5,7 +5,8 @@
 //          is below 2^-22): a third of the speed (precision="highest"). Each operand is then held to 2^-22 rather
 //          than fp32's 2^-24, and the tensor cores add products into the fp32 accumulator less exactly than FFMA
 //          (truncating): measured on the H100, a k8..k1024 product errs 2.4e-7..1.4e-6 of sum|a||b| where cuBLAS
-//          fp32 errs 0.4..1.5e-7 (docs/performance.md); a separate accumulator for the small terms would gain 3x.
+//          fp32 errs 0.4..1.5e-7 (docs/performance.md); a separate accumulator for the small terms gains up to 3x
+//          (run_split, for the products over the head dim; those over a sequence sum each tile fresh).
 // Fragments of one k step (8 floats = 32 bytes of a row) load exactly as a 16-bit k16 step does (smem_tile.cuh);
 // A is 4 registers (16x8) and a B pair 4 (two 8x8 n-tiles), as for the 16-bit products.
 #pragma once
@@ -173,6 +174,17 @@ template <> struct Mma<f32x3> : Mma32 {
     static __device__ __forceinline__ void run(float (&d)[4], const Operand& a, const Operand& b, int half) {
         mma_tf32(d, a.lo, b.hi[2 * half], b.hi[2 * half + 1]);
         mma_tf32(d, a.hi, b.lo[2 * half], b.lo[2 * half + 1]);
+        mma_tf32(d, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
+    }
+    // The same with the small terms summed in an accumulator of their own, which the caller adds to d at the end:
+    // d then takes one truncated addition a k step rather than three, and the small terms' truncations are 2^-11
+    // of d's. For the products over the head dim (S = Q K^T, dP = dO V^T), whose sums no tile-level fresh sum
+    // shortens and whose accumulators are narrow. (A fresh sum of each k step, added with FADD, spilled the dQ
+    // kernel's picks: its temporaries live for three dependent products, many in flight.)
+    static __device__ __forceinline__ void run_split(float (&d)[4], float (&small)[4], const Operand& a,
+                                                     const Operand& b, int half) {
+        mma_tf32(small, a.lo, b.hi[2 * half], b.hi[2 * half + 1]);
+        mma_tf32(small, a.hi, b.lo[2 * half], b.lo[2 * half + 1]);
         mma_tf32(d, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
     }
 };

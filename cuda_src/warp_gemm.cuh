@@ -116,17 +116,27 @@ __device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], u32 tile, int n0
     }
 }
 
+// The most floats a thread of the small terms' own accumulator (gemm_smem_smem below): the forward's 64x32, the dQ
+// kernel's 32x32 and 64x32 and the dK/dV kernel's 32x32 tiles (16 or 8 floats: the tiles of head dims 96-256, where
+// the head dim's sums are longest). Larger score tiles (head dims 32 and 64: 128x64, 64x64) spilled with it
+// (a sweep of the float32 picks, sm_90): they keep the small terms in place, over 4-8 k steps.
+constexpr int SMALL_TERMS_FLOATS = 16;
+
 // acc += A B over k = 0..K, A and B both read from shared memory: A = rows [a_m0, a_m0 + 16*M_TILES) of the
 // m x k product operand, B = columns [b_n0, b_n0 + 8*N_TILES) of the k x n operand. Each operand is stored either
 // one row per m (or n) index (S = Q K^T: Q and K are both stored that way) or one row per k index (*_KMAJOR; as dO
 // is for dV = P^T dO, and as dS^T and K are for dQ = dS K); k-major operands are transposed on load.
+// Float32 at "highest" sums the small terms apart (Mma<f32x3>::run_split) in the products over the head dim, whose
+// operands are both stored a row per m or n index (S = Q K^T, dP = dO V^T and their transposes).
 template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile, bool A_KMAJOR = false,
-          bool B_KMAJOR = false>
+          bool B_KMAJOR = false, bool OVER_HEAD_DIM = !A_KMAJOR && !B_KMAJOR>
 __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, u32 sB,
                                                int b_n0, int lane) {
     using Op = Mma<Elem>;
     static_assert(N_TILES % 2 == 0 && K % Op::K_STEP == 0, "fragment pairs");
     static_assert(!A_KMAJOR || B_KMAJOR || ATile::CHUNK == 8, "float A read k-major pairs k with a k-major B");
+    constexpr bool SMALL_TERMS_APART = OVER_HEAD_DIM && Op::SUM_PER_TILE && M_TILES * N_TILES * 4 <= SMALL_TERMS_FLOATS;
+    float small[SMALL_TERMS_APART ? M_TILES : 1][SMALL_TERMS_APART ? N_TILES : 1][4] = {};
     #pragma unroll
     for (int k0 = 0; k0 < K; k0 += Op::K_STEP) {
         typename Op::Operand a[M_TILES];
@@ -164,11 +174,23 @@ __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4]
             }
             #pragma unroll
             for (int mt = 0; mt < M_TILES; ++mt) {
-                Op::run(acc[mt][2 * np], a[mt], b, 0);
-                Op::run(acc[mt][2 * np + 1], a[mt], b, 1);
+                if constexpr (SMALL_TERMS_APART) {
+                    Op::run_split(acc[mt][2 * np], small[mt][2 * np], a[mt], b, 0);
+                    Op::run_split(acc[mt][2 * np + 1], small[mt][2 * np + 1], a[mt], b, 1);
+                } else {
+                    Op::run(acc[mt][2 * np], a[mt], b, 0);
+                    Op::run(acc[mt][2 * np + 1], a[mt], b, 1);
+                }
             }
         }
     }
+    if constexpr (SMALL_TERMS_APART)
+        #pragma unroll
+        for (int mt = 0; mt < M_TILES; ++mt)
+            #pragma unroll
+            for (int nt = 0; nt < N_TILES; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[mt][nt][e] += small[mt][nt][e];
 }
 
 // Above head dim 192 the kernels keep their sums in place: there even half-width second accumulators spilled

@@ -20,12 +20,16 @@ import cupyflash as cf
 from cupyflash.reference import (attention_backward_naive_lowp, attention_backward_reference, attention_naive_lowp,
                                  attention_reference)
 
+# (env: HEAD_DIMS, SEQLENS, CAUSAL ("0 1"), BIAS ("0 1"): a share of the cases, for processes side by side)
 HEAD_DIMS = tuple(int(d) for d in os.environ.get("HEAD_DIMS", "32 64 96 128 160 256").split())
+SEQLENS = tuple(int(s) for s in os.environ.get("SEQLENS", "1024 4096").split())
+CAUSAL = tuple(bool(int(c)) for c in os.environ.get("CAUSAL", "0 1").split())
+BIAS = tuple(bool(int(b)) for b in os.environ.get("BIAS", "0 1").split())
 print("| D | S | causal | bias | forward family | out | lse | dq | dk | dv |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 worst = {}
-for d, s, causal in itertools.product(HEAD_DIMS, (1024, 4096), (False, True)):
-    for with_bias in ((False, True) if d in (64, 128) else (False,)):
+for d, s, causal in itertools.product(HEAD_DIMS, SEQLENS, CAUSAL):
+    for with_bias in (b for b in BIAS if not b or d in (64, 128)):
         rng = cupy.random.default_rng(d * 7 + s + causal)
         q, k, v, do = (rng.standard_normal((1, s, 2, d), dtype=cupy.float32) for _ in range(4))
         bias = rng.standard_normal((1, 2, s, s), dtype=cupy.float32) if with_bias else None

@@ -241,6 +241,15 @@ __device__ __forceinline__ void store_transposed_grads(const AttnParams& p, cons
                                 keys, head_dim);
 }
 
+// Whether the backward kernels' S and dP products sum their small terms apart (float32 at "highest" on mma_tf32:
+// warp_gemm.cuh gemm_smem_smem): not where a bias beside a score modifier leaves no registers for them, above head
+// dim 128 or with dropout (the CPU compile check: the dQ kernel at 192 with the band mask, softcap, ALiBi and a
+// float32 bias spilled 16 bytes; a sweep of the picks: the dK/dV kernel at 64 and 256 with dropout too).
+template <int HEAD_DIM, typename Score, typename Bias, typename Drop>
+__host__ __device__ constexpr bool small_terms_apart() {
+    return !(Bias::ON && !Score::IDENTITY && (HEAD_DIM > 128 || Drop::ON));
+}
+
 // Dynamic shared memory of the dK/dV kernel: room to align the tiles as the core needs, K, V, P^T, dS^T (BLOCK_N x
 // BLOCK_M; with a helper warpgroup also two dS, BLOCK_M x BLOCK_N, of alternate steps), then STAGES Q tiles, STAGES
 // dO tiles, STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's
@@ -558,9 +567,7 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             fence_fragment(s[0]);
             fence_fragment(dp[0]);
         } else {
-            // (float32 at "highest" sums the small terms apart, except where a bias beside a score modifier leaves
-            // no registers for them: above head dim 192, or with dropout (warp_gemm.cuh gemm_smem_smem; picks sweep)
-            constexpr bool APART = !(Bias::ON && !Score::IDENTITY && (HEAD_DIM > 192 || Drop::ON));
+            constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
             gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
                 s, sK_addr, warp_key0, sQ_t, warp_query0, lane);
             gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
@@ -892,8 +899,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         if constexpr (Bias::ON)
             Bias::template apply<false, BLOCK_M, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
                                                                  warp_row0, 0, lane, p, entry);
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_t, 0, lane);
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile>(dp, sdO_addr, warp_row0, sV_t, 0, lane);
+        constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART>(s, sQ_addr, warp_row0,
+                                                                                           sK_t, 0, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART>(dp, sdO_addr, warp_row0,
+                                                                                           sV_t, 0, lane);
         const int query0 = m0 + warp_row0;
         apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.

@@ -171,6 +171,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     // float32 tiles beside one consumer warpgroup, which leaves it many (pipeline.cuh splitting_producer_regs).
     constexpr bool PRODUCER_UNROLLS = producer_unrolls<Loads, KVTile::SPLIT, WARPS, MIN_BLOCKS>();
     constexpr int COPY_UNROLL = Loads::SPECIALIZED && !PRODUCER_UNROLLS ? 2 : TileCopy<KVTile, COPY_THREADS>::PASSES;
+    // Where such a producer splits K and V^T (float32 "highest" on warpgroups, one consumer warpgroup), it loads them
+    // into its registers and splits them as it stores them: a copy into shared memory and its read back less (the
+    // forward at head dim 128 was bound on shared memory's bandwidth, docs/performance.md twenty-eighth session).
+    constexpr bool HELD_SPLIT = KVTile::SPLIT && PRODUCER_UNROLLS && TRANSPOSED_V && !Loads::PERSISTENT;
     // (Step t of this tile is step step0 + t of the block's pipeline: its ring slot.)
     auto load_keys = [&](int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
@@ -178,14 +182,19 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                                                            k_bh + n0 * p.k_str.seq, p.k_str.seq, seqlen_k - n0,
                                                            p.head_dim);
     };
+    // V^T staged (batch, K/V heads, head dim, keys padded to 32): rows of keys (computed where used: held at the
+    // kernel's start, the two values cost the forward at head dim 64 1%)
+    auto transposed_keys = [&] { return (p.seqlen_k + 31) / 32 * 32; };
+    auto transposed_values = [&](int keys) {
+        return elems<Elem>(p.v) + (static_cast<i64>(batch) * p.nheads_k + kv_head_of(p, head)) * p.head_dim * keys;
+    };
     auto load_values = [&](int t, int entry) {
         const int n0 = key_tile(t, entry) * BLOCK_N;
-        if constexpr (TRANSPOSED_V) {  // V^T staged (batch, K/V heads, head dim, keys padded to 32): rows of keys
-            const int keys = (p.seqlen_k + 31) / 32 * 32;
-            const S* vt = elems<Elem>(p.v) +
-                          (static_cast<i64>(batch) * p.nheads_k + kv_head_of(p, head)) * p.head_dim * keys;
+        if constexpr (TRANSPOSED_V) {
+            const int keys = transposed_keys();
             load_tile_async<VTile, COPY_THREADS, COPY_UNROLL>(sV_addr + (step0 + t) % STAGES * KVTile::BYTES,
-                                                              vt + n0, keys, p.head_dim, keys - n0);
+                                                              transposed_values(keys) + n0, keys, p.head_dim,
+                                                              keys - n0);
         } else {
             load_tile_async<KVTile, COPY_THREADS, COPY_UNROLL>(sV_addr + (step0 + t) % STAGES * KVTile::BYTES,
                                                                v_bh + n0 * p.v_str.seq, p.v_str.seq, seqlen_k - n0,
@@ -285,12 +294,45 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                 }
                 return n_tiles;
             }
+            auto at = [&](u32 addr) { return reinterpret_cast<float*>(sQ) + (addr - sQ_addr) / 4; };
+            if constexpr (HELD_SPLIT) {
+                // K and V^T through the producer's registers: tile t + 1's loads are in flight while tile t waits
+                // for its ring slots and is split into them (HeldChunks; Q, once, by copy and split as below)
+                using HeldK = HeldChunks<KVTile, COPY_THREADS>;
+                using HeldV = HeldChunks<VTile, COPY_THREADS>;
+                const int keys = transposed_keys();
+                const S* v_transposed = transposed_values(keys);
+                auto fetch = [&](int t, HeldK& k_chunks, HeldV& v_chunks) {
+                    const int n0 = key_tile(t, 0) * BLOCK_N;
+                    k_chunks.load(k_bh + n0 * p.k_str.seq, p.k_str.seq, seqlen_k - n0, p.head_dim);
+                    v_chunks.load(v_transposed + n0, keys, p.head_dim, keys - n0);
+                };
+                HeldK k_now, k_next;
+                HeldV v_now, v_next;
+                if (n_tiles > 0) fetch(0, k_now, v_now);
+                for (int t = 0; t < n_tiles; ++t) {
+                    if (t + 1 < n_tiles) fetch(t + 1, k_next, v_next);
+                    L::template reserve<STAGES>(bars, KEYS, step0 + t);
+                    if (t == 0) {
+                        load_q();
+                        cp_async_commit();
+                        cp_async_wait<0>();
+                        split_copied_tile<QTile, COPY_THREADS, 2>(at(sQ_addr));
+                    }
+                    k_now.store_split(at(sK_of(t)));
+                    L::template publish_stored<STAGES>(bars, KEYS, step0 + t);
+                    L::template reserve<STAGES>(bars, VALUES, step0 + t);
+                    v_now.store_split(at(sV_of(t)));
+                    L::template publish_stored<STAGES>(bars, VALUES, step0 + t);
+                    k_now = k_next, v_now = v_next;
+                }
+                return n_tiles;
+            }
             for (int t = 0; t < n_tiles; ++t) {
                 L::template reserve<STAGES>(bars, KEYS, step0 + t);
                 if (t == 0 && !L::PERSISTENT) load_q();
                 load_keys(t, 0);
                 if constexpr (KVTile::SPLIT) {  // each thread splits what it copied once it landed, then arrives
-                    auto at = [&](u32 addr) { return reinterpret_cast<float*>(sQ) + (addr - sQ_addr) / 4; };
                     cp_async_commit();
                     L::template reserve<STAGES>(bars, VALUES, step0 + t);
                     load_values(t, 0);

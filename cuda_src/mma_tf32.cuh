@@ -82,6 +82,16 @@ struct SplitTile : Tile {
     static constexpr int BYTES = 2 * Tile::BYTES;
 };
 
+// One 16-byte chunk of a SplitTile's values, split where it is stored: hi at `at`, lo LO bytes after it.
+template <typename Tile>
+__device__ __forceinline__ void store_split_chunk(float* at, float4 x) {
+    uint4 h, l;
+    split_tf32_stored(x.x, h.x, l.x), split_tf32_stored(x.y, h.y, l.y);
+    split_tf32_stored(x.z, h.z, l.z), split_tf32_stored(x.w, h.w, l.w);
+    *reinterpret_cast<uint4*>(at) = h;
+    *reinterpret_cast<uint4*>(at + Tile::LO / 4) = l;
+}
+
 // Splits a SplitTile whose hi part holds the values as load_tile_async<Tile, THREADS> landed them (fp32): hi in
 // place, lo beside it, each thread the 16-byte chunks it copied itself, so that its own wait for its copies is all
 // the ordering it needs before (the products that read the tile still wait for a barrier).
@@ -95,6 +105,8 @@ __device__ __forceinline__ void split_copied_tile(float* tile) {
     #pragma unroll UNROLL
     for (int pass = 0, r = C::row(); pass < C::PASSES; ++pass, r += C::ROWS_PER_PASS) {
         if (C::row_in_tile(r)) {
+            // (the body of store_split_chunk, written out: called, it moved the forward's code at head dim 64 and
+            // cost it 1%, twenty-eighth session)
             float* at = tile + Tile::offset(r, col);
             const float4 x = *reinterpret_cast<const float4*>(at);
             uint4 h, l;
@@ -105,6 +117,37 @@ __device__ __forceinline__ void split_copied_tile(float* tile) {
         }
     }
 }
+
+// The 16-byte chunks of a SplitTile that a thread copies (TileCopy's share), held in its registers between a load
+// from global memory and a split store into the tile: what load_tile_async and split_copied_tile do, without the
+// copy's write into shared memory and the read back (a producer with registers to spare: the float32 forward at
+// head dim 128, flash_fwd.cu). Rows >= rows_valid and columns >= head_dim are zeros, as load_tile_async fills them.
+template <typename Tile, int THREADS>
+struct HeldChunks {
+    using C = TileCopy<Tile, THREADS>;
+    float4 v[C::PASSES];
+
+    __device__ __forceinline__ void load(const float* gmem, i64 row_stride, int rows_valid, int head_dim) {
+        const int col = C::col(), r0 = C::row();
+        const bool col_ok = C::active() && col < head_dim;
+        #pragma unroll
+        for (int pass = 0; pass < C::PASSES; ++pass) {
+            const int r = r0 + pass * C::ROWS_PER_PASS;
+            v[pass] = col_ok && C::row_in_tile(r) && r < rows_valid
+                          ? __ldg(reinterpret_cast<const float4*>(gmem + r * row_stride + col))
+                          : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+    __device__ __forceinline__ void store_split(float* tile) const {
+        static_assert(Tile::SPLIT, "a tile with a lo part");
+        if (!C::active()) return;
+        const int col = C::col(), r0 = C::row();
+        #pragma unroll
+        for (int pass = 0; pass < C::PASSES; ++pass)
+            if (C::row_in_tile(r0 + pass * C::ROWS_PER_PASS))
+                store_split_chunk<Tile>(tile + Tile::offset(r0 + pass * C::ROWS_PER_PASS, col), v[pass]);
+    }
+};
 
 // D += A(16x8, row) * B(8x8, col), operands already TF32.
 __device__ __forceinline__ void mma_tf32(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {

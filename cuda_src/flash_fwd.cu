@@ -172,8 +172,9 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
     constexpr bool PRODUCER_UNROLLS = producer_unrolls<Loads, KVTile::SPLIT, WARPS, MIN_BLOCKS>();
     constexpr int COPY_UNROLL = Loads::SPECIALIZED && !PRODUCER_UNROLLS ? 2 : TileCopy<KVTile, COPY_THREADS>::PASSES;
     // Where such a producer splits K and V^T (float32 "highest" on warpgroups, one consumer warpgroup), it loads them
-    // into its registers and splits them as it stores them: a copy into shared memory and its read back less (the
-    // forward at head dim 128 was bound on shared memory's bandwidth, docs/performance.md twenty-eighth session).
+    // into its registers and splits them as it stores them: a copy into shared memory and its read back less (+2% at
+    // head dim 128 on the H100; predicted up to 1.25x were the forward bound on shared memory's bandwidth, which it
+    // is not: docs/performance.md, twenty-eighth session).
     constexpr bool HELD_SPLIT = KVTile::SPLIT && PRODUCER_UNROLLS && TRANSPOSED_V && !Loads::PERSISTENT;
     // (Step t of this tile is step step0 + t of the block's pipeline: its ring slot.)
     auto load_keys = [&](int t, int entry) {

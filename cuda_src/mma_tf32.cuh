@@ -199,8 +199,9 @@ template <> struct Mma<f32x3> : Mma32 {
     // H100 (forward, head dims 64 and 128, seqlen 1k-4k): errors 4.2-5.9e-6 before, 0.4-1.2e-6 after, beside
     // naive float32 CuPy's 0.4-0.6e-6 (docs/performance.md, eleventh session). Where a second accumulator of the
     // whole width would spill, in two column slices (the dK/dV kernel's 16x128 tile at head dim 128: dK and dV 8-20x
-    // plain float32's error summed in place, 1.5-3.9x in slices; twenty-fifth session); not above head dim 192,
-    // where even those spill.
+    // plain float32's error summed in place, 1.5-3.9x in slices; twenty-fifth session); above head dim 192 in
+    // narrower slices (warp_gemm.cuh column_chunk). The sums over the head dim, inside one tile, keep their small
+    // terms apart instead (run_split).
     static constexpr bool SUM_PER_TILE = true;
     struct Operand { u32 hi[4], lo[4]; };
     static __device__ __forceinline__ Operand operand(const u32 (&r)[4]) {

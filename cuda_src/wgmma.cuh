@@ -217,7 +217,7 @@ struct WarpgroupMma {
     }
     template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int) {
-        issue_qk<Elem, K, ATile, BTile>(s, sA, row0, sB);
+        issue_qk<Elem, K, ATile, BTile, ATile::SPLIT>(s, sA, row0, sB);  // (STEP_DESC for f32x3's 48 steps at 128)
         wgmma_wait<0>();
         fence_fragment(s[0]);
     }

@@ -927,6 +927,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         // dQ += dS K (K stored key-major: B of this product is k-major)
         u32 ds_frag[M_TILES][BLOCK_N / Mma<Elem>::K_STEP][4];
         accum_to_a_frags<Elem>(ds_frag, dp);
+        // (above head dim 192 slices of 8 floats: 16 spilled 36 bytes at 256 beside S and dP's small-term
+        // accumulators, run_split; a bias beside a score modifier leaves no registers for any: sums in place)
         constexpr int MAX_FLOATS = 96, WIDE = Bias::ON && !Score::IDENTITY ? 0 : WIDE_SLICE_FLOATS / 2;
         constexpr int CHUNK = column_chunk<Elem, MAX_FLOATS, M_TILES, D_TILES, HEAD_DIM, WIDE>();
         accumulate<Elem, MAX_FLOATS, CHUNK>(acc, [&](float (&c)[M_TILES][CHUNK][4], int nt0) {

@@ -339,7 +339,11 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
     // (f32x3 on warpgroups: every operand tile in two parts, hi and lo, split where it is written: mma_tf32.cuh
     // SplitTile; the products take three passes, dQ's mma.sync reads the parts rather than splitting fragments)
     using KVTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_N, HEAD_DIM, S>>;
-    using QTile = typename Core::template Operands<Elem, typename Core::template Tile<BLOCK_M, HEAD_DIM, S>>;
+    // (16 queries a step on warpgroups at "highest": Q's and dO's parts alternate by panel, so that S^T's and dP^T's
+    // products read K's and V's hi part once for both of a step's parts: WarpgroupMma::issue_qk_paired)
+    constexpr bool PAIRED_Q = Core::WARPGROUPS && SPLITS_OPERANDS<Elem> && BLOCK_M == 16;
+    using QTile = typename Pick<PAIRED_Q, PanelSplitTile<BLOCK_M, HEAD_DIM>, typename Core::template Operands<
+                                              Elem, typename Core::template Tile<BLOCK_M, HEAD_DIM, S>>>::type;
     // P^T and dS^T: key rows x query columns (on warpgroups at least 32, or 16 with a helper: p_tile_cols)
     using PTile = PTileOf<Elem, Core, BLOCK_M, BLOCK_N, HELPER>;
 
@@ -561,11 +565,14 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         if constexpr (Core::WARPGROUPS) {  // both products in flight at once
             // (one warpgroup: its first row is the constant 0, which keeps the descriptors on the uniform datapath)
             const int group_row0 = MATH_WARPS == 4 ? 0 : s_key0;
-            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(s, sK_addr, group_row0, sQ_t);
-            Core::template issue_qk<Elem, HEAD_DIM, KVTile, QTile, true>(dp, sV_addr, group_row0, sdO_t);
+            // (with the band mask, dP^T's product as before: both products' wider accumulators spilled 8-28 bytes)
+            QkSum<S_QUERIES / 8, PAIRED_Q> s_sum;
+            QkSum<S_QUERIES / 8, PAIRED_Q && !Mask::MASKS> dp_sum;
+            s_sum.template issue<Elem, HEAD_DIM, KVTile, QTile>(s, sK_addr, group_row0, sQ_t);
+            dp_sum.template issue<Elem, HEAD_DIM, KVTile, QTile>(dp, sV_addr, group_row0, sdO_t);
             Core::template wait<0>();
-            fence_fragment(s[0]);
-            fence_fragment(dp[0]);
+            s_sum.landed(s);
+            dp_sum.landed(dp);
         } else {
             constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
             gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(

@@ -44,7 +44,10 @@ struct FwdSmem {
     template <int ROWS, int COLS>
     using Operands = typename Core::template Operands<Elem, typename Core::template Tile<ROWS, COLS, S>>;
     using QTile = Operands<BLOCK_M, HEAD_DIM>;
-    using KVTile = Operands<BLOCK_N, HEAD_DIM>;
+    // (float32 "highest" on warpgroups above head dim 64, where Q is not held: K's parts alternate by panel, so that
+    // S = Q K^T reads Q's hi part once for both: WarpgroupMma::issue_qk_paired)
+    static constexpr bool PAIRED_K = Core::WARPGROUPS && SPLITS_OPERANDS<Elem> && HEAD_DIM > 64;
+    using KVTile = typename Pick<PAIRED_K, PanelSplitTile<BLOCK_N, HEAD_DIM>, Operands<BLOCK_N, HEAD_DIM>>::type;
     // V as the core reads it: KVTile, or (float32 on wgmma) V^T, head dim x keys: the same bytes.
     using VTile = typename Pick<Core::template TRANSPOSED_V<Elem>, Operands<HEAD_DIM, BLOCK_N>, KVTile>::type;
     static constexpr int BIAS_BYTES = Bias::template tile_bytes<BLOCK_M, BLOCK_N>();

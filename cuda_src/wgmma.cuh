@@ -76,6 +76,22 @@ struct PairedSwizzledTile : SwizzledTile<ROWS, COLS, T, SWIZZLE> {
     static __device__ __forceinline__ int offset(int row, int col) { return byte_offset(row, col) / Base::ELEM; }
 };
 
+// A split tile (mma_tf32.cuh SplitTile: hi, and lo = x - hi LO bytes after it) whose parts alternate by panel: each
+// 128-byte panel holds the ROWS rows of hi, then the ROWS rows of lo, so that both parts read together are one k-major
+// operand of 2 ROWS rows (WarpgroupMma::issue_qk_paired). Its copies see ROWS rows (ROW_COUNT); lo's rows are hi's
+// plus ROWS, which a multiple of 8 keeps in the same swizzle.
+template <int ROWS, int COLS>
+struct PanelSplitTile : SwizzledTile<2 * ROWS, COLS, float> {
+    static_assert(ROWS % 8 == 0, "whole 8-row groups a part");
+    static constexpr bool SPLIT = true;
+    static constexpr bool PANEL_PAIRED = true;
+    static constexpr int LO = ROWS * 128;
+    static constexpr int ROW_COUNT = ROWS;
+};
+template <typename Tile, typename = void> inline constexpr bool PANEL_PAIRED = false;
+template <typename Tile>
+inline constexpr bool PANEL_PAIRED<Tile, decltype(void(Tile::PANEL_PAIRED))> = Tile::PANEL_PAIRED;
+
 // Zeroes rows [first_row, ROW_COUNT) of a SwizzledTile, every column: in each panel those rows are one run of
 // bytes (the swizzle permutes chunks within a row). `thread` of THREADS threads, each storing 16-byte chunks.
 template <typename Tile, int THREADS>
@@ -158,6 +174,8 @@ __device__ __forceinline__ void load_held_rows(u32 (&hi)[1][K / 8][4], u32 (&lo)
         }
 }
 
+template <int N_TILES, bool PAIRED> struct QkSum;
+
 // The wgmma core. qk and pv issue a product and wait for it in place; issue_qk and issue_pv only issue (one commit
 // group each), and wait<N>() returns once at most N of this warpgroup's groups are in flight: until then nothing
 // may touch the product's accumulator or its register operand (P), which the caller pins with fence_fragment.
@@ -215,11 +233,43 @@ struct WarpgroupMma {
         }
         wgmma_commit();
     }
+    // issue_qk's three passes on a B split by panel (PanelSplitTile): A's hi part times B's two parts as one product
+    // twice as wide (wide: hi hi in its first N_TILES / 2 n-tiles, hi lo in the rest), then A's lo part times B's hi
+    // into an accumulator of its own (small: the small terms apart, as Mma<f32x3>::run_split keeps them; ptxas
+    // serializes every wgmma of a kernel where one adds into part of another's accumulator). A k step reads A from
+    // shared memory twice rather than three times: the dK/dV kernel's 16-query steps, where an m64n16k8 product reads
+    // 2 KB of A for 8 clocks of tensor work. QkSum folds the parts once landed.
+    template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
+    static __device__ __forceinline__ void issue_qk_paired(float (&wide)[M_TILES][N_TILES][4],
+                                                           float (&small)[M_TILES][N_TILES / 2][4], u32 sA, int row0,
+                                                           u32 sB) {
+        static_assert(M_TILES == 1 && ATile::SPLIT && PANEL_PAIRED<BTile> && N_TILES * 8 == 2 * BTile::ROW_COUNT &&
+                      K % ATile::PANEL_COLS == 0, "a warp owns 16 rows; every row of both of B's parts");
+        constexpr int PANEL = ATile::PANEL_COLS;
+        const u64 a_desc = kmajor_desc(sA + (row0 / 64 * 64) * 128), b_desc = kmajor_desc(sB);
+        fence_fragment(wide[0]);
+        fence_fragment(small[0]);
+        wgmma_fence();
+        #pragma unroll
+        for (int pass = 0; pass < 2; ++pass)  // A's hi times (hi | lo), then A's lo times hi
+            #pragma unroll
+            for (int k0 = 0; k0 < K; k0 += 8) {
+                const u64 a = desc_plus(a_desc, (pass ? ATile::LO : 0) + k0 / PANEL * ATile::PANEL_BYTES +
+                                                    (k0 % PANEL) * 4);
+                const u64 b = desc_plus(b_desc, k0 / PANEL * BTile::PANEL_BYTES + (k0 % PANEL) * 4);
+                if (pass == 0)
+                    WgmmaFor<Elem, N_TILES * 8>::Op::ss(wide[0], a, b, k0 > 0);
+                else
+                    WgmmaFor<Elem, N_TILES * 4>::Op::ss(small[0], a, b, k0 > 0);
+            }
+        wgmma_commit();
+    }
     template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int) {
-        issue_qk<Elem, K, ATile, BTile, ATile::SPLIT>(s, sA, row0, sB);  // (STEP_DESC for f32x3's 48 steps at 128)
+        QkSum<N_TILES, PANEL_PAIRED<BTile>> sum;
+        sum.template issue<Elem, K, ATile, BTile, ATile::SPLIT>(s, sA, row0, sB);  // (STEP_DESC: f32x3's 48 steps)
         wgmma_wait<0>();
-        fence_fragment(s[0]);
+        sum.landed(s);
     }
 
     // qk with A held in registers (load_held_rows, f32x3's two parts; three passes as issue_qk's, B split): the
@@ -319,6 +369,31 @@ struct WarpgroupMma {
             wgmma_wait<0>();
         }
         fence_fragment(acc[0]);
+    }
+};
+
+// A warpgroup's S = A B^T in flight (rows of 16 a warp, N_TILES n-tiles): issue_qk's, in place, or (PAIRED: B a
+// PanelSplitTile) issue_qk_paired's parts, which landed() adds into s once the caller waited for the product.
+template <int N_TILES, bool PAIRED>
+struct QkSum {
+    float wide[1][PAIRED ? 2 * N_TILES : 1][4], small[1][PAIRED ? N_TILES : 1][4];
+
+    template <typename Elem, int K, typename ATile, typename BTile, bool STEP_DESC = true>
+    __device__ __forceinline__ void issue(float (&s)[1][N_TILES][4], u32 sA, int row0, u32 sB) {
+        if constexpr (PAIRED) WarpgroupMma::issue_qk_paired<Elem, K, ATile, BTile>(wide, small, sA, row0, sB);
+        else WarpgroupMma::issue_qk<Elem, K, ATile, BTile, STEP_DESC>(s, sA, row0, sB);
+    }
+    __device__ __forceinline__ void landed(float (&s)[1][N_TILES][4]) {
+        if constexpr (PAIRED) {
+            fence_fragment(wide[0]);
+            fence_fragment(small[0]);
+            #pragma unroll
+            for (int j = 0; j < N_TILES; ++j)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) s[0][j][e] = wide[0][j][e] + (wide[0][N_TILES + j][e] + small[0][j][e]);
+        } else {
+            fence_fragment(s[0]);
+        }
     }
 };
 

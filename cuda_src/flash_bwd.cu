@@ -909,10 +909,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
                                                                  warp_row0, 0, lane, p, entry);
         constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
         constexpr bool FIRST = small_terms_first<Bias, Drop, Rows>();
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(s, sQ_addr, warp_row0,
-                                                                                           sK_t, 0, lane);
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(dp, sdO_addr, warp_row0,
-                                                                                           sV_t, 0, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(
+            s, sQ_addr, warp_row0, sK_t, 0, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(
+            dp, sdO_addr, warp_row0, sV_t, 0, lane);
         const int query0 = m0 + warp_row0;
         apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.

@@ -575,10 +575,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             dp_sum.landed(dp);
         } else {
             constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
-            constexpr bool FIRST = small_terms_first<Bias, Drop, Rows>();
-            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART, FIRST>(
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
                 s, sK_addr, warp_key0, sQ_t, warp_query0, lane);
-            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART, FIRST>(
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
                 dp, sV_addr, warp_key0, sdO_t, warp_query0, lane);
         }
         const int key0 = n0 + s_key0, query0 = m0 + s_query0;
@@ -908,11 +907,10 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
             Bias::template apply<false, BLOCK_M, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
                                                                  warp_row0, 0, lane, p, entry);
         constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
-        constexpr bool FIRST = small_terms_first<Bias, Drop, Rows>();
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(
-            s, sQ_addr, warp_row0, sK_t, 0, lane);
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(
-            dp, sdO_addr, warp_row0, sV_t, 0, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART>(s, sQ_addr, warp_row0,
+                                                                                           sK_t, 0, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART>(dp, sdO_addr, warp_row0,
+                                                                                           sV_t, 0, lane);
         const int query0 = m0 + warp_row0;
         apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.

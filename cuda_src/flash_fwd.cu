@@ -489,8 +489,8 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);  // dropout.cuh
             // S = Q K^T, then logits
             float s[M_TILES][N_TILES][4] = {};
-            Core::template qk<Elem, HEAD_DIM, QTile, KVTile, small_terms_first<Bias, Drop, Rows>()>(
-                s, sQ_addr, warp_row0, sK_addr + t % STAGES * KVTile::BYTES, lane);
+            Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0,
+                                                             sK_addr + t % STAGES * KVTile::BYTES, lane);
             to_logits(s, t, entry);
 
             // m_i, l_i, acc <- online softmax step; s now holds P. Dropout zeroes dropped entries after l_i has

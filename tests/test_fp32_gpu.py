@@ -346,8 +346,7 @@ def test_tf32_wgmma_backward(mode, head_dim, seqlen_q, seqlen_k, causal):
 # twenty-fifth session). mma_tf32 (head dims 96-256, measured at 96, 160 and 256) also sums the small terms of S and
 # dP apart (mma_tf32.cuh run_split): before that, lse erred 2.0-6.6x and dQ up to 6.5x there (twenty-eighth session,
 # docs/measurements/2026-11-27-h100-s28-small-terms.md); at 256 out, lse, dQ, dK and dV still reach 2.0-2.4x. At 32
-# (mma_tf32 for every variant) its score tiles sum the small terms first instead (warp_gemm.cuh small_terms_first):
-# out 2.05x and dQ 2.17x plain float32's before (twenty-ninth session).
+# (mma_tf32 for every variant, its score tiles too large for run_split) 0.6-1.3x at 2048 (twenty-ninth session).
 LONG_SUM_FACTOR = {32: {"out": 2, "lse": 2, "dq": 2, "dk": 2, "dv": 2},
                    64: {"out": 2, "dk": 2, "dv": 2}, 128: {"out": 2, "dk": 2, "dv": 2},
                    96: {"out": 2, "lse": 2, "dq": 2, "dk": 2, "dv": 2},

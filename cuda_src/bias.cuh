@@ -265,8 +265,9 @@ struct TileBias {
     }
 
     // s = bias * unit (ADD: s += bias * unit) for a warp's accumulator fragment whose first row and column
-    // (tile-relative) are row0 and col0. The backward kernels start S from the bias and accumulate Q K^T onto it;
-    // the forward adds it after the product. Each is the choice without register spills at every tile (compile
+    // (tile-relative) are row0 and col0. The 16-bit backward kernels start S from the bias and accumulate Q K^T onto
+    // it; the forward, and float32's "highest" backward (whose truncated tensor-core sums would err relative to the
+    // bias's size), add it after the product. Each is the choice without register spills at every tile (compile
     // check): at the edge of the register file the allocation of the two orders differs.
     template <bool ROWS_ARE_KEYS, int ROWS_OF_TILE, int COLS_OF_TILE, bool ADD, int ROW_TILES, int COL_TILES>
     static __device__ __forceinline__ void apply(float (&s)[ROW_TILES][COL_TILES][4], u32 tile, int row0, int col0,

@@ -250,6 +250,15 @@ __host__ __device__ constexpr bool small_terms_apart() {
     return !(Bias::ON && !Score::IDENTITY && (HEAD_DIM > 128 || Drop::ON));
 }
 
+// Whether the backward adds a bias after S's product rather than starting S from it: float32 "highest", whose
+// truncated tensor-core additions onto the bias erred relative to the bias's size (with a float32 pair bias at head
+// dims 64 and 128, dQ, dK and dV 2.2-5.5x plain float32's error before, 1.2-2.1x after; H100, twenty-ninth
+// session). Plain scores up to head dim 128, without dropout or a block-sparse mask: elsewhere it spilled.
+template <typename Elem, int HEAD_DIM, typename Score, typename Bias, typename Drop>
+__host__ __device__ constexpr bool bias_after_products() {
+    return Mma<Elem>::SUM_PER_TILE && HEAD_DIM <= 128 && Score::IDENTITY && !Drop::ON && !Bias::Tiles::SKIPS;
+}
+
 // Dynamic shared memory of the dK/dV kernel: room to align the tiles as the core needs, K, V, P^T, dS^T (BLOCK_N x
 // BLOCK_M; with a helper warpgroup also two dS, BLOCK_M x BLOCK_N, of alternate steps), then STAGES Q tiles, STAGES
 // dO tiles, STAGES x 2 rows of BLOCK_M floats (lse2, delta) and STAGES bias tiles (none without a bias). Python's
@@ -559,7 +568,8 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
         // S^T = bias^T + K Q^T and dP^T = V dO^T for this warp's keys x queries (raw scores); logits = Score(S^T)
         float s[S_KEY_TILES][S_QUERIES / 8][4] = {};
         float dp[S_KEY_TILES][S_QUERIES / 8][4] = {};
-        if constexpr (Bias::ON)
+        constexpr bool BIAS_AFTER = bias_after_products<Elem, HEAD_DIM, Score, Bias, Drop>();
+        if constexpr (Bias::ON && !BIAS_AFTER)
             Bias::template apply<true, BLOCK_M, BLOCK_N, false>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES,
                                                                 s_key0, s_query0, lane, p, entry);
         if constexpr (Core::WARPGROUPS) {  // both products in flight at once
@@ -575,11 +585,15 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             dp_sum.landed(dp);
         } else {
             constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
-            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
+            constexpr bool FIRST = small_terms_first<Score, Bias, Drop, Rows>();
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART, FIRST>(
                 s, sK_addr, warp_key0, sQ_t, warp_query0, lane);
-            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART>(
+            gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART, FIRST>(
                 dp, sV_addr, warp_key0, sdO_t, warp_query0, lane);
         }
+        if constexpr (Bias::ON && BIAS_AFTER)
+            Bias::template apply<true, BLOCK_M, BLOCK_N, true>(s, sK_addr + BIAS_OFF + stage * BIAS_BYTES, s_key0,
+                                                               s_query0, lane, p, entry);
         const int key0 = n0 + s_key0, query0 = m0 + s_query0;
         apply_score_mod<true, Bias::ON>(score, s, key0, query0, lane);
         // Padding keys are masked too: their zero K rows give S = 0, so P = exp2(-lse2), which overflows to inf
@@ -903,14 +917,19 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dq_kernel(co
         // S = bias + Q K^T, dP = dO V^T; logits = Score(S)
         float s[M_TILES][N_TILES][4] = {};
         float dp[M_TILES][N_TILES][4] = {};
-        if constexpr (Bias::ON)
+        constexpr bool BIAS_AFTER = bias_after_products<Elem, HEAD_DIM, Score, Bias, Drop>();
+        if constexpr (Bias::ON && !BIAS_AFTER)
             Bias::template apply<false, BLOCK_M, BLOCK_N, false>(s, sBias_addr + (t % STAGES) * BIAS_BYTES,
                                                                  warp_row0, 0, lane, p, entry);
         constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART>(s, sQ_addr, warp_row0,
-                                                                                           sK_t, 0, lane);
-        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART>(dp, sdO_addr, warp_row0,
-                                                                                           sV_t, 0, lane);
+        constexpr bool FIRST = false;  // (its 64x32 and 64x64 tiles at head dims 32 and 64 spilled 8-420 bytes)
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(
+            s, sQ_addr, warp_row0, sK_t, 0, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, HEAD_DIM, QTile, KVTile, false, false, APART, FIRST>(
+            dp, sdO_addr, warp_row0, sV_t, 0, lane);
+        if constexpr (Bias::ON && BIAS_AFTER)
+            Bias::template apply<false, BLOCK_M, BLOCK_N, true>(s, sBias_addr + (t % STAGES) * BIAS_BYTES, warp_row0,
+                                                                0, lane, p, entry);
         const int query0 = m0 + warp_row0;
         apply_score_mod<false, Bias::ON>(score, s, query0, n0, lane);
         // Padding keys are masked for the same reason as in the dK/dV kernel.

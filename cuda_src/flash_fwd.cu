@@ -489,8 +489,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);  // dropout.cuh
             // S = Q K^T, then logits
             float s[M_TILES][N_TILES][4] = {};
-            Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0,
-                                                             sK_addr + t % STAGES * KVTile::BYTES, lane);
+            // (the small terms first but with the band mask, where the 128x64 tile at head dim 32 spilled 300 bytes)
+            constexpr bool SMALL_FIRST = small_terms_first<Score, Bias, Drop, Rows>() && !Mask::MASKS;
+            Core::template qk<Elem, HEAD_DIM, QTile, KVTile, SMALL_FIRST>(s, sQ_addr, warp_row0,
+                                                                          sK_addr + t % STAGES * KVTile::BYTES, lane);
             to_logits(s, t, entry);
 
             // m_i, l_i, acc <- online softmax step; s now holds P. Dropout zeroes dropped entries after l_i has

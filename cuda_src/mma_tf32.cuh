@@ -220,6 +220,17 @@ template <> struct Mma<f32x3> : Mma32 {
         mma_tf32(d, a.hi, b.lo[2 * half], b.lo[2 * half + 1]);
         mma_tf32(d, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
     }
+    // run's passes one at a time (SMALL: lo hi + hi lo; else hi hi), for a caller that sums every k step's small
+    // terms before any large one (warp_gemm.cuh gemm_smem_smem's score tiles too large for run_split).
+    template <bool SMALL>
+    static __device__ __forceinline__ void run_pass(float (&d)[4], const Operand& a, const Operand& b, int half) {
+        if constexpr (SMALL) {
+            mma_tf32(d, a.lo, b.hi[2 * half], b.hi[2 * half + 1]);
+            mma_tf32(d, a.hi, b.lo[2 * half], b.lo[2 * half + 1]);
+        } else {
+            mma_tf32(d, a.hi, b.hi[2 * half], b.hi[2 * half + 1]);
+        }
+    }
     // The same with the small terms summed in an accumulator of their own, which the caller adds to d at the end:
     // d then takes one truncated addition a k step rather than three, and the small terms' truncations are 2^-11
     // of d's. For the products over the head dim (S = Q K^T, dP = dO V^T), whose sums no tile-level fresh sum

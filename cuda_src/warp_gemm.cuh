@@ -122,21 +122,39 @@ __device__ __forceinline__ void load_b_pair_kmajor(u32 (&b)[4], u32 tile, int n0
 // (a sweep of the float32 picks, sm_90): they keep the small terms in place, over 4-8 k steps.
 constexpr int SMALL_TERMS_FLOATS = 16;
 
+// Whether a kernel's score tiles too large for the small terms apart may sum them first instead (gemm_smem_smem's
+// two passes a product, which load and split the operands twice): at head dims 32 and 64 they took plain float32's
+// error ratio from up to 3.1x (lse) and 6.4x (dQ) to 1.7x and 2.8x (H100, twenty-ninth session). Plain scores and
+// masks only: with a score modifier, a bias, dropout, packed rows or a block-sparse mask kernels spilled (up to
+// 1.3 KB; a sweep of every float32 pick at 32 and 64, sm_90).
+template <typename Score, typename Bias, typename Drop, typename Rows>
+__host__ __device__ constexpr bool small_terms_first() {
+    return Score::IDENTITY && !Bias::ON && !Drop::ON && !Rows::PACKED && !Bias::Tiles::SKIPS;
+}
+
 // acc += A B over k = 0..K, A and B both read from shared memory: A = rows [a_m0, a_m0 + 16*M_TILES) of the
 // m x k product operand, B = columns [b_n0, b_n0 + 8*N_TILES) of the k x n operand. Each operand is stored either
 // one row per m (or n) index (S = Q K^T: Q and K are both stored that way) or one row per k index (*_KMAJOR; as dO
 // is for dV = P^T dO, and as dS^T and K are for dQ = dS K); k-major operands are transposed on load.
 // Float32 at "highest" sums the small terms apart (Mma<f32x3>::run_split) in the products over the head dim, whose
 // operands are both stored a row per m or n index (S = Q K^T, dP = dO V^T and their transposes).
+// SMALL_FIRST: where the small terms do not fit apart, sum them first (small_terms_first above); else in place.
 template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile, bool A_KMAJOR = false,
-          bool B_KMAJOR = false, bool OVER_HEAD_DIM = !A_KMAJOR && !B_KMAJOR>
+          bool B_KMAJOR = false, bool OVER_HEAD_DIM = !A_KMAJOR && !B_KMAJOR, bool SMALL_FIRST = true>
 __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, u32 sB,
                                                int b_n0, int lane) {
     using Op = Mma<Elem>;
     static_assert(N_TILES % 2 == 0 && K % Op::K_STEP == 0, "fragment pairs");
     static_assert(!A_KMAJOR || B_KMAJOR || ATile::CHUNK == 8, "float A read k-major pairs k with a k-major B");
-    constexpr bool SMALL_TERMS_APART = OVER_HEAD_DIM && Op::SUM_PER_TILE && M_TILES * N_TILES * 4 <= SMALL_TERMS_FLOATS;
+    constexpr bool SPLIT_SUMS = OVER_HEAD_DIM && Op::SUM_PER_TILE;  // (f32x3)
+    constexpr bool SMALL_TERMS_APART = SPLIT_SUMS && M_TILES * N_TILES * 4 <= SMALL_TERMS_FLOATS;
+    // Score tiles too large for that accumulator sum every k step's small terms first, then the large ones: the
+    // running sum then takes one truncated addition a k step at its full size, as with the small terms apart, for
+    // operands loaded and split twice.
+    constexpr bool SMALL_TERMS_FIRST = SPLIT_SUMS && !SMALL_TERMS_APART && SMALL_FIRST;
     float small[SMALL_TERMS_APART ? M_TILES : 1][SMALL_TERMS_APART ? N_TILES : 1][4] = {};
+    #pragma unroll
+    for (int pass = 0; pass < (SMALL_TERMS_FIRST ? 2 : 1); ++pass)
     #pragma unroll
     for (int k0 = 0; k0 < K; k0 += Op::K_STEP) {
         typename Op::Operand a[M_TILES];
@@ -177,6 +195,14 @@ __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4]
                 if constexpr (SMALL_TERMS_APART) {
                     Op::run_split(acc[mt][2 * np], small[mt][2 * np], a[mt], b, 0);
                     Op::run_split(acc[mt][2 * np + 1], small[mt][2 * np + 1], a[mt], b, 1);
+                } else if constexpr (SMALL_TERMS_FIRST) {
+                    if (pass == 0) {
+                        Op::template run_pass<true>(acc[mt][2 * np], a[mt], b, 0);
+                        Op::template run_pass<true>(acc[mt][2 * np + 1], a[mt], b, 1);
+                    } else {
+                        Op::template run_pass<false>(acc[mt][2 * np], a[mt], b, 0);
+                        Op::template run_pass<false>(acc[mt][2 * np + 1], a[mt], b, 1);
+                    }
                 } else {
                     Op::run(acc[mt][2 * np], a[mt], b, 0);
                     Op::run(acc[mt][2 * np + 1], a[mt], b, 1);
@@ -283,9 +309,11 @@ struct WarpMma {
     static __device__ __forceinline__ void tiles_landed() {}
 
     // s += A B^T over k < K: rows row0.. of sA, every row of sB, both stored k-major (S = Q K^T).
-    template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
+    // SMALL_FIRST: gemm_smem_smem's.
+    template <typename Elem, int K, typename ATile, typename BTile, bool SMALL_FIRST = true, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int lane) {
-        gemm_smem_smem<Elem, M_TILES, N_TILES, K, ATile, BTile>(s, sA, row0, sB, 0, lane);
+        gemm_smem_smem<Elem, M_TILES, N_TILES, K, ATile, BTile, false, false, true, SMALL_FIRST>(s, sA, row0, sB, 0,
+                                                                                               lane);
     }
     // acc += P V: P in registers (accum_to_a_frags), V = the first K rows of sB, from n-tile nt0 on.
     template <typename Elem, int K, typename BTile, int M_TILES, int N_TILES>

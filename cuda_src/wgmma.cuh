@@ -264,7 +264,7 @@ struct WarpgroupMma {
             }
         wgmma_commit();
     }
-    template <typename Elem, int K, typename ATile, typename BTile, int M_TILES, int N_TILES>
+    template <typename Elem, int K, typename ATile, typename BTile, bool = true, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int) {
         QkSum<N_TILES, PANEL_PAIRED<BTile>> sum;
         sum.template issue<Elem, K, ATile, BTile, ATile::SPLIT>(s, sA, row0, sB);  // (STEP_DESC: f32x3's 48 steps)

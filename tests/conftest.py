@@ -18,6 +18,14 @@ def poisoned_outputs(monkeypatch):
     monkeypatch.setattr(_launch, "poison_outputs", True)
 
 
+def cases_or_skip(cases, ids, why: str, arity: int):
+    """Parametrize values: ``cases`` (tuples of ``arity``) with ``ids``, or, where there are none, one case skipped
+    with ``why`` (pytest's own report of an empty list, "got empty parameter set", does not say why)."""
+    if cases:
+        return [pytest.param(*case, id=case_id) for case, case_id in zip(cases, ids)]
+    return [pytest.param(*[None] * arity, marks=pytest.mark.skip(reason=why), id="none")]
+
+
 def require_nvrtc(what: str) -> None:
     """Skip when NVRTC cannot be loaded, except in CI, where the compile checks must run: fail there."""
     from cupyflash import _nvrtc

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import GPU_SKIP_REASON, requires_gpu
+from conftest import GPU_SKIP_REASON, cases_or_skip, requires_gpu
 from cupyflash._accuracy import check_against_reference, random_array
 
 import cupyflash as cf
@@ -94,7 +94,13 @@ def _producer_cases():
 PRODUCER_CASES = [] if GPU_SKIP_REASON else _producer_cases()
 
 
-@pytest.mark.parametrize("kd,config,name", PRODUCER_CASES, ids=[f"d{kd}-{c}-{n}" for kd, c, n in PRODUCER_CASES])
+# Tiles of the wgmma_sm90 family only (compute capability 9.0, not disabled by CUPYFLASH_DISABLE_FAMILIES).
+_WGMMA_ONLY = "{} tiles are the wgmma_sm90 family's: none on this GPU or with CUPYFLASH_DISABLE_FAMILIES naming it"
+
+
+@pytest.mark.parametrize("kd,config,name", cases_or_skip(PRODUCER_CASES,
+                                                         [f"d{kd}-{c}-{n}" for kd, c, n in PRODUCER_CASES],
+                                                         _WGMMA_ONLY.format("Producer-warpgroup"), 3))
 def test_producer_warpgroup_tiles_take_the_variants(kd, config, name):
     # The producer-warpgroup pipeline (cuda_src/pipeline.cuh) with the mask, score, GQA and split-key policies.
     import cupy
@@ -117,7 +123,8 @@ def test_producer_warpgroup_tiles_take_the_variants(kd, config, name):
 TMA_CANDIDATES = [(kd, c) for kd, c in CANDIDATES if c.tma]
 
 
-@pytest.mark.parametrize("kd,config", TMA_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in TMA_CANDIDATES])
+@pytest.mark.parametrize("kd,config", cases_or_skip(TMA_CANDIDATES, [f"d{kd}-{c}" for kd, c in TMA_CANDIDATES],
+                                                    _WGMMA_ONLY.format("Bulk-copy (TMA)"), 2))
 def test_tensor_maps_follow_each_calls_arrays(kd, config):
     # One plan, its tensor maps encoded once (cupyflash/_tma.py): calls whose q, k, v sit elsewhere (one moved, all
     # moved, back to the first) must read their own arrays. The second batch alone is an extent-1 batch with its
@@ -178,7 +185,9 @@ def _some_block_takes_a_keyless_tile_after_a_keyed_one(counts, blocks):
     return False
 
 
-@pytest.mark.parametrize("kd,config", PERSISTENT_CANDIDATES, ids=[f"d{kd}-{c}" for kd, c in PERSISTENT_CANDIDATES])
+@pytest.mark.parametrize("kd,config", cases_or_skip(PERSISTENT_CANDIDATES,
+                                                    [f"d{kd}-{c}" for kd, c in PERSISTENT_CANDIDATES],
+                                                    _WGMMA_ONLY.format("Persistent-block"), 2))
 @pytest.mark.parametrize("case", list(_PERSISTENT_CASES))
 def test_persistent_blocks_take_tile_after_tile(kd, config, case):
     # Persistent blocks (pipeline.cuh ProducerWarpgroup<_, _, true>): ring slots, barrier phases and the Q tile's

@@ -129,6 +129,7 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
                   "V^T (float32 on wgmma) comes by bulk copies of dense rows, without a bias, mask or dropout");
     // f32x3 on warpgroups: the producer's threads split what they copied (cp.async, not bulk copies, so that each
     // thread's own wait covers its part); each product waited for in place (P V's step sum in a fresh accumulator).
+    // (Overlapped consumers, PvInFlight, are prepared: docs/wip/2026-11-28-highest-fwd-overlap.patch.)
     static_assert(!KVTile::SPLIT || (Loads::SPECIALIZED && !Loads::TMA && !Loads::OVERLAP && !Loads::PERSISTENT),
                   "split operands: a producer warpgroup's cp.async, products waited for in place");
     S* sQ = Smem::q();
@@ -436,33 +437,35 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
         if constexpr (L::OVERLAP) {
             // The first step, peeled so that every product issued in the loop below is waited for on every path
             // (ptxas serializes the products when a path could leave one in flight: C7514).
+            PvInFlight<Elem, BLOCK_N, VTile, D_TILES> pv(pf);  // O += P_{t-1} V_{t-1}
             if (n_tiles > 0) {
                 float s[M_TILES][N_TILES][4];
                 L::template acquire<STAGES>(bars, KEYS, step0);
                 const int entry = entry_of(0);
                 Core::template qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(0), lane);
                 scores_to_p(s, 0, entry);  // O is still 0: nothing to rescale
-                accum_to_a_frags<Elem>(pf, s);
+                pv.set_p(s);
             }
             for (int t = 1; t < n_tiles; ++t) {
                 float s[M_TILES][N_TILES][4];
                 L::template acquire<STAGES>(bars, KEYS, step0 + t);
                 const int entry = entry_of(t);
-                Core::template issue_qk<Elem, HEAD_DIM, QTile, KVTile>(s, sQ_addr, warp_row0, sK_of(t));
+                QkSum<N_TILES, PANEL_PAIRED<KVTile>> qk;  // (16-bit: into s; f32x3: K's parts, folded once landed)
+                qk.template issue<Elem, HEAD_DIM, QTile, KVTile, QTile::SPLIT>(s, sQ_addr, warp_row0, sK_of(t));
                 L::template acquire<STAGES>(bars, VALUES, step0 + t - 1);
-                Core::template issue_pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(t - 1));
+                pv.issue(acc, sV_of(t - 1));
                 Core::template wait<1>();  // S_t has landed; O += P_{t-1} V_{t-1} may still run
+                if constexpr (PANEL_PAIRED<KVTile>) qk.landed(s);
                 const bool rescales = scores_to_p(s, t, entry);
                 Core::template wait<0>();
-                fence_fragment(acc[0]);
-                fence_fragment(pf);
+                pv.landed(acc);
                 L::template release<STAGES>(bars, VALUES, step0 + t - 1, lane);
                 if (rescales) softmax.rescale(acc, alpha);
-                accum_to_a_frags<Elem>(pf, s);
+                pv.set_p(s);
             }
             if (n_tiles > 0) {  // O += P_last V_last
                 L::template acquire<STAGES>(bars, VALUES, step0 + n_tiles - 1);
-                Core::template pv<Elem, BLOCK_N, VTile>(acc, pf, sV_of(n_tiles - 1), lane);
+                pv.run(acc, sV_of(n_tiles - 1), lane);
                 L::template release<STAGES>(bars, VALUES, step0 + n_tiles - 1, lane);
             }
         }

@@ -5,6 +5,7 @@
 #pragma once
 #include "mma_sm80.cuh"
 #include "mma_tf32.cuh"
+#include "warp_gemm.cuh"
 #include "wgmma_ops.cuh"
 
 namespace cf {
@@ -393,6 +394,59 @@ struct QkSum {
                 for (int e = 0; e < 4; ++e) s[0][j][e] = wide[0][j][e] + (wide[0][N_TILES + j][e] + small[0][j][e]);
         } else {
             fence_fragment(s[0]);
+        }
+    }
+};
+
+// O += P V of one key tile in flight beside the next tile's softmax (the forward's overlapped consumers), P held as
+// the product's register operand until it lands. 16-bit products add into acc in place; float32 at "highest" (V^T
+// split, VTile::SPLIT) takes P's two parts and sums the tile's product in a fresh accumulator, which landed() adds to
+// acc (Mma<f32x3>::SUM_PER_TILE says why: as the consumers that wait in place sum it, warp_gemm.cuh accumulate).
+template <typename Elem, int BLOCK_N, typename VTile, int D_TILES>
+struct PvInFlight {
+    static constexpr bool SPLIT = VTile::SPLIT;
+    static constexpr int K_STEPS = BLOCK_N / Mma<Elem>::K_STEP;
+    u32 (&hi)[1][K_STEPS][4];                // P (unsplit: P itself), the caller's registers
+    u32 lo[1][SPLIT ? K_STEPS : 1][4];       // P's remainder
+    float fresh[1][SPLIT ? D_TILES : 1][4];  // the tile's P V
+
+    __device__ __forceinline__ explicit PvInFlight(u32 (&p)[1][K_STEPS][4]) : hi(p) {}
+
+    template <int N_TILES>
+    __device__ __forceinline__ void set_p(float (&s)[1][N_TILES][4]) {
+        accum_to_a_frags<Elem>(hi, s);
+        if constexpr (SPLIT)
+            #pragma unroll
+            for (int kk = 0; kk < K_STEPS; ++kk)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    split_tf32_stored(__uint_as_float(hi[0][kk][e]), hi[0][kk][e], lo[0][kk][e]);
+    }
+    __device__ __forceinline__ void issue(float (&acc)[1][D_TILES][4], u32 sV) {
+        if constexpr (SPLIT) WarpgroupMma::issue_pv<Elem, BLOCK_N, VTile, true>(fresh, hi, lo, sV);
+        else WarpgroupMma::issue_pv<Elem, BLOCK_N, VTile>(acc, hi, sV);
+    }
+    // Once waited for (WarpgroupMma::wait): acc, and P's registers, may be touched again.
+    __device__ __forceinline__ void landed(float (&acc)[1][D_TILES][4]) {
+        fence_fragment(acc[0]);
+        fence_fragment(hi);
+        if constexpr (SPLIT) {
+            fence_fragment(lo);
+            fence_fragment(fresh[0]);
+            #pragma unroll
+            for (int j = 0; j < D_TILES; ++j)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) acc[0][j][e] += fresh[0][j][e];
+        }
+    }
+    // The last tile's: issued and waited for in place.
+    __device__ __forceinline__ void run(float (&acc)[1][D_TILES][4], u32 sV, int lane) {
+        if constexpr (SPLIT) {
+            issue(acc, sV);
+            wgmma_wait<0>();
+            landed(acc);
+        } else {
+            WarpgroupMma::pv<Elem, BLOCK_N, VTile>(acc, hi, sV, lane);
         }
     }
 };

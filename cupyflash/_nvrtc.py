@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from ._kernels import load_source
-from .configs import DeviceLimits, NoConfigFits, all_variants, row_lengths, select_config
+from .configs import DeviceLimits, NoConfigFits, all_variants, candidates, row_lengths, select_config
 from .families import ALL_FAMILIES, BY_NAME, HELPER_KINDS, KINDS, MMA_SM80, TF32_STAGING_KINDS
 from .problem import Variant, precisions_of
 
@@ -226,7 +226,8 @@ def _kernel_instances(kind: str, full: bool, limits: DeviceLimits, arch: str):
 def _plain_variants(family, kind, kd, config, limits, full=False):
     """Plain scores on a tile, each policy value once (a covering set, not the product): float16 unmasked and
     bfloat16 with the band mask; float32, whose three-pass kernels compile several times as long, one of them:
-    precision "highest" unmasked on the tile the arch's GPU picks for it, "tf32" with the band mask on the others.
+    precision "highest" unmasked on the tile the arch's GPU picks for it, "tf32" (or, on a tile that serves only
+    "highest", "highest") with the band mask on the others.
     A tile its arch's GPU does not pick compiles for sm_90 only (each tile compiles at least once; CI's time).
     The other policies come with the variant lists (MODIFIED, ..., FLOAT32). ``full``: every dtype, precision and
     mask on every tile."""
@@ -244,8 +245,11 @@ def _plain_variants(family, kind, kd, config, limits, full=False):
             picked = False
         if picked:
             yield variant
-        elif limits.compute_capability >= 90:
-            yield Variant(dtype, "band", precision="tf32") if dtype == "float32" else variant
+        elif limits.compute_capability >= 90 and dtype != "float32":
+            yield variant
+        elif limits.compute_capability >= 90:  # a float32 tile may serve one precision: the first it takes
+            yield next((v for v in (Variant(dtype, "band", precision=p) for p in ("tf32", "highest"))
+                        if config in candidates(kind, limits, kd, v)), Variant(dtype, "band", precision="tf32"))
 
 
 def kernel_instances(full: bool = False, arch: str = "sm_90"):

@@ -149,10 +149,11 @@ def _wt(block_m, block_n, overlap=False):
     return replace(_w(block_m, block_n, producer=True, overlap=overlap, tma=True), family="wgmma_tf32")
 
 
-def _wh(block_m, block_n):
+def _wh(block_m, block_n, overlap=False):
     """A wgmma_tf32 forward tile for float32 at "highest": a producer warpgroup whose threads copy by cp.async and
-    split what they copied in hi and lo parts (flash_fwd.cu), block_m / 64 consumer warpgroups."""
-    return replace(_w(block_m, block_n, producer=True), family="wgmma_tf32")
+    split what they copied in hi and lo parts (flash_fwd.cu), block_m / 64 consumer warpgroups, overlapping their
+    softmax with their products or not (as _w's)."""
+    return replace(_w(block_m, block_n, producer=True, overlap=overlap), family="wgmma_tf32")
 
 
 def _bt(block_m, block_n, warps, stages=2):

@@ -9,14 +9,15 @@ pick's up to the order of float additions (the same products and fresh sums, res
 before).
 
 Both tiles in one process, alternated, three rounds: float32, head dim 128, 16k tokens, hidden 2048, seqlens 1k, 4k,
-8k, causal and not; forward TFLOP/s (CUDA events, 3 warm-ups, median of 20), and the largest difference between the
-two tiles' outputs and lse. Then each tile's largest |error| of out and lse against float64 at seqlen 1k, 2 heads.
-From the checkout root: python docs/wip/2026-11-28-highest-fwd-overlap-ab.py"""
+8k, causal and not; forward TFLOP/s (`bench.time_fn`: CUDA events, 3 warm-ups, median), and the largest difference
+between the two tiles' outputs and lse. Then each tile's largest |error| of out and lse against float64 at seqlen 1k,
+2 heads. From the checkout root: python docs/wip/2026-11-28-highest-fwd-overlap-ab.py"""
 import cupy
 import numpy as np
 
 import cupyflash as cf
 from cupyflash._device import device_limits
+from cupyflash.bench import time_fn
 from cupyflash.configs import candidates
 from cupyflash.problem import Variant
 from cupyflash.reference import attention_reference
@@ -26,18 +27,6 @@ tiles = [c for c in candidates("fwd", device_limits(0), D, Variant("float32", pr
          if c.family == "wgmma_tf32"]
 assert len(tiles) == 2 and tiles[1].overlap and not tiles[0].overlap, tiles
 print("tiles:", ", ".join(map(str, tiles)))
-
-
-def timeit(fn, n=20):
-    for _ in range(3):
-        fn()
-    ev = [(cupy.cuda.Event(), cupy.cuda.Event()) for _ in range(n)]
-    for a, b in ev:
-        a.record()
-        fn()
-        b.record()
-    b.synchronize()
-    return float(np.median([cupy.cuda.get_elapsed_time(a, b) for a, b in ev]))
 
 
 rng = cupy.random.default_rng(0)
@@ -52,7 +41,7 @@ for s in (1024, 4096, 8192):
         nan = any(bool(cupy.isnan(x).any()) for o in outs for x in o)
         rounds = []
         for _ in range(3):
-            rounds.append([fl / timeit(lambda: cf.flash_attn_func(q, k, v, causal=causal, config=c)) / 1e9
+            rounds.append([fl / time_fn(lambda: cf.flash_attn_func(q, k, v, causal=causal, config=c)) / 1e9
                            for c in tiles])
         cells = " ".join(f"{a:.1f}/{o:.1f}" for a, o in rounds)
         gain = np.median([o / a for a, o in rounds])

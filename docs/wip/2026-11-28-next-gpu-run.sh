@@ -21,5 +21,6 @@ for r in 1 2 3; do
   PYTHONPATH=$R timeout 90 python docs/measurements/2026-11-27-highest-fwd-bwd-ab.py halves >> "$OUT/ab.log" 2>&1
 done
 echo ab $(( $(date +%s) - T0 )) s; cat "$OUT/ab.log"
-PYTHONPATH=$R timeout 250 python -m pytest -q -rs -p no:cacheprovider tests/test_fp32_gpu.py > "$OUT/fp32-suite.log" 2>&1
+PYTHONPATH=$R timeout 250 python -m pytest -q -rs -p no:cacheprovider tests/test_fp32_gpu.py \
+  > "$OUT/fp32-suite.log" 2>&1
 echo suite rc $? $(( $(date +%s) - T0 )) s; tail -3 "$OUT/fp32-suite.log"

@@ -585,10 +585,9 @@ __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS) flash_bwd_dkdv_kernel(
             dp_sum.landed(dp);
         } else {
             constexpr bool APART = small_terms_apart<HEAD_DIM, Score, Bias, Drop>();
-            // (above head dim 32 only with S^T tiles of at most 16 floats a thread: the 64x64 tile at 64, 32 floats,
-            // spilled 0.4 KB on sm_90; a sweep of every candidate tile, thirtieth session)
-            constexpr bool FIRST = small_terms_first<Score, Bias, Drop, Rows>() &&
-                                   (HEAD_DIM <= 32 || KEY_TILES * WARP_QUERIES / 8 * 4 <= 16);
+            // (S^T tiles of at most 16 floats a thread above head dim 32: beside dK and dV)
+            constexpr bool FIRST =
+                small_terms_first<Score, Bias, Drop, Rows, HEAD_DIM, KEY_TILES * WARP_QUERIES / 8 * 4, 16>();
             gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART, FIRST>(
                 s, sK_addr, warp_key0, sQ_t, warp_query0, lane);
             gemm_smem_smem<Elem, KEY_TILES, WARP_QUERIES / 8, HEAD_DIM, KVTile, QTile, false, false, APART, FIRST>(

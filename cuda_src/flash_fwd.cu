@@ -492,11 +492,10 @@ __device__ __forceinline__ int fwd_tile(const AttnParams& p, const typename Load
             const auto kept = drop.template kept<false, M_TILES, N_TILES>(m0 + warp_row0, n0, lane);  // dropout.cuh
             // S = Q K^T, then logits
             float s[M_TILES][N_TILES][4] = {};
-            // (the small terms first but with the band mask, where the 128x64 tile at head dim 32 spilled 300 bytes,
-            // and above head dim 32 only with score tiles of at most 32 floats a thread: the 128x64 tile at 64 spilled
-            // 1.3 KB on sm_90; a sweep of every candidate tile, thirtieth session)
-            constexpr bool SMALL_FIRST = small_terms_first<Score, Bias, Drop, Rows>() && !Mask::MASKS &&
-                                         (HEAD_DIM <= 32 || M_TILES * N_TILES * 4 <= 32);
+            // (the small terms first but with the band mask, where the 128x64 tile at head dim 32 spilled 300 bytes;
+            // score tiles of at most 32 floats a thread above head dim 32)
+            constexpr bool SMALL_FIRST =
+                small_terms_first<Score, Bias, Drop, Rows, HEAD_DIM, M_TILES * N_TILES * 4, 32>() && !Mask::MASKS;
             Core::template qk<Elem, HEAD_DIM, QTile, KVTile, SMALL_FIRST>(s, sQ_addr, warp_row0,
                                                                           sK_addr + t % STAGES * KVTile::BYTES, lane);
             to_logits(s, t, entry);

@@ -126,10 +126,14 @@ constexpr int SMALL_TERMS_FLOATS = 16;
 // two passes a product, which load and split the operands twice): at head dims 32 and 64 they took plain float32's
 // error ratio from up to 3.1x (lse) and 6.4x (dQ) to 1.7x and 2.8x (H100, twenty-ninth session). Plain scores and
 // masks only: with a score modifier, a bias, dropout, packed rows or a block-sparse mask kernels spilled (up to
-// 1.3 KB; a sweep of every float32 pick at 32 and 64, sm_90).
-template <typename Score, typename Bias, typename Drop, typename Rows>
+// 1.3 KB; a sweep of every float32 pick at 32 and 64, sm_90). Above head dim 32 only where the warp's score tile,
+// FLOATS a thread, is at most the kernel's MAX_FLOATS (what its other live registers leave: larger tiles spilled,
+// the forward's 128x64 at 64 1.3 KB and the dK/dV kernel's 64x64 0.4 KB on sm_90; a sweep of every candidate tile,
+// thirtieth session).
+template <typename Score, typename Bias, typename Drop, typename Rows, int HEAD_DIM, int FLOATS, int MAX_FLOATS>
 __host__ __device__ constexpr bool small_terms_first() {
-    return Score::IDENTITY && !Bias::ON && !Drop::ON && !Rows::PACKED && !Bias::Tiles::SKIPS;
+    return Score::IDENTITY && !Bias::ON && !Drop::ON && !Rows::PACKED && !Bias::Tiles::SKIPS &&
+           (HEAD_DIM <= 32 || FLOATS <= MAX_FLOATS);
 }
 
 // acc += A B over k = 0..K, A and B both read from shared memory: A = rows [a_m0, a_m0 + 16*M_TILES) of the
@@ -140,7 +144,7 @@ __host__ __device__ constexpr bool small_terms_first() {
 // operands are both stored a row per m or n index (S = Q K^T, dP = dO V^T and their transposes).
 // SMALL_FIRST: where the small terms do not fit apart, sum them first (small_terms_first above); else in place.
 template <typename Elem, int M_TILES, int N_TILES, int K, typename ATile, typename BTile, bool A_KMAJOR = false,
-          bool B_KMAJOR = false, bool OVER_HEAD_DIM = !A_KMAJOR && !B_KMAJOR, bool SMALL_FIRST = true>
+          bool B_KMAJOR = false, bool OVER_HEAD_DIM = !A_KMAJOR && !B_KMAJOR, bool SMALL_FIRST = false>
 __device__ __forceinline__ void gemm_smem_smem(float (&acc)[M_TILES][N_TILES][4], u32 sA, int a_m0, u32 sB,
                                                int b_n0, int lane) {
     using Op = Mma<Elem>;
@@ -310,7 +314,7 @@ struct WarpMma {
 
     // s += A B^T over k < K: rows row0.. of sA, every row of sB, both stored k-major (S = Q K^T).
     // SMALL_FIRST: gemm_smem_smem's.
-    template <typename Elem, int K, typename ATile, typename BTile, bool SMALL_FIRST = true, int M_TILES, int N_TILES>
+    template <typename Elem, int K, typename ATile, typename BTile, bool SMALL_FIRST = false, int M_TILES, int N_TILES>
     static __device__ __forceinline__ void qk(float (&s)[M_TILES][N_TILES][4], u32 sA, int row0, u32 sB, int lane) {
         gemm_smem_smem<Elem, M_TILES, N_TILES, K, ATile, BTile, false, false, true, SMALL_FIRST>(s, sA, row0, sB, 0,
                                                                                                lane);

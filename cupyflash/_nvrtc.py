@@ -248,8 +248,8 @@ def _plain_variants(family, kind, kd, config, limits, full=False):
         elif limits.compute_capability >= 90 and dtype != "float32":
             yield variant
         elif limits.compute_capability >= 90:  # a float32 tile may serve one precision: the first it takes
-            yield next((v for v in (Variant(dtype, "band", precision=p) for p in ("tf32", "highest"))
-                        if config in candidates(kind, limits, kd, v)), Variant(dtype, "band", precision="tf32"))
+            masked = [Variant(dtype, "band", precision=p) for p in ("tf32", "highest")]
+            yield next((v for v in masked if config in candidates(kind, limits, kd, v)), masked[0])
 
 
 def kernel_instances(full: bool = False, arch: str = "sm_90"):
